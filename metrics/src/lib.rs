@@ -1,0 +1,10 @@
+//! Evaluation metrics for image generators, on plain `ndarray` data and no deep-learning framework.
+//!
+//! Every figure is computed to match a reference evaluator on the same inputs: the ADM evaluator
+//! (FID, sFID, Inception Score, precision/recall), pytorch-fid and torch-fidelity (FID, KID),
+//! and scikit-image (PSNR, SSIM). Linear algebra runs on the system OpenBLAS/LAPACK.
+
+// Linked for the BLAS/LAPACK symbols that ndarray-linalg and lapack-sys call.
+extern crate openblas_src;
+
+pub mod blas;

@@ -1,0 +1,7 @@
+//! llamagen-eval: evaluation and benchmarking of LlamaGen-style autoregressive image generators.
+//!
+//! The metric math lives in the `llamagen-metrics` crate; this crate holds what needs libtorch
+//! (models, feature extraction, sampling), data IO, and the command-line front end.
+
+pub mod cache;
+pub mod doctor;

@@ -1,0 +1,61 @@
+//! The `llamagen-eval` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Evaluate LlamaGen-style autoregressive image generators: FID, sFID, IS, precision/recall, KID,
+/// and tokenizer reconstruction metrics, matching the reference evaluators.
+#[derive(Parser, Debug)]
+#[command(name = "llamagen-eval", version, about, long_about = None)]
+struct Cli {
+    /// Silence progress bars and informational output (errors are still printed).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check the installation: versions, CUDA, threads, BLAS, and where Inception weights are looked for.
+    Doctor {
+        /// FID Inception-V3 weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth).
+        #[arg(long, value_name = "FILE")]
+        inception: Option<PathBuf>,
+    },
+}
+
+fn init_logging(quiet: bool) {
+    let default = if quiet { "error" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Doctor { inception } => {
+            let report = llamagen_eval::doctor::Report::gather(inception);
+            print!("{}", report.render());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
