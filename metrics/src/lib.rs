@@ -8,3 +8,6 @@
 extern crate openblas_src;
 
 pub mod blas;
+pub mod error;
+
+pub use error::{MetricsError, Result};

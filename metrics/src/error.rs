@@ -1,0 +1,76 @@
+//! The one error type of the metrics crate, and the input checks every metric shares.
+
+use std::path::PathBuf;
+
+use ndarray::{ArrayView2, Axis};
+
+/// Why a metric could not be computed. Bad input is always one of these, never a panic or NaN.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("{what}: feature dimensions differ ({left} vs {right}); both sets must come from the same feature extractor")]
+    DimensionMismatch {
+        what: &'static str,
+        left: usize,
+        right: usize,
+    },
+    #[error("{what}: needs at least {need} samples, got {got}")]
+    TooFewSamples {
+        what: &'static str,
+        need: usize,
+        got: usize,
+    },
+    #[error("{what}: {rows} row(s) contain NaN or infinite values")]
+    NonFinite { what: &'static str, rows: usize },
+    #[error("images of different shapes: {left:?} vs {right:?}")]
+    ShapeMismatch { left: Vec<usize>, right: Vec<usize> },
+    #[error("k = {k} nearest neighbours needs more than k points in each set, got {n}")]
+    KTooLarge { k: usize, n: usize },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("linear algebra failed: {0}")]
+    Linalg(String),
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, MetricsError>;
+
+/// Fails with [`MetricsError::NonFinite`] naming how many rows hold NaN or infinity.
+pub fn ensure_finite_rows(what: &'static str, features: ArrayView2<'_, f64>) -> Result<()> {
+    let rows = features
+        .axis_iter(Axis(0))
+        .filter(|row| row.iter().any(|v| !v.is_finite()))
+        .count();
+    if rows > 0 {
+        return Err(MetricsError::NonFinite { what, rows });
+    }
+    Ok(())
+}
+
+/// Fails with [`MetricsError::NonFinite`] for f32 features.
+pub fn ensure_finite_rows_f32(what: &'static str, features: ArrayView2<'_, f32>) -> Result<()> {
+    let rows = features
+        .axis_iter(Axis(0))
+        .filter(|row| row.iter().any(|v| !v.is_finite()))
+        .count();
+    if rows > 0 {
+        return Err(MetricsError::NonFinite { what, rows });
+    }
+    Ok(())
+}
+
+/// Fails with [`MetricsError::DimensionMismatch`] unless `left == right`.
+pub fn ensure_same_dim(what: &'static str, left: usize, right: usize) -> Result<()> {
+    if left != right {
+        return Err(MetricsError::DimensionMismatch { what, left, right });
+    }
+    Ok(())
+}
+
+/// Fails with [`MetricsError::TooFewSamples`] when `got < need`.
+pub fn ensure_min_samples(what: &'static str, need: usize, got: usize) -> Result<()> {
+    if got < need {
+        return Err(MetricsError::TooFewSamples { what, need, got });
+    }
+    Ok(())
+}
