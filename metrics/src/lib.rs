@@ -4,10 +4,14 @@
 //! (FID, sFID, Inception Score, precision/recall), pytorch-fid and torch-fidelity (FID, KID),
 //! and scikit-image (PSNR, SSIM). Linear algebra runs on the system OpenBLAS/LAPACK.
 
-// Linked for the BLAS/LAPACK symbols that ndarray-linalg and lapack-sys call.
+// Linked for the BLAS/LAPACK symbols that ndarray, ndarray-linalg and lapack-sys call.
 extern crate openblas_src;
 
 pub mod blas;
 pub mod error;
+pub mod frechet;
+pub mod inception_score;
+pub mod linalg;
+pub mod stats;
 
 pub use error::{MetricsError, Result};

@@ -1,0 +1,314 @@
+//! Gaussian statistics (mean and covariance) of feature sets, accumulated in streaming batches and
+//! mergeable across shards exactly, and their ADM-compatible `.npz` form (`mu`, `sigma`, `mu_s`,
+//! `sigma_s`).
+//!
+//! The accumulator keeps the count, the sum and the sum of outer products in f64, so merging
+//! shards gives bit-for-bit the same sums regardless of order of arrival within a shard, and the
+//! final covariance uses the N-1 denominator as `np.cov` does.
+
+use std::fs::File;
+use std::path::Path;
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Ix1, Ix2};
+use ndarray_npy::{NpzReader, NpzWriter, ReadNpzError};
+
+use crate::error::{ensure_finite_rows, ensure_min_samples, ensure_same_dim, MetricsError, Result};
+
+/// Streaming accumulator of the first two moments of feature vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GaussianAccumulator {
+    count: usize,
+    sum: Array1<f64>,
+    outer: Array2<f64>,
+}
+
+impl GaussianAccumulator {
+    pub fn new(dim: usize) -> Self {
+        GaussianAccumulator {
+            count: 0,
+            sum: Array1::zeros(dim),
+            outer: Array2::zeros((dim, dim)),
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.sum.len()
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Adds a batch of f32 features (rows are samples).
+    pub fn add_batch_f32(&mut self, batch: ArrayView2<'_, f32>) -> Result<()> {
+        self.add_batch(batch.mapv(f64::from).view())
+    }
+
+    /// Adds a batch of features (rows are samples): the sums and a BLAS rank-k update.
+    pub fn add_batch(&mut self, batch: ArrayView2<'_, f64>) -> Result<()> {
+        ensure_same_dim("Gaussian statistics", self.dim(), batch.ncols())?;
+        ensure_finite_rows("Gaussian statistics", batch)?;
+        self.count += batch.nrows();
+        self.sum += &batch.sum_axis(Axis(0));
+        general_mat_mul(1.0, &batch.t(), &batch, 1.0, &mut self.outer);
+        Ok(())
+    }
+
+    /// Folds another shard's accumulator into this one.
+    pub fn merge(&mut self, other: &GaussianAccumulator) -> Result<()> {
+        ensure_same_dim("merging Gaussian statistics", self.dim(), other.dim())?;
+        self.count += other.count;
+        self.sum += &other.sum;
+        self.outer += &other.outer;
+        Ok(())
+    }
+
+    /// Mean and covariance (N-1 denominator). Needs at least two samples.
+    pub fn finalize(&self) -> Result<GaussianStats> {
+        ensure_min_samples("Gaussian statistics", 2, self.count)?;
+        let n = self.count as f64;
+        let mu = &self.sum / n;
+        let mut sigma = &self.outer - &(outer_product(mu.view(), mu.view()) * n);
+        sigma /= n - 1.0;
+        // The rank-k update fills both triangles with independently rounded sums; make them equal.
+        let sym = (&sigma + &sigma.t()) * 0.5;
+        Ok(GaussianStats {
+            mu,
+            sigma: sym,
+            count: Some(self.count),
+        })
+    }
+}
+
+fn outer_product(a: ArrayView1<'_, f64>, b: ArrayView1<'_, f64>) -> Array2<f64> {
+    let col = a.insert_axis(Axis(1));
+    let row = b.insert_axis(Axis(0));
+    col.dot(&row)
+}
+
+/// Mean and covariance of a feature set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GaussianStats {
+    pub mu: Array1<f64>,
+    pub sigma: Array2<f64>,
+    /// Number of samples, when known (ADM reference files do not record it).
+    pub count: Option<usize>,
+}
+
+impl GaussianStats {
+    /// Statistics of a whole feature matrix at once.
+    pub fn from_features(features: ArrayView2<'_, f64>) -> Result<Self> {
+        let mut acc = GaussianAccumulator::new(features.ncols());
+        acc.add_batch(features)?;
+        acc.finalize()
+    }
+
+    /// Statistics of a whole f32 feature matrix at once.
+    pub fn from_features_f32(features: ArrayView2<'_, f32>) -> Result<Self> {
+        Self::from_features(features.mapv(f64::from).view())
+    }
+
+    /// Wraps a given mean and covariance, checking their shapes and values.
+    pub fn new(mu: Array1<f64>, sigma: Array2<f64>) -> Result<Self> {
+        ensure_same_dim("covariance rows vs mean", mu.len(), sigma.nrows())?;
+        ensure_same_dim("covariance columns vs mean", mu.len(), sigma.ncols())?;
+        if mu.iter().chain(sigma.iter()).any(|v| !v.is_finite()) {
+            return Err(MetricsError::NonFinite {
+                what: "Gaussian statistics",
+                rows: sigma
+                    .axis_iter(Axis(0))
+                    .filter(|r| r.iter().any(|v| !v.is_finite()))
+                    .count()
+                    .max(1),
+            });
+        }
+        Ok(GaussianStats {
+            mu,
+            sigma,
+            count: None,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.mu.len()
+    }
+}
+
+/// The statistics an ADM reference batch carries: pool features (`mu`, `sigma`) and spatial
+/// features (`mu_s`, `sigma_s`), either of which may be absent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReferenceStats {
+    pub pool: Option<GaussianStats>,
+    pub spatial: Option<GaussianStats>,
+}
+
+impl ReferenceStats {
+    /// Reads `mu`/`sigma` and `mu_s`/`sigma_s` (f32 or f64) from an npz; other entries are ignored.
+    pub fn load(path: &Path) -> Result<Self> {
+        let file_err = |message: String| MetricsError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = File::open(path).map_err(|e| file_err(format!("cannot open: {e}")))?;
+        let mut npz =
+            NpzReader::new(file).map_err(|e| file_err(format!("not a readable npz file: {e}")))?;
+        let names = npz
+            .names()
+            .map_err(|e| file_err(format!("cannot list entries: {e}")))?;
+        let has = |key: &str| {
+            names
+                .iter()
+                .any(|n| n == key || n.strip_suffix(".npy") == Some(key))
+        };
+        let mut pair = |mu_key: &str, sigma_key: &str| -> Result<Option<GaussianStats>> {
+            match (has(mu_key), has(sigma_key)) {
+                (false, false) => Ok(None),
+                (true, true) => {
+                    let mu = read_f64::<Ix1>(&mut npz, mu_key)
+                        .map_err(|e| file_err(format!("entry `{mu_key}`: {e}")))?;
+                    let sigma = read_f64::<Ix2>(&mut npz, sigma_key)
+                        .map_err(|e| file_err(format!("entry `{sigma_key}`: {e}")))?;
+                    GaussianStats::new(mu, sigma)
+                        .map(Some)
+                        .map_err(|e| file_err(format!("`{mu_key}`/`{sigma_key}`: {e}")))
+                }
+                (true, false) => Err(file_err(format!("has `{mu_key}` but no `{sigma_key}`"))),
+                (false, true) => Err(file_err(format!("has `{sigma_key}` but no `{mu_key}`"))),
+            }
+        };
+        let pool = pair("mu", "sigma")?;
+        let spatial = pair("mu_s", "sigma_s")?;
+        Ok(ReferenceStats { pool, spatial })
+    }
+
+    /// Writes the statistics as an ADM-compatible npz (f64 arrays), atomically: a temporary file
+    /// beside `path`, renamed into place when complete.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let file_err = |message: String| MetricsError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        let tmp = temporary_sibling(path);
+        let write = || -> std::result::Result<(), String> {
+            let file =
+                File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            let mut npz = NpzWriter::new(file);
+            for (stats, mu_key, sigma_key) in [
+                (&self.pool, "mu", "sigma"),
+                (&self.spatial, "mu_s", "sigma_s"),
+            ] {
+                if let Some(stats) = stats {
+                    npz.add_array(mu_key, &stats.mu)
+                        .map_err(|e| e.to_string())?;
+                    npz.add_array(sigma_key, &stats.sigma)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            npz.finish().map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, path)
+                .map_err(|e| format!("cannot move the finished file into place: {e}"))
+        };
+        write().map_err(|message| {
+            let _ = std::fs::remove_file(&tmp);
+            file_err(message)
+        })
+    }
+}
+
+/// `dir/.name.tmp-<pid>` beside `path`, for write-then-rename.
+pub fn temporary_sibling(path: &Path) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Reads an npz entry stored as f64 or f32, as f64.
+pub fn read_f64<D: ndarray::Dimension>(
+    npz: &mut NpzReader<File>,
+    key: &str,
+) -> std::result::Result<ndarray::Array<f64, D>, ReadNpzError> {
+    match npz.by_name::<ndarray::OwnedRepr<f64>, D>(key) {
+        Ok(array) => Ok(array),
+        Err(ReadNpzError::Npy(_)) => Ok(npz
+            .by_name::<ndarray::OwnedRepr<f32>, D>(key)?
+            .mapv(f64::from)),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn matches_two_pass_covariance_and_merges_exactly() {
+        let x = array![[1.0, 2.0], [2.0, 0.5], [4.0, 1.0], [0.0, -1.0], [3.0, 3.5]];
+        let full = GaussianStats::from_features(x.view()).unwrap();
+        let mean = x.mean_axis(Axis(0)).unwrap();
+        let centred = &x - &mean;
+        let cov = centred.t().dot(&centred) / 4.0;
+        for (a, b) in full.sigma.iter().zip(cov.iter()) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        let mut left = GaussianAccumulator::new(2);
+        left.add_batch(x.slice(ndarray::s![..2, ..])).unwrap();
+        let mut right = GaussianAccumulator::new(2);
+        right.add_batch(x.slice(ndarray::s![2.., ..])).unwrap();
+        left.merge(&right).unwrap();
+        let merged = left.finalize().unwrap();
+        assert_eq!(merged.count, Some(5));
+        for (a, b) in merged.sigma.iter().zip(full.sigma.iter()) {
+            assert!((a - b).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let mut acc = GaussianAccumulator::new(3);
+        assert!(matches!(
+            acc.add_batch(array![[1.0, 2.0]].view()),
+            Err(MetricsError::DimensionMismatch { .. })
+        ));
+        assert!(matches!(
+            acc.add_batch(
+                array![
+                    [1.0, f64::NAN, 0.0],
+                    [1.0, 2.0, 3.0],
+                    [f64::INFINITY, 0.0, 0.0]
+                ]
+                .view()
+            ),
+            Err(MetricsError::NonFinite { rows: 2, .. })
+        ));
+        acc.add_batch(array![[1.0, 2.0, 3.0]].view()).unwrap();
+        assert!(matches!(
+            acc.finalize(),
+            Err(MetricsError::TooFewSamples { got: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn npz_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ref.npz");
+        let x = array![[1.0, 2.0], [2.0, 0.5], [4.0, 1.0]];
+        let stats = ReferenceStats {
+            pool: Some(GaussianStats::from_features(x.view()).unwrap()),
+            spatial: None,
+        };
+        stats.save(&path).unwrap();
+        let back = ReferenceStats::load(&path).unwrap();
+        assert!(back.spatial.is_none());
+        let (a, b) = (back.pool.unwrap(), stats.pool.unwrap());
+        assert_eq!(a.mu, b.mu);
+        assert_eq!(a.sigma, b.sigma);
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().count() == 1,
+            "no temporary file left behind"
+        );
+    }
+}
