@@ -1,0 +1,48 @@
+//! Criterion benchmarks of the metric math at the sizes real evaluations use (or scaled down, with
+//! the scaling stated in the benchmark name).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use llamagen_metrics::frechet::frechet_distance;
+use llamagen_metrics::stats::{GaussianAccumulator, GaussianStats};
+use ndarray::Array2;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn random_features(rng: &mut ChaCha8Rng, n: usize, dim: usize) -> Array2<f32> {
+    Array2::from_shape_fn((n, dim), |_| rng.random::<f32>())
+}
+
+fn frechet(c: &mut Criterion) {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let a = GaussianStats::from_features_f32(random_features(&mut rng, 4096, 2048).view())
+        .expect("stats");
+    let b = GaussianStats::from_features_f32(random_features(&mut rng, 4096, 2048).view())
+        .expect("stats");
+    let mut group = c.benchmark_group("frechet");
+    group.sample_size(10);
+    group.bench_function("frechet_distance_2048", |bench| {
+        bench.iter(|| frechet_distance(&a, &b).expect("fid"))
+    });
+    group.finish();
+}
+
+fn statistics(c: &mut Criterion) {
+    // 50k x 2048 costs ~5x this 10k x 2048 run: the work is one rank-k update per batch.
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let batch = random_features(&mut rng, 1000, 2048);
+    let mut group = c.benchmark_group("statistics");
+    group.sample_size(10);
+    group.bench_function("accumulate_10k_x_2048_in_batches_of_1000", |bench| {
+        bench.iter(|| {
+            let mut acc = GaussianAccumulator::new(2048);
+            for _ in 0..10 {
+                acc.add_batch_f32(batch.view()).expect("batch");
+            }
+            acc.finalize().expect("stats")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, frechet, statistics);
+criterion_main!(benches);

@@ -1,0 +1,3 @@
+//! The networks, one file per model, with parameters named as in the original checkpoints.
+
+pub mod inception;
