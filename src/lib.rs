@@ -4,5 +4,9 @@
 //! (models, feature extraction, sampling), data IO, and the command-line front end.
 
 pub mod cache;
+pub mod data;
+pub mod device;
 pub mod doctor;
+pub mod features;
 pub mod models;
+pub mod progress;

@@ -1,0 +1,270 @@
+//! Image batches from an `.npz` with `arr_0` of u8 N x H x W x 3 — the sample format of the ADM
+//! evaluator and LlamaGen — stored or deflate-compressed.
+//!
+//! The entry is streamed by a reader thread (decompressing if needed) that hands over whole images
+//! through a small bounded channel, so memory stays at a few batches whatever the file size.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+
+use ndarray::Array4;
+
+use super::{DataError, ImageSource};
+
+/// Shape of an npy array and whether its elements are u8 in C order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpyHeader {
+    pub descr: String,
+    pub fortran_order: bool,
+    pub shape: Vec<usize>,
+}
+
+/// Reads the npy header from the start of an entry, leaving `reader` at the first data byte.
+pub fn read_npy_header(reader: &mut impl Read) -> Result<NpyHeader, String> {
+    let mut magic = [0u8; 8];
+    reader
+        .read_exact(&mut magic)
+        .map_err(|e| format!("cannot read the npy header: {e}"))?;
+    if &magic[..6] != b"\x93NUMPY" {
+        return Err("entry is not an npy array (bad magic)".into());
+    }
+    let header_len = match magic[6] {
+        1 => {
+            let mut len = [0u8; 2];
+            reader.read_exact(&mut len).map_err(|e| format!("truncated npy header: {e}"))?;
+            usize::from(u16::from_le_bytes(len))
+        }
+        2 | 3 => {
+            let mut len = [0u8; 4];
+            reader.read_exact(&mut len).map_err(|e| format!("truncated npy header: {e}"))?;
+            usize::try_from(u32::from_le_bytes(len)).map_err(|_| "npy header too long".to_string())?
+        }
+        v => return Err(format!("unsupported npy format version {v}")),
+    };
+    if header_len > 1 << 20 {
+        return Err(format!("npy header of {header_len} bytes is implausible"));
+    }
+    let mut text = vec![0u8; header_len];
+    reader.read_exact(&mut text).map_err(|e| format!("truncated npy header: {e}"))?;
+    let text = String::from_utf8_lossy(&text);
+    parse_header_dict(&text)
+}
+
+fn parse_header_dict(text: &str) -> Result<NpyHeader, String> {
+    let value_after = |key: &str| -> Result<&str, String> {
+        let pattern = format!("'{key}':");
+        let start = text
+            .find(&pattern)
+            .ok_or_else(|| format!("npy header lacks '{key}': {text}"))?;
+        Ok(text[start + pattern.len()..].trim_start())
+    };
+    let descr = value_after("descr")?;
+    let descr = descr
+        .strip_prefix('\'')
+        .and_then(|d| d.split('\'').next())
+        .ok_or_else(|| format!("unreadable dtype in npy header: {text}"))?
+        .to_string();
+    let fortran_order = value_after("fortran_order")?.starts_with("True");
+    let shape_text = value_after("shape")?;
+    let inner = shape_text
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| format!("unreadable shape in npy header: {text}"))?;
+    let shape = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| format!("unreadable shape in npy header: {text}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(NpyHeader {
+        descr,
+        fortran_order,
+        shape,
+    })
+}
+
+/// Checks that an `arr_0` header describes u8 NHWC RGB (or grayscale) images; returns (N, H, W, C).
+pub fn validate_image_header(header: &NpyHeader) -> Result<(usize, usize, usize, usize), String> {
+    if !matches!(header.descr.as_str(), "|u1" | "<u1" | ">u1" | "u1") {
+        return Err(format!(
+            "`arr_0` has dtype {}, expected uint8 images (0-255); convert float images with \
+             np.clip(np.round(x * 255), 0, 255).astype(np.uint8)",
+            header.descr
+        ));
+    }
+    if header.fortran_order {
+        return Err("`arr_0` is stored in Fortran order; save it with np.ascontiguousarray".into());
+    }
+    let [n, h, w, c] = header.shape[..] else {
+        return Err(format!(
+            "`arr_0` has shape {:?}, expected 4 dimensions N x H x W x 3",
+            header.shape
+        ));
+    };
+    if matches!(h, 1 | 3) && !matches!(c, 1 | 3) {
+        return Err(format!(
+            "`arr_0` has shape {:?}, which looks like N x C x H x W; expected N x H x W x 3 \
+             (use arr.transpose(0, 2, 3, 1))",
+            header.shape
+        ));
+    }
+    if !matches!(c, 1 | 3) {
+        return Err(format!(
+            "`arr_0` has shape {:?}: expected 3 (RGB) or 1 (grayscale) channels last",
+            header.shape
+        ));
+    }
+    if h == 0 || w == 0 {
+        return Err(format!("`arr_0` has shape {:?}: empty images", header.shape));
+    }
+    Ok((n, h, w, c))
+}
+
+/// Images from an npz's `arr_0`, streamed in batches.
+pub struct NpzImages {
+    path: PathBuf,
+    len: usize,
+    height: usize,
+    width: usize,
+    delivered: usize,
+    receiver: Receiver<Result<Vec<u8>, String>>,
+}
+
+/// Opens `reader`'s `arr_0` entry and returns it with its validated header.
+fn open_arr0(path: &Path) -> Result<(zip::ZipArchive<BufReader<File>>, NpyHeader), DataError> {
+    let file = File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut archive = zip::ZipArchive::new(BufReader::new(file))
+        .map_err(|e| DataError::invalid(path, format!("not a readable npz (zip) file: {e}")))?;
+    let name = ["arr_0.npy", "arr_0"]
+        .into_iter()
+        .find(|n| archive.index_for_name(n).is_some())
+        .ok_or_else(|| {
+            let names: Vec<&str> = archive.file_names().collect();
+            DataError::invalid(
+                path,
+                format!("has no `arr_0` entry (entries: {}); expected images as np.savez(path, images)", names.join(", ")),
+            )
+        })?;
+    let header = {
+        let mut entry = archive
+            .by_name(name)
+            .map_err(|e| DataError::invalid(path, format!("cannot read `arr_0`: {e}")))?;
+        read_npy_header(&mut entry).map_err(|m| DataError::invalid(path, format!("`arr_0`: {m}")))?
+    };
+    Ok((archive, header))
+}
+
+impl NpzImages {
+    /// Opens `path` and starts streaming its images; `batch_hint` bounds how many images are
+    /// buffered ahead.
+    pub fn open(path: &Path, batch_hint: usize) -> Result<Self, DataError> {
+        let (_, header) = open_arr0(path)?;
+        let (n, h, w, c) = validate_image_header(&header).map_err(|m| DataError::invalid(path, m))?;
+        let (sender, receiver) = sync_channel(batch_hint.max(1) * 2);
+        let thread_path = path.to_path_buf();
+        std::thread::spawn(move || {
+            let result = (|| -> Result<(), String> {
+                let (mut archive, _) = open_arr0(&thread_path).map_err(|e| e.to_string())?;
+                let name = if archive.index_for_name("arr_0.npy").is_some() { "arr_0.npy" } else { "arr_0" };
+                let mut entry = archive.by_name(name).map_err(|e| e.to_string())?;
+                read_npy_header(&mut entry)?;
+                let mut image = vec![0u8; h * w * c];
+                for i in 0..n {
+                    entry
+                        .read_exact(&mut image)
+                        .map_err(|e| format!("`arr_0` ends early, at image {i} of {n}: {e}"))?;
+                    let rgb = if c == 3 {
+                        image.clone()
+                    } else {
+                        image.iter().flat_map(|&v| [v, v, v]).collect()
+                    };
+                    if sender.send(Ok(rgb)).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(message) = result {
+                let _ = sender.send(Err(message));
+            }
+        });
+        Ok(NpzImages {
+            path: path.to_path_buf(),
+            len: n,
+            height: h,
+            width: w,
+            delivered: 0,
+            receiver,
+        })
+    }
+
+    /// Image height and width.
+    pub fn image_size(&self) -> (usize, usize) {
+        (self.height, self.width)
+    }
+}
+
+impl ImageSource for NpzImages {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn next_batch(&mut self, max: usize) -> Result<Option<Array4<u8>>, DataError> {
+        let count = max.max(1).min(self.len - self.delivered);
+        if count == 0 {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(count * self.height * self.width * 3);
+        for _ in 0..count {
+            match self.receiver.recv() {
+                Ok(Ok(image)) => data.extend_from_slice(&image),
+                Ok(Err(message)) => return Err(DataError::invalid(&self.path, message)),
+                Err(_) => return Err(DataError::invalid(&self.path, "the image reader stopped unexpectedly")),
+            }
+        }
+        self.delivered += count;
+        Array4::from_shape_vec((count, self.height, self.width, 3), data)
+            .map(Some)
+            .map_err(|e| DataError::invalid(&self.path, e.to_string()))
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_numpy_headers() {
+        let h = parse_header_dict("{'descr': '|u1', 'fortran_order': False, 'shape': (5, 32, 32, 3), }").unwrap();
+        assert_eq!(h.shape, vec![5, 32, 32, 3]);
+        assert_eq!(validate_image_header(&h).unwrap(), (5, 32, 32, 3));
+        let one = parse_header_dict("{'descr': '<f4', 'fortran_order': False, 'shape': (7,), }").unwrap();
+        assert_eq!(one.shape, vec![7]);
+        assert!(validate_image_header(&one).unwrap_err().contains("dtype <f4"));
+    }
+
+    #[test]
+    fn rejects_nchw_and_wrong_rank() {
+        let nchw = NpyHeader {
+            descr: "|u1".into(),
+            fortran_order: false,
+            shape: vec![4, 3, 64, 64],
+        };
+        assert!(validate_image_header(&nchw).unwrap_err().contains("N x C x H x W"));
+        let rank3 = NpyHeader {
+            descr: "|u1".into(),
+            fortran_order: false,
+            shape: vec![64, 64, 3],
+        };
+        assert!(validate_image_header(&rank3).unwrap_err().contains("4 dimensions"));
+    }
+}

@@ -1,0 +1,208 @@
+//! Inception features of image sets: extracted once per set in batches, saved to and loaded from
+//! `.npz` (`pool` [N,2048], `spatial` [N,2023], `logits` [N,1008], f32), and shared by every metric.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use ndarray::{concatenate, Array2, Axis};
+use ndarray_npy::{NpzReader, NpzWriter};
+use sha2::{Digest, Sha256};
+use tch::{nn, Device, Tensor};
+
+use crate::data::{DataError, ImageSource};
+use crate::models::inception::{InceptionV3, Resize};
+
+/// Why features could not be produced or read.
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    #[error("Inception weights {}: {message}", path.display())]
+    Weights { path: PathBuf, message: String },
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+fn file_error(path: &Path, message: impl Into<String>) -> FeatureError {
+    FeatureError::File {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// The three Inception feature sets of one image set; any may be absent in a loaded file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FeatureSet {
+    pub pool: Option<Array2<f32>>,
+    pub spatial: Option<Array2<f32>>,
+    pub logits: Option<Array2<f32>>,
+}
+
+const KEYS: [&str; 3] = ["pool", "spatial", "logits"];
+
+impl FeatureSet {
+    fn fields(&self) -> [(&'static str, &Option<Array2<f32>>); 3] {
+        [(KEYS[0], &self.pool), (KEYS[1], &self.spatial), (KEYS[2], &self.logits)]
+    }
+
+    /// Number of images the features describe.
+    pub fn len(&self) -> usize {
+        self.fields()
+            .iter()
+            .find_map(|(_, a)| a.as_ref().map(|a| a.nrows()))
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes the present feature sets to `path` atomically (temporary file, then rename).
+    pub fn save(&self, path: &Path) -> Result<(), FeatureError> {
+        let tmp = llamagen_metrics::stats::temporary_sibling(path);
+        let write = || -> Result<(), String> {
+            let file = File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            let mut npz = NpzWriter::new(file);
+            for (key, array) in self.fields() {
+                if let Some(array) = array {
+                    npz.add_array(key, array).map_err(|e| e.to_string())?;
+                }
+            }
+            npz.finish().map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, path).map_err(|e| format!("cannot move the finished file into place: {e}"))
+        };
+        write().map_err(|message| {
+            let _ = std::fs::remove_file(&tmp);
+            file_error(path, message)
+        })
+    }
+
+    /// Reads whichever of `pool`, `spatial`, `logits` the file holds (f32 or f64).
+    pub fn load(path: &Path) -> Result<Self, FeatureError> {
+        let file = File::open(path).map_err(|e| file_error(path, format!("cannot open: {e}")))?;
+        let mut npz = NpzReader::new(file).map_err(|e| file_error(path, format!("not a readable npz file: {e}")))?;
+        let names = npz.names().map_err(|e| file_error(path, format!("cannot list entries: {e}")))?;
+        let mut read = |key: &str| -> Result<Option<Array2<f32>>, FeatureError> {
+            if !names.iter().any(|n| n == key || n.strip_suffix(".npy") == Some(key)) {
+                return Ok(None);
+            }
+            let array = match npz.by_name::<ndarray::OwnedRepr<f32>, ndarray::Ix2>(key) {
+                Ok(a) => a,
+                Err(_) => llamagen_metrics::stats::read_f64::<ndarray::Ix2>(&mut npz, key)
+                    .map_err(|e| file_error(path, format!("entry `{key}` must be a 2-D float array: {e}")))?
+                    .mapv(|v| v as f32),
+            };
+            Ok(Some(array))
+        };
+        let set = FeatureSet {
+            pool: read("pool")?,
+            spatial: read("spatial")?,
+            logits: read("logits")?,
+        };
+        if set.fields().iter().all(|(_, a)| a.is_none()) {
+            return Err(file_error(
+                path,
+                format!(
+                    "holds none of `pool`, `spatial`, `logits` (entries: {}); make feature files with `llamagen-eval features`",
+                    names.join(", ")
+                ),
+            ));
+        }
+        let counts: Vec<(&str, usize)> = set
+            .fields()
+            .iter()
+            .filter_map(|(k, a)| a.as_ref().map(|a| (*k, a.nrows())))
+            .collect();
+        if counts.windows(2).any(|w| w[0].1 != w[1].1) {
+            return Err(file_error(path, format!("feature sets disagree on the number of images: {counts:?}")));
+        }
+        Ok(set)
+    }
+}
+
+/// SHA-256 of a file, hex-encoded.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// An Inception-V3 with its weights on a device, ready to extract features.
+pub struct Extractor {
+    _vs: nn::VarStore,
+    model: InceptionV3,
+    device: Device,
+    resize: Resize,
+    weights_sha256: String,
+}
+
+/// The first hex digits of the released FID weights' sha256 (pytorch-fid's file name carries them).
+pub const RELEASED_WEIGHTS_SHA256_PREFIX: &str = "6726825d";
+
+impl Extractor {
+    /// Wraps a model whose variables live in `vs`.
+    pub fn new(vs: nn::VarStore, model: InceptionV3, resize: Resize, weights_sha256: String) -> Self {
+        Extractor {
+            device: vs.device(),
+            _vs: vs,
+            model,
+            resize,
+            weights_sha256,
+        }
+    }
+
+    pub fn weights_sha256(&self) -> &str {
+        &self.weights_sha256
+    }
+
+    pub fn resize(&self) -> Resize {
+        self.resize
+    }
+
+    /// Features of every image of `source`, `batch_size` images per forward pass.
+    pub fn extract(&self, source: &mut dyn ImageSource, batch_size: usize, quiet: bool) -> Result<FeatureSet, FeatureError> {
+        let total = source.len();
+        let bar = crate::progress::bar(total, "inception", "img", quiet);
+        let mut parts: [Vec<Array2<f32>>; 3] = Default::default();
+        while let Some(batch) = source.next_batch(batch_size)? {
+            let (n, h, w, c) = batch.dim();
+            let data = batch.as_standard_layout();
+            let slice = data.as_slice().ok_or_else(|| file_error(Path::new(&source.describe()), "non-contiguous batch"))?;
+            let images = Tensor::from_slice(slice)
+                .view([n as i64, h as i64, w as i64, c as i64])
+                .permute([0, 3, 1, 2])
+                .to_device(self.device);
+            let features = tch::no_grad(|| self.model.features(&images, self.resize));
+            for (part, tensor) in parts.iter_mut().zip([&features.pool, &features.spatial, &features.logits]) {
+                part.push(tensor_to_array(tensor)?);
+            }
+            bar.inc(n as u64);
+        }
+        bar.finish_and_clear();
+        let join = |arrays: &[Array2<f32>]| -> Result<Option<Array2<f32>>, FeatureError> {
+            if arrays.is_empty() {
+                return Ok(None);
+            }
+            let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+            concatenate(Axis(0), &views)
+                .map(Some)
+                .map_err(|e| file_error(Path::new(&source.describe()), e.to_string()))
+        };
+        Ok(FeatureSet {
+            pool: join(&parts[0])?,
+            spatial: join(&parts[1])?,
+            logits: join(&parts[2])?,
+        })
+    }
+}
+
+fn tensor_to_array(t: &Tensor) -> Result<Array2<f32>, FeatureError> {
+    let t = t.to_device(Device::Cpu).to_kind(tch::Kind::Float).contiguous();
+    let size = t.size();
+    let (rows, cols) = (size[0] as usize, size[1] as usize);
+    let data = Vec::<f32>::try_from(t.flatten(0, -1))?;
+    Array2::from_shape_vec((rows, cols), data).map_err(|e| FeatureError::Torch(tch::TchError::Kind(e.to_string())))
+}
