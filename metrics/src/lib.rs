@@ -11,7 +11,9 @@ pub mod blas;
 pub mod error;
 pub mod frechet;
 pub mod inception_score;
+pub mod kid;
 pub mod linalg;
+pub mod manifold;
 pub mod stats;
 
 pub use error::{MetricsError, Result};

@@ -1,0 +1,364 @@
+//! Kernel Inception Distance (Bińkowski et al. 2018) as torch-fidelity 0.4.0 computes it: the
+//! unbiased MMD² estimate with the cubic polynomial kernel `k(x, y) = (x·y / d + 1)³`, averaged over
+//! random subsets of both sets, with the mean and the population standard deviation (`np.std`)
+//! across subsets.
+//!
+//! Subsets are drawn exactly as torch-fidelity draws them: `numpy.random.RandomState(seed)` and, for
+//! each subset, `choice(n_samples, m, replace=False)` then `choice(n_reference, m, replace=False)`.
+//! [`LegacyRandomState`] reimplements the parts of NumPy's legacy generator that this needs (MT19937
+//! seeding and output, the bounded-integer rejection sampler and the Fisher–Yates permutation), so
+//! the same seed selects the same rows.
+
+use ndarray::{Array2, ArrayView2, Axis};
+use rayon::prelude::*;
+
+use crate::error::{
+    ensure_finite_rows, ensure_finite_rows_f32, ensure_min_samples, ensure_same_dim, MetricsError,
+    Result,
+};
+
+/// torch-fidelity's `kid_subsets`.
+pub const DEFAULT_SUBSETS: usize = 100;
+/// torch-fidelity's `kid_subset_size`.
+pub const DEFAULT_SUBSET_SIZE: usize = 1000;
+/// torch-fidelity's `rng_seed`.
+pub const DEFAULT_SEED: u32 = 2020;
+
+/// Settings of [`kernel_inception_distance`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KidConfig {
+    /// Number of random subset pairs averaged.
+    pub subsets: usize,
+    /// Rows per subset; capped at the size of the smaller set (torch-fidelity refuses instead).
+    pub subset_size: usize,
+    /// Seed of NumPy's legacy `RandomState`.
+    pub seed: u32,
+}
+
+impl Default for KidConfig {
+    fn default() -> Self {
+        Self {
+            subsets: DEFAULT_SUBSETS,
+            subset_size: DEFAULT_SUBSET_SIZE,
+            seed: DEFAULT_SEED,
+        }
+    }
+}
+
+/// KID over the subsets: mean and population standard deviation of the per-subset MMD².
+#[derive(Clone, Debug, PartialEq)]
+pub struct KidResult {
+    pub mean: f64,
+    pub std: f64,
+    /// Rows per subset actually used.
+    pub subset_size: usize,
+    /// MMD² of each subset, in drawing order.
+    pub per_subset: Vec<f64>,
+}
+
+/// KID between `reference` (real) and `samples` (generated) features, rows being feature vectors.
+pub fn kernel_inception_distance(
+    reference: ArrayView2<'_, f64>,
+    samples: ArrayView2<'_, f64>,
+    config: &KidConfig,
+) -> Result<KidResult> {
+    if config.subsets == 0 {
+        return Err(MetricsError::InvalidArgument(
+            "KID: subsets must be at least 1".into(),
+        ));
+    }
+    if config.subset_size < 2 {
+        return Err(MetricsError::InvalidArgument(
+            "KID: subset_size must be at least 2 (the unbiased estimate divides by m (m - 1))"
+                .into(),
+        ));
+    }
+    ensure_min_samples("KID (reference)", 2, reference.nrows())?;
+    ensure_min_samples("KID (samples)", 2, samples.nrows())?;
+    ensure_same_dim("KID", reference.ncols(), samples.ncols())?;
+    if reference.ncols() == 0 {
+        return Err(MetricsError::InvalidArgument(
+            "KID: feature vectors have no components".into(),
+        ));
+    }
+    ensure_finite_rows("KID (reference)", reference)?;
+    ensure_finite_rows("KID (samples)", samples)?;
+
+    let m = config
+        .subset_size
+        .min(reference.nrows())
+        .min(samples.nrows());
+    let mut rng = LegacyRandomState::new(config.seed);
+    // torch-fidelity's features_1 is the generated set and is drawn first.
+    let draws: Vec<(Vec<usize>, Vec<usize>)> = (0..config.subsets)
+        .map(|_| {
+            let s = rng.choice_without_replacement(samples.nrows(), m);
+            let r = rng.choice_without_replacement(reference.nrows(), m);
+            (s, r)
+        })
+        .collect();
+    let per_subset: Vec<f64> = draws
+        .par_iter()
+        .map(|(s, r)| {
+            let x = samples.select(Axis(0), s);
+            let y = reference.select(Axis(0), r);
+            mmd2_unbiased_poly(x.view(), y.view())
+        })
+        .collect();
+    if per_subset.iter().any(|v| !v.is_finite()) {
+        return Err(MetricsError::InvalidArgument(
+            "KID: the polynomial kernel overflowed; feature magnitudes are far too large".into(),
+        ));
+    }
+    let count = per_subset.len() as f64;
+    let mean = per_subset.iter().sum::<f64>() / count;
+    let variance = per_subset.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / count;
+    Ok(KidResult {
+        mean,
+        std: variance.sqrt(),
+        subset_size: m,
+        per_subset,
+    })
+}
+
+/// [`kernel_inception_distance`] for float32 features (computed in float64).
+pub fn kernel_inception_distance_f32(
+    reference: ArrayView2<'_, f32>,
+    samples: ArrayView2<'_, f32>,
+    config: &KidConfig,
+) -> Result<KidResult> {
+    ensure_finite_rows_f32("KID (reference)", reference)?;
+    ensure_finite_rows_f32("KID (samples)", samples)?;
+    kernel_inception_distance(
+        reference.mapv(f64::from).view(),
+        samples.mapv(f64::from).view(),
+        config,
+    )
+}
+
+/// Unbiased MMD² of two equally sized sets under `(x·y / d + 1)³`: off-diagonal means of the
+/// within-set kernels minus twice the full mean of the cross kernel.
+pub fn mmd2_unbiased_poly(x: ArrayView2<'_, f64>, y: ArrayView2<'_, f64>) -> f64 {
+    let m = x.nrows() as f64;
+    let gamma = 1.0 / x.ncols() as f64;
+    let kernel = |a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>| -> Array2<f64> {
+        a.dot(&b.t()).mapv_into(|v| (v * gamma + 1.0).powi(3))
+    };
+    let off_diagonal_sum = |k: &Array2<f64>| k.sum() - k.diag().sum();
+    let kxx = kernel(x, x);
+    let kyy = kernel(y, y);
+    let kxy = kernel(x, y);
+    (off_diagonal_sum(&kxx) + off_diagonal_sum(&kyy)) / (m * (m - 1.0)) - 2.0 * kxy.sum() / (m * m)
+}
+
+/// The parts of NumPy's legacy `numpy.random.RandomState` (MT19937) that subset drawing uses.
+pub struct LegacyRandomState {
+    state: [u32; 624],
+    pos: usize,
+}
+
+impl LegacyRandomState {
+    /// `RandomState(seed)` for an integer seed (MT19937's `init_genrand`).
+    pub fn new(seed: u32) -> Self {
+        let mut state = [0u32; 624];
+        state[0] = seed;
+        for i in 1..624 {
+            let prev = state[i - 1];
+            state[i] = 1_812_433_253u32
+                .wrapping_mul(prev ^ (prev >> 30))
+                .wrapping_add(i as u32);
+        }
+        Self { state, pos: 624 }
+    }
+
+    /// The next 32-bit MT19937 output.
+    pub fn next_u32(&mut self) -> u32 {
+        if self.pos >= 624 {
+            self.twist();
+        }
+        let mut y = self.state[self.pos];
+        self.pos += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    }
+
+    fn twist(&mut self) {
+        for i in 0..624 {
+            let y = (self.state[i] & 0x8000_0000) | (self.state[(i + 1) % 624] & 0x7fff_ffff);
+            let mag = if y & 1 == 1 { 0x9908_b0df } else { 0 };
+            self.state[i] = self.state[(i + 397) % 624] ^ (y >> 1) ^ mag;
+        }
+        self.pos = 0;
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let high = u64::from(self.next_u32());
+        (high << 32) | u64::from(self.next_u32())
+    }
+
+    /// Uniform integer in `0..=max` by masked rejection (NumPy's legacy `random_interval`).
+    pub fn interval(&mut self, max: u64) -> u64 {
+        if max == 0 {
+            return 0;
+        }
+        let mask = u64::MAX >> max.leading_zeros();
+        if max <= u64::from(u32::MAX) {
+            loop {
+                let value = u64::from(self.next_u32()) & mask;
+                if value <= max {
+                    return value;
+                }
+            }
+        }
+        loop {
+            let value = self.next_u64() & mask;
+            if value <= max {
+                return value;
+            }
+        }
+    }
+
+    /// `permutation(n)`: Fisher–Yates from the last position down, as NumPy's legacy `shuffle`.
+    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
+        let mut values: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = self.interval(i as u64) as usize;
+            values.swap(i, j);
+        }
+        values
+    }
+
+    /// `choice(n, m, replace=False)`: the first `m` entries of `permutation(n)`.
+    pub fn choice_without_replacement(&mut self, n: usize, m: usize) -> Vec<usize> {
+        let mut values = self.permutation(n);
+        values.truncate(m);
+        values
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    #[test]
+    fn mt19937_reference_output() {
+        // The 10000th output for the reference seed 5489 is MT19937's published check value.
+        let mut rng = LegacyRandomState::new(5489);
+        assert_eq!(rng.next_u32(), 3_499_211_612);
+        let mut rng = LegacyRandomState::new(5489);
+        let last = (0..10_000).map(|_| rng.next_u32()).last().unwrap();
+        assert_eq!(last, 4_123_659_995);
+    }
+
+    #[test]
+    fn matches_numpy_legacy_permutation_and_choice() {
+        // np.random.RandomState(2020).permutation(10)
+        assert_eq!(
+            LegacyRandomState::new(2020).permutation(10),
+            vec![2, 4, 9, 1, 5, 7, 6, 3, 8, 0]
+        );
+        // np.random.RandomState(0).choice(7, 3, replace=False)
+        assert_eq!(
+            LegacyRandomState::new(0).choice_without_replacement(7, 3),
+            vec![6, 2, 1]
+        );
+    }
+
+    fn grid(rows: usize, cols: usize, offset: f64) -> Array2<f64> {
+        Array2::from_shape_fn((rows, cols), |(i, j)| {
+            ((i * 7 + j * 13) % 11) as f64 / 11.0 + offset
+        })
+    }
+
+    #[test]
+    fn mmd_matches_direct_sum() {
+        let x = grid(6, 3, 0.0);
+        let y = grid(6, 3, 0.3);
+        let k = |a: ndarray::ArrayView1<f64>, b: ndarray::ArrayView1<f64>| {
+            (a.dot(&b) / 3.0 + 1.0).powi(3)
+        };
+        let mut xx = 0.0;
+        let mut yy = 0.0;
+        let mut xy = 0.0;
+        for i in 0..6 {
+            for j in 0..6 {
+                if i != j {
+                    xx += k(x.row(i), x.row(j));
+                    yy += k(y.row(i), y.row(j));
+                }
+                xy += k(x.row(i), y.row(j));
+            }
+        }
+        let expected = (xx + yy) / 30.0 - 2.0 * xy / 36.0;
+        let got = mmd2_unbiased_poly(x.view(), y.view());
+        assert!((got - expected).abs() < 1e-12 * expected.abs().max(1.0));
+    }
+
+    #[test]
+    fn caps_subset_size_and_reports_std() {
+        let x = grid(20, 4, 0.0);
+        let y = grid(15, 4, 0.2);
+        let config = KidConfig {
+            subsets: 5,
+            ..Default::default()
+        };
+        let got = kernel_inception_distance(x.view(), y.view(), &config).unwrap();
+        assert_eq!(got.subset_size, 15);
+        assert_eq!(got.per_subset.len(), 5);
+        assert!(got.mean.is_finite() && got.std >= 0.0);
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        let good = grid(10, 3, 0.0);
+        let config = KidConfig::default();
+        assert!(matches!(
+            kernel_inception_distance(good.view(), grid(10, 2, 0.0).view(), &config),
+            Err(MetricsError::DimensionMismatch {
+                left: 3,
+                right: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            kernel_inception_distance(good.view(), grid(1, 3, 0.0).view(), &config),
+            Err(MetricsError::TooFewSamples { got: 1, .. })
+        ));
+        let mut bad = good.clone();
+        bad[[3, 2]] = f64::NAN;
+        assert!(matches!(
+            kernel_inception_distance(bad.view(), good.view(), &config),
+            Err(MetricsError::NonFinite { rows: 1, .. })
+        ));
+        for bad_config in [
+            KidConfig {
+                subsets: 0,
+                ..config
+            },
+            KidConfig {
+                subset_size: 1,
+                ..config
+            },
+        ] {
+            assert!(matches!(
+                kernel_inception_distance(good.view(), good.view(), &bad_config),
+                Err(MetricsError::InvalidArgument(_))
+            ));
+        }
+        let mut huge = good.clone();
+        huge[[0, 0]] = 1e200;
+        assert!(matches!(
+            kernel_inception_distance(huge.view(), good.view(), &config),
+            Err(MetricsError::InvalidArgument(_))
+        ));
+        let mut bad32 = good.mapv(|v| v as f32);
+        bad32[[0, 0]] = f32::INFINITY;
+        assert!(matches!(
+            kernel_inception_distance_f32(good.mapv(|v| v as f32).view(), bad32.view(), &config),
+            Err(MetricsError::NonFinite { rows: 1, .. })
+        ));
+    }
+}

@@ -1,0 +1,864 @@
+//! Improved precision and recall (Kynkäänniemi et al. 2019) and density and coverage (Naeem et al.
+//! 2020) of a sample set against a reference set, with the semantics of the ADM evaluator's
+//! `ManifoldEstimator` (openai/guided-diffusion `evaluations/evaluator.py`).
+//!
+//! Each point's radius is the squared Euclidean distance to its k-th nearest neighbour in its own
+//! set, itself excluded. A sample counts towards precision when it lies in some reference ball
+//! (`d(sample, ref_j) <= radius_j`); a reference counts towards recall when it lies in some sample
+//! ball. Density is `(1 / (k M)) Σ_j #{i : d(sample_j, ref_i) < radius_i}` and coverage the fraction
+//! of references whose nearest sample is closer than the reference's own radius; both use the strict
+//! inequality of Naeem et al.'s definition.
+//!
+//! Distances come from blocked GEMM (`‖u‖² − 2 u·v + ‖v‖²`), one block of `block_size × block_size`
+//! at a time per worker, so memory stays bounded for any set size; the k smallest distances of each
+//! row are kept in a small sorted buffer instead of sorting rows.
+//!
+//! torch-fidelity's `prc` gives the same precision and recall: it compares Euclidean rather than
+//! squared distances and takes `kthvalue(k + 1)` with the self-distance included, which selects the
+//! same neighbour for distinct points.
+//!
+//! [`DistancePrecision::AdmFp16`] reproduces the float16 arithmetic of ADM's TensorFlow
+//! `DistanceBlock`, which is what published ADM precision/recall numbers were computed with.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, Array1, Array2, ArrayView2, Axis, Zip};
+use rayon::prelude::*;
+
+use crate::error::{
+    ensure_finite_rows, ensure_finite_rows_f32, ensure_same_dim, MetricsError, Result,
+};
+
+/// Neighbourhood size used by ADM and by Kynkäänniemi et al.
+pub const DEFAULT_K: usize = 3;
+/// Rows (and columns) per distance block: 1024 × 1024 f64 = 8 MiB per worker.
+pub const DEFAULT_BLOCK_SIZE: usize = 1024;
+/// ADM's `row_batch_size` / `col_batch_size`. The float16 → float32 fallback is decided per tile
+/// of this size, so `AdmFp16` blocks never straddle a tile boundary.
+pub const ADM_BATCH_SIZE: usize = 10_000;
+
+/// Arithmetic of the pairwise distances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DistancePrecision {
+    /// Float64 throughout (f32 inputs are promoted); the mathematically intended metric.
+    #[default]
+    Exact,
+    /// ADM's evaluator: features cast to float32 then float16; squared norms, `u·v` and the
+    /// distance combined in float16 with TensorFlow's CPU rounding; any 10 000 × 10 000 tile with
+    /// a non-finite float16 distance is recomputed in float32, as ADM's `tf.cond` does.
+    AdmFp16,
+}
+
+/// Settings of [`manifold_metrics`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ManifoldConfig {
+    /// Neighbourhood size k (the radius is the distance to the k-th nearest other point).
+    pub k: usize,
+    /// Rows and columns per distance block; bounds memory to about `8 · block_size²` bytes per
+    /// worker thread.
+    pub block_size: usize,
+    pub precision: DistancePrecision,
+}
+
+impl Default for ManifoldConfig {
+    fn default() -> Self {
+        Self {
+            k: DEFAULT_K,
+            block_size: DEFAULT_BLOCK_SIZE,
+            precision: DistancePrecision::Exact,
+        }
+    }
+}
+
+/// Precision, recall, density and coverage of a sample set against a reference set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ManifoldMetrics {
+    pub precision: f64,
+    pub recall: f64,
+    pub density: f64,
+    pub coverage: f64,
+}
+
+/// Precision, recall, density and coverage of `samples` against `reference` (rows are feature
+/// vectors), in one pass over each of the three distance matrices.
+pub fn manifold_metrics(
+    reference: ArrayView2<'_, f64>,
+    samples: ArrayView2<'_, f64>,
+    config: &ManifoldConfig,
+) -> Result<ManifoldMetrics> {
+    validate_config(config)?;
+    validate_set("manifold metrics (reference)", reference, config.k)?;
+    validate_set("manifold metrics (samples)", samples, config.k)?;
+    ensure_same_dim("manifold metrics", reference.ncols(), samples.ncols())?;
+    ensure_finite_rows("manifold metrics (reference)", reference)?;
+    ensure_finite_rows("manifold metrics (samples)", samples)?;
+    let reference = Prepared::new(reference, config.precision);
+    let samples = Prepared::new(samples, config.precision);
+    let ref_radii = radii_of(&reference, config);
+    let sample_radii = radii_of(&samples, config);
+    Ok(cross_metrics(
+        &reference,
+        &ref_radii,
+        &samples,
+        &sample_radii,
+        config,
+    ))
+}
+
+/// [`manifold_metrics`] for float32 features.
+pub fn manifold_metrics_f32(
+    reference: ArrayView2<'_, f32>,
+    samples: ArrayView2<'_, f32>,
+    config: &ManifoldConfig,
+) -> Result<ManifoldMetrics> {
+    ensure_finite_rows_f32("manifold metrics (reference)", reference)?;
+    ensure_finite_rows_f32("manifold metrics (samples)", samples)?;
+    manifold_metrics(
+        reference.mapv(f64::from).view(),
+        samples.mapv(f64::from).view(),
+        config,
+    )
+}
+
+/// Squared distance of each row to its k-th nearest other row, in the configured arithmetic
+/// (ADM's `manifold_radii`).
+pub fn manifold_radii(
+    features: ArrayView2<'_, f64>,
+    config: &ManifoldConfig,
+) -> Result<Array1<f64>> {
+    validate_config(config)?;
+    validate_set("manifold radii", features, config.k)?;
+    ensure_finite_rows("manifold radii", features)?;
+    Ok(radii_of(&Prepared::new(features, config.precision), config))
+}
+
+fn validate_config(config: &ManifoldConfig) -> Result<()> {
+    if config.k == 0 {
+        return Err(MetricsError::InvalidArgument(
+            "manifold metrics: k must be at least 1".into(),
+        ));
+    }
+    if config.block_size == 0 {
+        return Err(MetricsError::InvalidArgument(
+            "manifold metrics: block_size must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_set(what: &'static str, features: ArrayView2<'_, f64>, k: usize) -> Result<()> {
+    let n = features.nrows();
+    if n < 2 {
+        return Err(MetricsError::TooFewSamples {
+            what,
+            need: k + 1,
+            got: n,
+        });
+    }
+    if k >= n {
+        return Err(MetricsError::KTooLarge { k, n });
+    }
+    if features.ncols() == 0 {
+        return Err(MetricsError::InvalidArgument(format!(
+            "{what}: feature vectors have no components"
+        )));
+    }
+    Ok(())
+}
+
+/// A feature set as the distance kernel sees it.
+struct Prepared<'a> {
+    /// The caller's features (exact arithmetic reads them in place).
+    source: ArrayView2<'a, f64>,
+    /// `AdmFp16` only: the features rounded to float32 and then float16.
+    half: Option<Array2<f64>>,
+    /// Squared norms in the primary arithmetic (float16 in `AdmFp16` mode).
+    norms: Array1<f64>,
+    /// `AdmFp16` only: float32 squared norms for tiles that fall back to float32.
+    norms32: Option<Array1<f64>>,
+    precision: DistancePrecision,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(source: ArrayView2<'a, f64>, precision: DistancePrecision) -> Self {
+        match precision {
+            DistancePrecision::Exact => Self {
+                source,
+                half: None,
+                norms: source.map_axis(Axis(1), |row| row.dot(&row)),
+                norms32: None,
+                precision,
+            },
+            DistancePrecision::AdmFp16 => {
+                // ADM feeds float32 placeholders, so f64 input is first rounded to float32.
+                let half = source.mapv(|v| round_f16(round_f32(v)));
+                let dim = half.ncols();
+                let norms =
+                    Array1::from_iter(half.axis_iter(Axis(0)).enumerate().map(|(i, row)| {
+                        let squares: Vec<f64> = row.iter().map(|&v| round_f16(v * v)).collect();
+                        // TensorFlow reduces each ADM batch as one contiguous [rows, dim] tensor.
+                        eigen_half_sum(&squares, (i % ADM_BATCH_SIZE) * dim)
+                    }));
+                let norms32 = source.map_axis(Axis(1), |row| {
+                    round_f32(row.iter().map(|&v| round_f32(v).powi(2)).sum())
+                });
+                Self {
+                    source,
+                    half: Some(half),
+                    norms,
+                    norms32: Some(norms32),
+                    precision,
+                }
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.source.nrows()
+    }
+}
+
+/// Which arithmetic a block is computed in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Arith {
+    Exact,
+    Half,
+    Single,
+}
+
+/// Squared distances between rows `rows` of `u` and rows `cols` of `v` into `out`
+/// (`rows.len() × cols.len()`). Returns false when a float16 block holds a non-finite distance,
+/// which makes ADM recompute the whole tile in float32.
+fn distance_block(
+    u: &Prepared<'_>,
+    rows: Range<usize>,
+    v: &Prepared<'_>,
+    cols: Range<usize>,
+    arith: Arith,
+    out: &mut Array2<f64>,
+) -> bool {
+    match arith {
+        Arith::Exact => general_mat_mul(
+            1.0,
+            &u.source.slice(s![rows.clone(), ..]),
+            &v.source.slice(s![cols.clone(), ..]).t(),
+            0.0,
+            out,
+        ),
+        Arith::Half => {
+            let (uh, vh) = (half_of(u), half_of(v));
+            general_mat_mul(
+                1.0,
+                &uh.slice(s![rows.clone(), ..]),
+                &vh.slice(s![cols.clone(), ..]).t(),
+                0.0,
+                out,
+            )
+        }
+        // Rare (only tiles whose float16 distances overflow), so rounded on the fly.
+        Arith::Single => general_mat_mul(
+            1.0,
+            &u.source.slice(s![rows.clone(), ..]).mapv(round_f32),
+            &v.source.slice(s![cols.clone(), ..]).mapv(round_f32).t(),
+            0.0,
+            out,
+        ),
+    }
+    let (un, vn) = if arith == Arith::Single {
+        (norms32_of(u), norms32_of(v))
+    } else {
+        (&u.norms, &v.norms)
+    };
+    let nu = un.slice(s![rows]);
+    let nv = vn.slice(s![cols]);
+    let mut finite = true;
+    match arith {
+        Arith::Exact => {
+            Zip::from(out.rows_mut()).and(&nu).for_each(|mut row, &nu| {
+                Zip::from(&mut row).and(&nv).for_each(|d, &nv| {
+                    *d = (nu - 2.0 * *d + nv).max(0.0);
+                });
+            });
+        }
+        Arith::Half | Arith::Single => {
+            let round = if arith == Arith::Half {
+                round_f16
+            } else {
+                round_f32
+            };
+            // TensorFlow evaluates `max(norm_u - 2 * matmul(U, V^T) + norm_v, 0)` one op at a
+            // time, rounding each intermediate tensor to the working type.
+            Zip::from(out.rows_mut()).and(&nu).for_each(|mut row, &nu| {
+                Zip::from(&mut row).and(&nv).for_each(|d, &nv| {
+                    let two_dot = round(2.0 * round(*d));
+                    let value = round(round(nu - two_dot) + nv);
+                    // Only float16 tiles fall back; float32 overflow is kept, as ADM keeps it.
+                    if arith == Arith::Half && (value.is_nan() || value == f64::INFINITY) {
+                        finite = false;
+                    }
+                    // TensorFlow's maximum propagates NaN and maps -inf to 0.
+                    *d = if value.is_nan() {
+                        value
+                    } else {
+                        value.max(0.0)
+                    };
+                });
+            });
+        }
+    }
+    finite
+}
+
+fn half_of<'p>(set: &'p Prepared<'_>) -> &'p Array2<f64> {
+    set.half
+        .as_ref()
+        .expect("float16 features are prepared in AdmFp16 mode")
+}
+
+fn norms32_of<'p>(set: &'p Prepared<'_>) -> &'p Array1<f64> {
+    set.norms32
+        .as_ref()
+        .expect("float32 norms are prepared in AdmFp16 mode")
+}
+
+/// Splits `0..n` into ranges of at most `block` that never cross a multiple of [`ADM_BATCH_SIZE`].
+fn blocks(n: usize, block: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut tile_start = 0;
+    while tile_start < n {
+        let tile_end = (tile_start + ADM_BATCH_SIZE).min(n);
+        let mut start = tile_start;
+        while start < tile_end {
+            let end = (start + block).min(tile_end);
+            out.push(start..end);
+            start = end;
+        }
+        tile_start = tile_end;
+    }
+    out
+}
+
+fn tile_of(range: &Range<usize>) -> usize {
+    range.start / ADM_BATCH_SIZE
+}
+
+/// Tiles (row tile, column tile) that ADM computes in float32.
+type FallbackTiles = HashSet<(usize, usize)>;
+
+fn arith_for(
+    precision: DistancePrecision,
+    fallback: &FallbackTiles,
+    rows: &Range<usize>,
+    cols: &Range<usize>,
+) -> Arith {
+    match precision {
+        DistancePrecision::Exact => Arith::Exact,
+        DistancePrecision::AdmFp16 if fallback.contains(&(tile_of(rows), tile_of(cols))) => {
+            Arith::Single
+        }
+        DistancePrecision::AdmFp16 => Arith::Half,
+    }
+}
+
+/// Runs `pass` until no float16 tile produced a non-finite distance, moving each such tile to
+/// float32 (exact mode never reruns).
+fn with_fallback<T>(mut pass: impl FnMut(&FallbackTiles) -> (T, FallbackTiles)) -> T {
+    let mut fallback = FallbackTiles::new();
+    loop {
+        let (result, failed) = pass(&fallback);
+        if failed.is_empty() {
+            return result;
+        }
+        fallback.extend(failed);
+    }
+}
+
+fn radii_of(set: &Prepared<'_>, config: &ManifoldConfig) -> Array1<f64> {
+    let k = config.k;
+    let n = set.len();
+    let row_blocks = blocks(n, config.block_size);
+    with_fallback(|fallback| {
+        let per_block: Vec<(Vec<f64>, FallbackTiles)> = row_blocks
+            .par_iter()
+            .map(|rows| {
+                let mut smallest = vec![f64::INFINITY; rows.len() * (k + 1)];
+                let mut failed = FallbackTiles::new();
+                let mut dist = Array2::zeros((0, 0));
+                for cols in &row_blocks {
+                    let arith = arith_for(set.precision, fallback, rows, cols);
+                    dist = reuse(dist, rows.len(), cols.len());
+                    if !distance_block(set, rows.clone(), set, cols.clone(), arith, &mut dist) {
+                        failed.insert((tile_of(rows), tile_of(cols)));
+                    }
+                    if arith == Arith::Exact {
+                        // Self-distance is exactly 0, not GEMM round-off, so the (k+1)-th smallest
+                        // including it is the k-th nearest other point.
+                        for i in rows.start.max(cols.start)..rows.end.min(cols.end) {
+                            dist[[i - rows.start, i - cols.start]] = 0.0;
+                        }
+                    }
+                    for (r, row) in dist.rows().into_iter().enumerate() {
+                        let best = &mut smallest[r * (k + 1)..(r + 1) * (k + 1)];
+                        for &d in row {
+                            push_smallest(best, d);
+                        }
+                    }
+                }
+                let radii = smallest.chunks(k + 1).map(|best| best[k]).collect();
+                (radii, failed)
+            })
+            .collect();
+        let mut failed = FallbackTiles::new();
+        let mut radii = Vec::with_capacity(n);
+        for (block_radii, block_failed) in per_block {
+            radii.extend(block_radii);
+            failed.extend(block_failed);
+        }
+        (Array1::from(radii), failed)
+    })
+}
+
+/// Inserts `d` into the ascending buffer `best` of the smallest values seen, dropping the largest.
+/// NaN (possible only in `AdmFp16` mode, and then discarded by the fallback) is ignored.
+#[inline]
+fn push_smallest(best: &mut [f64], d: f64) {
+    let last = best.len() - 1;
+    if d.is_nan() || d >= best[last] {
+        return;
+    }
+    let mut pos = last;
+    while pos > 0 && best[pos - 1] > d {
+        best[pos] = best[pos - 1];
+        pos -= 1;
+    }
+    best[pos] = d;
+}
+
+fn reuse(buffer: Array2<f64>, rows: usize, cols: usize) -> Array2<f64> {
+    if buffer.dim() == (rows, cols) {
+        buffer
+    } else {
+        Array2::zeros((rows, cols))
+    }
+}
+
+/// Per-sample accumulators gathered over reference row blocks.
+struct SampleAcc {
+    /// Inside some reference ball (`<=`, ADM).
+    in_ref_ball: Vec<bool>,
+    /// Number of reference balls containing the sample (`<`, Naeem et al.).
+    ball_count: Vec<u64>,
+    failed: FallbackTiles,
+}
+
+impl SampleAcc {
+    fn new(m: usize) -> Self {
+        Self {
+            in_ref_ball: vec![false; m],
+            ball_count: vec![0; m],
+            failed: FallbackTiles::new(),
+        }
+    }
+
+    fn merge(mut self, other: Self) -> Self {
+        for (a, b) in self.in_ref_ball.iter_mut().zip(other.in_ref_ball) {
+            *a |= b;
+        }
+        for (a, b) in self.ball_count.iter_mut().zip(other.ball_count) {
+            *a += b;
+        }
+        self.failed.extend(other.failed);
+        self
+    }
+}
+
+/// Per-reference results of one row block: (first row, inside some sample ball, nearest sample
+/// distance).
+type RefBlock = (usize, Vec<bool>, Vec<f64>);
+
+fn cross_metrics(
+    reference: &Prepared<'_>,
+    ref_radii: &Array1<f64>,
+    samples: &Prepared<'_>,
+    sample_radii: &Array1<f64>,
+    config: &ManifoldConfig,
+) -> ManifoldMetrics {
+    let n = reference.len();
+    let m = samples.len();
+    let ref_blocks = blocks(n, config.block_size);
+    let sample_blocks = blocks(m, config.block_size);
+    // ADM's evaluate_pr puts the reference batch in the GEMM's rows (`U`), which fixes the
+    // float16 rounding order of `norm_u - 2 u·v + norm_v`.
+    let (samples_acc, ref_results) = with_fallback(|fallback| {
+        let (acc, refs) = ref_blocks
+            .par_iter()
+            .fold(
+                || (SampleAcc::new(m), Vec::<RefBlock>::new()),
+                |(mut acc, mut refs), rows| {
+                    let mut in_sample_ball = vec![false; rows.len()];
+                    let mut nearest = vec![f64::INFINITY; rows.len()];
+                    let mut dist = Array2::zeros((0, 0));
+                    for cols in &sample_blocks {
+                        let arith = arith_for(config.precision, fallback, rows, cols);
+                        dist = reuse(dist, rows.len(), cols.len());
+                        if !distance_block(
+                            reference,
+                            rows.clone(),
+                            samples,
+                            cols.clone(),
+                            arith,
+                            &mut dist,
+                        ) {
+                            acc.failed.insert((tile_of(rows), tile_of(cols)));
+                        }
+                        for (r, row) in dist.rows().into_iter().enumerate() {
+                            let radius = ref_radii[rows.start + r];
+                            for (c, &d) in row.iter().enumerate() {
+                                let j = cols.start + c;
+                                if d <= radius {
+                                    acc.in_ref_ball[j] = true;
+                                }
+                                if d < radius {
+                                    acc.ball_count[j] += 1;
+                                }
+                                if d <= sample_radii[j] {
+                                    in_sample_ball[r] = true;
+                                }
+                                if d < nearest[r] {
+                                    nearest[r] = d;
+                                }
+                            }
+                        }
+                    }
+                    refs.push((rows.start, in_sample_ball, nearest));
+                    (acc, refs)
+                },
+            )
+            .reduce(
+                || (SampleAcc::new(m), Vec::new()),
+                |(a, mut ra), (b, rb)| {
+                    ra.extend(rb);
+                    (a.merge(b), ra)
+                },
+            );
+        let failed = acc.failed.clone();
+        ((acc, refs), failed)
+    });
+
+    let mut recalled = 0usize;
+    let mut covered = 0usize;
+    for (start, in_ball, nearest) in &ref_results {
+        recalled += in_ball.iter().filter(|&&b| b).count();
+        covered += nearest
+            .iter()
+            .enumerate()
+            .filter(|(r, &d)| d < ref_radii[start + r])
+            .count();
+    }
+    let precise = samples_acc.in_ref_ball.iter().filter(|&&b| b).count();
+    let ball_total: u64 = samples_acc.ball_count.iter().sum();
+    ManifoldMetrics {
+        precision: precise as f64 / m as f64,
+        recall: recalled as f64 / n as f64,
+        density: ball_total as f64 / (config.k as f64 * m as f64),
+        coverage: covered as f64 / n as f64,
+    }
+}
+
+/// Rounds to the nearest float32 (ties to even).
+fn round_f32(x: f64) -> f64 {
+    f64::from(x as f32)
+}
+
+/// Rounds to the nearest IEEE binary16 value (ties to even; overflow to ±inf), kept as f64.
+/// Written out because a correctly rounded f64 → f16 step is needed: GEMM results carry more
+/// bits than float32.
+fn round_f16(x: f64) -> f64 {
+    const MAX_FINITE_HALF: f64 = 65504.0;
+    const MIN_NORMAL_HALF: f64 = 6.103_515_625e-5; // 2^-14
+    if !x.is_finite() {
+        return x;
+    }
+    let a = x.abs();
+    // 65520 is halfway between 65504 and 2^16, and ties go to the even 2^16, i.e. infinity.
+    if a >= MAX_FINITE_HALF + 16.0 {
+        return f64::INFINITY.copysign(x);
+    }
+    let exponent = if a < MIN_NORMAL_HALF {
+        -14
+    } else {
+        ((a.to_bits() >> 52) & 0x7ff) as i64 - 1023
+    };
+    // Power-of-two scalings are exact, so only round_ties_even rounds.
+    let quantum = f64::from_bits(((exponent - 10 + 1023) as u64) << 52);
+    ((a / quantum).round_ties_even() * quantum).copysign(x)
+}
+
+/// Float16 sum of float16 `values`, in the order of Eigen's vectorised inner-dimension reducer
+/// that TensorFlow's CPU `reduce_sum` uses for half: for long rows a split in two halves at a
+/// packet boundary of the flat index (leaf size 200 packets), then four interleaved 8-lane
+/// accumulators, one 8-lane accumulator for the rest of whole packets, a scalar accumulator for the
+/// tail, and a float32 horizontal sum of the packet lanes. `first` is the flat index of
+/// `values[0]` in the reduced tensor.
+fn eigen_half_sum(values: &[f64], first: usize) -> f64 {
+    const PACKET: usize = 8;
+    const LEAF: usize = 200;
+    fn tree(values: &[f64], base: usize, first: usize, n: usize) -> f64 {
+        if n > PACKET * LEAF {
+            let split = PACKET * (first + n.div_ceil(2)).div_ceil(PACKET);
+            let left = (split - first).min(n);
+            let mut acc = round_f16(tree(values, base, first, left));
+            if left < n {
+                acc = round_f16(acc + tree(values, base, split, n - left));
+            }
+            acc
+        } else {
+            linear(&values[first - base..first - base + n])
+        }
+    }
+    fn linear(v: &[f64]) -> f64 {
+        let n = v.len();
+        let add = |acc: &mut [f64; PACKET], chunk: &[f64]| {
+            for (a, &x) in acc.iter_mut().zip(chunk) {
+                *a = round_f16(*a + x);
+            }
+        };
+        let mut p0 = [0.0; PACKET];
+        let mut start = 0;
+        if n >= 4 * PACKET {
+            let (mut p1, mut p2, mut p3) = ([0.0; PACKET], [0.0; PACKET], [0.0; PACKET]);
+            let end = n / (4 * PACKET) * (4 * PACKET);
+            for j in (0..end).step_by(4 * PACKET) {
+                add(&mut p0, &v[j..j + PACKET]);
+                add(&mut p1, &v[j + PACKET..j + 2 * PACKET]);
+                add(&mut p2, &v[j + 2 * PACKET..j + 3 * PACKET]);
+                add(&mut p3, &v[j + 3 * PACKET..j + 4 * PACKET]);
+            }
+            add(&mut p0, &p1);
+            add(&mut p0, &p2);
+            add(&mut p0, &p3);
+            start = end;
+        }
+        if start + PACKET <= n {
+            let end = n / PACKET * PACKET;
+            for j in (start..end).step_by(PACKET) {
+                add(&mut p0, &v[j..j + PACKET]);
+            }
+            start = end;
+        }
+        let mut scalar = 0.0;
+        for &x in &v[start..] {
+            scalar = round_f16(scalar + x);
+        }
+        let f = p0.map(|x| x as f32);
+        let lanes = [f[0] + f[4], f[1] + f[5], f[2] + f[6], f[3] + f[7]];
+        let packet_sum = round_f16(f64::from((lanes[0] + lanes[2]) + (lanes[1] + lanes[3])));
+        round_f16(scalar + packet_sum)
+    }
+    tree(values, first, first, values.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    fn brute_force(
+        reference: &Array2<f64>,
+        samples: &Array2<f64>,
+        k: usize,
+    ) -> (ManifoldMetrics, Array1<f64>) {
+        let d = |a: ndarray::ArrayView1<f64>, b: ndarray::ArrayView1<f64>| {
+            a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>()
+        };
+        let radii = |set: &Array2<f64>| {
+            Array1::from_iter(set.rows().into_iter().enumerate().map(|(i, u)| {
+                let mut ds: Vec<f64> = set
+                    .rows()
+                    .into_iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != i)
+                    .map(|(_, v)| d(u, v))
+                    .collect();
+                ds.sort_by(f64::total_cmp);
+                ds[k - 1]
+            }))
+        };
+        let rr = radii(reference);
+        let rs = radii(samples);
+        let (n, m) = (reference.nrows(), samples.nrows());
+        let dist = Array2::from_shape_fn((n, m), |(i, j)| d(reference.row(i), samples.row(j)));
+        let precision = (0..m)
+            .filter(|&j| (0..n).any(|i| dist[[i, j]] <= rr[i]))
+            .count() as f64
+            / m as f64;
+        let recall = (0..n)
+            .filter(|&i| (0..m).any(|j| dist[[i, j]] <= rs[j]))
+            .count() as f64
+            / n as f64;
+        let density = (0..m)
+            .map(|j| (0..n).filter(|&i| dist[[i, j]] < rr[i]).count())
+            .sum::<usize>() as f64
+            / (k * m) as f64;
+        let coverage = (0..n)
+            .filter(|&i| (0..m).map(|j| dist[[i, j]]).fold(f64::INFINITY, f64::min) < rr[i])
+            .count() as f64
+            / n as f64;
+        (
+            ManifoldMetrics {
+                precision,
+                recall,
+                density,
+                coverage,
+            },
+            rr,
+        )
+    }
+
+    fn pseudo_random(rows: usize, cols: usize, seed: u64, shift: f64) -> Array2<f64> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        Array2::from_shape_fn((rows, cols), |_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 11) as f64 / (1u64 << 53) as f64) + shift
+        })
+    }
+
+    #[test]
+    fn matches_brute_force_for_any_block_size() {
+        let reference = pseudo_random(70, 5, 1, 0.0);
+        let samples = pseudo_random(90, 5, 2, 0.15);
+        for k in [1, 3, 5] {
+            let (expected, expected_radii) = brute_force(&reference, &samples, k);
+            for block_size in [1, 7, 64, 1000] {
+                let config = ManifoldConfig {
+                    k,
+                    block_size,
+                    ..Default::default()
+                };
+                let got = manifold_metrics(reference.view(), samples.view(), &config).unwrap();
+                assert_eq!(got, expected, "k={k} block_size={block_size}");
+                let radii = manifold_radii(reference.view(), &config).unwrap();
+                for (a, b) in radii.iter().zip(&expected_radii) {
+                    assert!((a - b).abs() <= 1e-12 * b.max(1.0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn identical_sets_are_perfect() {
+        let x = pseudo_random(40, 3, 9, 0.0);
+        let got = manifold_metrics(x.view(), x.view(), &ManifoldConfig::default()).unwrap();
+        assert_eq!(got.precision, 1.0);
+        assert_eq!(got.recall, 1.0);
+        assert_eq!(got.coverage, 1.0);
+    }
+
+    #[test]
+    fn f16_rounding() {
+        assert_eq!(round_f16(1.0), 1.0);
+        assert_eq!(round_f16(1.0 + 1.0 / 2048.0), 1.0); // tie to even
+        assert_eq!(round_f16(1.0 + 3.0 / 2048.0), 1.0 + 2.0 / 1024.0); // tie to even (up)
+        assert_eq!(round_f16(1.0 + 1.0 / 2048.0 + 1e-12), 1.0 + 1.0 / 1024.0);
+        assert_eq!(round_f16(-163.4), -163.375);
+        assert_eq!(round_f16(65504.0), 65504.0);
+        assert_eq!(round_f16(65519.9), 65504.0);
+        assert_eq!(round_f16(65520.0), f64::INFINITY);
+        assert_eq!(round_f16(-1e6), f64::NEG_INFINITY);
+        assert_eq!(round_f16(2f64.powi(-24)), 2f64.powi(-24));
+        assert_eq!(round_f16(2f64.powi(-26)), 0.0);
+        assert_eq!(round_f16(3.0 * 2f64.powi(-26)), 2f64.powi(-24));
+        assert_eq!(round_f16(0.0), 0.0);
+    }
+
+    #[test]
+    fn half_sum_of_small_integers_is_exact() {
+        let v: Vec<f64> = (0..301).map(|i| f64::from(i % 5)).collect();
+        let exact: f64 = v.iter().sum();
+        assert_eq!(eigen_half_sum(&v, 0), exact);
+        let long: Vec<f64> = vec![1.0; 2048];
+        // 1024 per half fits the float16 integer range; the final 2048 is representable.
+        assert_eq!(eigen_half_sum(&long, 0), 2048.0);
+    }
+
+    #[test]
+    fn fp16_overflow_falls_back_to_float32() {
+        // Squared norms of ~1e5 overflow float16; ADM recomputes such tiles in float32.
+        let reference = pseudo_random(30, 4, 3, 0.0).mapv(|v| v * 200.0);
+        let samples = pseudo_random(30, 4, 4, 0.1).mapv(|v| v * 200.0);
+        let config = ManifoldConfig {
+            precision: DistancePrecision::AdmFp16,
+            ..Default::default()
+        };
+        let got = manifold_metrics(reference.view(), samples.view(), &config).unwrap();
+        let exact =
+            manifold_metrics(reference.view(), samples.view(), &ManifoldConfig::default()).unwrap();
+        assert!(got.precision.is_finite() && got.recall.is_finite());
+        assert!((got.precision - exact.precision).abs() <= 2.0 / 30.0);
+        assert!((got.recall - exact.recall).abs() <= 2.0 / 30.0);
+
+        // Beyond float32 range the fallback overflows too; the result stays a finite fraction.
+        let mut huge = reference.clone();
+        huge[[0, 0]] = 1e200;
+        let got = manifold_metrics(huge.view(), samples.view(), &config).unwrap();
+        assert!(got.precision.is_finite() && got.recall.is_finite());
+        assert!(got.density.is_finite() && got.coverage.is_finite());
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        let good = pseudo_random(10, 3, 5, 0.0);
+        let config = ManifoldConfig::default();
+        let narrow = pseudo_random(10, 2, 6, 0.0);
+        assert!(matches!(
+            manifold_metrics(good.view(), narrow.view(), &config),
+            Err(MetricsError::DimensionMismatch {
+                left: 3,
+                right: 2,
+                ..
+            })
+        ));
+        let few = pseudo_random(3, 3, 7, 0.0);
+        assert!(matches!(
+            manifold_metrics(good.view(), few.view(), &config),
+            Err(MetricsError::KTooLarge { k: 3, n: 3 })
+        ));
+        let one = array![[1.0, 2.0, 3.0]];
+        assert!(matches!(
+            manifold_metrics(one.view(), good.view(), &config),
+            Err(MetricsError::TooFewSamples { got: 1, .. })
+        ));
+        let mut bad = good.clone();
+        bad[[4, 1]] = f64::NAN;
+        bad[[6, 0]] = f64::INFINITY;
+        assert!(matches!(
+            manifold_metrics(good.view(), bad.view(), &config),
+            Err(MetricsError::NonFinite { rows: 2, .. })
+        ));
+        let zero_k = ManifoldConfig { k: 0, ..config };
+        assert!(matches!(
+            manifold_radii(good.view(), &zero_k),
+            Err(MetricsError::InvalidArgument(_))
+        ));
+        let zero_block = ManifoldConfig {
+            block_size: 0,
+            ..config
+        };
+        assert!(matches!(
+            manifold_metrics(good.view(), good.view(), &zero_block),
+            Err(MetricsError::InvalidArgument(_))
+        ));
+        let mut bad32 = good.mapv(|v| v as f32);
+        bad32[[0, 0]] = f32::NAN;
+        assert!(matches!(
+            manifold_metrics_f32(bad32.view(), bad32.view(), &config),
+            Err(MetricsError::NonFinite { rows: 1, .. })
+        ));
+    }
+}
