@@ -7,6 +7,7 @@ pub mod cache;
 pub mod data;
 pub mod device;
 pub mod doctor;
+pub mod evaluate;
 pub mod features;
 pub mod models;
 pub mod progress;
