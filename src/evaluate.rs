@@ -30,8 +30,26 @@ pub enum Metric {
     Kid,
 }
 
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Metric::Fid => "fid",
+            Metric::Sfid => "sfid",
+            Metric::Is => "is",
+            Metric::Pr => "pr",
+            Metric::Kid => "kid",
+        })
+    }
+}
+
 impl Metric {
-    pub const ALL: [Metric; 5] = [Metric::Fid, Metric::Sfid, Metric::Is, Metric::Pr, Metric::Kid];
+    pub const ALL: [Metric; 5] = [
+        Metric::Fid,
+        Metric::Sfid,
+        Metric::Is,
+        Metric::Pr,
+        Metric::Kid,
+    ];
 }
 
 /// The figures every report may hold, in their stable order (JSON keys and CSV columns).
@@ -87,7 +105,11 @@ impl Reference {
     /// A reference described by features alone: its statistics are computed from them.
     pub fn from_features(features: FeatureSet) -> Result<Self> {
         let stats = ReferenceStats {
-            pool: features.pool.as_ref().map(|p| GaussianStats::from_features_f32(p.view())).transpose()?,
+            pool: features
+                .pool
+                .as_ref()
+                .map(|p| GaussianStats::from_features_f32(p.view()))
+                .transpose()?,
             spatial: features
                 .spatial
                 .as_ref()
@@ -117,8 +139,12 @@ impl MetricValues {
     pub fn insert(&mut self, name: &'static str, value: f64) {
         self.0.retain(|(n, _)| *n != name);
         self.0.push((name, value));
-        self.0
-            .sort_by_key(|(n, _)| METRIC_NAMES.iter().position(|m| m == n).unwrap_or(usize::MAX));
+        self.0.sort_by_key(|(n, _)| {
+            METRIC_NAMES
+                .iter()
+                .position(|m| m == n)
+                .unwrap_or(usize::MAX)
+        });
     }
 
     /// A two-column table for the terminal.
@@ -162,8 +188,8 @@ pub fn plan(
             None => {
                 planned.insert(metric);
             }
-            Some(what) if explicit => bail!("{metric:?} was asked for but needs {what}"),
-            Some(what) => tracing::info!("skipping {metric:?}: needs {what}"),
+            Some(what) if explicit => bail!("`{metric}` was asked for but needs {what}"),
+            Some(what) => tracing::info!("skipping `{metric}`: needs {what}"),
         }
     }
     if planned.is_empty() {
@@ -172,7 +198,10 @@ pub fn plan(
     Ok(planned)
 }
 
-fn need<'a>(what: Option<&'a ndarray::Array2<f32>>, name: &str) -> Result<&'a ndarray::Array2<f32>> {
+fn need<'a>(
+    what: Option<&'a ndarray::Array2<f32>>,
+    name: &str,
+) -> Result<&'a ndarray::Array2<f32>> {
     what.with_context(|| format!("missing {name}"))
 }
 
@@ -188,9 +217,17 @@ pub fn compute(
         match metric {
             Metric::Fid | Metric::Sfid => {
                 let (features, stats, name) = if *metric == Metric::Fid {
-                    (&sample.pool, reference.and_then(|r| r.stats.pool.as_ref()), "fid")
+                    (
+                        &sample.pool,
+                        reference.and_then(|r| r.stats.pool.as_ref()),
+                        "fid",
+                    )
                 } else {
-                    (&sample.spatial, reference.and_then(|r| r.stats.spatial.as_ref()), "sfid")
+                    (
+                        &sample.spatial,
+                        reference.and_then(|r| r.stats.spatial.as_ref()),
+                        "sfid",
+                    )
                 };
                 let features = need(features.as_ref(), "sample features")?;
                 let stats_ref = stats.context("missing reference statistics")?;
@@ -205,7 +242,10 @@ pub fn compute(
             }
             Metric::Pr => {
                 let samples = need(sample.pool.as_ref(), "sample pool features")?;
-                let refs = need(reference.and_then(Reference::pool_features), "reference pool features")?;
+                let refs = need(
+                    reference.and_then(Reference::pool_features),
+                    "reference pool features",
+                )?;
                 let m = manifold_metrics_f32(refs.view(), samples.view(), &options.manifold)?;
                 values.insert("precision", m.precision);
                 values.insert("recall", m.recall);
@@ -214,7 +254,10 @@ pub fn compute(
             }
             Metric::Kid => {
                 let samples = need(sample.pool.as_ref(), "sample pool features")?;
-                let refs = need(reference.and_then(Reference::pool_features), "reference pool features")?;
+                let refs = need(
+                    reference.and_then(Reference::pool_features),
+                    "reference pool features",
+                )?;
                 let kid = kernel_inception_distance_f32(refs.view(), samples.view(), &options.kid)?;
                 values.insert("kid", kid.mean);
                 values.insert("kid_std", kid.std);
@@ -228,7 +271,8 @@ pub fn compute(
 /// metric column of [`METRIC_NAMES`], empty when not computed, then the run's scalar fields) into
 /// `dir`, each atomically.
 pub fn write_outputs(dir: &Path, values: &MetricValues, run: &Map<String, Value>) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output folder {}", dir.display()))?;
     let mut metrics = Map::new();
     for (name, value) in &values.0 {
         metrics.insert((*name).to_string(), Value::from(*value));

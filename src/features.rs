@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use ndarray::{concatenate, Array2, Axis};
+use ndarray::{concatenate, Array2, Array4, Axis};
 use ndarray_npy::{NpzReader, NpzWriter};
 use sha2::{Digest, Sha256};
 use tch::{nn, Device, Tensor};
@@ -44,7 +44,11 @@ const KEYS: [&str; 3] = ["pool", "spatial", "logits"];
 
 impl FeatureSet {
     fn fields(&self) -> [(&'static str, &Option<Array2<f32>>); 3] {
-        [(KEYS[0], &self.pool), (KEYS[1], &self.spatial), (KEYS[2], &self.logits)]
+        [
+            (KEYS[0], &self.pool),
+            (KEYS[1], &self.spatial),
+            (KEYS[2], &self.logits),
+        ]
     }
 
     /// Number of images the features describe.
@@ -63,7 +67,8 @@ impl FeatureSet {
     pub fn save(&self, path: &Path) -> Result<(), FeatureError> {
         let tmp = llamagen_metrics::stats::temporary_sibling(path);
         let write = || -> Result<(), String> {
-            let file = File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            let file =
+                File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
             let mut npz = NpzWriter::new(file);
             for (key, array) in self.fields() {
                 if let Some(array) = array {
@@ -71,7 +76,8 @@ impl FeatureSet {
                 }
             }
             npz.finish().map_err(|e| e.to_string())?;
-            std::fs::rename(&tmp, path).map_err(|e| format!("cannot move the finished file into place: {e}"))
+            std::fs::rename(&tmp, path)
+                .map_err(|e| format!("cannot move the finished file into place: {e}"))
         };
         write().map_err(|message| {
             let _ = std::fs::remove_file(&tmp);
@@ -82,16 +88,27 @@ impl FeatureSet {
     /// Reads whichever of `pool`, `spatial`, `logits` the file holds (f32 or f64).
     pub fn load(path: &Path) -> Result<Self, FeatureError> {
         let file = File::open(path).map_err(|e| file_error(path, format!("cannot open: {e}")))?;
-        let mut npz = NpzReader::new(file).map_err(|e| file_error(path, format!("not a readable npz file: {e}")))?;
-        let names = npz.names().map_err(|e| file_error(path, format!("cannot list entries: {e}")))?;
+        let mut npz = NpzReader::new(file)
+            .map_err(|e| file_error(path, format!("not a readable npz file: {e}")))?;
+        let names = npz
+            .names()
+            .map_err(|e| file_error(path, format!("cannot list entries: {e}")))?;
         let mut read = |key: &str| -> Result<Option<Array2<f32>>, FeatureError> {
-            if !names.iter().any(|n| n == key || n.strip_suffix(".npy") == Some(key)) {
+            if !names
+                .iter()
+                .any(|n| n == key || n.strip_suffix(".npy") == Some(key))
+            {
                 return Ok(None);
             }
             let array = match npz.by_name::<ndarray::OwnedRepr<f32>, ndarray::Ix2>(key) {
                 Ok(a) => a,
                 Err(_) => llamagen_metrics::stats::read_f64::<ndarray::Ix2>(&mut npz, key)
-                    .map_err(|e| file_error(path, format!("entry `{key}` must be a 2-D float array: {e}")))?
+                    .map_err(|e| {
+                        file_error(
+                            path,
+                            format!("entry `{key}` must be a 2-D float array: {e}"),
+                        )
+                    })?
                     .mapv(|v| v as f32),
             };
             Ok(Some(array))
@@ -116,7 +133,10 @@ impl FeatureSet {
             .filter_map(|(k, a)| a.as_ref().map(|a| (*k, a.nrows())))
             .collect();
         if counts.windows(2).any(|w| w[0].1 != w[1].1) {
-            return Err(file_error(path, format!("feature sets disagree on the number of images: {counts:?}")));
+            return Err(file_error(
+                path,
+                format!("feature sets disagree on the number of images: {counts:?}"),
+            ));
         }
         Ok(set)
     }
@@ -144,7 +164,12 @@ pub const RELEASED_WEIGHTS_SHA256_PREFIX: &str = "6726825d";
 
 impl Extractor {
     /// Wraps a model whose variables live in `vs`.
-    pub fn new(vs: nn::VarStore, model: InceptionV3, resize: Resize, weights_sha256: String) -> Self {
+    pub fn new(
+        vs: nn::VarStore,
+        model: InceptionV3,
+        resize: Resize,
+        weights_sha256: String,
+    ) -> Self {
         Extractor {
             device: vs.device(),
             _vs: vs,
@@ -162,24 +187,37 @@ impl Extractor {
         self.resize
     }
 
+    /// Features (pool, spatial, logits) of one batch of u8 NHWC images.
+    pub fn extract_batch(&self, batch: &Array4<u8>) -> Result<[Array2<f32>; 3], FeatureError> {
+        let (n, h, w, c) = batch.dim();
+        let data = batch.as_standard_layout();
+        let slice = data.as_slice().expect("standard layout is contiguous");
+        let images = Tensor::from_slice(slice)
+            .view([n as i64, h as i64, w as i64, c as i64])
+            .permute([0, 3, 1, 2])
+            .to_device(self.device);
+        let features = tch::no_grad(|| self.model.features(&images, self.resize));
+        Ok([
+            tensor_to_array(&features.pool)?,
+            tensor_to_array(&features.spatial)?,
+            tensor_to_array(&features.logits)?,
+        ])
+    }
+
     /// Features of every image of `source`, `batch_size` images per forward pass.
-    pub fn extract(&self, source: &mut dyn ImageSource, batch_size: usize, quiet: bool) -> Result<FeatureSet, FeatureError> {
-        let total = source.len();
-        let bar = crate::progress::bar(total, "inception", "img", quiet);
+    pub fn extract(
+        &self,
+        source: &mut dyn ImageSource,
+        batch_size: usize,
+        quiet: bool,
+    ) -> Result<FeatureSet, FeatureError> {
+        let bar = crate::progress::bar(source.len(), "inception", "img", quiet);
         let mut parts: [Vec<Array2<f32>>; 3] = Default::default();
         while let Some(batch) = source.next_batch(batch_size)? {
-            let (n, h, w, c) = batch.dim();
-            let data = batch.as_standard_layout();
-            let slice = data.as_slice().ok_or_else(|| file_error(Path::new(&source.describe()), "non-contiguous batch"))?;
-            let images = Tensor::from_slice(slice)
-                .view([n as i64, h as i64, w as i64, c as i64])
-                .permute([0, 3, 1, 2])
-                .to_device(self.device);
-            let features = tch::no_grad(|| self.model.features(&images, self.resize));
-            for (part, tensor) in parts.iter_mut().zip([&features.pool, &features.spatial, &features.logits]) {
-                part.push(tensor_to_array(tensor)?);
+            for (part, array) in parts.iter_mut().zip(self.extract_batch(&batch)?) {
+                part.push(array);
             }
-            bar.inc(n as u64);
+            bar.inc(batch.dim().0 as u64);
         }
         bar.finish_and_clear();
         let join = |arrays: &[Array2<f32>]| -> Result<Option<Array2<f32>>, FeatureError> {
@@ -200,9 +238,13 @@ impl Extractor {
 }
 
 fn tensor_to_array(t: &Tensor) -> Result<Array2<f32>, FeatureError> {
-    let t = t.to_device(Device::Cpu).to_kind(tch::Kind::Float).contiguous();
+    let t = t
+        .to_device(Device::Cpu)
+        .to_kind(tch::Kind::Float)
+        .contiguous();
     let size = t.size();
     let (rows, cols) = (size[0] as usize, size[1] as usize);
     let data = Vec::<f32>::try_from(t.flatten(0, -1))?;
-    Array2::from_shape_vec((rows, cols), data).map_err(|e| FeatureError::Torch(tch::TchError::Kind(e.to_string())))
+    Array2::from_shape_vec((rows, cols), data)
+        .map_err(|e| FeatureError::Torch(tch::TchError::Kind(e.to_string())))
 }

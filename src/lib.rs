@@ -4,6 +4,8 @@
 //! (models, feature extraction, sampling), data IO, and the command-line front end.
 
 pub mod cache;
+pub mod checkpoint;
+pub mod commands;
 pub mod data;
 pub mod device;
 pub mod doctor;

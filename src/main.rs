@@ -1,9 +1,10 @@
-//! The `llamagen-eval` command line.
+//! The `llamagen-eval` command line: parses flags and hands over to `llamagen_eval::commands`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use llamagen_eval::commands;
 
 /// Evaluate LlamaGen-style autoregressive image generators: FID, sFID, IS, precision/recall, KID,
 /// and tokenizer reconstruction metrics, matching the reference evaluators.
@@ -26,6 +27,16 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         inception: Option<PathBuf>,
     },
+    /// FID, sFID, IS, precision/recall and KID of a sample batch against a reference batch.
+    Fid(commands::fid::FidCommand),
+    /// The same metrics from feature files (no Inception run).
+    Metrics(commands::metrics::MetricsCommand),
+    /// Inception features (pool, spatial, logits) of an image batch.
+    Features(commands::features::FeaturesCommand),
+    /// An ADM-compatible reference batch (statistics plus a kept image subset) from images.
+    Stats(commands::stats::StatsCommand),
+    /// What a checkpoint file holds: keys, tensors, parameters, configuration.
+    Inspect(commands::inspect::InspectCommand),
 }
 
 fn init_logging(quiet: bool) {
@@ -38,13 +49,19 @@ fn init_logging(quiet: bool) {
         .init();
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let quiet = cli.quiet;
     match cli.command {
         Command::Doctor { inception } => {
             let report = llamagen_eval::doctor::Report::gather(inception);
             print!("{}", report.render());
-            Ok(ExitCode::SUCCESS)
+            Ok(())
         }
+        Command::Fid(cmd) => commands::fid::run(&cmd, quiet),
+        Command::Metrics(cmd) => commands::metrics::run(&cmd, quiet),
+        Command::Features(cmd) => commands::features::run(&cmd, quiet),
+        Command::Stats(cmd) => commands::stats::run(&cmd, quiet),
+        Command::Inspect(cmd) => commands::inspect::run(&cmd),
     }
 }
 
@@ -52,7 +69,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.quiet);
     match run(cli) {
-        Ok(code) => code,
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

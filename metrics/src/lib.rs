@@ -8,8 +8,10 @@
 extern crate openblas_src;
 
 pub mod blas;
+pub mod codebook;
 pub mod error;
 pub mod frechet;
+pub mod image_quality;
 pub mod inception_score;
 pub mod kid;
 pub mod linalg;

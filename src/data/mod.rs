@@ -2,6 +2,7 @@
 //! set never has to sit in memory at once.
 
 pub mod npz;
+pub mod npz_writer;
 
 use std::path::PathBuf;
 

@@ -33,13 +33,18 @@ pub fn read_npy_header(reader: &mut impl Read) -> Result<NpyHeader, String> {
     let header_len = match magic[6] {
         1 => {
             let mut len = [0u8; 2];
-            reader.read_exact(&mut len).map_err(|e| format!("truncated npy header: {e}"))?;
+            reader
+                .read_exact(&mut len)
+                .map_err(|e| format!("truncated npy header: {e}"))?;
             usize::from(u16::from_le_bytes(len))
         }
         2 | 3 => {
             let mut len = [0u8; 4];
-            reader.read_exact(&mut len).map_err(|e| format!("truncated npy header: {e}"))?;
-            usize::try_from(u32::from_le_bytes(len)).map_err(|_| "npy header too long".to_string())?
+            reader
+                .read_exact(&mut len)
+                .map_err(|e| format!("truncated npy header: {e}"))?;
+            usize::try_from(u32::from_le_bytes(len))
+                .map_err(|_| "npy header too long".to_string())?
         }
         v => return Err(format!("unsupported npy format version {v}")),
     };
@@ -47,7 +52,9 @@ pub fn read_npy_header(reader: &mut impl Read) -> Result<NpyHeader, String> {
         return Err(format!("npy header of {header_len} bytes is implausible"));
     }
     let mut text = vec![0u8; header_len];
-    reader.read_exact(&mut text).map_err(|e| format!("truncated npy header: {e}"))?;
+    reader
+        .read_exact(&mut text)
+        .map_err(|e| format!("truncated npy header: {e}"))?;
     let text = String::from_utf8_lossy(&text);
     parse_header_dict(&text)
 }
@@ -76,7 +83,10 @@ fn parse_header_dict(text: &str) -> Result<NpyHeader, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("unreadable shape in npy header: {text}")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("unreadable shape in npy header: {text}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(NpyHeader {
         descr,
@@ -117,7 +127,10 @@ pub fn validate_image_header(header: &NpyHeader) -> Result<(usize, usize, usize,
         ));
     }
     if h == 0 || w == 0 {
-        return Err(format!("`arr_0` has shape {:?}: empty images", header.shape));
+        return Err(format!(
+            "`arr_0` has shape {:?}: empty images",
+            header.shape
+        ));
     }
     Ok((n, h, w, c))
 }
@@ -147,14 +160,18 @@ fn open_arr0(path: &Path) -> Result<(zip::ZipArchive<BufReader<File>>, NpyHeader
             let names: Vec<&str> = archive.file_names().collect();
             DataError::invalid(
                 path,
-                format!("has no `arr_0` entry (entries: {}); expected images as np.savez(path, images)", names.join(", ")),
+                format!(
+                    "has no `arr_0` entry (entries: {}); expected images as np.savez(path, images)",
+                    names.join(", ")
+                ),
             )
         })?;
     let header = {
         let mut entry = archive
             .by_name(name)
             .map_err(|e| DataError::invalid(path, format!("cannot read `arr_0`: {e}")))?;
-        read_npy_header(&mut entry).map_err(|m| DataError::invalid(path, format!("`arr_0`: {m}")))?
+        read_npy_header(&mut entry)
+            .map_err(|m| DataError::invalid(path, format!("`arr_0`: {m}")))?
     };
     Ok((archive, header))
 }
@@ -164,13 +181,18 @@ impl NpzImages {
     /// buffered ahead.
     pub fn open(path: &Path, batch_hint: usize) -> Result<Self, DataError> {
         let (_, header) = open_arr0(path)?;
-        let (n, h, w, c) = validate_image_header(&header).map_err(|m| DataError::invalid(path, m))?;
+        let (n, h, w, c) =
+            validate_image_header(&header).map_err(|m| DataError::invalid(path, m))?;
         let (sender, receiver) = sync_channel(batch_hint.max(1) * 2);
         let thread_path = path.to_path_buf();
         std::thread::spawn(move || {
             let result = (|| -> Result<(), String> {
                 let (mut archive, _) = open_arr0(&thread_path).map_err(|e| e.to_string())?;
-                let name = if archive.index_for_name("arr_0.npy").is_some() { "arr_0.npy" } else { "arr_0" };
+                let name = if archive.index_for_name("arr_0.npy").is_some() {
+                    "arr_0.npy"
+                } else {
+                    "arr_0"
+                };
                 let mut entry = archive.by_name(name).map_err(|e| e.to_string())?;
                 read_npy_header(&mut entry)?;
                 let mut image = vec![0u8; h * w * c];
@@ -224,7 +246,12 @@ impl ImageSource for NpzImages {
             match self.receiver.recv() {
                 Ok(Ok(image)) => data.extend_from_slice(&image),
                 Ok(Err(message)) => return Err(DataError::invalid(&self.path, message)),
-                Err(_) => return Err(DataError::invalid(&self.path, "the image reader stopped unexpectedly")),
+                Err(_) => {
+                    return Err(DataError::invalid(
+                        &self.path,
+                        "the image reader stopped unexpectedly",
+                    ))
+                }
             }
         }
         self.delivered += count;
@@ -244,12 +271,18 @@ mod tests {
 
     #[test]
     fn parses_numpy_headers() {
-        let h = parse_header_dict("{'descr': '|u1', 'fortran_order': False, 'shape': (5, 32, 32, 3), }").unwrap();
+        let h = parse_header_dict(
+            "{'descr': '|u1', 'fortran_order': False, 'shape': (5, 32, 32, 3), }",
+        )
+        .unwrap();
         assert_eq!(h.shape, vec![5, 32, 32, 3]);
         assert_eq!(validate_image_header(&h).unwrap(), (5, 32, 32, 3));
-        let one = parse_header_dict("{'descr': '<f4', 'fortran_order': False, 'shape': (7,), }").unwrap();
+        let one =
+            parse_header_dict("{'descr': '<f4', 'fortran_order': False, 'shape': (7,), }").unwrap();
         assert_eq!(one.shape, vec![7]);
-        assert!(validate_image_header(&one).unwrap_err().contains("dtype <f4"));
+        assert!(validate_image_header(&one)
+            .unwrap_err()
+            .contains("dtype <f4"));
     }
 
     #[test]
@@ -259,12 +292,16 @@ mod tests {
             fortran_order: false,
             shape: vec![4, 3, 64, 64],
         };
-        assert!(validate_image_header(&nchw).unwrap_err().contains("N x C x H x W"));
+        assert!(validate_image_header(&nchw)
+            .unwrap_err()
+            .contains("N x C x H x W"));
         let rank3 = NpyHeader {
             descr: "|u1".into(),
             fortran_order: false,
             shape: vec![64, 64, 3],
         };
-        assert!(validate_image_header(&rank3).unwrap_err().contains("4 dimensions"));
+        assert!(validate_image_header(&rank3)
+            .unwrap_err()
+            .contains("4 dimensions"));
     }
 }

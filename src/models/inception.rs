@@ -432,3 +432,19 @@ pub fn tf1_resize_bilinear(x: &Tensor, out_h: i64, out_w: i64) -> Tensor {
     let bottom = lerp_x(&bottom);
     &top + (&bottom - &top) * &dy
 }
+
+/// Creates the network on `device` and fills it from a checkpoint (`torch.save` file of any
+/// format, or safetensors) holding torchvision-named weights, such as pytorch-fid's release.
+pub fn load(
+    path: &std::path::Path,
+    device: tch::Device,
+) -> Result<(nn::VarStore, InceptionV3), crate::checkpoint::CheckpointError> {
+    let checkpoint = crate::checkpoint::Checkpoint::open(path)?;
+    let mut tensors = checkpoint.state_dict(false)?;
+    // BatchNorm step counters exist in torchvision state dicts but play no part in inference.
+    tensors.retain(|(name, _)| !name.ends_with("num_batches_tracked"));
+    let mut vs = nn::VarStore::new(device);
+    let model = InceptionV3::new(&vs.root());
+    crate::checkpoint::load_into(&mut vs, &tensors, path, &Default::default())?;
+    Ok((vs, model))
+}

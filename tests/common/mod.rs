@@ -61,3 +61,8 @@ pub fn max_rel_err(ours: &[f32], reference: &[f32]) -> f64 {
     });
     max_diff / max_abs.max(1e-30)
 }
+
+/// |a - b| / |b|.
+pub fn rel_diff(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-300)
+}

@@ -4,13 +4,13 @@ usage:
   inception_reference.py make-weights OUT_DIR
       Random weights in pytorch-fid's FID Inception architecture (its own classes), with BatchNorm
       running statistics calibrated on random images so activations are not degenerate.
-      Writes OUT_DIR/inception.pth (torch.save state dict, torchvision key names) and
-      OUT_DIR/inception.safetensors.
-  inception_reference.py features WEIGHTS.pth IMAGES.npy OUT_DIR
-      IMAGES: u8 [N, H, W, 3]. Writes, from torch-fidelity's FeatureExtractorInceptionV3 (the
-      ADM-compatible path): adm_pool.npy [N,2048], adm_logits.npy [N,1008] ('logits_unbiased'),
-      adm_spatial.npy [N,2023] (forward hook on Mixed_6d.branch1x1, first 7 channels, H,W,C order);
-      and from pytorch-fid's InceptionV3([3]): pytorch_fid_pool.npy [N,2048].
+      Writes OUT_DIR/inception.pth (torch.save state dict, torchvision key names).
+  inception_reference.py features WEIGHTS.pth IMAGES.npy...
+      Each IMAGES.npy: u8 [N, H, W, 3]. Writes beside it, from torch-fidelity's
+      FeatureExtractorInceptionV3 (the ADM-compatible path): IMAGES.adm_pool.npy [N,2048],
+      IMAGES.adm_logits.npy [N,1008] ('logits_unbiased'), IMAGES.adm_spatial.npy [N,2023] (forward
+      hook on Mixed_6d.branch1x1, first 7 channels, H,W,C order); and from pytorch-fid's
+      InceptionV3([3]): IMAGES.pytorch_fid_pool.npy [N,2048].
 """
 import sys
 import warnings
@@ -25,8 +25,6 @@ torch.set_num_threads(2)
 
 def make_weights(out_dir: Path):
     import pytorch_fid.inception as pfi
-    from safetensors.torch import save_file
-
     torch.manual_seed(1234)
     # fid_inception_v3() builds the architecture, then downloads and loads the released weights:
     # skip only those two steps, keeping the random initialisation.
@@ -50,38 +48,35 @@ def make_weights(out_dir: Path):
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(state, out_dir / "inception.pth")
-    save_file(state, str(out_dir / "inception.safetensors"))
 
 
-def features(weights: Path, images_path: Path, out_dir: Path):
+def features(weights: Path, image_files: list[Path]):
     import pytorch_fid.inception as pfi
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     state = torch.load(weights, weights_only=True)
-    images = torch.from_numpy(np.load(images_path)).permute(0, 3, 1, 2).contiguous()
-
     tf = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                      feature_extractor_weights_path=str(weights))
     captured = {}
     tf.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, o: captured.__setitem__("b", o))
-    with torch.no_grad():
-        pool, logits = tf(images)
-    spatial = captured["b"][:, :7].permute(0, 2, 3, 1).reshape(images.shape[0], -1)
-    np.save(out_dir / "adm_pool.npy", pool.numpy())
-    np.save(out_dir / "adm_logits.npy", logits.numpy())
-    np.save(out_dir / "adm_spatial.npy", spatial.numpy())
-
     pfi.load_state_dict_from_url = lambda *a, **k: state
-    model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
-    with torch.no_grad():
-        pool = model(images.float() / 255)[0].squeeze(-1).squeeze(-1)
-    np.save(out_dir / "pytorch_fid_pool.npy", pool.numpy())
+    pytorch_fid_model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+
+    for path in image_files:
+        images = torch.from_numpy(np.load(path)).permute(0, 3, 1, 2).contiguous()
+        with torch.no_grad():
+            pool, logits = tf(images)
+            spatial = captured["b"][:, :7].permute(0, 2, 3, 1).reshape(images.shape[0], -1)
+            fid_pool = pytorch_fid_model(images.float() / 255)[0].squeeze(-1).squeeze(-1)
+        outputs = {"adm_pool": pool, "adm_logits": logits, "adm_spatial": spatial, "pytorch_fid_pool": fid_pool}
+        for name, value in outputs.items():
+            np.save(path.with_suffix(f".{name}.npy"), value.numpy())
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "make-weights":
         make_weights(Path(sys.argv[2]))
     elif sys.argv[1] == "features":
-        features(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+        features(Path(sys.argv[2]), [Path(p) for p in sys.argv[3:]])
     else:
         sys.exit(f"unknown mode {sys.argv[1]}")

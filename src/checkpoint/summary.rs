@@ -1,0 +1,152 @@
+//! A description of a checkpoint for the `inspect` command: its format and top-level keys, how many
+//! tensors and parameters each part holds, and the configuration it carries (LlamaGen's `args`
+//! Namespace, `steps`, and other plain values).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use super::value::Value;
+use super::{flatten, Format};
+
+/// Tensor counts of one top-level entry (or of the top level itself, for bare state dicts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Section {
+    /// The top-level key, or `(top level)`.
+    pub key: String,
+    /// Number of tensors.
+    pub tensors: usize,
+    /// Total number of elements over those tensors (parameters and buffers).
+    pub parameters: u64,
+    /// `(dtype, tensor count)`, most common first.
+    pub dtypes: Vec<(String, usize)>,
+}
+
+/// What a checkpoint holds; `Display` renders it for people.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub path: PathBuf,
+    pub format: Format,
+    pub top_level_keys: Vec<String>,
+    /// One per top-level entry that holds tensors.
+    pub sections: Vec<Section>,
+    /// The entry [`super::Checkpoint::state_dict_key`] picks (`None`: the top level).
+    pub state_dict_key: Option<String>,
+    /// Tensors in the picked state dict.
+    pub tensors: usize,
+    /// Elements in the picked state dict.
+    pub parameters: u64,
+    /// `(name, rendered value)` for the plain values the file carries (`steps`, `args.<field>`, ...).
+    pub config: Vec<(String, String)>,
+}
+
+/// Longest rendering of a configuration value.
+const VALUE_LEN: usize = 160;
+
+pub(crate) const TOP_LEVEL: &str = "(top level)";
+
+fn key_text(k: &Value) -> String {
+    match k {
+        Value::Str(s) => s.clone(),
+        other => other.render(40),
+    }
+}
+
+pub(crate) fn section(key: &str, v: &Value) -> Section {
+    let mut metas = Vec::new();
+    flatten(v, String::new(), &mut metas);
+    let mut dtypes: Vec<(String, usize)> = Vec::new();
+    let mut parameters = 0u64;
+    for (_, m) in &metas {
+        parameters = parameters.saturating_add(m.numel().unwrap_or(0));
+        match dtypes.iter_mut().find(|(d, _)| *d == m.dtype_name) {
+            Some((_, n)) => *n += 1,
+            None => dtypes.push((m.dtype_name.clone(), 1)),
+        }
+    }
+    dtypes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Section {
+        key: key.to_owned(),
+        tensors: metas.len(),
+        parameters,
+        dtypes,
+    }
+}
+
+/// Sections and configuration of a root value.
+pub(crate) fn describe(root: &Value) -> (Vec<Section>, Vec<(String, String)>) {
+    let Some(entries) = root.entries().filter(|_| matches!(root, Value::Dict(_))) else {
+        return (vec![section(TOP_LEVEL, root)], Vec::new());
+    };
+    let mut sections = Vec::new();
+    let mut config = Vec::new();
+    let mut bare = false;
+    for (k, v) in entries {
+        let key = key_text(k);
+        match v {
+            Value::Tensor(_) => bare = true,
+            _ if v.contains_tensor() => sections.push(section(&key, v)),
+            Value::Dict(_) | Value::Object(_) if v.entries().is_some() && v.as_f64().is_none() => {
+                for (fk, fv) in v.entries().unwrap_or_default() {
+                    config.push((format!("{key}.{}", key_text(fk)), fv.render(VALUE_LEN)));
+                }
+            }
+            _ => config.push((key, v.render(VALUE_LEN))),
+        }
+    }
+    if bare {
+        sections.insert(0, section(TOP_LEVEL, root));
+    }
+    (sections, config)
+}
+
+fn human(n: u64) -> String {
+    match n {
+        0..=9_999 => n.to_string(),
+        10_000..=999_999 => format!("{:.1}K", n as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.2}M", n as f64 / 1e6),
+        _ => format!("{:.2}B", n as f64 / 1e9),
+    }
+}
+
+/// Most top-level keys listed before the rest are only counted (bare state dicts have thousands).
+const KEYS_SHOWN: usize = 12;
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "file        {}", self.path.display())?;
+        writeln!(f, "format      {}", self.format)?;
+        let keys = &self.top_level_keys;
+        if keys.len() > KEYS_SHOWN {
+            let shown = keys[..KEYS_SHOWN - 4].join(", ");
+            writeln!(f, "keys        {shown}, ... ({} in all)", keys.len())?;
+        } else if !keys.is_empty() {
+            writeln!(f, "keys        {}", keys.join(", "))?;
+        }
+        for s in &self.sections {
+            let dtypes: Vec<String> = s.dtypes.iter().map(|(d, n)| format!("{d} x{n}")).collect();
+            writeln!(
+                f,
+                "tensors     {}: {} tensors, {} parameters ({})",
+                s.key,
+                s.tensors,
+                human(s.parameters),
+                dtypes.join(", ")
+            )?;
+        }
+        writeln!(
+            f,
+            "state dict  {}: {} tensors, {} parameters ({})",
+            self.state_dict_key.as_deref().unwrap_or(TOP_LEVEL),
+            self.tensors,
+            human(self.parameters),
+            self.parameters
+        )?;
+        if !self.config.is_empty() {
+            writeln!(f, "config")?;
+            for (k, v) in &self.config {
+                writeln!(f, "  {k} = {v}")?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! End to end: `llamagen-eval fid` on image batches with random Inception weights equals the FID
+//! computed in Python from torch-fidelity's features; a rerun with another reference reuses the
+//! cached sample features; bad sample batches fail cleanly.
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ndarray::Array4;
+use ndarray_npy::NpzWriter;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn image_batch(path: &Path, rng: &mut ChaCha8Rng, n: usize, size: usize, tint: usize) {
+    let images = Array4::from_shape_fn((n, size, size, 3), |(i, y, x, c)| {
+        let base = (x * 200 / size + y * 50 / size + i * 13 + c * tint) % 256;
+        (base as i32 + rng.random_range(-40..=40)).clamp(0, 255) as u8
+    });
+    let mut npz = NpzWriter::new(File::create(path).unwrap());
+    npz.add_array("arr_0", &images).unwrap();
+    npz.finish().unwrap();
+}
+
+fn llamagen_eval(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
+        .args(args)
+        .env("RUST_LOG", "llamagen_eval=info")
+        .env_remove("LLAMAGEN_EVAL_INCEPTION")
+        .output()
+        .expect("binary runs")
+}
+
+fn fid_run(weights: &Path, samples: &Path, reference: &Path, out: &Path) -> Output {
+    llamagen_eval(&[
+        "fid".as_ref(),
+        "--sample-batch".as_ref(),
+        samples.as_os_str(),
+        "--ref".as_ref(),
+        reference.as_os_str(),
+        "--inception".as_ref(),
+        weights.as_os_str(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--batch-size".as_ref(),
+        "16".as_ref(),
+        "--metrics".as_ref(),
+        "fid,is".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--quiet".as_ref(),
+    ])
+}
+
+fn python_fid(weights: &Path, samples: &Path, reference: &Path) -> f64 {
+    let out = common::run_reference("fid_reference.py", &[weights, samples, reference]);
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["fid"]
+        .as_f64()
+        .unwrap()
+}
+
+#[test]
+fn fid_matches_torch_fidelity_features_and_caches_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    common::run_reference(
+        "inception_reference.py",
+        &["make-weights".as_ref(), root.as_os_str()],
+    );
+    let weights = root.join("inception.pth");
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (samples, ref_a, ref_b) = (
+        root.join("samples.npz"),
+        root.join("ref_a.npz"),
+        root.join("ref_b.npz"),
+    );
+    image_batch(&samples, &mut rng, 24, 32, 40);
+    image_batch(&ref_a, &mut rng, 20, 48, 70);
+    image_batch(&ref_b, &mut rng, 20, 32, 10);
+    let runs: PathBuf = root.join("reports");
+
+    let first = fid_run(&weights, &samples, &ref_a, &runs.join("a"));
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("from the cache"),
+        "nothing is cached yet: {stderr}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_reader(File::open(runs.join("a/metrics.json")).unwrap()).unwrap();
+    let ours = json["metrics"]["fid"].as_f64().unwrap();
+    let reference = python_fid(&weights, &samples, &ref_a);
+    assert!(
+        common::rel_diff(ours, reference) < 1e-4,
+        "fid ours {ours}, torch-fidelity features {reference}"
+    );
+    assert!(json["metrics"]["inception_score"].is_number());
+    assert_eq!(json["run"]["n_samples"], 24);
+    assert_eq!(json["run"]["n_reference"], 20);
+    assert_eq!(json["run"]["resize"], "adm");
+    assert_eq!(
+        json["run"]["inception_sha256"].as_str().map(str::len),
+        Some(64)
+    );
+
+    let second = fid_run(&weights, &samples, &ref_b, &runs.join("b"));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("features of {} from the cache", samples.display())),
+        "the sample features should come from the cache: {stderr}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_reader(File::open(runs.join("b/metrics.json")).unwrap()).unwrap();
+    let ours = json["metrics"]["fid"].as_f64().unwrap();
+    let reference = python_fid(&weights, &samples, &ref_b);
+    assert!(
+        common::rel_diff(ours, reference) < 1e-4,
+        "fid ours {ours}, torch-fidelity features {reference}"
+    );
+}
+
+#[test]
+fn bad_sample_batches_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // Weights are never loaded: the input check comes first, so any file will do here.
+    let weights = root.join("weights.pth");
+    std::fs::write(&weights, b"not used").unwrap();
+    let reference = common::golden_dir().join("adm_ref_public.npz");
+    let write = |name: &str, key: &str, array: ndarray::ArrayD<u8>| {
+        let path = root.join(name);
+        let mut npz = NpzWriter::new(File::create(&path).unwrap());
+        npz.add_array(key, &array).unwrap();
+        npz.finish().unwrap();
+        path
+    };
+    let floats = root.join("floats.npz");
+    let mut npz = NpzWriter::new(File::create(&floats).unwrap());
+    npz.add_array("arr_0", &ndarray::Array4::<f32>::zeros((2, 8, 8, 3)))
+        .unwrap();
+    npz.finish().unwrap();
+    let cases = [
+        (
+            write(
+                "no_arr0.npz",
+                "images",
+                ndarray::ArrayD::zeros(vec![2, 8, 8, 3]),
+            ),
+            "has no `arr_0`",
+        ),
+        (floats, "dtype <f4"),
+        (
+            write(
+                "nchw.npz",
+                "arr_0",
+                ndarray::ArrayD::zeros(vec![2, 3, 8, 8]),
+            ),
+            "N x C x H x W",
+        ),
+    ];
+    for (i, (path, expected)) in cases.iter().enumerate() {
+        let out = root.join(format!("out{i}"));
+        let output = fid_run(&weights, path, &reference, &out);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "case {i} should fail");
+        assert!(
+            stderr.contains(expected) && stderr.contains(&*path.display().to_string()),
+            "case {i}: {stderr}"
+        );
+        assert!(!out.exists(), "case {i} left outputs behind");
+    }
+}
