@@ -4,13 +4,13 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use ndarray::{concatenate, Array2, Array4, Axis};
+use ndarray::{s, Array2, Array4};
 use ndarray_npy::{NpzReader, NpzWriter};
 use sha2::{Digest, Sha256};
 use tch::{nn, Device, Tensor};
 
 use crate::data::{DataError, ImageSource};
-use crate::models::inception::{InceptionV3, Resize};
+use crate::models::inception::{InceptionV3, Resize, LOGITS_DIM, POOL_DIM, SPATIAL_DIM};
 
 /// Why features could not be produced or read.
 #[derive(Debug, thiserror::Error)]
@@ -204,35 +204,36 @@ impl Extractor {
         ])
     }
 
-    /// Features of every image of `source`, `batch_size` images per forward pass.
-    pub fn extract(
-        &self,
-        source: &mut dyn ImageSource,
-        batch_size: usize,
-        quiet: bool,
-    ) -> Result<FeatureSet, FeatureError> {
-        let bar = crate::progress::bar(source.len(), "inception", "img", quiet);
-        let mut parts: [Vec<Array2<f32>>; 3] = Default::default();
+    /// Features of every image of `source`, `batch_size` images per forward pass. The output
+    /// arrays are allocated once at their final size and filled batch by batch.
+    pub fn extract(&self, source: &mut dyn ImageSource, batch_size: usize, quiet: bool) -> Result<FeatureSet, FeatureError> {
+        let total = source.len();
+        let bar = crate::progress::bar(total, "inception", "img", quiet);
+        let mut outputs = [POOL_DIM, SPATIAL_DIM, LOGITS_DIM].map(|dim| Array2::<f32>::zeros((total, dim as usize)));
+        let mut filled = 0;
         while let Some(batch) = source.next_batch(batch_size)? {
-            for (part, array) in parts.iter_mut().zip(self.extract_batch(&batch)?) {
-                part.push(array);
+            let n = batch.dim().0;
+            if filled + n > total {
+                return Err(file_error(Path::new(&source.describe()), "more images than the source announced"));
             }
-            bar.inc(batch.dim().0 as u64);
+            for (out, array) in outputs.iter_mut().zip(self.extract_batch(&batch)?) {
+                out.slice_mut(s![filled..filled + n, ..]).assign(&array);
+            }
+            filled += n;
+            bar.inc(n as u64);
         }
         bar.finish_and_clear();
-        let join = |arrays: &[Array2<f32>]| -> Result<Option<Array2<f32>>, FeatureError> {
-            if arrays.is_empty() {
-                return Ok(None);
-            }
-            let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
-            concatenate(Axis(0), &views)
-                .map(Some)
-                .map_err(|e| file_error(Path::new(&source.describe()), e.to_string()))
-        };
+        if filled != total {
+            return Err(file_error(
+                Path::new(&source.describe()),
+                format!("the source ended after {filled} of {total} images"),
+            ));
+        }
+        let [pool, spatial, logits] = outputs;
         Ok(FeatureSet {
-            pool: join(&parts[0])?,
-            spatial: join(&parts[1])?,
-            logits: join(&parts[2])?,
+            pool: Some(pool),
+            spatial: Some(spatial),
+            logits: Some(logits),
         })
     }
 }

@@ -6,13 +6,17 @@ use anyhow::Result;
 use clap::Args;
 
 use super::InceptionArgs;
-use crate::data::npz::NpzImages;
+use crate::data::open_images;
 
 #[derive(Args, Debug)]
 pub struct FeaturesCommand {
-    /// Images: an npz with `arr_0` u8 N x H x W x 3 (the ADM/LlamaGen sample format).
-    #[arg(long, value_name = "IMAGES.npz")]
+    /// Images: an npz with `arr_0` u8 N x H x W x 3 (the ADM/LlamaGen sample format), or a folder
+    /// of PNG/JPEG files.
+    #[arg(long, value_name = "IMAGES")]
     pub images: PathBuf,
+    /// Centre-crop every image to this square size first (ADM's `center_crop_arr`).
+    #[arg(long)]
+    pub image_size: Option<usize>,
     /// Output npz with `pool` [N,2048], `spatial` [N,2023], `logits` [N,1008] (f32).
     #[arg(long, value_name = "FEATURES.npz")]
     pub out: PathBuf,
@@ -21,10 +25,10 @@ pub struct FeaturesCommand {
 }
 
 pub fn run(cmd: &FeaturesCommand, quiet: bool) -> Result<()> {
-    let mut source = NpzImages::open(&cmd.images, cmd.inception.batch_size())?;
+    let mut source = open_images(&cmd.images, cmd.image_size, cmd.inception.batch_size())?;
     let weights = cmd.inception.locate()?;
     let extractor = cmd.inception.load(&weights)?;
-    let features = extractor.extract(&mut source, cmd.inception.batch_size(), quiet)?;
+    let features = extractor.extract(source.as_mut(), cmd.inception.batch_size(), quiet)?;
     features.save(&cmd.out)?;
     if !quiet {
         eprintln!(

@@ -19,9 +19,12 @@ pub struct FidCommand {
     #[arg(long, value_name = "SAMPLES.npz")]
     pub sample_batch: PathBuf,
     /// Reference: an ADM reference batch (its mu/sigma/mu_s/sigma_s, and its `arr_0` images for
-    /// precision/recall/KID), a `stats` file, a feature file, or an image npz.
-    #[arg(long = "ref", value_name = "REF.npz")]
+    /// precision/recall/KID), a `stats` file, a feature file, an image npz, or a folder of images.
+    #[arg(long = "ref", value_name = "REF")]
     pub reference: PathBuf,
+    /// Centre-crop reference images from a folder to this size (ADM's `center_crop_arr`).
+    #[arg(long)]
+    pub image_size: Option<usize>,
     #[command(flatten)]
     pub inception: InceptionArgs,
     #[command(flatten)]
@@ -34,9 +37,16 @@ pub struct FidCommand {
 /// requested metric needs them or there are no statistics.
 fn load_reference(
     path: &Path,
+    image_size: Option<usize>,
     wants_features: bool,
     cache: &mut FeatureCache<'_>,
 ) -> Result<Reference> {
+    if path.is_dir() {
+        let features = cache
+            .features_of(path, image_size)
+            .with_context(|| format!("reference images {}", path.display()))?;
+        return Reference::from_features(features);
+    }
     let names = super::npz_entry_names(path)?;
     let has = |key: &str| names.iter().any(|n| n == key);
     if has("pool") || has("spatial") || has("logits") {
@@ -64,7 +74,7 @@ fn load_reference(
         });
     }
     let features = cache
-        .features(path)
+        .features_of(path, image_size)
         .with_context(|| format!("reference images {}", path.display()))?;
     let mut reference = Reference::from_features(features)?;
     // Precomputed statistics (over the reference's full image set) win over the kept subset's.
@@ -92,7 +102,7 @@ pub fn run(cmd: &FidCommand, quiet: bool) -> Result<()> {
         .metrics
         .as_ref()
         .is_none_or(|m| m.iter().any(|m| matches!(m, Metric::Pr | Metric::Kid)));
-    let reference = load_reference(&cmd.reference, wants_features, &mut cache)?;
+    let reference = load_reference(&cmd.reference, cmd.image_size, wants_features, &mut cache)?;
     let mut record = vec![
         ("n_samples", Value::from(sample.len())),
         (

@@ -118,12 +118,18 @@ impl<'a> FeatureCache<'a> {
         &self.weights
     }
 
-    /// The features of the images in the npz at `images`, from the cache or freshly extracted.
+    /// The features of the images in the npz or folder at `images`, from the cache or freshly
+    /// extracted.
     pub fn features(&mut self, images: &Path) -> Result<crate::features::FeatureSet> {
-        let content =
-            sha256_file(images).with_context(|| format!("cannot read {}", images.display()))?;
+        self.features_of(images, None)
+    }
+
+    /// [`Self::features`] with the images centre-cropped to `image_size` (ADM's `center_crop_arr`).
+    pub fn features_of(&mut self, images: &Path, image_size: Option<usize>) -> Result<crate::features::FeatureSet> {
+        let content = content_fingerprint(images)?;
+        let crop = image_size.map(|s| format!("-crop{s}")).unwrap_or_default();
         let entry = self.dir.join(format!(
-            "{}-{}-{}.npz",
+            "{}{crop}-{}-{}.npz",
             &content[..24],
             self.args.resize.name(),
             &self.weights.sha256[..12]
@@ -131,28 +137,47 @@ impl<'a> FeatureCache<'a> {
         if entry.is_file() {
             match crate::features::FeatureSet::load(&entry) {
                 Ok(features) => {
-                    tracing::info!(
-                        "features of {} from the cache ({})",
-                        images.display(),
-                        entry.display()
-                    );
+                    tracing::info!("features of {} from the cache ({})", images.display(), entry.display());
                     return Ok(features);
                 }
                 Err(e) => tracing::warn!("ignoring unreadable cache entry: {e}"),
             }
         }
         // Check the images before spending time on loading the network.
-        let mut source = crate::data::npz::NpzImages::open(images, self.args.batch_size())?;
+        let mut source = crate::data::open_images(images, image_size, self.args.batch_size())?;
         if self.extractor.is_none() {
             self.extractor = Some(self.args.load(&self.weights)?);
         }
         let extractor = self.extractor.as_ref().context("extractor loaded")?;
-        let features = extractor.extract(&mut source, self.args.batch_size(), self.quiet)?;
+        let features = extractor.extract(source.as_mut(), self.args.batch_size(), self.quiet)?;
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create the feature cache {}", self.dir.display()))?;
         features.save(&entry)?;
         Ok(features)
     }
+}
+
+/// What identifies a set of images for the cache: a file's sha256; for a folder, the sha256 of its
+/// image files' relative paths, sizes and modification times (hashing every image would cost as
+/// much as a large part of the evaluation).
+pub fn content_fingerprint(images: &Path) -> Result<String> {
+    if !images.is_dir() {
+        return sha256_file(images).with_context(|| format!("cannot read {}", images.display()));
+    }
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for file in crate::data::folder::list_images(images)? {
+        let meta = std::fs::metadata(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let relative = file.strip_prefix(images).unwrap_or(&file);
+        hasher.update(format!("{}\0{}\0{modified}\n", relative.display(), meta.len()));
+    }
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 /// Where a run writes: `--out`, else `reports/<--name>`, else `reports/<UTC timestamp>`.

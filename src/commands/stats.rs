@@ -11,16 +11,19 @@ use llamagen_metrics::stats::GaussianAccumulator;
 use rand::SeedableRng;
 
 use super::InceptionArgs;
-use crate::data::npz::NpzImages;
 use crate::data::npz_writer::ImageNpzWriter;
-use crate::data::ImageSource;
+use crate::data::open_images;
 use crate::models::inception::{POOL_DIM, SPATIAL_DIM};
 
 #[derive(Args, Debug)]
 pub struct StatsCommand {
-    /// Images: an npz with `arr_0` u8 N x H x W x 3.
+    /// Images: a folder of PNG/JPEG files (recursive) or an npz with `arr_0` u8 N x H x W x 3.
     #[arg(long, value_name = "IMAGES")]
     pub data: PathBuf,
+    /// Centre-crop every image to this square size (ADM's `center_crop_arr`: BOX halving, BICUBIC
+    /// resize, centre crop). Needed for folders of differently sized images.
+    #[arg(long)]
+    pub image_size: Option<usize>,
     /// Output reference batch (npz).
     #[arg(long, value_name = "REF.npz")]
     pub out: PathBuf,
@@ -36,7 +39,7 @@ pub struct StatsCommand {
 
 pub fn run(cmd: &StatsCommand, quiet: bool) -> Result<()> {
     let batch_size = cmd.inception.batch_size();
-    let mut source = NpzImages::open(&cmd.data, batch_size)?;
+    let mut source = open_images(&cmd.data, cmd.image_size, batch_size)?;
     let total = source.len();
     anyhow::ensure!(
         total >= 2,

@@ -1,8 +1,10 @@
 //! Image sources: where the images to evaluate come from, read in batches so that a 50,000-image
 //! set never has to sit in memory at once.
 
+pub mod folder;
 pub mod npz;
 pub mod npz_writer;
+pub mod pil_resize;
 
 use std::path::PathBuf;
 
@@ -38,8 +40,60 @@ pub trait ImageSource {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Height and width of every image delivered.
+    fn image_size(&self) -> (usize, usize);
     /// The next up to `max` images, or `None` at the end.
     fn next_batch(&mut self, max: usize) -> Result<Option<Array4<u8>>, DataError>;
     /// What the source reads, for messages and run records.
     fn describe(&self) -> String;
+}
+
+/// Opens images from a folder (PNG/JPEG) or an npz (`arr_0`). With `image_size`, every image is
+/// centre-cropped to that square size as ADM's `center_crop_arr` does (a no-op for images already
+/// that size).
+pub fn open_images(path: &std::path::Path, image_size: Option<usize>, batch_hint: usize) -> Result<Box<dyn ImageSource + Send>, DataError> {
+    if path.is_dir() {
+        return Ok(Box::new(folder::FolderImages::open(path, image_size)?));
+    }
+    let npz = npz::NpzImages::open(path, batch_hint)?;
+    match image_size {
+        Some(size) if npz.image_size() != (size, size) => Ok(Box::new(CenterCropped { inner: npz, size })),
+        _ => Ok(Box::new(npz)),
+    }
+}
+
+/// Centre-crops every image of an npz source to a square size.
+struct CenterCropped {
+    inner: npz::NpzImages,
+    size: usize,
+}
+
+impl ImageSource for CenterCropped {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn image_size(&self) -> (usize, usize) {
+        (self.size, self.size)
+    }
+
+    fn next_batch(&mut self, max: usize) -> Result<Option<Array4<u8>>, DataError> {
+        let Some(batch) = self.inner.next_batch(max)? else {
+            return Ok(None);
+        };
+        let (n, h, w, _) = batch.dim();
+        let mut data = Vec::with_capacity(n * self.size * self.size * 3);
+        for image in batch.outer_iter() {
+            let pixels = image.as_standard_layout();
+            let slice = pixels.as_slice().expect("standard layout is contiguous");
+            data.extend(pil_resize::center_crop_arr(slice, w, h, self.size));
+        }
+        Array4::from_shape_vec((n, self.size, self.size, 3), data)
+            .map(Some)
+            .map_err(|e| DataError::invalid(self.inner.describe(), e.to_string()))
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (centre-cropped to {})", self.inner.describe(), self.size)
+    }
 }

@@ -236,6 +236,10 @@ impl ImageSource for NpzImages {
         self.len
     }
 
+    fn image_size(&self) -> (usize, usize) {
+        (self.height, self.width)
+    }
+
     fn next_batch(&mut self, max: usize) -> Result<Option<Array4<u8>>, DataError> {
         let count = max.max(1).min(self.len - self.delivered);
         if count == 0 {

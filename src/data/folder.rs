@@ -1,0 +1,144 @@
+//! Images from a folder of PNG/JPEG files (recursive, sorted by path), converted to RGB as
+//! `PIL.Image.convert("RGB")` does, optionally centre-cropped to a square size with ADM's
+//! `center_crop_arr`. Files are decoded in parallel, one batch at a time.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::Array4;
+use rayon::prelude::*;
+
+use super::pil_resize::center_crop_arr;
+use super::{DataError, ImageSource};
+
+const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// The image files under `dir`, recursively, sorted.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let entries = std::fs::read_dir(&current).map_err(|source| DataError::Io {
+            path: current.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let path = entry
+                .map_err(|source| DataError::Io {
+                    path: current.clone(),
+                    source,
+                })?
+                .path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Decodes one file to RGB8, returning (pixels, width, height).
+fn decode_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize), DataError> {
+    let image = image::ImageReader::open(path)
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .with_guessed_format()
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .decode()
+        .map_err(|e| DataError::invalid(path, format!("cannot decode the image: {e}")))?;
+    let rgb = image.to_rgb8();
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    Ok((rgb.into_raw(), w, h))
+}
+
+/// A folder of images as an [`ImageSource`].
+pub struct FolderImages {
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+    next: usize,
+    size: (usize, usize),
+    crop: Option<usize>,
+}
+
+impl FolderImages {
+    /// Lists `dir`; with `crop = Some(n)` every image is centre-cropped to n x n (ADM), otherwise all
+    /// images must share the first image's size.
+    pub fn open(dir: &Path, crop: Option<usize>) -> Result<Self, DataError> {
+        let files = list_images(dir)?;
+        let first = files.first().ok_or_else(|| {
+            DataError::invalid(dir, "contains no PNG or JPEG images (searched recursively)")
+        })?;
+        let size = match crop {
+            Some(n) => (n, n),
+            None => {
+                let (w, h) = image::image_dimensions(first)
+                    .map_err(|e| DataError::invalid(first, format!("cannot read the image size: {e}")))?;
+                (h as usize, w as usize)
+            }
+        };
+        Ok(FolderImages {
+            dir: dir.to_path_buf(),
+            files,
+            next: 0,
+            size,
+            crop,
+        })
+    }
+
+    fn load(&self, path: &Path) -> Result<Vec<u8>, DataError> {
+        let (pixels, w, h) = decode_rgb(path)?;
+        match self.crop {
+            Some(n) => Ok(center_crop_arr(&pixels, w, h, n)),
+            None if (h, w) == self.size => Ok(pixels),
+            None => Err(DataError::invalid(
+                path,
+                format!(
+                    "is {w}x{h} but the first image is {}x{}; pass --image-size to centre-crop all images to one size",
+                    self.size.1, self.size.0
+                ),
+            )),
+        }
+    }
+}
+
+impl ImageSource for FolderImages {
+    fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    fn image_size(&self) -> (usize, usize) {
+        self.size
+    }
+
+    fn next_batch(&mut self, max: usize) -> Result<Option<Array4<u8>>, DataError> {
+        let end = (self.next + max.max(1)).min(self.files.len());
+        if self.next == end {
+            return Ok(None);
+        }
+        let images: Vec<Vec<u8>> = self.files[self.next..end]
+            .par_iter()
+            .map(|path| self.load(path))
+            .collect::<Result<_, _>>()?;
+        let count = end - self.next;
+        self.next = end;
+        let (h, w) = self.size;
+        Array4::from_shape_vec((count, h, w, 3), images.concat())
+            .map(Some)
+            .map_err(|e| DataError::invalid(&self.dir, e.to_string()))
+    }
+
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
