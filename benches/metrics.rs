@@ -3,8 +3,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use llamagen_metrics::frechet::frechet_distance;
+use llamagen_metrics::image_quality::{ssim, SsimMode};
+use llamagen_metrics::manifold::{manifold_metrics_f32, ManifoldConfig};
 use llamagen_metrics::stats::{GaussianAccumulator, GaussianStats};
-use ndarray::Array2;
+use ndarray::{Array2, Array4};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -44,5 +46,35 @@ fn statistics(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frechet, statistics);
+fn precision_recall(c: &mut Criterion) {
+    // Scaled down from 10k x 50k x 2048: distance work grows with n_ref * n_sample * dim, so the
+    // full size costs about (10k * 50k) / (2k * 4k) = 62.5x this run, plus the within-set passes.
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let reference = random_features(&mut rng, 2000, 2048);
+    let samples = random_features(&mut rng, 4000, 2048);
+    let mut group = c.benchmark_group("precision_recall");
+    group.sample_size(10);
+    group.bench_function("manifold_2k_ref_x_4k_samples_x_2048", |bench| {
+        bench.iter(|| {
+            manifold_metrics_f32(reference.view(), samples.view(), &ManifoldConfig::default()).expect("pr")
+        })
+    });
+    group.finish();
+}
+
+fn ssim_bench(c: &mut Criterion) {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let originals = Array4::from_shape_fn((8, 256, 256, 3), |_| rng.random::<u8>());
+    let reconstructions = originals.mapv(|v| v.saturating_add(3));
+    let mut group = c.benchmark_group("ssim");
+    group.sample_size(10);
+    for mode in [SsimMode::Gaussian, SsimMode::Uniform, SsimMode::LlamagenCompat] {
+        group.bench_function(format!("{mode:?}_8_images_256x256x3"), |bench| {
+            bench.iter(|| ssim(originals.view(), reconstructions.view(), mode).expect("ssim"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, frechet, statistics, precision_recall, ssim_bench);
 criterion_main!(benches);
