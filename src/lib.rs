@@ -4,6 +4,7 @@
 //! (models, feature extraction, sampling), data IO, and the command-line front end.
 
 pub mod cache;
+pub mod check;
 pub mod checkpoint;
 pub mod commands;
 pub mod data;
@@ -13,3 +14,4 @@ pub mod evaluate;
 pub mod features;
 pub mod models;
 pub mod progress;
+pub mod report;

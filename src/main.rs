@@ -37,6 +37,10 @@ enum Command {
     Stats(commands::stats::StatsCommand),
     /// What a checkpoint file holds: keys, tensors, parameters, configuration.
     Inspect(commands::inspect::InspectCommand),
+    /// Summary table (CSV, Markdown) and PNG charts of several runs' metrics.json.
+    Report(commands::report::ReportCommand),
+    /// Compare a run with a baseline (exit 0 pass, 1 regression, 2 unusable input), or record one.
+    Check(commands::check::CheckCommand),
 }
 
 fn init_logging(quiet: bool) {
@@ -62,12 +66,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Features(cmd) => commands::features::run(&cmd, quiet),
         Command::Stats(cmd) => commands::stats::run(&cmd, quiet),
         Command::Inspect(cmd) => commands::inspect::run(&cmd),
+        Command::Report(cmd) => commands::report::run(&cmd, quiet),
+        Command::Check(_) => unreachable!("`check` returns its own exit status from main"),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.quiet);
+    // `check` has its own exit statuses: 0 pass, 1 regression, 2 unusable input.
+    if let Command::Check(cmd) = &cli.command {
+        return commands::check::main(cmd, cli.quiet);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,9 +1,11 @@
 //! The subcommands: their flags (clap) and what they run. `main.rs` only parses and dispatches.
 
+pub mod check;
 pub mod features;
 pub mod fid;
 pub mod inspect;
 pub mod metrics;
+pub mod report;
 pub mod stats;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,136 @@
+//! `llamagen-eval check`: a run against a baseline, for CI. Exit status 0 pass, 1 regression,
+//! 2 unusable input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::{Map, Value};
+
+use crate::check::{self, Baseline, Verdict};
+use crate::evaluate::write_atomically;
+use crate::report::read_metrics_file;
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["baseline", "write_baseline"])))]
+pub struct CheckCommand {
+    /// The run folder (or its metrics.json) to check.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: PathBuf,
+    /// Baseline JSON (from --write-baseline, or any run's metrics.json) to compare with.
+    #[arg(long, value_name = "BASELINE.json")]
+    pub baseline: Option<PathBuf>,
+    /// Record the run's metrics as a baseline instead of checking.
+    #[arg(long, value_name = "BASELINE.json", conflicts_with = "tolerance")]
+    pub write_baseline: Option<PathBuf>,
+    /// Per-metric tolerances, comma-separated: `fid=0.5` (absolute, in the metric's units),
+    /// `is=2%` (relative to the baseline) or `precision=off`. Defaults: fid/sfid/rfid 5%,
+    /// kid 0.001, inception_score and codebook_perplexity 2%, precision/recall/coverage 0.02,
+    /// density 0.05, psnr 0.1 (dB), ssim/ssim_llamagen 0.005, codebook_usage 0.01.
+    #[arg(long, value_name = "METRIC=TOL,...")]
+    pub tolerance: Vec<String>,
+}
+
+/// Exit status for a regression.
+pub const EXIT_REGRESSION: u8 = 1;
+/// Exit status for unusable input (missing or bad files, missing or NaN metrics, bad tolerances).
+pub const EXIT_UNUSABLE: u8 = 2;
+
+/// Runs the check and turns its outcome into the exit status (errors are printed here).
+pub fn main(cmd: &CheckCommand, quiet: bool) -> ExitCode {
+    match run(cmd, quiet) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_REGRESSION),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_UNUSABLE)
+        }
+    }
+}
+
+/// `Ok(true)` when nothing regressed, `Ok(false)` on a regression, `Err` for unusable input.
+pub fn run(cmd: &CheckCommand, quiet: bool) -> Result<bool> {
+    let file = read_metrics_file(&cmd.run)?;
+    if let Some(target) = &cmd.write_baseline {
+        return write_baseline(&file, target, quiet).map(|()| true);
+    }
+    let baseline_path = cmd
+        .baseline
+        .as_ref()
+        .context("--baseline or --write-baseline")?;
+    let mut overrides = Vec::new();
+    for spec in &cmd.tolerance {
+        overrides.extend(check::parse_tolerances(spec)?);
+    }
+    let baseline = Baseline::load(baseline_path)?;
+    let rows = check::compare(&baseline, &file.metrics, &file.path, &overrides)?;
+    print!("{}", check::table(&rows));
+    let regressed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.verdict == Verdict::Regressed)
+        .map(|r| r.metric.as_str())
+        .collect();
+    let checked = rows.iter().filter(|r| r.verdict != Verdict::Info).count();
+    if regressed.is_empty() {
+        println!(
+            "PASS: {checked} metric{} within tolerance of {}",
+            if checked == 1 { "" } else { "s" },
+            baseline_path.display()
+        );
+        Ok(true)
+    } else {
+        println!(
+            "FAIL: {} regressed against {}: {}",
+            regressed.len(),
+            baseline_path.display(),
+            regressed.join(", ")
+        );
+        Ok(false)
+    }
+}
+
+fn write_baseline(
+    file: &crate::report::MetricsFile,
+    target: &std::path::Path,
+    quiet: bool,
+) -> Result<()> {
+    let mut metrics = Map::new();
+    for name in file.metrics.keys() {
+        let value = check::finite_metric(&file.metrics, name, &file.path)?;
+        metrics.insert(name.clone(), Value::from(value));
+    }
+    if metrics.is_empty() {
+        anyhow::bail!("{}: no metrics to record", file.path.display());
+    }
+    let mut about = Map::new();
+    about.insert(
+        "source".into(),
+        Value::from(file.path.display().to_string()),
+    );
+    about.insert(
+        "written_by".into(),
+        Value::from(format!("llamagen-eval {}", env!("CARGO_PKG_VERSION"))),
+    );
+    about.insert("written_at_utc".into(), Value::from(super::utc_timestamp()));
+    let mut doc = Map::new();
+    doc.insert("metrics".into(), Value::Object(metrics));
+    doc.insert("run".into(), Value::Object(file.run.clone()));
+    doc.insert("baseline".into(), Value::Object(about));
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&Value::Object(doc))?;
+    write_atomically(target, json.as_bytes())?;
+    if !quiet {
+        eprintln!(
+            "recorded {} metric{} of {} as baseline {}",
+            file.metrics.len(),
+            if file.metrics.len() == 1 { "" } else { "s" },
+            file.path.display(),
+            target.display()
+        );
+    }
+    Ok(())
+}
