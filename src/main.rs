@@ -37,6 +37,8 @@ enum Command {
     Stats(commands::stats::StatsCommand),
     /// What a checkpoint file holds: keys, tensors, parameters, configuration.
     Inspect(commands::inspect::InspectCommand),
+    /// Tokenizer reconstruction quality: rFID, PSNR, SSIM and codebook usage.
+    Recon(commands::recon::ReconCommand),
     /// Summary table (CSV, Markdown) and PNG charts of several runs' metrics.json.
     Report(commands::report::ReportCommand),
     /// Compare a run with a baseline (exit 0 pass, 1 regression, 2 unusable input), or record one.
@@ -66,6 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Features(cmd) => commands::features::run(&cmd, quiet),
         Command::Stats(cmd) => commands::stats::run(&cmd, quiet),
         Command::Inspect(cmd) => commands::inspect::run(&cmd),
+        Command::Recon(cmd) => commands::recon::run(&cmd, quiet),
         Command::Report(cmd) => commands::report::run(&cmd, quiet),
         Command::Check(_) => unreachable!("`check` returns its own exit status from main"),
     }

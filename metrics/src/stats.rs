@@ -64,6 +64,18 @@ impl GaussianAccumulator {
         Ok(())
     }
 
+    /// The running sums (count, sum, sum of outer products), to persist a partial pass.
+    pub fn parts(&self) -> (usize, &Array1<f64>, &Array2<f64>) {
+        (self.count, &self.sum, &self.outer)
+    }
+
+    /// An accumulator resumed from [`Self::parts`]; the shapes must agree.
+    pub fn from_parts(count: usize, sum: Array1<f64>, outer: Array2<f64>) -> Result<Self> {
+        ensure_same_dim("Gaussian accumulator rows", sum.len(), outer.nrows())?;
+        ensure_same_dim("Gaussian accumulator columns", sum.len(), outer.ncols())?;
+        Ok(GaussianAccumulator { count, sum, outer })
+    }
+
     /// Mean and covariance (N-1 denominator). Needs at least two samples.
     pub fn finalize(&self) -> Result<GaussianStats> {
         ensure_min_samples("Gaussian statistics", 2, self.count)?;
@@ -104,9 +116,15 @@ impl GaussianStats {
         acc.finalize()
     }
 
-    /// Statistics of a whole f32 feature matrix at once.
+    /// Statistics of a whole f32 feature matrix, converted to f64 a block of rows at a time so
+    /// that a 50,000-row set never needs a full f64 copy.
     pub fn from_features_f32(features: ArrayView2<'_, f32>) -> Result<Self> {
-        Self::from_features(features.mapv(f64::from).view())
+        const ROWS: usize = 4096;
+        let mut acc = GaussianAccumulator::new(features.ncols());
+        for block in features.axis_chunks_iter(Axis(0), ROWS) {
+            acc.add_batch_f32(block)?;
+        }
+        acc.finalize()
     }
 
     /// Wraps a given mean and covariance, checking their shapes and values.

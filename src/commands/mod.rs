@@ -5,6 +5,7 @@ pub mod features;
 pub mod fid;
 pub mod inspect;
 pub mod metrics;
+pub mod recon;
 pub mod report;
 pub mod stats;
 

@@ -1,3 +1,4 @@
 //! The networks, one file per model, with parameters named as in the original checkpoints.
 
 pub mod inception;
+pub mod vq;

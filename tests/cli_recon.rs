@@ -1,0 +1,407 @@
+//! End to end: `llamagen-eval recon`. Scoring reconstructions made elsewhere (`--recon-batch`)
+//! equals scikit-image's PSNR/SSIM and our own `fid` of the two sets; an interrupted run resumed
+//! with `--resume` gives the same figures as an uninterrupted one; the golden tokenizer on the
+//! golden images gives the codebook usage and PSNR the metrics crate computes on its outputs; bad
+//! inputs fail with a clear message and leave nothing behind.
+
+mod common;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use llamagen_metrics::codebook::codebook_usage;
+use llamagen_metrics::image_quality;
+use ndarray::Array4;
+use ndarray_npy::{NpzReader, NpzWriter, WriteNpyExt};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+use tch::Tensor;
+
+/// The tests run one at a time: each child process already uses every core (libtorch, rayon), and
+/// oversubscribed cores slow them all down several times over.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn llamagen_eval<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
+        .args(args)
+        .env_remove("LLAMAGEN_EVAL_INCEPTION")
+        .output()
+        .expect("binary runs")
+}
+
+fn write_images(path: &Path, images: &Array4<u8>) {
+    let mut npz = NpzWriter::new(File::create(path).unwrap());
+    npz.add_array("arr_0", images).unwrap();
+    npz.finish().unwrap();
+}
+
+fn read_images(path: &Path) -> Array4<u8> {
+    let mut npz = NpzReader::new(File::open(path).unwrap()).unwrap();
+    npz.by_name("arr_0.npy").unwrap()
+}
+
+fn metrics_json(dir: &Path) -> Value {
+    serde_json::from_reader(File::open(dir.join("metrics.json")).unwrap()).unwrap()
+}
+
+fn metric(json: &Value, name: &str) -> f64 {
+    json["metrics"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no `{name}` in {json}"))
+}
+
+fn mean(values: &[Value]) -> f64 {
+    let finite: Vec<f64> = values.iter().filter_map(Value::as_f64).collect();
+    finite.iter().sum::<f64>() / finite.len() as f64
+}
+
+fn success(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    stderr
+}
+
+/// Random FID-architecture Inception weights (tests/parity/inception_reference.py, seeded), made
+/// once and kept in the target's test folder.
+fn random_inception_weights() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("random-inception");
+    let weights = dir.join("inception.pth");
+    if !weights.is_file() {
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        common::run_reference(
+            "inception_reference.py",
+            &[OsStr::new("make-weights"), tmp.path().as_os_str()],
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::rename(tmp.path().join("inception.pth"), &weights).unwrap();
+    }
+    weights
+}
+
+#[test]
+fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let weights = random_inception_weights();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    // Three images in batches of two: a full batch, then a partial one.
+    let originals = Array4::from_shape_fn((3, 32, 32, 3), |(i, y, x, c)| {
+        ((x * 7 + y * 3 + i * 17 + c * 50) % 256) as u8
+    });
+    let recons =
+        originals.mapv(|v| (i32::from(v) + rng.random_range(-30..=30)).clamp(0, 255) as u8);
+    let (data, recon) = (root.join("data.npz"), root.join("recon.npz"));
+    write_images(&data, &originals);
+    write_images(&recon, &recons);
+    let (data_npy, recon_npy) = (root.join("data.npy"), root.join("recon.npy"));
+    originals
+        .write_npy(File::create(&data_npy).unwrap())
+        .unwrap();
+    recons.write_npy(File::create(&recon_npy).unwrap()).unwrap();
+
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args: Vec<&OsStr> = vec![
+            "recon".as_ref(),
+            "--recon-batch".as_ref(),
+            recon.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--inception".as_ref(),
+            weights.as_os_str(),
+            "--device".as_ref(),
+            "cpu".as_ref(),
+            "--batch-size".as_ref(),
+            "2".as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--quiet".as_ref(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        llamagen_eval(&args)
+    };
+    let whole = root.join("runs/whole");
+    success(&run(&whole, &[]));
+    let json = metrics_json(&whole);
+
+    // PSNR / SSIM against scikit-image.
+    let sk: Value = serde_json::from_str(&common::run_reference(
+        "skimage_psnr_ssim.py",
+        &[&data_npy, &recon_npy],
+    ))
+    .unwrap();
+    let sk = &sk[0];
+    for (ours, theirs, tol) in [
+        ("psnr", "psnr", 1e-12),
+        ("ssim", "ssim_gaussian", 1e-9),
+        ("ssim_llamagen", "ssim_llamagen", 1e-6),
+    ] {
+        let expected = mean(sk[theirs].as_array().unwrap());
+        let got = metric(&json, ours);
+        assert!(
+            common::rel_diff(got, expected) < tol,
+            "{ours}: ours {got}, scikit-image {expected}"
+        );
+    }
+    assert!(json["metrics"].get("codebook_usage").is_none());
+    assert_eq!(json["run"]["n_images"], 3);
+    assert_eq!(json["run"]["rfid_reference"], "inputs");
+
+    // rFID against our own `fid` of the two sets.
+    let fid_out = root.join("runs/fid");
+    success(&llamagen_eval(&[
+        "fid".as_ref(),
+        "--sample-batch".as_ref(),
+        recon.as_os_str(),
+        "--ref".as_ref(),
+        data.as_os_str(),
+        "--inception".as_ref(),
+        weights.as_os_str(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--metrics".as_ref(),
+        "fid".as_ref(),
+        "--out".as_ref(),
+        fid_out.as_os_str(),
+        "--quiet".as_ref(),
+    ]));
+    let fid = metric(&metrics_json(&fid_out), "fid");
+    let rfid = metric(&json, "rfid");
+    assert!(rfid > 0.0);
+    assert!(
+        common::rel_diff(rfid, fid) < 1e-6,
+        "rfid {rfid} vs fid {fid}"
+    );
+
+    // Interrupted after one batch, then resumed: the same figures.
+    let parts = root.join("runs/parts");
+    let stopped = run(&parts, &["--stop-after-batches", "1"]);
+    assert!(!stopped.status.success());
+    assert!(String::from_utf8_lossy(&stopped.stderr).contains("--resume"));
+    assert!(parts.join("recon_state.npz").is_file());
+    assert!(!parts.join("metrics.json").exists());
+    let stderr = success(&run(&parts, &["--resume"]));
+    assert!(!stderr.contains("nothing to resume"), "{stderr}");
+    let resumed = metrics_json(&parts);
+    assert_eq!(resumed["metrics"], json["metrics"]);
+    assert_eq!(resumed["run"]["resumed"], true);
+    assert!(!parts.join("recon_state.npz").exists());
+}
+
+fn golden_io() -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(common::golden_dir().join("vq_public_io.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn tensor_images(t: &Tensor) -> Array4<u8> {
+    let s: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let data = Vec::<u8>::try_from(t.contiguous().flatten(0, -1)).unwrap();
+    Array4::from_shape_vec((s[0], s[1], s[2], s[3]), data).unwrap()
+}
+
+fn vq_run(vq: &Path, data: &Path, out: &Path, extra: &[&OsStr]) -> Output {
+    let mut args: Vec<&OsStr> = vec![
+        "recon".as_ref(),
+        "--vq".as_ref(),
+        vq.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--metrics".as_ref(),
+        "psnr,ssim,codebook".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--quiet".as_ref(),
+    ];
+    args.extend_from_slice(extra);
+    llamagen_eval(&args)
+}
+
+#[test]
+fn golden_tokenizer_run() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let io = golden_io();
+    let images = tensor_images(&io["images_uint8_nhwc"]);
+    let golden_recon = tensor_images(&io["recon_uint8_nhwc"]);
+    let data = root.join("golden_images.npz");
+    write_images(&data, &images);
+    let vq = common::golden_dir().join("vq_public.pt");
+
+    let out = root.join("whole");
+    let saved = root.join("recon.npz");
+    success(&vq_run(
+        &vq,
+        &data,
+        &out,
+        &["--save-recon".as_ref(), saved.as_os_str()],
+    ));
+    let json = metrics_json(&out);
+    assert!(out.join("metrics.csv").is_file());
+
+    // Codebook usage: the metrics crate on the golden indices.
+    let indices = Vec::<i64>::try_from(&io["indices"]).unwrap();
+    let usage = codebook_usage(&indices, 1024).unwrap();
+    assert!(common::rel_diff(metric(&json, "codebook_usage"), usage.usage) < 1e-14);
+    assert!(common::rel_diff(metric(&json, "codebook_perplexity"), usage.perplexity) < 1e-14);
+    assert_eq!(json["run"]["codebook_used_entries"], usage.used_entries);
+    let training = json["run"]["training_codebook_usage"].as_f64().unwrap();
+    assert!(training > 0.0 && training <= 1.0);
+    assert_eq!(json["run"]["vq_config"]["ch"], 32);
+    assert_eq!(json["run"]["vq_config"]["codebook_size"], 1024);
+
+    // PSNR: the metrics crate on our saved pixels exactly, and on the golden pixels closely.
+    let ours = read_images(&saved);
+    let (off, total) = (
+        ours.iter()
+            .zip(golden_recon.iter())
+            .filter(|(a, b)| a != b)
+            .count(),
+        ours.len(),
+    );
+    assert!(
+        off as f64 <= 0.001 * total as f64,
+        "{off} of {total} pixels differ"
+    );
+    let psnr = metric(&json, "psnr");
+    let on_ours = image_quality::psnr(images.view(), ours.view())
+        .unwrap()
+        .mean
+        .unwrap();
+    // (metrics.json holds the shortest decimal form; serde_json's parser may be one ulp off.)
+    assert!(
+        common::rel_diff(psnr, on_ours) < 1e-14,
+        "psnr {psnr} vs {on_ours}"
+    );
+    let on_golden = image_quality::psnr(images.view(), golden_recon.view())
+        .unwrap()
+        .mean
+        .unwrap();
+    assert!(
+        (psnr - on_golden).abs() < 1e-3,
+        "psnr {psnr} vs golden pixels {on_golden}"
+    );
+    let ssim = image_quality::ssim(
+        images.view(),
+        ours.view(),
+        image_quality::SsimMode::Gaussian,
+    )
+    .unwrap()
+    .mean;
+    assert!(common::rel_diff(metric(&json, "ssim"), ssim) < 1e-14);
+
+    // Interrupted after one batch of two images, resumed: same figures, same saved pixels.
+    let parts = root.join("parts");
+    let saved_parts = root.join("recon_parts.npz");
+    let save: [&OsStr; 4] = [
+        "--save-recon".as_ref(),
+        saved_parts.as_os_str(),
+        "--batch-size".as_ref(),
+        "2".as_ref(),
+    ];
+    let mut stop = save.to_vec();
+    stop.extend([OsStr::new("--stop-after-batches"), OsStr::new("1")]);
+    assert!(!vq_run(&vq, &data, &parts, &stop).status.success());
+    assert!(!saved_parts.exists());
+    let mut resume = save.to_vec();
+    resume.push(OsStr::new("--resume"));
+    success(&vq_run(&vq, &data, &parts, &resume));
+    assert_eq!(metrics_json(&parts)["metrics"], json["metrics"]);
+    assert_eq!(read_images(&saved_parts), ours);
+
+    // Resuming with other settings is refused.
+    let other = root.join("other");
+    assert!(!vq_run(&vq, &data, &other, &stop).status.success());
+    let mut changed = stop.to_vec();
+    changed.extend([
+        OsStr::new("--precision"),
+        OsStr::new("bf16"),
+        OsStr::new("--resume"),
+    ]);
+    let refused = vq_run(&vq, &data, &other, &changed);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("other settings"));
+
+    // bf16 runs and lands close.
+    let bf16 = root.join("bf16");
+    success(&vq_run(
+        &vq,
+        &data,
+        &bf16,
+        &["--precision".as_ref(), "bf16".as_ref()],
+    ));
+    let p16 = metric(&metrics_json(&bf16), "psnr");
+    assert!((p16 - psnr).abs() < 1.0, "bf16 psnr {p16} vs fp32 {psnr}");
+}
+
+fn assert_fails_cleanly(output: &Output, out: &Path, expected: &[&str]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "should fail: {stderr}");
+    for e in expected {
+        assert!(stderr.contains(e), "expected `{e}` in: {stderr}");
+    }
+    assert!(!out.exists(), "left outputs behind in {}", out.display());
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let golden = common::golden_dir();
+    let vq = golden.join("vq_public.pt");
+    let data = root.join("images64.npz");
+    write_images(&data, &Array4::from_elem((2, 64, 64, 3), 100u8));
+
+    let out = root.join("gpt");
+    let output = vq_run(&golden.join("gpt_public.pt"), &data, &out, &[]);
+    assert_fails_cleanly(
+        &output,
+        &out,
+        &["looks like a GPT checkpoint", "gpt_public.pt"],
+    );
+
+    let odd = root.join("images60.npz");
+    write_images(&odd, &Array4::from_elem((2, 60, 60, 3), 100u8));
+    let out = root.join("odd");
+    let output = vq_run(&vq, &odd, &out, &[]);
+    assert_fails_cleanly(&output, &out, &["images60.npz", "60x60", "multiples of 16"]);
+
+    let variants = root.join("variants");
+    common::run_reference(
+        "make_vq_checkpoints.py",
+        &[vq.as_os_str(), variants.as_os_str()],
+    );
+    let out = root.join("mismatch");
+    let output = vq_run(&variants.join("mismatch.pt"), &data, &out, &[]);
+    assert_fails_cleanly(&output, &out, &["mismatch.pt", "quant_conv"]);
+
+    // Reconstructions that do not match the originals.
+    let small = root.join("small.npz");
+    write_images(&small, &Array4::from_elem((2, 32, 32, 3), 1u8));
+    let out = root.join("shape");
+    let output = llamagen_eval(&[
+        "recon".as_ref(),
+        "--recon-batch".as_ref(),
+        small.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--metrics".as_ref(),
+        "psnr".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_fails_cleanly(&output, &out, &["small.npz", "do not match"]);
+}

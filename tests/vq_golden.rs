@@ -1,0 +1,213 @@
+//! The LlamaGen tokenizer against the golden outputs of LlamaGen's own `VQModel`
+//! (`../shared/golden/vq_public.pt`, `vq_public_io.safetensors`), and the checkpoint forms it must
+//! load: legacy format, `ema`/`model`-keyed, bare DDP state dicts, and doctored ones.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use llamagen_eval::models::vq::{images_to_input, to_pixels, VqError, VqModel, VqWeights};
+use tch::{Device, Kind, Tensor};
+
+fn golden_io() -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(common::golden_dir().join("vq_public_io.safetensors"))
+        .expect("vq_public_io.safetensors")
+        .into_iter()
+        .collect()
+}
+
+fn golden_vq() -> PathBuf {
+    common::golden_dir().join("vq_public.pt")
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().flatten(0, -1)).unwrap()
+}
+
+fn u8s(t: &Tensor) -> Vec<u8> {
+    Vec::<u8>::try_from(t.contiguous().flatten(0, -1)).unwrap()
+}
+
+/// Pixels that differ, and whether every difference is at most 1.
+fn pixel_diffs(ours: &Tensor, golden: &Tensor) -> (usize, bool) {
+    assert_eq!(ours.size(), golden.size());
+    let (a, b) = (u8s(ours), u8s(golden));
+    let off = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    let small = a.iter().zip(&b).all(|(x, y)| x.abs_diff(*y) <= 1);
+    (off, small)
+}
+
+fn assert_pixels_match(ours: &Tensor, golden: &Tensor, what: &str) {
+    let (off, small) = pixel_diffs(ours, golden);
+    let total = golden.numel();
+    eprintln!("{what}: {off} of {total} pixel values off by one");
+    assert!(small, "{what}: a pixel value is off by more than 1");
+    assert!(
+        off as f64 <= 0.001 * total as f64,
+        "{what}: {off} of {total} pixel values differ (more than 0.1%)"
+    );
+}
+
+fn check_against_golden(model: &VqModel, io: &HashMap<String, Tensor>, tol: f64) {
+    let images = &io["images_uint8_nhwc"];
+    let input = images_to_input(images);
+    assert_eq!(f32s(&input), f32s(&io["input"]), "input scaling");
+
+    let pre_quant = model.pre_quant(&input);
+    let err = common::max_rel_err(&f32s(&pre_quant), &f32s(&io["pre_quant"]));
+    eprintln!("pre_quant max rel err {err:.3e}");
+    assert!(err <= tol, "pre_quant relative error {err:e}");
+
+    let indices = model.quantize(&pre_quant);
+    assert_eq!(indices.size(), [4, 4, 4]);
+    assert_eq!(
+        Vec::<i64>::try_from(indices.flatten(0, -1)).unwrap(),
+        Vec::<i64>::try_from(&io["indices"]).unwrap(),
+        "indices"
+    );
+    assert_eq!(
+        Vec::<i64>::try_from(model.encode(&input).flatten(0, -1)).unwrap(),
+        Vec::<i64>::try_from(&io["indices"]).unwrap(),
+        "encode"
+    );
+
+    let quant = model.codes_to_quant(&indices);
+    let err = common::max_rel_err(&f32s(&quant), &f32s(&io["quant"]));
+    assert!(err <= tol, "quant relative error {err:e}");
+
+    let recon = model.decode(&quant);
+    let err = common::max_rel_err(&f32s(&recon), &f32s(&io["recon"]));
+    eprintln!("recon max rel err {err:.3e}");
+    assert!(err <= tol, "recon relative error {err:e}");
+    assert_pixels_match(&to_pixels(&recon), &io["recon_uint8_nhwc"], "recon pixels");
+
+    // LlamaGen's forward pass (straight-through quant), as `recon` runs it.
+    let (idx, recon) = model.reconstruct(&input);
+    assert!(idx.equal(&indices));
+    let err = common::max_rel_err(&f32s(&recon), &f32s(&io["recon"]));
+    eprintln!("reconstruct max rel err {err:.3e}");
+    assert!(err <= tol, "reconstruct relative error {err:e}");
+    assert_pixels_match(
+        &to_pixels(&recon),
+        &io["recon_uint8_nhwc"],
+        "reconstruct pixels",
+    );
+    let (_, st) = model.quantize_straight_through(&pre_quant);
+    let err = common::max_rel_err(&f32s(&st), &f32s(&io["quant"]));
+    assert!(err <= tol, "straight-through quant relative error {err:e}");
+    // The pixel conversion itself is exact.
+    assert!(to_pixels(&io["recon"]).equal(&io["recon_uint8_nhwc"]));
+
+    let golden_idx = io["indices"].reshape([4, 4, 4]);
+    let from_codes = model.decode_code(&golden_idx);
+    let err = common::max_rel_err(&f32s(&from_codes), &f32s(&io["recon_from_indices"]));
+    eprintln!("decode_code max rel err {err:.3e}");
+    assert!(err <= tol, "decode_code relative error {err:e}");
+    assert_pixels_match(
+        &to_pixels(&from_codes),
+        &io["recon_uint8_nhwc"],
+        "decode_code pixels",
+    );
+}
+
+#[test]
+fn golden_tokenizer_matches_llamagen() {
+    let (_vs, model) = VqModel::load(&golden_vq(), Device::Cpu, VqWeights::Auto).unwrap();
+    let c = model.config();
+    assert_eq!(
+        (
+            c.ch,
+            c.ch_mult.clone(),
+            c.z_channels,
+            c.codebook_size,
+            c.embed_dim
+        ),
+        (32, vec![1, 1, 2, 2, 4], 64, 1024, 8)
+    );
+    assert_eq!(c.num_res_blocks, 2);
+    assert_eq!(c.downsample_factor(), 16);
+    let used = model
+        .codebook_used()
+        .expect("the golden checkpoint has codebook_used");
+    assert_eq!(used.size(), [65536]);
+    let usage = model.training_codebook_usage().unwrap();
+    assert!(usage > 0.0 && usage <= 1.0);
+    check_against_golden(&model, &golden_io(), 1e-4);
+}
+
+#[test]
+fn bf16_runs_and_stays_close() {
+    let (mut vs, model) = VqModel::load(&golden_vq(), Device::Cpu, VqWeights::Auto).unwrap();
+    vs.bfloat16();
+    assert_eq!(model.kind(), Kind::BFloat16);
+    let io = golden_io();
+    let golden_idx = io["indices"].reshape([4, 4, 4]);
+    let recon = model.decode_code(&golden_idx);
+    assert_eq!(recon.kind(), Kind::Float);
+    let err = common::max_rel_err(&f32s(&recon), &f32s(&io["recon_from_indices"]));
+    eprintln!("bf16 decode_code max rel err {err:.3e}");
+    assert!(err < 0.1, "bf16 decode relative error {err}");
+    let pre = model.pre_quant(&images_to_input(&io["images_uint8_nhwc"]));
+    let err = common::max_rel_err(&f32s(&pre), &f32s(&io["pre_quant"]));
+    eprintln!("bf16 pre_quant max rel err {err:.3e}");
+    assert!(err < 0.1, "bf16 pre_quant relative error {err}");
+}
+
+fn variants() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    common::run_reference(
+        "make_vq_checkpoints.py",
+        &[golden_vq().as_os_str(), dir.path().as_os_str()],
+    );
+    dir
+}
+
+fn load(path: &Path, weights: VqWeights) -> Result<VqModel, VqError> {
+    VqModel::load(path, Device::Cpu, weights).map(|(_vs, m)| m)
+}
+
+#[test]
+fn checkpoint_forms_load_and_bad_ones_are_named() {
+    let dir = variants();
+    let io = golden_io();
+    let idx = io["indices"].reshape([4, 4, 4]);
+    let golden_recon = f32s(&io["recon_from_indices"]);
+    for (name, weights) in [
+        ("legacy.pt", VqWeights::Auto),
+        ("ema_model.pt", VqWeights::Auto),
+        ("ema_model.pt", VqWeights::Ema),
+        ("bare.pt", VqWeights::Auto),
+    ] {
+        let model = load(&dir.path().join(name), weights)
+            .unwrap_or_else(|e| panic!("{name} ({weights:?}): {e}"));
+        let err = common::max_rel_err(&f32s(&model.decode_code(&idx)), &golden_recon);
+        assert!(err <= 1e-4, "{name} ({weights:?}): relative error {err:e}");
+    }
+    // `model` holds the perturbed weights: a different decoder output.
+    let perturbed = load(&dir.path().join("ema_model.pt"), VqWeights::Model).unwrap();
+    let err = common::max_rel_err(&f32s(&perturbed.decode_code(&idx)), &golden_recon);
+    assert!(err > 1e-2, "--vq-weights model gave the ema weights");
+    // No `ema` in the golden checkpoint.
+    let e = load(&golden_vq(), VqWeights::Ema).unwrap_err();
+    assert!(e.to_string().contains("ema"), "{e}");
+
+    // Bad checkpoints are named, with the reason.
+    let gpt = common::golden_dir().join("gpt_public.pt");
+    let e = load(&gpt, VqWeights::Auto).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, VqError::GptCheckpoint { .. }), "{msg}");
+    assert!(msg.contains("looks like a GPT checkpoint") && msg.contains("gpt_public.pt"));
+
+    let mismatch = dir.path().join("mismatch.pt");
+    let e = load(&mismatch, VqWeights::Auto).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, VqError::CodebookMismatch { .. }), "{msg}");
+    assert!(
+        msg.contains("mismatch.pt") && msg.contains("quant_conv"),
+        "{msg}"
+    );
+
+    let metrics = common::golden_dir().join("metrics_public.npz");
+    assert!(load(&metrics, VqWeights::Auto).is_err());
+}
