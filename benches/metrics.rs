@@ -56,7 +56,8 @@ fn precision_recall(c: &mut Criterion) {
     group.sample_size(10);
     group.bench_function("manifold_2k_ref_x_4k_samples_x_2048", |bench| {
         bench.iter(|| {
-            manifold_metrics_f32(reference.view(), samples.view(), &ManifoldConfig::default()).expect("pr")
+            manifold_metrics_f32(reference.view(), samples.view(), &ManifoldConfig::default())
+                .expect("pr")
         })
     });
     group.finish();
@@ -68,7 +69,11 @@ fn ssim_bench(c: &mut Criterion) {
     let reconstructions = originals.mapv(|v| v.saturating_add(3));
     let mut group = c.benchmark_group("ssim");
     group.sample_size(10);
-    for mode in [SsimMode::Gaussian, SsimMode::Uniform, SsimMode::LlamagenCompat] {
+    for mode in [
+        SsimMode::Gaussian,
+        SsimMode::Uniform,
+        SsimMode::LlamagenCompat,
+    ] {
         group.bench_function(format!("{mode:?}_8_images_256x256x3"), |bench| {
             bench.iter(|| ssim(originals.view(), reconstructions.view(), mode).expect("ssim"))
         });

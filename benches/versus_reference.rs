@@ -89,20 +89,32 @@ fn frechet_vs_pytorch_fid() {
 
 fn ssim_vs_scikit_image() {
     let mut rng = ChaCha8Rng::seed_from_u64(256);
-    let originals = Array4::from_shape_fn((200, 256, 256, 3), |(i, y, x, c)| ((x + 2 * y + 7 * i + 50 * c) % 256) as u8);
-    let reconstructions = originals.mapv(|v| (i32::from(v) + rng.random_range(-12..=12)).clamp(0, 255) as u8);
+    let originals = Array4::from_shape_fn((200, 256, 256, 3), |(i, y, x, c)| {
+        ((x + 2 * y + 7 * i + 50 * c) % 256) as u8
+    });
+    let reconstructions =
+        originals.mapv(|v| (i32::from(v) + rng.random_range(-12..=12)).clamp(0, 255) as u8);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (a, b) = (dir.path().join("originals.npy"), dir.path().join("reconstructions.npy"));
+    let (a, b) = (
+        dir.path().join("originals.npy"),
+        dir.path().join("reconstructions.npy"),
+    );
     write_npy(&a, &originals).expect("write");
     write_npy(&b, &reconstructions).expect("write");
     let repeats = 3;
     let mut ours = 0.0;
     let our_seconds = median_seconds(repeats, || {
-        ours = ssim(originals.view(), reconstructions.view(), SsimMode::Gaussian).expect("ssim").mean;
+        ours = ssim(originals.view(), reconstructions.view(), SsimMode::Gaussian)
+            .expect("ssim")
+            .mean;
     });
     let reference = run_reference(
         "bench_skimage_ssim.py",
-        &[a.display().to_string(), b.display().to_string(), repeats.to_string()],
+        &[
+            a.display().to_string(),
+            b.display().to_string(),
+            repeats.to_string(),
+        ],
     );
     let ref_seconds = reference["seconds"].as_f64().expect("seconds");
     println!(
@@ -122,7 +134,9 @@ fn inception_vs_pytorch_fid() {
         .expect("python runs");
     assert!(status.success(), "making random Inception weights failed");
     let weights = dir.path().join("inception.pth");
-    let images = Array4::from_shape_fn((64, 256, 256, 3), |(i, y, x, c)| ((x * 3 + y + 11 * i + 40 * c) % 256) as u8);
+    let images = Array4::from_shape_fn((64, 256, 256, 3), |(i, y, x, c)| {
+        ((x * 3 + y + 11 * i + 40 * c) % 256) as u8
+    });
     let images_path = dir.path().join("images.npy");
     write_npy(&images_path, &images).expect("write");
     let (_vs, model) = inception::load(&weights, tch::Device::Cpu).expect("weights");
@@ -130,9 +144,13 @@ fn inception_vs_pytorch_fid() {
     let repeats = 2;
     let our_seconds = median_seconds(repeats, || {
         for start in (0..64).step_by(batch) {
-            let chunk = images.slice(ndarray::s![start..start + batch, .., .., ..]).to_owned();
+            let chunk = images
+                .slice(ndarray::s![start..start + batch, .., .., ..])
+                .to_owned();
             let data: Vec<u8> = chunk.iter().copied().collect();
-            let tensor = tch::Tensor::from_slice(&data).view([batch as i64, 256, 256, 3]).permute([0, 3, 1, 2]);
+            let tensor = tch::Tensor::from_slice(&data)
+                .view([batch as i64, 256, 256, 3])
+                .permute([0, 3, 1, 2]);
             let _ = tch::no_grad(|| model.features(&tensor, Resize::PytorchFid));
         }
     });
@@ -156,7 +174,10 @@ fn inception_vs_pytorch_fid() {
 
 fn main() {
     // `cargo bench --bench versus_reference -- NAME` runs only the comparisons whose name contains NAME.
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_default();
     let benches: [(&str, fn()); 3] = [
         ("frechet", frechet_vs_pytorch_fid),
         ("ssim", ssim_vs_scikit_image),

@@ -206,15 +206,24 @@ impl Extractor {
 
     /// Features of every image of `source`, `batch_size` images per forward pass. The output
     /// arrays are allocated once at their final size and filled batch by batch.
-    pub fn extract(&self, source: &mut dyn ImageSource, batch_size: usize, quiet: bool) -> Result<FeatureSet, FeatureError> {
+    pub fn extract(
+        &self,
+        source: &mut dyn ImageSource,
+        batch_size: usize,
+        quiet: bool,
+    ) -> Result<FeatureSet, FeatureError> {
         let total = source.len();
         let bar = crate::progress::bar(total, "inception", "img", quiet);
-        let mut outputs = [POOL_DIM, SPATIAL_DIM, LOGITS_DIM].map(|dim| Array2::<f32>::zeros((total, dim as usize)));
+        let mut outputs = [POOL_DIM, SPATIAL_DIM, LOGITS_DIM]
+            .map(|dim| Array2::<f32>::zeros((total, dim as usize)));
         let mut filled = 0;
         while let Some(batch) = source.next_batch(batch_size)? {
             let n = batch.dim().0;
             if filled + n > total {
-                return Err(file_error(Path::new(&source.describe()), "more images than the source announced"));
+                return Err(file_error(
+                    Path::new(&source.describe()),
+                    "more images than the source announced",
+                ));
             }
             for (out, array) in outputs.iter_mut().zip(self.extract_batch(&batch)?) {
                 out.slice_mut(s![filled..filled + n, ..]).assign(&array);

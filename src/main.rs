@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The main job end to end on built-in tiny models with random weights (no downloads).
+    Demo(llamagen_eval::demo::DemoCommand),
     /// Check the installation: versions, CUDA, threads, BLAS, and where Inception weights are looked for.
     Doctor {
         /// FID Inception-V3 weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth).
@@ -37,6 +39,10 @@ enum Command {
     Stats(commands::stats::StatsCommand),
     /// What a checkpoint file holds: keys, tensors, parameters, configuration.
     Inspect(commands::inspect::InspectCommand),
+    /// Images from a LlamaGen c2i generator and its tokenizer, as an ADM/LlamaGen sample npz.
+    Sample(commands::sample::SampleCommand),
+    /// Join `sample --shard K/N` outputs into one npz in sample-index order.
+    Merge(commands::sample::MergeCommand),
     /// Tokenizer reconstruction quality: rFID, PSNR, SSIM and codebook usage.
     Recon(commands::recon::ReconCommand),
     /// Summary table (CSV, Markdown) and PNG charts of several runs' metrics.json.
@@ -63,11 +69,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", report.render());
             Ok(())
         }
+        Command::Demo(cmd) => llamagen_eval::demo::run(&cmd, quiet),
         Command::Fid(cmd) => commands::fid::run(&cmd, quiet),
         Command::Metrics(cmd) => commands::metrics::run(&cmd, quiet),
         Command::Features(cmd) => commands::features::run(&cmd, quiet),
         Command::Stats(cmd) => commands::stats::run(&cmd, quiet),
         Command::Inspect(cmd) => commands::inspect::run(&cmd),
+        Command::Sample(cmd) => commands::sample::run(&cmd, quiet),
+        Command::Merge(cmd) => commands::sample::run_merge(&cmd, quiet),
         Command::Recon(cmd) => commands::recon::run(&cmd, quiet),
         Command::Report(cmd) => commands::report::run(&cmd, quiet),
         Command::Check(_) => unreachable!("`check` returns its own exit status from main"),

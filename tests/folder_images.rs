@@ -13,7 +13,10 @@ use ndarray_npy::NpzReader;
 #[test]
 fn center_crop_matches_pillow() {
     let dir = tempfile::tempdir().unwrap();
-    common::run_reference("adm_center_crop.py", &[dir.path().as_os_str(), "64".as_ref()]);
+    common::run_reference(
+        "adm_center_crop.py",
+        &[dir.path().as_os_str(), "64".as_ref()],
+    );
     let mut npz = NpzReader::new(File::open(dir.path().join("expected.npz")).unwrap()).unwrap();
     let expected: Array4<u8> = npz.by_name("arr_0").unwrap();
     let mut source = FolderImages::open(&dir.path().join("images"), Some(64)).unwrap();
@@ -22,14 +25,30 @@ fn center_crop_matches_pillow() {
     assert!(source.next_batch(100).unwrap().is_none());
     // Sorted order: a.png, b/c/gray.png, b/rgba.png, b/wide.png, photo.jpg.
     for (i, (a, b)) in ours.outer_iter().zip(expected.outer_iter()).enumerate() {
-        let max_diff = a.iter().zip(b.iter()).map(|(&x, &y)| x.abs_diff(y)).max().unwrap();
+        let max_diff = a
+            .iter()
+            .zip(b.iter())
+            .map(|(&x, &y)| x.abs_diff(y))
+            .max()
+            .unwrap();
         if i < 4 {
-            assert_eq!(max_diff, 0, "PNG image {i} differs from Pillow by up to {max_diff}");
+            assert_eq!(
+                max_diff, 0,
+                "PNG image {i} differs from Pillow by up to {max_diff}"
+            );
         } else {
             // JPEG decoders differ slightly in inverse DCT and chroma upsampling (libjpeg-turbo in
             // Pillow, zune-jpeg here): a few levels at most, well under a level on average.
-            let mean = a.iter().zip(b.iter()).map(|(&x, &y)| f64::from(x.abs_diff(y))).sum::<f64>() / a.len() as f64;
-            assert!(max_diff <= 8 && mean < 0.5, "JPEG image differs from Pillow: max {max_diff}, mean {mean}");
+            let mean = a
+                .iter()
+                .zip(b.iter())
+                .map(|(&x, &y)| f64::from(x.abs_diff(y)))
+                .sum::<f64>()
+                / a.len() as f64;
+            assert!(
+                max_diff <= 8 && mean < 0.5,
+                "JPEG image differs from Pillow: max {max_diff}, mean {mean}"
+            );
             eprintln!("JPEG vs Pillow: max diff {max_diff}, mean {mean:.3}");
         }
     }
@@ -40,13 +59,22 @@ fn bad_folders_fail_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let err = FolderImages::open(&empty, Some(32)).err().expect("empty folder fails").to_string();
-    assert!(err.contains("empty") && err.contains("no PNG or JPEG"), "{err}");
+    let err = FolderImages::open(&empty, Some(32))
+        .err()
+        .map(|e| e.to_string())
+        .expect("empty folder fails");
+    assert!(
+        err.contains("empty") && err.contains("no PNG or JPEG"),
+        "{err}"
+    );
 
     let corrupt = dir.path().join("corrupt");
     std::fs::create_dir(&corrupt).unwrap();
     std::fs::write(corrupt.join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let mut source = FolderImages::open(&corrupt, Some(32)).unwrap();
-    let err = source.next_batch(4).err().expect("corrupt PNG fails").to_string();
+    let err = source
+        .next_batch(4)
+        .expect_err("corrupt PNG fails")
+        .to_string();
     assert!(err.contains("broken.png"), "{err}");
 }

@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod metrics;
 pub mod recon;
 pub mod report;
+pub mod sample;
 pub mod stats;
 
 use std::path::{Path, PathBuf};
@@ -128,7 +129,11 @@ impl<'a> FeatureCache<'a> {
     }
 
     /// [`Self::features`] with the images centre-cropped to `image_size` (ADM's `center_crop_arr`).
-    pub fn features_of(&mut self, images: &Path, image_size: Option<usize>) -> Result<crate::features::FeatureSet> {
+    pub fn features_of(
+        &mut self,
+        images: &Path,
+        image_size: Option<usize>,
+    ) -> Result<crate::features::FeatureSet> {
         let content = content_fingerprint(images)?;
         let crop = image_size.map(|s| format!("-crop{s}")).unwrap_or_default();
         let entry = self.dir.join(format!(
@@ -140,7 +145,11 @@ impl<'a> FeatureCache<'a> {
         if entry.is_file() {
             match crate::features::FeatureSet::load(&entry) {
                 Ok(features) => {
-                    tracing::info!("features of {} from the cache ({})", images.display(), entry.display());
+                    tracing::info!(
+                        "features of {} from the cache ({})",
+                        images.display(),
+                        entry.display()
+                    );
                     return Ok(features);
                 }
                 Err(e) => tracing::warn!("ignoring unreadable cache entry: {e}"),
@@ -170,7 +179,8 @@ pub fn content_fingerprint(images: &Path) -> Result<String> {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     for file in crate::data::folder::list_images(images)? {
-        let meta = std::fs::metadata(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let meta =
+            std::fs::metadata(&file).with_context(|| format!("cannot read {}", file.display()))?;
         let modified = meta
             .modified()
             .ok()
@@ -178,7 +188,11 @@ pub fn content_fingerprint(images: &Path) -> Result<String> {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let relative = file.strip_prefix(images).unwrap_or(&file);
-        hasher.update(format!("{}\0{}\0{modified}\n", relative.display(), meta.len()));
+        hasher.update(format!(
+            "{}\0{}\0{modified}\n",
+            relative.display(),
+            meta.len()
+        ));
     }
     Ok(format!("{:x}", hasher.finalize()))
 }

@@ -82,8 +82,9 @@ impl FolderImages {
         let size = match crop {
             Some(n) => (n, n),
             None => {
-                let (w, h) = image::image_dimensions(first)
-                    .map_err(|e| DataError::invalid(first, format!("cannot read the image size: {e}")))?;
+                let (w, h) = image::image_dimensions(first).map_err(|e| {
+                    DataError::invalid(first, format!("cannot read the image size: {e}"))
+                })?;
                 (h as usize, w as usize)
             }
         };

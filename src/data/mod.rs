@@ -15,7 +15,7 @@ use ndarray::Array4;
 pub enum DataError {
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -51,13 +51,19 @@ pub trait ImageSource {
 /// Opens images from a folder (PNG/JPEG) or an npz (`arr_0`). With `image_size`, every image is
 /// centre-cropped to that square size as ADM's `center_crop_arr` does (a no-op for images already
 /// that size).
-pub fn open_images(path: &std::path::Path, image_size: Option<usize>, batch_hint: usize) -> Result<Box<dyn ImageSource + Send>, DataError> {
+pub fn open_images(
+    path: &std::path::Path,
+    image_size: Option<usize>,
+    batch_hint: usize,
+) -> Result<Box<dyn ImageSource + Send>, DataError> {
     if path.is_dir() {
         return Ok(Box::new(folder::FolderImages::open(path, image_size)?));
     }
     let npz = npz::NpzImages::open(path, batch_hint)?;
     match image_size {
-        Some(size) if npz.image_size() != (size, size) => Ok(Box::new(CenterCropped { inner: npz, size })),
+        Some(size) if npz.image_size() != (size, size) => {
+            Ok(Box::new(CenterCropped { inner: npz, size }))
+        }
         _ => Ok(Box::new(npz)),
     }
 }
@@ -94,6 +100,10 @@ impl ImageSource for CenterCropped {
     }
 
     fn describe(&self) -> String {
-        format!("{} (centre-cropped to {})", self.inner.describe(), self.size)
+        format!(
+            "{} (centre-cropped to {})",
+            self.inner.describe(),
+            self.size
+        )
     }
 }

@@ -55,6 +55,9 @@ impl ImageNpzWriter {
             path: path.to_path_buf(),
             source,
         };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
         let file = File::create(&tmp).map_err(io)?;
         let mut zip = ZipWriter::new(BufWriter::new(file));
         let options = SimpleFileOptions::default()

@@ -93,7 +93,14 @@ fn clip8(acc: i64) -> u8 {
 }
 
 /// Resizes an RGB8 image (row-major, 3 bytes per pixel) from `w` x `h` to `out_w` x `out_h`.
-pub fn resize_rgb8(pixels: &[u8], w: usize, h: usize, out_w: usize, out_h: usize, filter: Filter) -> Vec<u8> {
+pub fn resize_rgb8(
+    pixels: &[u8],
+    w: usize,
+    h: usize,
+    out_w: usize,
+    out_h: usize,
+    filter: Filter,
+) -> Vec<u8> {
     let horizontal = if out_w != w {
         let c = coefficients(w, out_w, filter);
         let mut out = vec![0u8; out_w * h * 3];
@@ -123,7 +130,8 @@ pub fn resize_rgb8(pixels: &[u8], w: usize, h: usize, out_w: usize, out_h: usize
             for ch in 0..3 {
                 let mut acc: i64 = 1 << (PRECISION_BITS - 1);
                 for (k, &wt) in c.weights[y].iter().enumerate() {
-                    acc += i64::from(horizontal[((c.start[y] + k) * out_w + x) * 3 + ch]) * i64::from(wt);
+                    acc += i64::from(horizontal[((c.start[y] + k) * out_w + x) * 3 + ch])
+                        * i64::from(wt);
                 }
                 out[(y * out_w + x) * 3 + ch] = clip8(acc);
             }
@@ -165,7 +173,10 @@ mod tests {
     #[test]
     fn box_halving_averages_two_by_two() {
         let pixels: Vec<u8> = [10u8, 20, 30, 40].iter().flat_map(|&v| [v, v, v]).collect();
-        assert_eq!(resize_rgb8(&pixels, 2, 2, 1, 1, Filter::Box), vec![25, 25, 25]);
+        assert_eq!(
+            resize_rgb8(&pixels, 2, 2, 1, 1, Filter::Box),
+            vec![25, 25, 25]
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! The networks, one file per model, with parameters named as in the original checkpoints.
 
+pub mod gpt;
 pub mod inception;
 pub mod vq;

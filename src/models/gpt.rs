@@ -1,0 +1,846 @@
+//! LlamaGen's class-conditional generator (`autoregressive/models/gpt.py`, `Transformer` with
+//! `model_type='c2i'`) in tch, for inference.
+//!
+//! The sequence is `[class token, image token 0, ..., image token L-1]`: position 0 holds the class
+//! embedding (`cls_embedding.embedding_table`, `num_classes + 1` rows, the last one the null class
+//! used for classifier-free guidance) and the logits at position `j` predict image token `j`.
+//! Each block is pre-norm: `h = x + wo(attn(attention_norm(x)))`, `out = h + w2(silu(w1 y) * w3 y)`
+//! with `y = ffn_norm(h)`; RMSNorm is computed in f32 (`x * rsqrt(mean(x^2) + eps) * weight`,
+//! eps 1e-5); attention uses a fused `wqkv` projection (no bias), optional grouped key/value heads
+//! and LlamaGen's 2D rotary embedding; the head (`output`) is untied from `tok_embeddings`.
+//!
+//! 2D RoPE as LlamaGen builds it (`precompute_freqs_cis_2d`): with `head_dim = dim / n_head` and
+//! `half = head_dim / 2`, the frequencies are `base^(-2i/half)` for `i < half / 2`; for the image
+//! token at grid row `r`, column `c` the `half` rotation pairs (interleaved: elements `2p, 2p+1`)
+//! use angles `r * f_0.. r * f_{half/2-1}` then `c * f_0 .. c * f_{half/2-1}`. The class token
+//! positions get an all-zero table (cos = sin = 0, as LlamaGen's `torch.zeros`), which zeroes the
+//! class token's query and key: the golden logits confirm this (cos = 1 would be a different model).
+//!
+//! Inference keeps a preallocated key/value cache per layer ([`KvCache`]).
+
+use std::path::{Path, PathBuf};
+
+use tch::nn;
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{self, Checkpoint, CheckpointError, TensorMeta};
+
+/// LlamaGen's RMSNorm epsilon.
+pub const NORM_EPS: f64 = 1e-5;
+/// LlamaGen's RoPE base.
+pub const ROPE_BASE: f64 = 10_000.0;
+
+/// The GPT registry of `gpt.py`: (name, layers, heads, dim).
+pub const REGISTRY: [(&str, i64, i64, i64); 8] = [
+    ("GPT-B", 12, 12, 768),
+    ("GPT-L", 24, 16, 1024),
+    ("GPT-XL", 36, 20, 1280),
+    ("GPT-XXL", 48, 24, 1536),
+    ("GPT-XXXL", 48, 40, 2560),
+    ("GPT-1B", 22, 32, 2048),
+    ("GPT-3B", 24, 32, 3200),
+    ("GPT-7B", 32, 32, 4096),
+];
+
+/// Looks a registry entry up by name (`GPT-L`, `gpt-l`, `L`).
+pub fn registry_entry(name: &str) -> Option<(&'static str, i64, i64, i64)> {
+    let wanted = name.to_ascii_uppercase();
+    let wanted = wanted.strip_prefix("GPT-").unwrap_or(&wanted).to_owned();
+    REGISTRY
+        .iter()
+        .copied()
+        .find(|(n, ..)| n.strip_prefix("GPT-") == Some(wanted.as_str()))
+}
+
+/// Why a generator could not be loaded or used. Always clear before any sampling starts.
+#[derive(Debug, thiserror::Error)]
+pub enum GptError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(
+        "{}: a text-to-image (t2i) checkpoint (it has `{key}`); only class-conditional (c2i) \
+         LlamaGen models are supported",
+        path.display()
+    )]
+    TextToImage { path: PathBuf, key: String },
+    #[error(
+        "{}: looks like a VQ tokenizer (it has `{key}`), not a GPT; pass the generator \
+         (e.g. c2i_L_384.pt) as --gpt",
+        path.display()
+    )]
+    VqCheckpoint { path: PathBuf, key: String },
+    #[error("{}: not a LlamaGen c2i GPT checkpoint: {detail}", path.display())]
+    NotGpt { path: PathBuf, detail: String },
+    #[error(
+        "{}: model dim {dim} is not one of the registry's (GPT-B 768, L 1024, XL 1280, XXL 1536, \
+         XXXL 2560, 1B 2048, 3B 3200, 7B 4096): pass --n-head N or --gpt-model NAME",
+        path.display()
+    )]
+    UnknownHeads { path: PathBuf, dim: i64 },
+    #[error("{0}")]
+    BadConfig(String),
+    #[error("class label {label} is out of range: the model has {num_classes} classes (0..{num_classes})")]
+    LabelOutOfRange { label: i64, num_classes: i64 },
+    #[error("image size {image_size} does not fit the generator: {detail}")]
+    ImageSize { image_size: i64, detail: String },
+    #[error(
+        "the tokenizer's codebook has {codebook} entries but the GPT's vocabulary is {vocab}: \
+         they must be the same tokenizer the GPT was trained on"
+    )]
+    VocabMismatch { codebook: i64, vocab: i64 },
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// The architecture of a LlamaGen c2i GPT.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GptConfig {
+    pub dim: i64,
+    pub n_layer: i64,
+    pub n_head: i64,
+    /// Key/value heads (= `n_head` for plain multi-head attention).
+    pub n_kv_head: i64,
+    pub vocab_size: i64,
+    /// Classes, not counting the null class row.
+    pub num_classes: i64,
+    /// SwiGLU hidden width.
+    pub ffn_hidden: i64,
+    /// Image tokens per sample (a square grid).
+    pub block_size: i64,
+    pub cls_token_num: i64,
+    pub rope_base: f64,
+    pub norm_eps: f64,
+}
+
+/// How the head count is chosen when the checkpoint does not say.
+#[derive(Debug, Clone, Default)]
+pub struct HeadChoice {
+    /// `--gpt-model NAME`.
+    pub model_name: Option<String>,
+    /// `--n-head N` (wins over the name).
+    pub n_head: Option<i64>,
+}
+
+impl GptConfig {
+    /// A config for a registry model with the released LlamaGen hyper-parameters (FFN hidden the
+    /// multiple of 256 at or above 8·dim/3, 1000 classes, VQ-16 vocabulary).
+    pub fn registry(name: &str, block_size: i64) -> Option<Self> {
+        let (_, n_layer, n_head, dim) = registry_entry(name)?;
+        let hidden = 2 * (4 * dim) / 3;
+        let ffn_hidden = 256 * ((hidden + 255) / 256);
+        Some(GptConfig {
+            dim,
+            n_layer,
+            n_head,
+            n_kv_head: n_head,
+            vocab_size: 16384,
+            num_classes: 1000,
+            ffn_hidden,
+            block_size,
+            cls_token_num: 1,
+            rope_base: ROPE_BASE,
+            norm_eps: NORM_EPS,
+        })
+    }
+
+    pub fn head_dim(&self) -> i64 {
+        self.dim / self.n_head
+    }
+
+    /// Side of the square token grid.
+    pub fn grid_size(&self) -> i64 {
+        (self.block_size as f64).sqrt().round() as i64
+    }
+
+    /// Infers the configuration from tensor shapes (names as in LlamaGen's state dicts).
+    pub fn infer(
+        path: &Path,
+        shapes: &[(String, Vec<i64>)],
+        heads: &HeadChoice,
+        block_size: i64,
+    ) -> Result<Self, GptError> {
+        let find = |name: &str| shapes.iter().find(|(n, _)| n == name).map(|(_, s)| s);
+        if let Some((key, _)) = shapes.iter().find(|(n, _)| {
+            n.starts_with("cls_embedding.cap_proj")
+                || n.starts_with("cls_embedding.uncond_embedding")
+                || n.starts_with("cls_embedding.y_embedding")
+        }) {
+            return Err(GptError::TextToImage {
+                path: path.to_path_buf(),
+                key: key.clone(),
+            });
+        }
+        if let Some((key, _)) = shapes
+            .iter()
+            .find(|(n, _)| n.starts_with("quantize.") || n.starts_with("decoder.conv_in"))
+        {
+            return Err(GptError::VqCheckpoint {
+                path: path.to_path_buf(),
+                key: key.clone(),
+            });
+        }
+        let not_gpt = |detail: String| GptError::NotGpt {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let two = |name: &str| -> Result<(i64, i64), GptError> {
+            match find(name) {
+                Some(s) if s.len() == 2 => Ok((s[0], s[1])),
+                Some(s) => Err(not_gpt(format!("`{name}` has shape {s:?}, expected 2-D"))),
+                None => Err(not_gpt(format!("no `{name}`{}", first_names(shapes)))),
+            }
+        };
+        let (cls_rows, dim) = two("cls_embedding.embedding_table.weight")?;
+        let (vocab_size, tok_dim) = two("tok_embeddings.weight")?;
+        let (out_vocab, out_dim) = two("output.weight")?;
+        if tok_dim != dim || out_dim != dim || out_vocab != vocab_size {
+            return Err(not_gpt(format!(
+                "inconsistent shapes: cls_embedding dim {dim}, tok_embeddings [{vocab_size}, \
+                 {tok_dim}], output [{out_vocab}, {out_dim}]"
+            )));
+        }
+        let n_layer = (0..)
+            .take_while(|i| find(&format!("layers.{i}.attention.wqkv.weight")).is_some())
+            .count() as i64;
+        if n_layer == 0 {
+            return Err(not_gpt("no `layers.0.attention.wqkv.weight`".to_owned()));
+        }
+        let (qkv_out, _) = two("layers.0.attention.wqkv.weight")?;
+        let (ffn_hidden, _) = two("layers.0.feed_forward.w1.weight")?;
+        let n_head = match (heads.n_head, heads.model_name.as_deref()) {
+            (Some(n), _) => n,
+            (None, Some(name)) => {
+                let (reg_name, _, n, reg_dim) = registry_entry(name).ok_or_else(|| {
+                    GptError::BadConfig(format!(
+                        "unknown --gpt-model `{name}`: use one of {}",
+                        REGISTRY.map(|r| r.0).join(", ")
+                    ))
+                })?;
+                if reg_dim != dim {
+                    return Err(GptError::BadConfig(format!(
+                        "--gpt-model {reg_name} has dim {reg_dim} but {} has dim {dim}",
+                        path.display()
+                    )));
+                }
+                n
+            }
+            (None, None) => REGISTRY
+                .iter()
+                .find(|r| r.3 == dim)
+                .map(|r| r.2)
+                .ok_or_else(|| GptError::UnknownHeads {
+                    path: path.to_path_buf(),
+                    dim,
+                })?,
+        };
+        if n_head <= 0 || dim % n_head != 0 || (dim / n_head) % 4 != 0 {
+            return Err(GptError::BadConfig(format!(
+                "{} heads do not divide dim {dim} into head dims that are multiples of 4 (2D RoPE)",
+                n_head
+            )));
+        }
+        let head_dim = dim / n_head;
+        let kv_size = (qkv_out - dim) / 2;
+        if qkv_out <= dim || (qkv_out - dim) % 2 != 0 || kv_size % head_dim != 0 {
+            return Err(not_gpt(format!(
+                "`layers.0.attention.wqkv.weight` has {qkv_out} outputs, which does not split into \
+                 dim {dim} + 2 x key/value width with head dim {head_dim}"
+            )));
+        }
+        let n_kv_head = kv_size / head_dim;
+        if n_head % n_kv_head != 0 {
+            return Err(GptError::BadConfig(format!(
+                "{n_head} query heads are not a multiple of {n_kv_head} key/value heads"
+            )));
+        }
+        let config = GptConfig {
+            dim,
+            n_layer,
+            n_head,
+            n_kv_head,
+            vocab_size,
+            num_classes: cls_rows - 1,
+            ffn_hidden,
+            block_size,
+            cls_token_num: 1,
+            rope_base: ROPE_BASE,
+            norm_eps: NORM_EPS,
+        };
+        config.check_block_size()?;
+        Ok(config)
+    }
+
+    fn check_block_size(&self) -> Result<(), GptError> {
+        let g = self.grid_size();
+        if self.block_size <= 0 || g * g != self.block_size {
+            return Err(GptError::BadConfig(format!(
+                "block size {} is not a square token grid",
+                self.block_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Parameters of the model.
+    pub fn parameters(&self) -> i64 {
+        let kv = self.n_kv_head * self.head_dim();
+        let per_layer = self.dim * (self.dim + 2 * kv)
+            + self.dim * self.dim
+            + 3 * self.dim * self.ffn_hidden
+            + 2 * self.dim;
+        (self.num_classes + 1) * self.dim
+            + 2 * self.vocab_size * self.dim
+            + self.n_layer * per_layer
+            + self.dim
+    }
+}
+
+fn first_names(shapes: &[(String, Vec<i64>)]) -> String {
+    if shapes.is_empty() {
+        return " (the state dict is empty)".to_owned();
+    }
+    let names: Vec<&str> = shapes.iter().take(4).map(|(n, _)| n.as_str()).collect();
+    format!(" (first tensors: {})", names.join(", "))
+}
+
+/// A bias-free linear layer with LlamaGen's parameter name (`<name>.weight`, [out, in]).
+#[derive(Debug)]
+struct Linear {
+    ws: Tensor,
+}
+
+impl Linear {
+    fn new(p: nn::Path, input: i64, output: i64) -> Self {
+        let bound = 1.0 / (input as f64).sqrt();
+        Linear {
+            ws: p.var(
+                "weight",
+                &[output, input],
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            ),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.matmul(&self.ws.tr())
+    }
+}
+
+#[derive(Debug)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
+        RmsNorm {
+            weight: p.var("weight", &[dim], nn::Init::Const(1.0)),
+            eps,
+        }
+    }
+
+    /// `x * rsqrt(mean(x^2) + eps)` in f32, back to x's dtype, times the weight.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let xf = x.to_kind(Kind::Float);
+        let norm = &xf * (xf.square().mean_dim(-1, true, Kind::Float) + self.eps).rsqrt();
+        norm.to_kind(x.kind()) * &self.weight
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    attention_norm: RmsNorm,
+    ffn_norm: RmsNorm,
+    wqkv: Linear,
+    wo: Linear,
+    w1: Linear,
+    w2: Linear,
+    w3: Linear,
+}
+
+/// The per-layer key/value cache: `[batch, n_kv_head, max_len, head_dim]` per layer, filled from
+/// position 0 on.
+#[derive(Debug)]
+pub struct KvCache {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    batch: i64,
+    max_len: i64,
+}
+
+impl KvCache {
+    pub fn batch(&self) -> i64 {
+        self.batch
+    }
+
+    pub fn max_len(&self) -> i64 {
+        self.max_len
+    }
+}
+
+/// The generator.
+#[derive(Debug)]
+pub struct Gpt {
+    config: GptConfig,
+    cls_embedding: Tensor,
+    tok_embeddings: Tensor,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    output: Linear,
+    /// cos / sin tables, f32 `[cls_token_num + block_size, head_dim / 2]`.
+    rope_cos: Tensor,
+    rope_sin: Tensor,
+    device: Device,
+}
+
+/// LlamaGen's `precompute_freqs_cis_2d`: (cos, sin), each f32 `[cls + grid^2, head_dim / 2]`,
+/// zero (cos and sin) at the class positions.
+pub fn rope_2d_tables(grid: i64, head_dim: i64, base: f64, cls_token_num: i64) -> (Tensor, Tensor) {
+    let half = head_dim / 2;
+    let quarter = half / 2;
+    // LlamaGen computes these in f32: 1 / base^(arange(0, half, 2) / half), outer(t, freqs).
+    let freqs: Vec<f32> = (0..quarter)
+        .map(|i| 1.0f32 / (base as f32).powf((2 * i) as f32 / half as f32))
+        .collect();
+    let positions = (cls_token_num + grid * grid) as usize;
+    let mut cos = vec![0f32; positions * half as usize];
+    let mut sin = vec![0f32; positions * half as usize];
+    for r in 0..grid {
+        for c in 0..grid {
+            let pos = (cls_token_num + r * grid + c) as usize;
+            for (i, f) in freqs.iter().enumerate() {
+                for (slot, t) in [(i, r), (quarter as usize + i, c)] {
+                    let angle = t as f32 * f;
+                    cos[pos * half as usize + slot] = angle.cos();
+                    sin[pos * half as usize + slot] = angle.sin();
+                }
+            }
+        }
+    }
+    let shape = [positions as i64, half];
+    (
+        Tensor::from_slice(&cos).view(shape),
+        Tensor::from_slice(&sin).view(shape),
+    )
+}
+
+impl Gpt {
+    /// Creates the variables under `p` with LlamaGen's names (random initialisation).
+    pub fn new(p: &nn::Path, config: &GptConfig) -> Self {
+        let dim = config.dim;
+        let kv = config.n_kv_head * config.head_dim();
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        let cls_embedding = (p / "cls_embedding" / "embedding_table").var(
+            "weight",
+            &[config.num_classes + 1, dim],
+            init,
+        );
+        let tok_embeddings = (p / "tok_embeddings").var("weight", &[config.vocab_size, dim], init);
+        let layers = (0..config.n_layer)
+            .map(|i| {
+                let l = p / "layers" / i;
+                Block {
+                    attention_norm: RmsNorm::new(&l / "attention_norm", dim, config.norm_eps),
+                    ffn_norm: RmsNorm::new(&l / "ffn_norm", dim, config.norm_eps),
+                    wqkv: Linear::new(&l / "attention" / "wqkv", dim, dim + 2 * kv),
+                    wo: Linear::new(&l / "attention" / "wo", dim, dim),
+                    w1: Linear::new(&l / "feed_forward" / "w1", dim, config.ffn_hidden),
+                    w3: Linear::new(&l / "feed_forward" / "w3", dim, config.ffn_hidden),
+                    w2: Linear::new(&l / "feed_forward" / "w2", config.ffn_hidden, dim),
+                }
+            })
+            .collect();
+        let (cos, sin) = rope_2d_tables(
+            config.grid_size(),
+            config.head_dim(),
+            config.rope_base,
+            config.cls_token_num,
+        );
+        Gpt {
+            config: config.clone(),
+            cls_embedding,
+            tok_embeddings,
+            layers,
+            norm: RmsNorm::new(p / "norm", dim, config.norm_eps),
+            output: Linear::new(p / "output", dim, config.vocab_size),
+            rope_cos: cos.to_device(p.device()),
+            rope_sin: sin.to_device(p.device()),
+            device: p.device(),
+        }
+    }
+
+    /// Loads a LlamaGen c2i checkpoint: a training checkpoint (`model`, `module` or `state_dict`)
+    /// or an FSDP `consolidated.pth` bare state dict. `image_tokens` is the number of image tokens
+    /// per sample (grid side squared). The configuration comes from the tensor shapes and `heads`.
+    pub fn load(
+        path: &Path,
+        device: Device,
+        heads: &HeadChoice,
+        image_tokens: i64,
+    ) -> Result<(nn::VarStore, Gpt), GptError> {
+        let ck = Checkpoint::open(path)?;
+        let key = ck.state_dict_key(false)?;
+        let mut metas: Vec<(String, &TensorMeta)> = ck.tensor_metas_at(key.as_deref())?;
+        checkpoint::strip_wrapper_prefixes(&mut metas);
+        // Non-parameter buffers some versions save (RoPE tables, causal masks, caches).
+        metas.retain(|(n, _)| !(n == "freqs_cis" || n == "causal_mask" || n.contains("kv_cache")));
+        let shapes: Vec<(String, Vec<i64>)> = metas
+            .iter()
+            .map(|(n, m)| (n.clone(), m.shape.clone()))
+            .collect();
+        let mut heads = heads.clone();
+        if heads.n_head.is_none() && heads.model_name.is_none() {
+            // LlamaGen's training checkpoints record `args.gpt_model` (e.g. "GPT-L").
+            if let Some(name) = ck
+                .get("args")
+                .and_then(|a| a.get("gpt_model"))
+                .and_then(|v| v.as_str())
+            {
+                if registry_entry(name).is_some() {
+                    heads.model_name = Some(name.to_owned());
+                }
+            }
+        }
+        let config = GptConfig::infer(path, &shapes, &heads, image_tokens)?;
+        let tensors = ck.read_tensors(&metas)?;
+        let mut vs = nn::VarStore::new(device);
+        let model = Gpt::new(&vs.root(), &config);
+        let report = checkpoint::load_into(&mut vs, &tensors, path, &Default::default())?;
+        tracing::info!(
+            "GPT {} ({} tensors{}): {config:?}",
+            path.display(),
+            report.loaded,
+            key.map(|k| format!(" from `{k}`")).unwrap_or_default()
+        );
+        vs.freeze();
+        Ok((vs, model))
+    }
+
+    /// The `args.image_size` a LlamaGen training checkpoint records, if any.
+    pub fn checkpoint_image_size(path: &Path) -> Result<Option<i64>, GptError> {
+        let ck = Checkpoint::open(path)?;
+        Ok(ck
+            .get("args")
+            .and_then(|a| a.get("image_size"))
+            .and_then(|v| v.as_i64()))
+    }
+
+    pub fn config(&self) -> &GptConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The dtype the network runs in (its weights').
+    pub fn kind(&self) -> Kind {
+        self.tok_embeddings.kind()
+    }
+
+    /// Checks that every label is a real class (not the null class, not beyond).
+    pub fn check_labels(&self, labels: &[i64]) -> Result<(), GptError> {
+        match labels
+            .iter()
+            .find(|&&l| l < 0 || l >= self.config.num_classes)
+        {
+            Some(&label) => Err(GptError::LabelOutOfRange {
+                label,
+                num_classes: self.config.num_classes,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// A zeroed key/value cache for `batch` sequences of up to `max_len` positions.
+    pub fn new_cache(&self, batch: i64, max_len: i64) -> KvCache {
+        let hd = self.config.head_dim();
+        let shape = [batch, self.config.n_kv_head, max_len, hd];
+        let make = || {
+            (0..self.config.n_layer)
+                .map(|_| Tensor::zeros(shape, (self.kind(), self.device)))
+                .collect::<Vec<_>>()
+        };
+        KvCache {
+            keys: make(),
+            values: make(),
+            batch,
+            max_len,
+        }
+    }
+
+    /// Embeddings of class labels (`num_classes` = the null class): `[B, 1, dim]`.
+    pub fn class_embeddings(&self, labels: &Tensor) -> Tensor {
+        Tensor::embedding(
+            &self.cls_embedding,
+            &labels.to_device(self.device),
+            -1,
+            false,
+            false,
+        )
+        .unsqueeze(1)
+    }
+
+    /// Embeddings of image tokens `[B, T]` -> `[B, T, dim]`.
+    pub fn token_embeddings(&self, tokens: &Tensor) -> Tensor {
+        Tensor::embedding(
+            &self.tok_embeddings,
+            &tokens.to_device(self.device),
+            -1,
+            false,
+            false,
+        )
+    }
+
+    fn apply_rope(&self, x: &Tensor, start: i64) -> Tensor {
+        // x: [B, T, H, hd]; pairs (2p, 2p+1) rotate by the table's angle p, in f32.
+        let size = x.size();
+        let (t, hd) = (size[1], size[3]);
+        let cos = self.rope_cos.narrow(0, start, t).view([1, t, 1, hd / 2]);
+        let sin = self.rope_sin.narrow(0, start, t).view([1, t, 1, hd / 2]);
+        let xf = x
+            .to_kind(Kind::Float)
+            .view([size[0], t, size[2], hd / 2, 2]);
+        let x0 = xf.select(4, 0);
+        let x1 = xf.select(4, 1);
+        let out0 = &x0 * &cos - &x1 * &sin;
+        let out1 = &x1 * &cos + &x0 * &sin;
+        Tensor::stack(&[out0, out1], -1)
+            .flatten(3, 4)
+            .to_kind(x.kind())
+    }
+
+    /// Runs the transformer on embeddings `h` `[B, T, dim]` at positions `start..start + T` and
+    /// returns f32 logits `[B, T, vocab]`. With a cache, keys and values are written into it at
+    /// those positions and attention covers positions `0..start + T`; without, `start` must be 0
+    /// and attention is causal over the `T` positions (teacher forcing).
+    // Residual additions stay out of place: `h` may be the caller's tensor.
+    #[allow(clippy::assign_op_pattern)]
+    pub fn forward_embeddings(
+        &self,
+        h: &Tensor,
+        start: i64,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let size = h.size();
+        let (b, t) = (size[0], size[1]);
+        let c = &self.config;
+        let hd = c.head_dim();
+        let kv = c.n_kv_head * hd;
+        let mut h = h.to_kind(self.kind());
+        let total = start + t;
+        // Within the new positions the attention is causal; earlier cached positions are all
+        // visible. A mask is needed when several new positions follow cached ones.
+        let mask = (t > 1 && start > 0).then(|| {
+            let q = Tensor::arange_start(start, total, (Kind::Int64, self.device)).view([t, 1]);
+            let k = Tensor::arange(total, (Kind::Int64, self.device)).view([1, total]);
+            k.le_tensor(&q)
+        });
+        for (i, layer) in self.layers.iter().enumerate() {
+            let x = layer.attention_norm.forward(&h);
+            let qkv = layer.wqkv.forward(&x);
+            let q = qkv.narrow(-1, 0, c.dim).view([b, t, c.n_head, hd]);
+            let k = qkv.narrow(-1, c.dim, kv).view([b, t, c.n_kv_head, hd]);
+            let v = qkv.narrow(-1, c.dim + kv, kv).view([b, t, c.n_kv_head, hd]);
+            let q = self.apply_rope(&q, start).transpose(1, 2);
+            let k = self.apply_rope(&k, start).transpose(1, 2);
+            let v = v.transpose(1, 2);
+            let (keys, values) = match cache.as_deref_mut() {
+                Some(cache) => {
+                    let mut dst = cache.keys[i].narrow(2, start, t);
+                    dst.copy_(&k);
+                    let mut dst = cache.values[i].narrow(2, start, t);
+                    dst.copy_(&v);
+                    (
+                        cache.keys[i].narrow(2, 0, total),
+                        cache.values[i].narrow(2, 0, total),
+                    )
+                }
+                None => (k, v),
+            };
+            let (keys, values) = if c.n_kv_head != c.n_head {
+                let rep = c.n_head / c.n_kv_head;
+                (
+                    keys.repeat_interleave_self_int(rep, 1, None),
+                    values.repeat_interleave_self_int(rep, 1, None),
+                )
+            } else {
+                (keys, values)
+            };
+            let attn = Tensor::scaled_dot_product_attention(
+                &q,
+                &keys,
+                &values,
+                mask.as_ref(),
+                0.0,
+                t > 1 && start == 0,
+                None,
+                false,
+            );
+            let attn = attn.transpose(1, 2).contiguous().view([b, t, c.dim]);
+            h = h + layer.wo.forward(&attn);
+            let y = layer.ffn_norm.forward(&h);
+            let ffn = layer
+                .w2
+                .forward(&(layer.w1.forward(&y).silu() * layer.w3.forward(&y)));
+            h = h + ffn;
+        }
+        self.output
+            .forward(&self.norm.forward(&h))
+            .to_kind(Kind::Float)
+    }
+
+    /// Teacher-forced logits: `model(idx=tokens, cond_idx=labels)` of LlamaGen, f32
+    /// `[B, 1 + T, vocab]` for tokens `[B, T]` (position j predicts image token j).
+    pub fn teacher_forced(&self, labels: &Tensor, tokens: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let cls = self.class_embeddings(labels);
+            let h = if tokens.size()[1] > 0 {
+                Tensor::cat(&[cls, self.token_embeddings(tokens)], 1)
+            } else {
+                cls
+            };
+            self.forward_embeddings(&h, 0, None)
+        })
+    }
+
+    /// Prefill: logits `[B, vocab]` for image token 0 from class labels (`[B]`), filling the cache
+    /// at position 0.
+    pub fn prefill(&self, labels: &Tensor, cache: &mut KvCache) -> Tensor {
+        tch::no_grad(|| {
+            let h = self.class_embeddings(labels);
+            self.forward_embeddings(&h, 0, Some(cache)).select(1, 0)
+        })
+    }
+
+    /// One decoding step: the image token `j - 1` (`[B]`) goes in at position
+    /// `cls_token_num + j - 1`; returns the logits `[B, vocab]` for image token `j`.
+    pub fn decode_step(&self, tokens: &Tensor, j: i64, cache: &mut KvCache) -> Tensor {
+        tch::no_grad(|| {
+            let h = self.token_embeddings(&tokens.view([-1, 1]));
+            let pos = self.config.cls_token_num + j - 1;
+            self.forward_embeddings(&h, pos, Some(cache)).select(1, 0)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> GptConfig {
+        GptConfig {
+            dim: 32,
+            n_layer: 2,
+            n_head: 4,
+            n_kv_head: 4,
+            vocab_size: 50,
+            num_classes: 5,
+            ffn_hidden: 96,
+            block_size: 9,
+            cls_token_num: 1,
+            rope_base: ROPE_BASE,
+            norm_eps: NORM_EPS,
+        }
+    }
+
+    #[test]
+    fn registry_ffn_widths_match_llamagen() {
+        // GPT-B: 8*768/3 = 2048 -> 2048; GPT-L: 2730.67 -> 2816; GPT-XL: 3413 -> 3584.
+        assert_eq!(GptConfig::registry("B", 256).unwrap().ffn_hidden, 2048);
+        assert_eq!(GptConfig::registry("GPT-L", 256).unwrap().ffn_hidden, 2816);
+        assert_eq!(GptConfig::registry("gpt-xl", 576).unwrap().ffn_hidden, 3584);
+        assert!(registry_entry("GPT-Q").is_none());
+    }
+
+    #[test]
+    fn cached_decoding_equals_teacher_forcing() {
+        tch::manual_seed(0);
+        let config = tiny();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Gpt::new(&vs.root(), &config);
+        let labels = Tensor::from_slice(&[1i64, 4]);
+        let tokens = Tensor::from_slice(&[3i64, 7, 9, 11, 2, 40, 0, 1, 5, 6, 7, 8, 9, 10, 11, 12])
+            .view([2, 8]);
+        let full = model.teacher_forced(&labels, &tokens);
+        let mut cache = model.new_cache(2, config.block_size);
+        let mut steps = vec![model.prefill(&labels, &mut cache)];
+        for j in 1..config.block_size {
+            steps.push(model.decode_step(&tokens.select(1, j - 1), j, &mut cache));
+        }
+        let cached = Tensor::stack(&steps, 1);
+        let diff = (&full - &cached).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{diff}");
+        // A chunk of several positions after cached ones uses the explicit mask.
+        let mut cache = model.new_cache(2, config.block_size);
+        let _ = model.prefill(&labels, &mut cache);
+        let h = model.token_embeddings(&tokens.narrow(1, 0, 4));
+        let chunk = tch::no_grad(|| model.forward_embeddings(&h, 1, Some(&mut cache)));
+        let diff = (full.narrow(1, 1, 4) - chunk).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn class_positions_get_the_zero_table() {
+        let (cos, sin) = rope_2d_tables(4, 16, ROPE_BASE, 1);
+        assert_eq!(cos.size(), [17, 8]);
+        assert_eq!(cos.get(0).abs().sum(Kind::Float).double_value(&[]), 0.0);
+        assert_eq!(sin.get(0).abs().sum(Kind::Float).double_value(&[]), 0.0);
+        // Grid (0, 0): no rotation; grid (1, 2): row angle 1 * f0 in slot 0, column 2 * f0 in
+        // slot 4.
+        assert_eq!(cos.get(1).min().double_value(&[]), 1.0);
+        let p = 1 + 4 + 2;
+        assert!((sin.double_value(&[p, 0]) - 1f64.sin()).abs() < 1e-6);
+        assert!((sin.double_value(&[p, 4]) - 2f64.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn heads_come_from_the_registry_or_flags() {
+        let shapes = |dim: i64| {
+            vec![
+                (
+                    "cls_embedding.embedding_table.weight".to_owned(),
+                    vec![1001, dim],
+                ),
+                ("tok_embeddings.weight".to_owned(), vec![16384, dim]),
+                (
+                    "layers.0.attention.wqkv.weight".to_owned(),
+                    vec![3 * dim, dim],
+                ),
+                (
+                    "layers.0.feed_forward.w1.weight".to_owned(),
+                    vec![2816, dim],
+                ),
+                ("output.weight".to_owned(), vec![16384, dim]),
+            ]
+        };
+        let p = Path::new("x.pt");
+        let c = GptConfig::infer(p, &shapes(1024), &HeadChoice::default(), 256).unwrap();
+        assert_eq!((c.n_head, c.n_layer, c.num_classes), (16, 1, 1000));
+        assert!(matches!(
+            GptConfig::infer(p, &shapes(64), &HeadChoice::default(), 16),
+            Err(GptError::UnknownHeads { .. })
+        ));
+        let four = HeadChoice {
+            n_head: Some(4),
+            ..Default::default()
+        };
+        assert_eq!(
+            GptConfig::infer(p, &shapes(64), &four, 16).unwrap().n_head,
+            4
+        );
+        let mut t2i = shapes(1024);
+        t2i[0].0 = "cls_embedding.cap_proj.fc1.weight".to_owned();
+        assert!(matches!(
+            GptConfig::infer(p, &t2i, &HeadChoice::default(), 256),
+            Err(GptError::TextToImage { .. })
+        ));
+    }
+}

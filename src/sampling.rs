@@ -1,0 +1,361 @@
+//! Sampling from a LlamaGen generator as `autoregressive/models/generate.py` does, made
+//! reproducible per sample.
+//!
+//! - Prefill on the class token (position 0), then one image token per step with the key/value
+//!   cache.
+//! - Classifier-free guidance when `cfg_scale > 1` (LlamaGen's condition; at 1 or below the
+//!   conditional logits are used alone): the batch is `[cond; uncond]` with the null class
+//!   (`num_classes`) as the unconditional label, and the logits are
+//!   `uncond + (cond - uncond) * cfg_scale`, computed in f32 on the device. `cfg_interval` I > -1:
+//!   image tokens `j >= I + 2` use the conditional logits only (the prefill is token 0; LlamaGen's
+//!   decode loop counter `i = j - 1` switches guidance off once `i > I`).
+//! - LlamaGen's `logits_to_probs`: divide by `max(temperature, 1e-5)`, keep the `top_k` largest
+//!   (ties with the k-th kept), keep the smallest prefix of the sorted distribution whose mass
+//!   reaches `top_p` (the first token always kept), softmax.
+//!
+//! Determinism beyond LlamaGen: the probabilities are computed on the CPU in f64 from the f32
+//! logits, and token `j` of sample `i` is drawn by inverting their CDF (in token order) at a
+//! uniform number that is a hash of `(seed, i, j)` ([`uniform`]). Sample `i` therefore depends only
+//! on the seed, its index and its label — not on the batch size, the batch it lands in, the shard
+//! or the number of devices (up to the rounding of batched matrix products, which can in
+//! principle move a draw that falls within ~1e-7 of a CDF boundary).
+
+use rayon::prelude::*;
+use tch::{Kind, Tensor};
+
+use crate::models::gpt::{Gpt, GptError};
+
+/// Sampling settings (LlamaGen's names and defaults of `sample_c2i_ddp.py`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
+    pub cfg_scale: f64,
+    pub cfg_interval: i64,
+    pub temperature: f64,
+    /// 0: no top-k filter.
+    pub top_k: usize,
+    /// 1.0: no top-p filter.
+    pub top_p: f64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            cfg_scale: 1.5,
+            cfg_interval: -1,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Whether the batch carries the unconditional half (LlamaGen: `cfg_scale > 1.0`).
+    pub fn uses_cfg(&self) -> bool {
+        self.cfg_scale > 1.0
+    }
+
+    /// Whether image token `j` (0 = the prefill) is drawn from guided logits.
+    pub fn guided_at(&self, j: i64) -> bool {
+        self.uses_cfg() && (self.cfg_interval <= -1 || j <= self.cfg_interval + 1)
+    }
+
+    /// Checks the values, with messages naming the flags.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(format!(
+                "--temperature must be a non-negative number, got {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("--top-p must be in (0, 1], got {}", self.top_p));
+        }
+        if !self.cfg_scale.is_finite() {
+            return Err(format!(
+                "--cfg-scale must be finite, got {}",
+                self.cfg_scale
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// SplitMix64's finaliser: a bijective, well-mixing hash of 64 bits.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// 64 random bits for `(seed, sample index, stream)`: counter-based, so any subset of samples and
+/// steps can be produced in any order.
+pub fn random_bits(seed: u64, index: u64, stream: u64) -> u64 {
+    splitmix64(splitmix64(splitmix64(seed) ^ index) ^ stream)
+}
+
+/// A uniform number in [0, 1) (53 bits) for token `step` of sample `index`.
+pub fn uniform(seed: u64, index: u64, step: u64) -> f64 {
+    (random_bits(seed, index, step) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// The stream of the per-sample random class label (beyond any token step).
+pub const LABEL_STREAM: u64 = u64::MAX;
+
+/// How class labels are assigned to sample indices.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LabelSpec {
+    /// `labels[i % len]`.
+    Explicit(Vec<i64>),
+    /// Uniform over the classes, drawn per sample from `(seed, i)` (LlamaGen draws uniform labels).
+    Uniform,
+    /// `i % num_classes`: every class equally often when the count is a multiple of the classes.
+    Balanced,
+}
+
+impl LabelSpec {
+    pub fn label(&self, seed: u64, index: u64, num_classes: i64) -> i64 {
+        match self {
+            LabelSpec::Explicit(labels) => labels[(index % labels.len() as u64) as usize],
+            LabelSpec::Uniform => {
+                ((u128::from(random_bits(seed, index, LABEL_STREAM)) * num_classes as u128) >> 64)
+                    as i64
+            }
+            LabelSpec::Balanced => (index % num_classes as u64) as i64,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            LabelSpec::Explicit(l) => format!(
+                "explicit:{}",
+                l.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+            ),
+            LabelSpec::Uniform => "uniform".to_owned(),
+            LabelSpec::Balanced => "class-balanced".to_owned(),
+        }
+    }
+}
+
+/// LlamaGen's `logits_to_probs` on one row, in f64: temperature, top-k, top-p, softmax.
+pub fn logits_to_probs(logits: &[f32], temperature: f64, top_k: usize, top_p: f64) -> Vec<f64> {
+    let t = temperature.max(1e-5);
+    let mut x: Vec<f64> = logits.iter().map(|&l| f64::from(l) / t).collect();
+    let n = x.len();
+    if top_k > 0 && top_k < n {
+        let mut scratch = x.clone();
+        let k = top_k.max(1);
+        // The k-th largest value; everything strictly below it goes (ties are kept, as torch's
+        // `logits < topk[..., -1]`).
+        let (_, kth, _) = scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        let kth = *kth;
+        for v in x.iter_mut() {
+            if *v < kth {
+                *v = f64::NEG_INFINITY;
+            }
+        }
+    }
+    let max = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut p: Vec<f64> = x.iter().map(|&v| (v - max).exp()).collect();
+    if top_p < 1.0 {
+        let total: f64 = p.iter().sum();
+        let mut order: Vec<usize> = (0..n).filter(|&i| p[i] > 0.0).collect();
+        order.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
+        // Remove sorted position s when the mass before it already exceeds top_p (LlamaGen's
+        // shifted `cumulative_probs > top_p`); the first is always kept.
+        let mut cumulative = 0.0;
+        let mut keep_until = order.len();
+        for (s, &i) in order.iter().enumerate() {
+            if s > 0 && cumulative > top_p {
+                keep_until = s;
+                break;
+            }
+            cumulative += p[i] / total;
+        }
+        for &i in &order[keep_until..] {
+            p[i] = 0.0;
+        }
+    }
+    let total: f64 = p.iter().sum();
+    p.iter_mut().for_each(|v| *v /= total);
+    p
+}
+
+/// The token whose CDF interval (in token order) holds `u` in [0, 1): never one of probability 0.
+pub fn draw(probs: &[f64], u: f64) -> usize {
+    let total: f64 = probs.iter().sum();
+    let target = u * total;
+    let mut cumulative = 0.0;
+    let mut last_positive = 0;
+    for (i, &p) in probs.iter().enumerate() {
+        if p > 0.0 {
+            cumulative += p;
+            last_positive = i;
+            if cumulative > target {
+                return i;
+            }
+        }
+    }
+    last_positive
+}
+
+/// The generated image tokens of a batch, with the guided logits of every step when asked for.
+#[derive(Debug)]
+pub struct Generated {
+    /// `tokens[b][j]`: image token j of sample b.
+    pub tokens: Vec<Vec<i64>>,
+    /// Per step j, f32 `[B, vocab]` logits the draw used (only with `keep_logits`).
+    pub logits: Vec<Tensor>,
+}
+
+/// Generates `block_size` image tokens for each `(label, index)`; sample `indices[b]` draws its
+/// token j at [`uniform`]`(seed, indices[b], j)`.
+pub fn generate(
+    model: &Gpt,
+    labels: &[i64],
+    indices: &[u64],
+    params: &SamplingParams,
+    seed: u64,
+    keep_logits: bool,
+) -> Result<Generated, GptError> {
+    assert_eq!(labels.len(), indices.len(), "one index per label");
+    model.check_labels(labels)?;
+    params.validate().map_err(GptError::BadConfig)?;
+    let config = model.config();
+    let b = labels.len() as i64;
+    let len = config.block_size;
+    let mut out = Generated {
+        tokens: vec![Vec::with_capacity(len as usize); labels.len()],
+        logits: Vec::new(),
+    };
+    if b == 0 {
+        return Ok(out);
+    }
+    let cfg = params.uses_cfg();
+    let mut cond = labels.to_vec();
+    if cfg {
+        cond.extend(std::iter::repeat_n(config.num_classes, labels.len()));
+    }
+    let rows = cond.len() as i64;
+    let mut cache = model.new_cache(rows, config.cls_token_num + len);
+    let cond = Tensor::from_slice(&cond);
+    let mut logits = model.prefill(&cond, &mut cache);
+    for j in 0..len {
+        let step_logits = tch::no_grad(|| {
+            if !cfg {
+                logits.shallow_clone()
+            } else if params.guided_at(j) {
+                let c = logits.narrow(0, 0, b);
+                let u = logits.narrow(0, b, b);
+                &u + (&c - &u) * params.cfg_scale
+            } else {
+                logits.narrow(0, 0, b)
+            }
+        });
+        let host = step_logits
+            .to_device(tch::Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous();
+        let flat = Vec::<f32>::try_from(host.view([-1]))?;
+        let vocab = config.vocab_size as usize;
+        let drawn: Vec<i64> = flat
+            .par_chunks(vocab)
+            .zip(indices.par_iter())
+            .map(|(row, &index)| {
+                let probs = logits_to_probs(row, params.temperature, params.top_k, params.top_p);
+                draw(&probs, uniform(seed, index, j as u64)) as i64
+            })
+            .collect();
+        for (seq, &t) in out.tokens.iter_mut().zip(&drawn) {
+            seq.push(t);
+        }
+        if keep_logits {
+            out.logits.push(host);
+        }
+        if j + 1 < len {
+            let mut next = drawn.clone();
+            if cfg {
+                next.extend_from_slice(&drawn);
+            }
+            logits = model.decode_step(&Tensor::from_slice(&next), j + 1, &mut cache);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniforms_are_in_range_and_distinct() {
+        let a = uniform(0, 0, 0);
+        assert!((0.0..1.0).contains(&a));
+        assert_ne!(a, uniform(0, 0, 1));
+        assert_ne!(a, uniform(0, 1, 0));
+        assert_ne!(a, uniform(1, 0, 0));
+        let mean = (0..10_000).map(|i| uniform(7, i, 3)).sum::<f64>() / 10_000.0;
+        assert!((mean - 0.5).abs() < 0.01, "{mean}");
+    }
+
+    #[test]
+    fn filters_follow_llamagen() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0, -1.0];
+        // top-k 2 keeps both 3.0s; top-k 1 keeps ties too.
+        let p = logits_to_probs(&logits, 1.0, 2, 1.0);
+        assert_eq!(p.iter().filter(|&&v| v > 0.0).count(), 2);
+        let p = logits_to_probs(&logits, 1.0, 1, 1.0);
+        assert_eq!(p.iter().filter(|&&v| v > 0.0).count(), 2);
+        // top-p: the first token is always kept.
+        let p = logits_to_probs(&[10.0, 0.0, 0.0], 1.0, 0, 0.1);
+        assert_eq!(p, vec![1.0, 0.0, 0.0]);
+        // Masses 0.5, 0.3, 0.2 with top-p 0.6: 0.5 < 0.6 so the second stays, the third goes.
+        let l: Vec<f32> = [0.5f64, 0.3, 0.2].iter().map(|v| v.ln() as f32).collect();
+        let p = logits_to_probs(&l, 1.0, 0, 0.6);
+        assert!(p[0] > 0.0 && p[1] > 0.0 && p[2] == 0.0);
+        assert!((p[0] - 0.625).abs() < 1e-6);
+    }
+
+    #[test]
+    fn draws_never_pick_filtered_tokens() {
+        let probs = [0.0, 0.25, 0.0, 0.75, 0.0];
+        assert_eq!(draw(&probs, 0.0), 1);
+        assert_eq!(draw(&probs, 0.2499), 1);
+        assert_eq!(draw(&probs, 0.25), 3);
+        assert_eq!(draw(&probs, 0.999_999_999), 3);
+    }
+
+    #[test]
+    fn cfg_interval_matches_llamagen() {
+        let p = SamplingParams {
+            cfg_scale: 4.0,
+            cfg_interval: 5,
+            ..Default::default()
+        };
+        assert!(p.guided_at(0) && p.guided_at(6) && !p.guided_at(7));
+        let always = SamplingParams {
+            cfg_interval: -1,
+            ..p
+        };
+        assert!(always.guided_at(255));
+        let none = SamplingParams {
+            cfg_scale: 1.0,
+            ..p
+        };
+        assert!(!none.guided_at(0));
+    }
+
+    #[test]
+    fn labels_are_per_sample() {
+        let u = LabelSpec::Uniform;
+        let labels: Vec<i64> = (0..1000).map(|i| u.label(3, i, 10)).collect();
+        assert!(labels.iter().all(|l| (0..10).contains(l)));
+        for c in 0..10 {
+            let n = labels.iter().filter(|&&l| l == c).count();
+            assert!((60..140).contains(&n), "class {c}: {n}");
+        }
+        assert_eq!(LabelSpec::Balanced.label(0, 23, 10), 3);
+        assert_eq!(LabelSpec::Explicit(vec![4, 5]).label(0, 3, 10), 5);
+    }
+}

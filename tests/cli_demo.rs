@@ -1,0 +1,60 @@
+//! `llamagen-eval demo` (shortened) runs the whole job on its built-in models and leaves the
+//! documented outputs: per-run metrics.json/metrics.csv, samples, and the report with its charts.
+
+use std::fs::File;
+use std::process::Command;
+
+#[test]
+fn demo_writes_runs_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let output = Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
+        .args(["demo", "--samples", "8", "--out"])
+        .arg(&out)
+        .output()
+        .expect("binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("MEANINGLESS"),
+        "the demo must say its figures mean nothing: {stderr}"
+    );
+    for scale in ["1.5", "4.0"] {
+        let run = out.join("runs").join(format!("cfg-{scale}"));
+        let json: serde_json::Value =
+            serde_json::from_reader(File::open(run.join("metrics.json")).unwrap()).unwrap();
+        for metric in [
+            "fid",
+            "sfid",
+            "inception_score",
+            "precision",
+            "recall",
+            "kid",
+        ] {
+            let value = json["metrics"][metric].as_f64().unwrap_or(f64::NAN);
+            assert!(value.is_finite(), "cfg {scale}: {metric} = {value}");
+        }
+        assert_eq!(json["run"]["n_samples"], 8);
+        assert!(run.join("metrics.csv").is_file());
+        assert!(run.join("samples.npz").is_file());
+    }
+    let report = out.join("report");
+    let csv = std::fs::read_to_string(report.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "header and one row per run:\n{csv}");
+    for chart in [
+        "fid_is_vs_cfg.png",
+        "precision_recall.png",
+        "metric_fid.png",
+    ] {
+        let decoder = png::Decoder::new(std::io::BufReader::new(
+            File::open(report.join(chart)).unwrap(),
+        ));
+        let reader = decoder.read_info().expect("valid PNG");
+        assert_eq!(
+            (reader.info().width, reader.info().height),
+            (1200, 800),
+            "{chart}"
+        );
+    }
+    assert!(report.join("report.md").is_file());
+}
