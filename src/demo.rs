@@ -58,7 +58,7 @@ fn gpt_config() -> GptConfig {
 }
 
 const IMAGE_SIZE: usize = 64;
-const CFG_SCALES: [&str; 2] = ["1.5", "4.0"];
+const CFG_SCALES: [&str; 2] = ["1.5", "4"];
 
 /// Writes seeded random weights for the three models as safetensors files in `dir`.
 fn make_models(dir: &Path) -> Result<[PathBuf; 3]> {
@@ -172,58 +172,47 @@ pub fn run(cmd: &DemoCommand, quiet: bool) -> Result<()> {
     )?;
     commands::stats::run(&stats, quiet)?;
 
-    let mut runs = Vec::new();
-    for scale in CFG_SCALES {
-        let run_dir = out.join("runs").join(format!("cfg-{scale}"));
-        say(&format!(
-            "sampling {} images at CFG scale {scale} and evaluating them with `fid`",
-            cmd.samples
-        ));
-        let fid: commands::fid::FidCommand = parse(
-            "fid",
-            &os(&[
-                &"--gpt",
-                &gpt,
-                &"--vq",
-                &vq,
-                &"--n-head",
-                &"4",
-                &"--image-size",
-                &IMAGE_SIZE.to_string(),
-                &"--samples",
-                &cmd.samples.to_string(),
-                &"--cfg-scale",
-                &scale,
-                &"--seed",
-                &"0",
-                &"--ref",
-                &reference,
-                &"--inception",
-                &inception,
-                &"--device",
-                &"cpu",
-                &"--batch-size",
-                &"16",
-                &"--kid-subset-size",
-                &"16",
-                &"--kid-subsets",
-                &"20",
-                &"--save-samples",
-                &run_dir.join("samples.npz"),
-                &"--out",
-                &run_dir,
-            ]),
-        )?;
-        commands::fid::run(&fid, quiet)?;
-        runs.push(run_dir);
-    }
-
-    say("writing the report (summary.csv, report.md, charts)");
-    let mut report_args: Vec<OsString> =
-        runs.iter().map(|r| r.as_os_str().to_os_string()).collect();
-    report_args.extend(os(&[&"--out", &out.join("report")]));
-    let report: commands::report::ReportCommand = parse("report", &report_args)?;
-    commands::report::run(&report, quiet)?;
+    say(&format!(
+        "`sweep`: sampling {} images at each CFG scale ({}), `fid` on each, then `report`",
+        cmd.samples,
+        CFG_SCALES.join(", ")
+    ));
+    let sweep: commands::sweep::SweepCommand = parse(
+        "sweep",
+        &os(&[
+            &"--cfg-scales",
+            &CFG_SCALES.join(","),
+            &"--gpt",
+            &gpt,
+            &"--vq",
+            &vq,
+            &"--n-head",
+            &"4",
+            &"--image-size",
+            &IMAGE_SIZE.to_string(),
+            &"--samples",
+            &cmd.samples.to_string(),
+            &"--seed",
+            &"0",
+            &"--ref",
+            &reference,
+            &"--inception",
+            &inception,
+            &"--device",
+            &"cpu",
+            &"--batch-size",
+            &"16",
+            &"--kid-subset-size",
+            &"16",
+            &"--kid-subsets",
+            &"20",
+            &"--save-samples",
+            &"samples.npz",
+            &"--out",
+            &out.join("sweep"),
+        ]),
+    )?;
+    commands::sweep::run(&sweep, quiet)?;
 
     if !quiet {
         eprintln!(

@@ -45,6 +45,8 @@ enum Command {
     Merge(commands::sample::MergeCommand),
     /// Tokenizer reconstruction quality: rFID, PSNR, SSIM and codebook usage.
     Recon(commands::recon::ReconCommand),
+    /// `fid --gpt` at several CFG scales, then `report` over the runs.
+    Sweep(commands::sweep::SweepCommand),
     /// Summary table (CSV, Markdown) and PNG charts of several runs' metrics.json.
     Report(commands::report::ReportCommand),
     /// Compare a run with a baseline (exit 0 pass, 1 regression, 2 unusable input), or record one.
@@ -79,6 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Merge(cmd) => commands::sample::run_merge(&cmd, quiet),
         Command::Recon(cmd) => commands::recon::run(&cmd, quiet),
         Command::Report(cmd) => commands::report::run(&cmd, quiet),
+        Command::Sweep(cmd) => commands::sweep::run(&cmd, quiet),
         Command::Check(_) => unreachable!("`check` returns its own exit status from main"),
     }
 }

@@ -19,8 +19,8 @@ fn demo_writes_runs_and_report() {
         stderr.contains("MEANINGLESS"),
         "the demo must say its figures mean nothing: {stderr}"
     );
-    for scale in ["1.5", "4.0"] {
-        let run = out.join("runs").join(format!("cfg-{scale}"));
+    for scale in ["1.5", "4"] {
+        let run = out.join("sweep").join(format!("cfg-{scale}"));
         let json: serde_json::Value =
             serde_json::from_reader(File::open(run.join("metrics.json")).unwrap()).unwrap();
         for metric in [
@@ -38,7 +38,7 @@ fn demo_writes_runs_and_report() {
         assert!(run.join("metrics.csv").is_file());
         assert!(run.join("samples.npz").is_file());
     }
-    let report = out.join("report");
+    let report = out.join("sweep").join("report");
     let csv = std::fs::read_to_string(report.join("summary.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "header and one row per run:\n{csv}");
     for chart in [
@@ -57,4 +57,47 @@ fn demo_writes_runs_and_report() {
         );
     }
     assert!(report.join("report.md").is_file());
+}
+
+#[test]
+fn sweep_needs_a_generator_and_usable_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("binary runs")
+    };
+    let output = run(&[
+        "sweep",
+        "--cfg-scales",
+        "1.5,2",
+        "--sample-batch",
+        "s.npz",
+        "--ref",
+        "r.npz",
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--gpt"));
+    let output = run(&[
+        "sweep",
+        "--cfg-scales",
+        "-1",
+        "--gpt",
+        "g.pt",
+        "--vq",
+        "v.pt",
+        "--samples",
+        "4",
+        "--ref",
+        "r.npz",
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("-1"));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
 }

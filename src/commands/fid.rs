@@ -16,7 +16,7 @@ use super::{FeatureCache, InceptionArgs};
 use crate::evaluate::{Metric, Reference};
 use crate::features::FeatureSet;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct FidCommand {
     /// Generated images: an npz with `arr_0` u8 N x H x W x 3 (stored or compressed).
     #[arg(
@@ -246,6 +246,8 @@ pub fn run(cmd: &FidCommand, quiet: bool) -> Result<()> {
             Value::from(cmd.reference.display().to_string()),
         ),
     ];
+    // Inception is done with: release the network before the metrics need their memory.
+    drop(cache);
     record.extend(cmd.metric.record());
     if let Some(timing) = &timing {
         record.extend(cmd.gen.record(cmd.image_size.map_or(256, |s| s as i64)));

@@ -9,6 +9,7 @@ pub mod recon;
 pub mod report;
 pub mod sample;
 pub mod stats;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 
