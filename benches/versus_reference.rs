@@ -1,7 +1,7 @@
 //! Our metrics against the reference implementations on the same inputs, in one run, reporting
 //! speed ratios (machines here are noisy, so only same-run ratios mean anything).
 //!
-//! Run with `cargo bench --bench versus_reference` inside the project venv (`./x bench`).
+//! Run with `./x bench --bench versus_reference` (add `-- NAME` for one comparison).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -160,6 +160,17 @@ fn bad_sample_batches_fail_cleanly() {
             "N x C x H x W",
         ),
     ];
+    let good_samples = root.join("good.npz");
+    image_batch(&good_samples, &mut ChaCha8Rng::seed_from_u64(1), 2, 8, 0);
+    let empty_ref = write("empty_ref.npz", "labels", ndarray::ArrayD::zeros(vec![3]));
+    let output = fid_run(&weights, &good_samples, &empty_ref, &root.join("out-ref"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("neither statistics") && stderr.contains("empty_ref.npz"),
+        "{stderr}"
+    );
+    assert!(!root.join("out-ref").exists());
     for (i, (path, expected)) in cases.iter().enumerate() {
         let out = root.join(format!("out{i}"));
         let output = fid_run(&weights, path, &reference, &out);

@@ -53,6 +53,24 @@ pub struct FidCommand {
     pub output: OutputArgs,
 }
 
+/// Fails early, before any Inception or sampling work, on a reference file that holds nothing
+/// usable.
+fn ensure_usable_reference(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    let names = super::npz_entry_names(path)?;
+    let usable = ["mu", "mu_s", "arr_0", "pool", "spatial", "logits"];
+    if !names.iter().any(|n| usable.contains(&n.as_str())) {
+        anyhow::bail!(
+            "{}: the reference batch has neither statistics (mu/sigma, mu_s/sigma_s) nor images (arr_0) nor features; entries: {}",
+            path.display(),
+            names.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// The reference side: statistics from the file when it has them, features of its images when a
 /// requested metric needs them or there are no statistics.
 fn load_reference(
@@ -178,6 +196,7 @@ pub fn run(cmd: &FidCommand, quiet: bool) -> Result<()> {
         .parent()
         .map(|p| p.join(".feature-cache"))
         .unwrap_or_else(|| PathBuf::from(".feature-cache"));
+    ensure_usable_reference(&cmd.reference)?;
     let mut cache = FeatureCache::new(cache_dir, &cmd.inception, quiet)?;
     let wants_features = cmd
         .metric
