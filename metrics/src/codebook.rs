@@ -80,7 +80,21 @@ pub fn codebook_usage<I: CodeIndex>(indices: &[I], codebook_size: usize) -> Resu
             }
         }
     }
-    let n = indices.len() as f64;
+    let window: Vec<usize> = indices[indices.len().saturating_sub(LLAMAGEN_USAGE_WINDOW)..]
+        .iter()
+        // Indices were all checked above.
+        .filter_map(|raw| raw.to_index())
+        .collect();
+    Ok(usage_from_counts(&counts, &window, indices.len()))
+}
+
+/// [`CodebookUsage`] from per-entry counts (whose length is the codebook size), the last up to
+/// [`LLAMAGEN_USAGE_WINDOW`] indices and the total number of indices: what [`codebook_usage`]
+/// computes, for callers that count incrementally over batches. Window entries outside the
+/// codebook are ignored.
+pub fn usage_from_counts(counts: &[u64], window: &[usize], num_indices: usize) -> CodebookUsage {
+    let codebook_size = counts.len();
+    let n = num_indices as f64;
     let used_entries = counts.iter().filter(|&&c| c > 0).count();
     let entropy_nats = counts
         .iter()
@@ -92,28 +106,26 @@ pub fn codebook_usage<I: CodeIndex>(indices: &[I], codebook_size: usize) -> Resu
         .sum::<f64>()
         // A single used entry gives -1 * ln(1) = -0.0.
         .max(0.0);
-
-    let window = &indices[indices.len().saturating_sub(LLAMAGEN_USAGE_WINDOW)..];
     let mut seen = vec![false; codebook_size];
-    // Indices were all checked above.
-    for &raw in window {
-        seen[raw.to_index().unwrap_or(0)] = true;
+    for &k in window {
+        if let Some(s) = seen.get_mut(k) {
+            *s = true;
+        }
     }
-    if window.len() < LLAMAGEN_USAGE_WINDOW {
+    if window.len() < LLAMAGEN_USAGE_WINDOW && codebook_size > 0 {
         seen[0] = true;
     }
     let llamagen_used = seen.iter().filter(|&&s| s).count();
-
-    Ok(CodebookUsage {
+    CodebookUsage {
         codebook_size,
-        num_indices: indices.len(),
+        num_indices,
         used_entries,
-        usage: used_entries as f64 / codebook_size as f64,
+        usage: used_entries as f64 / codebook_size.max(1) as f64,
         entropy_nats,
         entropy_bits: entropy_nats / std::f64::consts::LN_2,
         perplexity: entropy_nats.exp(),
-        llamagen_usage: llamagen_used as f64 / codebook_size as f64,
-    })
+        llamagen_usage: llamagen_used as f64 / codebook_size.max(1) as f64,
+    }
 }
 
 #[cfg(test)]

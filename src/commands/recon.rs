@@ -250,41 +250,13 @@ impl RunState {
     }
 }
 
-/// Codebook usage from code counts and the last indices, as `llamagen_metrics::codebook::
-/// codebook_usage` computes it from the full index list (same arithmetic, same order).
+/// Codebook usage of the run so far, from its incremental counts.
 pub fn usage_from_counts(counts: &[u64], window: &[i64], num_indices: u64) -> CodebookUsage {
-    let codebook_size = counts.len();
-    let n = num_indices as f64;
-    let used_entries = counts.iter().filter(|&&c| c > 0).count();
-    let entropy_nats = counts
+    let window: Vec<usize> = window
         .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = c as f64 / n;
-            -p * p.ln()
-        })
-        .sum::<f64>()
-        .max(0.0);
-    let mut seen = vec![false; codebook_size];
-    for &i in window {
-        if let Some(s) = usize::try_from(i).ok().and_then(|i| seen.get_mut(i)) {
-            *s = true;
-        }
-    }
-    if window.len() < LLAMAGEN_USAGE_WINDOW && codebook_size > 0 {
-        seen[0] = true;
-    }
-    let llamagen_used = seen.iter().filter(|&&s| s).count();
-    CodebookUsage {
-        codebook_size,
-        num_indices: num_indices as usize,
-        used_entries,
-        usage: used_entries as f64 / codebook_size as f64,
-        entropy_nats,
-        entropy_bits: entropy_nats / std::f64::consts::LN_2,
-        perplexity: entropy_nats.exp(),
-        llamagen_usage: llamagen_used as f64 / codebook_size as f64,
-    }
+        .filter_map(|&i| usize::try_from(i).ok())
+        .collect();
+    llamagen_metrics::codebook::usage_from_counts(counts, &window, num_indices as usize)
 }
 
 fn path_value(p: Option<&PathBuf>) -> Value {
