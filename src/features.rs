@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use ndarray::{s, Array2, Array4};
+use ndarray::{s, Array1, Array2, Array4};
 use ndarray_npy::{NpzReader, NpzWriter};
 use sha2::{Digest, Sha256};
 use tch::{nn, Device, Tensor};
@@ -38,6 +38,9 @@ pub struct FeatureSet {
     pub pool: Option<Array2<f32>>,
     pub spatial: Option<Array2<f32>>,
     pub logits: Option<Array2<f32>>,
+    /// Sample index of each row, when the images came from a `sample --shard` batch: lets `merge`
+    /// put shards' features back into sample order.
+    pub indices: Option<Array1<i64>>,
 }
 
 const KEYS: [&str; 3] = ["pool", "spatial", "logits"];
@@ -74,6 +77,10 @@ impl FeatureSet {
                 if let Some(array) = array {
                     npz.add_array(key, array).map_err(|e| e.to_string())?;
                 }
+            }
+            if let Some(indices) = &self.indices {
+                npz.add_array("indices", indices)
+                    .map_err(|e| e.to_string())?;
             }
             npz.finish().map_err(|e| e.to_string())?;
             std::fs::rename(&tmp, path)
@@ -113,11 +120,27 @@ impl FeatureSet {
             };
             Ok(Some(array))
         };
-        let set = FeatureSet {
+        let mut set = FeatureSet {
             pool: read("pool")?,
             spatial: read("spatial")?,
             logits: read("logits")?,
+            indices: None,
         };
+        if names.iter().any(|n| n == "indices" || n == "indices.npy") {
+            let indices: Array1<i64> = npz.by_name("indices").map_err(|e| {
+                file_error(
+                    path,
+                    format!("entry `indices` must be a 1-D int64 array: {e}"),
+                )
+            })?;
+            if indices.len() != set.len() {
+                return Err(file_error(
+                    path,
+                    format!("{} indices for {} feature rows", indices.len(), set.len()),
+                ));
+            }
+            set.indices = Some(indices);
+        }
         if set.fields().iter().all(|(_, a)| a.is_none()) {
             return Err(file_error(
                 path,
@@ -243,6 +266,7 @@ impl Extractor {
             pool: Some(pool),
             spatial: Some(spatial),
             logits: Some(logits),
+            indices: None,
         })
     }
 }

@@ -69,29 +69,12 @@ fn success(output: &Output) -> String {
     stderr
 }
 
-/// Random FID-architecture Inception weights (tests/parity/inception_reference.py, seeded), made
-/// once and kept in the target's test folder.
-fn random_inception_weights() -> std::path::PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("random-inception");
-    let weights = dir.join("inception.pth");
-    if !weights.is_file() {
-        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        common::run_reference(
-            "inception_reference.py",
-            &[OsStr::new("make-weights"), tmp.path().as_os_str()],
-        );
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::rename(tmp.path().join("inception.pth"), &weights).unwrap();
-    }
-    weights
-}
-
 #[test]
 fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let weights = random_inception_weights();
+    let weights = common::random_inception_weights();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     // Three images in batches of two: a full batch, then a partial one.
     let originals = Array4::from_shape_fn((3, 32, 32, 3), |(i, y, x, c)| {

@@ -28,7 +28,20 @@ pub fn run(cmd: &FeaturesCommand, quiet: bool) -> Result<()> {
     let mut source = open_images(&cmd.images, cmd.image_size, cmd.inception.batch_size())?;
     let weights = cmd.inception.locate()?;
     let extractor = cmd.inception.load(&weights)?;
-    let features = extractor.extract(source.as_mut(), cmd.inception.batch_size(), quiet)?;
+    let mut features = extractor.extract(source.as_mut(), cmd.inception.batch_size(), quiet)?;
+    // Shards of `sample --shard` carry their sample indices: keep them for `merge`.
+    if !cmd.images.is_dir() {
+        if let Some(indices) = super::read_i64(&cmd.images, "indices")? {
+            anyhow::ensure!(
+                indices.len() == features.len(),
+                "{}: {} indices for {} images",
+                cmd.images.display(),
+                indices.len(),
+                features.len()
+            );
+            features.indices = Some(indices.into());
+        }
+    }
     features.save(&cmd.out)?;
     if !quiet {
         eprintln!(

@@ -184,6 +184,7 @@ fn generated_features(
         pool: join(&parts[0])?,
         spatial: join(&parts[1])?,
         logits: join(&parts[2])?,
+        indices: None,
     };
     let mut timing = generator.timing.clone();
     timing.inception = inception;

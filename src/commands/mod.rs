@@ -249,6 +249,22 @@ pub fn run_record(extra: impl IntoIterator<Item = (&'static str, Value)>) -> Map
     run
 }
 
+/// A 1-D int64 entry of an npz (such as `indices` or `arr_1`), or `None` when absent.
+pub fn read_i64(path: &Path, key: &str) -> Result<Option<Vec<i64>>> {
+    let names = npz_entry_names(path)?;
+    if !names.iter().any(|n| n == key) {
+        return Ok(None);
+    }
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut npz = ndarray_npy::NpzReader::new(file)
+        .with_context(|| format!("{}: not a readable npz", path.display()))?;
+    let array: ndarray::Array1<i64> = npz
+        .by_name(key)
+        .with_context(|| format!("{}: `{key}` must be a 1-D int64 array", path.display()))?;
+    Ok(Some(array.to_vec()))
+}
+
 /// Names of the entries of an npz, without `.npy`.
 pub fn npz_entry_names(path: &Path) -> Result<Vec<String>> {
     let file =

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ndarray::{Array1, Array4, Axis};
+use ndarray::{Array1, Array2, Array4, Axis};
 use serde_json::{json, Value};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -22,6 +22,7 @@ use crate::data::npz::NpzImages;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::data::ImageSource;
 use crate::device::DeviceChoice;
+use crate::features::FeatureSet;
 use crate::models::gpt::{Gpt, GptError, HeadChoice};
 use crate::models::vq::{self, VqModel, VqWeights};
 use crate::sampling::{self, LabelSpec, SamplingParams};
@@ -712,26 +713,13 @@ pub fn run(cmd: &SampleCommand, quiet: bool) -> Result<()> {
 
 #[derive(Args, Debug)]
 pub struct MergeCommand {
-    /// Shard npz files from `sample --shard K/N` (any order).
+    /// Shard npz files from `sample --shard K/N` (any order), or the feature files `features` made
+    /// of them (merged into one feature file in sample order).
     #[arg(required = true, value_name = "SHARDS")]
     pub shards: Vec<PathBuf>,
     /// The joined npz, in sample-index order.
     #[arg(long, value_name = "ALL.npz")]
     pub out: PathBuf,
-}
-
-fn read_i64(path: &Path, key: &str) -> Result<Option<Vec<i64>>> {
-    let names = super::npz_entry_names(path)?;
-    if !names.iter().any(|n| n == key) {
-        return Ok(None);
-    }
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut npz = ndarray_npy::NpzReader::new(file)
-        .with_context(|| format!("{}: not a readable npz", path.display()))?;
-    let array: Array1<i64> = npz
-        .by_name(key)
-        .with_context(|| format!("{}: `{key}` must be a 1-D int64 array", path.display()))?;
-    Ok(Some(array.to_vec()))
 }
 
 struct ShardReader {
@@ -761,14 +749,98 @@ impl ShardReader {
     }
 }
 
+/// Joins feature files (`features` of each shard) into one, rows in sample-index order when every
+/// file carries `indices`, else in the order given. The merged rows are the shards' rows unchanged,
+/// so statistics and every metric of the merged file equal those of the features of the merged
+/// images.
+fn merge_features(cmd: &MergeCommand, quiet: bool) -> Result<()> {
+    let sets: Vec<FeatureSet> = cmd
+        .shards
+        .iter()
+        .map(|p| FeatureSet::load(p).with_context(|| format!("feature shard {}", p.display())))
+        .collect::<Result<_>>()?;
+    let keys = |f: &FeatureSet| [f.pool.is_some(), f.spatial.is_some(), f.logits.is_some()];
+    for (set, path) in sets.iter().zip(&cmd.shards).skip(1) {
+        if keys(set) != keys(&sets[0]) {
+            bail!(
+                "{}: holds a different set of features (pool/spatial/logits) than {}",
+                path.display(),
+                cmd.shards[0].display()
+            );
+        }
+    }
+    let with_indices = sets.iter().filter(|s| s.indices.is_some()).count();
+    if with_indices != 0 && with_indices != sets.len() {
+        bail!("some feature shards carry `indices` and some do not: merge them all with or all without");
+    }
+    // (sample index, shard, row) in output order.
+    let mut order: Vec<(i64, usize, usize)> = Vec::new();
+    let mut running = 0i64;
+    for (k, set) in sets.iter().enumerate() {
+        for row in 0..set.len() {
+            let index = set.indices.as_ref().map_or(running, |i| i[row]);
+            order.push((index, k, row));
+            running += 1;
+        }
+    }
+    if with_indices > 0 {
+        order.sort_unstable();
+        if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
+            bail!("sample index {} is in more than one feature shard", w[0].0);
+        }
+    }
+    let gather = |pick: fn(&FeatureSet) -> Option<&Array2<f32>>| -> Result<Option<Array2<f32>>> {
+        let Some(first) = pick(&sets[0]) else {
+            return Ok(None);
+        };
+        let dim = first.ncols();
+        let mut out = Array2::<f32>::zeros((order.len(), dim));
+        for (row_out, &(_, k, row)) in order.iter().enumerate() {
+            let source = pick(&sets[k]).context("feature present in every shard")?;
+            if source.ncols() != dim {
+                bail!(
+                    "{}: features of width {}, the first shard has {dim}",
+                    cmd.shards[k].display(),
+                    source.ncols()
+                );
+            }
+            out.row_mut(row_out).assign(&source.row(row));
+        }
+        Ok(Some(out))
+    };
+    let merged = FeatureSet {
+        pool: gather(|f| f.pool.as_ref())?,
+        spatial: gather(|f| f.spatial.as_ref())?,
+        logits: gather(|f| f.logits.as_ref())?,
+        indices: (with_indices > 0).then(|| order.iter().map(|&(i, _, _)| i).collect()),
+    };
+    merged.save(&cmd.out)?;
+    if !quiet {
+        eprintln!(
+            "merged features of {} samples into {}",
+            merged.len(),
+            cmd.out.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run_merge(cmd: &MergeCommand, quiet: bool) -> Result<()> {
+    let names = super::npz_entry_names(&cmd.shards[0])?;
+    if !names.iter().any(|n| n == "arr_0")
+        && names
+            .iter()
+            .any(|n| matches!(n.as_str(), "pool" | "spatial" | "logits"))
+    {
+        return merge_features(cmd, quiet);
+    }
     let mut shards = Vec::new();
     let mut size = None;
     let mut offset = 0i64;
     for path in &cmd.shards {
         let images = NpzImages::open(path, 64)?;
         let n = images.len();
-        let indices = match read_i64(path, "indices")? {
+        let indices = match super::read_i64(path, "indices")? {
             Some(i) => i,
             None => {
                 // An unsharded file: its samples are 0..n (or follow the previous file's).
@@ -788,7 +860,7 @@ pub fn run_merge(cmd: &MergeCommand, quiet: bool) -> Result<()> {
         if indices.windows(2).any(|w| w[0] >= w[1]) {
             bail!("{}: `indices` is not increasing", path.display());
         }
-        let labels = read_i64(path, "arr_1")?;
+        let labels = super::read_i64(path, "arr_1")?;
         if let Some(l) = &labels {
             if l.len() != n {
                 bail!("{}: {} labels for {n} images", path.display(), l.len());

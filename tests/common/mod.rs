@@ -66,3 +66,21 @@ pub fn max_rel_err(ours: &[f32], reference: &[f32]) -> f64 {
 pub fn rel_diff(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-300)
 }
+
+/// Random FID-architecture Inception weights (tests/parity/inception_reference.py, seeded), made
+/// once and kept in the target's test folder.
+pub fn random_inception_weights() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("random-inception");
+    let weights = dir.join("inception.pth");
+    if !weights.is_file() {
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary folder");
+        run_reference(
+            "inception_reference.py",
+            &["make-weights".as_ref(), tmp.path().as_os_str()],
+        );
+        std::fs::create_dir_all(&dir).expect("weights folder");
+        // Another test may have finished first; either file is the same seeded weights.
+        let _ = std::fs::rename(tmp.path().join("inception.pth"), &weights);
+    }
+    weights
+}
