@@ -132,6 +132,16 @@ pub fn validate_image_header(header: &NpyHeader) -> Result<(usize, usize, usize,
             header.shape
         ));
     }
+    // A corrupt header must not turn into a giant allocation: one image is at most 2^31 bytes.
+    let image_bytes = h.checked_mul(w).and_then(|p| p.checked_mul(c));
+    if image_bytes.is_none_or(|b| b > 1 << 31)
+        || image_bytes.and_then(|b| b.checked_mul(n)).is_none()
+    {
+        return Err(format!(
+            "`arr_0` has shape {:?}: implausibly large images",
+            header.shape
+        ));
+    }
     Ok((n, h, w, c))
 }
 
@@ -287,6 +297,18 @@ mod tests {
         assert!(validate_image_header(&one)
             .unwrap_err()
             .contains("dtype <f4"));
+    }
+
+    #[test]
+    fn rejects_absurd_shapes() {
+        let huge = NpyHeader {
+            descr: "|u1".into(),
+            fortran_order: false,
+            shape: vec![1, 1 << 40, 1 << 40, 3],
+        };
+        assert!(validate_image_header(&huge)
+            .unwrap_err()
+            .contains("implausibly large"));
     }
 
     #[test]
