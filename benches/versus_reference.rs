@@ -3,8 +3,9 @@
 //!
 //! Run with `./x bench --bench versus_reference` (add `-- NAME` for one comparison).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::Instant;
 
 use llamagen_eval::models::inception::{self, Resize};
@@ -16,28 +17,9 @@ use ndarray_npy::write_npy;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn python() -> PathBuf {
-    std::env::var_os("LLAMAGEN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
-}
-
+/// A reference script's JSON output.
 fn run_reference(script: &str, args: &[String]) -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/parity")
-        .join(script);
-    let output = Command::new(python())
-        .arg(&path)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
-    assert!(
-        output.status.success(),
-        "{} failed: {}",
-        path.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("reference prints JSON")
+    serde_json::from_str(&common::run_reference(script, args)).expect("reference prints JSON")
 }
 
 fn median_seconds(repeats: usize, mut f: impl FnMut()) -> f64 {
@@ -127,13 +109,7 @@ fn ssim_vs_scikit_image() {
 
 fn inception_vs_pytorch_fid() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let status = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/inception_reference.py"))
-        .args(["make-weights".as_ref(), dir.path().as_os_str()])
-        .status()
-        .expect("python runs");
-    assert!(status.success(), "making random Inception weights failed");
-    let weights = dir.path().join("inception.pth");
+    let weights = common::random_inception_weights();
     let images = Array4::from_shape_fn((64, 256, 256, 3), |(i, y, x, c)| {
         ((x * 3 + y + 11 * i + 40 * c) % 256) as u8
     });

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use ndarray::{s, Array1, Array2, Array4};
-use ndarray_npy::{NpzReader, NpzWriter};
+use ndarray_npy::NpzReader;
 use sha2::{Digest, Sha256};
 use tch::{nn, Device, Tensor};
 
@@ -68,28 +68,18 @@ impl FeatureSet {
 
     /// Writes the present feature sets to `path` atomically (temporary file, then rename).
     pub fn save(&self, path: &Path) -> Result<(), FeatureError> {
-        let tmp = llamagen_metrics::stats::temporary_sibling(path);
-        let write = || -> Result<(), String> {
-            let file =
-                File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-            let mut npz = NpzWriter::new(file);
+        llamagen_metrics::stats::write_npz_atomically(path, |npz| {
             for (key, array) in self.fields() {
                 if let Some(array) = array {
-                    npz.add_array(key, array).map_err(|e| e.to_string())?;
+                    npz.add_array(key, array)?;
                 }
             }
             if let Some(indices) = &self.indices {
-                npz.add_array("indices", indices)
-                    .map_err(|e| e.to_string())?;
+                npz.add_array("indices", indices)?;
             }
-            npz.finish().map_err(|e| e.to_string())?;
-            std::fs::rename(&tmp, path)
-                .map_err(|e| format!("cannot move the finished file into place: {e}"))
-        };
-        write().map_err(|message| {
-            let _ = std::fs::remove_file(&tmp);
-            file_error(path, message)
+            Ok(())
         })
+        .map_err(|message| file_error(path, message))
     }
 
     /// Reads whichever of `pool`, `spatial`, `logits` the file holds (f32 or f64).

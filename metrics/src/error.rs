@@ -35,23 +35,14 @@ pub enum MetricsError {
 
 pub type Result<T> = std::result::Result<T, MetricsError>;
 
-/// Fails with [`MetricsError::NonFinite`] naming how many rows hold NaN or infinity.
-pub fn ensure_finite_rows(what: &'static str, features: ArrayView2<'_, f64>) -> Result<()> {
+/// Fails with [`MetricsError::NonFinite`] naming how many rows hold NaN or infinity (f32 or f64).
+pub fn ensure_finite_rows<A: Copy + Into<f64>>(
+    what: &'static str,
+    features: ArrayView2<'_, A>,
+) -> Result<()> {
     let rows = features
         .axis_iter(Axis(0))
-        .filter(|row| row.iter().any(|v| !v.is_finite()))
-        .count();
-    if rows > 0 {
-        return Err(MetricsError::NonFinite { what, rows });
-    }
-    Ok(())
-}
-
-/// Fails with [`MetricsError::NonFinite`] for f32 features.
-pub fn ensure_finite_rows_f32(what: &'static str, features: ArrayView2<'_, f32>) -> Result<()> {
-    let rows = features
-        .axis_iter(Axis(0))
-        .filter(|row| row.iter().any(|v| !v.is_finite()))
+        .filter(|row| row.iter().any(|&v| !v.into().is_finite()))
         .count();
     if rows > 0 {
         return Err(MetricsError::NonFinite { what, rows });

@@ -9,7 +9,7 @@
 use ndarray::{Array1, ArrayView2, Axis};
 use rayon::prelude::*;
 
-use crate::error::{ensure_finite_rows_f32, ensure_min_samples, MetricsError, Result};
+use crate::error::{ensure_finite_rows, ensure_min_samples, MetricsError, Result};
 
 /// How samples are grouped into splits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub struct InceptionScore {
 pub fn inception_score(logits: ArrayView2<'_, f32>, splits: Splits) -> Result<InceptionScore> {
     let n = logits.nrows();
     ensure_min_samples("Inception Score", 1, n)?;
-    ensure_finite_rows_f32("Inception Score logits", logits)?;
+    ensure_finite_rows("Inception Score logits", logits)?;
     let bounds: Vec<(usize, usize)> = match splits {
         Splits::Adm { split_size } => {
             if split_size == 0 {

@@ -12,10 +12,7 @@
 use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
-use crate::error::{
-    ensure_finite_rows, ensure_finite_rows_f32, ensure_min_samples, ensure_same_dim, MetricsError,
-    Result,
-};
+use crate::error::{ensure_finite_rows, ensure_min_samples, ensure_same_dim, MetricsError, Result};
 
 /// torch-fidelity's `kid_subsets`.
 pub const DEFAULT_SUBSETS: usize = 100;
@@ -127,8 +124,6 @@ pub fn kernel_inception_distance_f32(
     samples: ArrayView2<'_, f32>,
     config: &KidConfig,
 ) -> Result<KidResult> {
-    ensure_finite_rows_f32("KID (reference)", reference)?;
-    ensure_finite_rows_f32("KID (samples)", samples)?;
     kernel_inception_distance(
         reference.mapv(f64::from).view(),
         samples.mapv(f64::from).view(),

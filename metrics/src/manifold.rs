@@ -27,9 +27,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, ArrayView2, Axis, Zip};
 use rayon::prelude::*;
 
-use crate::error::{
-    ensure_finite_rows, ensure_finite_rows_f32, ensure_same_dim, MetricsError, Result,
-};
+use crate::error::{ensure_finite_rows, ensure_same_dim, MetricsError, Result};
 
 /// Neighbourhood size used by ADM and by Kynkäänniemi et al.
 pub const DEFAULT_K: usize = 3;
@@ -113,8 +111,6 @@ pub fn manifold_metrics_f32(
     samples: ArrayView2<'_, f32>,
     config: &ManifoldConfig,
 ) -> Result<ManifoldMetrics> {
-    ensure_finite_rows_f32("manifold metrics (reference)", reference)?;
-    ensure_finite_rows_f32("manifold metrics (samples)", samples)?;
     manifold_metrics(
         reference.mapv(f64::from).view(),
         samples.mapv(f64::from).view(),

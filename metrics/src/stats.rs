@@ -200,38 +200,46 @@ impl ReferenceStats {
         Ok(ReferenceStats { pool, spatial })
     }
 
-    /// Writes the statistics as an ADM-compatible npz (f64 arrays), atomically: a temporary file
-    /// beside `path`, renamed into place when complete.
+    /// Writes the statistics as an ADM-compatible npz (f64 arrays), atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let file_err = |message: String| MetricsError::File {
-            path: path.to_path_buf(),
-            message,
-        };
-        let tmp = temporary_sibling(path);
-        let write = || -> std::result::Result<(), String> {
-            let file =
-                File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-            let mut npz = NpzWriter::new(file);
+        write_npz_atomically(path, |npz| {
             for (stats, mu_key, sigma_key) in [
                 (&self.pool, "mu", "sigma"),
                 (&self.spatial, "mu_s", "sigma_s"),
             ] {
                 if let Some(stats) = stats {
-                    npz.add_array(mu_key, &stats.mu)
-                        .map_err(|e| e.to_string())?;
-                    npz.add_array(sigma_key, &stats.sigma)
-                        .map_err(|e| e.to_string())?;
+                    npz.add_array(mu_key, &stats.mu)?;
+                    npz.add_array(sigma_key, &stats.sigma)?;
                 }
             }
-            npz.finish().map_err(|e| e.to_string())?;
-            std::fs::rename(&tmp, path)
-                .map_err(|e| format!("cannot move the finished file into place: {e}"))
-        };
-        write().map_err(|message| {
-            let _ = std::fs::remove_file(&tmp);
-            file_err(message)
+            Ok(())
+        })
+        .map_err(|message| MetricsError::File {
+            path: path.to_path_buf(),
+            message,
         })
     }
+}
+
+/// Writes an npz through `fill` into a temporary file beside `path`, renamed into place only when
+/// complete; on failure the temporary file is removed and the message says why.
+pub fn write_npz_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut NpzWriter<File>) -> std::result::Result<(), ndarray_npy::WriteNpzError>,
+) -> std::result::Result<(), String> {
+    let tmp = temporary_sibling(path);
+    let write = || -> std::result::Result<(), String> {
+        let file =
+            File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let mut npz = NpzWriter::new(file);
+        fill(&mut npz).map_err(|e| e.to_string())?;
+        npz.finish().map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| format!("cannot move the finished file into place: {e}"))
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// `dir/.name.tmp-<pid>` beside `path`, for write-then-rename.
