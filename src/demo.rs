@@ -4,30 +4,26 @@
 //! images, and the CSV/JSON/PNG report. The figures mean nothing (random weights); the run shows
 //! every stage working and what the outputs look like.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::{Args, FromArgMatches};
 use ndarray::Array3;
 use rand::{Rng, SeedableRng};
 use tch::nn;
 
-use crate::commands;
 use crate::data::npz_writer::ImageNpzWriter;
-use crate::models::gpt::{Gpt, GptConfig};
-use crate::models::inception::InceptionV3;
-use crate::models::vq::{VqConfig, VqModel};
-
-#[derive(Args, Debug)]
-pub struct DemoCommand {
-    /// Where the demo writes its models, runs and report.
-    #[arg(long, value_name = "DIR", default_value = "reports/demo")]
-    pub out: PathBuf,
-    /// Samples per CFG scale.
-    #[arg(long, default_value_t = 24)]
-    pub samples: usize,
-}
+use crate::device::DeviceChoice;
+use crate::evaluate::MetricOptions;
+use crate::models::gpt::{Gpt, GptConfig, HeadChoice};
+use crate::models::inception::{InceptionV3, Resize};
+use crate::models::vq::{VqConfig, VqModel, VqWeights};
+use crate::pipeline::stats::{self, StatsConfig};
+use crate::pipeline::{
+    sweep, FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, MetricRequest, Precision,
+    Shard,
+};
+use crate::progress::Progress;
+use crate::sampling::{LabelSpec, SamplingParams};
 
 /// The demo's models: LlamaGen's VQ-16 layout and GPT at toy widths (64x64 images, 4x4 tokens).
 fn vq_config() -> VqConfig {
@@ -58,7 +54,7 @@ fn gpt_config() -> GptConfig {
 }
 
 const IMAGE_SIZE: usize = 64;
-const CFG_SCALES: [&str; 2] = ["1.5", "4"];
+const CFG_SCALES: [f64; 2] = [1.5, 4.0];
 
 /// Writes seeded random weights for the three models as safetensors files in `dir`.
 fn make_models(dir: &Path) -> Result<[PathBuf; 3]> {
@@ -127,103 +123,94 @@ fn make_reference_images(path: &Path, count: usize) -> Result<()> {
     Ok(())
 }
 
-/// Parses `args` as the flags of one subcommand, the way the command line would.
-fn parse<T: Args + FromArgMatches>(name: &'static str, args: &[OsString]) -> Result<T> {
-    let command = T::augment_args(clap::Command::new(name));
-    let matches = command
-        .try_get_matches_from(std::iter::once(OsString::from(name)).chain(args.iter().cloned()))
-        .with_context(|| format!("demo arguments for `{name}`"))?;
-    Ok(T::from_arg_matches(&matches)?)
-}
-
-fn os(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
-    args.iter().map(|a| a.as_ref().to_os_string()).collect()
-}
-
-pub fn run(cmd: &DemoCommand, quiet: bool) -> Result<()> {
-    let say = |text: &str| {
-        if !quiet {
-            eprintln!("demo: {text}");
-        }
-    };
-    let out = &cmd.out;
+/// Runs the demo into `out` with `samples` samples per CFG scale.
+pub fn run(out: &Path, samples: usize, progress: Progress) -> Result<()> {
+    let say = |text: &str| progress.say(format!("demo: {text}"));
     say("making tiny models with seeded random weights (VQ-16 layout, GPT, FID Inception-V3)");
     let [vq, gpt, inception] = make_models(&out.join("models"))?;
     let reference_images = out.join("reference_images.npz");
     make_reference_images(&reference_images, 48)?;
     let reference = out.join("reference.npz");
+    let inception = InceptionConfig {
+        weights: Some(inception),
+        resize: Resize::Adm,
+        device: DeviceChoice::Cpu,
+        batch_size: 16,
+    };
     say("building the reference batch (statistics + kept images) with `stats`");
-    let stats: commands::stats::StatsCommand = parse(
-        "stats",
-        &os(&[
-            &"--data",
-            &reference_images,
-            &"--out",
-            &reference,
-            &"--keep-images",
-            &"48",
-            &"--inception",
-            &inception,
-            &"--device",
-            &"cpu",
-            &"--batch-size",
-            &"16",
-        ]),
+    stats::reference_batch(
+        &reference_images,
+        &reference,
+        &StatsConfig {
+            crop: None,
+            keep_images: 48,
+            seed: 0,
+            inception: inception.clone(),
+            resume: false,
+            progress,
+        },
     )?;
-    commands::stats::run(&stats, quiet)?;
 
     say(&format!(
-        "`sweep`: sampling {} images at each CFG scale ({}), `fid` on each, then `report`",
-        cmd.samples,
-        CFG_SCALES.join(", ")
+        "`sweep`: sampling {samples} images at each CFG scale ({}), `fid` on each, then `report`",
+        CFG_SCALES.map(|s| s.to_string()).join(", ")
     ));
-    let sweep: commands::sweep::SweepCommand = parse(
-        "sweep",
-        &os(&[
-            &"--cfg-scales",
-            &CFG_SCALES.join(","),
-            &"--gpt",
-            &gpt,
-            &"--vq",
-            &vq,
-            &"--n-head",
-            &"4",
-            &"--image-size",
-            &IMAGE_SIZE.to_string(),
-            &"--samples",
-            &cmd.samples.to_string(),
-            &"--seed",
-            &"0",
-            &"--ref",
-            &reference,
-            &"--inception",
-            &inception,
-            &"--device",
-            &"cpu",
-            &"--batch-size",
-            &"16",
-            &"--kid-subset-size",
-            &"16",
-            &"--kid-subsets",
-            &"20",
-            &"--save-samples",
-            &"samples.npz",
-            &"--out",
-            &out.join("sweep"),
-        ]),
-    )?;
-    commands::sweep::run(&sweep, quiet)?;
-
-    if !quiet {
-        eprintln!(
-            "\ndemo: done — outputs in {}\n\
-             demo: the figures above are MEANINGLESS: every model has random weights.\n\
-             demo: with real checkpoints and the ADM reference batch, the same job is:\n  \
-             llamagen-eval fid --gpt c2i_L_384.pt --vq vq_ds16_c2i.pt --image-size 384 --image-size-eval 256 \\\n    \
-             --samples 50000 --cfg-scale 2.0 --ref VIRTUAL_imagenet256_labeled.npz \\\n    \
-             --inception pt_inception-2015-12-05-6726825d.pth",
-            out.display()
-        );
+    let generator = GeneratorConfig {
+        gpt,
+        vq,
+        vq_weights: VqWeights::Auto,
+        image_size: IMAGE_SIZE as i64,
+        image_size_eval: None,
+        sampling: SamplingParams::default(),
+        seed: 0,
+        labels: LabelSpec::Uniform,
+        precision: Precision::Fp32,
+        heads: HeadChoice {
+            model_name: None,
+            n_head: Some(4),
+        },
+        decode_batch_size: 1,
+        device: DeviceChoice::Cpu,
+    };
+    let mut options = MetricOptions::default();
+    options.kid.subset_size = 16;
+    options.kid.subsets = 20;
+    let fid = FidConfig {
+        reference,
+        reference_crop: Some(IMAGE_SIZE),
+        inception,
+        metrics: MetricRequest {
+            metrics: None,
+            options,
+        },
+        progress,
+    };
+    let sweep_dir = out.join("sweep");
+    let plan = GenerationPlan {
+        samples,
+        shard: Shard::ALL,
+        batch_size: 32,
+        save_samples: Some(PathBuf::from("samples.npz")),
+        journal_dir: sweep_dir.join(".journal"),
+        resume: false,
+        stop_after: None,
+        progress,
+    };
+    let outcome = sweep::sweep(&fid, &generator, &CFG_SCALES, &plan, &sweep_dir)?;
+    for (scale, dir, run) in &outcome.runs {
+        progress.say(format!("demo: CFG {scale} -> {}", dir.display()));
+        if progress == Progress::Shown {
+            print!("{}", run.record.metrics.table());
+        }
     }
+    progress.say(format!(
+        "\ndemo: done — outputs in {}\n\
+         demo: the figures above are MEANINGLESS: every model has random weights.\n\
+         demo: with real checkpoints and the ADM reference batch, the same job is:\n  \
+         llamagen-eval fid --gpt c2i_L_384.pt --vq vq_ds16_c2i.pt --image-size 384 --image-size-eval 256 \\\n    \
+         --samples 50000 --cfg-scale 2.0 --ref VIRTUAL_imagenet256_labeled.npz \\\n    \
+         --inception pt_inception-2015-12-05-6726825d.pth",
+        out.display()
+    ));
     Ok(())
 }

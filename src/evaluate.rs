@@ -311,12 +311,7 @@ pub fn write_outputs(dir: &Path, values: &MetricValues, run: &Map<String, Value>
 
 /// Writes `bytes` to a temporary sibling of `path`, then renames it into place.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = llamagen_metrics::stats::temporary_sibling(path);
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    Ok(crate::io::write_atomically(path, bytes)?)
 }
 
 #[cfg(test)]

@@ -4,13 +4,13 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use ndarray::{s, Array1, Array2, Array4};
+use ndarray::{Array1, Array2, Array4};
 use ndarray_npy::NpzReader;
 use sha2::{Digest, Sha256};
 use tch::{nn, Device, Tensor};
 
-use crate::data::{DataError, ImageSource};
-use crate::models::inception::{InceptionV3, Resize, LOGITS_DIM, POOL_DIM, SPATIAL_DIM};
+use crate::data::DataError;
+use crate::models::inception::{InceptionV3, Resize};
 
 /// Why features could not be produced or read.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ impl FeatureSet {
 
     /// Writes the present feature sets to `path` atomically (temporary file, then rename).
     pub fn save(&self, path: &Path) -> Result<(), FeatureError> {
-        llamagen_metrics::stats::write_npz_atomically(path, |npz| {
+        crate::io::write_npz_atomically(path, |npz| {
             for (key, array) in self.fields() {
                 if let Some(array) = array {
                     npz.add_array(key, array)?;
@@ -79,7 +79,7 @@ impl FeatureSet {
             }
             Ok(())
         })
-        .map_err(|message| file_error(path, message))
+        .map_err(|e| file_error(path, e.message))
     }
 
     /// Reads whichever of `pool`, `spatial`, `logits` the file holds (f32 or f64).
@@ -99,7 +99,7 @@ impl FeatureSet {
             }
             let array = match npz.by_name::<ndarray::OwnedRepr<f32>, ndarray::Ix2>(key) {
                 Ok(a) => a,
-                Err(_) => llamagen_metrics::stats::read_f64::<ndarray::Ix2>(&mut npz, key)
+                Err(_) => crate::io::read_f64::<ndarray::Ix2>(&mut npz, key)
                     .map_err(|e| {
                         file_error(
                             path,
@@ -215,49 +215,6 @@ impl Extractor {
             tensor_to_array(&features.spatial)?,
             tensor_to_array(&features.logits)?,
         ])
-    }
-
-    /// Features of every image of `source`, `batch_size` images per forward pass. The output
-    /// arrays are allocated once at their final size and filled batch by batch.
-    pub fn extract(
-        &self,
-        source: &mut dyn ImageSource,
-        batch_size: usize,
-        quiet: bool,
-    ) -> Result<FeatureSet, FeatureError> {
-        let total = source.len();
-        let bar = crate::progress::bar(total, "inception", "img", quiet);
-        let mut outputs = [POOL_DIM, SPATIAL_DIM, LOGITS_DIM]
-            .map(|dim| Array2::<f32>::zeros((total, dim as usize)));
-        let mut filled = 0;
-        while let Some(batch) = source.next_batch(batch_size)? {
-            let n = batch.dim().0;
-            if filled + n > total {
-                return Err(file_error(
-                    Path::new(&source.describe()),
-                    "more images than the source announced",
-                ));
-            }
-            for (out, array) in outputs.iter_mut().zip(self.extract_batch(&batch)?) {
-                out.slice_mut(s![filled..filled + n, ..]).assign(&array);
-            }
-            filled += n;
-            bar.inc(n as u64);
-        }
-        bar.finish_and_clear();
-        if filled != total {
-            return Err(file_error(
-                Path::new(&source.describe()),
-                format!("the source ended after {filled} of {total} images"),
-            ));
-        }
-        let [pool, spatial, logits] = outputs;
-        Ok(FeatureSet {
-            pool: Some(pool),
-            spatial: Some(spatial),
-            logits: Some(logits),
-            indices: None,
-        })
     }
 }
 

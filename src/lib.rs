@@ -1,19 +1,30 @@
 //! llamagen-eval: evaluation and benchmarking of LlamaGen-style autoregressive image generators.
 //!
-//! The metric math lives in the `llamagen-metrics` crate; this crate holds what needs libtorch
-//! (models, feature extraction, sampling), data IO, and the command-line front end.
+//! Layers, bottom up:
+//! - `llamagen-metrics` (a separate crate): the metric math on plain arrays.
+//! - [`checkpoint`], [`models`], [`sampling`], [`data`], [`io`]: reading checkpoints and images,
+//!   the networks, per-sample deterministic sampling, file helpers.
+//! - [`pipeline`]: sources, the journaled batch pass, features, references, evaluation, and the
+//!   jobs (`fid`, `sample`, `recon`, `stats`, `sweep`, `merge`) as library calls.
+//! - [`metric`] and [`record`]: the one metric registry and the run record every job writes;
+//!   [`check`] and [`report`] read them.
+//!
+//! The command line (`src/main.rs`, `src/cli/`) only parses flags into these types and prints.
+
 
 pub mod cache;
 pub mod check;
 pub mod checkpoint;
-pub mod commands;
 pub mod data;
 pub mod demo;
 pub mod device;
 pub mod doctor;
 pub mod evaluate;
 pub mod features;
+pub mod io;
 pub mod models;
+pub mod pipeline;
 pub mod progress;
+pub mod record;
 pub mod report;
 pub mod sampling;

@@ -60,20 +60,20 @@ impl SamplingParams {
         self.uses_cfg() && (self.cfg_interval <= -1 || j <= self.cfg_interval + 1)
     }
 
-    /// Checks the values, with messages naming the flags.
+    /// Checks the values, with messages naming the setting.
     pub fn validate(&self) -> Result<(), String> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             return Err(format!(
-                "--temperature must be a non-negative number, got {}",
+                "the temperature must be a non-negative number, got {}",
                 self.temperature
             ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("--top-p must be in (0, 1], got {}", self.top_p));
+            return Err(format!("top-p must be in (0, 1], got {}", self.top_p));
         }
         if !self.cfg_scale.is_finite() {
             return Err(format!(
-                "--cfg-scale must be finite, got {}",
+                "the CFG scale must be finite, got {}",
                 self.cfg_scale
             ));
         }

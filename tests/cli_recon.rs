@@ -169,14 +169,14 @@ fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
     let stopped = run(&parts, &["--stop-after-batches", "1"]);
     assert!(!stopped.status.success());
     assert!(String::from_utf8_lossy(&stopped.stderr).contains("--resume"));
-    assert!(parts.join("recon_state.npz").is_file());
+    assert!(parts.join(".journal/progress.json").is_file());
     assert!(!parts.join("metrics.json").exists());
     let stderr = success(&run(&parts, &["--resume"]));
     assert!(!stderr.contains("nothing to resume"), "{stderr}");
     let resumed = metrics_json(&parts);
     assert_eq!(resumed["metrics"], json["metrics"]);
     assert_eq!(resumed["run"]["resumed"], true);
-    assert!(!parts.join("recon_state.npz").exists());
+    assert!(!parts.join(".journal").exists());
 }
 
 fn golden_io() -> HashMap<String, Tensor> {

@@ -114,7 +114,7 @@ fn greedy_samples_reproduce_the_golden_images() {
             off.iter().max()
         );
         assert!(std::fs::metadata(&grid).unwrap().len() > 100);
-        assert!(!Path::new(&format!("{}.progress.json", out.display())).exists());
+        assert!(!Path::new(&format!("{}.journal", out.display())).exists());
     }
 }
 
@@ -171,14 +171,17 @@ fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
     let crashed = sample(&out, &args);
     assert!(!crashed.status.success());
     assert!(!out.exists());
-    let tokens = PathBuf::from(format!("{}.tokens", out.display()));
+    let tokens = PathBuf::from(format!("{}.journal/tokens.bin", out.display()));
     assert_eq!(std::fs::metadata(&tokens).unwrap().len(), 2 * 16 * 4);
     // Other settings refuse to resume.
     let mut other = RANDOM.to_vec();
     other.extend(["--resume", "--top-k", "5"]);
     let refused = sample(&out, &other);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("other settings"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("other settings"), "{stderr}");
+    assert!(stderr.contains("`top_k` was 0, now 5"), "{stderr}");
+    assert!(stderr.contains("--top-k 0"), "the flag to rerun with: {stderr}");
     let mut args = RANDOM.to_vec();
     args.extend(["--batch-size", "5", "--resume"]);
     let resumed = sample(&out, &args);

@@ -1,7 +1,5 @@
 //! The one error type of the metrics crate, and the input checks every metric shares.
 
-use std::path::PathBuf;
-
 use ndarray::{ArrayView2, Axis};
 
 /// Why a metric could not be computed. Bad input is always one of these, never a panic or NaN.
@@ -29,8 +27,6 @@ pub enum MetricsError {
     InvalidArgument(String),
     #[error("linear algebra failed: {0}")]
     Linalg(String),
-    #[error("{}: {message}", path.display())]
-    File { path: PathBuf, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, MetricsError>;

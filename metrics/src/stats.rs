@@ -1,17 +1,13 @@
 //! Gaussian statistics (mean and covariance) of feature sets, accumulated in streaming batches and
-//! mergeable across shards exactly, and their ADM-compatible `.npz` form (`mu`, `sigma`, `mu_s`,
-//! `sigma_s`).
+//! mergeable across shards exactly. (Their ADM `.npz` form is read and written by the
+//! `llamagen-eval` crate: this crate touches no files.)
 //!
 //! The accumulator keeps the count, the sum and the sum of outer products in f64, so merging
 //! shards gives bit-for-bit the same sums regardless of order of arrival within a shard, and the
 //! final covariance uses the N-1 denominator as `np.cov` does.
 
-use std::fs::File;
-use std::path::Path;
-
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Ix1, Ix2};
-use ndarray_npy::{NpzReader, NpzWriter, ReadNpzError};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use crate::error::{ensure_finite_rows, ensure_min_samples, ensure_same_dim, MetricsError, Result};
 
@@ -161,110 +157,6 @@ pub struct ReferenceStats {
     pub spatial: Option<GaussianStats>,
 }
 
-impl ReferenceStats {
-    /// Reads `mu`/`sigma` and `mu_s`/`sigma_s` (f32 or f64) from an npz; other entries are ignored.
-    pub fn load(path: &Path) -> Result<Self> {
-        let file_err = |message: String| MetricsError::File {
-            path: path.to_path_buf(),
-            message,
-        };
-        let file = File::open(path).map_err(|e| file_err(format!("cannot open: {e}")))?;
-        let mut npz =
-            NpzReader::new(file).map_err(|e| file_err(format!("not a readable npz file: {e}")))?;
-        let names = npz
-            .names()
-            .map_err(|e| file_err(format!("cannot list entries: {e}")))?;
-        let has = |key: &str| {
-            names
-                .iter()
-                .any(|n| n == key || n.strip_suffix(".npy") == Some(key))
-        };
-        let mut pair = |mu_key: &str, sigma_key: &str| -> Result<Option<GaussianStats>> {
-            match (has(mu_key), has(sigma_key)) {
-                (false, false) => Ok(None),
-                (true, true) => {
-                    let mu = read_f64::<Ix1>(&mut npz, mu_key)
-                        .map_err(|e| file_err(format!("entry `{mu_key}`: {e}")))?;
-                    let sigma = read_f64::<Ix2>(&mut npz, sigma_key)
-                        .map_err(|e| file_err(format!("entry `{sigma_key}`: {e}")))?;
-                    GaussianStats::new(mu, sigma)
-                        .map(Some)
-                        .map_err(|e| file_err(format!("`{mu_key}`/`{sigma_key}`: {e}")))
-                }
-                (true, false) => Err(file_err(format!("has `{mu_key}` but no `{sigma_key}`"))),
-                (false, true) => Err(file_err(format!("has `{sigma_key}` but no `{mu_key}`"))),
-            }
-        };
-        let pool = pair("mu", "sigma")?;
-        let spatial = pair("mu_s", "sigma_s")?;
-        Ok(ReferenceStats { pool, spatial })
-    }
-
-    /// Writes the statistics as an ADM-compatible npz (f64 arrays), atomically.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        write_npz_atomically(path, |npz| {
-            for (stats, mu_key, sigma_key) in [
-                (&self.pool, "mu", "sigma"),
-                (&self.spatial, "mu_s", "sigma_s"),
-            ] {
-                if let Some(stats) = stats {
-                    npz.add_array(mu_key, &stats.mu)?;
-                    npz.add_array(sigma_key, &stats.sigma)?;
-                }
-            }
-            Ok(())
-        })
-        .map_err(|message| MetricsError::File {
-            path: path.to_path_buf(),
-            message,
-        })
-    }
-}
-
-/// Writes an npz through `fill` into a temporary file beside `path`, renamed into place only when
-/// complete; on failure the temporary file is removed and the message says why.
-pub fn write_npz_atomically(
-    path: &Path,
-    fill: impl FnOnce(&mut NpzWriter<File>) -> std::result::Result<(), ndarray_npy::WriteNpzError>,
-) -> std::result::Result<(), String> {
-    let tmp = temporary_sibling(path);
-    let write = || -> std::result::Result<(), String> {
-        let file =
-            File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-        let mut npz = NpzWriter::new(file);
-        fill(&mut npz).map_err(|e| e.to_string())?;
-        npz.finish().map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| format!("cannot move the finished file into place: {e}"))
-    };
-    write().inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
-
-/// `dir/.name.tmp-<pid>` beside `path`, for write-then-rename.
-pub fn temporary_sibling(path: &Path) -> std::path::PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Reads an npz entry stored as f64 or f32, as f64.
-pub fn read_f64<D: ndarray::Dimension>(
-    npz: &mut NpzReader<File>,
-    key: &str,
-) -> std::result::Result<ndarray::Array<f64, D>, ReadNpzError> {
-    match npz.by_name::<ndarray::OwnedRepr<f64>, D>(key) {
-        Ok(array) => Ok(array),
-        Err(ReadNpzError::Npy(_)) => Ok(npz
-            .by_name::<ndarray::OwnedRepr<f32>, D>(key)?
-            .mapv(f64::from)),
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,26 +207,5 @@ mod tests {
             acc.finalize(),
             Err(MetricsError::TooFewSamples { got: 1, .. })
         ));
-    }
-
-    #[test]
-    fn npz_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ref.npz");
-        let x = array![[1.0, 2.0], [2.0, 0.5], [4.0, 1.0]];
-        let stats = ReferenceStats {
-            pool: Some(GaussianStats::from_features(x.view()).unwrap()),
-            spatial: None,
-        };
-        stats.save(&path).unwrap();
-        let back = ReferenceStats::load(&path).unwrap();
-        assert!(back.spatial.is_none());
-        let (a, b) = (back.pool.unwrap(), stats.pool.unwrap());
-        assert_eq!(a.mu, b.mu);
-        assert_eq!(a.sigma, b.sigma);
-        assert!(
-            std::fs::read_dir(dir.path()).unwrap().count() == 1,
-            "no temporary file left behind"
-        );
     }
 }

@@ -105,7 +105,7 @@ impl FolderImages {
             None => Err(DataError::invalid(
                 path,
                 format!(
-                    "is {w}x{h} but the first image is {}x{}; pass --image-size to centre-crop all images to one size",
+                    "is {w}x{h} but the first image is {}x{}; centre-crop all images to one size (an image size for the folder)",
                     self.size.1, self.size.0
                 ),
             )),

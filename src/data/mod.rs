@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use ndarray::Array4;
 
+use crate::pipeline::journal::StreamSpec;
+
 /// Why images could not be read. Always names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -46,6 +48,48 @@ pub trait ImageSource {
     fn next_batch(&mut self, max: usize) -> Result<Option<Array4<u8>>, DataError>;
     /// What the source reads, for messages and run records.
     fn describe(&self) -> String;
+
+    /// The sample index of the image at `position` (a sharded or generated source's own
+    /// numbering; else the position itself).
+    fn index_of(&self, position: usize) -> u64 {
+        position as u64
+    }
+
+    /// Per-image records a resumed run needs to reproduce this source's images cheaply (a
+    /// generator's tokens); none for files, which can simply be read again.
+    fn journal_streams(&self) -> Vec<StreamSpec> {
+        Vec::new()
+    }
+
+    /// The records of the batch last returned by [`ImageSource::next_batch`], one byte vector per
+    /// stream of [`ImageSource::journal_streams`].
+    fn batch_records(&mut self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+
+    /// The next `count` images again, for a resumed run, from their journal `records`.
+    fn replay(&mut self, count: usize, _records: &[Vec<u8>]) -> Result<Array4<u8>, DataError> {
+        let mut parts = Vec::new();
+        let mut got = 0;
+        while got < count {
+            let batch = self.next_batch(count - got)?.ok_or_else(|| {
+                DataError::invalid(self.describe(), format!("ended {} images early", count - got))
+            })?;
+            got += batch.dim().0;
+            parts.push(batch);
+        }
+        if parts.len() == 1 {
+            return Ok(parts.remove(0));
+        }
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        ndarray::concatenate(ndarray::Axis(0), &views)
+            .map_err(|e| DataError::invalid(self.describe(), e.to_string()))
+    }
+
+    /// Moves past the next `count` images without producing them.
+    fn skip(&mut self, count: usize, records: &[Vec<u8>]) -> Result<(), DataError> {
+        self.replay(count, records).map(drop)
+    }
 }
 
 /// Opens images from a folder (PNG/JPEG) or an npz (`arr_0`). With `image_size`, every image is

@@ -50,7 +50,7 @@ impl ImageNpzWriter {
         height: usize,
         width: usize,
     ) -> Result<Self, DataError> {
-        let tmp = llamagen_metrics::stats::temporary_sibling(path);
+        let tmp = crate::io::temporary_sibling(path);
         let io = |source| DataError::Io {
             path: path.to_path_buf(),
             source,

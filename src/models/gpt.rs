@@ -65,7 +65,7 @@ pub enum GptError {
     TextToImage { path: PathBuf, key: String },
     #[error(
         "{}: looks like a VQ tokenizer (it has `{key}`), not a GPT; pass the generator \
-         (e.g. c2i_L_384.pt) as --gpt",
+         (e.g. c2i_L_384.pt) as the generator",
         path.display()
     )]
     VqCheckpoint { path: PathBuf, key: String },
@@ -73,7 +73,8 @@ pub enum GptError {
     NotGpt { path: PathBuf, detail: String },
     #[error(
         "{}: model dim {dim} is not one of the registry's (GPT-B 768, L 1024, XL 1280, XXL 1536, \
-         XXXL 2560, 1B 2048, 3B 3200, 7B 4096): pass --n-head N or --gpt-model NAME",
+         XXXL 2560, 1B 2048, 3B 3200, 7B 4096), so its head count is unknown: give the head count or \
+         the registry model name",
         path.display()
     )]
     UnknownHeads { path: PathBuf, dim: i64 },
@@ -212,13 +213,13 @@ impl GptConfig {
             (None, Some(name)) => {
                 let (reg_name, _, n, reg_dim) = registry_entry(name).ok_or_else(|| {
                     GptError::BadConfig(format!(
-                        "unknown --gpt-model `{name}`: use one of {}",
+                        "unknown registry model `{name}`: use one of {}",
                         REGISTRY.map(|r| r.0).join(", ")
                     ))
                 })?;
                 if reg_dim != dim {
                     return Err(GptError::BadConfig(format!(
-                        "--gpt-model {reg_name} has dim {reg_dim} but {} has dim {dim}",
+                        "registry model {reg_name} has dim {reg_dim} but {} has dim {dim}",
                         path.display()
                     )));
                 }

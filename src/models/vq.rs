@@ -220,7 +220,7 @@ pub enum VqError {
     Checkpoint(#[from] CheckpointError),
     #[error(
         "{}: looks like a GPT checkpoint (it has `{key}`), not a VQ tokenizer; pass the tokenizer \
-         (e.g. vq_ds16_c2i.pt) as --vq",
+         (e.g. vq_ds16_c2i.pt) as the tokenizer",
         path.display()
     )]
     GptCheckpoint { path: PathBuf, key: String },
@@ -240,7 +240,7 @@ pub enum VqError {
     },
     #[error(
         "{what}: images of {height}x{width} pixels cannot be tokenized: the tokenizer downsamples \
-         by {factor}, so height and width must be multiples of {factor} (use --image-size)"
+         by {factor}, so height and width must be multiples of {factor} (centre-crop them to such a size)"
     )]
     ImageSize {
         what: String,

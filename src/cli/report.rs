@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::report;
+use llamagen_eval::progress::Progress;
+use llamagen_eval::report;
+use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub struct ReportCommand {
@@ -22,10 +24,18 @@ pub struct ReportCommand {
     pub baseline: Option<PathBuf>,
 }
 
-pub fn run(cmd: &ReportCommand, quiet: bool) -> Result<()> {
+/// Runs `report`.
+pub fn run(cmd: &ReportCommand, progress: Progress) -> Result<ExitCode> {
+    let quiet = progress == Progress::Hidden;
     let runs = report::load_runs(&cmd.runs, cmd.baseline.as_deref())?;
     let out = cmd.out.clone().unwrap_or_else(|| {
-        super::output_dir(None, Some(&format!("report-{}", super::utc_timestamp())))
+        super::args::output_dir(
+            None,
+            Some(&format!(
+                "report-{}",
+                llamagen_eval::pipeline::evaluate::utc_timestamp()
+            )),
+        )
     });
     let written = report::write_report(&runs, &out)?;
     if !quiet {
@@ -39,5 +49,5 @@ pub fn run(cmd: &ReportCommand, quiet: bool) -> Result<()> {
             eprintln!("  {}", file.display());
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,4 +1,4 @@
-//! `llamagen-eval check`: a run against a baseline, for CI. Exit status 0 pass, 1 regression,
+//! `check`: a run against a baseline, for CI. Exit status 0 pass, 1 regression,
 //! 2 unusable input.
 
 use std::path::PathBuf;
@@ -8,9 +8,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::{Map, Value};
 
-use crate::check::{self, Baseline, Verdict};
-use crate::evaluate::write_atomically;
-use crate::report::read_metrics_file;
+use llamagen_eval::check::{self, Baseline, Verdict};
+use llamagen_eval::io::write_atomically;
+use llamagen_eval::progress::Progress;
+use llamagen_eval::report::read_metrics_file;
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["baseline", "write_baseline"])))]
@@ -37,20 +38,21 @@ pub const EXIT_REGRESSION: u8 = 1;
 /// Exit status for unusable input (missing or bad files, missing or NaN metrics, bad tolerances).
 pub const EXIT_UNUSABLE: u8 = 2;
 
-/// Runs the check and turns its outcome into the exit status (errors are printed here).
-pub fn main(cmd: &CheckCommand, quiet: bool) -> ExitCode {
-    match run(cmd, quiet) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(EXIT_REGRESSION),
+/// Runs the check; its exit statuses are its own: unusable input is reported here and exits 2,
+/// not with the general failure status.
+pub fn run(cmd: &CheckCommand, progress: Progress) -> Result<ExitCode> {
+    match compare(cmd, progress == Progress::Hidden) {
+        Ok(true) => Ok(ExitCode::SUCCESS),
+        Ok(false) => Ok(ExitCode::from(EXIT_REGRESSION)),
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(EXIT_UNUSABLE)
+            Ok(ExitCode::from(EXIT_UNUSABLE))
         }
     }
 }
 
 /// `Ok(true)` when nothing regressed, `Ok(false)` on a regression, `Err` for unusable input.
-pub fn run(cmd: &CheckCommand, quiet: bool) -> Result<bool> {
+fn compare(cmd: &CheckCommand, quiet: bool) -> Result<bool> {
     let file = read_metrics_file(&cmd.run)?;
     if let Some(target) = &cmd.write_baseline {
         return write_baseline(&file, target, quiet).map(|()| true);
@@ -91,7 +93,7 @@ pub fn run(cmd: &CheckCommand, quiet: bool) -> Result<bool> {
 }
 
 fn write_baseline(
-    file: &crate::report::MetricsFile,
+    file: &llamagen_eval::report::MetricsFile,
     target: &std::path::Path,
     quiet: bool,
 ) -> Result<()> {
@@ -112,7 +114,7 @@ fn write_baseline(
         "written_by".into(),
         Value::from(format!("llamagen-eval {}", env!("CARGO_PKG_VERSION"))),
     );
-    about.insert("written_at_utc".into(), Value::from(super::utc_timestamp()));
+    about.insert("written_at_utc".into(), Value::from(llamagen_eval::pipeline::evaluate::utc_timestamp()));
     let mut doc = Map::new();
     doc.insert("metrics".into(), Value::Object(metrics));
     doc.insert("run".into(), Value::Object(file.run.clone()));

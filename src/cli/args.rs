@@ -1,0 +1,354 @@
+//! Flag groups shared by several commands, and their conversion into the library's plain
+//! configuration types.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use llamagen_eval::device::DeviceChoice;
+use llamagen_eval::evaluate::{Metric, MetricOptions};
+use llamagen_eval::models::gpt::HeadChoice;
+use llamagen_eval::models::inception::Resize;
+use llamagen_eval::models::vq::VqWeights;
+use llamagen_eval::pipeline::{GeneratorConfig, InceptionConfig, MetricRequest, Precision};
+use llamagen_eval::sampling::{LabelSpec, SamplingParams};
+use llamagen_metrics::inception_score::Splits;
+use llamagen_metrics::kid::KidConfig;
+use llamagen_metrics::manifold::{DistancePrecision, ManifoldConfig};
+
+/// `--resize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResizeArg {
+    /// TF1 bilinear resize (the numbers papers report).
+    Adm,
+    /// pytorch-fid's preprocessing.
+    PytorchFid,
+}
+
+impl From<ResizeArg> for Resize {
+    fn from(r: ResizeArg) -> Self {
+        match r {
+            ResizeArg::Adm => Resize::Adm,
+            ResizeArg::PytorchFid => Resize::PytorchFid,
+        }
+    }
+}
+
+/// Flags shared by every command that runs Inception.
+#[derive(Args, Debug, Clone)]
+pub struct InceptionArgs {
+    /// FID Inception-V3 weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth); default:
+    /// $LLAMAGEN_EVAL_INCEPTION, else the cache directory.
+    #[arg(long, value_name = "FILE")]
+    pub inception: Option<PathBuf>,
+    /// Preprocessing: `adm` (TF1 bilinear resize; the numbers papers report) or `pytorch-fid`.
+    #[arg(long, value_enum, default_value_t = ResizeArg::Adm)]
+    pub resize: ResizeArg,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Images per Inception forward pass.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+}
+
+impl InceptionArgs {
+    /// The library's Inception configuration.
+    pub fn config(&self) -> InceptionConfig {
+        InceptionConfig {
+            weights: self.inception.clone(),
+            resize: self.resize.into(),
+            device: self.device,
+            batch_size: usize::try_from(self.batch_size).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// `--metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricArg {
+    /// Fréchet Inception Distance on pool features.
+    Fid,
+    /// Spatial FID on ADM's mixed_6/conv features.
+    Sfid,
+    /// Inception Score (and its std over splits).
+    Is,
+    /// Precision, recall, density and coverage.
+    Pr,
+    /// Kernel Inception Distance (and its std over subsets).
+    Kid,
+}
+
+impl From<MetricArg> for Metric {
+    fn from(m: MetricArg) -> Self {
+        match m {
+            MetricArg::Fid => Metric::Fid,
+            MetricArg::Sfid => Metric::Sfid,
+            MetricArg::Is => Metric::Is,
+            MetricArg::Pr => Metric::Pr,
+            MetricArg::Kid => Metric::Kid,
+        }
+    }
+}
+
+/// `--is-splits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IsConvention {
+    /// Consecutive splits of 5000, partial last.
+    Adm,
+    /// 10 equal splits, unshuffled.
+    TorchFidelity,
+}
+
+/// `--pr-distance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrDistance {
+    /// float64.
+    Exact,
+    /// ADM's float16 rounding.
+    AdmFp16,
+}
+
+/// Which metrics, and their settings (shared by `fid`, `metrics` and `sweep`).
+#[derive(Args, Debug, Clone)]
+pub struct MetricArgs {
+    /// Metrics to compute, comma-separated (default: every one the inputs allow).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub metrics: Option<Vec<MetricArg>>,
+    /// Inception Score splits: `adm` (consecutive splits of 5000, partial last) or
+    /// `torch-fidelity` (10 equal splits, unshuffled).
+    #[arg(long, value_enum, default_value_t = IsConvention::Adm)]
+    pub is_splits: IsConvention,
+    /// Arithmetic of precision/recall distances: `exact` (f64) or `adm-fp16` (ADM's float16
+    /// rounding, reproducing its published figures).
+    #[arg(long, value_enum, default_value_t = PrDistance::Exact)]
+    pub pr_distance: PrDistance,
+    /// Neighbourhood size k of precision/recall/density/coverage.
+    #[arg(long, default_value_t = 3)]
+    pub pr_k: usize,
+    /// KID: number of random subsets.
+    #[arg(long, default_value_t = 100)]
+    pub kid_subsets: usize,
+    /// KID: rows per subset (capped at the smaller set's size).
+    #[arg(long, default_value_t = 1000)]
+    pub kid_subset_size: usize,
+    /// Seed of the KID subsets (NumPy RandomState-compatible, as torch-fidelity).
+    #[arg(long, default_value_t = 2020)]
+    pub kid_seed: u32,
+}
+
+impl MetricArgs {
+    /// The library's metric request.
+    pub fn request(&self) -> MetricRequest {
+        MetricRequest {
+            metrics: self
+                .metrics
+                .as_ref()
+                .map(|m| m.iter().copied().map(Metric::from).collect()),
+            options: MetricOptions {
+                is_splits: match self.is_splits {
+                    IsConvention::Adm => Splits::default(),
+                    IsConvention::TorchFidelity => Splits::Equal { splits: 10 },
+                },
+                manifold: ManifoldConfig {
+                    k: self.pr_k,
+                    precision: match self.pr_distance {
+                        PrDistance::Exact => DistancePrecision::Exact,
+                        PrDistance::AdmFp16 => DistancePrecision::AdmFp16,
+                    },
+                    ..Default::default()
+                },
+                kid: KidConfig {
+                    subsets: self.kid_subsets,
+                    subset_size: self.kid_subset_size,
+                    seed: self.kid_seed,
+                },
+            },
+        }
+    }
+}
+
+/// Where a run's outputs go.
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Output folder (default: reports/<--name or UTC timestamp>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Run name, used for the default output folder.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+impl OutputArgs {
+    /// `--out`, else `reports/<--name>`, else `reports/<UTC timestamp>`.
+    pub fn dir(&self) -> PathBuf {
+        output_dir(self.out.as_deref(), self.name.as_deref())
+    }
+}
+
+/// Where a run writes: `out`, else `reports/<name>`, else `reports/<UTC timestamp>`.
+pub fn output_dir(out: Option<&Path>, name: Option<&str>) -> PathBuf {
+    match (out, name) {
+        (Some(out), _) => out.to_path_buf(),
+        (None, Some(name)) => Path::new("reports").join(name),
+        (None, None) => Path::new("reports").join(llamagen_eval::pipeline::evaluate::utc_timestamp()),
+    }
+}
+
+/// `--vq-weights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VqWeightsArg {
+    /// `ema` when the checkpoint has it, else `model`.
+    Auto,
+    /// The exponential moving average; an error when absent.
+    Ema,
+    /// The trained weights.
+    Model,
+}
+
+impl From<VqWeightsArg> for VqWeights {
+    fn from(w: VqWeightsArg) -> Self {
+        match w {
+            VqWeightsArg::Auto => VqWeights::Auto,
+            VqWeightsArg::Ema => VqWeights::Ema,
+            VqWeightsArg::Model => VqWeights::Model,
+        }
+    }
+}
+
+/// `--precision` of the generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// float32.
+    Fp32,
+    /// bfloat16.
+    Bf16,
+    /// float16.
+    Fp16,
+}
+
+/// Generation flags shared by `sample`, `fid --gpt` and `sweep`.
+#[derive(Args, Debug, Clone)]
+pub struct GenArgs {
+    /// LlamaGen class-conditional GPT checkpoint (c2i_*.pt, or an FSDP consolidated.pth).
+    #[arg(long, value_name = "CKPT")]
+    pub gpt: Option<PathBuf>,
+    /// The LlamaGen VQ tokenizer the GPT was trained with (vq_ds16_c2i.pt).
+    #[arg(long, value_name = "CKPT")]
+    pub vq: Option<PathBuf>,
+    /// Which tokenizer weights: auto (ema when present), ema or model.
+    #[arg(long, value_enum, default_value_t = VqWeightsArg::Auto)]
+    pub vq_weights: VqWeightsArg,
+    /// Number of images (default with --labels: one per label).
+    #[arg(long, value_name = "N")]
+    pub samples: Option<usize>,
+    /// Resolution of the written images (bicubic resize, as LlamaGen does 384 -> 256);
+    /// default: --image-size.
+    #[arg(long)]
+    pub image_size_eval: Option<i64>,
+    /// Classifier-free guidance scale (guidance only above 1.0, as LlamaGen).
+    #[arg(long, default_value_t = 1.5)]
+    pub cfg_scale: f64,
+    /// Image tokens j >= I + 2 use the conditional logits only; -1: guide every token.
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub cfg_interval: i64,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens with this much probability (1.0: all).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Sample i depends only on (seed, i, its label).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Class labels, comma-separated, cycled over the samples (default: uniform random per sample).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "class_balanced",
+        allow_hyphen_values = true
+    )]
+    pub labels: Option<Vec<i64>>,
+    /// Label i % num_classes for sample i (N / num_classes per class).
+    #[arg(long)]
+    pub class_balanced: bool,
+    /// The generator's dtype (the tokenizer runs in f32).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
+    pub precision: PrecisionArg,
+    /// Registry name (GPT-B, L, XL, XXL, XXXL, 1B, 3B, 7B) fixing the head count.
+    #[arg(long, value_name = "NAME")]
+    pub gpt_model: Option<String>,
+    /// Attention heads (wins over the registry).
+    #[arg(long, value_name = "N")]
+    pub n_head: Option<i64>,
+    /// Images the tokenizer decodes at once. 1 (the default) makes every image independent of
+    /// how samples are batched; larger is faster on a GPU, but convolution arithmetic then varies
+    /// with the batch, which can move rare pixels by 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub decode_batch_size: u64,
+    /// Continue an interrupted run (its journal) with the same settings.
+    #[arg(long)]
+    pub resume: bool,
+    /// Testing aid: stop with an error after this many new samples (simulates a crash).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
+}
+
+impl GenArgs {
+    /// The number of samples: `--samples`, else one per `--labels` entry.
+    pub fn sample_count(&self) -> Result<usize> {
+        match (self.samples, &self.labels) {
+            (Some(n), _) => Ok(n),
+            (None, Some(l)) => Ok(l.len()),
+            (None, None) => bail!("--samples N is required (or --labels, one sample per label)"),
+        }
+    }
+
+    /// The library's generator configuration at generation size `image_size`.
+    pub fn config(&self, image_size: i64, device: DeviceChoice) -> Result<GeneratorConfig> {
+        let gpt = match &self.gpt {
+            Some(p) => p.clone(),
+            None => bail!("--gpt CKPT is required"),
+        };
+        let vq = match &self.vq {
+            Some(p) => p.clone(),
+            None => bail!("--vq CKPT is required"),
+        };
+        let labels = match (&self.labels, self.class_balanced) {
+            (Some(l), _) if l.is_empty() => bail!("--labels is empty"),
+            (Some(l), _) => LabelSpec::Explicit(l.clone()),
+            (None, true) => LabelSpec::Balanced,
+            (None, false) => LabelSpec::Uniform,
+        };
+        Ok(GeneratorConfig {
+            gpt,
+            vq,
+            vq_weights: self.vq_weights.into(),
+            image_size,
+            image_size_eval: self.image_size_eval,
+            sampling: SamplingParams {
+                cfg_scale: self.cfg_scale,
+                cfg_interval: self.cfg_interval,
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+            },
+            seed: self.seed,
+            labels,
+            precision: match self.precision {
+                PrecisionArg::Fp32 => Precision::Fp32,
+                PrecisionArg::Bf16 => Precision::Bf16,
+                PrecisionArg::Fp16 => Precision::Fp16,
+            },
+            heads: HeadChoice {
+                model_name: self.gpt_model.clone(),
+                n_head: self.n_head,
+            },
+            decode_batch_size: usize::try_from(self.decode_batch_size).unwrap_or(1),
+            device,
+        })
+    }
+}

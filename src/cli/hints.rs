@@ -1,0 +1,37 @@
+//! The flag a user should reach for when a library error is about a setting: the library names
+//! the problem, the command line adds which flag changes it.
+
+use llamagen_eval::models::gpt::GptError;
+use llamagen_eval::pipeline::JournalError;
+
+/// A line naming the flag to change, when one is known for the cause of `err`.
+pub fn flag_hint(err: &anyhow::Error) -> Option<String> {
+    let mut hint = None;
+    for cause in err.chain() {
+        if let Some(gpt) = cause.downcast_ref::<GptError>() {
+            hint = match gpt {
+                GptError::UnknownHeads { .. } => Some("pass --n-head N or --gpt-model NAME".into()),
+                GptError::ImageSize { .. } => {
+                    Some("set --image-size to the generator's training size (and --image-size-eval for the evaluated size)".into())
+                }
+                _ => None,
+            };
+        }
+        if let Some(JournalError::SettingsChanged { changes, .. }) =
+            cause.downcast_ref::<JournalError>()
+        {
+            let flags: Vec<String> = changes
+                .iter()
+                .map(|(key, then, _)| format!("--{} {then}", key.replace('_', "-")))
+                .collect();
+            hint = Some(format!(
+                "to resume, rerun with the interrupted run's settings ({}), or without --resume to start over",
+                flags.join(", ")
+            ));
+        }
+        if cause.to_string().contains("resume the run to continue") {
+            hint = Some("continue with --resume".into());
+        }
+    }
+    hint
+}

@@ -1,0 +1,116 @@
+//! The command line: flags (clap) parsed into the library's plain configuration types, the call
+//! into the library, and what is printed. No evaluation logic lives here.
+
+mod args;
+mod check;
+mod features;
+mod fid;
+mod hints;
+mod metrics;
+mod recon;
+mod report;
+mod sample;
+mod sweep;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use llamagen_eval::checkpoint::Checkpoint;
+use llamagen_eval::progress::Progress;
+
+pub use hints::flag_hint;
+
+/// Evaluate LlamaGen-style autoregressive image generators: FID, sFID, IS, precision/recall, KID,
+/// and tokenizer reconstruction metrics, matching the reference evaluators.
+#[derive(Parser, Debug)]
+#[command(name = "llamagen-eval", version, about, long_about = None)]
+pub struct Cli {
+    /// Silence progress bars and informational output (errors are still printed).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// `demo` flags.
+#[derive(Args, Debug)]
+struct DemoCommand {
+    /// Where the demo writes its models, runs and report.
+    #[arg(long, value_name = "DIR", default_value = "reports/demo")]
+    out: PathBuf,
+    /// Samples per CFG scale.
+    #[arg(long, default_value_t = 24)]
+    samples: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The main job end to end on built-in tiny models with random weights (no downloads).
+    Demo(DemoCommand),
+    /// Check the installation: versions, CUDA, threads, BLAS, and where Inception weights are looked for.
+    Doctor {
+        /// FID Inception-V3 weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth).
+        #[arg(long, value_name = "FILE")]
+        inception: Option<PathBuf>,
+    },
+    /// FID, sFID, IS, precision/recall and KID of a sample batch against a reference batch.
+    Fid(fid::FidCommand),
+    /// The same metrics from feature files (no Inception run).
+    Metrics(metrics::MetricsCommand),
+    /// Inception features (pool, spatial, logits) of an image batch.
+    Features(features::FeaturesCommand),
+    /// An ADM-compatible reference batch (statistics plus a kept image subset) from images.
+    Stats(features::StatsCommand),
+    /// What a checkpoint file holds: keys, tensors, parameters, configuration.
+    Inspect {
+        /// A torch.save file (zip or legacy format) or a .safetensors file.
+        file: PathBuf,
+    },
+    /// Images from a LlamaGen c2i generator and its tokenizer, as an ADM/LlamaGen sample npz.
+    Sample(sample::SampleCommand),
+    /// Join `sample --shard K/N` outputs into one npz in sample-index order.
+    Merge(sample::MergeCommand),
+    /// Tokenizer reconstruction quality: rFID, PSNR, SSIM and codebook usage.
+    Recon(recon::ReconCommand),
+    /// `fid --gpt` at several CFG scales, then `report` over the runs.
+    Sweep(sweep::SweepCommand),
+    /// Summary table (CSV, Markdown) and PNG charts of several runs' metrics.json.
+    Report(report::ReportCommand),
+    /// Compare a run with a baseline (exit 0 pass, 1 regression, 2 unusable input), or record one.
+    Check(check::CheckCommand),
+}
+
+impl Cli {
+    /// Runs the parsed command.
+    pub fn run(self) -> Result<ExitCode> {
+        let progress = Progress::quiet(self.quiet);
+        match self.command {
+            Command::Demo(cmd) => {
+                llamagen_eval::demo::run(&cmd.out, cmd.samples, progress)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Doctor { inception } => {
+                let report = llamagen_eval::doctor::Report::gather(inception);
+                print!("{}", report.render());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Fid(cmd) => fid::run(&cmd, progress),
+            Command::Metrics(cmd) => metrics::run(&cmd, progress),
+            Command::Features(cmd) => features::run(&cmd, progress),
+            Command::Stats(cmd) => features::run_stats(&cmd, progress),
+            Command::Inspect { file } => {
+                print!("{}", Checkpoint::open(&file)?.summary());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Sample(cmd) => sample::run(&cmd, progress),
+            Command::Merge(cmd) => sample::run_merge(&cmd, progress),
+            Command::Recon(cmd) => recon::run(&cmd, progress),
+            Command::Sweep(cmd) => sweep::run(&cmd, progress),
+            Command::Report(cmd) => report::run(&cmd, progress),
+            Command::Check(cmd) => check::run(&cmd, progress),
+        }
+    }
+}

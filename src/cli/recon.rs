@@ -1,0 +1,128 @@
+//! `recon`: flags and printing; the work is `pipeline::recon`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{ArgGroup, Args, ValueEnum};
+use llamagen_eval::pipeline::recon::{
+    reconstruct, ReconConfig, ReconMetric, ReconPrecision, Reconstructions,
+};
+use llamagen_eval::progress::Progress;
+
+use super::args::{InceptionArgs, OutputArgs, VqWeightsArg};
+
+/// `--metrics` of `recon`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReconMetricArg {
+    /// Fréchet distance of the reconstructions' Inception pool features to the reference's.
+    Rfid,
+    /// Peak signal-to-noise ratio (data range 255).
+    Psnr,
+    /// SSIM, both the standard (Gaussian window) and the LlamaGen-compatible figure.
+    Ssim,
+    /// Codebook usage and perplexity over the set (needs --vq).
+    Codebook,
+}
+
+/// `--precision` of the tokenizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReconPrecisionArg {
+    /// float32.
+    Fp32,
+    /// bfloat16.
+    Bf16,
+}
+
+/// `recon` flags.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("source").required(true).args(["vq", "recon_batch"])))]
+pub struct ReconCommand {
+    /// Tokenizer checkpoint (LlamaGen VQ: vq_ds16_c2i.pt, vq_ds8_c2i.pt, or a training
+    /// checkpoint); its configuration is read from the tensor shapes.
+    #[arg(long, value_name = "CKPT")]
+    pub vq: Option<PathBuf>,
+    /// Reconstructions made elsewhere (npz `arr_0`, same order and shape as --data), scored
+    /// instead of running a tokenizer.
+    #[arg(long, value_name = "R.npz")]
+    pub recon_batch: Option<PathBuf>,
+    /// Original images: an npz with `arr_0` u8 N x H x W x 3, or a folder of PNG/JPEG files.
+    #[arg(long, value_name = "IMAGES")]
+    pub data: PathBuf,
+    /// Centre-crop the originals to this square size (ADM's center_crop_arr). Default: npz images
+    /// at their own size, folders at 256.
+    #[arg(long, value_name = "N")]
+    pub image_size: Option<usize>,
+    /// rFID reference: an ADM reference batch or stats file (mu/sigma), a feature file, or images;
+    /// default: the input images themselves (LlamaGen's protocol).
+    #[arg(long = "ref", value_name = "REF.npz")]
+    pub reference: Option<PathBuf>,
+    /// Also write the reconstructions as an npz (`arr_0`).
+    #[arg(long, value_name = "R.npz", requires = "vq")]
+    pub save_recon: Option<PathBuf>,
+    /// Precision of the tokenizer.
+    #[arg(long, value_enum, default_value_t = ReconPrecisionArg::Fp32)]
+    pub precision: ReconPrecisionArg,
+    /// Which weights of a training checkpoint: `ema` when present (auto), `ema`, or `model`.
+    #[arg(long, value_enum, default_value_t = VqWeightsArg::Auto)]
+    pub vq_weights: VqWeightsArg,
+    /// Figures to compute (comma-separated); default: all that the inputs allow.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub metrics: Option<Vec<ReconMetricArg>>,
+    /// Continue an interrupted run in the same output folder.
+    #[arg(long)]
+    pub resume: bool,
+    /// Testing aid: stop with an error after this many batches.
+    #[arg(long, hide = true, value_name = "K")]
+    pub stop_after_batches: Option<usize>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub inception: InceptionArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub output: OutputArgs,
+}
+
+/// Runs `recon`.
+pub fn run(cmd: &ReconCommand, progress: Progress) -> Result<ExitCode> {
+    let reconstructions = match (&cmd.vq, &cmd.recon_batch) {
+        (Some(vq), _) => Reconstructions::Tokenizer {
+            vq: vq.clone(),
+            weights: cmd.vq_weights.into(),
+            precision: match cmd.precision {
+                ReconPrecisionArg::Fp32 => ReconPrecision::Fp32,
+                ReconPrecisionArg::Bf16 => ReconPrecision::Bf16,
+            },
+            save: cmd.save_recon.clone(),
+        },
+        (None, Some(batch)) => Reconstructions::Batch(batch.clone()),
+        (None, None) => anyhow::bail!("give --vq CKPT or --recon-batch R.npz"),
+    };
+    let metrics = cmd.metrics.as_ref().map(|m| {
+        m.iter()
+            .map(|m| match m {
+                ReconMetricArg::Rfid => ReconMetric::Rfid,
+                ReconMetricArg::Psnr => ReconMetric::Psnr,
+                ReconMetricArg::Ssim => ReconMetric::Ssim,
+                ReconMetricArg::Codebook => ReconMetric::Codebook,
+            })
+            .collect()
+    });
+    let out_dir = cmd.output.dir();
+    let config = ReconConfig {
+        data: cmd.data.clone(),
+        image_size: cmd.image_size,
+        reconstructions,
+        reference: cmd.reference.clone(),
+        metrics,
+        inception: cmd.inception.config(),
+        out_dir: out_dir.clone(),
+        resume: cmd.resume,
+        stop_after_batches: cmd.stop_after_batches,
+        progress,
+    };
+    let record = reconstruct(&config)?;
+    print!("{}", record.metrics.table());
+    progress.say(format!("wrote {}/metrics.json and metrics.csv", out_dir.display()));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,51 @@
+//! `sweep`: flags and printing; the work is `pipeline::sweep`.
+
+use std::process::ExitCode;
+
+use anyhow::{ensure, Result};
+use clap::Args;
+use llamagen_eval::pipeline::sweep::sweep;
+use llamagen_eval::progress::Progress;
+
+use super::fid::{print_outcome, FidCommand};
+
+/// `sweep` flags.
+#[derive(Args, Debug)]
+pub struct SweepCommand {
+    /// CFG scales to evaluate, comma-separated (each run overrides --cfg-scale).
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    pub cfg_scales: Vec<f64>,
+    /// Every flag of `fid --gpt ... --ref ...`; `--out`/`--name` name the sweep folder, which gets
+    /// one run folder per scale (`cfg-<scale>`) and `report/`.
+    #[command(flatten)]
+    pub fid: FidCommand,
+}
+
+/// Runs `sweep`.
+pub fn run(cmd: &SweepCommand, progress: Progress) -> Result<ExitCode> {
+    ensure!(
+        cmd.fid.gen.gpt.is_some(),
+        "sweep generates its samples: give --gpt CKPT --vq CKPT --samples N"
+    );
+    let base = cmd.fid.output.dir();
+    let config = cmd.fid.fid_config(progress);
+    let generator = cmd
+        .fid
+        .gen
+        .config(cmd.fid.generation_size(), cmd.fid.inception.device)?;
+    let plan = cmd.fid.plan(&base, progress)?;
+    let outcome = sweep(&config, &generator, &cmd.cfg_scales, &plan, &base)?;
+    for (_, dir, run) in &outcome.runs {
+        print_outcome(run, dir, progress);
+    }
+    let (report_dir, written) = &outcome.report;
+    progress.say(format!(
+        "report of {} runs in {}:",
+        outcome.runs.len(),
+        report_dir.display()
+    ));
+    for file in &written.files {
+        progress.say(format!("  {}", file.display()));
+    }
+    Ok(ExitCode::SUCCESS)
+}

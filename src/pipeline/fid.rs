@@ -1,0 +1,223 @@
+//! `fid` as library calls: a sample batch, or samples generated on the fly, against a reference,
+//! into a run record. Generated evaluations keep their generator, Inception and reference loaded
+//! in an [`GeneratedEvaluation`], so a CFG sweep loads each checkpoint once.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Map, Value};
+
+use super::cache::FeatureCache;
+use super::evaluate::{evaluate, run_info, MetricRequest};
+use super::generate::{generate, GenerationPlan};
+use super::generator::{Generator, GeneratorConfig, Timing};
+use super::inception::InceptionConfig;
+use super::reference::ReferenceNeeds;
+use super::sinks::write_grid;
+use crate::evaluate::Reference;
+use crate::features::FeatureSet;
+use crate::progress::Progress;
+use crate::record::RunRecord;
+
+/// The evaluation side of a `fid` run.
+#[derive(Debug, Clone)]
+pub struct FidConfig {
+    /// The reference (ADM batch, stats file, feature file, image npz or folder).
+    pub reference: PathBuf,
+    /// Centre-crop size for reference images (ADM's `center_crop_arr`).
+    pub reference_crop: Option<usize>,
+    /// The feature network.
+    pub inception: InceptionConfig,
+    /// Which metrics.
+    pub metrics: MetricRequest,
+    /// Bars or none.
+    pub progress: Progress,
+}
+
+/// A finished `fid` run.
+pub struct FidOutcome {
+    /// What was written to `metrics.json`.
+    pub record: RunRecord,
+    /// Throughput of generation, for generated samples.
+    pub timing: Option<Timing>,
+}
+
+fn common_fields(
+    sample: &FeatureSet,
+    reference: &Reference,
+    cache: &FeatureCache,
+    source: String,
+    config: &FidConfig,
+) -> Vec<(&'static str, Value)> {
+    vec![
+        ("n_samples", Value::from(sample.len())),
+        (
+            "n_reference",
+            reference
+                .features
+                .as_ref()
+                .map(|f| Value::from(f.len()))
+                .unwrap_or(Value::Null),
+        ),
+        ("resize", Value::from(config.inception.resize.name())),
+        ("inception_sha256", Value::from(cache.weights().sha256.clone())),
+        ("sample_batch", Value::from(source)),
+        (
+            "reference",
+            Value::from(config.reference.display().to_string()),
+        ),
+    ]
+}
+
+/// `fid --sample-batch`: the metrics of the images in `samples` (features cached by content),
+/// written into `out_dir`.
+pub fn evaluate_sample_batch(
+    config: &FidConfig,
+    samples: &Path,
+    out_dir: &Path,
+) -> Result<FidOutcome> {
+    Reference::check(&config.reference)?;
+    let mut cache = FeatureCache::new(
+        FeatureCache::dir_for(out_dir),
+        config.inception.clone(),
+        config.progress,
+    )?;
+    let sample = cache
+        .features_of(samples, None)
+        .with_context(|| format!("sample batch {}", samples.display()))?;
+    let needs = ReferenceNeeds {
+        features: config.metrics.needs_reference_features(),
+    };
+    let reference = Reference::resolve(
+        &config.reference,
+        config.reference_crop,
+        needs,
+        &mut cache,
+    )?;
+    let mut fields = common_fields(
+        &sample,
+        &reference,
+        &cache,
+        samples.display().to_string(),
+        config,
+    );
+    // Inception is done with: release the network before the metrics need their memory.
+    drop(cache);
+    fields.extend(config.metrics.record());
+    let record = evaluate(
+        &sample,
+        Some(&reference),
+        &config.metrics,
+        run_info(fields),
+    )?;
+    record.write(out_dir)?;
+    Ok(FidOutcome {
+        record,
+        timing: None,
+    })
+}
+
+/// One generated run of a [`GeneratedEvaluation`].
+#[derive(Debug, Clone)]
+pub struct GeneratedRun {
+    /// Where `metrics.json`, `metrics.csv`, `grid.png` and the journal go.
+    pub out_dir: PathBuf,
+    /// Samples, batch size, npz output, resume.
+    pub plan: GenerationPlan,
+}
+
+/// A generator, Inception and a reference, loaded and checked once, for one or many generated
+/// evaluations (a sweep changes only the CFG scale between them).
+pub struct GeneratedEvaluation {
+    config: FidConfig,
+    generator: Generator,
+    cache: FeatureCache,
+    reference: Reference,
+}
+
+impl GeneratedEvaluation {
+    /// Opens everything in the order that fails fastest: the reference file's contents, the
+    /// Inception weights, the generator and tokenizer (checked against each other), and only
+    /// then the reference features, which may take minutes to compute.
+    pub fn open(config: &FidConfig, generator: &GeneratorConfig, cache_dir: PathBuf) -> Result<Self> {
+        Reference::check(&config.reference)?;
+        let mut cache = FeatureCache::new(cache_dir, config.inception.clone(), config.progress)?;
+        let generator = Generator::new(generator)?;
+        let needs = ReferenceNeeds {
+            features: config.metrics.needs_reference_features(),
+        };
+        let reference = Reference::resolve(
+            &config.reference,
+            config.reference_crop,
+            needs,
+            &mut cache,
+        )?;
+        Ok(GeneratedEvaluation {
+            config: config.clone(),
+            generator,
+            cache,
+            reference,
+        })
+    }
+
+    /// The loaded generator (e.g. to change its CFG scale between runs).
+    pub fn generator_mut(&mut self) -> &mut Generator {
+        &mut self.generator
+    }
+
+    /// Generates the samples of `run`, extracts their features, computes the metrics and writes
+    /// the run folder. With `release_inception`, the network is unloaded before the metric stage
+    /// (the last run of a job).
+    pub fn run(&mut self, run: &GeneratedRun, release_inception: bool) -> Result<FidOutcome> {
+        let mut settings = Map::new();
+        settings.insert(
+            "inception_sha256".into(),
+            json!(self.cache.weights().sha256.clone()),
+        );
+        settings.insert("resize".into(), json!(self.config.inception.resize.name()));
+        // Inception runs on each generated batch: its partition decides the features' rounding.
+        settings.insert("batch_size".into(), json!(run.plan.batch_size));
+        let extractor = self.cache.extractor()?;
+        let generated = generate(&mut self.generator, Some(extractor), &run.plan, settings)?;
+        let sample = generated
+            .features
+            .as_ref()
+            .context("features of the generated samples")?;
+        let source = match &run.plan.save_samples {
+            Some(p) => format!("generated (saved to {})", p.display()),
+            None => "generated".to_owned(),
+        };
+        let mut fields = common_fields(sample, &self.reference, &self.cache, source, &self.config);
+        if release_inception {
+            self.cache.release();
+        }
+        fields.extend(self.config.metrics.record());
+        fields.extend(self.generator.config().record());
+        let mut throughput = generated.timing.record();
+        if let Some(object) = throughput.as_object_mut() {
+            object.insert("resumed_samples".into(), json!(generated.resumed));
+        }
+        fields.push(("throughput", throughput));
+        let record = evaluate(
+            sample,
+            Some(&self.reference),
+            &self.config.metrics,
+            run_info(fields),
+        )?;
+        record.write(&run.out_dir)?;
+        if !generated.grid.is_empty() {
+            // The first generated images, for `report`.
+            write_grid(&run.out_dir.join("grid.png"), &generated.grid)?;
+        }
+        generated.pass.finish()?;
+        Ok(FidOutcome {
+            record,
+            timing: Some(generated.timing),
+        })
+    }
+}
+
+/// The journal folder of a generated run written to `out_dir`.
+pub fn journal_dir(out_dir: &Path) -> PathBuf {
+    out_dir.join(".journal")
+}

@@ -1,0 +1,652 @@
+//! `recon`: how well a tokenizer reconstructs a set of images — rFID, PSNR, SSIM (standard and
+//! LlamaGen-compatible) and codebook usage — from a LlamaGen VQ checkpoint or from
+//! reconstructions made elsewhere, in one journaled pass over the originals.
+//!
+//! Per image, the journal keeps the scores, the code indices, the pool features of the
+//! reconstruction (and of the original when the inputs are their own rFID reference) and, when
+//! they are to be saved, the reconstructed pixels; a resumed run rebuilds every accumulator from
+//! them with the same batch boundaries, so its figures equal an uninterrupted run's.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use llamagen_metrics::codebook::{CodebookUsage, LLAMAGEN_USAGE_WINDOW};
+use llamagen_metrics::frechet::frechet_distance;
+use llamagen_metrics::image_quality::{self, SsimMode};
+use llamagen_metrics::stats::{GaussianAccumulator, GaussianStats};
+use ndarray::{Array2, Array4, ArrayView3};
+use serde_json::{json, Map, Value};
+use tch::{Kind, Tensor};
+
+use super::cache::FeatureCache;
+use super::evaluate::run_info;
+use super::features::{f32_bytes, f32_values};
+use super::inception::InceptionConfig;
+use super::journal::StreamSpec;
+use super::pass::{self, JournalConfig, PassConfig, Stage};
+use crate::data::{DataError, ImageSource};
+use crate::evaluate::Reference;
+use crate::features::Extractor;
+use crate::models::inception::POOL_DIM;
+use crate::models::vq::{images_to_input, to_pixels, VqModel, VqWeights};
+use crate::progress::Progress;
+use crate::record::{MetricValues, RunRecord};
+
+/// Default side for folders of images (ADM centre crop), as LlamaGen evaluates at 256.
+pub const FOLDER_IMAGE_SIZE: usize = 256;
+
+/// The figures `recon` can report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReconMetric {
+    /// Fréchet distance of the reconstructions' Inception pool features to the reference's.
+    Rfid,
+    /// Peak signal-to-noise ratio (data range 255).
+    Psnr,
+    /// SSIM, both the standard (Gaussian window) and the LlamaGen-compatible figure.
+    Ssim,
+    /// Codebook usage and perplexity over the set (needs the tokenizer).
+    Codebook,
+}
+
+impl ReconMetric {
+    /// Every figure.
+    pub const ALL: [ReconMetric; 4] = [
+        ReconMetric::Rfid,
+        ReconMetric::Psnr,
+        ReconMetric::Ssim,
+        ReconMetric::Codebook,
+    ];
+}
+
+/// Precision the tokenizer runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReconPrecision {
+    /// float32.
+    #[default]
+    Fp32,
+    /// bfloat16.
+    Bf16,
+}
+
+/// Where reconstructions come from.
+#[derive(Debug, Clone)]
+pub enum Reconstructions {
+    /// A LlamaGen VQ checkpoint, run here.
+    Tokenizer {
+        /// The checkpoint.
+        vq: PathBuf,
+        /// Which weights of a training checkpoint.
+        weights: VqWeights,
+        /// Its dtype.
+        precision: ReconPrecision,
+        /// Also write the reconstructions as an npz.
+        save: Option<PathBuf>,
+    },
+    /// Reconstructions made elsewhere (npz `arr_0`, same order and shape as the originals).
+    Batch(PathBuf),
+}
+
+/// A `recon` run.
+#[derive(Debug, Clone)]
+pub struct ReconConfig {
+    /// Original images (npz or folder).
+    pub data: PathBuf,
+    /// Centre-crop size of the originals (default: npz images as they are, folders at 256).
+    pub image_size: Option<usize>,
+    /// The reconstructions.
+    pub reconstructions: Reconstructions,
+    /// rFID reference; `None`: the originals themselves (LlamaGen's protocol).
+    pub reference: Option<PathBuf>,
+    /// `None`: every figure the inputs allow.
+    pub metrics: Option<Vec<ReconMetric>>,
+    /// Feature network (and batch size, and the device the tokenizer runs on).
+    pub inception: InceptionConfig,
+    /// Output folder (metrics.json, metrics.csv, the journal).
+    pub out_dir: PathBuf,
+    /// Continue an interrupted run.
+    pub resume: bool,
+    /// Testing aid: stop with an error after this many batches.
+    pub stop_after_batches: Option<usize>,
+    /// Bars or none.
+    pub progress: Progress,
+}
+
+/// Where reconstructions come from, opened.
+enum Source {
+    Vq {
+        _vs: tch::nn::VarStore,
+        model: Box<VqModel>,
+    },
+    Batch(Box<dyn ImageSource + Send>),
+}
+
+struct ReconStage<'e> {
+    source: Source,
+    wanted: BTreeSet<ReconMetric>,
+    extractor: Option<&'e Extractor>,
+    image_shape: (usize, usize),
+    codes_per_image: usize,
+    save_pixels: bool,
+    psnr: Vec<f64>,
+    ssim: Vec<f64>,
+    ssim_llamagen: Vec<f64>,
+    counts: Vec<u64>,
+    window: Vec<i64>,
+    num_indices: u64,
+    recon_pool: Option<GaussianAccumulator>,
+    input_pool: Option<GaussianAccumulator>,
+}
+
+impl ReconStage<'_> {
+    fn add_indices(&mut self, indices: &[i64]) -> Result<()> {
+        for &i in indices {
+            let slot = usize::try_from(i)
+                .ok()
+                .and_then(|i| self.counts.get_mut(i))
+                .with_context(|| format!("token index {i} outside the codebook"))?;
+            *slot += 1;
+        }
+        self.num_indices += indices.len() as u64;
+        self.window.extend_from_slice(indices);
+        if self.window.len() > LLAMAGEN_USAGE_WINDOW {
+            self.window
+                .drain(..self.window.len() - LLAMAGEN_USAGE_WINDOW);
+        }
+        Ok(())
+    }
+
+    fn stream_names(&self) -> Vec<StreamSpec> {
+        let (h, w) = self.image_shape;
+        let mut streams = vec![StreamSpec::new("scores", 3 * 8)];
+        if self.codes_per_image > 0 {
+            streams.push(StreamSpec::new("codes", self.codes_per_image * 4));
+        }
+        if self.recon_pool.is_some() {
+            streams.push(StreamSpec::new("recon_pool", POOL_DIM as usize * 4));
+        }
+        if self.input_pool.is_some() {
+            streams.push(StreamSpec::new("input_pool", POOL_DIM as usize * 4));
+        }
+        if self.save_pixels {
+            streams.push(StreamSpec::new("recon_pixels", h * w * 3));
+        }
+        streams
+    }
+
+    /// Restores or adds one batch's per-image values.
+    fn absorb(&mut self, n: usize, scores: &[[f64; 3]], codes: &[i64], pools: [Option<&Array2<f32>>; 2]) -> Result<()> {
+        debug_assert_eq!(scores.len(), n);
+        if self.wanted.contains(&ReconMetric::Psnr) {
+            self.psnr.extend(scores.iter().map(|s| s[0]));
+        }
+        if self.wanted.contains(&ReconMetric::Ssim) {
+            self.ssim.extend(scores.iter().map(|s| s[1]));
+            self.ssim_llamagen.extend(scores.iter().map(|s| s[2]));
+        }
+        if self.codes_per_image > 0 {
+            self.add_indices(codes)?;
+        }
+        let [recon, input] = pools;
+        if let (Some(acc), Some(rows)) = (self.recon_pool.as_mut(), recon) {
+            acc.add_batch_f32(rows.view())?;
+        }
+        if let (Some(acc), Some(rows)) = (self.input_pool.as_mut(), input) {
+            acc.add_batch_f32(rows.view())?;
+        }
+        Ok(())
+    }
+}
+
+fn data_error(e: DataError) -> anyhow::Error {
+    e.into()
+}
+
+impl Stage for ReconStage<'_> {
+    fn streams(&self) -> Vec<StreamSpec> {
+        self.stream_names()
+    }
+
+    fn process(&mut self, _positions: Range<usize>, originals: &Array4<u8>) -> Result<Vec<Vec<u8>>> {
+        let (n, height, width, _) = originals.dim();
+        let mut codes = Vec::new();
+        let recons: Array4<u8> = match &mut self.source {
+            Source::Vq { model, .. } => {
+                let standard = originals.as_standard_layout();
+                let slice = standard.as_slice().context("image batches are contiguous")?;
+                let images = Tensor::from_slice(slice)
+                    .view([n as i64, height as i64, width as i64, 3])
+                    .to_device(model.device());
+                let (indices, recon) = model.reconstruct(&images_to_input(&images));
+                codes = Vec::<i64>::try_from(
+                    indices
+                        .to_device(tch::Device::Cpu)
+                        .to_kind(Kind::Int64)
+                        .flatten(0, -1),
+                )?;
+                let pixels = to_pixels(&recon).contiguous().flatten(0, -1);
+                Array4::from_shape_vec((n, height, width, 3), Vec::<u8>::try_from(pixels)?)?
+            }
+            Source::Batch(recon) => {
+                let batch = recon
+                    .next_batch(n)
+                    .map_err(data_error)?
+                    .with_context(|| format!("{} ended early", recon.describe()))?;
+                anyhow::ensure!(batch.dim() == originals.dim(), "reconstruction batch shape");
+                batch
+            }
+        };
+        let mut scores = vec![[f64::NAN; 3]; n];
+        if self.wanted.contains(&ReconMetric::Psnr) {
+            let report = image_quality::psnr(originals.view(), recons.view())?;
+            for (s, v) in scores.iter_mut().zip(report.per_image) {
+                s[0] = v;
+            }
+        }
+        if self.wanted.contains(&ReconMetric::Ssim) {
+            let std = image_quality::ssim(originals.view(), recons.view(), SsimMode::default())?;
+            let compat =
+                image_quality::ssim(originals.view(), recons.view(), SsimMode::LlamagenCompat)?;
+            for ((s, a), b) in scores.iter_mut().zip(std.per_image).zip(compat.per_image) {
+                s[1] = a;
+                s[2] = b;
+            }
+        }
+        let mut recon_pool = None;
+        let mut input_pool = None;
+        if let Some(extractor) = self.extractor {
+            let [pool, _, _] = extractor.extract_batch(&recons)?;
+            recon_pool = Some(pool);
+            if self.input_pool.is_some() {
+                let [pool, _, _] = extractor.extract_batch(originals)?;
+                input_pool = Some(pool);
+            }
+        }
+        if self.codes_per_image > 0 {
+            anyhow::ensure!(
+                codes.len() == n * self.codes_per_image,
+                "the tokenizer gave {} codes for {n} images of {} codes",
+                codes.len(),
+                self.codes_per_image
+            );
+        }
+        self.absorb(n, &scores, &codes, [recon_pool.as_ref(), input_pool.as_ref()])?;
+        let mut records = vec![scores.iter().flatten().flat_map(|v| v.to_le_bytes()).collect()];
+        if self.codes_per_image > 0 {
+            records.push(codes.iter().flat_map(|&c| (c as i32).to_le_bytes()).collect());
+        }
+        for pool in [recon_pool, input_pool].into_iter().flatten() {
+            records.push(f32_bytes(pool.as_standard_layout().as_slice().unwrap_or_default()));
+        }
+        if self.save_pixels {
+            records.push(recons.as_standard_layout().iter().copied().collect());
+        }
+        Ok(records)
+    }
+
+    fn restore(
+        &mut self,
+        positions: Range<usize>,
+        _images: Option<&Array4<u8>>,
+        records: &[Vec<u8>],
+    ) -> Result<()> {
+        let n = positions.len();
+        if let Source::Batch(recon) = &mut self.source {
+            recon.skip(n, &[]).map_err(data_error)?;
+        }
+        let mut records = records.iter();
+        let mut next = || records.next().context("journal stream of a resumed batch");
+        let scores: Vec<[f64; 3]> = next()?
+            .chunks_exact(24)
+            .map(|c| {
+                let v = |k: usize| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&c[k * 8..k * 8 + 8]);
+                    f64::from_le_bytes(b)
+                };
+                [v(0), v(1), v(2)]
+            })
+            .collect();
+        let codes: Vec<i64> = if self.codes_per_image > 0 {
+            next()?
+                .chunks_exact(4)
+                .map(|b| i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let dim = POOL_DIM as usize;
+        let recon_pool = match self.recon_pool {
+            Some(_) => Some(Array2::from_shape_vec((n, dim), f32_values(next()?))?),
+            None => None,
+        };
+        let input_pool = match self.input_pool {
+            Some(_) => Some(Array2::from_shape_vec((n, dim), f32_values(next()?))?),
+            None => None,
+        };
+        self.absorb(n, &scores, &codes, [recon_pool.as_ref(), input_pool.as_ref()])
+    }
+}
+
+/// Codebook usage of a run, from its incremental counts.
+pub fn usage_from_counts(counts: &[u64], window: &[i64], num_indices: u64) -> CodebookUsage {
+    let window: Vec<usize> = window
+        .iter()
+        .filter_map(|&i| usize::try_from(i).ok())
+        .collect();
+    llamagen_metrics::codebook::usage_from_counts(counts, &window, num_indices as usize)
+}
+
+fn path_value(p: Option<&Path>) -> Value {
+    p.map(|p| Value::from(p.display().to_string()))
+        .unwrap_or(Value::Null)
+}
+
+/// Runs `recon` and writes its run folder; returns the record.
+pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
+    let batch_size = config.inception.batch_size;
+    // 1. Inputs, all checked before anything is written.
+    let image_size = config
+        .image_size
+        .or_else(|| config.data.is_dir().then_some(FOLDER_IMAGE_SIZE));
+    let mut data = crate::data::open_images(&config.data, image_size, batch_size)?;
+    let total = data.len();
+    anyhow::ensure!(total > 0, "{}: no images", config.data.display());
+    let (height, width) = data.image_size();
+    let (source, save) = match &config.reconstructions {
+        Reconstructions::Tokenizer {
+            vq,
+            weights,
+            precision,
+            save,
+        } => {
+            let device = config.inception.device.resolve().map_err(anyhow::Error::msg)?;
+            let (mut vs, model) = VqModel::load(vq, device, *weights)?;
+            model
+                .config()
+                .check_image_size(&data.describe(), height as i64, width as i64)?;
+            if *precision == ReconPrecision::Bf16 {
+                vs.bfloat16();
+            }
+            (
+                Source::Vq {
+                    _vs: vs,
+                    model: Box::new(model),
+                },
+                save.clone(),
+            )
+        }
+        Reconstructions::Batch(batch) => {
+            let recon = crate::data::open_images(batch, None, batch_size)?;
+            if recon.len() != total || recon.image_size() != (height, width) {
+                bail!(
+                    "{}: {} reconstructions of {:?} do not match the {total} originals of {:?} in {}",
+                    batch.display(),
+                    recon.len(),
+                    recon.image_size(),
+                    (height, width),
+                    data.describe()
+                );
+            }
+            (Source::Batch(recon), None)
+        }
+    };
+    let vq = match &source {
+        Source::Vq { model, .. } => Some(model.as_ref()),
+        Source::Batch(_) => None,
+    };
+    let explicit = config.metrics.is_some();
+    let mut wanted: BTreeSet<ReconMetric> = config
+        .metrics
+        .clone()
+        .unwrap_or_else(|| ReconMetric::ALL.to_vec())
+        .into_iter()
+        .collect();
+    if vq.is_none() && wanted.remove(&ReconMetric::Codebook) && explicit {
+        bail!("`codebook` needs the tokenizer; reconstructions made elsewhere have no token indices");
+    }
+    let codebook_size = vq.map_or(0, |m| m.config().codebook_size as usize);
+    let codes_per_image = match vq {
+        Some(m) if wanted.contains(&ReconMetric::Codebook) => {
+            let f = m.config().downsample_factor() as usize;
+            (height / f) * (width / f)
+        }
+        _ => 0,
+    };
+    let training_usage = vq.and_then(VqModel::training_codebook_usage);
+    let vq_config = vq.map(|m| m.config().clone());
+    let vq_device = vq.map(|m| format!("{:?}", m.device()));
+
+    let out_dir = &config.out_dir;
+    let rfid = wanted.contains(&ReconMetric::Rfid);
+    let mut cache = None;
+    let mut reference = None;
+    if rfid {
+        let mut c = FeatureCache::new(
+            FeatureCache::dir_for(out_dir),
+            config.inception.clone(),
+            config.progress,
+        )?;
+        reference = config
+            .reference
+            .as_deref()
+            .map(|r| Reference::pool_stats(r, config.image_size, &mut c))
+            .transpose()?;
+        c.extractor()?;
+        cache = Some(c);
+    }
+    let inception_sha = cache.as_ref().map(|c| c.weights().sha256.clone());
+    let extractor = match cache.as_mut() {
+        Some(c) => Some(c.extractor()?),
+        None => None,
+    };
+
+    // 2. The journaled pass.
+    let (vq_path, vq_weights, precision) = match &config.reconstructions {
+        Reconstructions::Tokenizer {
+            vq,
+            weights,
+            precision,
+            ..
+        } => (Some(vq.as_path()), Some(*weights), Some(*precision)),
+        Reconstructions::Batch(_) => (None, None, None),
+    };
+    let recon_batch = match &config.reconstructions {
+        Reconstructions::Batch(p) => Some(p.as_path()),
+        Reconstructions::Tokenizer { .. } => None,
+    };
+    let mut settings = Map::new();
+    settings.insert("data".into(), json!(config.data.display().to_string()));
+    settings.insert("n_images".into(), json!(total));
+    settings.insert("image_size".into(), json!([height, width]));
+    settings.insert("vq".into(), path_value(vq_path));
+    settings.insert("vq_weights".into(), json!(vq_weights.map(|w| format!("{w:?}"))));
+    settings.insert("recon_batch".into(), path_value(recon_batch));
+    settings.insert("precision".into(), json!(precision.map(|p| format!("{p:?}"))));
+    settings.insert("batch_size".into(), json!(batch_size));
+    settings.insert(
+        "metrics".into(),
+        json!(wanted.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>()),
+    );
+    settings.insert("reference".into(), path_value(config.reference.as_deref()));
+    settings.insert("inception_sha256".into(), json!(inception_sha));
+    settings.insert("resize".into(), json!(config.inception.resize.name()));
+    settings.insert("save_recon".into(), path_value(save.as_deref()));
+    let acc = |on: bool| on.then(|| GaussianAccumulator::new(POOL_DIM as usize));
+    let mut stage = ReconStage {
+        source,
+        wanted: wanted.clone(),
+        extractor,
+        image_shape: (height, width),
+        codes_per_image,
+        save_pixels: save.is_some(),
+        psnr: Vec::new(),
+        ssim: Vec::new(),
+        ssim_llamagen: Vec::new(),
+        counts: vec![0; codebook_size],
+        window: Vec::new(),
+        num_indices: 0,
+        recon_pool: acc(rfid),
+        input_pool: acc(rfid && reference.is_none()),
+    };
+    let pass_config = PassConfig {
+        label: "recon",
+        batch_size,
+        progress: config.progress,
+        journal: Some(JournalConfig {
+            dir: out_dir.join(".journal"),
+            settings,
+            resume: config.resume,
+        }),
+        stop_after_new: config.stop_after_batches.map(|b| b * batch_size),
+    };
+    let mut outcome = pass::run(&pass_config, data.as_mut(), &mut [&mut stage])?;
+    let resumed = outcome.resumed > 0;
+
+    // 3. Figures and outputs.
+    let mut values = MetricValues::default();
+    let mut record = vec![
+        ("n_images", Value::from(total)),
+        ("image_size", json!([height, width])),
+        ("data", Value::from(data.describe())),
+        ("tokenizer", path_value(vq_path)),
+        ("recon_batch", path_value(recon_batch)),
+        ("batch_size", Value::from(batch_size)),
+        ("resumed", Value::from(resumed)),
+    ];
+    if let Some(vq_config) = &vq_config {
+        record.push((
+            "vq_config",
+            json!({
+                "ch": vq_config.ch,
+                "ch_mult": vq_config.ch_mult,
+                "z_channels": vq_config.z_channels,
+                "codebook_size": vq_config.codebook_size,
+                "embed_dim": vq_config.embed_dim,
+                "num_res_blocks": vq_config.num_res_blocks,
+                "downsample_factor": vq_config.downsample_factor(),
+            }),
+        ));
+        record.push((
+            "vq_weights",
+            Value::from(format!("{:?}", vq_weights.unwrap_or_default()).to_lowercase()),
+        ));
+        record.push((
+            "precision",
+            Value::from(format!("{:?}", precision.unwrap_or_default()).to_lowercase()),
+        ));
+        record.push(("device", Value::from(vq_device.clone())));
+    }
+    if rfid {
+        let recon_stats = stage
+            .recon_pool
+            .as_ref()
+            .context("reconstruction statistics")?
+            .finalize()
+            .context("rFID needs at least 2 images")?;
+        let reference_stats: GaussianStats = match (&reference, &stage.input_pool) {
+            (Some(r), _) => r.clone(),
+            (None, Some(acc)) => acc.finalize().context("rFID needs at least 2 images")?,
+            (None, None) => bail!("no rFID reference"),
+        };
+        values.insert("rfid", frechet_distance(&recon_stats, &reference_stats)?);
+        record.push((
+            "rfid_reference",
+            config
+                .reference
+                .as_ref()
+                .map(|p| Value::from(p.display().to_string()))
+                .unwrap_or_else(|| Value::from("inputs")),
+        ));
+        record.push(("resize", Value::from(config.inception.resize.name())));
+        record.push(("inception_sha256", Value::from(inception_sha.clone())));
+    }
+    if wanted.contains(&ReconMetric::Psnr) {
+        let finite: Vec<f64> = stage
+            .psnr
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect();
+        if finite.is_empty() {
+            values.insert("psnr", f64::INFINITY);
+        } else {
+            values.insert("psnr", finite.iter().sum::<f64>() / finite.len() as f64);
+        }
+        record.push((
+            "psnr_identical_images",
+            Value::from(stage.psnr.len() - finite.len()),
+        ));
+    }
+    if wanted.contains(&ReconMetric::Ssim) {
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        values.insert("ssim", mean(&stage.ssim));
+        values.insert("ssim_llamagen", mean(&stage.ssim_llamagen));
+        record.push((
+            "ssim_window",
+            Value::from("gaussian 11x11, sigma 1.5, data range 255"),
+        ));
+        record.push((
+            "ssim_llamagen_definition",
+            Value::from("LlamaGen's call: uniform 7x7, float32 [0,1] inputs, data_range 2.0"),
+        ));
+    }
+    if wanted.contains(&ReconMetric::Codebook) {
+        let usage = usage_from_counts(&stage.counts, &stage.window, stage.num_indices);
+        values.insert("codebook_usage", usage.usage);
+        values.insert("codebook_perplexity", usage.perplexity);
+        record.push(("codebook_size", Value::from(usage.codebook_size)));
+        record.push(("codebook_used_entries", Value::from(usage.used_entries)));
+        record.push(("codebook_tokens", Value::from(usage.num_indices)));
+        record.push(("codebook_entropy_bits", Value::from(usage.entropy_bits)));
+        record.push((
+            "codebook_usage_last_65536",
+            Value::from(usage.llamagen_usage),
+        ));
+    }
+    if let Some(training) = training_usage {
+        record.push(("training_codebook_usage", Value::from(training)));
+    }
+    if let Some(path) = &save {
+        let journal = outcome
+            .journal
+            .as_mut()
+            .context("the journal of reconstructed pixels")?;
+        let mut writer = crate::data::npz_writer::ImageNpzWriter::create(path, total, height, width)?;
+        for start in (0..total).step_by(batch_size.max(1)) {
+            let end = (start + batch_size).min(total);
+            let bytes = journal.read("recon_pixels", start..end)?;
+            for image in bytes.chunks_exact(height * width * 3) {
+                writer.push(ArrayView3::from_shape((height, width, 3), image)?)?;
+            }
+        }
+        writer.finish()?;
+        record.push(("saved_recon", Value::from(path.display().to_string())));
+    }
+    let run = RunRecord {
+        metrics: values,
+        run: run_info(record),
+    };
+    run.write(out_dir)?;
+    outcome.finish()?;
+    Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llamagen_metrics::codebook::codebook_usage;
+
+    #[test]
+    fn incremental_counts_give_the_metrics_crate_usage() {
+        let indices: Vec<i64> = (0..70_000).map(|i| (i * 7 + i / 13) % 97).collect();
+        let mut counts = vec![0u64; 128];
+        for &i in &indices {
+            counts[i as usize] += 1;
+        }
+        let window = &indices[indices.len() - LLAMAGEN_USAGE_WINDOW..];
+        let ours = usage_from_counts(&counts, window, indices.len() as u64);
+        assert_eq!(ours, codebook_usage(&indices, 128).unwrap());
+    }
+}

@@ -1,0 +1,72 @@
+//! A CFG sweep: the generated evaluation at several guidance scales with one loaded generator,
+//! Inception and reference, one run folder per scale (`cfg-<scale>/`), then the report over them
+//! (`report/`) — the FID-vs-CFG curve of LlamaGen's figures in one call.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::cache::FeatureCache;
+use super::fid::{journal_dir, FidConfig, FidOutcome, GeneratedEvaluation, GeneratedRun};
+use super::generate::GenerationPlan;
+use super::generator::GeneratorConfig;
+use crate::report;
+
+/// A sweep's runs, in the order of its scales.
+pub struct SweepOutcome {
+    /// `(scale, run folder, outcome)`.
+    pub runs: Vec<(f64, PathBuf, FidOutcome)>,
+    /// The report folder and the files written there.
+    pub report: (PathBuf, report::Written),
+}
+
+/// Runs the generated evaluation at each of `scales` into `out_dir/cfg-<scale>/`, then the
+/// report into `out_dir/report/`. `plan.save_samples`, when given, names the npz written in each
+/// run folder (its file name is kept, its folder replaced).
+pub fn sweep(
+    fid: &FidConfig,
+    generator: &GeneratorConfig,
+    scales: &[f64],
+    plan: &GenerationPlan,
+    out_dir: &Path,
+) -> Result<SweepOutcome> {
+    if scales.is_empty() {
+        bail!("no CFG scales to sweep");
+    }
+    if let Some(bad) = scales.iter().find(|s| !s.is_finite() || **s < 0.0) {
+        bail!("CFG scale {bad} is not usable: scales must be finite and at least 0");
+    }
+    let cache_dir = FeatureCache::dir_for(&out_dir.join("cfg"));
+    let mut evaluation = GeneratedEvaluation::open(fid, generator, cache_dir)?;
+    let mut runs = Vec::with_capacity(scales.len());
+    for (i, &scale) in scales.iter().enumerate() {
+        evaluation.generator_mut().set_cfg_scale(scale)?;
+        let run_dir = out_dir.join(format!("cfg-{scale}"));
+        let mut run_plan = plan.clone();
+        run_plan.journal_dir = journal_dir(&run_dir);
+        run_plan.save_samples = plan
+            .save_samples
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|name| run_dir.join(name));
+        fid.progress
+            .say(format!("sweep: CFG scale {scale} -> {}", run_dir.display()));
+        let run = GeneratedRun {
+            out_dir: run_dir.clone(),
+            plan: run_plan,
+        };
+        let last = i + 1 == scales.len();
+        let outcome = evaluation
+            .run(&run, last)
+            .with_context(|| format!("CFG scale {scale}"))?;
+        runs.push((scale, run_dir, outcome));
+    }
+    let dirs: Vec<PathBuf> = runs.iter().map(|(_, dir, _)| dir.clone()).collect();
+    let loaded = report::load_runs(&dirs, None)?;
+    let report_dir = out_dir.join("report");
+    let written = report::write_report(&loaded, &report_dir)?;
+    Ok(SweepOutcome {
+        runs,
+        report: (report_dir, written),
+    })
+}
