@@ -13,6 +13,7 @@ pub mod device;
 pub mod doctor;
 pub mod evaluate;
 pub mod features;
+pub mod io;
 pub mod models;
 pub mod progress;
 pub mod report;
