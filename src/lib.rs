@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod evaluate;
 pub mod features;
 pub mod io;
+pub mod metric;
 pub mod models;
 pub mod progress;
 pub mod report;
