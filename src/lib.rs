@@ -17,5 +17,6 @@ pub mod io;
 pub mod metric;
 pub mod models;
 pub mod progress;
+pub mod record;
 pub mod report;
 pub mod sampling;
