@@ -10,8 +10,9 @@ use llamagen_metrics::manifold::{DistancePrecision, ManifoldConfig};
 use llamagen_metrics::stats::ReferenceStats;
 use serde_json::Value;
 
-use crate::evaluate::{self, Metric, MetricOptions, MetricValues, Reference};
+use crate::evaluate::{self, Metric, MetricOptions, Reference};
 use crate::features::FeatureSet;
+use crate::record::{MetricValues, RunRecord};
 
 /// Which metrics, and their settings (shared by `fid`, `metrics` and `recon`).
 #[derive(Args, Debug, Clone)]
@@ -161,13 +162,14 @@ pub fn evaluate_and_write(
     quiet: bool,
 ) -> Result<MetricValues> {
     let planned = evaluate::plan(metric_args.metrics.as_deref(), sample, reference)?;
-    let values = evaluate::compute(&planned, sample, reference, &metric_args.options())?;
-    evaluate::write_outputs(out_dir, &values, &run)?;
-    print!("{}", values.table());
+    let metrics = evaluate::compute(&planned, sample, reference, &metric_args.options())?;
+    let record = RunRecord { metrics, run };
+    record.write(out_dir)?;
+    print!("{}", record.metrics.table());
     if !quiet {
         eprintln!("wrote {}/metrics.json and metrics.csv", out_dir.display());
     }
-    Ok(values)
+    Ok(record.metrics)
 }
 
 pub fn run(cmd: &MetricsCommand, quiet: bool) -> Result<()> {

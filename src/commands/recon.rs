@@ -30,10 +30,12 @@ use tch::{Kind, Tensor};
 use super::metrics::OutputArgs;
 use super::{FeatureCache, InceptionArgs};
 use crate::data::ImageSource;
-use crate::evaluate::{write_atomically, MetricValues};
 use crate::features::Extractor;
+use crate::io::write_atomically;
+use crate::metric::MetricKey;
 use crate::models::inception::POOL_DIM;
 use crate::models::vq::{images_to_input, to_pixels, VqModel, VqWeights};
+use crate::record::{MetricValues, RunRecord};
 
 const STATE_FILE: &str = "recon_state.npz";
 const SETTINGS_FILE: &str = "recon_state.json";
@@ -610,7 +612,10 @@ pub fn run(cmd: &ReconCommand, quiet: bool) -> Result<()> {
             (None, Some(acc)) => acc.finalize().context("rFID needs at least 2 images")?,
             (None, None) => bail!("no rFID reference"),
         };
-        values.insert("rfid", frechet_distance(&recon_stats, &reference_stats)?);
+        values.insert(
+            MetricKey::Rfid,
+            frechet_distance(&recon_stats, &reference_stats)?,
+        );
         record.push((
             "rfid_reference",
             cmd.reference
@@ -629,9 +634,12 @@ pub fn run(cmd: &ReconCommand, quiet: bool) -> Result<()> {
             .filter(|v| v.is_finite())
             .collect();
         if finite.is_empty() {
-            values.insert("psnr", f64::INFINITY);
+            values.insert(MetricKey::Psnr, f64::INFINITY);
         } else {
-            values.insert("psnr", finite.iter().sum::<f64>() / finite.len() as f64);
+            values.insert(
+                MetricKey::Psnr,
+                finite.iter().sum::<f64>() / finite.len() as f64,
+            );
         }
         record.push((
             "psnr_identical_images",
@@ -640,8 +648,8 @@ pub fn run(cmd: &ReconCommand, quiet: bool) -> Result<()> {
     }
     if wanted.contains(&ReconMetric::Ssim) {
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        values.insert("ssim", mean(&state.ssim));
-        values.insert("ssim_llamagen", mean(&state.ssim_llamagen));
+        values.insert(MetricKey::Ssim, mean(&state.ssim));
+        values.insert(MetricKey::SsimLlamagen, mean(&state.ssim_llamagen));
         record.push((
             "ssim_window",
             Value::from("gaussian 11x11, sigma 1.5, data range 255"),
@@ -653,8 +661,8 @@ pub fn run(cmd: &ReconCommand, quiet: bool) -> Result<()> {
     }
     if wanted.contains(&ReconMetric::Codebook) {
         let usage = usage_from_counts(&state.counts, &state.window, state.num_indices);
-        values.insert("codebook_usage", usage.usage);
-        values.insert("codebook_perplexity", usage.perplexity);
+        values.insert(MetricKey::CodebookUsage, usage.usage);
+        values.insert(MetricKey::CodebookPerplexity, usage.perplexity);
         record.push(("codebook_size", Value::from(usage.codebook_size)));
         record.push(("codebook_used_entries", Value::from(usage.used_entries)));
         record.push(("codebook_tokens", Value::from(usage.num_indices)));
@@ -673,11 +681,15 @@ pub fn run(cmd: &ReconCommand, quiet: bool) -> Result<()> {
         record.push(("saved_recon", Value::from(path.display().to_string())));
     }
     let run = super::run_record(record);
-    crate::evaluate::write_outputs(&out_dir, &values, &run)?;
+    let record = RunRecord {
+        metrics: values,
+        run,
+    };
+    record.write(&out_dir)?;
     let _ = std::fs::remove_file(&state_path);
     let _ = std::fs::remove_file(&settings_path);
     let _ = std::fs::remove_file(&partial_path);
-    print!("{}", values.table());
+    print!("{}", record.metrics.table());
     if !quiet {
         eprintln!("wrote {}/metrics.json and metrics.csv", out_dir.display());
     }
