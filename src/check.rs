@@ -10,136 +10,27 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::evaluate::METRIC_NAMES;
-
-/// Which way a metric improves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    LowerIsBetter,
-    HigherIsBetter,
-    /// Shown, never a regression (spreads such as `inception_score_std`).
-    Informational,
-}
-
-/// The direction of a metric of [`METRIC_NAMES`]; unknown names are informational.
-pub fn direction(metric: &str) -> Direction {
-    match metric {
-        "fid" | "sfid" | "kid" | "rfid" => Direction::LowerIsBetter,
-        "inception_score"
-        | "precision"
-        | "recall"
-        | "density"
-        | "coverage"
-        | "psnr"
-        | "ssim"
-        | "ssim_llamagen"
-        | "codebook_usage"
-        | "codebook_perplexity" => Direction::HigherIsBetter,
-        _ => Direction::Informational,
-    }
-}
-
-/// How far a metric may move in the worse direction before it counts as a regression.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Tolerance {
-    /// In the metric's own units.
-    Absolute(f64),
-    /// A fraction of the baseline's magnitude (`2%` is `Relative(0.02)`).
-    Relative(f64),
-    /// Not checked (`off`).
-    Off,
-}
-
-impl Tolerance {
-    /// `0.05` (absolute), `2%` (relative) or `off`.
-    pub fn parse(text: &str) -> Result<Self> {
-        let text = text.trim();
-        if text.eq_ignore_ascii_case("off") {
-            return Ok(Tolerance::Off);
-        }
-        let (number, relative) = match text.strip_suffix('%') {
-            Some(n) => (n.trim(), true),
-            None => (text, false),
-        };
-        let value: f64 = number.parse().map_err(|_| {
-            anyhow::anyhow!("`{text}` is not a number, a percentage (`2%`) or `off`")
-        })?;
-        if !value.is_finite() || value < 0.0 {
-            bail!("`{text}` must be a finite number at least 0");
-        }
-        Ok(if relative {
-            Tolerance::Relative(value / 100.0)
-        } else {
-            Tolerance::Absolute(value)
-        })
-    }
-
-    /// The allowed worsening from `baseline`.
-    pub fn allowed(self, baseline: f64) -> f64 {
-        match self {
-            Tolerance::Absolute(a) => a,
-            Tolerance::Relative(r) => r * baseline.abs(),
-            Tolerance::Off => f64::INFINITY,
-        }
-    }
-}
-
-impl std::fmt::Display for Tolerance {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Tolerance::Absolute(a) => write!(f, "{a}"),
-            Tolerance::Relative(r) => write!(f, "{}%", r * 100.0),
-            Tolerance::Off => f.write_str("off"),
-        }
-    }
-}
-
-/// The default tolerance of a metric: loose enough for reruns on other hardware and thread
-/// counts with the same samples and seed, tight enough to catch a worse checkpoint.
-pub fn default_tolerance(metric: &str) -> Tolerance {
-    match metric {
-        "fid" | "sfid" | "rfid" => Tolerance::Relative(0.05),
-        "kid" => Tolerance::Absolute(0.001),
-        "inception_score" | "codebook_perplexity" => Tolerance::Relative(0.02),
-        "precision" | "recall" | "coverage" => Tolerance::Absolute(0.02),
-        "density" => Tolerance::Absolute(0.05),
-        "psnr" => Tolerance::Absolute(0.1),
-        "ssim" | "ssim_llamagen" => Tolerance::Absolute(0.005),
-        "codebook_usage" => Tolerance::Absolute(0.01),
-        _ => Tolerance::Off,
-    }
-}
-
-/// A metric's canonical name: `is` means `inception_score`, `is_std` `inception_score_std`;
-/// case is ignored. `None` for names outside [`METRIC_NAMES`].
-pub fn canonical_metric(name: &str) -> Option<&'static str> {
-    let lower = name.trim().to_ascii_lowercase();
-    let lower = match lower.as_str() {
-        "is" => "inception_score",
-        "is_std" => "inception_score_std",
-        other => other,
-    };
-    METRIC_NAMES.iter().copied().find(|m| *m == lower)
-}
+use crate::metric::{Direction, MetricKey, Tolerance};
+use crate::record::MetricValues;
 
 /// Parses `fid=0.05,is=2%,precision=off` into (metric, tolerance) pairs.
-pub fn parse_tolerances(spec: &str) -> Result<Vec<(&'static str, Tolerance)>> {
+pub fn parse_tolerances(spec: &str) -> Result<Vec<(MetricKey, Tolerance)>> {
     let mut out = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, value) = item.split_once('=').with_context(|| {
             format!("tolerance `{item}` is not METRIC=VALUE (e.g. fid=0.05 or is=2%)")
         })?;
-        let metric = canonical_metric(name).with_context(|| {
+        let metric = MetricKey::from_name(name).with_context(|| {
             format!(
                 "tolerance `{item}`: unknown metric `{}` (known: is, {})",
                 name.trim(),
-                METRIC_NAMES.join(", ")
+                MetricKey::ALL.map(MetricKey::name).join(", ")
             )
         })?;
         let tolerance = Tolerance::parse(value).with_context(|| format!("tolerance `{item}`"))?;
-        if direction(metric) == Direction::Informational && tolerance != Tolerance::Off {
+        if metric.direction() == Direction::Informational && tolerance != Tolerance::Off {
             bail!("tolerance `{item}`: `{metric}` is a spread, shown but never checked");
         }
         out.push((metric, tolerance));
@@ -147,34 +38,31 @@ pub fn parse_tolerances(spec: &str) -> Result<Vec<(&'static str, Tolerance)>> {
     Ok(out)
 }
 
-/// A value of a metrics object as a finite number; errors name the file and metric.
-pub fn finite_metric(metrics: &Map<String, Value>, name: &str, file: &Path) -> Result<f64> {
-    match metrics.get(name) {
-        None => bail!("{}: no `{name}`", file.display()),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(v) if v.is_finite() => Ok(v),
-            _ => bail!("{}: `{name}` is not a finite number", file.display()),
-        },
-        Some(Value::Null) => bail!(
-            "{}: `{name}` is null (NaN or infinite when it was computed)",
+/// The value of `metric` as a finite number; errors name the file and metric. (A record read
+/// from JSON holds NaN where the file has `null`, which is how NaN and infinity are written.)
+pub fn finite_metric(metrics: &MetricValues, metric: MetricKey, file: &Path) -> Result<f64> {
+    match metrics.get(metric) {
+        None => bail!("{}: no `{metric}`", file.display()),
+        Some(v) if v.is_finite() => Ok(v),
+        Some(_) => bail!(
+            "{}: `{metric}` is not a finite number (null: NaN or infinite when it was computed)",
             file.display()
         ),
-        Some(Value::String(s)) => bail!(
-            "{}: `{name}` is the string {s:?} (NaN or not a number), not a finite number",
-            file.display()
-        ),
-        Some(other) => bail!("{}: `{name}` is {other}, not a number", file.display()),
     }
 }
 
 /// A baseline: metric values, and tolerances recorded with it.
 #[derive(Debug, Clone)]
 pub struct Baseline {
-    pub metrics: Vec<(String, f64)>,
-    pub tolerances: Vec<(&'static str, Tolerance)>,
+    /// The recorded values, every one finite.
+    pub metrics: MetricValues,
+    /// Tolerances recorded with the baseline, in file order (later entries win).
+    pub tolerances: Vec<(MetricKey, Tolerance)>,
 }
 
 impl Baseline {
+    /// Reads a baseline file; metrics outside the registry are left out with a warning, and a
+    /// metric that is not a finite number is an error.
     pub fn load(path: &Path) -> Result<Self> {
         if !path.is_file() {
             bail!("baseline {} not found", path.display());
@@ -190,11 +78,12 @@ impl Baseline {
         if metrics.is_empty() {
             bail!("baseline {}: `metrics` is empty", path.display());
         }
-        let mut values = Vec::new();
-        for name in metrics.keys() {
-            let canonical = canonical_metric(name).map(str::to_string);
-            let value = finite_metric(metrics, name, path)?;
-            values.push((canonical.unwrap_or_else(|| name.clone()), value));
+        let values = MetricValues::from_json(metrics, path)?;
+        for (metric, _) in values.iter() {
+            finite_metric(&values, metric, path)?;
+        }
+        if values.is_empty() {
+            bail!("baseline {}: no known metric in `metrics`", path.display());
         }
         let mut tolerances = Vec::new();
         match doc.get("tolerances") {
@@ -233,11 +122,12 @@ pub enum Verdict {
     Better,
     /// Worse than the baseline by more than the tolerance.
     Regressed,
-    /// Not checked (a spread, an unknown metric, or tolerance `off`).
+    /// Not checked (a spread, or tolerance `off`).
     Info,
 }
 
 impl Verdict {
+    /// The verdict column of the table.
     pub fn label(self) -> &'static str {
         match self {
             Verdict::Ok => "ok",
@@ -251,15 +141,22 @@ impl Verdict {
 /// One line of the comparison.
 #[derive(Debug, Clone)]
 pub struct Row {
-    pub metric: String,
+    /// The metric compared.
+    pub metric: MetricKey,
+    /// Its baseline value.
     pub baseline: f64,
+    /// Its value in the run.
     pub current: f64,
+    /// The tolerance applied (`--tolerance`, else the baseline's, else the default).
     pub tolerance: Tolerance,
+    /// Which way the metric improves.
     pub direction: Direction,
+    /// The outcome.
     pub verdict: Verdict,
 }
 
 impl Row {
+    /// Current minus baseline.
     pub fn delta(&self) -> f64 {
         self.current - self.baseline
     }
@@ -269,28 +166,28 @@ impl Row {
 /// that is not a finite number, is an error.
 pub fn compare(
     baseline: &Baseline,
-    run_metrics: &Map<String, Value>,
+    run_metrics: &MetricValues,
     run_file: &Path,
-    overrides: &[(&'static str, Tolerance)],
+    overrides: &[(MetricKey, Tolerance)],
 ) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for (metric, base) in &baseline.metrics {
-        if !run_metrics.contains_key(metric.as_str()) {
+    for (metric, base) in baseline.metrics.iter() {
+        if run_metrics.get(metric).is_none() {
             bail!(
                 "{}: the baseline has `{metric}` but the run does not (it was not computed; run with the same --metrics)",
                 run_file.display()
             );
         }
         let current = finite_metric(run_metrics, metric, run_file)?;
-        let direction = direction(metric);
+        let direction = metric.direction();
         // `--tolerance` wins over the baseline file's tolerances, which win over the defaults.
         let tolerance = overrides
             .iter()
             .rev()
-            .find(|(m, _)| m == metric)
-            .or_else(|| baseline.tolerances.iter().rev().find(|(m, _)| m == metric))
+            .find(|(m, _)| *m == metric)
+            .or_else(|| baseline.tolerances.iter().rev().find(|(m, _)| *m == metric))
             .map(|(_, t)| *t)
-            .unwrap_or_else(|| default_tolerance(metric));
+            .unwrap_or_else(|| metric.default_tolerance());
         let verdict = match (direction, tolerance) {
             (Direction::Informational, _) | (_, Tolerance::Off) => Verdict::Info,
             (direction, tolerance) => {
@@ -298,7 +195,7 @@ pub fn compare(
                     Direction::LowerIsBetter => current - base,
                     _ => base - current,
                 };
-                let allowed = tolerance.allowed(*base);
+                let allowed = tolerance.allowed(base);
                 // Round-off slack so that a value exactly at the tolerance passes.
                 let slack = 1e-9 * (1.0 + base.abs());
                 if worse_by > allowed + slack {
@@ -311,8 +208,8 @@ pub fn compare(
             }
         };
         rows.push(Row {
-            metric: metric.clone(),
-            baseline: *base,
+            metric,
+            baseline: base,
             current,
             tolerance,
             direction,
@@ -359,7 +256,7 @@ pub fn table(rows: &[Row]) -> String {
                 (_, t) => format!("-{t}"),
             };
             [
-                r.metric.clone(),
+                r.metric.name().to_string(),
                 number(r.baseline),
                 number(r.current),
                 format!("{sign}{}{relative}", number(delta)),
@@ -404,18 +301,22 @@ pub fn table(rows: &[Row]) -> String {
 mod tests {
     use super::*;
 
+    fn values(pairs: &[(&str, f64)]) -> MetricValues {
+        pairs
+            .iter()
+            .map(|(m, v)| (MetricKey::from_name(m).unwrap(), *v))
+            .collect()
+    }
+
     fn baseline(pairs: &[(&str, f64)]) -> Baseline {
         Baseline {
-            metrics: pairs.iter().map(|(m, v)| (m.to_string(), *v)).collect(),
+            metrics: values(pairs),
             tolerances: vec![],
         }
     }
 
-    fn run(pairs: &[(&str, f64)]) -> Map<String, Value> {
-        pairs
-            .iter()
-            .map(|(m, v)| (m.to_string(), Value::from(*v)))
-            .collect()
+    fn run(pairs: &[(&str, f64)]) -> MetricValues {
+        values(pairs)
     }
 
     #[test]
@@ -424,9 +325,9 @@ mod tests {
         assert_eq!(
             t,
             [
-                ("fid", Tolerance::Absolute(0.05)),
-                ("inception_score", Tolerance::Relative(0.02)),
-                ("precision", Tolerance::Off)
+                (MetricKey::Fid, Tolerance::Absolute(0.05)),
+                (MetricKey::InceptionScore, Tolerance::Relative(0.02)),
+                (MetricKey::Precision, Tolerance::Off)
             ]
         );
         for bad in ["fid", "fid=x", "fid=-1", "nope=1", "fid=1%%", "kid_std=1"] {
@@ -468,7 +369,7 @@ mod tests {
         .unwrap();
         assert_eq!(rows[0].verdict, Verdict::Better);
         assert_eq!(rows[1].verdict, Verdict::Regressed);
-        let loose = [("precision", Tolerance::Absolute(0.2))];
+        let loose = [(MetricKey::Precision, Tolerance::Absolute(0.2))];
         let rows = compare(
             &b,
             &run(&[("fid", 9.0), ("precision", 0.7), ("kid_std", 0.0)]),
@@ -479,8 +380,13 @@ mod tests {
         assert_eq!(rows[1].verdict, Verdict::Ok);
         assert!(compare(&b, &run(&[("fid", 9.0)]), file, &[]).is_err());
         let mut nan = run(&[("fid", 9.0), ("kid_std", 0.0)]);
-        nan.insert("precision".into(), Value::Null);
-        assert!(compare(&b, &nan, file, &[]).is_err());
+        // A null in the file is read as NaN.
+        nan.insert(MetricKey::Precision, f64::NAN);
+        let err = compare(&b, &nan, file, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("m.json: `precision` is not a finite number"),
+            "{err}"
+        );
         assert!(table(&rows).contains("REGRESSED") || table(&rows).contains("ok"));
     }
 }

@@ -1,9 +1,7 @@
-//! From feature sets to the table every paper prints: which metrics to compute, computing them
-//! from sample and reference features, and writing `metrics.json` / `metrics.csv`.
+//! From feature sets to the table every paper prints: which metrics to compute, and computing them
+//! from sample and reference features (the run record in [`crate::record`] writes them).
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use llamagen_metrics::frechet::frechet_distance;
@@ -11,9 +9,10 @@ use llamagen_metrics::inception_score::{inception_score, Splits};
 use llamagen_metrics::kid::{kernel_inception_distance_f32, KidConfig};
 use llamagen_metrics::manifold::{manifold_metrics_f32, DistancePrecision, ManifoldConfig};
 use llamagen_metrics::stats::{GaussianStats, ReferenceStats};
-use serde_json::{Map, Value};
 
 use crate::features::FeatureSet;
+use crate::metric::MetricKey;
+use crate::record::MetricValues;
 
 /// A metric family the user can ask for with `--metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
@@ -51,26 +50,6 @@ impl Metric {
         Metric::Kid,
     ];
 }
-
-/// The figures every report may hold, in their stable order (JSON keys and CSV columns).
-pub const METRIC_NAMES: [&str; 16] = [
-    "fid",
-    "sfid",
-    "inception_score",
-    "inception_score_std",
-    "precision",
-    "recall",
-    "density",
-    "coverage",
-    "kid",
-    "kid_std",
-    "rfid",
-    "psnr",
-    "ssim",
-    "ssim_llamagen",
-    "codebook_usage",
-    "codebook_perplexity",
-];
 
 /// Options of the metric computations.
 #[derive(Debug, Clone, Copy)]
@@ -124,36 +103,6 @@ impl Reference {
 
     fn pool_features(&self) -> Option<&ndarray::Array2<f32>> {
         self.features.as_ref().and_then(|f| f.pool.as_ref())
-    }
-}
-
-/// Metric values by name, in [`METRIC_NAMES`] order.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MetricValues(pub Vec<(&'static str, f64)>);
-
-impl MetricValues {
-    pub fn get(&self, name: &str) -> Option<f64> {
-        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
-    }
-
-    pub fn insert(&mut self, name: &'static str, value: f64) {
-        self.0.retain(|(n, _)| *n != name);
-        self.0.push((name, value));
-        self.0.sort_by_key(|(n, _)| {
-            METRIC_NAMES
-                .iter()
-                .position(|m| m == n)
-                .unwrap_or(usize::MAX)
-        });
-    }
-
-    /// A two-column table for the terminal.
-    pub fn table(&self) -> String {
-        let mut out = String::new();
-        for (name, value) in &self.0 {
-            let _ = writeln!(out, "{name:<20} {value:>14.6}");
-        }
-        out
     }
 }
 
@@ -220,13 +169,13 @@ pub fn compute(
                     (
                         &sample.pool,
                         reference.and_then(|r| r.stats.pool.as_ref()),
-                        "fid",
+                        MetricKey::Fid,
                     )
                 } else {
                     (
                         &sample.spatial,
                         reference.and_then(|r| r.stats.spatial.as_ref()),
-                        "sfid",
+                        MetricKey::Sfid,
                     )
                 };
                 let features = need(features.as_ref(), "sample features")?;
@@ -237,8 +186,8 @@ pub fn compute(
             Metric::Is => {
                 let logits = need(sample.logits.as_ref(), "sample logits")?;
                 let score = inception_score(logits.view(), options.is_splits)?;
-                values.insert("inception_score", score.mean);
-                values.insert("inception_score_std", score.std);
+                values.insert(MetricKey::InceptionScore, score.mean);
+                values.insert(MetricKey::InceptionScoreStd, score.std);
             }
             Metric::Pr => {
                 let samples = need(sample.pool.as_ref(), "sample pool features")?;
@@ -247,10 +196,10 @@ pub fn compute(
                     "reference pool features",
                 )?;
                 let m = manifold_metrics_f32(refs.view(), samples.view(), &options.manifold)?;
-                values.insert("precision", m.precision);
-                values.insert("recall", m.recall);
-                values.insert("density", m.density);
-                values.insert("coverage", m.coverage);
+                values.insert(MetricKey::Precision, m.precision);
+                values.insert(MetricKey::Recall, m.recall);
+                values.insert(MetricKey::Density, m.density);
+                values.insert(MetricKey::Coverage, m.coverage);
             }
             Metric::Kid => {
                 let samples = need(sample.pool.as_ref(), "sample pool features")?;
@@ -259,75 +208,18 @@ pub fn compute(
                     "reference pool features",
                 )?;
                 let kid = kernel_inception_distance_f32(refs.view(), samples.view(), &options.kid)?;
-                values.insert("kid", kid.mean);
-                values.insert("kid_std", kid.std);
+                values.insert(MetricKey::Kid, kid.mean);
+                values.insert(MetricKey::KidStd, kid.std);
             }
         }
     }
     Ok(values)
 }
 
-/// Writes `metrics.json` (`{"metrics": {...}, "run": {...}}`) and `metrics.csv` (one row: every
-/// metric column of [`METRIC_NAMES`], empty when not computed, then the run's scalar fields) into
-/// `dir`, each atomically.
-pub fn write_outputs(dir: &Path, values: &MetricValues, run: &Map<String, Value>) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create output folder {}", dir.display()))?;
-    let mut metrics = Map::new();
-    for (name, value) in &values.0 {
-        metrics.insert((*name).to_string(), Value::from(*value));
-    }
-    let mut doc = Map::new();
-    doc.insert("metrics".into(), Value::Object(metrics));
-    doc.insert("run".into(), Value::Object(run.clone()));
-    let json = serde_json::to_string_pretty(&Value::Object(doc))?;
-    write_atomically(&dir.join("metrics.json"), json.as_bytes())?;
-
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    let run_columns: Vec<(&String, String)> = run
-        .iter()
-        .filter_map(|(k, v)| match v {
-            Value::String(s) => Some((k, s.clone())),
-            Value::Number(n) => Some((k, n.to_string())),
-            Value::Bool(b) => Some((k, b.to_string())),
-            _ => None,
-        })
-        .collect();
-    let header: Vec<&str> = METRIC_NAMES
-        .iter()
-        .copied()
-        .chain(run_columns.iter().map(|(k, _)| k.as_str()))
-        .collect();
-    writer.write_record(&header)?;
-    let row: Vec<String> = METRIC_NAMES
-        .iter()
-        .map(|name| values.get(name).map(|v| v.to_string()).unwrap_or_default())
-        .chain(run_columns.iter().map(|(_, v)| v.clone()))
-        .collect();
-    writer.write_record(&row)?;
-    let bytes = writer.into_inner().context("CSV buffer")?;
-    write_atomically(&dir.join("metrics.csv"), &bytes)
-}
-
-/// Writes `bytes` to a temporary sibling of `path`, then renames it into place.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(crate::io::write_atomically(path, bytes)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::Array2;
-
-    #[test]
-    fn values_keep_the_documented_order() {
-        let mut v = MetricValues::default();
-        v.insert("kid", 0.1);
-        v.insert("fid", 3.0);
-        v.insert("inception_score", 100.0);
-        let names: Vec<_> = v.0.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["fid", "inception_score", "kid"]);
-    }
 
     #[test]
     fn plan_drops_defaulted_metrics_and_rejects_explicit_ones() {

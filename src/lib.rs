@@ -22,6 +22,7 @@ pub mod doctor;
 pub mod evaluate;
 pub mod features;
 pub mod io;
+pub mod metric;
 pub mod models;
 pub mod pipeline;
 pub mod progress;

@@ -113,7 +113,7 @@ fn reproduces_adm_fid_sfid_against_a_reference_batch() {
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let row: Vec<&str> = lines.next().unwrap().split(',').collect();
     assert_eq!(header.len(), row.len());
-    for name in llamagen_eval::evaluate::METRIC_NAMES {
+    for name in llamagen_eval::metric::MetricKey::ALL.map(|m| m.name()) {
         assert!(header.contains(&name), "CSV lacks column {name}");
     }
     let fid_column = header.iter().position(|h| *h == "fid").unwrap();

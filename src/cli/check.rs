@@ -1,7 +1,7 @@
 //! `check`: a run against a baseline, for CI. Exit status 0 pass, 1 regression,
 //! 2 unusable input.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use llamagen_eval::check::{self, Baseline, Verdict};
 use llamagen_eval::io::write_atomically;
 use llamagen_eval::progress::Progress;
-use llamagen_eval::report::read_metrics_file;
+use llamagen_eval::record::{metrics_path, RunRecord};
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["baseline", "write_baseline"])))]
@@ -53,9 +53,10 @@ pub fn run(cmd: &CheckCommand, progress: Progress) -> Result<ExitCode> {
 
 /// `Ok(true)` when nothing regressed, `Ok(false)` on a regression, `Err` for unusable input.
 fn compare(cmd: &CheckCommand, quiet: bool) -> Result<bool> {
-    let file = read_metrics_file(&cmd.run)?;
+    let record = RunRecord::read(&cmd.run)?;
+    let file = metrics_path(&cmd.run);
     if let Some(target) = &cmd.write_baseline {
-        return write_baseline(&file, target, quiet).map(|()| true);
+        return write_baseline(&record, &file, target, quiet).map(|()| true);
     }
     let baseline_path = cmd
         .baseline
@@ -66,12 +67,12 @@ fn compare(cmd: &CheckCommand, quiet: bool) -> Result<bool> {
         overrides.extend(check::parse_tolerances(spec)?);
     }
     let baseline = Baseline::load(baseline_path)?;
-    let rows = check::compare(&baseline, &file.metrics, &file.path, &overrides)?;
+    let rows = check::compare(&baseline, &record.metrics, &file, &overrides)?;
     print!("{}", check::table(&rows));
     let regressed: Vec<&str> = rows
         .iter()
         .filter(|r| r.verdict == Verdict::Regressed)
-        .map(|r| r.metric.as_str())
+        .map(|r| r.metric.name())
         .collect();
     let checked = rows.iter().filter(|r| r.verdict != Verdict::Info).count();
     if regressed.is_empty() {
@@ -92,32 +93,25 @@ fn compare(cmd: &CheckCommand, quiet: bool) -> Result<bool> {
     }
 }
 
-fn write_baseline(
-    file: &llamagen_eval::report::MetricsFile,
-    target: &std::path::Path,
-    quiet: bool,
-) -> Result<()> {
-    let mut metrics = Map::new();
-    for name in file.metrics.keys() {
-        let value = check::finite_metric(&file.metrics, name, &file.path)?;
-        metrics.insert(name.clone(), Value::from(value));
+/// Writes `record` (read from `file`) as a baseline: `{"metrics", "run", "baseline"}`, the last
+/// saying where and when it came from.
+fn write_baseline(record: &RunRecord, file: &Path, target: &Path, quiet: bool) -> Result<()> {
+    for (metric, _) in record.metrics.iter() {
+        check::finite_metric(&record.metrics, metric, file)?;
     }
-    if metrics.is_empty() {
-        anyhow::bail!("{}: no metrics to record", file.path.display());
+    if record.metrics.is_empty() {
+        anyhow::bail!("{}: no metrics to record", file.display());
     }
     let mut about = Map::new();
-    about.insert(
-        "source".into(),
-        Value::from(file.path.display().to_string()),
-    );
+    about.insert("source".into(), Value::from(file.display().to_string()));
     about.insert(
         "written_by".into(),
         Value::from(format!("llamagen-eval {}", env!("CARGO_PKG_VERSION"))),
     );
     about.insert("written_at_utc".into(), Value::from(llamagen_eval::pipeline::evaluate::utc_timestamp()));
     let mut doc = Map::new();
-    doc.insert("metrics".into(), Value::Object(metrics));
-    doc.insert("run".into(), Value::Object(file.run.clone()));
+    doc.insert("metrics".into(), serde_json::to_value(&record.metrics)?);
+    doc.insert("run".into(), Value::Object(record.run.clone()));
     doc.insert("baseline".into(), Value::Object(about));
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
@@ -128,9 +122,9 @@ fn write_baseline(
     if !quiet {
         eprintln!(
             "recorded {} metric{} of {} as baseline {}",
-            file.metrics.len(),
-            if file.metrics.len() == 1 { "" } else { "s" },
-            file.path.display(),
+            record.metrics.len(),
+            if record.metrics.len() == 1 { "" } else { "s" },
+            file.display(),
             target.display()
         );
     }

@@ -32,6 +32,7 @@ use crate::features::Extractor;
 use crate::models::inception::POOL_DIM;
 use crate::models::vq::{images_to_input, to_pixels, VqModel, VqWeights};
 use crate::progress::Progress;
+use crate::metric::MetricKey;
 use crate::record::{MetricValues, RunRecord};
 
 /// Default side for folders of images (ADM centre crop), as LlamaGen evaluates at 256.
@@ -550,7 +551,7 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
             (None, Some(acc)) => acc.finalize().context("rFID needs at least 2 images")?,
             (None, None) => bail!("no rFID reference"),
         };
-        values.insert("rfid", frechet_distance(&recon_stats, &reference_stats)?);
+        values.insert(MetricKey::Rfid, frechet_distance(&recon_stats, &reference_stats)?);
         record.push((
             "rfid_reference",
             config
@@ -570,9 +571,9 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
             .filter(|v| v.is_finite())
             .collect();
         if finite.is_empty() {
-            values.insert("psnr", f64::INFINITY);
+            values.insert(MetricKey::Psnr, f64::INFINITY);
         } else {
-            values.insert("psnr", finite.iter().sum::<f64>() / finite.len() as f64);
+            values.insert(MetricKey::Psnr, finite.iter().sum::<f64>() / finite.len() as f64);
         }
         record.push((
             "psnr_identical_images",
@@ -581,8 +582,8 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
     }
     if wanted.contains(&ReconMetric::Ssim) {
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        values.insert("ssim", mean(&stage.ssim));
-        values.insert("ssim_llamagen", mean(&stage.ssim_llamagen));
+        values.insert(MetricKey::Ssim, mean(&stage.ssim));
+        values.insert(MetricKey::SsimLlamagen, mean(&stage.ssim_llamagen));
         record.push((
             "ssim_window",
             Value::from("gaussian 11x11, sigma 1.5, data range 255"),
@@ -594,8 +595,8 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
     }
     if wanted.contains(&ReconMetric::Codebook) {
         let usage = usage_from_counts(&stage.counts, &stage.window, stage.num_indices);
-        values.insert("codebook_usage", usage.usage);
-        values.insert("codebook_perplexity", usage.perplexity);
+        values.insert(MetricKey::CodebookUsage, usage.usage);
+        values.insert(MetricKey::CodebookPerplexity, usage.perplexity);
         record.push(("codebook_size", Value::from(usage.codebook_size)));
         record.push(("codebook_used_entries", Value::from(usage.used_entries)));
         record.push(("codebook_tokens", Value::from(usage.num_indices)));

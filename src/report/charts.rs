@@ -12,10 +12,12 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{format_value, RunData};
-use crate::evaluate::write_atomically;
+use crate::io::write_atomically;
+use crate::metric::{Direction, MetricKey};
 
-/// Chart size in pixels.
+/// Chart width in pixels.
 pub const WIDTH: u32 = 1200;
+/// Chart height in pixels.
 pub const HEIGHT: u32 = 800;
 
 const FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
@@ -45,117 +47,9 @@ const PALETTE: [RGBColor; 8] = [
 pub struct Chart {
     /// File name inside the report folder.
     pub file: String,
+    /// Its title, also its heading in `report.md`.
     pub title: String,
 }
-
-/// How a metric is labelled and which way is better.
-struct MetricInfo {
-    name: &'static str,
-    short: &'static str,
-    axis: &'static str,
-    lower_is_better: bool,
-    std: Option<&'static str>,
-}
-
-const fn info(
-    name: &'static str,
-    short: &'static str,
-    axis: &'static str,
-    lower_is_better: bool,
-    std: Option<&'static str>,
-) -> MetricInfo {
-    MetricInfo {
-        name,
-        short,
-        axis,
-        lower_is_better,
-        std,
-    }
-}
-
-/// The charted metrics (the `_std` figures are drawn as whiskers on their metric's bars).
-const METRICS: [MetricInfo; 14] = [
-    info("fid", "FID", "FID (Fréchet distance, unitless)", true, None),
-    info(
-        "sfid",
-        "sFID",
-        "sFID (spatial Fréchet distance, unitless)",
-        true,
-        None,
-    ),
-    info(
-        "inception_score",
-        "Inception Score",
-        "Inception Score (unitless; whiskers: ± std over splits)",
-        false,
-        Some("inception_score_std"),
-    ),
-    info(
-        "precision",
-        "Precision",
-        "Precision (fraction of samples, 0–1)",
-        false,
-        None,
-    ),
-    info(
-        "recall",
-        "Recall",
-        "Recall (fraction of reference images, 0–1)",
-        false,
-        None,
-    ),
-    info(
-        "density",
-        "Density",
-        "Density (unitless; about 1 for matching sets)",
-        false,
-        None,
-    ),
-    info(
-        "coverage",
-        "Coverage",
-        "Coverage (fraction of reference images, 0–1)",
-        false,
-        None,
-    ),
-    info(
-        "kid",
-        "KID",
-        "KID (squared MMD, unitless; whiskers: ± std over subsets)",
-        true,
-        Some("kid_std"),
-    ),
-    info(
-        "rfid",
-        "rFID",
-        "rFID (reconstruction FID, unitless)",
-        true,
-        None,
-    ),
-    info("psnr", "PSNR", "PSNR (dB)", false, None),
-    info("ssim", "SSIM", "SSIM (unitless, at most 1)", false, None),
-    info(
-        "ssim_llamagen",
-        "SSIM (LlamaGen)",
-        "SSIM, LlamaGen's variant (unitless, at most 1)",
-        false,
-        None,
-    ),
-    info(
-        "codebook_usage",
-        "Codebook usage",
-        "Codebook usage (fraction of entries used, 0–1)",
-        false,
-        None,
-    ),
-    info(
-        "codebook_perplexity",
-        "Codebook perplexity",
-        "Codebook perplexity (effective number of codes)",
-        false,
-        None,
-    ),
-];
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
@@ -196,7 +90,8 @@ fn render_png(path: &Path, draw: impl FnOnce(&Area) -> Result<()>) -> Result<()>
         writer.write_image_data(&buffer)?;
         writer.finish()?;
     }
-    write_atomically(path, &png_bytes)
+    write_atomically(path, &png_bytes)?;
+    Ok(())
 }
 
 /// Title and subtitle at the top; returns the area below them.
@@ -268,8 +163,11 @@ pub fn render_all(runs: &[RunData], out: &Path) -> Result<Vec<Chart>> {
     if let Some(chart) = precision_recall_chart(runs, out)? {
         charts.push(chart);
     }
-    for metric in &METRICS {
-        if runs.iter().any(|r| r.metric(metric.name).is_some()) {
+    // Spreads get no chart of their own: they are the whiskers of their metric's bars.
+    for metric in MetricKey::ALL {
+        if metric.direction() != Direction::Informational
+            && runs.iter().any(|r| r.metric(metric).is_some())
+        {
             charts.push(bar_chart(runs, metric, out)?);
         }
     }
@@ -291,16 +189,17 @@ fn cfg_chart(runs: &[RunData], out: &Path) -> Result<Option<Chart>> {
     if scales.len() < 2 {
         return Ok(None);
     }
-    let panels: Vec<(&str, &str, &str)> = [
-        ("fid", "FID (lower is better)", "FID (unitless)"),
+    // The registry's axis labels mention whiskers, which these panels do not draw.
+    let panels: Vec<(MetricKey, &str, &str)> = [
+        (MetricKey::Fid, "FID (lower is better)", "FID (unitless)"),
         (
-            "inception_score",
+            MetricKey::InceptionScore,
             "Inception Score (higher is better)",
             "Inception Score (unitless)",
         ),
     ]
     .into_iter()
-    .filter(|(m, _, _)| with_cfg.iter().any(|r| r.metric(m).is_some()))
+    .filter(|(m, _, _)| with_cfg.iter().any(|r| r.metric(*m).is_some()))
     .collect();
     if panels.is_empty() {
         return Ok(None);
@@ -316,7 +215,7 @@ fn cfg_chart(runs: &[RunData], out: &Path) -> Result<Option<Chart>> {
     }
     let title = if panels.len() == 2 {
         "FID and Inception Score against CFG scale"
-    } else if panels[0].0 == "fid" {
+    } else if panels[0].0 == MetricKey::Fid {
         "FID against CFG scale"
     } else {
         "Inception Score against CFG scale"
@@ -351,14 +250,14 @@ fn cfg_chart(runs: &[RunData], out: &Path) -> Result<Option<Chart>> {
         let body = header(root, title, &subtitle)?;
         let areas = body.split_evenly((1, panels.len()));
         for ((metric, caption, axis), area) in panels.iter().zip(&areas) {
-            let values: Vec<f64> = with_cfg.iter().filter_map(|r| r.metric(metric)).collect();
+            let values: Vec<f64> = with_cfg.iter().filter_map(|r| r.metric(*metric)).collect();
             let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             // Room at the top for the legend when there are several checkpoints.
             let (y_lo, mut y_hi) = padded(lo, hi, 0.1);
             let in_panel = groups
                 .iter()
-                .filter(|(_, members)| members.iter().any(|r| r.metric(metric).is_some()))
+                .filter(|(_, members)| members.iter().any(|r| r.metric(*metric).is_some()))
                 .count();
             if in_panel > 1 {
                 y_hi += 0.08 * (y_hi - y_lo) * in_panel as f64;
@@ -387,7 +286,7 @@ fn cfg_chart(runs: &[RunData], out: &Path) -> Result<Option<Chart>> {
                 let colour = PALETTE[i % PALETTE.len()];
                 let mut points: Vec<(f64, f64)> = members
                     .iter()
-                    .filter_map(|r| Some((r.number("cfg_scale")?, r.metric(metric)?)))
+                    .filter_map(|r| Some((r.number("cfg_scale")?, r.metric(*metric)?)))
                     .collect();
                 if points.is_empty() {
                     continue;
@@ -411,7 +310,7 @@ fn cfg_chart(runs: &[RunData], out: &Path) -> Result<Option<Chart>> {
             }
             chart.draw_series(with_cfg.iter().filter(|r| r.is_baseline).filter_map(|r| {
                 Some(Circle::new(
-                    (r.number("cfg_scale")?, r.metric(metric)?),
+                    (r.number("cfg_scale")?, r.metric(*metric)?),
                     12,
                     ORANGE.stroke_width(3),
                 ))
@@ -445,7 +344,13 @@ fn overlaps(a: Rect, b: Rect) -> bool {
 fn precision_recall_chart(runs: &[RunData], out: &Path) -> Result<Option<Chart>> {
     let points: Vec<(&RunData, f64, f64)> = runs
         .iter()
-        .filter_map(|r| Some((r, r.metric("recall")?, r.metric("precision")?)))
+        .filter_map(|r| {
+            Some((
+                r,
+                r.metric(MetricKey::Recall)?,
+                r.metric(MetricKey::Precision)?,
+            ))
+        })
         .collect();
     if points.is_empty() {
         return Ok(None);
@@ -583,29 +488,25 @@ fn precision_recall_chart(runs: &[RunData], out: &Path) -> Result<Option<Chart>>
 
 /// One horizontal bar per run (first run on top), the baseline's bar in orange with a dashed
 /// line at its value, value labels at the bar ends.
-fn bar_chart(runs: &[RunData], metric: &MetricInfo, out: &Path) -> Result<Chart> {
-    let with_metric: Vec<&RunData> = runs
-        .iter()
-        .filter(|r| r.metric(metric.name).is_some())
-        .collect();
+fn bar_chart(runs: &[RunData], metric: MetricKey, out: &Path) -> Result<Chart> {
+    let with_metric: Vec<&RunData> = runs.iter().filter(|r| r.metric(metric).is_some()).collect();
     let left_out = runs.len() - with_metric.len();
     let n = with_metric.len() as i32;
     let rows: Vec<(String, f64, f64, bool)> = with_metric
         .iter()
         .map(|r| {
-            let std = metric.std.and_then(|s| r.metric(s)).unwrap_or(0.0).abs();
+            let std = metric
+                .std_companion()
+                .and_then(|s| r.metric(s))
+                .unwrap_or(0.0)
+                .abs();
             let name = shorten(&r.name, 32);
             let name = if r.is_baseline {
                 format!("{name} (baseline)")
             } else {
                 name
             };
-            (
-                name,
-                r.metric(metric.name).unwrap_or(0.0),
-                std,
-                r.is_baseline,
-            )
+            (name, r.metric(metric).unwrap_or(0.0), std, r.is_baseline)
         })
         .collect();
     let lo = rows.iter().map(|(_, v, s, _)| v - s).fold(0f64, f64::min);
@@ -617,8 +518,8 @@ fn bar_chart(runs: &[RunData], metric: &MetricInfo, out: &Path) -> Result<Chart>
     );
     let title = format!(
         "{} per run ({} is better)",
-        metric.short,
-        if metric.lower_is_better {
+        metric.short_label(),
+        if metric.direction() == Direction::LowerIsBetter {
             "lower"
         } else {
             "higher"
@@ -638,10 +539,10 @@ fn bar_chart(runs: &[RunData], metric: &MetricInfo, out: &Path) -> Result<Chart>
             subtitle,
             "; {left_out} run{} without {} left out",
             if left_out == 1 { "" } else { "s" },
-            metric.short
+            metric.short_label()
         );
     }
-    let file = format!("metric_{}.png", metric.name);
+    let file = format!("metric_{}.png", metric.name());
     render_png(&out.join(&file), |root| {
         let body = header(root, &title, &subtitle)?;
         let label_style = font(17);
@@ -672,7 +573,7 @@ fn bar_chart(runs: &[RunData], metric: &MetricInfo, out: &Path) -> Result<Chart>
             .light_line_style(LIGHT.mix(0.4))
             .bold_line_style(LIGHT)
             .max_light_lines(2)
-            .x_desc(metric.axis)
+            .x_desc(metric.axis_label())
             .y_desc("run (folder name)")
             .axis_desc_style(font(20))
             .label_style(label_style.clone())

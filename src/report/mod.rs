@@ -13,10 +13,12 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 
-use crate::evaluate::{write_atomically, METRIC_NAMES};
+use crate::io::write_atomically;
+use crate::metric::MetricKey;
+use crate::record::{metrics_path, MetricValues, RunRecord};
 
 /// Sampling settings read from a run record, in their column order.
 pub const SAMPLING_FIELDS: [&str; 6] = [
@@ -30,65 +32,14 @@ pub const SAMPLING_FIELDS: [&str; 6] = [
 
 /// The columns of `summary.csv`, in order: `run` (the run folder's name), `baseline` (`true` for
 /// the `--baseline` run), `checkpoint` (`run.gpt`, else `run.vq`, else the sample batch or
-/// feature file), `vq`, the [`SAMPLING_FIELDS`], every metric of [`METRIC_NAMES`] (empty when the
-/// run did not compute it), `n_samples`, `n_reference` and `tool_version`.
+/// feature file), `vq`, the [`SAMPLING_FIELDS`], every metric of [`MetricKey::ALL`] (empty when
+/// the run did not compute it), `n_samples`, `n_reference` and `tool_version`.
 pub fn summary_columns() -> Vec<&'static str> {
     let mut columns = vec!["run", "baseline", "checkpoint", "vq"];
     columns.extend(SAMPLING_FIELDS);
-    columns.extend(METRIC_NAMES);
+    columns.extend(MetricKey::ALL.map(MetricKey::name));
     columns.extend(["n_samples", "n_reference", "tool_version"]);
     columns
-}
-
-/// The parsed `metrics.json` of a run folder.
-#[derive(Debug, Clone)]
-pub struct MetricsFile {
-    pub path: PathBuf,
-    pub metrics: Map<String, Value>,
-    pub run: Map<String, Value>,
-}
-
-/// `DIR/metrics.json` for a run folder, or the path itself when it names a `.json` file.
-pub fn metrics_path(run: &Path) -> PathBuf {
-    if run.extension().is_some_and(|e| e == "json") && !run.is_dir() {
-        run.to_path_buf()
-    } else {
-        run.join("metrics.json")
-    }
-}
-
-/// Reads and checks the shape of a run's `metrics.json` (an object with a `metrics` object and
-/// an optional `run` object); errors name the file.
-pub fn read_metrics_file(run: &Path) -> Result<MetricsFile> {
-    let path = metrics_path(run);
-    if !path.is_file() {
-        if !run.exists() {
-            bail!("run folder {} does not exist", run.display());
-        }
-        bail!(
-            "{} not found: {} is not a run folder written by `fid`, `metrics` or `recon`",
-            path.display(),
-            run.display()
-        );
-    }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let doc: Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-    let Value::Object(mut doc) = doc else {
-        bail!("{}: expected a JSON object", path.display());
-    };
-    let metrics = match doc.remove("metrics") {
-        Some(Value::Object(m)) => m,
-        Some(_) => bail!("{}: `metrics` is not an object", path.display()),
-        None => bail!("{}: no `metrics` object", path.display()),
-    };
-    let run = match doc.remove("run") {
-        Some(Value::Object(r)) => r,
-        None | Some(Value::Null) => Map::new(),
-        Some(_) => bail!("{}: `run` is not an object", path.display()),
-    };
-    Ok(MetricsFile { path, metrics, run })
 }
 
 /// One run of the report.
@@ -100,64 +51,58 @@ pub struct RunData {
     pub dir: PathBuf,
     /// The metrics file read: `dir/metrics.json`, or a JSON file given directly (a baseline).
     pub source: PathBuf,
-    /// Metric values in [`METRIC_NAMES`] order; values that are not finite numbers are left out.
-    pub metrics: Vec<(&'static str, f64)>,
+    /// Metric values; values that are not finite numbers are left out.
+    pub metrics: MetricValues,
+    /// The record's `run` object: how the figures were made.
     pub run: Map<String, Value>,
     /// `grid.png` in the run folder, when the run saved one.
     pub grid: Option<PathBuf>,
+    /// Whether this is the `--baseline` run.
     pub is_baseline: bool,
 }
 
 impl RunData {
+    /// Reads the record of a run folder (or a JSON file given directly).
     pub fn load(dir: &Path) -> Result<Self> {
-        let file = read_metrics_file(dir)?;
-        let mut metrics = Vec::new();
-        for name in METRIC_NAMES {
-            match file.metrics.get(name) {
-                None => {}
-                Some(Value::Number(n)) => match n.as_f64() {
-                    Some(v) if v.is_finite() => metrics.push((name, v)),
-                    _ => tracing::warn!("{}: `{name}` is not finite", file.path.display()),
-                },
-                Some(other) => tracing::warn!(
-                    "{}: `{name}` is {other}, not a number; left out",
-                    file.path.display()
-                ),
-            }
-        }
-        for key in file.metrics.keys() {
-            if !METRIC_NAMES.contains(&key.as_str()) {
-                tracing::warn!("{}: unknown metric `{key}` ignored", file.path.display());
-            }
-        }
-        let folder = file.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let record = RunRecord::read(dir)?;
+        let source = metrics_path(dir);
+        let metrics = record
+            .metrics
+            .iter()
+            .filter(|(metric, value)| {
+                let finite = value.is_finite();
+                if !finite {
+                    tracing::warn!("{}: `{metric}` is not finite", source.display());
+                }
+                finite
+            })
+            .collect();
+        let folder = source.parent().unwrap_or(Path::new(".")).to_path_buf();
         // A run folder is named after the folder; a JSON file given directly after the file.
-        let run_folder = file.path.file_name().is_some_and(|n| n == "metrics.json");
+        let run_folder = source.file_name().is_some_and(|n| n == "metrics.json");
         let (name, grid) = if run_folder {
             (
                 folder_name(&folder),
                 Some(folder.join("grid.png")).filter(|p| p.is_file()),
             )
         } else {
-            let stem = file.path.file_stem().unwrap_or_default();
+            let stem = source.file_stem().unwrap_or_default();
             (stem.to_string_lossy().into_owned(), None)
         };
         Ok(RunData {
             name,
             dir: folder,
-            source: file.path,
+            source,
             metrics,
-            run: file.run,
+            run: record.run,
             grid,
             is_baseline: false,
         })
     }
 
-    pub fn metric(&self, name: &str) -> Option<f64> {
-        self.metrics
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| *v)
+    /// The (finite) value of `metric`, when the run has one.
+    pub fn metric(&self, metric: MetricKey) -> Option<f64> {
+        self.metrics.get(metric)
     }
 
     /// A run field as a number (numbers, and strings that parse as numbers).
@@ -271,9 +216,7 @@ pub fn summary_csv(runs: &[RunData]) -> Result<Vec<u8>> {
         ];
         row.extend(SAMPLING_FIELDS.iter().map(|f| run.field_text(f)));
         row.extend(
-            METRIC_NAMES
-                .iter()
-                .map(|m| run.metric(m).map(|v| v.to_string()).unwrap_or_default()),
+            MetricKey::ALL.map(|m| run.metric(m).map(|v| v.to_string()).unwrap_or_default()),
         );
         row.extend(["n_samples", "n_reference", "tool_version"].map(|f| run.field_text(f)));
         writer.write_record(&row)?;
@@ -323,13 +266,13 @@ pub fn markdown(runs: &[RunData], charts: &[charts::Chart], grids: &[(String, St
         .chain(SAMPLING_FIELDS)
         .filter(|f| runs.iter().any(|r| !r.field_text(f).is_empty()))
         .collect();
-    let metrics: Vec<&str> = METRIC_NAMES
+    let metrics: Vec<MetricKey> = MetricKey::ALL
         .into_iter()
-        .filter(|m| runs.iter().any(|r| r.metric(m).is_some()))
+        .filter(|m| runs.iter().any(|r| r.metric(*m).is_some()))
         .collect();
     let mut header = vec!["run", "checkpoint"];
     header.extend(&fields);
-    header.extend(&metrics);
+    header.extend(metrics.iter().map(|m| m.name()));
     header.push("n_samples");
     let _ = writeln!(md, "## Summary\n");
     let _ = writeln!(md, "| {} |", header.join(" | "));
@@ -358,7 +301,7 @@ pub fn markdown(runs: &[RunData], charts: &[charts::Chart], grids: &[(String, St
         cells.extend(
             metrics
                 .iter()
-                .map(|m| run.metric(m).map(format_value).unwrap_or_default()),
+                .map(|m| run.metric(*m).map(format_value).unwrap_or_default()),
         );
         cells.push(run.field_text("n_samples"));
         let _ = writeln!(md, "| {} |", cells.join(" | "));
@@ -399,6 +342,7 @@ pub fn file_stem(name: &str) -> String {
 /// What a report wrote.
 #[derive(Debug, Clone, Default)]
 pub struct Written {
+    /// Every file written, in order.
     pub files: Vec<PathBuf>,
 }
 
@@ -440,12 +384,12 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<Written> {
 mod tests {
     use super::*;
 
-    fn run(name: &str, metrics: &[(&'static str, f64)], fields: Value) -> RunData {
+    fn run(name: &str, metrics: &[(MetricKey, f64)], fields: Value) -> RunData {
         RunData {
             name: name.into(),
             dir: PathBuf::from(name),
             source: PathBuf::from(name).join("metrics.json"),
-            metrics: metrics.to_vec(),
+            metrics: metrics.iter().copied().collect(),
             run: fields.as_object().cloned().unwrap_or_default(),
             grid: None,
             is_baseline: false,
@@ -456,7 +400,7 @@ mod tests {
     fn csv_has_the_documented_columns_and_fields() {
         let runs = [run(
             "a",
-            &[("fid", 3.5)],
+            &[(MetricKey::Fid, 3.5)],
             serde_json::json!({"gpt": "/x/gpt.pt", "cfg_scale": 1.75, "top_k": 0, "n_samples": 50}),
         )];
         let csv = String::from_utf8(summary_csv(&runs).unwrap()).unwrap();
