@@ -15,7 +15,7 @@ use crate::metric::MetricKey;
 use crate::record::MetricValues;
 
 /// A metric family the user can ask for with `--metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Metric {
     /// Fréchet Inception Distance on pool features.
     Fid,

@@ -11,7 +11,6 @@
 //!
 //! The command line (`src/main.rs`, `src/cli/`) only parses flags into these types and prints.
 
-
 pub mod cache;
 pub mod check;
 pub mod checkpoint;

@@ -181,7 +181,10 @@ fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("other settings"), "{stderr}");
     assert!(stderr.contains("`top_k` was 0, now 5"), "{stderr}");
-    assert!(stderr.contains("--top-k 0"), "the flag to rerun with: {stderr}");
+    assert!(
+        stderr.contains("--top-k 0"),
+        "the flag to rerun with: {stderr}"
+    );
     let mut args = RANDOM.to_vec();
     args.extend(["--batch-size", "5", "--resume"]);
     let resumed = sample(&out, &args);

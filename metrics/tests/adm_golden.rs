@@ -80,11 +80,17 @@ fn reference_stats(mu: &str, sigma: &str) -> GaussianStats {
     let mut npz = NpzReader::new(File::open(&path).expect("golden npz opens")).unwrap();
     let mu: Array1<f64> = npz
         .by_name(mu)
-        .or_else(|_| npz.by_name::<ndarray::OwnedRepr<f32>, _>(mu).map(|a| a.mapv(f64::from)))
+        .or_else(|_| {
+            npz.by_name::<ndarray::OwnedRepr<f32>, _>(mu)
+                .map(|a| a.mapv(f64::from))
+        })
         .unwrap_or_else(|e| panic!("golden entry {mu}: {e}"));
     let sigma: Array2<f64> = npz
         .by_name(sigma)
-        .or_else(|_| npz.by_name::<ndarray::OwnedRepr<f32>, _>(sigma).map(|a| a.mapv(f64::from)))
+        .or_else(|_| {
+            npz.by_name::<ndarray::OwnedRepr<f32>, _>(sigma)
+                .map(|a| a.mapv(f64::from))
+        })
         .unwrap_or_else(|e| panic!("golden entry {sigma}: {e}"));
     GaussianStats::new(mu, sigma).unwrap()
 }

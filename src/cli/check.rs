@@ -108,7 +108,10 @@ fn write_baseline(record: &RunRecord, file: &Path, target: &Path, quiet: bool) -
         "written_by".into(),
         Value::from(format!("llamagen-eval {}", env!("CARGO_PKG_VERSION"))),
     );
-    about.insert("written_at_utc".into(), Value::from(llamagen_eval::pipeline::evaluate::utc_timestamp()));
+    about.insert(
+        "written_at_utc".into(),
+        Value::from(llamagen_eval::pipeline::evaluate::utc_timestamp()),
+    );
     let mut doc = Map::new();
     doc.insert("metrics".into(), serde_json::to_value(&record.metrics)?);
     doc.insert("run".into(), Value::Object(record.run.clone()));

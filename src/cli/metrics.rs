@@ -62,6 +62,9 @@ pub fn run(cmd: &MetricsCommand, progress: Progress) -> Result<ExitCode> {
     let out_dir = cmd.output.dir();
     record.write(&out_dir)?;
     print!("{}", record.metrics.table());
-    progress.say(format!("wrote {}/metrics.json and metrics.csv", out_dir.display()));
+    progress.say(format!(
+        "wrote {}/metrics.json and metrics.csv",
+        out_dir.display()
+    ));
     Ok(ExitCode::SUCCESS)
 }

@@ -57,7 +57,7 @@ enum Command {
         inception: Option<PathBuf>,
     },
     /// FID, sFID, IS, precision/recall and KID of a sample batch against a reference batch.
-    Fid(fid::FidCommand),
+    Fid(args::FidArgs),
     /// The same metrics from feature files (no Inception run).
     Metrics(metrics::MetricsCommand),
     /// Inception features (pool, spatial, logits) of an image batch.

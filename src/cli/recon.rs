@@ -123,6 +123,9 @@ pub fn run(cmd: &ReconCommand, progress: Progress) -> Result<ExitCode> {
     };
     let record = reconstruct(&config)?;
     print!("{}", record.metrics.table());
-    progress.say(format!("wrote {}/metrics.json and metrics.csv", out_dir.display()));
+    progress.say(format!(
+        "wrote {}/metrics.json and metrics.csv",
+        out_dir.display()
+    ));
     Ok(ExitCode::SUCCESS)
 }

@@ -46,7 +46,11 @@ pub fn run(cmd: &SampleCommand, progress: Progress) -> Result<ExitCode> {
     let count = cmd.gen.sample_count()?;
     let shard = cmd.shard.unwrap_or(Shard::ALL);
     if shard.indices(count).is_empty() {
-        anyhow::bail!("shard {}/{} of {count} samples is empty", shard.index, shard.count);
+        anyhow::bail!(
+            "shard {}/{} of {count} samples is empty",
+            shard.index,
+            shard.count
+        );
     }
     let config = cmd.gen.config(cmd.image_size, cmd.device)?;
     let mut generator = Generator::new(&config)?;

@@ -7,7 +7,7 @@ use clap::Args;
 use llamagen_eval::pipeline::sweep::sweep;
 use llamagen_eval::progress::Progress;
 
-use super::fid::{print_outcome, FidCommand};
+use super::args::{print_outcome, FidArgs};
 
 /// `sweep` flags.
 #[derive(Args, Debug)]
@@ -18,7 +18,7 @@ pub struct SweepCommand {
     /// Every flag of `fid --gpt ... --ref ...`; `--out`/`--name` name the sweep folder, which gets
     /// one run folder per scale (`cfg-<scale>`) and `report/`.
     #[command(flatten)]
-    pub fid: FidCommand,
+    pub fid: FidArgs,
 }
 
 /// Runs `sweep`.

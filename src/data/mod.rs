@@ -73,7 +73,10 @@ pub trait ImageSource {
         let mut got = 0;
         while got < count {
             let batch = self.next_batch(count - got)?.ok_or_else(|| {
-                DataError::invalid(self.describe(), format!("ended {} images early", count - got))
+                DataError::invalid(
+                    self.describe(),
+                    format!("ended {} images early", count - got),
+                )
             })?;
             got += batch.dim().0;
             parts.push(batch);

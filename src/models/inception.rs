@@ -24,7 +24,7 @@ pub const LOGITS_DIM: i64 = 1008;
 const SPATIAL_CHANNELS: i64 = 7;
 
 /// How images are resized and scaled before the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Resize {
     /// ADM evaluator / torch-fidelity: TF1 `ResizeBilinear` (align_corners=False, no half-pixel
     /// centres) to 299, then (x - 128) / 128. The numbers papers report.

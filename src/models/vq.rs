@@ -202,7 +202,7 @@ fn first_names(tensors: &[(String, Vec<i64>)]) -> String {
 }
 
 /// Which weights of a training checkpoint to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VqWeights {
     /// `ema` when the checkpoint has it, else `model` (or the bare state dict).
     #[default]

@@ -60,7 +60,10 @@ fn common_fields(
                 .unwrap_or(Value::Null),
         ),
         ("resize", Value::from(config.inception.resize.name())),
-        ("inception_sha256", Value::from(cache.weights().sha256.clone())),
+        (
+            "inception_sha256",
+            Value::from(cache.weights().sha256.clone()),
+        ),
         ("sample_batch", Value::from(source)),
         (
             "reference",
@@ -88,12 +91,8 @@ pub fn evaluate_sample_batch(
     let needs = ReferenceNeeds {
         features: config.metrics.needs_reference_features(),
     };
-    let reference = Reference::resolve(
-        &config.reference,
-        config.reference_crop,
-        needs,
-        &mut cache,
-    )?;
+    let reference =
+        Reference::resolve(&config.reference, config.reference_crop, needs, &mut cache)?;
     let mut fields = common_fields(
         &sample,
         &reference,
@@ -104,12 +103,7 @@ pub fn evaluate_sample_batch(
     // Inception is done with: release the network before the metrics need their memory.
     drop(cache);
     fields.extend(config.metrics.record());
-    let record = evaluate(
-        &sample,
-        Some(&reference),
-        &config.metrics,
-        run_info(fields),
-    )?;
+    let record = evaluate(&sample, Some(&reference), &config.metrics, run_info(fields))?;
     record.write(out_dir)?;
     Ok(FidOutcome {
         record,
@@ -139,19 +133,19 @@ impl GeneratedEvaluation {
     /// Opens everything in the order that fails fastest: the reference file's contents, the
     /// Inception weights, the generator and tokenizer (checked against each other), and only
     /// then the reference features, which may take minutes to compute.
-    pub fn open(config: &FidConfig, generator: &GeneratorConfig, cache_dir: PathBuf) -> Result<Self> {
+    pub fn open(
+        config: &FidConfig,
+        generator: &GeneratorConfig,
+        cache_dir: PathBuf,
+    ) -> Result<Self> {
         Reference::check(&config.reference)?;
         let mut cache = FeatureCache::new(cache_dir, config.inception.clone(), config.progress)?;
         let generator = Generator::new(generator)?;
         let needs = ReferenceNeeds {
             features: config.metrics.needs_reference_features(),
         };
-        let reference = Reference::resolve(
-            &config.reference,
-            config.reference_crop,
-            needs,
-            &mut cache,
-        )?;
+        let reference =
+            Reference::resolve(&config.reference, config.reference_crop, needs, &mut cache)?;
         Ok(GeneratedEvaluation {
             config: config.clone(),
             generator,

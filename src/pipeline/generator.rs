@@ -324,7 +324,9 @@ impl Generator {
         sampling.cfg_scale = scale;
         sampling.validate().map_err(GptError::BadConfig)?;
         if sampling.uses_cfg() && self.gpt.config().num_classes < 1 {
-            bail!("the class embedding has no null-class row: classifier-free guidance is impossible");
+            bail!(
+                "the class embedding has no null-class row: classifier-free guidance is impossible"
+            );
         }
         self.config.sampling = sampling;
         Ok(())
@@ -416,7 +418,10 @@ impl GeneratedImages<'_> {
     fn tokens_from_records(&self, count: usize, records: &[Vec<u8>]) -> Result<Vec<Vec<i64>>> {
         let per = self.generator.tokens_per_sample();
         let bytes = records.first().context("journaled tokens")?;
-        anyhow::ensure!(bytes.len() == count * per * 4, "journaled tokens: wrong length");
+        anyhow::ensure!(
+            bytes.len() == count * per * 4,
+            "journaled tokens: wrong length"
+        );
         Ok(bytes
             .chunks_exact(per * 4)
             .map(|sample| {

@@ -79,6 +79,11 @@ impl InceptionConfig {
             "Inception-V3 loaded from {} on {device:?}",
             weights.path.display()
         );
-        Ok(Extractor::new(vs, model, self.resize, weights.sha256.clone()))
+        Ok(Extractor::new(
+            vs,
+            model,
+            self.resize,
+            weights.sha256.clone(),
+        ))
     }
 }

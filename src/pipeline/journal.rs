@@ -321,8 +321,8 @@ fn read_json(path: &Path) -> Result<Value, FileError> {
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<(), JournalError> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| FileError::new(path, e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| FileError::new(path, e.to_string()))?;
     Ok(write_atomically(path, text.as_bytes())?)
 }
 
@@ -376,7 +376,10 @@ mod tests {
         assert_eq!((journal.completed(), journal.resumed()), (3, 3));
         assert_eq!(journal.read("tokens", 1..3).unwrap(), [3, 4, 5, 6]);
         journal.commit(&[3], &[vec![7, 8]]).unwrap();
-        assert_eq!(journal.read("tokens", 0..4).unwrap(), [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            journal.read("tokens", 0..4).unwrap(),
+            [1, 2, 3, 4, 5, 6, 7, 8]
+        );
         let progress = read_json(&path.join(PROGRESS)).unwrap();
         assert_eq!(progress["completed_indices"], json!([[0, 4]]));
         journal.finish().unwrap();
@@ -410,6 +413,9 @@ mod tests {
         journal.commit(&[1, 3], &[]).unwrap();
         journal.commit(&[5], &[]).unwrap();
         let progress = read_json(&path.join(PROGRESS)).unwrap();
-        assert_eq!(progress["completed_indices"], json!([[1, 2], [3, 4], [5, 6]]));
+        assert_eq!(
+            progress["completed_indices"],
+            json!([[1, 2], [3, 4], [5, 6]])
+        );
     }
 }

@@ -29,10 +29,10 @@ use super::pass::{self, JournalConfig, PassConfig, Stage};
 use crate::data::{DataError, ImageSource};
 use crate::evaluate::Reference;
 use crate::features::Extractor;
+use crate::metric::MetricKey;
 use crate::models::inception::POOL_DIM;
 use crate::models::vq::{images_to_input, to_pixels, VqModel, VqWeights};
 use crate::progress::Progress;
-use crate::metric::MetricKey;
 use crate::record::{MetricValues, RunRecord};
 
 /// Default side for folders of images (ADM centre crop), as LlamaGen evaluates at 256.
@@ -177,7 +177,13 @@ impl ReconStage<'_> {
     }
 
     /// Restores or adds one batch's per-image values.
-    fn absorb(&mut self, n: usize, scores: &[[f64; 3]], codes: &[i64], pools: [Option<&Array2<f32>>; 2]) -> Result<()> {
+    fn absorb(
+        &mut self,
+        n: usize,
+        scores: &[[f64; 3]],
+        codes: &[i64],
+        pools: [Option<&Array2<f32>>; 2],
+    ) -> Result<()> {
         debug_assert_eq!(scores.len(), n);
         if self.wanted.contains(&ReconMetric::Psnr) {
             self.psnr.extend(scores.iter().map(|s| s[0]));
@@ -209,13 +215,19 @@ impl Stage for ReconStage<'_> {
         self.stream_names()
     }
 
-    fn process(&mut self, _positions: Range<usize>, originals: &Array4<u8>) -> Result<Vec<Vec<u8>>> {
+    fn process(
+        &mut self,
+        _positions: Range<usize>,
+        originals: &Array4<u8>,
+    ) -> Result<Vec<Vec<u8>>> {
         let (n, height, width, _) = originals.dim();
         let mut codes = Vec::new();
         let recons: Array4<u8> = match &mut self.source {
             Source::Vq { model, .. } => {
                 let standard = originals.as_standard_layout();
-                let slice = standard.as_slice().context("image batches are contiguous")?;
+                let slice = standard
+                    .as_slice()
+                    .context("image batches are contiguous")?;
                 let images = Tensor::from_slice(slice)
                     .view([n as i64, height as i64, width as i64, 3])
                     .to_device(model.device());
@@ -272,13 +284,29 @@ impl Stage for ReconStage<'_> {
                 self.codes_per_image
             );
         }
-        self.absorb(n, &scores, &codes, [recon_pool.as_ref(), input_pool.as_ref()])?;
-        let mut records = vec![scores.iter().flatten().flat_map(|v| v.to_le_bytes()).collect()];
+        self.absorb(
+            n,
+            &scores,
+            &codes,
+            [recon_pool.as_ref(), input_pool.as_ref()],
+        )?;
+        let mut records = vec![scores
+            .iter()
+            .flatten()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()];
         if self.codes_per_image > 0 {
-            records.push(codes.iter().flat_map(|&c| (c as i32).to_le_bytes()).collect());
+            records.push(
+                codes
+                    .iter()
+                    .flat_map(|&c| (c as i32).to_le_bytes())
+                    .collect(),
+            );
         }
         for pool in [recon_pool, input_pool].into_iter().flatten() {
-            records.push(f32_bytes(pool.as_standard_layout().as_slice().unwrap_or_default()));
+            records.push(f32_bytes(
+                pool.as_standard_layout().as_slice().unwrap_or_default(),
+            ));
         }
         if self.save_pixels {
             records.push(recons.as_standard_layout().iter().copied().collect());
@@ -326,7 +354,12 @@ impl Stage for ReconStage<'_> {
             Some(_) => Some(Array2::from_shape_vec((n, dim), f32_values(next()?))?),
             None => None,
         };
-        self.absorb(n, &scores, &codes, [recon_pool.as_ref(), input_pool.as_ref()])
+        self.absorb(
+            n,
+            &scores,
+            &codes,
+            [recon_pool.as_ref(), input_pool.as_ref()],
+        )
     }
 }
 
@@ -362,7 +395,11 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
             precision,
             save,
         } => {
-            let device = config.inception.device.resolve().map_err(anyhow::Error::msg)?;
+            let device = config
+                .inception
+                .device
+                .resolve()
+                .map_err(anyhow::Error::msg)?;
             let (mut vs, model) = VqModel::load(vq, device, *weights)?;
             model
                 .config()
@@ -405,7 +442,9 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
         .into_iter()
         .collect();
     if vq.is_none() && wanted.remove(&ReconMetric::Codebook) && explicit {
-        bail!("`codebook` needs the tokenizer; reconstructions made elsewhere have no token indices");
+        bail!(
+            "`codebook` needs the tokenizer; reconstructions made elsewhere have no token indices"
+        );
     }
     let codebook_size = vq.map_or(0, |m| m.config().codebook_size as usize);
     let codes_per_image = match vq {
@@ -462,9 +501,15 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
     settings.insert("n_images".into(), json!(total));
     settings.insert("image_size".into(), json!([height, width]));
     settings.insert("vq".into(), path_value(vq_path));
-    settings.insert("vq_weights".into(), json!(vq_weights.map(|w| format!("{w:?}"))));
+    settings.insert(
+        "vq_weights".into(),
+        json!(vq_weights.map(|w| format!("{w:?}"))),
+    );
     settings.insert("recon_batch".into(), path_value(recon_batch));
-    settings.insert("precision".into(), json!(precision.map(|p| format!("{p:?}"))));
+    settings.insert(
+        "precision".into(),
+        json!(precision.map(|p| format!("{p:?}"))),
+    );
     settings.insert("batch_size".into(), json!(batch_size));
     settings.insert(
         "metrics".into(),
@@ -551,7 +596,10 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
             (None, Some(acc)) => acc.finalize().context("rFID needs at least 2 images")?,
             (None, None) => bail!("no rFID reference"),
         };
-        values.insert(MetricKey::Rfid, frechet_distance(&recon_stats, &reference_stats)?);
+        values.insert(
+            MetricKey::Rfid,
+            frechet_distance(&recon_stats, &reference_stats)?,
+        );
         record.push((
             "rfid_reference",
             config
@@ -573,7 +621,10 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
         if finite.is_empty() {
             values.insert(MetricKey::Psnr, f64::INFINITY);
         } else {
-            values.insert(MetricKey::Psnr, finite.iter().sum::<f64>() / finite.len() as f64);
+            values.insert(
+                MetricKey::Psnr,
+                finite.iter().sum::<f64>() / finite.len() as f64,
+            );
         }
         record.push((
             "psnr_identical_images",
@@ -614,7 +665,8 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
             .journal
             .as_mut()
             .context("the journal of reconstructed pixels")?;
-        let mut writer = crate::data::npz_writer::ImageNpzWriter::create(path, total, height, width)?;
+        let mut writer =
+            crate::data::npz_writer::ImageNpzWriter::create(path, total, height, width)?;
         for start in (0..total).step_by(batch_size.max(1)) {
             let end = (start + batch_size).min(total);
             let bytes = journal.read("recon_pixels", start..end)?;

@@ -131,7 +131,11 @@ pub fn reference_batch(data: &Path, out: &Path, config: &StatsConfig) -> Result<
         }),
         stop_after_new: None,
     };
-    let outcome = pass::run(&pass_config, source.as_mut(), &mut [&mut stats, &mut images])?;
+    let outcome = pass::run(
+        &pass_config,
+        source.as_mut(),
+        &mut [&mut stats, &mut images],
+    )?;
     let pool = stats.pool.finalize().context("pool statistics")?;
     let spatial = stats.spatial.finalize().context("spatial statistics")?;
     let mut writer = images.into_writer().context("the reference batch writer")?;

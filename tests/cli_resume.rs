@@ -1,0 +1,294 @@
+//! Runs killed with SIGKILL (at a crash point inside sampling, decoding, feature extraction, or
+//! right after a commit) and rerun with `--resume` end exactly as uninterrupted runs do: the same
+//! metrics to the last bit, the same saved samples. A resume with a changed setting is refused
+//! with the setting's name; a sweep loads each checkpoint once; a generator that cannot load
+//! fails before any reference work.
+
+mod common;
+
+use std::fs::File;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ndarray::Array4;
+use tch::Tensor;
+
+fn golden(name: &str) -> PathBuf {
+    common::golden_dir().join(name)
+}
+
+fn run(args: &[&str], crash_at: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_llamagen-eval"));
+    command
+        .args(args)
+        .env("RUST_LOG", "llamagen_eval=info")
+        .env_remove("LLAMAGEN_EVAL_INCEPTION")
+        .env_remove("LLAMAGEN_EVAL_CRASH_AT");
+    if let Some(point) = crash_at {
+        command.env("LLAMAGEN_EVAL_CRASH_AT", point);
+    }
+    command.output().expect("binary runs")
+}
+
+fn ok(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "{stderr}");
+    stderr
+}
+
+fn killed(output: &Output) {
+    assert_eq!(
+        output.status.signal(),
+        Some(9),
+        "expected SIGKILL: {:?}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary path")
+}
+
+fn metrics(dir: &Path) -> serde_json::Value {
+    let json: serde_json::Value =
+        serde_json::from_reader(File::open(dir.join("metrics.json")).unwrap()).unwrap();
+    json["metrics"].clone()
+}
+
+fn images(path: &Path) -> Array4<u8> {
+    let mut npz = ndarray_npy::NpzReader::new(File::open(path).unwrap()).unwrap();
+    npz.by_name("arr_0").unwrap()
+}
+
+/// Random Inception weights (safetensors) and a reference batch of 12 images.
+fn fixtures(root: &Path) -> (PathBuf, PathBuf) {
+    let weights = root.join("inception.safetensors");
+    tch::manual_seed(1);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _net = llamagen_eval::models::inception::InceptionV3::new(&vs.root());
+    let vars = vs.variables();
+    let named: Vec<(&str, &Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    Tensor::write_safetensors(&named, &weights).unwrap();
+    let reference = root.join("ref.npz");
+    let images = Array4::from_shape_fn((12, 32, 32, 3), |(i, y, x, c)| {
+        ((x * 7 + y * 3 + i * 31 + c * 50) % 256) as u8
+    });
+    let mut npz = ndarray_npy::NpzWriter::new(File::create(&reference).unwrap());
+    npz.add_array("arr_0", &images).unwrap();
+    npz.finish().unwrap();
+    (weights, reference)
+}
+
+#[test]
+fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (weights, reference) = fixtures(root);
+    let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
+    let fid_at = |cfg: &str, out: &Path, extra: &[&str], crash_at: Option<&str>| {
+        let saved = out.join("samples.npz");
+        let mut args = vec![
+            "fid",
+            "--gpt",
+            s(&gpt),
+            "--vq",
+            s(&vq),
+            "--n-head",
+            "4",
+            "--image-size",
+            "64",
+            "--samples",
+            "10",
+            "--cfg-scale",
+            cfg,
+            "--seed",
+            "5",
+            "--gen-batch-size",
+            "3",
+            "--batch-size",
+            "4",
+            "--ref",
+            s(&reference),
+            "--inception",
+            s(&weights),
+            "--device",
+            "cpu",
+            "--kid-subsets",
+            "5",
+            "--kid-subset-size",
+            "5",
+            "--save-samples",
+            s(&saved),
+            "--out",
+            s(out),
+        ];
+        args.extend_from_slice(extra);
+        run(&args, crash_at)
+    };
+    let fid =
+        |out: &Path, extra: &[&str], crash_at: Option<&str>| fid_at("2.0", out, extra, crash_at);
+    let whole = root.join("whole");
+    ok(&fid(&whole, &[], None));
+    let expected = metrics(&whole);
+    assert!(expected["fid"].is_number(), "{expected}");
+    let expected_images = images(&whole.join("samples.npz"));
+
+    // During sampling, decoding and Inception of the third batch, and right after the second
+    // batch's commit.
+    for point in ["sampled:3", "decoded:3", "features:3", "committed:2"] {
+        let out = root.join(point.replace(':', "-"));
+        killed(&fid(&out, &[], Some(point)));
+        assert!(!out.join("metrics.json").exists());
+        assert!(out.join(".journal/progress.json").is_file());
+        let stderr = ok(&fid(&out, &["--resume"], None));
+        assert!(stderr.contains("resuming after"), "{point}: {stderr}");
+        assert_eq!(metrics(&out), expected, "{point}: resumed vs uninterrupted");
+        assert_eq!(images(&out.join("samples.npz")), expected_images, "{point}");
+        assert!(
+            !out.join(".journal").exists(),
+            "{point}: journal left behind"
+        );
+        assert!(out.join("grid.png").is_file());
+    }
+
+    // A changed CFG scale refuses to resume, naming the setting and the flag.
+    let out = root.join("changed");
+    killed(&fid(&out, &[], Some("committed:1")));
+    let refused = fid_at("3.0", &out, &["--resume"], None);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("`cfg_scale` was 2.0, now 3.0"), "{stderr}");
+    assert!(stderr.contains("--cfg-scale 2.0"), "{stderr}");
+    assert!(!out.join("metrics.json").exists());
+}
+
+#[test]
+fn sample_and_recon_resume_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
+    let sample = |out: &Path, extra: &[&str], crash_at: Option<&str>| {
+        let mut args = vec![
+            "sample",
+            "--gpt",
+            s(&gpt),
+            "--vq",
+            s(&vq),
+            "--n-head",
+            "4",
+            "--image-size",
+            "64",
+            "--samples",
+            "7",
+            "--seed",
+            "9",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            s(out),
+        ];
+        args.extend_from_slice(extra);
+        run(&args, crash_at)
+    };
+    let whole = root.join("whole.npz");
+    ok(&sample(&whole, &[], None));
+    let interrupted = root.join("interrupted.npz");
+    killed(&sample(&interrupted, &[], Some("decoded:2")));
+    assert!(!interrupted.exists());
+    ok(&sample(&interrupted, &["--resume"], None));
+    assert_eq!(images(&interrupted), images(&whole));
+
+    // recon of the samples through the golden tokenizer, killed after its first batch.
+    let recon = |out: &Path, extra: &[&str], crash_at: Option<&str>| {
+        let mut args = vec![
+            "recon",
+            "--vq",
+            s(&vq),
+            "--data",
+            s(&whole),
+            "--metrics",
+            "psnr,ssim,codebook",
+            "--batch-size",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            s(out),
+        ];
+        args.extend_from_slice(extra);
+        run(&args, crash_at)
+    };
+    let recon_whole = root.join("recon-whole");
+    ok(&recon(&recon_whole, &[], None));
+    let recon_killed = root.join("recon-killed");
+    killed(&recon(&recon_killed, &[], Some("committed:1")));
+    ok(&recon(&recon_killed, &["--resume"], None));
+    assert_eq!(metrics(&recon_killed), metrics(&recon_whole));
+}
+
+#[test]
+fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (weights, reference) = fixtures(root);
+    let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
+    let common = [
+        "--vq",
+        s(&vq),
+        "--image-size",
+        "64",
+        "--samples",
+        "3",
+        "--ref",
+        s(&reference),
+        "--inception",
+        s(&weights),
+        "--device",
+        "cpu",
+        "--metrics",
+        "fid,is",
+    ];
+    let out = root.join("sweep");
+    let mut args = vec![
+        "sweep",
+        "--cfg-scales",
+        "1.0,1.5,3.0",
+        "--gpt",
+        s(&gpt),
+        "--n-head",
+        "4",
+        "--out",
+        s(&out),
+    ];
+    args.extend_from_slice(&common);
+    let stderr = ok(&run(&args, None));
+    let count = |needle: &str| stderr.matches(needle).count();
+    assert_eq!(count("and tokenizer"), 1, "{stderr}");
+    assert_eq!(count("Inception-V3 loaded"), 1, "{stderr}");
+    for scale in ["1", "1.5", "3"] {
+        assert!(out.join(format!("cfg-{scale}/metrics.json")).is_file());
+    }
+    assert!(out.join("report/summary.csv").is_file());
+
+    // Without --n-head the golden GPT's width is outside the registry: refused before any
+    // Inception work on the reference.
+    let cache = root.join(".feature-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let bad = root.join("bad");
+    let mut args = vec!["fid", "--gpt", s(&gpt), "--out", s(&bad)];
+    args.extend_from_slice(&common);
+    let output = run(&args, None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("--n-head"), "{stderr}");
+    assert!(!stderr.contains("Inception-V3 loaded"), "{stderr}");
+    assert!(
+        !cache.exists(),
+        "reference features computed before the generator loaded"
+    );
+    assert!(!bad.exists());
+}
