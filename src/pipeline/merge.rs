@@ -106,7 +106,7 @@ fn merge_features(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<
         logits: gather(|f| f.logits.as_ref())?,
         indices: (with_indices > 0).then(|| order.iter().map(|&(i, _, _)| i).collect()),
     };
-    merged.save(&out)?;
+    merged.save(out)?;
     progress.say(format!(
         "merged features of {} samples into {}",
         merged.len(),
@@ -189,7 +189,7 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
         );
     }
     let (h, w) = size.context("no shards")?;
-    let mut writer = ImageNpzWriter::create(&out, total, h, w)?;
+    let mut writer = ImageNpzWriter::create(out, total, h, w)?;
     let mut labels = Vec::with_capacity(total);
     let bar = progress.bar(total, "merge", "img");
     for _ in 0..total {
