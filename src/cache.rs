@@ -39,12 +39,14 @@ pub enum WeightsSource {
 }
 
 impl WeightsSource {
+    /// The weights file, whichever source named it.
     pub fn path(&self) -> &PathBuf {
         match self {
             WeightsSource::Flag(p) | WeightsSource::Env(p) | WeightsSource::Cache(p) => p,
         }
     }
 
+    /// The path with where it came from, for `doctor` and error messages.
     pub fn describe(&self) -> String {
         match self {
             WeightsSource::Flag(p) => format!("{} (from --inception)", p.display()),

@@ -10,7 +10,9 @@ pub enum DeviceChoice {
     /// CUDA device 0 when available, else the CPU.
     #[default]
     Auto,
+    /// The CPU, even when a GPU is present.
     Cpu,
+    /// CUDA device `N` (`cuda` alone is device 0); [`DeviceChoice::resolve`] refuses a missing one.
     Cuda(usize),
 }
 

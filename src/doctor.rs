@@ -7,21 +7,34 @@ use crate::cache;
 /// Facts about the runtime, gathered once so they can be printed or tested.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// This crate's version (`CARGO_PKG_VERSION`).
     pub tool_version: &'static str,
+    /// The torch version of the libtorch built against, read from its `version.py` at build time.
     pub libtorch_version: &'static str,
+    /// The libtorch directory baked into the rpath at build time.
     pub libtorch_lib: &'static str,
+    /// Whether libtorch sees a usable CUDA runtime and GPU.
     pub cuda_available: bool,
+    /// Number of CUDA devices (`--device cuda:N` needs `N` below it).
     pub cuda_devices: i64,
+    /// Whether cuDNN is available to libtorch.
     pub cudnn_available: bool,
+    /// libtorch's intra-op CPU threads.
     pub torch_threads: i32,
+    /// Threads of the rayon pool (CPU sampling and metric code).
     pub rayon_threads: usize,
+    /// The linked BLAS library's self-description (the metrics' matrix products).
     pub blas_backend: String,
+    /// Threads the linked OpenBLAS uses per call.
     pub blas_threads: usize,
+    /// Where weights and cached features are looked for ([`cache::cache_dir`]).
     pub cache_dir: std::path::PathBuf,
+    /// Where the FID Inception weights would be taken from.
     pub inception: cache::WeightsSource,
 }
 
 impl Report {
+    /// Collects the facts; `inception_flag` is `--inception`, which wins over the environment.
     pub fn gather(inception_flag: Option<std::path::PathBuf>) -> Self {
         Report {
             tool_version: env!("CARGO_PKG_VERSION"),
@@ -39,6 +52,7 @@ impl Report {
         }
     }
 
+    /// The text `doctor` prints, with a download hint when the Inception weights are missing.
     pub fn render(&self) -> String {
         let yes_no = |b: bool| if b { "yes" } else { "no" };
         let inception_state = if self.inception.path().is_file() {

@@ -42,6 +42,7 @@ impl std::fmt::Display for Metric {
 }
 
 impl Metric {
+    /// Every family, in table order: what is computed (when the inputs allow) without `--metrics`.
     pub const ALL: [Metric; 5] = [
         Metric::Fid,
         Metric::Sfid,
@@ -54,8 +55,11 @@ impl Metric {
 /// Options of the metric computations.
 #[derive(Debug, Clone, Copy)]
 pub struct MetricOptions {
+    /// How samples are grouped for the Inception Score (default: ADM's chunks of 5,000).
     pub is_splits: Splits,
+    /// Neighbourhood size, block size and distance precision of precision/recall/density/coverage.
     pub manifold: ManifoldConfig,
+    /// Subset count, subset size and seed of KID.
     pub kid: KidConfig,
 }
 
@@ -76,7 +80,9 @@ impl Default for MetricOptions {
 /// (precision/recall and KID need the features themselves).
 #[derive(Debug, Clone, Default)]
 pub struct Reference {
+    /// Pool and spatial Gaussian statistics (mu/sigma), enough for FID and sFID.
     pub stats: ReferenceStats,
+    /// The reference features, when known (from images or a feature file, not a stats `.npz`).
     pub features: Option<FeatureSet>,
 }
 

@@ -15,12 +15,26 @@ use crate::models::inception::{InceptionV3, Resize};
 /// Why features could not be produced or read.
 #[derive(Debug, thiserror::Error)]
 pub enum FeatureError {
+    /// The images to extract features from could not be read.
     #[error(transparent)]
     Data(#[from] DataError),
+    /// A feature `.npz` could not be read or written, or its arrays are inconsistent.
     #[error("{}: {message}", path.display())]
-    File { path: PathBuf, message: String },
+    File {
+        /// The feature file.
+        path: PathBuf,
+        /// What went wrong with it.
+        message: String,
+    },
+    /// The Inception-V3 weights file is unusable.
     #[error("Inception weights {}: {message}", path.display())]
-    Weights { path: PathBuf, message: String },
+    Weights {
+        /// The weights file.
+        path: PathBuf,
+        /// What went wrong with it.
+        message: String,
+    },
+    /// The Inception forward pass or a tensor conversion failed in libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -35,8 +49,11 @@ fn file_error(path: &Path, message: impl Into<String>) -> FeatureError {
 /// The three Inception feature sets of one image set; any may be absent in a loaded file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FeatureSet {
+    /// `pool_3` features [N, 2048]: FID, precision/recall and KID.
     pub pool: Option<Array2<f32>>,
+    /// ADM's `mixed_6/conv` spatial features [N, 2023]: sFID.
     pub spatial: Option<Array2<f32>>,
+    /// Unbiased logits [N, 1008]: Inception Score.
     pub logits: Option<Array2<f32>>,
     /// Sample index of each row, when the images came from a `sample --shard` batch: lets `merge`
     /// put shards' features back into sample order.
@@ -62,6 +79,7 @@ impl FeatureSet {
             .unwrap_or(0)
     }
 
+    /// True when no feature set holds a row (or none is present).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -192,10 +210,12 @@ impl Extractor {
         }
     }
 
+    /// SHA-256 (hex) of the weights file the model was loaded from, as recorded in run records.
     pub fn weights_sha256(&self) -> &str {
         &self.weights_sha256
     }
 
+    /// The preprocessing (ADM or pytorch-fid) applied to every batch before the network.
     pub fn resize(&self) -> Resize {
         self.resize
     }

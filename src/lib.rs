@@ -11,6 +11,8 @@
 //!
 //! The command line (`src/main.rs`, `src/cli/`) only parses flags into these types and prints.
 
+#![warn(missing_docs)]
+
 pub mod cache;
 pub mod check;
 pub mod checkpoint;

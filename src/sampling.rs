@@ -28,8 +28,11 @@ use crate::models::gpt::{Gpt, GptError};
 /// Sampling settings (LlamaGen's names and defaults of `sample_c2i_ddp.py`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplingParams {
+    /// Classifier-free guidance scale; guidance is on only above 1.0.
     pub cfg_scale: f64,
+    /// -1: guide every token; `I > -1`: guide image tokens `j <= I + 1` only.
     pub cfg_interval: i64,
+    /// Logits are divided by `max(temperature, 1e-5)`; 0 is near-greedy.
     pub temperature: f64,
     /// 0: no top-k filter.
     pub top_k: usize,
@@ -115,6 +118,7 @@ pub enum LabelSpec {
 }
 
 impl LabelSpec {
+    /// The class label of sample `index`; depends only on `(seed, index)`, never on batching.
     pub fn label(&self, seed: u64, index: u64, num_classes: i64) -> i64 {
         match self {
             LabelSpec::Explicit(labels) => labels[(index % labels.len() as u64) as usize],
@@ -126,6 +130,8 @@ impl LabelSpec {
         }
     }
 
+    /// How run records and resume checks name the assignment (`uniform`, `class-balanced`,
+    /// `explicit:3,7`).
     pub fn name(&self) -> String {
         match self {
             LabelSpec::Explicit(l) => format!(

@@ -24,8 +24,12 @@ pub struct Section {
 /// What a checkpoint holds; `Display` renders it for people.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
+    /// The checkpoint file described.
     pub path: PathBuf,
+    /// How it was serialized (torch.save zip or legacy, safetensors).
     pub format: Format,
+    /// Keys of the top-level dict in file order (`model`, `args`, ... or parameter names for a
+    /// bare state dict); empty when the top level is not a dict.
     pub top_level_keys: Vec<String>,
     /// One per top-level entry that holds tensors.
     pub sections: Vec<Section>,

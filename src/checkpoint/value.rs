@@ -7,17 +7,29 @@ use std::fmt::Write as _;
 /// Element types of the tensors this reader builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// `torch.float32` (`FloatStorage`): the usual weight type of LlamaGen checkpoints.
     F32,
+    /// `torch.float64` (`DoubleStorage`).
     F64,
+    /// `torch.float16` (`HalfStorage`), as in half-precision exports.
     F16,
+    /// `torch.bfloat16` (`BFloat16Storage`), as in mixed-precision training checkpoints.
     BF16,
+    /// `torch.int64` (`LongStorage`), e.g. step counters and index buffers.
     I64,
+    /// `torch.int32` (`IntStorage`).
     I32,
+    /// `torch.int16` (`ShortStorage`).
     I16,
+    /// `torch.int8` (`CharStorage`).
     I8,
+    /// `torch.uint8` (`ByteStorage`).
     U8,
+    /// `torch.bool` (`BoolStorage`), e.g. attention masks saved as buffers.
     Bool,
+    /// `torch.complex64` (`ComplexFloatStorage`): two float32 per element.
     C64,
+    /// `torch.complex128` (`ComplexDoubleStorage`): two float64 per element.
     C128,
 }
 
@@ -231,27 +243,42 @@ pub struct Object {
 /// A value from a checkpoint's pickle.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// Python `None`.
     None,
+    /// A Python `bool`.
     Bool(bool),
+    /// A Python `int` that fits in i64 (step counts, `args` fields such as `image_size`).
     Int(i64),
     /// An integer too large for i64, in decimal (or as a byte count when beyond 128 bits).
     BigInt(String),
+    /// A Python `float`.
     Float(f64),
+    /// A Python `str`, e.g. a state-dict key or an `args` string field.
     Str(String),
+    /// Python `bytes` or `bytearray` (or a Python 2 `str` that is not UTF-8), e.g. the raw value
+    /// of a numpy scalar.
     Bytes(Vec<u8>),
+    /// A Python `list`.
     List(Vec<Value>),
+    /// A Python `tuple`.
     Tuple(Vec<Value>),
+    /// A Python `set` or `frozenset`, in pickle order.
     Set(Vec<Value>),
     /// A dict (or `collections.OrderedDict`), in insertion order.
     Dict(Vec<(Value, Value)>),
+    /// A tensor: shape, stride, dtype and where its bytes are, without the bytes.
     Tensor(TensorMeta),
     /// A bare storage (a storage pickled on its own, not inside a tensor).
     Storage {
+        /// The storage key (the zip entry `data/<key>`, or the legacy storage record).
         key: String,
+        /// The element type's name, as for [`TensorMeta::dtype_name`].
         dtype_name: String,
     },
     /// A reference to a class or function, `module.name`.
     Global(String),
+    /// An instance of a class this reader does not interpret (e.g. `argparse.Namespace` for
+    /// LlamaGen's `args`), kept as class name, arguments and state.
     Object(Box<Object>),
     /// A reference back to a container that is still being built (a cyclic structure).
     Recursive,

@@ -15,17 +15,27 @@ use crate::pipeline::journal::StreamSpec;
 /// Why images could not be read. Always names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// The file was read but its content is not usable images (wrong format, shape or dtype).
     #[error("{}: {message}", path.display())]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The offending file (an `.npz`, or an image in a folder source).
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The file or directory could not be opened or read.
     #[error("{}", path.display())]
     Io {
+        /// The file or directory being read.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
 }
 
 impl DataError {
+    /// A [`DataError::Invalid`] for `path`, saying what is wrong with its content.
     pub fn invalid(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         DataError::Invalid {
             path: path.into(),

@@ -16,8 +16,11 @@ use super::{DataError, ImageSource};
 /// Shape of an npy array and whether its elements are u8 in C order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NpyHeader {
+    /// numpy's type string (`|u1` for the u8 images this crate reads, `<f4`, ...).
     pub descr: String,
+    /// True for column-major data, which image sources refuse.
     pub fortran_order: bool,
+    /// Size of each dimension (N, H, W, C for an `arr_0` of images).
     pub shape: Vec<usize>,
 }
 

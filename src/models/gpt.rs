@@ -55,40 +55,85 @@ pub fn registry_entry(name: &str) -> Option<(&'static str, i64, i64, i64)> {
 /// Why a generator could not be loaded or used. Always clear before any sampling starts.
 #[derive(Debug, thiserror::Error)]
 pub enum GptError {
+    /// The checkpoint file could not be read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The checkpoint is a LlamaGen t2i model, which this tool does not sample.
     #[error(
         "{}: a text-to-image (t2i) checkpoint (it has `{key}`); only class-conditional (c2i) \
          LlamaGen models are supported",
         path.display()
     )]
-    TextToImage { path: PathBuf, key: String },
+    TextToImage {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The caption-embedding parameter that gave it away.
+        key: String,
+    },
+    /// The file passed as the generator is a VQ tokenizer (the two checkpoints were swapped?).
     #[error(
         "{}: looks like a VQ tokenizer (it has `{key}`), not a GPT; pass the generator \
          (e.g. c2i_L_384.pt) as the generator",
         path.display()
     )]
-    VqCheckpoint { path: PathBuf, key: String },
+    VqCheckpoint {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The tokenizer parameter that gave it away (`quantize.*`, `decoder.conv_in.*`).
+        key: String,
+    },
+    /// The state dict lacks or misshapes the parameters a c2i GPT has.
     #[error("{}: not a LlamaGen c2i GPT checkpoint: {detail}", path.display())]
-    NotGpt { path: PathBuf, detail: String },
+    NotGpt {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Which parameter is missing or has the wrong shape.
+        detail: String,
+    },
+    /// No head count or registry name was given and the width matches no registry model.
     #[error(
         "{}: model dim {dim} is not one of the registry's (GPT-B 768, L 1024, XL 1280, XXL 1536, \
          XXXL 2560, 1B 2048, 3B 3200, 7B 4096), so its head count is unknown: give the head count or \
          the registry model name",
         path.display()
     )]
-    UnknownHeads { path: PathBuf, dim: i64 },
+    UnknownHeads {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Its model width.
+        dim: i64,
+    },
+    /// Inconsistent architecture or sampling settings (heads, registry name, block size, CFG...).
     #[error("{0}")]
     BadConfig(String),
+    /// A requested class label is negative or not below the model's class count.
     #[error("class label {label} is out of range: the model has {num_classes} classes (0..{num_classes})")]
-    LabelOutOfRange { label: i64, num_classes: i64 },
+    LabelOutOfRange {
+        /// The offending label.
+        label: i64,
+        /// The model's class count (the null class excluded).
+        num_classes: i64,
+    },
+    /// The requested image size does not suit the tokenizer or the size the GPT was trained at.
     #[error("image size {image_size} does not fit the generator: {detail}")]
-    ImageSize { image_size: i64, detail: String },
+    ImageSize {
+        /// The requested side in pixels.
+        image_size: i64,
+        /// Why it does not fit.
+        detail: String,
+    },
+    /// The VQ tokenizer's codebook size differs from the GPT's token vocabulary.
     #[error(
         "the tokenizer's codebook has {codebook} entries but the GPT's vocabulary is {vocab}: \
          they must be the same tokenizer the GPT was trained on"
     )]
-    VocabMismatch { codebook: i64, vocab: i64 },
+    VocabMismatch {
+        /// Entries in the tokenizer's codebook.
+        codebook: i64,
+        /// The GPT's vocabulary size.
+        vocab: i64,
+    },
+    /// A libtorch operation failed (allocation, device, kernel).
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -96,11 +141,15 @@ pub enum GptError {
 /// The architecture of a LlamaGen c2i GPT.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GptConfig {
+    /// Model width (embedding size).
     pub dim: i64,
+    /// Number of transformer blocks.
     pub n_layer: i64,
+    /// Query heads per attention layer.
     pub n_head: i64,
     /// Key/value heads (= `n_head` for plain multi-head attention).
     pub n_kv_head: i64,
+    /// Image-token vocabulary: must equal the VQ tokenizer's codebook size.
     pub vocab_size: i64,
     /// Classes, not counting the null class row.
     pub num_classes: i64,
@@ -108,8 +157,11 @@ pub struct GptConfig {
     pub ffn_hidden: i64,
     /// Image tokens per sample (a square grid).
     pub block_size: i64,
+    /// Conditioning positions before the image tokens (1 for c2i: the class token).
     pub cls_token_num: i64,
+    /// Base of the 2D rotary embedding's frequencies ([`ROPE_BASE`]).
     pub rope_base: f64,
+    /// RMSNorm epsilon ([`NORM_EPS`]).
     pub norm_eps: f64,
 }
 
@@ -144,6 +196,7 @@ impl GptConfig {
         })
     }
 
+    /// Width of one attention head (`dim / n_head`).
     pub fn head_dim(&self) -> i64 {
         self.dim / self.n_head
     }
@@ -374,10 +427,12 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// Number of sequences the cache holds.
     pub fn batch(&self) -> i64 {
         self.batch
     }
 
+    /// Positions it can hold per sequence (`cls_token_num + block_size` when sampling).
     pub fn max_len(&self) -> i64 {
         self.max_len
     }
@@ -533,10 +588,12 @@ impl Gpt {
             .and_then(|v| v.as_i64()))
     }
 
+    /// The architecture the model was built with.
     pub fn config(&self) -> &GptConfig {
         &self.config
     }
 
+    /// Where the weights live and sampling runs.
     pub fn device(&self) -> Device {
         self.device
     }

@@ -35,6 +35,7 @@ pub enum Resize {
 }
 
 impl Resize {
+    /// The name written in run records and feature-cache keys (`adm`, `pytorch-fid`).
     pub fn name(self) -> &'static str {
         match self {
             Resize::Adm => "adm",
@@ -45,8 +46,11 @@ impl Resize {
 
 /// Features of one batch, all f32 on the model's device.
 pub struct Features {
+    /// `pool_3` activations [N, 2048].
     pub pool: Tensor,
+    /// ADM's `mixed_6/conv` features [N, 2023] (7 channels of `Mixed_6d.branch1x1`, HWC order).
     pub spatial: Tensor,
+    /// Unbiased logits [N, 1008] (`pool @ fc.weightᵀ`).
     pub logits: Tensor,
 }
 

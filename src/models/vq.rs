@@ -216,16 +216,30 @@ pub enum VqWeights {
 /// Why a tokenizer could not be loaded or used. Always names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum VqError {
+    /// The checkpoint file could not be read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The file passed as the tokenizer is a GPT generator (the two checkpoints were swapped?).
     #[error(
         "{}: looks like a GPT checkpoint (it has `{key}`), not a VQ tokenizer; pass the tokenizer \
          (e.g. vq_ds16_c2i.pt) as the tokenizer",
         path.display()
     )]
-    GptCheckpoint { path: PathBuf, key: String },
+    GptCheckpoint {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The GPT parameter that gave it away (`tok_embeddings.*`, `cls_embedding.*`, attention).
+        key: String,
+    },
+    /// The state dict lacks or misshapes the parameters a LlamaGen VQ tokenizer has.
     #[error("{}: not a LlamaGen VQ tokenizer checkpoint: {detail}", path.display())]
-    NotVq { path: PathBuf, detail: String },
+    NotVq {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Which parameter is missing or has the wrong shape.
+        detail: String,
+    },
+    /// The codebook's dimension disagrees with the convolutions around the quantizer.
     #[error(
         "{}: the codebook `quantize.embedding.weight` is {codebook:?} (entries x dim) but the \
          quantizer convolution is {quant_conv:?} with z_channels {z_channels}: the codebook \
@@ -233,23 +247,38 @@ pub enum VqError {
         path.display()
     )]
     CodebookMismatch {
+        /// The checkpoint.
         path: PathBuf,
+        /// Shape of `quantize.embedding.weight`: [entries, dim].
         codebook: Vec<i64>,
+        /// Shape of the disagreeing `quant_conv.weight` (or `post_quant_conv.weight`).
         quant_conv: Vec<i64>,
+        /// The encoder's output channels, which `quant_conv` must take in.
         z_channels: i64,
     },
+    /// Images whose sides are not multiples of the tokenizer's downsampling factor.
     #[error(
         "{what}: images of {height}x{width} pixels cannot be tokenized: the tokenizer downsamples \
          by {factor}, so height and width must be multiples of {factor} (centre-crop them to such a size)"
     )]
     ImageSize {
+        /// Where the images come from (the image source's description).
         what: String,
+        /// Image height in pixels.
         height: i64,
+        /// Image width in pixels.
         width: i64,
+        /// The downsampling factor both sides must be multiples of.
         factor: i64,
     },
+    /// The tokenizer weights in the file are unusable.
     #[error("{}: {message}", path.display())]
-    Weights { path: PathBuf, message: String },
+    Weights {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What is wrong with the weights.
+        message: String,
+    },
 }
 
 fn group_norm(p: nn::Path, channels: i64) -> nn::GroupNorm {
@@ -619,6 +648,7 @@ impl VqModel {
         ))
     }
 
+    /// The architecture inferred from the checkpoint.
     pub fn config(&self) -> &VqConfig {
         &self.config
     }
@@ -629,6 +659,7 @@ impl VqModel {
         self.quant_conv.ws.kind()
     }
 
+    /// Where the weights live and encoding/decoding runs.
     pub fn device(&self) -> Device {
         self.quant_conv.ws.device()
     }
