@@ -273,6 +273,12 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
         assert!(out.join(format!("cfg-{scale}/metrics.json")).is_file());
     }
     assert!(out.join("report/summary.csv").is_file());
+    // Resumed after it finished: every scale is kept as it is.
+    let before = metrics(&out.join("cfg-1.5"));
+    args.push("--resume");
+    let stderr = ok(&run(&args, None));
+    assert_eq!(stderr.matches("already complete").count(), 3, "{stderr}");
+    assert_eq!(metrics(&out.join("cfg-1.5")), before);
 
     // Without --n-head the golden GPT's width is outside the registry: refused before any
     // Inception work on the reference.

@@ -9,13 +9,14 @@ use serde_json::{json, Map, Value};
 
 use super::cache::FeatureCache;
 use super::evaluate::{evaluate, run_info, MetricRequest};
-use super::generate::{generate, GenerationPlan};
+use super::generate::{add_generation_settings, generate, GenerationPlan};
 use super::generator::{Generator, GeneratorConfig, Timing};
 use super::inception::InceptionConfig;
 use super::reference::ReferenceNeeds;
 use super::sinks::write_grid;
 use crate::evaluate::Reference;
 use crate::features::FeatureSet;
+use crate::io::write_atomically;
 use crate::progress::Progress;
 use crate::record::RunRecord;
 
@@ -171,6 +172,29 @@ impl GeneratedEvaluation {
         settings.insert("resize".into(), json!(self.config.inception.resize.name()));
         // Inception runs on each generated batch: its partition decides the features' rounding.
         settings.insert("batch_size".into(), json!(run.plan.batch_size));
+        let mut complete = settings.clone();
+        add_generation_settings(&mut complete, &self.generator, &run.plan);
+        complete.insert(
+            "metrics".into(),
+            json!(format!("{:?}", self.config.metrics)),
+        );
+        complete.insert(
+            "reference".into(),
+            json!(self.config.reference.display().to_string()),
+        );
+        let marker = run.out_dir.join(COMPLETE);
+        if run.plan.resume {
+            if let Some(record) = finished_run(&marker, &complete, &run.out_dir) {
+                self.config.progress.say(format!(
+                    "{} is already complete with these settings: keeping it",
+                    run.out_dir.display()
+                ));
+                return Ok(FidOutcome {
+                    record,
+                    timing: None,
+                });
+            }
+        }
         let extractor = self.cache.extractor()?;
         let generated = generate(&mut self.generator, Some(extractor), &run.plan, settings)?;
         let sample = generated
@@ -203,12 +227,30 @@ impl GeneratedEvaluation {
             // The first generated images, for `report`.
             write_grid(&run.out_dir.join("grid.png"), &generated.grid)?;
         }
+        write_atomically(
+            &marker,
+            serde_json::to_string_pretty(&Value::Object(complete))?.as_bytes(),
+        )?;
         generated.pass.finish()?;
         Ok(FidOutcome {
             record,
             timing: Some(generated.timing),
         })
     }
+}
+
+/// Beside a finished generated run's `metrics.json`: the settings it was made with, so that a
+/// resumed sweep keeps finished scales instead of generating them again.
+const COMPLETE: &str = ".complete.json";
+
+/// The record of a finished run in `out_dir` made with exactly `settings`, if there is one.
+fn finished_run(marker: &Path, settings: &Map<String, Value>, out_dir: &Path) -> Option<RunRecord> {
+    let text = std::fs::read_to_string(marker).ok()?;
+    let then: Value = serde_json::from_str(&text).ok()?;
+    if then.as_object()? != settings {
+        return None;
+    }
+    RunRecord::read(out_dir).ok()
 }
 
 /// The journal folder of a generated run written to `out_dir`.

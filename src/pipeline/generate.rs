@@ -120,12 +120,7 @@ pub fn generate(
             plan.samples
         );
     }
-    settings.extend(generator.config().fingerprint());
-    settings.insert("samples".into(), json!(plan.samples));
-    settings.insert(
-        "shard".into(),
-        json!(format!("{}/{}", plan.shard.index, plan.shard.count)),
-    );
+    add_generation_settings(&mut settings, generator, plan);
     let size = generator.eval_size();
     let mut writer = plan
         .save_samples
@@ -182,6 +177,20 @@ pub fn generate(
         pass: outcome,
         indices,
     })
+}
+
+/// Adds the generator's settings and the sample range to a fingerprint.
+pub fn add_generation_settings(
+    settings: &mut Map<String, Value>,
+    generator: &Generator,
+    plan: &GenerationPlan,
+) {
+    settings.extend(generator.config().fingerprint());
+    settings.insert("samples".into(), json!(plan.samples));
+    settings.insert(
+        "shard".into(),
+        json!(format!("{}/{}", plan.shard.index, plan.shard.count)),
+    );
 }
 
 /// `sample`: this shard's samples into the npz `out` (and a grid PNG when asked).
