@@ -62,7 +62,13 @@ pub fn run_info(fields: impl IntoIterator<Item = (&'static str, Value)>) -> Map<
     );
     run.insert(
         "command_line".into(),
-        Value::from(std::env::args().collect::<Vec<_>>().join(" ")),
+        // Lossy: a non-UTF-8 argument must not fail a finished run at its last step.
+        Value::from(
+            std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
     );
     for (key, value) in fields {
         run.insert(key.into(), value);

@@ -422,7 +422,7 @@ impl GeneratedImages<'_> {
             bytes.len() == count * per * 4,
             "journaled tokens: wrong length"
         );
-        Ok(bytes
+        let tokens: Vec<Vec<i64>> = bytes
             .chunks_exact(per * 4)
             .map(|sample| {
                 sample
@@ -430,7 +430,16 @@ impl GeneratedImages<'_> {
                     .map(|b| i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])))
                     .collect()
             })
-            .collect())
+            .collect();
+        // A damaged journal must not reach libtorch's indexing (which aborts the process).
+        let vocab = self.generator.gpt.config().vocab_size;
+        if let Some(bad) = tokens.iter().flatten().find(|&&t| t < 0 || t >= vocab) {
+            bail!(
+                "the journal holds token {bad}, outside the codebook (0..{vocab}): it is damaged; \
+                 start over without resuming"
+            );
+        }
+        Ok(tokens)
     }
 
     fn data_error(&self, e: anyhow::Error) -> DataError {
