@@ -705,6 +705,7 @@ fn eigen_half_sum(values: &[f64], first: usize) -> f64 {
 /// that the float64 GEMM path runs instead.
 mod filtered {
     use std::ops::Range;
+    use std::sync::Mutex;
 
     use ndarray::linalg::general_mat_mul;
     use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis, CowArray, Ix2};
@@ -866,7 +867,13 @@ mod filtered {
             for h in other.upper {
                 push_smallest(&mut self.upper, h);
             }
-            self.candidates.extend(other.candidates);
+            let t = self.threshold();
+            self.candidates
+                .extend(other.candidates.into_iter().filter(|&(_, lo)| lo <= t));
+            if self.candidates.len() >= self.prune_at {
+                self.prune();
+                self.prune_at = self.prune_at.max(2 * self.candidates.len());
+            }
         }
 
         /// The (k+1)-th smallest exact distance among the candidates.
@@ -890,52 +897,61 @@ mod filtered {
         let tasks: Vec<(usize, usize)> = (0..blocks.len())
             .flat_map(|i| (i..blocks.len()).map(move |j| (i, j)))
             .collect();
-        let partials: Vec<(usize, usize, Vec<Nearest>, Vec<Nearest>)> = tasks
-            .par_iter()
-            .map(|&(bi, bj)| {
-                let (ri, rj) = (blocks[bi].clone(), blocks[bj].clone());
-                let xi = set.block(ri.clone());
-                let mut g = Array2::<f32>::zeros((ri.len(), rj.len()));
-                if bi == bj {
-                    gram_symmetric_f32(xi.view(), g.view_mut()).expect("contiguous blocks");
-                } else {
-                    let xj = set.block(rj.clone());
-                    general_mat_mul(1.0, &xi, &xj.t(), 0.0, &mut g);
-                }
-                let mut row_side = vec![Nearest::new(k); ri.len()];
-                let mut col_side = if bi == bj {
-                    Vec::new()
-                } else {
-                    vec![Nearest::new(k); rj.len()]
-                };
-                for (r, g_row) in g.rows().into_iter().enumerate() {
-                    let i = ri.start + r;
-                    let (ni, rti) = (set.norms[i], set.roots[i]);
-                    for (c, &gv) in g_row.iter().enumerate() {
-                        let j = rj.start + c;
-                        let (lo, hi) = if i == j {
-                            (0.0, 0.0)
-                        } else {
-                            bound.interval(ni, set.norms[j], rti, set.roots[j], gv)
-                        };
-                        row_side[r].push(j, lo, hi);
-                        if bi != bj {
-                            col_side[c].push(i, lo, hi);
-                        }
+        // Each block pair's findings are folded into its two row blocks' selections as soon as
+        // it finishes, so memory stays one selection per row (the merged result does not depend
+        // on the order of folding).
+        let nearest: Vec<Mutex<Vec<Nearest>>> = blocks
+            .iter()
+            .map(|r| Mutex::new(vec![Nearest::new(k); r.len()]))
+            .collect();
+        let absorb = |block: usize, parts: Vec<Nearest>| {
+            let mut selections = nearest[block].lock().unwrap_or_else(|e| e.into_inner());
+            for (sel, part) in selections.iter_mut().zip(parts) {
+                sel.absorb(part);
+            }
+        };
+        tasks.par_iter().for_each(|&(bi, bj)| {
+            let (ri, rj) = (blocks[bi].clone(), blocks[bj].clone());
+            let xi = set.block(ri.clone());
+            let mut g = Array2::<f32>::zeros((ri.len(), rj.len()));
+            if bi == bj {
+                gram_symmetric_f32(xi.view(), g.view_mut()).expect("contiguous blocks");
+            } else {
+                let xj = set.block(rj.clone());
+                general_mat_mul(1.0, &xi, &xj.t(), 0.0, &mut g);
+            }
+            let mut row_side = vec![Nearest::new(k); ri.len()];
+            let mut col_side = if bi == bj {
+                Vec::new()
+            } else {
+                vec![Nearest::new(k); rj.len()]
+            };
+            for (r, g_row) in g.rows().into_iter().enumerate() {
+                let i = ri.start + r;
+                let (ni, rti) = (set.norms[i], set.roots[i]);
+                for (c, &gv) in g_row.iter().enumerate() {
+                    let j = rj.start + c;
+                    let (lo, hi) = if i == j {
+                        (0.0, 0.0)
+                    } else {
+                        bound.interval(ni, set.norms[j], rti, set.roots[j], gv)
+                    };
+                    row_side[r].push(j, lo, hi);
+                    if bi != bj {
+                        col_side[c].push(i, lo, hi);
                     }
                 }
-                (bi, bj, row_side, col_side)
-            })
+            }
+            drop(g);
+            absorb(bi, row_side);
+            if bi != bj {
+                absorb(bj, col_side);
+            }
+        });
+        let nearest: Vec<Nearest> = nearest
+            .into_iter()
+            .flat_map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
             .collect();
-        let mut nearest = vec![Nearest::new(k); n];
-        for (bi, bj, row_side, col_side) in partials {
-            for (r, part) in row_side.into_iter().enumerate() {
-                nearest[blocks[bi].start + r].absorb(part);
-            }
-            for (c, part) in col_side.into_iter().enumerate() {
-                nearest[blocks[bj].start + c].absorb(part);
-            }
-        }
         let radii: Vec<f64> = nearest
             .into_par_iter()
             .enumerate()
