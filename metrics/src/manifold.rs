@@ -1175,6 +1175,55 @@ mod tests {
     }
 
     #[test]
+    fn exact_ties_follow_the_float64_comparisons() {
+        // Small integers: every distance is an exact integer, so radii tie with many distances
+        // and the float32 bounds can settle none of those comparisons on their own.
+        let lattice = |rows: usize, seed: u64| {
+            let mut state = seed;
+            Array2::from_shape_fn((rows, 16), |_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) % 3) as f64
+            })
+        };
+        let reference = lattice(120, 11);
+        let samples = lattice(100, 12);
+        for k in [1, 3] {
+            let (expected, expected_radii) = brute_force(&reference, &samples, k);
+            for block_size in [7, 1024] {
+                let config = ManifoldConfig {
+                    k,
+                    block_size,
+                    ..Default::default()
+                };
+                let got = manifold_metrics(reference.view(), samples.view(), &config).unwrap();
+                assert_eq!(got, expected, "k={k} block_size={block_size}");
+                let radii = manifold_radii(reference.view(), &config).unwrap();
+                assert_eq!(radii, expected_radii);
+            }
+        }
+    }
+
+    #[test]
+    fn float64_fallback_for_large_magnitudes_agrees() {
+        // Beyond 2^40 the float32 filter is not used; scaling by a power of two scales every
+        // squared distance exactly, so both paths must make the same decisions.
+        let reference = pseudo_random(60, 6, 21, 0.0);
+        let samples = pseudo_random(50, 6, 22, 0.1);
+        let config = ManifoldConfig::default();
+        let filtered = manifold_metrics(reference.view(), samples.view(), &config).unwrap();
+        let scale = 2f64.powi(45);
+        let fallback = manifold_metrics(
+            (&reference * scale).view(),
+            (&samples * scale).view(),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(filtered, fallback);
+    }
+
+    #[test]
     fn identical_sets_are_perfect() {
         let x = pseudo_random(40, 3, 9, 0.0);
         let got = manifold_metrics(x.view(), x.view(), &ManifoldConfig::default()).unwrap();
