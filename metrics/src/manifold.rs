@@ -12,6 +12,10 @@
 //! Distances come from blocked GEMM (`‖u‖² − 2 u·v + ‖v‖²`), one block of `block_size × block_size`
 //! at a time per worker, so memory stays bounded for any set size; the k smallest distances of each
 //! row are kept in a small sorted buffer instead of sorting rows.
+//! In the default exact mode the GEMMs run in float32 with a rigorous bound on the difference from
+//! the float64 distance, and only pairs the bound cannot decide are recomputed in float64 (see
+//! `filtered`): the same decisions as float64 distances, at float32 GEMM speed. Within-set passes
+//! compute one triangle of blocks.
 //!
 //! torch-fidelity's `prc` gives the same precision and recall: it compares Euclidean rather than
 //! squared distances and takes `kthvalue(k + 1)` with the self-distance included, which selects the
@@ -747,8 +751,14 @@ mod filtered {
             self.source.nrows()
         }
 
+        /// Rows `rows` as row-major float32 (a view of row-major float32 input).
         fn block(&self, rows: Range<usize>) -> CowArray<'_, f32, Ix2> {
-            T::rows_f32(self.source.slice(s![rows, ..]))
+            let block = T::rows_f32(self.source.slice(s![rows, ..]));
+            if block.is_standard_layout() {
+                block
+            } else {
+                CowArray::from(block.as_standard_layout().into_owned())
+            }
         }
 
         /// The float64 distance every decision is made against.
@@ -1086,7 +1096,7 @@ mod filtered {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::array;
+    use ndarray::{array, ShapeBuilder};
 
     fn brute_force(
         reference: &Array2<f64>,
@@ -1221,6 +1231,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(filtered, fallback);
+    }
+
+    #[test]
+    fn column_major_input_gives_the_same_result() {
+        let reference = pseudo_random(50, 7, 31, 0.0);
+        let samples = pseudo_random(40, 7, 32, 0.1);
+        let config = ManifoldConfig {
+            block_size: 16,
+            ..Default::default()
+        };
+        let expected = manifold_metrics(reference.view(), samples.view(), &config).unwrap();
+        let mut reference_f = Array2::<f32>::zeros((50, 7).f());
+        reference_f.assign(&reference.mapv(|v| v as f32));
+        let mut samples_f = Array2::<f32>::zeros((40, 7).f());
+        samples_f.assign(&samples.mapv(|v| v as f32));
+        let expected32 = manifold_metrics_f32(
+            reference.mapv(|v| v as f32).view(),
+            samples.mapv(|v| v as f32).view(),
+            &config,
+        )
+        .unwrap();
+        let got32 = manifold_metrics_f32(reference_f.view(), samples_f.view(), &config).unwrap();
+        assert_eq!(got32, expected32);
+        let mut reference_f64 = Array2::<f64>::zeros((50, 7).f());
+        reference_f64.assign(&reference);
+        let got = manifold_metrics(reference_f64.view(), samples.view(), &config).unwrap();
+        assert_eq!(got, expected);
     }
 
     #[test]
