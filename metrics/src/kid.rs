@@ -20,8 +20,10 @@
 //! Blocks run in parallel on rayon with single-threaded BLAS; partial sums are added in a fixed
 //! order, so the result does not depend on the thread count.
 
+use std::ops::Range;
+
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array2, ArrayView2};
+use ndarray::{s, Array2, ArrayView2, CowArray, Ix2};
 use rayon::prelude::*;
 
 use crate::error::{ensure_finite_rows, ensure_min_samples, ensure_same_dim, MetricsError, Result};
@@ -237,11 +239,48 @@ fn distinct_rows(subsets: &[Vec<usize>]) -> usize {
 }
 
 /// Splits `0..n` into about equal ranges of at most [`KERNEL_BLOCK_ROWS`].
-fn kernel_blocks(n: usize) -> Vec<std::ops::Range<usize>> {
+fn kernel_blocks(n: usize) -> Vec<Range<usize>> {
     let count = n.div_ceil(KERNEL_BLOCK_ROWS).max(1);
     (0..count)
         .map(|b| (b * n / count)..((b + 1) * n / count))
         .filter(|r| !r.is_empty())
+        .collect()
+}
+
+/// A group's rows widened to f64: all at once when that takes at most [`GATHER_AT_ONCE_BYTES`],
+/// else one block at a time.
+enum Gathered<'v, 'r, T: Element> {
+    Whole(Array2<f64>),
+    ByBlock(ArrayView2<'v, T>, &'r [usize]),
+}
+
+/// 256 MiB: a union of 16,000 rows of 2048 (the cost model picks the union form only up to
+/// about ten subsets' worth of rows).
+const GATHER_AT_ONCE_BYTES: usize = 256 << 20;
+
+impl<'v, 'r, T: Element> Gathered<'v, 'r, T> {
+    fn new(x: ArrayView2<'v, T>, rows: &'r [usize]) -> Self {
+        if rows.len() * x.ncols() * std::mem::size_of::<f64>() <= GATHER_AT_ONCE_BYTES {
+            Gathered::Whole(gather_rows_f64(x, rows))
+        } else {
+            Gathered::ByBlock(x, rows)
+        }
+    }
+
+    /// Rows `range` of the group, row-major.
+    fn block(&self, range: Range<usize>) -> CowArray<'_, f64, Ix2> {
+        match self {
+            Gathered::Whole(all) => CowArray::from(all.slice(s![range, ..])),
+            Gathered::ByBlock(x, rows) => CowArray::from(gather_rows_f64(*x, &rows[range])),
+        }
+    }
+}
+
+/// Block pairs `(i, j)` of `rows` rows: `i <= j` when `triangle`, else all.
+fn block_pairs(rows_i: usize, rows_j: usize, triangle: bool) -> Vec<(usize, usize)> {
+    let (bi, bj) = (kernel_blocks(rows_i).len(), kernel_blocks(rows_j).len());
+    (0..bi)
+        .flat_map(|i| (if triangle { i } else { 0 }..bj).map(move |j| (i, j)))
         .collect()
 }
 
@@ -258,52 +297,73 @@ fn within_sums<T: Element>(
     // Multiply-adds: a kernel triangle, plus the membership GEMM for the shared form.
     let shared_cost = union * union / 2.0 * (d + count);
     let separate_cost = count * m * m / 2.0 * (d + 1.0);
-    let groups = if shared_cost < separate_cost {
-        vec![Group::union(x.nrows(), subsets)]
+    if shared_cost < separate_cost {
+        // One group: parallel over its block pairs.
+        let group = Group::union(x.nrows(), subsets);
+        let rows = Gathered::new(x, &group.rows);
+        let n = group.rows.len();
+        let partials: Vec<(usize, Vec<f64>)> = block_pairs(n, n, true)
+            .par_iter()
+            .map(|&(bi, bj)| (0, within_block(&rows, &group, bi, bj, kernel)))
+            .collect();
+        drop(rows);
+        gather_partials(&[group], partials, subsets.len())
     } else {
-        Group::each(subsets)
-    };
-    let tasks: Vec<(usize, usize, usize)> = groups
-        .iter()
-        .enumerate()
-        .flat_map(|(g, group)| {
-            let blocks = kernel_blocks(group.rows.len()).len();
-            (0..blocks).flat_map(move |i| (i..blocks).map(move |j| (g, i, j)))
-        })
-        .collect();
-    let partials: Vec<(usize, Vec<f64>)> = tasks
-        .par_iter()
-        .map(|&(g, bi, bj)| {
-            let group = &groups[g];
-            let blocks = kernel_blocks(group.rows.len());
-            let (ri, rj) = (blocks[bi].clone(), blocks[bj].clone());
-            let mut left = Array2::zeros((0, 0));
-            let mut gram = Array2::zeros((ri.len(), rj.len()));
-            let xi = gather_rows_f64(x, &group.rows[ri.clone()], &mut left);
-            if bi == bj {
-                gram_symmetric(xi.view(), gram.view_mut()).expect("contiguous blocks");
-            } else {
-                let mut right = Array2::zeros((0, 0));
-                let xj = gather_rows_f64(x, &group.rows[rj.clone()], &mut right);
-                general_mat_mul(1.0, &xi, &xj.t(), 0.0, &mut gram);
-            }
-            let mut k = gram.view_mut();
-            kernel.apply(&mut k);
-            if bi == bj {
-                k.diag_mut().fill(0.0);
-            }
-            // Off-diagonal blocks stand for their mirror image too.
-            let weight = if bi == bj { 1.0 } else { 2.0 };
-            let sums = quadratic_forms(
-                k.view(),
-                group.membership.slice(s![ri, ..]),
-                group.membership.slice(s![rj, ..]),
-                weight,
-            );
-            (g, sums)
-        })
-        .collect();
-    gather_partials(&groups, partials, subsets.len())
+        // A group per subset: parallel over the groups.
+        let groups = Group::each(subsets);
+        let partials: Vec<(usize, Vec<f64>)> = groups
+            .par_iter()
+            .enumerate()
+            .map(|(g, group)| {
+                let rows = Gathered::new(x, &group.rows);
+                let n = group.rows.len();
+                let mut sums = vec![0.0; group.subsets.len()];
+                for (bi, bj) in block_pairs(n, n, true) {
+                    for (s, v) in sums
+                        .iter_mut()
+                        .zip(within_block(&rows, group, bi, bj, kernel))
+                    {
+                        *s += v;
+                    }
+                }
+                (g, sums)
+            })
+            .collect();
+        gather_partials(&groups, partials, subsets.len())
+    }
+}
+
+/// One block pair's contribution to a group's within-set sums.
+fn within_block<T: Element>(
+    rows: &Gathered<'_, '_, T>,
+    group: &Group,
+    bi: usize,
+    bj: usize,
+    kernel: PolyKernel,
+) -> Vec<f64> {
+    let blocks = kernel_blocks(group.rows.len());
+    let (ri, rj) = (blocks[bi].clone(), blocks[bj].clone());
+    let mut gram = Array2::zeros((ri.len(), rj.len()));
+    let xi = rows.block(ri.clone());
+    if bi == bj {
+        gram_symmetric(xi.view(), gram.view_mut()).expect("row-major blocks");
+    } else {
+        let xj = rows.block(rj.clone());
+        general_mat_mul(1.0, &xi, &xj.t(), 0.0, &mut gram);
+    }
+    let mut k = gram.view_mut();
+    kernel.apply(&mut k);
+    if bi == bj {
+        k.diag_mut().fill(0.0);
+    }
+    // Off-diagonal blocks stand for their mirror image too.
+    let weight = if bi == bj { 1.0 } else { 2.0 };
+    quadratic_forms(
+        k.view(),
+        group.membership.slice(s![ri, ..]),
+        group.membership.slice(s![rj, ..]),
+        weight,
+    )
 }
 
 /// For each subset pair, the sum of `k(x_i, y_j)` over all rows `i` of the x subset and `j` of
@@ -321,52 +381,69 @@ fn cross_sums<T: Element>(
     let shared_cost =
         distinct_rows(x_subsets) as f64 * distinct_rows(y_subsets) as f64 * (d + count);
     let separate_cost = count * m * m * (d + 1.0);
-    let groups: Vec<(Group, Group)> = if shared_cost < separate_cost {
-        vec![(
+    if shared_cost < separate_cost {
+        let (gx, gy) = (
             Group::union(x.nrows(), x_subsets),
             Group::union(y.nrows(), y_subsets),
-        )]
+        );
+        let (rows_x, rows_y) = (Gathered::new(x, &gx.rows), Gathered::new(y, &gy.rows));
+        let partials: Vec<(usize, Vec<f64>)> = block_pairs(gx.rows.len(), gy.rows.len(), false)
+            .par_iter()
+            .map(|&(bi, bj)| (0, cross_block(&rows_x, &gx, &rows_y, &gy, bi, bj, kernel)))
+            .collect();
+        drop((rows_x, rows_y));
+        gather_partials(&[gx], partials, x_subsets.len())
     } else {
-        Group::each(x_subsets)
+        let groups: Vec<(Group, Group)> = Group::each(x_subsets)
             .into_iter()
             .zip(Group::each(y_subsets))
-            .collect()
-    };
-    let tasks: Vec<(usize, usize, usize)> = groups
-        .iter()
-        .enumerate()
-        .flat_map(|(g, (gx, gy))| {
-            let (bx, by) = (
-                kernel_blocks(gx.rows.len()).len(),
-                kernel_blocks(gy.rows.len()).len(),
-            );
-            (0..bx).flat_map(move |i| (0..by).map(move |j| (g, i, j)))
-        })
-        .collect();
-    let partials: Vec<(usize, Vec<f64>)> = tasks
-        .par_iter()
-        .map(|&(g, bi, bj)| {
-            let (gx, gy) = &groups[g];
-            let ri = kernel_blocks(gx.rows.len())[bi].clone();
-            let rj = kernel_blocks(gy.rows.len())[bj].clone();
-            let (mut left, mut right) = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
-            let xi = gather_rows_f64(x, &gx.rows[ri.clone()], &mut left);
-            let yj = gather_rows_f64(y, &gy.rows[rj.clone()], &mut right);
-            let mut gram = Array2::zeros((ri.len(), rj.len()));
-            general_mat_mul(1.0, &xi, &yj.t(), 0.0, &mut gram);
-            let mut k = gram.view_mut();
-            kernel.apply(&mut k);
-            let sums = quadratic_forms(
-                k.view(),
-                gx.membership.slice(s![ri, ..]),
-                gy.membership.slice(s![rj, ..]),
-                1.0,
-            );
-            (g, sums)
-        })
-        .collect();
-    let x_groups: Vec<Group> = groups.into_iter().map(|(gx, _)| gx).collect();
-    gather_partials(&x_groups, partials, x_subsets.len())
+            .collect();
+        let partials: Vec<(usize, Vec<f64>)> = groups
+            .par_iter()
+            .enumerate()
+            .map(|(g, (gx, gy))| {
+                let (rows_x, rows_y) = (Gathered::new(x, &gx.rows), Gathered::new(y, &gy.rows));
+                let mut sums = vec![0.0; gx.subsets.len()];
+                for (bi, bj) in block_pairs(gx.rows.len(), gy.rows.len(), false) {
+                    for (s, v) in sums
+                        .iter_mut()
+                        .zip(cross_block(&rows_x, gx, &rows_y, gy, bi, bj, kernel))
+                    {
+                        *s += v;
+                    }
+                }
+                (g, sums)
+            })
+            .collect();
+        let x_groups: Vec<Group> = groups.into_iter().map(|(gx, _)| gx).collect();
+        gather_partials(&x_groups, partials, x_subsets.len())
+    }
+}
+
+/// One block pair's contribution to a group pair's cross sums.
+fn cross_block<T: Element>(
+    rows_x: &Gathered<'_, '_, T>,
+    gx: &Group,
+    rows_y: &Gathered<'_, '_, T>,
+    gy: &Group,
+    bi: usize,
+    bj: usize,
+    kernel: PolyKernel,
+) -> Vec<f64> {
+    let ri = kernel_blocks(gx.rows.len())[bi].clone();
+    let rj = kernel_blocks(gy.rows.len())[bj].clone();
+    let xi = rows_x.block(ri.clone());
+    let yj = rows_y.block(rj.clone());
+    let mut gram = Array2::zeros((ri.len(), rj.len()));
+    general_mat_mul(1.0, &xi, &yj.t(), 0.0, &mut gram);
+    let mut k = gram.view_mut();
+    kernel.apply(&mut k);
+    quadratic_forms(
+        k.view(),
+        gx.membership.slice(s![ri, ..]),
+        gy.membership.slice(s![rj, ..]),
+        1.0,
+    )
 }
 
 /// `weight · aₛᵀ K bₛ` for every membership column `s`: `K B` by GEMM, then row-wise dot

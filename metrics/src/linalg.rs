@@ -286,22 +286,14 @@ impl Element for f64 {
     }
 }
 
-/// Copies rows `rows` of `source` (in that order), widened to f64, into the first `rows.len()`
-/// rows of `out`, and returns that part of `out`.
-pub fn gather_rows_f64<'o, T: Element>(
-    source: ArrayView2<'_, T>,
-    rows: &[usize],
-    out: &'o mut Array2<f64>,
-) -> ArrayViewMut2<'o, f64> {
+/// Rows `rows` of `source` (in that order), widened to f64, as a new row-major matrix.
+pub fn gather_rows_f64<T: Element>(source: ArrayView2<'_, T>, rows: &[usize]) -> Array2<f64> {
     let cols = source.ncols();
-    if out.nrows() < rows.len() || out.ncols() != cols {
-        *out = Array2::zeros((rows.len(), cols));
+    let mut data = Vec::with_capacity(rows.len() * cols);
+    for &r in rows {
+        data.extend(source.row(r).iter().map(|&v| v.into()));
     }
-    let mut part = out.slice_mut(ndarray::s![..rows.len(), ..]);
-    for (mut dst, &r) in part.rows_mut().into_iter().zip(rows) {
-        dst.zip_mut_with(&source.row(r), |d, &v| *d = v.into());
-    }
-    part
+    Array2::from_shape_vec((rows.len(), cols), data).expect("rows x cols values")
 }
 
 /// OpenBLAS's own thread count when the process started (`OPENBLAS_NUM_THREADS`, else the cores).
