@@ -118,9 +118,18 @@ impl GaussianAccumulator {
         let mut sigma = Array2::<f64>::zeros((dim, dim));
         for i in 0..dim {
             for j in i..dim {
-                let value = (self.outer[[i, j]] - mu[i] * mu[j] * n) / (n - 1.0);
-                sigma[[i, j]] = value;
-                sigma[[j, i]] = value;
+                sigma[[i, j]] = (self.outer[[i, j]] - mu[i] * mu[j] * n) / (n - 1.0);
+            }
+        }
+        // Mirror the upper triangle in tiles, so both the reads and the writes stay in cache.
+        const TILE: usize = 64;
+        for bi in (0..dim).step_by(TILE) {
+            for bj in (0..=bi).step_by(TILE) {
+                for i in bi..(bi + TILE).min(dim) {
+                    for j in bj..(bj + TILE).min(i) {
+                        sigma[[i, j]] = sigma[[j, i]];
+                    }
+                }
             }
         }
         Ok(GaussianStats {
