@@ -480,6 +480,54 @@ mod tests {
     }
 
     #[test]
+    fn blas_helpers_match_plain_products() {
+        let a = Array2::from_shape_fn((5, 3), |(i, j)| ((i * 7 + j * 3) % 5) as f64 - 1.5);
+        let mut upper = Array2::<f64>::zeros((3, 3));
+        syrk_upper_transposed(a.view(), &mut upper).unwrap();
+        let ata = a.t().dot(&a);
+        for i in 0..3 {
+            for j in 0..3 {
+                let expected = if j >= i { ata[[i, j]] } else { 0.0 };
+                assert!((upper[[i, j]] - expected).abs() < 1e-12);
+            }
+        }
+        let mut gram = Array2::<f64>::zeros((5, 5));
+        gram_symmetric(a.view(), gram.view_mut()).unwrap();
+        let mut gram32 = Array2::<f32>::zeros((5, 5));
+        gram_symmetric_f32(a.mapv(|v| v as f32).view(), gram32.view_mut()).unwrap();
+        let aat = a.dot(&a.t());
+        for ((x, y), z) in gram.iter().zip(aat.iter()).zip(gram32.iter()) {
+            assert!((x - y).abs() < 1e-12 && (f64::from(*z) - y).abs() < 1e-5);
+        }
+        assert_eq!(gram, gram.t());
+        let u = array![[2.0, 0.5, -1.0], [9.0, 1.5, 0.25], [7.0, 8.0, 3.0]];
+        let s = array![[4.0, 2.0, 0.4], [2.0, 5.0, 1.0], [0.4, 1.0, 3.0]];
+        let mut upper_u = u.clone();
+        for i in 0..3 {
+            for j in 0..i {
+                upper_u[[i, j]] = 0.0;
+            }
+        }
+        let expected = upper_u.dot(&s).dot(&upper_u.t());
+        let got = triangular_congruence(&u, &s).unwrap();
+        for (x, y) in got.iter().zip(expected.iter()) {
+            assert!((x - y).abs() < 1e-12);
+        }
+        let rows = gather_rows_f64(a.mapv(|v| v as f32).view(), &[4, 0, 4]);
+        assert_eq!(rows.row(0), a.row(4));
+        assert_eq!(rows.row(1), a.row(0));
+        assert_eq!(rows.row(2), a.row(4));
+    }
+
+    #[test]
+    fn blas_is_single_threaded_inside_parallel_kernels() {
+        let _serial = SerialBlas::enter();
+        assert_eq!(crate::blas::num_threads(), 1);
+        assert_eq!(thread_counts().1, 1);
+        assert!(thread_counts().2 >= 1);
+    }
+
+    #[test]
     fn eigen_reconstructs() {
         let a = array![[2.0, 1.0, 0.0], [1.0, 3.0, 0.5], [0.0, 0.5, 1.0]];
         let (w, v) = symmetric_eigen(&a, true).unwrap();
