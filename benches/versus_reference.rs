@@ -162,12 +162,13 @@ struct ProcessRun {
     stdout: String,
 }
 
-/// Runs `program args` under `/usr/bin/time -v`.
-fn time_process(program: &Path, args: &[String]) -> ProcessRun {
+/// Runs `program args` under `/usr/bin/time -v`, with `env` added to the environment.
+fn time_process(program: &Path, args: &[String], env: &[(&str, &str)]) -> ProcessRun {
     let output = Command::new("/usr/bin/time")
         .arg("-v")
         .arg(program)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("/usr/bin/time runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -225,6 +226,7 @@ struct Contender {
     label: &'static str,
     program: PathBuf,
     args: Vec<String>,
+    env: Vec<(&'static str, &'static str)>,
 }
 
 /// Runs every contender `repeats` times, interleaved, and returns the medians (seconds, peak MB)
@@ -233,7 +235,11 @@ fn race(contenders: &[Contender], repeats: usize) -> Vec<(f64, f64, String)> {
     let mut runs: Vec<Vec<ProcessRun>> = contenders.iter().map(|_| Vec::new()).collect();
     for _ in 0..repeats {
         for (c, contender) in contenders.iter().enumerate() {
-            runs[c].push(time_process(&contender.program, &contender.args));
+            runs[c].push(time_process(
+                &contender.program,
+                &contender.args,
+                &contender.env,
+            ));
         }
     }
     runs.into_iter()
@@ -267,6 +273,7 @@ fn ours(sample: &Path, reference: &Path, metrics: &str, out: &Path) -> Contender
             "--out".into(),
             out.display().to_string(),
         ],
+        env: Vec::new(),
     }
 }
 
@@ -283,7 +290,17 @@ fn peer(label: &'static str, what: &str, sample: &Path, reference: &Path) -> Con
             sample.display().to_string(),
             reference.display().to_string(),
         ],
+        env: Vec::new(),
     }
+}
+
+fn single_threaded(mut contender: Contender) -> Contender {
+    contender.env = vec![
+        ("OPENBLAS_NUM_THREADS", "1"),
+        ("OMP_NUM_THREADS", "1"),
+        ("MKL_NUM_THREADS", "1"),
+    ];
+    contender
 }
 
 fn our_values(out: &Path) -> serde_json::Value {
@@ -316,6 +333,10 @@ fn process_fid() {
     let contenders = [
         ours(&a, &b, "fid", &out),
         peer("NumPy np.cov + eigh", "numpy-fid", &a, &b),
+        peer("NumPy cov+cholesky+eigvalsh", "numpy-fid-cholesky", &a, &b),
+        // On a loaded machine NumPy's threaded LAPACK can be several times slower than its
+        // single-threaded one: its best configuration too.
+        single_threaded(peer("  same, 1 BLAS thread", "numpy-fid-cholesky", &a, &b)),
         peer("pytorch-fid", "pytorch-fid", &a, &b),
     ];
     let results = race(&contenders, 3);
@@ -331,6 +352,7 @@ fn process_fid() {
             label: "llamagen-eval --help",
             program: PathBuf::from(env!("CARGO_BIN_EXE_llamagen-eval")),
             args: vec!["--help".into()],
+            env: Vec::new(),
         }],
         3,
     );
@@ -362,6 +384,7 @@ fn process_kid() {
     let contenders = [
         ours(&a, &b, "kid", &out),
         peer("torch-fidelity KID", "torch-fidelity-kid", &a, &b),
+        single_threaded(peer("  same, 1 thread", "torch-fidelity-kid", &a, &b)),
     ];
     let results = race(&contenders, 3);
     report_race(
@@ -384,6 +407,7 @@ fn process_kid() {
     let f64_run = time_process(
         &common::python(),
         &peer("", "torch-fidelity-kid-float64", &a, &b).args,
+        &[],
     );
     let theirs64: serde_json::Value = serde_json::from_str(f64_run.stdout.trim()).expect("JSON");
     for key in ["kid", "kid_std"] {
@@ -410,6 +434,7 @@ fn process_precision_recall() {
     let contenders = [
         ours(&a, &b, "pr", &out),
         peer("torch-fidelity PRC", "torch-fidelity-prc", &a, &b),
+        single_threaded(peer("  same, 1 thread", "torch-fidelity-prc", &a, &b)),
     ];
     let results = race(&contenders, 3);
     report_race(
