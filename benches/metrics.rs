@@ -4,6 +4,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use llamagen_metrics::frechet::frechet_distance;
 use llamagen_metrics::image_quality::{ssim, SsimMode};
+use llamagen_metrics::kid::{kernel_inception_distance_f32, KidConfig};
 use llamagen_metrics::manifold::{manifold_metrics_f32, ManifoldConfig};
 use llamagen_metrics::stats::{GaussianAccumulator, GaussianStats};
 use ndarray::{Array2, Array4};
@@ -63,6 +64,23 @@ fn precision_recall(c: &mut Criterion) {
     group.finish();
 }
 
+fn kid(c: &mut Criterion) {
+    // torch-fidelity's defaults (100 subsets of 1000) on 2k x 2k: the union of the subsets is the
+    // whole of both sets, so this is one shared kernel pass over 2k x 2k plus the subset sums.
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let reference = random_features(&mut rng, 2000, 2048);
+    let samples = random_features(&mut rng, 2000, 2048);
+    let mut group = c.benchmark_group("kid");
+    group.sample_size(10);
+    group.bench_function("kid_2k_x_2k_x_2048_100_subsets_of_1000", |bench| {
+        bench.iter(|| {
+            kernel_inception_distance_f32(reference.view(), samples.view(), &KidConfig::default())
+                .expect("kid")
+        })
+    });
+    group.finish();
+}
+
 fn ssim_bench(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let originals = Array4::from_shape_fn((8, 256, 256, 3), |_| rng.random::<u8>());
@@ -81,5 +99,12 @@ fn ssim_bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frechet, statistics, precision_recall, ssim_bench);
+criterion_group!(
+    benches,
+    frechet,
+    statistics,
+    precision_recall,
+    kid,
+    ssim_bench
+);
 criterion_main!(benches);

@@ -2,10 +2,17 @@
 //! speed ratios (machines here are noisy, so only same-run ratios mean anything).
 //!
 //! Run with `./x bench --bench versus_reference` (add `-- NAME` for one comparison).
+//!
+//! The `process_*` comparisons time whole processes, as users feel them: our
+//! `llamagen-eval metrics` against the peer scripts of `tests/parity/bench_feature_peers.py` on the
+//! same float32 feature files, each run under `/usr/bin/time -v` (wall clock and peak resident
+//! memory), the programs interleaved and the median of the repeats reported.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use llamagen_eval::models::inception::{self, Resize};
@@ -13,7 +20,7 @@ use llamagen_metrics::frechet::frechet_distance;
 use llamagen_metrics::image_quality::{ssim, SsimMode};
 use llamagen_metrics::stats::GaussianStats;
 use ndarray::{Array2, Array4};
-use ndarray_npy::write_npy;
+use ndarray_npy::{write_npy, NpzWriter};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -148,13 +155,318 @@ fn inception_vs_pytorch_fid() {
     );
 }
 
+/// One whole-process run: wall-clock seconds, peak resident memory and standard output.
+struct ProcessRun {
+    seconds: f64,
+    peak_mb: f64,
+    stdout: String,
+}
+
+/// Runs `program args` under `/usr/bin/time -v`, with `env` added to the environment.
+fn time_process(program: &Path, args: &[String], env: &[(&str, &str)]) -> ProcessRun {
+    let output = Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("/usr/bin/time runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{} {args:?} failed:\n{stderr}",
+        program.display()
+    );
+    let field = |name: &str| {
+        stderr
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .unwrap_or_else(|| panic!("`{name}` in /usr/bin/time's report:\n{stderr}"))
+            .trim()
+            .to_owned()
+    };
+    let wall = field("Elapsed (wall clock) time (h:mm:ss or m:ss):");
+    let seconds = wall.split(':').fold(0.0, |acc, part| {
+        acc * 60.0 + part.parse::<f64>().expect("time field")
+    });
+    let peak_kb: f64 = field("Maximum resident set size (kbytes):")
+        .parse()
+        .expect("kbytes");
+    ProcessRun {
+        seconds,
+        peak_mb: peak_kb / 1024.0,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+    }
+}
+
+/// Inception-pool-like features: non-negative, clustered (shared centres for every seed, so two
+/// sets overlap), written as an npz with a float32 `pool` entry.
+fn write_pool_features(path: &Path, n: usize, seed: u64, shift: f32) {
+    let dim = 2048;
+    let normal = |rng: &mut ChaCha8Rng| -> f32 {
+        (0..4).map(|_| rng.random_range(-1.0f32..1.0)).sum::<f32>() * 0.866
+    };
+    let mut centre_rng = ChaCha8Rng::seed_from_u64(7);
+    let centres = Array2::from_shape_simple_fn((50, dim), || normal(&mut centre_rng));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut pool = Array2::<f32>::zeros((n, dim));
+    for mut row in pool.rows_mut() {
+        let centre = centres.row(rng.random_range(0..50));
+        for (v, &c) in row.iter_mut().zip(centre) {
+            *v = (0.8 * c + 0.6 * normal(&mut rng) + shift).max(0.0);
+        }
+    }
+    let mut npz = NpzWriter::new(std::fs::File::create(path).expect("create npz"));
+    npz.add_array("pool", &pool).expect("write pool");
+    npz.finish().expect("finish npz");
+}
+
+/// A program and its arguments, as one of the compared processes.
+struct Contender {
+    label: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+/// Runs every contender `repeats` times, interleaved, and returns the medians (seconds, peak MB)
+/// and the last standard output of each.
+fn race(contenders: &[Contender], repeats: usize) -> Vec<(f64, f64, String)> {
+    let mut runs: Vec<Vec<ProcessRun>> = contenders.iter().map(|_| Vec::new()).collect();
+    for _ in 0..repeats {
+        for (c, contender) in contenders.iter().enumerate() {
+            runs[c].push(time_process(
+                &contender.program,
+                &contender.args,
+                &contender.env,
+            ));
+        }
+    }
+    runs.into_iter()
+        .map(|mut r| {
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let mut secs: Vec<f64> = r.iter().map(|x| x.seconds).collect();
+            let mut mem: Vec<f64> = r.iter().map(|x| x.peak_mb).collect();
+            let out = r.pop().map(|x| x.stdout).unwrap_or_default();
+            (median(&mut secs), median(&mut mem), out)
+        })
+        .collect()
+}
+
+/// Our CLI on two feature files for `metrics`; the values come back from its metrics.json.
+fn ours(sample: &Path, reference: &Path, metrics: &str, out: &Path) -> Contender {
+    Contender {
+        label: "llamagen-eval metrics",
+        program: PathBuf::from(env!("CARGO_BIN_EXE_llamagen-eval")),
+        args: vec![
+            "metrics".into(),
+            "--quiet".into(),
+            "--sample-features".into(),
+            sample.display().to_string(),
+            "--ref-features".into(),
+            reference.display().to_string(),
+            "--metrics".into(),
+            metrics.into(),
+            "--out".into(),
+            out.display().to_string(),
+        ],
+        env: Vec::new(),
+    }
+}
+
+fn peer(label: &'static str, what: &str, sample: &Path, reference: &Path) -> Contender {
+    Contender {
+        label,
+        program: common::python(),
+        args: vec![
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/parity/bench_feature_peers.py")
+                .display()
+                .to_string(),
+            what.into(),
+            sample.display().to_string(),
+            reference.display().to_string(),
+        ],
+        env: Vec::new(),
+    }
+}
+
+fn single_threaded(mut contender: Contender) -> Contender {
+    contender.env = vec![
+        ("OPENBLAS_NUM_THREADS", "1"),
+        ("OMP_NUM_THREADS", "1"),
+        ("MKL_NUM_THREADS", "1"),
+    ];
+    contender
+}
+
+fn our_values(out: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("metrics.json")).expect("metrics.json");
+    serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["metrics"].clone()
+}
+
+fn report_race(title: &str, contenders: &[Contender], results: &[(f64, f64, String)]) {
+    println!("{title}");
+    let (our_seconds, our_mb, _) = results[0];
+    for (contender, (seconds, mb, _)) in contenders.iter().zip(results) {
+        println!(
+            "  {:<28} {seconds:7.2} s {mb:7.0} MB peak   ratio {:5.2}x",
+            contender.label,
+            seconds / our_seconds
+        );
+    }
+    let _ = our_mb;
+}
+
+fn process_fid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, out) = (
+        dir.path().join("sample.npz"),
+        dir.path().join("ref.npz"),
+        dir.path().join("ours"),
+    );
+    write_pool_features(&a, 6000, 11, 0.05);
+    write_pool_features(&b, 6000, 12, 0.0);
+    let contenders = [
+        ours(&a, &b, "fid", &out),
+        peer("NumPy np.cov + eigh", "numpy-fid", &a, &b),
+        peer("NumPy cov+cholesky+eigvalsh", "numpy-fid-cholesky", &a, &b),
+        // On a loaded machine NumPy's threaded LAPACK can be several times slower than its
+        // single-threaded one: its best configuration too.
+        single_threaded(peer("  same, 1 BLAS thread", "numpy-fid-cholesky", &a, &b)),
+        peer("pytorch-fid", "pytorch-fid", &a, &b),
+    ];
+    let results = race(&contenders, 3);
+    report_race(
+        "FID, two feature files of 6,000 x 2048 f32 (whole process)",
+        &contenders,
+        &results,
+    );
+    // Any llamagen-eval process first loads libtorch (and its CUDA libraries where the wheel has
+    // them): the floor under every whole-process figure of ours.
+    let startup = race(
+        &[Contender {
+            label: "llamagen-eval --help",
+            program: PathBuf::from(env!("CARGO_BIN_EXE_llamagen-eval")),
+            args: vec!["--help".into()],
+            env: Vec::new(),
+        }],
+        3,
+    );
+    println!(
+        "  startup floor (`llamagen-eval --help`): {:.2} s, {:.0} MB peak",
+        startup[0].0, startup[0].1
+    );
+    let fid = our_values(&out)["fid"].as_f64().expect("fid");
+    for (contender, (_, _, stdout)) in contenders.iter().zip(&results).skip(1) {
+        let theirs: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+        let theirs = theirs["fid"].as_f64().expect("fid");
+        println!(
+            "  FID ours {fid:.9} vs {} {theirs:.9} (rel diff {:.1e})",
+            contender.label,
+            (fid - theirs).abs() / theirs.abs()
+        );
+    }
+}
+
+fn process_kid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, out) = (
+        dir.path().join("sample.npz"),
+        dir.path().join("ref.npz"),
+        dir.path().join("ours"),
+    );
+    write_pool_features(&a, 5000, 21, 0.05);
+    write_pool_features(&b, 5000, 22, 0.0);
+    let contenders = [
+        ours(&a, &b, "kid", &out),
+        peer("torch-fidelity KID", "torch-fidelity-kid", &a, &b),
+        single_threaded(peer("  same, 1 thread", "torch-fidelity-kid", &a, &b)),
+    ];
+    let results = race(&contenders, 3);
+    report_race(
+        "KID, 5,000 vs 5,000 x 2048 f32, 100 subsets of 1,000 (whole process)",
+        &contenders,
+        &results,
+    );
+    let ours = our_values(&out);
+    let theirs: serde_json::Value = serde_json::from_str(results[1].2.trim()).expect("JSON");
+    for key in ["kid", "kid_std"] {
+        let (o, t) = (
+            ours[key].as_f64().expect("ours"),
+            theirs[key].as_f64().expect("theirs"),
+        );
+        println!(
+            "  {key}: ours {o:.12e} vs torch-fidelity (float32 arithmetic) {t:.12e} (rel diff {:.1e})",
+            (o - t).abs() / t.abs()
+        );
+    }
+    let f64_run = time_process(
+        &common::python(),
+        &peer("", "torch-fidelity-kid-float64", &a, &b).args,
+        &[],
+    );
+    let theirs64: serde_json::Value = serde_json::from_str(f64_run.stdout.trim()).expect("JSON");
+    for key in ["kid", "kid_std"] {
+        let (o, t) = (
+            ours[key].as_f64().expect("ours"),
+            theirs64[key].as_f64().expect("theirs"),
+        );
+        println!(
+            "  {key}: ours {o:.12e} vs torch-fidelity on the same features in float64 {t:.12e} (rel diff {:.1e})",
+            (o - t).abs() / t.abs()
+        );
+    }
+}
+
+fn process_precision_recall() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, out) = (
+        dir.path().join("sample.npz"),
+        dir.path().join("ref.npz"),
+        dir.path().join("ours"),
+    );
+    write_pool_features(&a, 5000, 31, 0.05);
+    write_pool_features(&b, 5000, 32, 0.0);
+    let contenders = [
+        ours(&a, &b, "pr", &out),
+        peer("torch-fidelity PRC", "torch-fidelity-prc", &a, &b),
+        single_threaded(peer("  same, 1 thread", "torch-fidelity-prc", &a, &b)),
+    ];
+    let results = race(&contenders, 3);
+    report_race(
+        "precision/recall k=3, 5,000 vs 5,000 x 2048 f32 (whole process; ours adds density/coverage)",
+        &contenders,
+        &results,
+    );
+    let ours = our_values(&out);
+    let theirs: serde_json::Value = serde_json::from_str(results[1].2.trim()).expect("JSON");
+    for key in ["precision", "recall"] {
+        let (o, t) = (
+            ours[key].as_f64().expect("ours"),
+            theirs[key].as_f64().expect("theirs"),
+        );
+        println!(
+            "  {key}: ours {} of 5000 vs torch-fidelity {} of 5000",
+            (o * 5000.0).round(),
+            (t * 5000.0).round()
+        );
+    }
+}
+
 fn main() {
     // `cargo bench --bench versus_reference -- NAME` runs only the comparisons whose name contains NAME.
     let filter = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .unwrap_or_default();
-    let benches: [(&str, fn()); 3] = [
+    let benches: [(&str, fn()); 6] = [
+        ("process_fid", process_fid),
+        ("process_kid", process_kid),
+        ("process_precision_recall", process_precision_recall),
         ("frechet", frechet_vs_pytorch_fid),
         ("ssim", ssim_vs_scikit_image),
         ("inception", inception_vs_pytorch_fid),

@@ -25,8 +25,10 @@ pub struct Report {
     pub rayon_threads: usize,
     /// The linked BLAS library's self-description (the metrics' matrix products).
     pub blas_backend: String,
-    /// Threads the linked OpenBLAS uses per call.
+    /// OpenBLAS threads of one call outside the parallel metric kernels (factorisations).
     pub blas_threads: usize,
+    /// OpenBLAS threads of one call inside the rayon-parallel metric kernels.
+    pub kernel_blas_threads: usize,
     /// Where weights and cached features are looked for ([`cache::cache_dir`]).
     pub cache_dir: std::path::PathBuf,
     /// Where the FID Inception weights would be taken from.
@@ -46,7 +48,8 @@ impl Report {
             torch_threads: tch::get_num_threads(),
             rayon_threads: rayon::current_num_threads(),
             blas_backend: llamagen_metrics::blas::backend_description(),
-            blas_threads: llamagen_metrics::blas::num_threads(),
+            blas_threads: llamagen_metrics::linalg::thread_counts().2,
+            kernel_blas_threads: llamagen_metrics::linalg::thread_counts().1,
             cache_dir: cache::cache_dir(),
             inception: cache::inception_weights(inception_flag),
         }
@@ -76,10 +79,14 @@ impl Report {
         );
         let _ = writeln!(out, "cuDNN             {}", yes_no(self.cudnn_available));
         let _ = writeln!(out, "libtorch threads  {}", self.torch_threads);
-        let _ = writeln!(out, "rayon threads     {}", self.rayon_threads);
         let _ = writeln!(
             out,
-            "BLAS              {} ({} threads)",
+            "rayon threads     {} (metric kernels: parallel blocks, {} BLAS thread per worker)",
+            self.rayon_threads, self.kernel_blas_threads
+        );
+        let _ = writeln!(
+            out,
+            "BLAS              {} ({} threads for single factorisations)",
             self.blas_backend, self.blas_threads
         );
         let _ = writeln!(

@@ -3,7 +3,7 @@
 //!
 //! `tr sqrt(S1 S2)` is the sum of square roots of the eigenvalues of `S1 S2`, which are those of the
 //! symmetric positive semi-definite `U S2 Uᵀ` when `S1 = Uᵀ U` (Cholesky). So one Cholesky, two
-//! matrix products and one symmetric eigenvalue solve replace scipy's general `sqrtm` — same value,
+//! triangular matrix products and one symmetric eigenvalue solve replace scipy's general `sqrtm` — same value,
 //! no imaginary parts to discard, and an order of magnitude faster. When neither covariance is
 //! positive definite (fewer samples than dimensions), the factor comes from an eigendecomposition
 //! with round-off negatives clipped to zero, and a warning is logged.
@@ -11,7 +11,7 @@
 use ndarray::Array2;
 
 use crate::error::{ensure_same_dim, Result};
-use crate::linalg::{cholesky, symmetric_eigen, Cholesky};
+use crate::linalg::{cholesky, symmetric_eigen, triangular_congruence, Cholesky};
 use crate::stats::GaussianStats;
 
 /// The Fréchet distance between two Gaussians.
@@ -26,9 +26,9 @@ pub fn frechet_distance(a: &GaussianStats, b: &GaussianStats) -> Result<f64> {
 /// `tr sqrt(S1 S2)` for symmetric positive semi-definite `S1`, `S2`.
 pub fn trace_sqrt_product(s1: &Array2<f64>, s2: &Array2<f64>) -> Result<f64> {
     let congruent = match cholesky(s1)? {
-        Cholesky::Factor(u) => u.dot(s2).dot(&u.t()),
+        Cholesky::Factor(u) => triangular_congruence(&u, s2)?,
         Cholesky::NotPositiveDefinite => match cholesky(s2)? {
-            Cholesky::Factor(u) => u.dot(s1).dot(&u.t()),
+            Cholesky::Factor(u) => triangular_congruence(&u, s1)?,
             Cholesky::NotPositiveDefinite => {
                 tracing::warn!(
                     "both covariances are singular (fewer samples than feature dimensions?); \

@@ -8,11 +8,29 @@
 //! [`LegacyRandomState`] reimplements the parts of NumPy's legacy generator that this needs (MT19937
 //! seeding and output, the bounded-integer rejection sampler and the Fisher–Yates permutation), so
 //! the same seed selects the same rows.
+//!
+//! The kernel sums are computed in float64 (f32 features are widened a block of rows at a time;
+//! no f64 copy of a feature set is made), without recomputing kernel values that subsets share.
+//! For each of the three terms (samples × samples, references × references, samples ×
+//! references) either the kernel matrix of the union of the subsets' rows is formed once, in
+//! blocks, and each subset's sum is read off it as `aᵀ K b` with the subsets' 0/1 membership
+//! vectors (one GEMM of every kernel block with the membership matrix), or, when the union is so
+//! large that this costs more, each subset's own kernel matrix is formed in blocks. Within-set
+//! blocks use one triangle (`dsyrk` on the diagonal, each off-diagonal block once, counted twice).
+//! Blocks run in parallel on rayon with single-threaded BLAS; partial sums are added in a fixed
+//! order, so the result does not depend on the thread count.
 
-use ndarray::{Array2, ArrayView2, Axis};
+use std::ops::Range;
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, Array2, ArrayView2, CowArray, Ix2};
 use rayon::prelude::*;
 
 use crate::error::{ensure_finite_rows, ensure_min_samples, ensure_same_dim, MetricsError, Result};
+use crate::linalg::{gather_rows_f64, gram_symmetric, Element, SerialBlas};
+
+/// Rows per kernel block: 512 x 2048 f64 = 8 MiB per gathered block.
+const KERNEL_BLOCK_ROWS: usize = 512;
 
 /// torch-fidelity's `kid_subsets`.
 pub const DEFAULT_SUBSETS: usize = 100;
@@ -59,6 +77,23 @@ pub fn kernel_inception_distance(
     samples: ArrayView2<'_, f64>,
     config: &KidConfig,
 ) -> Result<KidResult> {
+    kid(reference, samples, config)
+}
+
+/// [`kernel_inception_distance`] for float32 features (computed in float64).
+pub fn kernel_inception_distance_f32(
+    reference: ArrayView2<'_, f32>,
+    samples: ArrayView2<'_, f32>,
+    config: &KidConfig,
+) -> Result<KidResult> {
+    kid(reference, samples, config)
+}
+
+fn kid<T: Element>(
+    reference: ArrayView2<'_, T>,
+    samples: ArrayView2<'_, T>,
+    config: &KidConfig,
+) -> Result<KidResult> {
     if config.subsets == 0 {
         return Err(MetricsError::InvalidArgument(
             "KID: subsets must be at least 1".into(),
@@ -87,19 +122,30 @@ pub fn kernel_inception_distance(
         .min(samples.nrows());
     let mut rng = LegacyRandomState::new(config.seed);
     // torch-fidelity's features_1 is the generated set and is drawn first.
-    let draws: Vec<(Vec<usize>, Vec<usize>)> = (0..config.subsets)
-        .map(|_| {
-            let s = rng.choice_without_replacement(samples.nrows(), m);
-            let r = rng.choice_without_replacement(reference.nrows(), m);
-            (s, r)
-        })
-        .collect();
-    let per_subset: Vec<f64> = draws
-        .par_iter()
-        .map(|(s, r)| {
-            let x = samples.select(Axis(0), s);
-            let y = reference.select(Axis(0), r);
-            mmd2_unbiased_poly(x.view(), y.view())
+    let mut sample_subsets = Vec::with_capacity(config.subsets);
+    let mut reference_subsets = Vec::with_capacity(config.subsets);
+    for _ in 0..config.subsets {
+        sample_subsets.push(rng.choice_without_replacement(samples.nrows(), m));
+        reference_subsets.push(rng.choice_without_replacement(reference.nrows(), m));
+    }
+    let kernel = PolyKernel {
+        gamma: 1.0 / reference.ncols() as f64,
+    };
+    let _serial = SerialBlas::enter();
+    let within_samples = within_sums(samples, &sample_subsets, kernel);
+    let within_reference = within_sums(reference, &reference_subsets, kernel);
+    let cross = cross_sums(
+        samples,
+        &sample_subsets,
+        reference,
+        &reference_subsets,
+        kernel,
+    );
+    let mf = m as f64;
+    let per_subset: Vec<f64> = (0..config.subsets)
+        .map(|s| {
+            (within_samples[s] + within_reference[s]) / (mf * (mf - 1.0))
+                - 2.0 * cross[s] / (mf * mf)
         })
         .collect();
     if per_subset.iter().any(|v| !v.is_finite()) {
@@ -118,17 +164,318 @@ pub fn kernel_inception_distance(
     })
 }
 
-/// [`kernel_inception_distance`] for float32 features (computed in float64).
-pub fn kernel_inception_distance_f32(
-    reference: ArrayView2<'_, f32>,
-    samples: ArrayView2<'_, f32>,
-    config: &KidConfig,
-) -> Result<KidResult> {
-    kernel_inception_distance(
-        reference.mapv(f64::from).view(),
-        samples.mapv(f64::from).view(),
-        config,
+/// torch-fidelity's kernel `(x·y γ + 1)³`, γ = 1 / dimension.
+#[derive(Clone, Copy)]
+struct PolyKernel {
+    gamma: f64,
+}
+
+impl PolyKernel {
+    fn apply(self, gram: &mut ndarray::ArrayViewMut2<'_, f64>) {
+        let gamma = self.gamma;
+        gram.mapv_inplace(|g| {
+            let v = g * gamma + 1.0;
+            v * v * v
+        });
+    }
+}
+
+/// Rows whose kernel values one computation shares, and which subsets each row belongs to.
+struct Group {
+    /// Rows of the feature set, ascending.
+    rows: Vec<usize>,
+    /// `rows.len() × subsets.len()` 0/1 membership.
+    membership: Array2<f64>,
+    /// Indices (into the caller's subset list) of the subsets this group serves.
+    subsets: Vec<usize>,
+}
+
+impl Group {
+    /// One group for all subsets, over the union of their rows.
+    fn union(n: usize, subsets: &[Vec<usize>]) -> Self {
+        let mut position = vec![usize::MAX; n];
+        let mut rows: Vec<usize> = subsets.iter().flatten().copied().collect();
+        rows.sort_unstable();
+        rows.dedup();
+        for (p, &r) in rows.iter().enumerate() {
+            position[r] = p;
+        }
+        let mut membership = Array2::zeros((rows.len(), subsets.len()));
+        for (s, subset) in subsets.iter().enumerate() {
+            for &r in subset {
+                membership[[position[r], s]] = 1.0;
+            }
+        }
+        Group {
+            rows,
+            membership,
+            subsets: (0..subsets.len()).collect(),
+        }
+    }
+
+    /// One group per subset.
+    fn each(subsets: &[Vec<usize>]) -> Vec<Self> {
+        subsets
+            .iter()
+            .enumerate()
+            .map(|(s, subset)| {
+                let mut rows = subset.clone();
+                rows.sort_unstable();
+                Group {
+                    membership: Array2::ones((rows.len(), 1)),
+                    rows,
+                    subsets: vec![s],
+                }
+            })
+            .collect()
+    }
+}
+
+fn distinct_rows(subsets: &[Vec<usize>]) -> usize {
+    let mut rows: Vec<usize> = subsets.iter().flatten().copied().collect();
+    rows.sort_unstable();
+    rows.dedup();
+    rows.len()
+}
+
+/// Splits `0..n` into about equal ranges of at most [`KERNEL_BLOCK_ROWS`].
+fn kernel_blocks(n: usize) -> Vec<Range<usize>> {
+    let count = n.div_ceil(KERNEL_BLOCK_ROWS).max(1);
+    (0..count)
+        .map(|b| (b * n / count)..((b + 1) * n / count))
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+/// A group's rows widened to f64: all at once when that takes at most [`GATHER_AT_ONCE_BYTES`],
+/// else one block at a time.
+enum Gathered<'v, 'r, T: Element> {
+    Whole(Array2<f64>),
+    ByBlock(ArrayView2<'v, T>, &'r [usize]),
+}
+
+/// 256 MiB: a union of 16,000 rows of 2048 (the cost model picks the union form only up to
+/// about ten subsets' worth of rows).
+const GATHER_AT_ONCE_BYTES: usize = 256 << 20;
+
+impl<'v, 'r, T: Element> Gathered<'v, 'r, T> {
+    fn new(x: ArrayView2<'v, T>, rows: &'r [usize]) -> Self {
+        if rows.len() * x.ncols() * std::mem::size_of::<f64>() <= GATHER_AT_ONCE_BYTES {
+            Gathered::Whole(gather_rows_f64(x, rows))
+        } else {
+            Gathered::ByBlock(x, rows)
+        }
+    }
+
+    /// Rows `range` of the group, row-major.
+    fn block(&self, range: Range<usize>) -> CowArray<'_, f64, Ix2> {
+        match self {
+            Gathered::Whole(all) => CowArray::from(all.slice(s![range, ..])),
+            Gathered::ByBlock(x, rows) => CowArray::from(gather_rows_f64(*x, &rows[range])),
+        }
+    }
+}
+
+/// Block pairs `(i, j)` of `rows` rows: `i <= j` when `triangle`, else all.
+fn block_pairs(rows_i: usize, rows_j: usize, triangle: bool) -> Vec<(usize, usize)> {
+    let (bi, bj) = (kernel_blocks(rows_i).len(), kernel_blocks(rows_j).len());
+    (0..bi)
+        .flat_map(|i| (if triangle { i } else { 0 }..bj).map(move |j| (i, j)))
+        .collect()
+}
+
+/// For each subset, the sum of `k(x_i, x_j)` over ordered pairs `i ≠ j` of its rows.
+fn within_sums<T: Element>(
+    x: ArrayView2<'_, T>,
+    subsets: &[Vec<usize>],
+    kernel: PolyKernel,
+) -> Vec<f64> {
+    let d = x.ncols() as f64;
+    let m = subsets[0].len() as f64;
+    let count = subsets.len() as f64;
+    let union = distinct_rows(subsets) as f64;
+    // Multiply-adds: a kernel triangle, plus the membership GEMM for the shared form.
+    let shared_cost = union * union / 2.0 * (d + count);
+    let separate_cost = count * m * m / 2.0 * (d + 1.0);
+    if shared_cost < separate_cost {
+        // One group: parallel over its block pairs.
+        let group = Group::union(x.nrows(), subsets);
+        let rows = Gathered::new(x, &group.rows);
+        let n = group.rows.len();
+        let partials: Vec<(usize, Vec<f64>)> = block_pairs(n, n, true)
+            .par_iter()
+            .map(|&(bi, bj)| (0, within_block(&rows, &group, bi, bj, kernel)))
+            .collect();
+        drop(rows);
+        gather_partials(&[group], partials, subsets.len())
+    } else {
+        // A group per subset: parallel over the groups.
+        let groups = Group::each(subsets);
+        let partials: Vec<(usize, Vec<f64>)> = groups
+            .par_iter()
+            .enumerate()
+            .map(|(g, group)| {
+                let rows = Gathered::new(x, &group.rows);
+                let n = group.rows.len();
+                let mut sums = vec![0.0; group.subsets.len()];
+                for (bi, bj) in block_pairs(n, n, true) {
+                    for (s, v) in sums
+                        .iter_mut()
+                        .zip(within_block(&rows, group, bi, bj, kernel))
+                    {
+                        *s += v;
+                    }
+                }
+                (g, sums)
+            })
+            .collect();
+        gather_partials(&groups, partials, subsets.len())
+    }
+}
+
+/// One block pair's contribution to a group's within-set sums.
+fn within_block<T: Element>(
+    rows: &Gathered<'_, '_, T>,
+    group: &Group,
+    bi: usize,
+    bj: usize,
+    kernel: PolyKernel,
+) -> Vec<f64> {
+    let blocks = kernel_blocks(group.rows.len());
+    let (ri, rj) = (blocks[bi].clone(), blocks[bj].clone());
+    let mut gram = Array2::zeros((ri.len(), rj.len()));
+    let xi = rows.block(ri.clone());
+    if bi == bj {
+        gram_symmetric(xi.view(), gram.view_mut()).expect("row-major blocks");
+    } else {
+        let xj = rows.block(rj.clone());
+        general_mat_mul(1.0, &xi, &xj.t(), 0.0, &mut gram);
+    }
+    let mut k = gram.view_mut();
+    kernel.apply(&mut k);
+    if bi == bj {
+        k.diag_mut().fill(0.0);
+    }
+    // Off-diagonal blocks stand for their mirror image too.
+    let weight = if bi == bj { 1.0 } else { 2.0 };
+    quadratic_forms(
+        k.view(),
+        group.membership.slice(s![ri, ..]),
+        group.membership.slice(s![rj, ..]),
+        weight,
     )
+}
+
+/// For each subset pair, the sum of `k(x_i, y_j)` over all rows `i` of the x subset and `j` of
+/// the y subset.
+fn cross_sums<T: Element>(
+    x: ArrayView2<'_, T>,
+    x_subsets: &[Vec<usize>],
+    y: ArrayView2<'_, T>,
+    y_subsets: &[Vec<usize>],
+    kernel: PolyKernel,
+) -> Vec<f64> {
+    let d = x.ncols() as f64;
+    let m = x_subsets[0].len() as f64;
+    let count = x_subsets.len() as f64;
+    let shared_cost =
+        distinct_rows(x_subsets) as f64 * distinct_rows(y_subsets) as f64 * (d + count);
+    let separate_cost = count * m * m * (d + 1.0);
+    if shared_cost < separate_cost {
+        let (gx, gy) = (
+            Group::union(x.nrows(), x_subsets),
+            Group::union(y.nrows(), y_subsets),
+        );
+        let (rows_x, rows_y) = (Gathered::new(x, &gx.rows), Gathered::new(y, &gy.rows));
+        let partials: Vec<(usize, Vec<f64>)> = block_pairs(gx.rows.len(), gy.rows.len(), false)
+            .par_iter()
+            .map(|&(bi, bj)| (0, cross_block(&rows_x, &gx, &rows_y, &gy, bi, bj, kernel)))
+            .collect();
+        drop((rows_x, rows_y));
+        gather_partials(&[gx], partials, x_subsets.len())
+    } else {
+        let groups: Vec<(Group, Group)> = Group::each(x_subsets)
+            .into_iter()
+            .zip(Group::each(y_subsets))
+            .collect();
+        let partials: Vec<(usize, Vec<f64>)> = groups
+            .par_iter()
+            .enumerate()
+            .map(|(g, (gx, gy))| {
+                let (rows_x, rows_y) = (Gathered::new(x, &gx.rows), Gathered::new(y, &gy.rows));
+                let mut sums = vec![0.0; gx.subsets.len()];
+                for (bi, bj) in block_pairs(gx.rows.len(), gy.rows.len(), false) {
+                    for (s, v) in sums
+                        .iter_mut()
+                        .zip(cross_block(&rows_x, gx, &rows_y, gy, bi, bj, kernel))
+                    {
+                        *s += v;
+                    }
+                }
+                (g, sums)
+            })
+            .collect();
+        let x_groups: Vec<Group> = groups.into_iter().map(|(gx, _)| gx).collect();
+        gather_partials(&x_groups, partials, x_subsets.len())
+    }
+}
+
+/// One block pair's contribution to a group pair's cross sums.
+fn cross_block<T: Element>(
+    rows_x: &Gathered<'_, '_, T>,
+    gx: &Group,
+    rows_y: &Gathered<'_, '_, T>,
+    gy: &Group,
+    bi: usize,
+    bj: usize,
+    kernel: PolyKernel,
+) -> Vec<f64> {
+    let ri = kernel_blocks(gx.rows.len())[bi].clone();
+    let rj = kernel_blocks(gy.rows.len())[bj].clone();
+    let xi = rows_x.block(ri.clone());
+    let yj = rows_y.block(rj.clone());
+    let mut gram = Array2::zeros((ri.len(), rj.len()));
+    general_mat_mul(1.0, &xi, &yj.t(), 0.0, &mut gram);
+    let mut k = gram.view_mut();
+    kernel.apply(&mut k);
+    quadratic_forms(
+        k.view(),
+        gx.membership.slice(s![ri, ..]),
+        gy.membership.slice(s![rj, ..]),
+        1.0,
+    )
+}
+
+/// `weight · aₛᵀ K bₛ` for every membership column `s`: `K B` by GEMM, then row-wise dot
+/// products with `A`.
+fn quadratic_forms(
+    k: ArrayView2<'_, f64>,
+    a: ArrayView2<'_, f64>,
+    b: ArrayView2<'_, f64>,
+    weight: f64,
+) -> Vec<f64> {
+    let mut kb = Array2::zeros((k.nrows(), b.ncols()));
+    general_mat_mul(1.0, &k, &b, 0.0, &mut kb);
+    let mut sums = vec![0.0; b.ncols()];
+    for (a_row, kb_row) in a.rows().into_iter().zip(kb.rows()) {
+        for ((sum, &av), &v) in sums.iter_mut().zip(a_row).zip(kb_row) {
+            *sum += av * v;
+        }
+    }
+    sums.iter_mut().for_each(|v| *v *= weight);
+    sums
+}
+
+/// Adds the blocks' partial sums, in task order (deterministic for any thread count), into one
+/// total per subset.
+fn gather_partials(groups: &[Group], partials: Vec<(usize, Vec<f64>)>, subsets: usize) -> Vec<f64> {
+    let mut totals = vec![0.0; subsets];
+    for (g, sums) in partials {
+        for (&s, v) in groups[g].subsets.iter().zip(sums) {
+            totals[s] += v;
+        }
+    }
+    totals
 }
 
 /// Unbiased MMD² of two equally sized sets under `(x·y / d + 1)³`: off-diagonal means of the

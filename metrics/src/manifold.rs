@@ -12,6 +12,10 @@
 //! Distances come from blocked GEMM (`‖u‖² − 2 u·v + ‖v‖²`), one block of `block_size × block_size`
 //! at a time per worker, so memory stays bounded for any set size; the k smallest distances of each
 //! row are kept in a small sorted buffer instead of sorting rows.
+//! In the default exact mode the GEMMs run in float32 with a rigorous bound on the difference from
+//! the float64 distance, and only pairs the bound cannot decide are recomputed in float64 (see
+//! `filtered`): the same decisions as float64 distances, at float32 GEMM speed. Within-set passes
+//! compute one triangle of blocks.
 //!
 //! torch-fidelity's `prc` gives the same precision and recall: it compares Euclidean rather than
 //! squared distances and takes `kthvalue(k + 1)` with the self-distance included, which selects the
@@ -24,10 +28,11 @@ use std::collections::HashSet;
 use std::ops::Range;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, ArrayView2, Axis, Zip};
+use ndarray::{s, Array1, Array2, ArrayView2, Axis, CowArray, Ix2, Zip};
 use rayon::prelude::*;
 
 use crate::error::{ensure_finite_rows, ensure_same_dim, MetricsError, Result};
+use crate::linalg::{Element, SerialBlas};
 
 /// Neighbourhood size used by ADM and by Kynkäänniemi et al.
 pub const DEFAULT_K: usize = 3;
@@ -86,14 +91,49 @@ pub fn manifold_metrics(
     samples: ArrayView2<'_, f64>,
     config: &ManifoldConfig,
 ) -> Result<ManifoldMetrics> {
+    metrics_of(reference, samples, config)
+}
+
+/// [`manifold_metrics`] for float32 features.
+pub fn manifold_metrics_f32(
+    reference: ArrayView2<'_, f32>,
+    samples: ArrayView2<'_, f32>,
+    config: &ManifoldConfig,
+) -> Result<ManifoldMetrics> {
+    metrics_of(reference, samples, config)
+}
+
+fn metrics_of<T: Element>(
+    reference: ArrayView2<'_, T>,
+    samples: ArrayView2<'_, T>,
+    config: &ManifoldConfig,
+) -> Result<ManifoldMetrics> {
     validate_config(config)?;
     validate_set("manifold metrics (reference)", reference, config.k)?;
     validate_set("manifold metrics (samples)", samples, config.k)?;
     ensure_same_dim("manifold metrics", reference.ncols(), samples.ncols())?;
     ensure_finite_rows("manifold metrics (reference)", reference)?;
     ensure_finite_rows("manifold metrics (samples)", samples)?;
-    let reference = Prepared::new(reference, config.precision);
-    let samples = Prepared::new(samples, config.precision);
+    if config.precision == DistancePrecision::Exact {
+        if let (Some(reference), Some(samples)) =
+            (filtered::Set::new(reference), filtered::Set::new(samples))
+        {
+            let _serial = SerialBlas::enter();
+            let ref_radii = filtered::radii(&reference, config);
+            let sample_radii = filtered::radii(&samples, config);
+            return Ok(filtered::cross(
+                &reference,
+                &ref_radii,
+                &samples,
+                &sample_radii,
+                config,
+            ));
+        }
+    }
+    let (reference, samples) = (widen(reference), widen(samples));
+    let reference = Prepared::new(reference.view(), config.precision);
+    let samples = Prepared::new(samples.view(), config.precision);
+    let _serial = SerialBlas::enter();
     let ref_radii = radii_of(&reference, config);
     let sample_radii = radii_of(&samples, config);
     Ok(cross_metrics(
@@ -105,17 +145,10 @@ pub fn manifold_metrics(
     ))
 }
 
-/// [`manifold_metrics`] for float32 features.
-pub fn manifold_metrics_f32(
-    reference: ArrayView2<'_, f32>,
-    samples: ArrayView2<'_, f32>,
-    config: &ManifoldConfig,
-) -> Result<ManifoldMetrics> {
-    manifold_metrics(
-        reference.mapv(f64::from).view(),
-        samples.mapv(f64::from).view(),
-        config,
-    )
+/// The features as f64 (a view when they are), for the float16 emulation and the float64 GEMM
+/// path.
+fn widen<'a, T: Element>(features: ArrayView2<'a, T>) -> CowArray<'a, f64, Ix2> {
+    T::rows_f64(features)
 }
 
 /// Squared distance of each row to its k-th nearest other row, in the configured arithmetic
@@ -127,6 +160,12 @@ pub fn manifold_radii(
     validate_config(config)?;
     validate_set("manifold radii", features, config.k)?;
     ensure_finite_rows("manifold radii", features)?;
+    let _serial = SerialBlas::enter();
+    if config.precision == DistancePrecision::Exact {
+        if let Some(set) = filtered::Set::new(features) {
+            return Ok(filtered::radii(&set, config));
+        }
+    }
     Ok(radii_of(&Prepared::new(features, config.precision), config))
 }
 
@@ -144,7 +183,7 @@ fn validate_config(config: &ManifoldConfig) -> Result<()> {
     Ok(())
 }
 
-fn validate_set(what: &'static str, features: ArrayView2<'_, f64>, k: usize) -> Result<()> {
+fn validate_set<T>(what: &'static str, features: ArrayView2<'_, T>, k: usize) -> Result<()> {
     let n = features.nrows();
     if n < 2 {
         return Err(MetricsError::TooFewSamples {
@@ -656,10 +695,408 @@ fn eigen_half_sum(values: &[f64], first: usize) -> f64 {
     tree(values, first, first, values.len())
 }
 
+/// The exact-mode kernel: float32 GEMM distances, each with a rigorous bound on its difference
+/// from the float64 value `max(0, (‖u‖² + ‖v‖²) − 2 u·v)` (norms and dot products summed in
+/// float64), and float64 recomputation of just the pairs whose comparison that bound cannot
+/// settle. Every decision is therefore the one the float64 distances give, at the cost of
+/// float32 GEMMs.
+///
+/// The bound: for rows `u`, `v` of dimension `d`, a float32 dot product of (float32-rounded)
+/// inputs in any summation order differs from the exact `u·v` by at most `γ(d+4) Σ|uᵢvᵢ|` with
+/// `γ(n) = n u₃₂ / (1 − n u₃₂)`, the float64 one by at most `γ₆₄(d) Σ|uᵢvᵢ|`, and
+/// `Σ|uᵢvᵢ| ≤ ‖u‖ ‖v‖`; the last float64 operations add a relative `2⁻⁵⁰` and float32 underflow
+/// an absolute `d 2⁻⁸⁸`. Magnitudes are capped at 2⁴⁰ so nothing overflows float32; beyond
+/// that the float64 GEMM path runs instead.
+mod filtered {
+    use std::ops::Range;
+    use std::sync::Mutex;
+
+    use ndarray::linalg::general_mat_mul;
+    use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis, CowArray, Ix2};
+    use rayon::prelude::*;
+
+    use super::{push_smallest, ManifoldConfig, ManifoldMetrics};
+    use crate::linalg::{gram_symmetric_f32, Element};
+
+    const MAX_MAGNITUDE: f64 = 1_099_511_627_776.0; // 2^40
+
+    /// A feature set with its float64 squared norms.
+    pub(super) struct Set<'a, T: Element> {
+        source: ArrayView2<'a, T>,
+        norms: Vec<f64>,
+        /// Upper bounds of the Euclidean norms.
+        roots: Vec<f64>,
+    }
+
+    impl<'a, T: Element> Set<'a, T> {
+        /// `None` when some magnitude exceeds the float32-safe range.
+        pub(super) fn new(source: ArrayView2<'a, T>) -> Option<Self> {
+            if source.iter().any(|&v| v.into().abs() > MAX_MAGNITUDE) {
+                return None;
+            }
+            let norms: Vec<f64> = source
+                .axis_iter(Axis(0))
+                .into_par_iter()
+                .map(|row| dot(row, row))
+                .collect();
+            let roots = norms.iter().map(|n| n.sqrt() * (1.0 + 1e-12)).collect();
+            Some(Set {
+                source,
+                norms,
+                roots,
+            })
+        }
+
+        fn len(&self) -> usize {
+            self.source.nrows()
+        }
+
+        /// Rows `rows` as row-major float32 (a view of row-major float32 input).
+        fn block(&self, rows: Range<usize>) -> CowArray<'_, f32, Ix2> {
+            let block = T::rows_f32(self.source.slice(s![rows, ..]));
+            if block.is_standard_layout() {
+                block
+            } else {
+                CowArray::from(block.as_standard_layout().into_owned())
+            }
+        }
+
+        /// The float64 distance every decision is made against.
+        fn exact(&self, i: usize, other: &Set<'_, T>, j: usize) -> f64 {
+            ((self.norms[i] + other.norms[j]) - 2.0 * dot(self.source.row(i), other.source.row(j)))
+                .max(0.0)
+        }
+    }
+
+    /// `Σ aᵢbᵢ` in float64 in a fixed order (eight interleaved partial sums), so the value for a
+    /// pair of rows never depends on where or when it is computed.
+    fn dot<T: Element>(a: ArrayView1<'_, T>, b: ArrayView1<'_, T>) -> f64 {
+        match (a.as_slice(), b.as_slice()) {
+            (Some(a), Some(b)) => {
+                let mut acc = [0.0f64; 8];
+                let whole = a.len() / 8 * 8;
+                for (ca, cb) in a[..whole].chunks_exact(8).zip(b[..whole].chunks_exact(8)) {
+                    for l in 0..8 {
+                        acc[l] += ca[l].into() * cb[l].into();
+                    }
+                }
+                let mut tail = 0.0;
+                for (&x, &y) in a[whole..].iter().zip(&b[whole..]) {
+                    tail += x.into() * y.into();
+                }
+                ((acc[0] + acc[4]) + (acc[1] + acc[5]))
+                    + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+                    + tail
+            }
+            _ => a
+                .iter()
+                .zip(b.iter())
+                .fold(0.0, |sum, (&x, &y)| sum + x.into() * y.into()),
+        }
+    }
+
+    /// Coefficients of the distance error bound for one feature dimension.
+    #[derive(Clone, Copy)]
+    struct Bound {
+        relative: f64,
+        rounding: f64,
+        absolute: f64,
+    }
+
+    impl Bound {
+        fn new(dim: usize) -> Self {
+            let d = dim as f64;
+            let gamma = |n: f64, unit: f64| n * unit / (1.0 - n * unit);
+            Bound {
+                relative: 2.0
+                    * (gamma(d + 4.0, 2f64.powi(-24)) + gamma(d, 2f64.powi(-53)))
+                    * (1.0 + 1e-6),
+                rounding: 2f64.powi(-50),
+                absolute: d * 2f64.powi(-88),
+            }
+        }
+
+        /// Bounds `(lo, hi)` of the exact distance of rows with squared norms `ni`, `nj` and norm
+        /// bounds `ri`, `rj`, given their float32 dot product `g`.
+        #[inline]
+        fn interval(self, ni: f64, nj: f64, ri: f64, rj: f64, g: f32) -> (f64, f64) {
+            let sum = ni + nj;
+            let estimate = sum - 2.0 * f64::from(g);
+            let rr = ri * rj;
+            let e = self.relative * rr + self.rounding * (sum + 2.0 * rr) + self.absolute;
+            ((estimate - e).max(0.0), (estimate + e).max(0.0))
+        }
+    }
+
+    fn ranges(n: usize, block: usize) -> Vec<Range<usize>> {
+        (0..n.div_ceil(block))
+            .map(|b| b * block..((b + 1) * block).min(n))
+            .collect()
+    }
+
+    /// For one row: the k+1 smallest distance upper bounds seen, and every pair whose lower bound
+    /// does not exceed the largest of them (the exact k+1 smallest are among those).
+    #[derive(Clone)]
+    struct Nearest {
+        upper: Vec<f64>,
+        candidates: Vec<(u32, f64)>,
+        prune_at: usize,
+    }
+
+    impl Nearest {
+        fn new(k: usize) -> Self {
+            Nearest {
+                upper: vec![f64::INFINITY; k + 1],
+                candidates: Vec::new(),
+                prune_at: 4 * (k + 1) + 16,
+            }
+        }
+
+        fn threshold(&self) -> f64 {
+            self.upper[self.upper.len() - 1]
+        }
+
+        #[inline]
+        fn push(&mut self, j: usize, lo: f64, hi: f64) {
+            push_smallest(&mut self.upper, hi);
+            if lo <= self.threshold() {
+                self.candidates.push((j as u32, lo));
+                if self.candidates.len() >= self.prune_at {
+                    self.prune();
+                    self.prune_at = self.prune_at.max(2 * self.candidates.len());
+                }
+            }
+        }
+
+        fn prune(&mut self) {
+            let t = self.threshold();
+            self.candidates.retain(|&(_, lo)| lo <= t);
+        }
+
+        fn absorb(&mut self, other: Nearest) {
+            for h in other.upper {
+                push_smallest(&mut self.upper, h);
+            }
+            let t = self.threshold();
+            self.candidates
+                .extend(other.candidates.into_iter().filter(|&(_, lo)| lo <= t));
+            if self.candidates.len() >= self.prune_at {
+                self.prune();
+                self.prune_at = self.prune_at.max(2 * self.candidates.len());
+            }
+        }
+
+        /// The (k+1)-th smallest exact distance among the candidates.
+        fn kth(mut self, exact: impl Fn(usize) -> f64) -> f64 {
+            self.prune();
+            let mut best = vec![f64::INFINITY; self.upper.len()];
+            for &(j, _) in &self.candidates {
+                push_smallest(&mut best, exact(j as usize));
+            }
+            best[best.len() - 1]
+        }
+    }
+
+    /// Squared distance of each row to its k-th nearest other row (the (k+1)-th smallest with
+    /// itself at distance 0), from one triangle of block pairs.
+    pub(super) fn radii<T: Element>(set: &Set<'_, T>, config: &ManifoldConfig) -> Array1<f64> {
+        let n = set.len();
+        let k = config.k;
+        let blocks = ranges(n, config.block_size);
+        let bound = Bound::new(set.source.ncols());
+        let tasks: Vec<(usize, usize)> = (0..blocks.len())
+            .flat_map(|i| (i..blocks.len()).map(move |j| (i, j)))
+            .collect();
+        // Each block pair's findings are folded into its two row blocks' selections as soon as
+        // it finishes, so memory stays one selection per row (the merged result does not depend
+        // on the order of folding).
+        let nearest: Vec<Mutex<Vec<Nearest>>> = blocks
+            .iter()
+            .map(|r| Mutex::new(vec![Nearest::new(k); r.len()]))
+            .collect();
+        let absorb = |block: usize, parts: Vec<Nearest>| {
+            let mut selections = nearest[block].lock().unwrap_or_else(|e| e.into_inner());
+            for (sel, part) in selections.iter_mut().zip(parts) {
+                sel.absorb(part);
+            }
+        };
+        tasks.par_iter().for_each(|&(bi, bj)| {
+            let (ri, rj) = (blocks[bi].clone(), blocks[bj].clone());
+            let xi = set.block(ri.clone());
+            let mut g = Array2::<f32>::zeros((ri.len(), rj.len()));
+            if bi == bj {
+                gram_symmetric_f32(xi.view(), g.view_mut()).expect("contiguous blocks");
+            } else {
+                let xj = set.block(rj.clone());
+                general_mat_mul(1.0, &xi, &xj.t(), 0.0, &mut g);
+            }
+            let mut row_side = vec![Nearest::new(k); ri.len()];
+            let mut col_side = if bi == bj {
+                Vec::new()
+            } else {
+                vec![Nearest::new(k); rj.len()]
+            };
+            for (r, g_row) in g.rows().into_iter().enumerate() {
+                let i = ri.start + r;
+                let (ni, rti) = (set.norms[i], set.roots[i]);
+                for (c, &gv) in g_row.iter().enumerate() {
+                    let j = rj.start + c;
+                    let (lo, hi) = if i == j {
+                        (0.0, 0.0)
+                    } else {
+                        bound.interval(ni, set.norms[j], rti, set.roots[j], gv)
+                    };
+                    row_side[r].push(j, lo, hi);
+                    if bi != bj {
+                        col_side[c].push(i, lo, hi);
+                    }
+                }
+            }
+            drop(g);
+            absorb(bi, row_side);
+            if bi != bj {
+                absorb(bj, col_side);
+            }
+        });
+        let nearest: Vec<Nearest> = nearest
+            .into_iter()
+            .flat_map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        let radii: Vec<f64> = nearest
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, sel)| sel.kth(|j| if j == i { 0.0 } else { set.exact(i, set, j) }))
+            .collect();
+        Array1::from(radii)
+    }
+
+    /// `Some(d <= t)` when the bounds settle it.
+    #[inline]
+    fn at_most(lo: f64, hi: f64, t: f64) -> Option<bool> {
+        if hi <= t {
+            Some(true)
+        } else if lo > t {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// `Some(d < t)` when the bounds settle it.
+    #[inline]
+    fn below(lo: f64, hi: f64, t: f64) -> Option<bool> {
+        if hi < t {
+            Some(true)
+        } else if lo >= t {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// One block pair's findings: per reference row (inside some sample ball, some sample
+    /// strictly inside its own ball) and per sample (inside some reference ball, number of
+    /// reference balls strictly containing it).
+    struct CrossBlock {
+        bi: usize,
+        bj: usize,
+        in_sample_ball: Vec<bool>,
+        covered: Vec<bool>,
+        in_ref_ball: Vec<bool>,
+        ball_count: Vec<u32>,
+    }
+
+    /// Precision, recall, density and coverage from the reference × sample distances.
+    pub(super) fn cross<T: Element>(
+        reference: &Set<'_, T>,
+        ref_radii: &Array1<f64>,
+        samples: &Set<'_, T>,
+        sample_radii: &Array1<f64>,
+        config: &ManifoldConfig,
+    ) -> ManifoldMetrics {
+        let (n, m) = (reference.len(), samples.len());
+        let ref_blocks = ranges(n, config.block_size);
+        let sample_blocks = ranges(m, config.block_size);
+        let bound = Bound::new(reference.source.ncols());
+        let tasks: Vec<(usize, usize)> = (0..ref_blocks.len())
+            .flat_map(|i| (0..sample_blocks.len()).map(move |j| (i, j)))
+            .collect();
+        let blocks: Vec<CrossBlock> = tasks
+            .par_iter()
+            .map(|&(bi, bj)| {
+                let (ri, rj) = (ref_blocks[bi].clone(), sample_blocks[bj].clone());
+                let xi = reference.block(ri.clone());
+                let yj = samples.block(rj.clone());
+                let mut g = Array2::<f32>::zeros((ri.len(), rj.len()));
+                general_mat_mul(1.0, &xi, &yj.t(), 0.0, &mut g);
+                let mut out = CrossBlock {
+                    bi,
+                    bj,
+                    in_sample_ball: vec![false; ri.len()],
+                    covered: vec![false; ri.len()],
+                    in_ref_ball: vec![false; rj.len()],
+                    ball_count: vec![0; rj.len()],
+                };
+                for (r, g_row) in g.rows().into_iter().enumerate() {
+                    let i = ri.start + r;
+                    let (ni, rti, radius) = (reference.norms[i], reference.roots[i], ref_radii[i]);
+                    for (c, &gv) in g_row.iter().enumerate() {
+                        let j = rj.start + c;
+                        let sample_radius = sample_radii[j];
+                        let (lo, hi) =
+                            bound.interval(ni, samples.norms[j], rti, samples.roots[j], gv);
+                        if lo > radius && lo > sample_radius {
+                            continue;
+                        }
+                        let (in_ref, strictly_in_ref, in_sample) = match (
+                            at_most(lo, hi, radius),
+                            below(lo, hi, radius),
+                            at_most(lo, hi, sample_radius),
+                        ) {
+                            (Some(a), Some(b), Some(c)) => (a, b, c),
+                            _ => {
+                                let d = reference.exact(i, samples, j);
+                                (d <= radius, d < radius, d <= sample_radius)
+                            }
+                        };
+                        out.in_ref_ball[c] |= in_ref;
+                        out.ball_count[c] += u32::from(strictly_in_ref);
+                        out.covered[r] |= strictly_in_ref;
+                        out.in_sample_ball[r] |= in_sample;
+                    }
+                }
+                out
+            })
+            .collect();
+        let mut in_sample_ball = vec![false; n];
+        let mut covered = vec![false; n];
+        let mut in_ref_ball = vec![false; m];
+        let mut ball_total = 0u64;
+        for b in blocks {
+            let (r0, c0) = (ref_blocks[b.bi].start, sample_blocks[b.bj].start);
+            for (r, (&inside, &cov)) in b.in_sample_ball.iter().zip(&b.covered).enumerate() {
+                in_sample_ball[r0 + r] |= inside;
+                covered[r0 + r] |= cov;
+            }
+            for (c, &inside) in b.in_ref_ball.iter().enumerate() {
+                in_ref_ball[c0 + c] |= inside;
+            }
+            ball_total += b.ball_count.iter().map(|&v| u64::from(v)).sum::<u64>();
+        }
+        let count = |v: &[bool]| v.iter().filter(|&&b| b).count() as f64;
+        ManifoldMetrics {
+            precision: count(&in_ref_ball) / m as f64,
+            recall: count(&in_sample_ball) / n as f64,
+            density: ball_total as f64 / (config.k as f64 * m as f64),
+            coverage: count(&covered) / n as f64,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::array;
+    use ndarray::{array, ShapeBuilder};
 
     fn brute_force(
         reference: &Array2<f64>,
@@ -745,6 +1182,82 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn exact_ties_follow_the_float64_comparisons() {
+        // Small integers: every distance is an exact integer, so radii tie with many distances
+        // and the float32 bounds can settle none of those comparisons on their own.
+        let lattice = |rows: usize, seed: u64| {
+            let mut state = seed;
+            Array2::from_shape_fn((rows, 16), |_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) % 3) as f64
+            })
+        };
+        let reference = lattice(120, 11);
+        let samples = lattice(100, 12);
+        for k in [1, 3] {
+            let (expected, expected_radii) = brute_force(&reference, &samples, k);
+            for block_size in [7, 1024] {
+                let config = ManifoldConfig {
+                    k,
+                    block_size,
+                    ..Default::default()
+                };
+                let got = manifold_metrics(reference.view(), samples.view(), &config).unwrap();
+                assert_eq!(got, expected, "k={k} block_size={block_size}");
+                let radii = manifold_radii(reference.view(), &config).unwrap();
+                assert_eq!(radii, expected_radii);
+            }
+        }
+    }
+
+    #[test]
+    fn float64_fallback_for_large_magnitudes_agrees() {
+        // Beyond 2^40 the float32 filter is not used; scaling by a power of two scales every
+        // squared distance exactly, so both paths must make the same decisions.
+        let reference = pseudo_random(60, 6, 21, 0.0);
+        let samples = pseudo_random(50, 6, 22, 0.1);
+        let config = ManifoldConfig::default();
+        let filtered = manifold_metrics(reference.view(), samples.view(), &config).unwrap();
+        let scale = 2f64.powi(45);
+        let fallback = manifold_metrics(
+            (&reference * scale).view(),
+            (&samples * scale).view(),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(filtered, fallback);
+    }
+
+    #[test]
+    fn column_major_input_gives_the_same_result() {
+        let reference = pseudo_random(50, 7, 31, 0.0);
+        let samples = pseudo_random(40, 7, 32, 0.1);
+        let config = ManifoldConfig {
+            block_size: 16,
+            ..Default::default()
+        };
+        let expected = manifold_metrics(reference.view(), samples.view(), &config).unwrap();
+        let mut reference_f = Array2::<f32>::zeros((50, 7).f());
+        reference_f.assign(&reference.mapv(|v| v as f32));
+        let mut samples_f = Array2::<f32>::zeros((40, 7).f());
+        samples_f.assign(&samples.mapv(|v| v as f32));
+        let expected32 = manifold_metrics_f32(
+            reference.mapv(|v| v as f32).view(),
+            samples.mapv(|v| v as f32).view(),
+            &config,
+        )
+        .unwrap();
+        let got32 = manifold_metrics_f32(reference_f.view(), samples_f.view(), &config).unwrap();
+        assert_eq!(got32, expected32);
+        let mut reference_f64 = Array2::<f64>::zeros((50, 7).f());
+        reference_f64.assign(&reference);
+        let got = manifold_metrics(reference_f64.view(), samples.view(), &config).unwrap();
+        assert_eq!(got, expected);
     }
 
     #[test]

@@ -252,6 +252,29 @@ fn torch_fidelity_parity_float32() {
 }
 
 #[test]
+fn torch_fidelity_parity_kid_subset_by_subset() {
+    // Few small subsets of large sets: their union is far bigger than the subsets, so each
+    // subset's kernel matrices are formed on their own instead of the union's.
+    let mut rng = ChaCha8Rng::seed_from_u64(0x6b69_6434);
+    let reference = features(&mut rng, 3000, 32, 0.2);
+    let samples = features(&mut rng, 2500, 32, 0.3);
+    let kid = KidConfig {
+        subsets: 6,
+        subset_size: 120,
+        seed: 11,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = run_reference(dir.path(), &reference, &samples, &kid, 3);
+    let ours = kernel_inception_distance(reference.view(), samples.view(), &kid).unwrap();
+    println!(
+        "subset by subset: ours KID {} ± {}, reference {theirs}",
+        ours.mean, ours.std
+    );
+    assert!(common::rel_diff(ours.mean, field(&theirs, "kid_mean")) < 1e-9);
+    assert!(common::rel_diff(ours.std, field(&theirs, "kid_std")) < 1e-9);
+}
+
+#[test]
 fn public_errors_are_typed() {
     use llamagen_metrics::MetricsError;
     let a = Array2::<f64>::zeros((10, 4));
