@@ -4,12 +4,9 @@
 //! Run with `./x bench --bench versus_reference` (add `-- NAME` for one comparison).
 //!
 //! The `process_*` comparisons time whole processes, as users feel them: our
-//! `llamagen-eval metrics` against the peer scripts of `tests/parity/bench_feature_peers.py` on the
-//! same float32 feature files, each run under `/usr/bin/time -v` (wall clock and peak resident
-//! memory), the programs interleaved and the median of the repeats reported.
-
-#[path = "../tests/common/mod.rs"]
-mod common;
+//! `llamagen-eval metrics` against the peer scripts of `tests/python/bench/bench_feature_peers.py`
+//! on the same float32 feature files, each run under `/usr/bin/time -v` (wall clock and peak
+//! resident memory), the programs interleaved and the median of the repeats reported.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,14 +16,15 @@ use llamagen_eval::models::inception::{self, Resize};
 use llamagen_metrics::frechet::frechet_distance;
 use llamagen_metrics::image_quality::{ssim, SsimMode};
 use llamagen_metrics::stats::GaussianStats;
+use llamagen_test_support as support;
 use ndarray::{Array2, Array4};
 use ndarray_npy::{write_npy, NpzWriter};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// A reference script's JSON output.
-fn run_reference(script: &str, args: &[String]) -> serde_json::Value {
-    serde_json::from_str(&common::run_reference(script, args)).expect("reference prints JSON")
+/// The JSON output of `tests/python/<script>`.
+fn run_bench_script(script: &str, args: &[String]) -> serde_json::Value {
+    serde_json::from_str(&support::run_script(script, args)).expect("reference prints JSON")
 }
 
 fn median_seconds(repeats: usize, mut f: impl FnMut()) -> f64 {
@@ -62,8 +60,8 @@ fn frechet_vs_pytorch_fid() {
     let repeats = 3;
     let mut ours = 0.0;
     let our_seconds = median_seconds(repeats, || ours = frechet_distance(&a, &b).expect("fid"));
-    let reference = run_reference(
-        "bench_pytorch_fid.py",
+    let reference = run_bench_script(
+        "bench/bench_pytorch_fid.py",
         &[dir.path().display().to_string(), repeats.to_string()],
     );
     let ref_seconds = reference["seconds"].as_f64().expect("seconds");
@@ -97,8 +95,8 @@ fn ssim_vs_scikit_image() {
             .expect("ssim")
             .mean;
     });
-    let reference = run_reference(
-        "bench_skimage_ssim.py",
+    let reference = run_bench_script(
+        "bench/bench_skimage_ssim.py",
         &[
             a.display().to_string(),
             b.display().to_string(),
@@ -116,7 +114,7 @@ fn ssim_vs_scikit_image() {
 
 fn inception_vs_pytorch_fid() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let weights = common::random_inception_weights();
+    let weights = support::random_inception_weights(Path::new(env!("CARGO_TARGET_TMPDIR")));
     let images = Array4::from_shape_fn((64, 256, 256, 3), |(i, y, x, c)| {
         ((x * 3 + y + 11 * i + 40 * c) % 256) as u8
     });
@@ -137,8 +135,8 @@ fn inception_vs_pytorch_fid() {
             let _ = tch::no_grad(|| model.features(&tensor, Resize::PytorchFid));
         }
     });
-    let reference = run_reference(
-        "bench_pytorch_fid_features.py",
+    let reference = run_bench_script(
+        "bench/bench_pytorch_fid_features.py",
         &[
             weights.display().to_string(),
             images_path.display().to_string(),
@@ -280,10 +278,9 @@ fn ours(sample: &Path, reference: &Path, metrics: &str, out: &Path) -> Contender
 fn peer(label: &'static str, what: &str, sample: &Path, reference: &Path) -> Contender {
     Contender {
         label,
-        program: common::python(),
+        program: support::python(),
         args: vec![
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/parity/bench_feature_peers.py")
+            support::script_path("bench/bench_feature_peers.py")
                 .display()
                 .to_string(),
             what.into(),
@@ -405,7 +402,7 @@ fn process_kid() {
         );
     }
     let f64_run = time_process(
-        &common::python(),
+        &support::python(),
         &peer("", "torch-fidelity-kid-float64", &a, &b).args,
         &[],
     );

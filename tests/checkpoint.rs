@@ -1,56 +1,29 @@
 //! Checkpoint reader tests: the golden LlamaGen checkpoints; checkpoints written live by
-//! tests/parity/make_checkpoints.py with the venv's torch (zip, legacy, deflated, big-endian,
+//! tests/python/fixtures/make_checkpoints.py with the venv's torch (zip, legacy, deflated, big-endian,
 //! every dtype, strided views, nested containers) compared exactly with the values torch wrote;
 //! error messages; and a seeded mutation run asserting that no damaged file makes the reader panic.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use llamagen_eval::checkpoint::{load_into, Checkpoint, ErrorKind, Format, LoadOptions, Value};
+use llamagen_test_support as support;
 use tch::{Kind, Tensor};
 
-fn golden_dir() -> PathBuf {
-    let dir = std::env::var_os("LLAMAGEN_GOLDEN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"));
-    assert!(
-        dir.join("vq_public.pt").is_file(),
-        "golden fixtures not found in {} (set LLAMAGEN_GOLDEN)",
-        dir.display()
-    );
-    dir
-}
-
 fn golden(name: &str) -> PathBuf {
-    golden_dir().join(name)
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("LLAMAGEN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
+    support::golden_dir().join(name)
 }
 
 /// Runs make_checkpoints.py into a fresh temporary directory.
 fn generate(with_golden: bool) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/make_checkpoints.py");
-    let mut cmd = Command::new(python());
-    cmd.arg(&script).arg(dir.path());
+    let mut args = vec![dir.path().to_path_buf()];
     if with_golden {
-        cmd.arg(golden_dir());
+        args.push(support::golden_dir());
     }
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
-    assert!(
-        out.status.success(),
-        "make_checkpoints.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::run_reference("fixtures/make_checkpoints.py", &args);
     dir
 }
 

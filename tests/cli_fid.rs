@@ -2,12 +2,11 @@
 //! computed in Python from torch-fidelity's features; a rerun with another reference reuses the
 //! cached sample features; bad sample batches fail cleanly.
 
-mod common;
-
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use llamagen_test_support as support;
 use ndarray::Array4;
 use ndarray_npy::NpzWriter;
 use rand::{Rng, SeedableRng};
@@ -54,7 +53,7 @@ fn fid_run(weights: &Path, samples: &Path, reference: &Path, out: &Path) -> Outp
 }
 
 fn python_fid(weights: &Path, samples: &Path, reference: &Path) -> f64 {
-    let out = common::run_reference("fid_reference.py", &[weights, samples, reference]);
+    let out = support::run_reference("oracles/fid_reference.py", &[weights, samples, reference]);
     serde_json::from_str::<serde_json::Value>(&out).unwrap()["fid"]
         .as_f64()
         .unwrap()
@@ -64,10 +63,7 @@ fn python_fid(weights: &Path, samples: &Path, reference: &Path) -> f64 {
 fn fid_matches_torch_fidelity_features_and_caches_samples() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    common::run_reference(
-        "inception_reference.py",
-        &["make-weights".as_ref(), root.as_os_str()],
-    );
+    support::run_reference("fixtures/random_inception_weights.py", &[root]);
     let weights = root.join("inception.pth");
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let (samples, ref_a, ref_b) = (
@@ -92,7 +88,7 @@ fn fid_matches_torch_fidelity_features_and_caches_samples() {
     let ours = json["metrics"]["fid"].as_f64().unwrap();
     let reference = python_fid(&weights, &samples, &ref_a);
     assert!(
-        common::rel_diff(ours, reference) < 1e-4,
+        support::rel_diff(ours, reference) < 1e-4,
         "fid ours {ours}, torch-fidelity features {reference}"
     );
     assert!(json["metrics"]["inception_score"].is_number());
@@ -116,7 +112,7 @@ fn fid_matches_torch_fidelity_features_and_caches_samples() {
     let ours = json["metrics"]["fid"].as_f64().unwrap();
     let reference = python_fid(&weights, &samples, &ref_b);
     assert!(
-        common::rel_diff(ours, reference) < 1e-4,
+        support::rel_diff(ours, reference) < 1e-4,
         "fid ours {ours}, torch-fidelity features {reference}"
     );
 }
@@ -128,7 +124,7 @@ fn bad_sample_batches_fail_cleanly() {
     // Weights are never loaded: the input check comes first, so any file will do here.
     let weights = root.join("weights.pth");
     std::fs::write(&weights, b"not used").unwrap();
-    let reference = common::golden_dir().join("adm_ref_public.npz");
+    let reference = support::golden_dir().join("adm_ref_public.npz");
     let write = |name: &str, key: &str, array: ndarray::ArrayD<u8>| {
         let path = root.join(name);
         let mut npz = NpzWriter::new(File::create(&path).unwrap());

@@ -1,12 +1,11 @@
 //! Sharded sampling, features per shard, `merge` of the feature files: the merged features are the
 //! unsharded run's, row for row in sample order, so every statistic computed from them is too.
 
-mod common;
-
 use std::fs::File;
 use std::path::Path;
 use std::process::Command;
 
+use llamagen_test_support as support;
 use ndarray::{Array1, Array2};
 use ndarray_npy::NpzReader;
 
@@ -25,7 +24,7 @@ fn llamagen_eval(args: &[&std::ffi::OsStr]) {
 }
 
 fn sample(out: &Path, shard: Option<&str>) {
-    let golden = common::golden_dir();
+    let golden = support::golden_dir();
     let (gpt, vq) = (golden.join("gpt_public.pt"), golden.join("vq_public.pt"));
     let mut args: Vec<&std::ffi::OsStr> = vec![
         "sample".as_ref(),
@@ -78,7 +77,7 @@ fn read(path: &Path, key: &str) -> Array2<f32> {
 fn merged_shard_features_equal_the_unsharded_run() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let weights = common::random_inception_weights();
+    let weights = support::random_inception_weights(Path::new(env!("CARGO_TARGET_TMPDIR")));
     sample(&root.join("all.npz"), None);
     sample(&root.join("s0.npz"), Some("0/2"));
     sample(&root.join("s1.npz"), Some("1/2"));
@@ -105,7 +104,7 @@ fn merged_shard_features_equal_the_unsharded_run() {
     assert_eq!(indices.to_vec(), vec![0, 1, 2, 3, 4]);
     for key in ["pool", "spatial", "logits"] {
         let (ours, whole) = (read(&merged, key), read(&root.join("f_all.npz"), key));
-        let err = common::max_rel_err(ours.as_slice().unwrap(), whole.as_slice().unwrap());
+        let err = support::max_rel_err(ours.as_slice().unwrap(), whole.as_slice().unwrap());
         // The same images through Inception in other batch compositions (1e-5 batch tolerance).
         assert!(
             err < 1e-5,

@@ -1,23 +1,22 @@
 //! `llamagen-eval metrics` on feature files built from the golden features reproduces the ADM
 //! evaluator's figures, writes the documented outputs, and refuses bad input cleanly.
 
-mod common;
-
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use llamagen_test_support as support;
 use ndarray::Array2;
 use ndarray_npy::{NpzReader, NpzWriter};
 
 fn golden(key: &str) -> Array2<f32> {
-    let path = common::golden_dir().join("metrics_public.npz");
+    let path = support::golden_dir().join("metrics_public.npz");
     let mut npz = NpzReader::new(File::open(path).unwrap()).unwrap();
     npz.by_name(key).unwrap()
 }
 
 fn manifest(metric: &str) -> f64 {
-    let path = common::golden_dir().join("manifest_public.json");
+    let path = support::golden_dir().join("manifest_public.json");
     let value: serde_json::Value = serde_json::from_reader(File::open(path).unwrap()).unwrap();
     value["adm_metrics"][metric].as_f64().unwrap()
 }
@@ -79,7 +78,7 @@ impl Fixture {
 fn reproduces_adm_fid_sfid_against_a_reference_batch() {
     let fx = Fixture::new();
     let out = fx.path("run-stats");
-    let adm_ref = common::golden_dir().join("adm_ref_public.npz");
+    let adm_ref = support::golden_dir().join("adm_ref_public.npz");
     let output = llamagen_eval(&[
         "metrics".as_ref(),
         "--sample-features".as_ref(),
@@ -98,7 +97,7 @@ fn reproduces_adm_fid_sfid_against_a_reference_batch() {
     for metric in ["fid", "sfid"] {
         let ours = json["metrics"][metric].as_f64().unwrap();
         assert!(
-            common::rel_diff(ours, manifest(metric)) < 1e-6,
+            support::rel_diff(ours, manifest(metric)) < 1e-6,
             "{metric}: {ours}"
         );
     }
@@ -118,7 +117,7 @@ fn reproduces_adm_fid_sfid_against_a_reference_batch() {
     }
     let fid_column = header.iter().position(|h| *h == "fid").unwrap();
     let fid: f64 = row[fid_column].parse().unwrap();
-    assert!(common::rel_diff(fid, manifest("fid")) < 1e-6);
+    assert!(support::rel_diff(fid, manifest("fid")) < 1e-6);
 }
 
 #[test]
@@ -148,7 +147,9 @@ fn reproduces_adm_precision_recall_and_inception_score() {
             String::from_utf8_lossy(&output.stderr)
         );
         let json = metrics_json(&out);
-        assert!(common::rel_diff(json["metrics"]["fid"].as_f64().unwrap(), manifest("fid")) < 1e-6);
+        assert!(
+            support::rel_diff(json["metrics"]["fid"].as_f64().unwrap(), manifest("fid")) < 1e-6
+        );
         let precision = json["metrics"]["precision"].as_f64().unwrap();
         let recall = json["metrics"]["recall"].as_f64().unwrap();
         assert!(
@@ -179,7 +180,7 @@ fn reproduces_adm_precision_recall_and_inception_score() {
     let json = metrics_json(&out);
     let is = json["metrics"]["inception_score"].as_f64().unwrap();
     assert!(
-        common::rel_diff(is, manifest("inception_score")) < 1e-5,
+        support::rel_diff(is, manifest("inception_score")) < 1e-5,
         "IS {is}"
     );
     assert!(json["metrics"]["inception_score_std"].is_number());
@@ -190,7 +191,7 @@ fn bad_inputs_fail_cleanly_without_outputs() {
     let fx = Fixture::new();
     let narrow = golden("ref").slice(ndarray::s![.., ..128]).to_owned();
     write_features(&fx.path("narrow.npz"), &[("pool", &narrow)]);
-    let adm_ref = common::golden_dir().join("adm_ref_public.npz");
+    let adm_ref = support::golden_dir().join("adm_ref_public.npz");
     let cases: Vec<(Vec<PathBuf>, &str)> = vec![
         (
             vec![fx.path("narrow.npz"), adm_ref.clone()],

@@ -4,8 +4,6 @@
 //! golden images gives the codebook usage and PSNR the metrics crate computes on its outputs; bad
 //! inputs fail with a clear message and leave nothing behind.
 
-mod common;
-
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
@@ -14,6 +12,7 @@ use std::process::{Command, Output};
 
 use llamagen_metrics::codebook::codebook_usage;
 use llamagen_metrics::image_quality;
+use llamagen_test_support as support;
 use ndarray::Array4;
 use ndarray_npy::{NpzReader, NpzWriter, WriteNpyExt};
 use rand::{Rng, SeedableRng};
@@ -74,7 +73,7 @@ fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let weights = common::random_inception_weights();
+    let weights = support::random_inception_weights(Path::new(env!("CARGO_TARGET_TMPDIR")));
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     // Three images in batches of two: a full batch, then a partial one.
     let originals = Array4::from_shape_fn((3, 32, 32, 3), |(i, y, x, c)| {
@@ -116,8 +115,8 @@ fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
     let json = metrics_json(&whole);
 
     // PSNR / SSIM against scikit-image.
-    let sk: Value = serde_json::from_str(&common::run_reference(
-        "skimage_psnr_ssim.py",
+    let sk: Value = serde_json::from_str(&support::run_reference(
+        "oracles/skimage_psnr_ssim.py",
         &[&data_npy, &recon_npy],
     ))
     .unwrap();
@@ -130,7 +129,7 @@ fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
         let expected = mean(sk[theirs].as_array().unwrap());
         let got = metric(&json, ours);
         assert!(
-            common::rel_diff(got, expected) < tol,
+            support::rel_diff(got, expected) < tol,
             "{ours}: ours {got}, scikit-image {expected}"
         );
     }
@@ -160,7 +159,7 @@ fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
     let rfid = metric(&json, "rfid");
     assert!(rfid > 0.0);
     assert!(
-        common::rel_diff(rfid, fid) < 1e-6,
+        support::rel_diff(rfid, fid) < 1e-6,
         "rfid {rfid} vs fid {fid}"
     );
 
@@ -180,7 +179,7 @@ fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
 }
 
 fn golden_io() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(common::golden_dir().join("vq_public_io.safetensors"))
+    Tensor::read_safetensors(support::golden_dir().join("vq_public_io.safetensors"))
         .unwrap()
         .into_iter()
         .collect()
@@ -221,7 +220,7 @@ fn golden_tokenizer_run() {
     let golden_recon = tensor_images(&io["recon_uint8_nhwc"]);
     let data = root.join("golden_images.npz");
     write_images(&data, &images);
-    let vq = common::golden_dir().join("vq_public.pt");
+    let vq = support::golden_dir().join("vq_public.pt");
 
     let out = root.join("whole");
     let saved = root.join("recon.npz");
@@ -237,8 +236,8 @@ fn golden_tokenizer_run() {
     // Codebook usage: the metrics crate on the golden indices.
     let indices = Vec::<i64>::try_from(&io["indices"]).unwrap();
     let usage = codebook_usage(&indices, 1024).unwrap();
-    assert!(common::rel_diff(metric(&json, "codebook_usage"), usage.usage) < 1e-14);
-    assert!(common::rel_diff(metric(&json, "codebook_perplexity"), usage.perplexity) < 1e-14);
+    assert!(support::rel_diff(metric(&json, "codebook_usage"), usage.usage) < 1e-14);
+    assert!(support::rel_diff(metric(&json, "codebook_perplexity"), usage.perplexity) < 1e-14);
     assert_eq!(json["run"]["codebook_used_entries"], usage.used_entries);
     let training = json["run"]["training_codebook_usage"].as_f64().unwrap();
     assert!(training > 0.0 && training <= 1.0);
@@ -265,7 +264,7 @@ fn golden_tokenizer_run() {
         .unwrap();
     // (metrics.json holds the shortest decimal form; serde_json's parser may be one ulp off.)
     assert!(
-        common::rel_diff(psnr, on_ours) < 1e-14,
+        support::rel_diff(psnr, on_ours) < 1e-14,
         "psnr {psnr} vs {on_ours}"
     );
     let on_golden = image_quality::psnr(images.view(), golden_recon.view())
@@ -283,7 +282,7 @@ fn golden_tokenizer_run() {
     )
     .unwrap()
     .mean;
-    assert!(common::rel_diff(metric(&json, "ssim"), ssim) < 1e-14);
+    assert!(support::rel_diff(metric(&json, "ssim"), ssim) < 1e-14);
 
     // Interrupted after one batch of two images, resumed: same figures, same saved pixels.
     let parts = root.join("parts");
@@ -343,7 +342,7 @@ fn bad_inputs_fail_cleanly() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let golden = common::golden_dir();
+    let golden = support::golden_dir();
     let vq = golden.join("vq_public.pt");
     let data = root.join("images64.npz");
     write_images(&data, &Array4::from_elem((2, 64, 64, 3), 100u8));
@@ -363,8 +362,8 @@ fn bad_inputs_fail_cleanly() {
     assert_fails_cleanly(&output, &out, &["images60.npz", "60x60", "multiples of 16"]);
 
     let variants = root.join("variants");
-    common::run_reference(
-        "make_vq_checkpoints.py",
+    support::run_reference(
+        "fixtures/make_vq_checkpoints.py",
         &[vq.as_os_str(), variants.as_os_str()],
     );
     let out = root.join("mismatch");

@@ -4,18 +4,17 @@
 //! with the setting's name; a sweep loads each checkpoint once; a generator that cannot load
 //! fails before any reference work.
 
-mod common;
-
 use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use llamagen_test_support as support;
 use ndarray::Array4;
 use tch::Tensor;
 
 fn golden(name: &str) -> PathBuf {
-    common::golden_dir().join(name)
+    support::golden_dir().join(name)
 }
 
 fn run(args: &[&str], crash_at: Option<&str>) -> Output {

@@ -2,18 +2,17 @@
 //! checkpoints; samples do not depend on batch size, sharding or interruption; bad inputs fail
 //! before sampling; `fid --gpt` streams the same images through the metrics.
 
-mod common;
-
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use llamagen_test_support as support;
 use ndarray::{Array1, Array4};
 use ndarray_npy::NpzReader;
 use tch::{Kind, Tensor};
 
 fn golden(name: &str) -> PathBuf {
-    common::golden_dir().join(name)
+    support::golden_dir().join(name)
 }
 
 fn llamagen_eval(args: &[&str]) -> Output {
@@ -401,7 +400,7 @@ fn fid_with_a_generator_streams_the_sampled_images() {
         b["metrics"]["inception_score"].as_f64().unwrap(),
     );
     assert!(
-        common::rel_diff(ia, ib) < 1e-9,
+        support::rel_diff(ia, ib) < 1e-9,
         "streamed {ia} vs from file {ib}"
     );
     assert_eq!(a["run"]["n_samples"], 4);

@@ -1,20 +1,19 @@
 //! Image folders read as the ADM evaluator reads them: PIL's RGB conversion and guided-diffusion's
 //! `center_crop_arr`, compared with Pillow itself; unreadable folders and files fail by name.
 
-mod common;
-
 use std::fs::File;
 
 use llamagen_eval::data::folder::FolderImages;
 use llamagen_eval::data::ImageSource;
+use llamagen_test_support as support;
 use ndarray::Array4;
 use ndarray_npy::NpzReader;
 
 #[test]
 fn center_crop_matches_pillow() {
     let dir = tempfile::tempdir().unwrap();
-    common::run_reference(
-        "adm_center_crop.py",
+    support::run_reference(
+        "oracles/adm_center_crop.py",
         &[dir.path().as_os_str(), "64".as_ref()],
     );
     let mut npz = NpzReader::new(File::open(dir.path().join("expected.npz")).unwrap()).unwrap();

@@ -1,17 +1,16 @@
 //! The LlamaGen generator against the golden tensors of LlamaGen's own `gpt.py` / `generate.py`
 //! (`../shared/golden/gpt_public*`), and the sampler's statistics.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use llamagen_eval::models::gpt::{Gpt, GptConfig, GptError, HeadChoice};
 use llamagen_eval::sampling::{self, generate, logits_to_probs, SamplingParams};
+use llamagen_test_support as support;
 use tch::{nn, Device, Kind, Tensor};
 
 fn golden(name: &str) -> PathBuf {
-    common::golden_dir().join(name)
+    support::golden_dir().join(name)
 }
 
 fn io() -> HashMap<String, Tensor> {
@@ -88,12 +87,12 @@ fn teacher_forced_logits_match_both_checkpoint_forms() {
     for name in ["gpt_public.pt", "gpt_public_consolidated.pth"] {
         let model = load(name);
         let ours = model.teacher_forced(labels, &input);
-        let err = common::max_rel_err(&floats(&ours), &floats(&io["teacher_forced_logits"]));
+        let err = support::max_rel_err(&floats(&ours), &floats(&io["teacher_forced_logits"]));
         println!("{name}: teacher-forced logits max rel err {err:.2e}");
         assert!(err < 1e-4, "{name}: {err}");
         let null = labels.full_like(10);
         let ours = model.teacher_forced(&null, &input);
-        let err = common::max_rel_err(
+        let err = support::max_rel_err(
             &floats(&ours),
             &floats(&io["teacher_forced_logits_null_class"]),
         );
@@ -122,7 +121,7 @@ fn greedy_runs_reproduce_llamagen_generate() {
         let tokens: Vec<i64> = out.tokens.concat();
         assert_eq!(tokens, longs(&io[key]), "{key}: sequences differ");
         let logits = Tensor::stack(&out.logits, 1);
-        let err = common::max_rel_err(&floats(&logits), &floats(&io[&format!("{key}_logits")]));
+        let err = support::max_rel_err(&floats(&logits), &floats(&io[&format!("{key}_logits")]));
         println!("{key}: guided logits max rel err {err:.2e}");
         assert!(err < 1e-4, "{key}: {err}");
         // Batch composition does not matter: each sample alone gives the same sequence.

@@ -2,11 +2,10 @@
 //! weights in the real architecture made by the reference code itself and read from its
 //! `torch.save` file by our checkpoint reader.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use llamagen_eval::models::inception::{self, Resize};
+use llamagen_test_support as support;
 use ndarray::{Array2, Array4};
 use ndarray_npy::{read_npy, write_npy};
 use rand::{Rng, SeedableRng};
@@ -42,14 +41,11 @@ fn reference(images_path: &Path, name: &str) -> Vec<f32> {
 fn features_match_torch_fidelity_and_pytorch_fid() {
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("inception.pth");
-    common::run_reference(
-        "inception_reference.py",
-        &["make-weights".as_ref(), dir.path().as_os_str()],
-    );
+    support::run_reference("fixtures/random_inception_weights.py", &[dir.path()]);
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let sizes = [64, 256, 299];
     let mut image_sets = Vec::new();
-    let mut args: Vec<PathBuf> = vec!["features".into(), weights.clone()];
+    let mut args: Vec<PathBuf> = vec![weights.clone()];
     for size in sizes {
         let images = random_images(&mut rng, 3, size);
         let path = dir.path().join(format!("images{size}.npy"));
@@ -57,7 +53,7 @@ fn features_match_torch_fidelity_and_pytorch_fid() {
         args.push(path.clone());
         image_sets.push((size, path, images));
     }
-    common::run_reference("inception_reference.py", &args);
+    support::run_reference("oracles/inception_reference.py", &args);
 
     let (_vs, model) = inception::load(&weights, tch::Device::Cpu).expect("weights load");
     for (size, path, images) in &image_sets {
@@ -67,11 +63,12 @@ fn features_match_torch_fidelity_and_pytorch_fid() {
             ("adm_spatial", &adm.spatial),
             ("adm_logits", &adm.logits),
         ] {
-            let err = common::max_rel_err(&tensor_vec(ours), &reference(path, name));
+            let err = support::max_rel_err(&tensor_vec(ours), &reference(path, name));
             assert!(err < 1e-4, "{size}px {name}: relative error {err:e}");
         }
         let fid = tch::no_grad(|| model.features(&to_nchw(images), Resize::PytorchFid));
-        let err = common::max_rel_err(&tensor_vec(&fid.pool), &reference(path, "pytorch_fid_pool"));
+        let err =
+            support::max_rel_err(&tensor_vec(&fid.pool), &reference(path, "pytorch_fid_pool"));
         assert!(
             err < 1e-4,
             "{size}px pytorch-fid pool: relative error {err:e}"
@@ -84,7 +81,7 @@ fn features_match_torch_fidelity_and_pytorch_fid() {
     for i in 0..images.dim().0 {
         let single = images.slice(ndarray::s![i..i + 1, .., .., ..]).to_owned();
         let one = tch::no_grad(|| model.features(&to_nchw(&single), Resize::Adm));
-        let err = common::max_rel_err(
+        let err = support::max_rel_err(
             &tensor_vec(&one.pool),
             &tensor_vec(&whole.pool.get(i as i64)),
         );

@@ -2,23 +2,22 @@
 //! (`../shared/golden/vq_public.pt`, `vq_public_io.safetensors`), and the checkpoint forms it must
 //! load: legacy format, `ema`/`model`-keyed, bare DDP state dicts, and doctored ones.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use llamagen_eval::models::vq::{images_to_input, to_pixels, VqError, VqModel, VqWeights};
+use llamagen_test_support as support;
 use tch::{Device, Kind, Tensor};
 
 fn golden_io() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(common::golden_dir().join("vq_public_io.safetensors"))
+    Tensor::read_safetensors(support::golden_dir().join("vq_public_io.safetensors"))
         .expect("vq_public_io.safetensors")
         .into_iter()
         .collect()
 }
 
 fn golden_vq() -> PathBuf {
-    common::golden_dir().join("vq_public.pt")
+    support::golden_dir().join("vq_public.pt")
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
@@ -55,7 +54,7 @@ fn check_against_golden(model: &VqModel, io: &HashMap<String, Tensor>, tol: f64)
     assert_eq!(f32s(&input), f32s(&io["input"]), "input scaling");
 
     let pre_quant = model.pre_quant(&input);
-    let err = common::max_rel_err(&f32s(&pre_quant), &f32s(&io["pre_quant"]));
+    let err = support::max_rel_err(&f32s(&pre_quant), &f32s(&io["pre_quant"]));
     eprintln!("pre_quant max rel err {err:.3e}");
     assert!(err <= tol, "pre_quant relative error {err:e}");
 
@@ -73,11 +72,11 @@ fn check_against_golden(model: &VqModel, io: &HashMap<String, Tensor>, tol: f64)
     );
 
     let quant = model.codes_to_quant(&indices);
-    let err = common::max_rel_err(&f32s(&quant), &f32s(&io["quant"]));
+    let err = support::max_rel_err(&f32s(&quant), &f32s(&io["quant"]));
     assert!(err <= tol, "quant relative error {err:e}");
 
     let recon = model.decode(&quant);
-    let err = common::max_rel_err(&f32s(&recon), &f32s(&io["recon"]));
+    let err = support::max_rel_err(&f32s(&recon), &f32s(&io["recon"]));
     eprintln!("recon max rel err {err:.3e}");
     assert!(err <= tol, "recon relative error {err:e}");
     assert_pixels_match(&to_pixels(&recon), &io["recon_uint8_nhwc"], "recon pixels");
@@ -85,7 +84,7 @@ fn check_against_golden(model: &VqModel, io: &HashMap<String, Tensor>, tol: f64)
     // LlamaGen's forward pass (straight-through quant), as `recon` runs it.
     let (idx, recon) = model.reconstruct(&input);
     assert!(idx.equal(&indices));
-    let err = common::max_rel_err(&f32s(&recon), &f32s(&io["recon"]));
+    let err = support::max_rel_err(&f32s(&recon), &f32s(&io["recon"]));
     eprintln!("reconstruct max rel err {err:.3e}");
     assert!(err <= tol, "reconstruct relative error {err:e}");
     assert_pixels_match(
@@ -94,14 +93,14 @@ fn check_against_golden(model: &VqModel, io: &HashMap<String, Tensor>, tol: f64)
         "reconstruct pixels",
     );
     let (_, st) = model.quantize_straight_through(&pre_quant);
-    let err = common::max_rel_err(&f32s(&st), &f32s(&io["quant"]));
+    let err = support::max_rel_err(&f32s(&st), &f32s(&io["quant"]));
     assert!(err <= tol, "straight-through quant relative error {err:e}");
     // The pixel conversion itself is exact.
     assert!(to_pixels(&io["recon"]).equal(&io["recon_uint8_nhwc"]));
 
     let golden_idx = io["indices"].reshape([4, 4, 4]);
     let from_codes = model.decode_code(&golden_idx);
-    let err = common::max_rel_err(&f32s(&from_codes), &f32s(&io["recon_from_indices"]));
+    let err = support::max_rel_err(&f32s(&from_codes), &f32s(&io["recon_from_indices"]));
     eprintln!("decode_code max rel err {err:.3e}");
     assert!(err <= tol, "decode_code relative error {err:e}");
     assert_pixels_match(
@@ -145,19 +144,19 @@ fn bf16_runs_and_stays_close() {
     let golden_idx = io["indices"].reshape([4, 4, 4]);
     let recon = model.decode_code(&golden_idx);
     assert_eq!(recon.kind(), Kind::Float);
-    let err = common::max_rel_err(&f32s(&recon), &f32s(&io["recon_from_indices"]));
+    let err = support::max_rel_err(&f32s(&recon), &f32s(&io["recon_from_indices"]));
     eprintln!("bf16 decode_code max rel err {err:.3e}");
     assert!(err < 0.1, "bf16 decode relative error {err}");
     let pre = model.pre_quant(&images_to_input(&io["images_uint8_nhwc"]));
-    let err = common::max_rel_err(&f32s(&pre), &f32s(&io["pre_quant"]));
+    let err = support::max_rel_err(&f32s(&pre), &f32s(&io["pre_quant"]));
     eprintln!("bf16 pre_quant max rel err {err:.3e}");
     assert!(err < 0.1, "bf16 pre_quant relative error {err}");
 }
 
 fn variants() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    common::run_reference(
-        "make_vq_checkpoints.py",
+    support::run_reference(
+        "fixtures/make_vq_checkpoints.py",
         &[golden_vq().as_os_str(), dir.path().as_os_str()],
     );
     dir
@@ -181,19 +180,19 @@ fn checkpoint_forms_load_and_bad_ones_are_named() {
     ] {
         let model = load(&dir.path().join(name), weights)
             .unwrap_or_else(|e| panic!("{name} ({weights:?}): {e}"));
-        let err = common::max_rel_err(&f32s(&model.decode_code(&idx)), &golden_recon);
+        let err = support::max_rel_err(&f32s(&model.decode_code(&idx)), &golden_recon);
         assert!(err <= 1e-4, "{name} ({weights:?}): relative error {err:e}");
     }
     // `model` holds the perturbed weights: a different decoder output.
     let perturbed = load(&dir.path().join("ema_model.pt"), VqWeights::Model).unwrap();
-    let err = common::max_rel_err(&f32s(&perturbed.decode_code(&idx)), &golden_recon);
+    let err = support::max_rel_err(&f32s(&perturbed.decode_code(&idx)), &golden_recon);
     assert!(err > 1e-2, "--vq-weights model gave the ema weights");
     // No `ema` in the golden checkpoint.
     let e = load(&golden_vq(), VqWeights::Ema).unwrap_err();
     assert!(e.to_string().contains("ema"), "{e}");
 
     // Bad checkpoints are named, with the reason.
-    let gpt = common::golden_dir().join("gpt_public.pt");
+    let gpt = support::golden_dir().join("gpt_public.pt");
     let e = load(&gpt, VqWeights::Auto).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, VqError::GptCheckpoint { .. }), "{msg}");
@@ -208,6 +207,6 @@ fn checkpoint_forms_load_and_bad_ones_are_named() {
         "{msg}"
     );
 
-    let metrics = common::golden_dir().join("metrics_public.npz");
+    let metrics = support::golden_dir().join("metrics_public.npz");
     assert!(load(&metrics, VqWeights::Auto).is_err());
 }

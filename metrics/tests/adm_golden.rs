@@ -1,18 +1,17 @@
 //! FID, sFID and Inception Score against the ADM evaluator's own outputs on the golden features
 //! (`../shared/golden/metrics_public.npz`, expected values in `manifest_public.json`).
 
-mod common;
-
 use std::fs::File;
 
 use llamagen_metrics::frechet::frechet_distance;
 use llamagen_metrics::inception_score::{inception_score, Splits};
 use llamagen_metrics::stats::{GaussianAccumulator, GaussianStats};
+use llamagen_test_support as support;
 use ndarray::{s, Array1, Array2};
 use ndarray_npy::NpzReader;
 
 fn golden_features() -> NpzReader<File> {
-    let path = common::golden_dir().join("metrics_public.npz");
+    let path = support::golden_dir().join("metrics_public.npz");
     NpzReader::new(File::open(&path).expect("golden npz opens")).expect("golden npz reads")
 }
 
@@ -22,7 +21,7 @@ fn array(npz: &mut NpzReader<File>, key: &str) -> Array2<f32> {
 }
 
 fn expected(metric: &str) -> f64 {
-    let path = common::golden_dir().join("manifest_public.json");
+    let path = support::golden_dir().join("manifest_public.json");
     let manifest: serde_json::Value = serde_json::from_reader(File::open(path).unwrap()).unwrap();
     manifest["adm_metrics"][metric]
         .as_f64()
@@ -41,7 +40,7 @@ fn fid_and_sfid_match_adm_to_1e6() {
         let ours = frechet_distance(&sample, &reference).unwrap();
         let adm = expected(metric);
         assert!(
-            common::rel_diff(ours, adm) < 1e-6,
+            support::rel_diff(ours, adm) < 1e-6,
             "{metric}: ours {ours}, ADM {adm}"
         );
     }
@@ -71,12 +70,12 @@ fn streamed_shards_equal_whole_set_statistics() {
     let reference = GaussianStats::from_features_f32(array(&mut npz, "ref").view()).unwrap();
     let a = frechet_distance(&whole, &reference).unwrap();
     let b = frechet_distance(&merged, &reference).unwrap();
-    assert!(common::rel_diff(b, a) < 1e-12, "{a} vs {b}");
+    assert!(support::rel_diff(b, a) < 1e-12, "{a} vs {b}");
 }
 
 /// `mu`/`sigma` (or `mu_s`/`sigma_s`) of the golden ADM reference batch, as f64.
 fn reference_stats(mu: &str, sigma: &str) -> GaussianStats {
-    let path = common::golden_dir().join("adm_ref_public.npz");
+    let path = support::golden_dir().join("adm_ref_public.npz");
     let mut npz = NpzReader::new(File::open(&path).expect("golden npz opens")).unwrap();
     let mu: Array1<f64> = npz
         .by_name(mu)
@@ -106,9 +105,9 @@ fn adm_reference_batch_statistics_reproduce_fid() {
         GaussianStats::from_features_f32(array(&mut npz, "spatial_sample").view()).unwrap();
     let fid = frechet_distance(&sample, &pool).unwrap();
     let sfid = frechet_distance(&spatial_sample, &spatial).unwrap();
-    assert!(common::rel_diff(fid, expected("fid")) < 1e-6, "fid {fid}");
+    assert!(support::rel_diff(fid, expected("fid")) < 1e-6, "fid {fid}");
     assert!(
-        common::rel_diff(sfid, expected("sfid")) < 1e-6,
+        support::rel_diff(sfid, expected("sfid")) < 1e-6,
         "sfid {sfid}"
     );
 }
@@ -123,14 +122,14 @@ fn inception_score_matches_adm_to_1e5() {
     assert_eq!(all.splits, 3, "5000 + 5000 + 2000");
     let adm = expected("inception_score");
     assert!(
-        common::rel_diff(all.mean, adm) < 1e-5,
+        support::rel_diff(all.mean, adm) < 1e-5,
         "IS ours {} ADM {adm}",
         all.mean
     );
     let first = inception_score(logits.slice(s![..5000, ..]), Splits::default()).unwrap();
     let adm_first = expected("inception_score_first_5000");
     assert!(
-        common::rel_diff(first.mean, adm_first) < 1e-5,
+        support::rel_diff(first.mean, adm_first) < 1e-5,
         "IS(5000) ours {} ADM {adm_first}",
         first.mean
     );

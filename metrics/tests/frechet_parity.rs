@@ -1,10 +1,9 @@
 //! Live parity with pytorch-fid's `calculate_frechet_distance` (scipy `sqrtm`) on statistics of
 //! features this test generates.
 
-mod common;
-
 use llamagen_metrics::frechet::frechet_distance;
 use llamagen_metrics::stats::GaussianStats;
+use llamagen_test_support as support;
 use ndarray::Array2;
 use ndarray_npy::write_npy;
 use rand::{Rng, SeedableRng};
@@ -23,7 +22,7 @@ fn pytorch_fid(a: &GaussianStats, b: &GaussianStats) -> f64 {
     write_npy(dir.path().join("sigma1.npy"), &a.sigma).unwrap();
     write_npy(dir.path().join("mu2.npy"), &b.mu).unwrap();
     write_npy(dir.path().join("sigma2.npy"), &b.sigma).unwrap();
-    let out = common::run_reference("pytorch_fid_frechet.py", &[dir.path()]);
+    let out = support::run_reference("oracles/pytorch_fid_frechet.py", &[dir.path()]);
     let value: serde_json::Value = serde_json::from_str(&out).unwrap();
     value["fid"].as_f64().unwrap()
 }
@@ -36,7 +35,7 @@ fn full_rank_statistics_match_pytorch_fid_to_1e6() {
         let b = GaussianStats::from_features(features(&mut rng, n2, dim, shift).view()).unwrap();
         let ours = frechet_distance(&a, &b).unwrap();
         let reference = pytorch_fid(&a, &b);
-        let rel = common::rel_diff(ours, reference);
+        let rel = support::rel_diff(ours, reference);
         assert!(
             rel < 1e-6,
             "dim {dim}: ours {ours}, pytorch-fid {reference}, rel {rel:e}"
@@ -54,7 +53,7 @@ fn rank_deficient_statistics_stay_finite_and_close() {
     let ours = frechet_distance(&a, &b).unwrap();
     let reference = pytorch_fid(&a, &b);
     assert!(ours.is_finite());
-    let rel = common::rel_diff(ours, reference);
+    let rel = support::rel_diff(ours, reference);
     assert!(
         rel < 1e-4,
         "ours {ours}, pytorch-fid {reference}, rel {rel:e}"

@@ -1,11 +1,10 @@
 //! PSNR and SSIM against scikit-image 0.25.2, live: random u8 image sets are written as .npy and
-//! `tests/parity/skimage_psnr_ssim.py` computes the reference figures on them.
-
-mod common;
+//! `tests/python/oracles/skimage_psnr_ssim.py` computes the reference figures on them.
 
 use std::path::PathBuf;
 
 use llamagen_metrics::image_quality::{psnr, ssim, SsimMode};
+use llamagen_test_support as support;
 use ndarray::{Array4, Axis};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -134,7 +133,7 @@ fn max_rel_diff(ours: &[f64], reference: &serde_json::Value) -> f64 {
     ours.iter()
         .zip(reference)
         .map(|(&a, b)| match b.as_f64() {
-            Some(b) => common::rel_diff(a, b),
+            Some(b) => support::rel_diff(a, b),
             None => {
                 assert!(a.is_infinite(), "reference is infinite, ours {a}");
                 0.0
@@ -156,7 +155,7 @@ fn psnr_and_ssim_match_scikit_image() {
         }
     }
     let args: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
-    let out = common::run_reference("skimage_psnr_ssim.py", &args);
+    let out = support::run_reference("oracles/skimage_psnr_ssim.py", &args);
     let reference: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(reference.len(), cases.len());
 

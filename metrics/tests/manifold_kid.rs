@@ -1,8 +1,6 @@
 //! Precision/recall (ADM `ManifoldEstimator`), density/coverage and KID: against the ADM evaluator's
 //! golden figures in `metrics_public.npz`, and live against torch-fidelity 0.4.0 on random features
-//! written as .npy (`tests/parity/torch_fidelity_kid_prc.py`).
-
-mod common;
+//! written as .npy (`tests/python/oracles/torch_fidelity_kid_prc.py`).
 
 use std::fs::File;
 use std::path::Path;
@@ -12,6 +10,7 @@ use llamagen_metrics::manifold::{
     manifold_metrics, manifold_metrics_f32, manifold_radii, DistancePrecision, ManifoldConfig,
     ManifoldMetrics,
 };
+use llamagen_test_support as support;
 use ndarray::{Array1, Array2};
 use ndarray_npy::{write_npy, NpzReader, WritableElement};
 use rand::{Rng, SeedableRng};
@@ -27,7 +26,7 @@ struct Golden {
 }
 
 fn golden() -> Golden {
-    let dir = common::golden_dir();
+    let dir = support::golden_dir();
     let mut npz = NpzReader::new(File::open(dir.join("metrics_public.npz")).unwrap()).unwrap();
     let manifest: Value = serde_json::from_reader(
         File::open(dir.join("manifest_public.json")).expect("manifest_public.json"),
@@ -164,7 +163,7 @@ fn run_reference<T: WritableElement>(
     ];
     let mut paths: Vec<&Path> = vec![&ref_path, &sample_path];
     paths.extend(args.iter().map(Path::new));
-    let out = common::run_reference("torch_fidelity_kid_prc.py", &paths);
+    let out = support::run_reference("oracles/torch_fidelity_kid_prc.py", &paths);
     serde_json::from_str(out.trim()).unwrap()
 }
 
@@ -209,8 +208,8 @@ fn torch_fidelity_parity_float64() {
     report("float64", &ours, ours_kid.mean, ours_kid.std, &theirs);
 
     // Same math in float64 on both sides: only summation order differs.
-    assert!(common::rel_diff(ours_kid.mean, field(&theirs, "kid_mean")) < 1e-9);
-    assert!(common::rel_diff(ours_kid.std, field(&theirs, "kid_std")) < 1e-9);
+    assert!(support::rel_diff(ours_kid.mean, field(&theirs, "kid_mean")) < 1e-9);
+    assert!(support::rel_diff(ours_kid.std, field(&theirs, "kid_std")) < 1e-9);
     // torch-fidelity compares Euclidean distances with kthvalue(k + 1) radii (self included), ADM
     // squared distances with the k-th other point: the same sets for distinct points.
     // torch-fidelity returns the fractions as float32 means, so compare counts.
@@ -222,8 +221,8 @@ fn torch_fidelity_parity_float64() {
         count(ours.recall, 700),
         count(field(&theirs, "recall"), 700)
     );
-    assert!(common::rel_diff(ours.density, field(&theirs, "density")) < 1e-12);
-    assert!(common::rel_diff(ours.coverage, field(&theirs, "coverage")) < 1e-12);
+    assert!(support::rel_diff(ours.density, field(&theirs, "density")) < 1e-12);
+    assert!(support::rel_diff(ours.coverage, field(&theirs, "coverage")) < 1e-12);
 }
 
 #[test]
@@ -245,8 +244,8 @@ fn torch_fidelity_parity_float32() {
 
     // torch-fidelity keeps float32 features in float32 (cdist, kernels and MMD sums); we promote
     // to float64, so agreement is to float32 round-off and precision/recall to near-ties.
-    assert!(common::rel_diff(ours_kid.mean, field(&theirs, "kid_mean")) < 1e-4);
-    assert!(common::rel_diff(ours_kid.std, field(&theirs, "kid_std")) < 1e-3);
+    assert!(support::rel_diff(ours_kid.mean, field(&theirs, "kid_mean")) < 1e-4);
+    assert!(support::rel_diff(ours_kid.std, field(&theirs, "kid_std")) < 1e-3);
     assert!((count(ours.precision, 450) - count(field(&theirs, "precision"), 450)).abs() <= 1);
     assert!((count(ours.recall, 500) - count(field(&theirs, "recall"), 500)).abs() <= 1);
 }
@@ -270,8 +269,8 @@ fn torch_fidelity_parity_kid_subset_by_subset() {
         "subset by subset: ours KID {} ± {}, reference {theirs}",
         ours.mean, ours.std
     );
-    assert!(common::rel_diff(ours.mean, field(&theirs, "kid_mean")) < 1e-9);
-    assert!(common::rel_diff(ours.std, field(&theirs, "kid_std")) < 1e-9);
+    assert!(support::rel_diff(ours.mean, field(&theirs, "kid_mean")) < 1e-9);
+    assert!(support::rel_diff(ours.std, field(&theirs, "kid_std")) < 1e-9);
 }
 
 #[test]
