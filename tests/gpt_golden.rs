@@ -74,7 +74,7 @@ fn config_is_inferred_from_the_checkpoint() {
         matches!(err, GptError::UnknownHeads { dim: 64, .. }),
         "{err}"
     );
-    // The library names the problem; the command line adds the flags (tests/cli_sample.rs).
+    // The library names the problem; the command line adds the flags (tests/cli/sample.rs).
     assert!(err.to_string().contains("head count is unknown"), "{err}");
 }
 

@@ -2,9 +2,10 @@
 //! stated size, the Markdown report, sample grids, and clean errors for unusable run folders.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::json;
+
+use crate::harness::{Cli, Run};
 
 /// The documented columns of `summary.csv`, in order.
 const COLUMNS: [&str; 29] = [
@@ -39,12 +40,9 @@ const COLUMNS: [&str; 29] = [
     "tool_version",
 ];
 
-fn llamagen_eval(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
-        .args(args)
-        .arg("--quiet")
-        .output()
-        .expect("binary runs")
+/// `report` with `args`, quiet.
+fn report(args: &[&std::ffi::OsStr]) -> Run {
+    Cli::new().arg("report").args(args).quiet().run()
 }
 
 fn write_run(dir: &Path, metrics: serde_json::Value, run: serde_json::Value) -> PathBuf {
@@ -125,16 +123,10 @@ fn report_writes_the_documented_csv_charts_and_markdown() {
     ));
     let baseline = runs[2].clone();
     let out = root.join("report");
-    let mut args: Vec<&std::ffi::OsStr> = vec!["report".as_ref()];
-    args.extend(runs.iter().map(|r| r.as_os_str()));
+    let mut args: Vec<&std::ffi::OsStr> = runs.iter().map(|r| r.as_os_str()).collect();
     args.extend(["--baseline".as_ref(), baseline.as_os_str()]);
     args.extend(["--out".as_ref(), out.as_os_str()]);
-    let output = llamagen_eval(&args);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    report(&args).success();
 
     // summary.csv: the documented columns, one row per run, the baseline marked.
     let mut csv = csv::Reader::from_path(out.join("summary.csv")).unwrap();
@@ -227,19 +219,14 @@ fn one_cfg_scale_gives_no_cfg_chart_and_a_baseline_outside_the_list_is_added() {
     let a = sampled_run(root, "a", "/ckpt/a.pt", 2.0, 3.0);
     let b = sampled_run(root, "b", "/ckpt/b.pt", 2.0, 2.8);
     let out = root.join("out");
-    let output = llamagen_eval(&[
-        "report".as_ref(),
+    report(&[
         a.as_os_str(),
         "--baseline".as_ref(),
         b.as_os_str(),
         "--out".as_ref(),
         out.as_os_str(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ])
+    .success();
     assert!(!out.join("fid_is_vs_cfg.png").exists());
     assert_eq!(png_size(&out.join("metric_fid.png")), (1200, 800));
     let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
@@ -271,15 +258,14 @@ fn unusable_run_folders_fail_naming_the_file() {
         (&root.join("absent"), "absent does not exist"),
     ] {
         let out = root.join("out");
-        let output = llamagen_eval(&[
-            "report".as_ref(),
+        let output = report(&[
             good.as_os_str(),
             bad.as_os_str(),
             "--out".as_ref(),
             out.as_os_str(),
         ]);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        let stderr = output.stderr_text();
+        assert_eq!(output.code(), Some(1), "{stderr}");
         assert!(stderr.contains(expected), "{expected}: {stderr}");
         assert!(!out.exists(), "outputs written for a bad run");
     }

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::path::Path;
-use std::process::{Command, Output};
 
 use llamagen_metrics::codebook::codebook_usage;
 use llamagen_metrics::image_quality;
@@ -20,20 +19,14 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use tch::Tensor;
 
-/// The tests run one at a time: each child process already uses every core (libtorch, rayon), and
+use crate::harness::{metrics_json, random_inception_weights, Cli, Run};
+
+/// These tests run one at a time: each child process already uses every core (libtorch, rayon), and
 /// oversubscribed cores slow them all down several times over.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn llamagen_eval<S: AsRef<OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
-        .args(args)
-        .env_remove("LLAMAGEN_EVAL_INCEPTION")
-        .output()
-        .expect("binary runs")
 }
 
 fn write_images(path: &Path, images: &Array4<u8>) {
@@ -47,10 +40,6 @@ fn read_images(path: &Path) -> Array4<u8> {
     npz.by_name("arr_0.npy").unwrap()
 }
 
-fn metrics_json(dir: &Path) -> Value {
-    serde_json::from_reader(File::open(dir.join("metrics.json")).unwrap()).unwrap()
-}
-
 fn metric(json: &Value, name: &str) -> f64 {
     json["metrics"][name]
         .as_f64()
@@ -62,18 +51,12 @@ fn mean(values: &[Value]) -> f64 {
     finite.iter().sum::<f64>() / finite.len() as f64
 }
 
-fn success(output: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "{stderr}");
-    stderr
-}
-
 #[test]
 fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let weights = support::random_inception_weights(Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let weights = random_inception_weights();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     // Three images in batches of two: a full batch, then a partial one.
     let originals = Array4::from_shape_fn((3, 32, 32, 3), |(i, y, x, c)| {
@@ -91,27 +74,21 @@ fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
     recons.write_npy(File::create(&recon_npy).unwrap()).unwrap();
 
     let run = |out: &Path, extra: &[&str]| {
-        let mut args: Vec<&OsStr> = vec![
-            "recon".as_ref(),
-            "--recon-batch".as_ref(),
-            recon.as_os_str(),
-            "--data".as_ref(),
-            data.as_os_str(),
-            "--inception".as_ref(),
-            weights.as_os_str(),
-            "--device".as_ref(),
-            "cpu".as_ref(),
-            "--batch-size".as_ref(),
-            "2".as_ref(),
-            "--out".as_ref(),
-            out.as_os_str(),
-            "--quiet".as_ref(),
-        ];
-        args.extend(extra.iter().map(OsStr::new));
-        llamagen_eval(&args)
+        Cli::new()
+            .args(["recon", "--recon-batch"])
+            .arg(&recon)
+            .arg("--data")
+            .arg(&data)
+            .arg("--inception")
+            .arg(&weights)
+            .args(["--device", "cpu", "--batch-size", "2", "--out"])
+            .arg(out)
+            .quiet()
+            .args(extra)
+            .run()
     };
     let whole = root.join("runs/whole");
-    success(&run(&whole, &[]));
+    run(&whole, &[]).success();
     let json = metrics_json(&whole);
 
     // PSNR / SSIM against scikit-image.
@@ -139,22 +116,18 @@ fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
 
     // rFID against our own `fid` of the two sets.
     let fid_out = root.join("runs/fid");
-    success(&llamagen_eval(&[
-        "fid".as_ref(),
-        "--sample-batch".as_ref(),
-        recon.as_os_str(),
-        "--ref".as_ref(),
-        data.as_os_str(),
-        "--inception".as_ref(),
-        weights.as_os_str(),
-        "--device".as_ref(),
-        "cpu".as_ref(),
-        "--metrics".as_ref(),
-        "fid".as_ref(),
-        "--out".as_ref(),
-        fid_out.as_os_str(),
-        "--quiet".as_ref(),
-    ]));
+    Cli::new()
+        .args(["fid", "--sample-batch"])
+        .arg(&recon)
+        .arg("--ref")
+        .arg(&data)
+        .arg("--inception")
+        .arg(&weights)
+        .args(["--device", "cpu", "--metrics", "fid", "--out"])
+        .arg(&fid_out)
+        .quiet()
+        .run()
+        .success();
     let fid = metric(&metrics_json(&fid_out), "fid");
     let rfid = metric(&json, "rfid");
     assert!(rfid > 0.0);
@@ -166,11 +139,11 @@ fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
     // Interrupted after one batch, then resumed: the same figures.
     let parts = root.join("runs/parts");
     let stopped = run(&parts, &["--stop-after-batches", "1"]);
-    assert!(!stopped.status.success());
-    assert!(String::from_utf8_lossy(&stopped.stderr).contains("--resume"));
+    assert!(!stopped.succeeded());
+    assert!(stopped.stderr_text().contains("--resume"));
     assert!(parts.join(".journal/progress.json").is_file());
     assert!(!parts.join("metrics.json").exists());
-    let stderr = success(&run(&parts, &["--resume"]));
+    let stderr = run(&parts, &["--resume"]).success().stderr_text();
     assert!(!stderr.contains("nothing to resume"), "{stderr}");
     let resumed = metrics_json(&parts);
     assert_eq!(resumed["metrics"], json["metrics"]);
@@ -191,23 +164,23 @@ fn tensor_images(t: &Tensor) -> Array4<u8> {
     Array4::from_shape_vec((s[0], s[1], s[2], s[3]), data).unwrap()
 }
 
-fn vq_run(vq: &Path, data: &Path, out: &Path, extra: &[&OsStr]) -> Output {
-    let mut args: Vec<&OsStr> = vec![
-        "recon".as_ref(),
-        "--vq".as_ref(),
-        vq.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--device".as_ref(),
-        "cpu".as_ref(),
-        "--metrics".as_ref(),
-        "psnr,ssim,codebook".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-        "--quiet".as_ref(),
-    ];
-    args.extend_from_slice(extra);
-    llamagen_eval(&args)
+fn vq_run(vq: &Path, data: &Path, out: &Path, extra: &[&OsStr]) -> Run {
+    Cli::new()
+        .args(["recon", "--vq"])
+        .arg(vq)
+        .arg("--data")
+        .arg(data)
+        .args([
+            "--device",
+            "cpu",
+            "--metrics",
+            "psnr,ssim,codebook",
+            "--out",
+        ])
+        .arg(out)
+        .quiet()
+        .args(extra)
+        .run()
 }
 
 #[test]
@@ -224,12 +197,13 @@ fn golden_tokenizer_run() {
 
     let out = root.join("whole");
     let saved = root.join("recon.npz");
-    success(&vq_run(
+    vq_run(
         &vq,
         &data,
         &out,
         &["--save-recon".as_ref(), saved.as_os_str()],
-    ));
+    )
+    .success();
     let json = metrics_json(&out);
     assert!(out.join("metrics.csv").is_file());
 
@@ -295,17 +269,17 @@ fn golden_tokenizer_run() {
     ];
     let mut stop = save.to_vec();
     stop.extend([OsStr::new("--stop-after-batches"), OsStr::new("1")]);
-    assert!(!vq_run(&vq, &data, &parts, &stop).status.success());
+    assert!(!vq_run(&vq, &data, &parts, &stop).succeeded());
     assert!(!saved_parts.exists());
     let mut resume = save.to_vec();
     resume.push(OsStr::new("--resume"));
-    success(&vq_run(&vq, &data, &parts, &resume));
+    vq_run(&vq, &data, &parts, &resume).success();
     assert_eq!(metrics_json(&parts)["metrics"], json["metrics"]);
     assert_eq!(read_images(&saved_parts), ours);
 
     // Resuming with other settings is refused.
     let other = root.join("other");
-    assert!(!vq_run(&vq, &data, &other, &stop).status.success());
+    assert!(!vq_run(&vq, &data, &other, &stop).succeeded());
     let mut changed = stop.to_vec();
     changed.extend([
         OsStr::new("--precision"),
@@ -313,24 +287,25 @@ fn golden_tokenizer_run() {
         OsStr::new("--resume"),
     ]);
     let refused = vq_run(&vq, &data, &other, &changed);
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("other settings"));
+    assert!(!refused.succeeded());
+    assert!(refused.stderr_text().contains("other settings"));
 
     // bf16 runs and lands close.
     let bf16 = root.join("bf16");
-    success(&vq_run(
+    vq_run(
         &vq,
         &data,
         &bf16,
         &["--precision".as_ref(), "bf16".as_ref()],
-    ));
+    )
+    .success();
     let p16 = metric(&metrics_json(&bf16), "psnr");
     assert!((p16 - psnr).abs() < 1.0, "bf16 psnr {p16} vs fp32 {psnr}");
 }
 
-fn assert_fails_cleanly(output: &Output, out: &Path, expected: &[&str]) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "should fail: {stderr}");
+fn assert_fails_cleanly(output: &Run, out: &Path, expected: &[&str]) {
+    let stderr = output.stderr_text();
+    assert!(!output.succeeded(), "should fail: {stderr}");
     for e in expected {
         assert!(stderr.contains(e), "expected `{e}` in: {stderr}");
     }
@@ -374,16 +349,13 @@ fn bad_inputs_fail_cleanly() {
     let small = root.join("small.npz");
     write_images(&small, &Array4::from_elem((2, 32, 32, 3), 1u8));
     let out = root.join("shape");
-    let output = llamagen_eval(&[
-        "recon".as_ref(),
-        "--recon-batch".as_ref(),
-        small.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--metrics".as_ref(),
-        "psnr".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
+    let output = Cli::new()
+        .args(["recon", "--recon-batch"])
+        .arg(&small)
+        .arg("--data")
+        .arg(&data)
+        .args(["--metrics", "psnr", "--out"])
+        .arg(&out)
+        .run();
     assert_fails_cleanly(&output, &out, &["small.npz", "do not match"]);
 }

@@ -1,20 +1,19 @@
 //! `llamagen-eval doctor` runs from the built binary with no LD_LIBRARY_PATH and reports libtorch.
 
-use std::process::Command;
+use crate::harness::Cli;
 
 #[test]
 fn doctor_runs_without_ld_library_path() {
-    let output = Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
+    let run = Cli::new()
         .arg("doctor")
         .env_remove("LD_LIBRARY_PATH")
         .env("LLAMAGEN_EVAL_INCEPTION", "/nonexistent/inception.pth")
-        .output()
-        .expect("the binary starts");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+        .run();
+    let stdout = run.stdout_text();
     assert!(
-        output.status.success(),
+        run.succeeded(),
         "doctor failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        run.stderr_text()
     );
     assert!(stdout.contains("libtorch          2.13.0"), "{stdout}");
     assert!(stdout.contains("OpenBLAS"), "{stdout}");
@@ -26,9 +25,5 @@ fn doctor_runs_without_ld_library_path() {
 
 #[test]
 fn unknown_subcommand_fails() {
-    let output = Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
-        .arg("no-such-command")
-        .output()
-        .expect("the binary starts");
-    assert!(!output.status.success());
+    assert!(!Cli::new().arg("no-such-command").run().succeeded());
 }

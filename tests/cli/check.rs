@@ -3,17 +3,13 @@
 //! `--write-baseline` recording a run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::json;
 
-fn check(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
-        .arg("check")
-        .args(args)
-        .arg("--quiet")
-        .output()
-        .expect("binary runs")
+use crate::harness::{Cli, Run};
+
+fn check(args: &[&std::ffi::OsStr]) -> Run {
+    Cli::new().arg("check").args(args).quiet().run()
 }
 
 fn write_run(root: &Path, name: &str, metrics: serde_json::Value) -> PathBuf {
@@ -52,17 +48,13 @@ impl Fixture {
         let root = dir.path().to_path_buf();
         let run = write_run(&root, "base", base_metrics());
         let baseline = root.join("ci/baseline.json");
-        let output = check(&[
+        check(&[
             "--run".as_ref(),
             run.as_os_str(),
             "--write-baseline".as_ref(),
             baseline.as_os_str(),
-        ]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        ])
+        .success();
         Fixture {
             _dir: dir,
             root,
@@ -91,9 +83,9 @@ impl Fixture {
         args.extend(extra.iter().map(std::ffi::OsStr::new));
         let output = check(&args);
         (
-            output.status.code().expect("exit code"),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
+            output.code().expect("exit code"),
+            output.stdout_text(),
+            output.stderr_text(),
         )
     }
 }
@@ -241,6 +233,6 @@ fn unusable_input_exits_2() {
         "--write-baseline".as_ref(),
         target.as_os_str(),
     ]);
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.code(), Some(2));
     assert!(!target.exists());
 }

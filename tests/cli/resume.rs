@@ -5,44 +5,36 @@
 //! fails before any reference work.
 
 use std::fs::File;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use llamagen_test_support as support;
 use ndarray::Array4;
 use tch::Tensor;
 
+use crate::harness::{metrics_json, Cli, Run};
+
 fn golden(name: &str) -> PathBuf {
     support::golden_dir().join(name)
 }
 
-fn run(args: &[&str], crash_at: Option<&str>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_llamagen-eval"));
-    command
+fn run(args: &[&str], crash_at: Option<&str>) -> Run {
+    let mut cli = Cli::new()
         .args(args)
-        .env("RUST_LOG", "llamagen_eval=info")
-        .env_remove("LLAMAGEN_EVAL_INCEPTION")
+        .info_log()
         .env_remove("LLAMAGEN_EVAL_CRASH_AT");
     if let Some(point) = crash_at {
-        command.env("LLAMAGEN_EVAL_CRASH_AT", point);
+        cli = cli.env("LLAMAGEN_EVAL_CRASH_AT", point);
     }
-    command.output().expect("binary runs")
+    cli.run()
 }
 
-fn ok(output: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert!(output.status.success(), "{stderr}");
-    stderr
-}
-
-fn killed(output: &Output) {
+fn killed(output: &Run) {
     assert_eq!(
-        output.status.signal(),
+        output.signal(),
         Some(9),
-        "expected SIGKILL: {:?}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+        "expected SIGKILL, got exit code {:?}\n{}",
+        output.code(),
+        output.stderr_text()
     );
 }
 
@@ -51,9 +43,7 @@ fn s(p: &Path) -> &str {
 }
 
 fn metrics(dir: &Path) -> serde_json::Value {
-    let json: serde_json::Value =
-        serde_json::from_reader(File::open(dir.join("metrics.json")).unwrap()).unwrap();
-    json["metrics"].clone()
+    metrics_json(dir)["metrics"].clone()
 }
 
 fn images(path: &Path) -> Array4<u8> {
@@ -129,7 +119,7 @@ fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
     let fid =
         |out: &Path, extra: &[&str], crash_at: Option<&str>| fid_at("2.0", out, extra, crash_at);
     let whole = root.join("whole");
-    ok(&fid(&whole, &[], None));
+    fid(&whole, &[], None).success();
     let expected = metrics(&whole);
     assert!(expected["fid"].is_number(), "{expected}");
     let expected_images = images(&whole.join("samples.npz"));
@@ -141,7 +131,7 @@ fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
         killed(&fid(&out, &[], Some(point)));
         assert!(!out.join("metrics.json").exists());
         assert!(out.join(".journal/progress.json").is_file());
-        let stderr = ok(&fid(&out, &["--resume"], None));
+        let stderr = fid(&out, &["--resume"], None).success().stderr_text();
         assert!(stderr.contains("resuming after"), "{point}: {stderr}");
         assert_eq!(metrics(&out), expected, "{point}: resumed vs uninterrupted");
         assert_eq!(images(&out.join("samples.npz")), expected_images, "{point}");
@@ -156,8 +146,8 @@ fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
     let out = root.join("changed");
     killed(&fid(&out, &[], Some("committed:1")));
     let refused = fid_at("3.0", &out, &["--resume"], None);
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success());
+    let stderr = refused.stderr_text();
+    assert!(!refused.succeeded());
     assert!(stderr.contains("`cfg_scale` was 2.0, now 3.0"), "{stderr}");
     assert!(stderr.contains("--cfg-scale 2.0"), "{stderr}");
     assert!(!out.join("metrics.json").exists());
@@ -194,11 +184,11 @@ fn sample_and_recon_resume_after_sigkill() {
         run(&args, crash_at)
     };
     let whole = root.join("whole.npz");
-    ok(&sample(&whole, &[], None));
+    sample(&whole, &[], None).success();
     let interrupted = root.join("interrupted.npz");
     killed(&sample(&interrupted, &[], Some("decoded:2")));
     assert!(!interrupted.exists());
-    ok(&sample(&interrupted, &["--resume"], None));
+    sample(&interrupted, &["--resume"], None).success();
     assert_eq!(images(&interrupted), images(&whole));
 
     // recon of the samples through the golden tokenizer, killed after its first batch.
@@ -222,10 +212,10 @@ fn sample_and_recon_resume_after_sigkill() {
         run(&args, crash_at)
     };
     let recon_whole = root.join("recon-whole");
-    ok(&recon(&recon_whole, &[], None));
+    recon(&recon_whole, &[], None).success();
     let recon_killed = root.join("recon-killed");
     killed(&recon(&recon_killed, &[], Some("committed:1")));
-    ok(&recon(&recon_killed, &["--resume"], None));
+    recon(&recon_killed, &["--resume"], None).success();
     assert_eq!(metrics(&recon_killed), metrics(&recon_whole));
 }
 
@@ -264,7 +254,7 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
         s(&out),
     ];
     args.extend_from_slice(&common);
-    let stderr = ok(&run(&args, None));
+    let stderr = run(&args, None).success().stderr_text();
     let count = |needle: &str| stderr.matches(needle).count();
     assert_eq!(count("and tokenizer"), 1, "{stderr}");
     assert_eq!(count("Inception-V3 loaded"), 1, "{stderr}");
@@ -275,7 +265,7 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
     // Resumed after it finished: every scale is kept as it is.
     let before = metrics(&out.join("cfg-1.5"));
     args.push("--resume");
-    let stderr = ok(&run(&args, None));
+    let stderr = run(&args, None).success().stderr_text();
     assert_eq!(stderr.matches("already complete").count(), 3, "{stderr}");
     assert_eq!(metrics(&out.join("cfg-1.5")), before);
 
@@ -287,8 +277,8 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
     let mut args = vec!["fid", "--gpt", s(&gpt), "--out", s(&bad)];
     args.extend_from_slice(&common);
     let output = run(&args, None);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = output.stderr_text();
+    assert!(!output.succeeded());
     assert!(stderr.contains("--n-head"), "{stderr}");
     assert!(!stderr.contains("Inception-V3 loaded"), "{stderr}");
     assert!(

@@ -4,13 +4,14 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use llamagen_test_support as support;
 use ndarray::Array4;
 use ndarray_npy::NpzWriter;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::harness::{metrics_json, Cli, Run};
 
 fn image_batch(path: &Path, rng: &mut ChaCha8Rng, n: usize, size: usize, tint: usize) {
     let images = Array4::from_shape_fn((n, size, size, 3), |(i, y, x, c)| {
@@ -22,34 +23,28 @@ fn image_batch(path: &Path, rng: &mut ChaCha8Rng, n: usize, size: usize, tint: u
     npz.finish().unwrap();
 }
 
-fn llamagen_eval(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
-        .args(args)
-        .env("RUST_LOG", "llamagen_eval=info")
-        .env_remove("LLAMAGEN_EVAL_INCEPTION")
-        .output()
-        .expect("binary runs")
-}
-
-fn fid_run(weights: &Path, samples: &Path, reference: &Path, out: &Path) -> Output {
-    llamagen_eval(&[
-        "fid".as_ref(),
-        "--sample-batch".as_ref(),
-        samples.as_os_str(),
-        "--ref".as_ref(),
-        reference.as_os_str(),
-        "--inception".as_ref(),
-        weights.as_os_str(),
-        "--device".as_ref(),
-        "cpu".as_ref(),
-        "--batch-size".as_ref(),
-        "16".as_ref(),
-        "--metrics".as_ref(),
-        "fid,is".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-        "--quiet".as_ref(),
-    ])
+fn fid_run(weights: &Path, samples: &Path, reference: &Path, out: &Path) -> Run {
+    Cli::new()
+        .info_log()
+        .arg("fid")
+        .arg("--sample-batch")
+        .arg(samples)
+        .arg("--ref")
+        .arg(reference)
+        .arg("--inception")
+        .arg(weights)
+        .args([
+            "--device",
+            "cpu",
+            "--batch-size",
+            "16",
+            "--metrics",
+            "fid,is",
+            "--out",
+        ])
+        .arg(out)
+        .quiet()
+        .run()
 }
 
 fn python_fid(weights: &Path, samples: &Path, reference: &Path) -> f64 {
@@ -76,15 +71,14 @@ fn fid_matches_torch_fidelity_features_and_caches_samples() {
     image_batch(&ref_b, &mut rng, 20, 32, 10);
     let runs: PathBuf = root.join("reports");
 
-    let first = fid_run(&weights, &samples, &ref_a, &runs.join("a"));
-    let stderr = String::from_utf8_lossy(&first.stderr);
-    assert!(first.status.success(), "{stderr}");
+    let stderr = fid_run(&weights, &samples, &ref_a, &runs.join("a"))
+        .success()
+        .stderr_text();
     assert!(
         !stderr.contains("from the cache"),
         "nothing is cached yet: {stderr}"
     );
-    let json: serde_json::Value =
-        serde_json::from_reader(File::open(runs.join("a/metrics.json")).unwrap()).unwrap();
+    let json = metrics_json(&runs.join("a"));
     let ours = json["metrics"]["fid"].as_f64().unwrap();
     let reference = python_fid(&weights, &samples, &ref_a);
     assert!(
@@ -100,15 +94,14 @@ fn fid_matches_torch_fidelity_features_and_caches_samples() {
         Some(64)
     );
 
-    let second = fid_run(&weights, &samples, &ref_b, &runs.join("b"));
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(second.status.success(), "{stderr}");
+    let stderr = fid_run(&weights, &samples, &ref_b, &runs.join("b"))
+        .success()
+        .stderr_text();
     assert!(
         stderr.contains(&format!("features of {} from the cache", samples.display())),
         "the sample features should come from the cache: {stderr}"
     );
-    let json: serde_json::Value =
-        serde_json::from_reader(File::open(runs.join("b/metrics.json")).unwrap()).unwrap();
+    let json = metrics_json(&runs.join("b"));
     let ours = json["metrics"]["fid"].as_f64().unwrap();
     let reference = python_fid(&weights, &samples, &ref_b);
     assert!(
@@ -160,8 +153,8 @@ fn bad_sample_batches_fail_cleanly() {
     image_batch(&good_samples, &mut ChaCha8Rng::seed_from_u64(1), 2, 8, 0);
     let empty_ref = write("empty_ref.npz", "labels", ndarray::ArrayD::zeros(vec![3]));
     let output = fid_run(&weights, &good_samples, &empty_ref, &root.join("out-ref"));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = output.stderr_text();
+    assert!(!output.succeeded());
     assert!(
         stderr.contains("neither statistics") && stderr.contains("empty_ref.npz"),
         "{stderr}"
@@ -170,8 +163,8 @@ fn bad_sample_batches_fail_cleanly() {
     for (i, (path, expected)) in cases.iter().enumerate() {
         let out = root.join(format!("out{i}"));
         let output = fid_run(&weights, path, &reference, &out);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "case {i} should fail");
+        let stderr = output.stderr_text();
+        assert!(!output.succeeded(), "case {i} should fail");
         assert!(
             stderr.contains(expected) && stderr.contains(&*path.display().to_string()),
             "case {i}: {stderr}"

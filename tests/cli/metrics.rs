@@ -3,11 +3,12 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use llamagen_test_support as support;
 use ndarray::Array2;
 use ndarray_npy::{NpzReader, NpzWriter};
+
+use crate::harness::{metrics_json, Cli, Run};
 
 fn golden(key: &str) -> Array2<f32> {
     let path = support::golden_dir().join("metrics_public.npz");
@@ -29,17 +30,9 @@ fn write_features(path: &Path, entries: &[(&str, &Array2<f32>)]) {
     npz.finish().unwrap();
 }
 
-fn llamagen_eval(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
-        .args(args)
-        .arg("--quiet")
-        .output()
-        .expect("binary runs")
-}
-
-fn metrics_json(dir: &Path) -> serde_json::Value {
-    serde_json::from_reader(File::open(dir.join("metrics.json")).expect("metrics.json written"))
-        .unwrap()
+/// `metrics` with `args`, quiet.
+fn metrics(args: &[&std::ffi::OsStr]) -> Run {
+    Cli::new().arg("metrics").args(args).quiet().run()
 }
 
 struct Fixture {
@@ -79,20 +72,15 @@ fn reproduces_adm_fid_sfid_against_a_reference_batch() {
     let fx = Fixture::new();
     let out = fx.path("run-stats");
     let adm_ref = support::golden_dir().join("adm_ref_public.npz");
-    let output = llamagen_eval(&[
-        "metrics".as_ref(),
+    metrics(&[
         "--sample-features".as_ref(),
         fx.path("sample.npz").as_os_str(),
         "--ref-features".as_ref(),
         adm_ref.as_os_str(),
         "--out".as_ref(),
         out.as_os_str(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ])
+    .success();
     let json = metrics_json(&out);
     for metric in ["fid", "sfid"] {
         let ours = json["metrics"][metric].as_f64().unwrap();
@@ -128,8 +116,7 @@ fn reproduces_adm_precision_recall_and_inception_score() {
         ("adm-fp16", "precision", "recall"),
     ] {
         let out = fx.path(&format!("run-{mode}"));
-        let output = llamagen_eval(&[
-            "metrics".as_ref(),
+        metrics(&[
             "--sample-features".as_ref(),
             fx.path("sample.npz").as_os_str(),
             "--ref-features".as_ref(),
@@ -140,12 +127,8 @@ fn reproduces_adm_precision_recall_and_inception_score() {
             mode.as_ref(),
             "--out".as_ref(),
             out.as_os_str(),
-        ]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        ])
+        .success();
         let json = metrics_json(&out);
         assert!(
             support::rel_diff(json["metrics"]["fid"].as_f64().unwrap(), manifest("fid")) < 1e-6
@@ -165,18 +148,13 @@ fn reproduces_adm_precision_recall_and_inception_score() {
         }
     }
     let out = fx.path("run-is");
-    let output = llamagen_eval(&[
-        "metrics".as_ref(),
+    metrics(&[
         "--sample-features".as_ref(),
         fx.path("logits.npz").as_os_str(),
         "--out".as_ref(),
         out.as_os_str(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ])
+    .success();
     let json = metrics_json(&out);
     let is = json["metrics"]["inception_score"].as_f64().unwrap();
     assert!(
@@ -210,7 +188,6 @@ fn bad_inputs_fail_cleanly_without_outputs() {
     for (i, (files, expected)) in cases.iter().enumerate() {
         let out = fx.path(&format!("bad-{i}"));
         let mut args: Vec<&std::ffi::OsStr> = vec![
-            "metrics".as_ref(),
             "--sample-features".as_ref(),
             files[0].as_os_str(),
             "--ref-features".as_ref(),
@@ -222,9 +199,9 @@ fn bad_inputs_fail_cleanly_without_outputs() {
             args.push("--metrics".as_ref());
             args.push("fid".as_ref());
         }
-        let output = llamagen_eval(&args);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "case {i} should fail");
+        let output = metrics(&args);
+        let stderr = output.stderr_text();
+        assert!(!output.succeeded(), "case {i} should fail");
         assert!(stderr.contains(expected), "case {i}: {stderr}");
         assert!(!out.exists(), "case {i} left outputs behind");
     }

@@ -3,67 +3,53 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::process::Command;
 
 use llamagen_test_support as support;
 use ndarray::{Array1, Array2};
 use ndarray_npy::NpzReader;
 
-fn llamagen_eval(args: &[&std::ffi::OsStr]) {
-    let output = Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
-        .args(args)
-        .arg("--quiet")
-        .output()
-        .expect("binary runs");
-    assert!(
-        output.status.success(),
-        "{:?}: {}",
-        args,
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+use crate::harness::{random_inception_weights, Cli};
 
 fn sample(out: &Path, shard: Option<&str>) {
     let golden = support::golden_dir();
-    let (gpt, vq) = (golden.join("gpt_public.pt"), golden.join("vq_public.pt"));
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "sample".as_ref(),
-        "--gpt".as_ref(),
-        gpt.as_os_str(),
-        "--vq".as_ref(),
-        vq.as_os_str(),
-        "--n-head".as_ref(),
-        "4".as_ref(),
-        "--image-size".as_ref(),
-        "64".as_ref(),
-        "--samples".as_ref(),
-        "5".as_ref(),
-        "--seed".as_ref(),
-        "3".as_ref(),
-        "--device".as_ref(),
-        "cpu".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ];
+    let mut cli = Cli::new()
+        .arg("sample")
+        .arg("--gpt")
+        .arg(golden.join("gpt_public.pt"))
+        .arg("--vq")
+        .arg(golden.join("vq_public.pt"))
+        .args([
+            "--n-head",
+            "4",
+            "--image-size",
+            "64",
+            "--samples",
+            "5",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+        ])
+        .arg(out);
     if let Some(shard) = shard {
-        args.push("--shard".as_ref());
-        args.push(shard.as_ref());
+        cli = cli.args(["--shard", shard]);
     }
-    llamagen_eval(&args);
+    cli.quiet().run().success();
 }
 
 fn features(weights: &Path, images: &Path, out: &Path) {
-    llamagen_eval(&[
-        "features".as_ref(),
-        "--images".as_ref(),
-        images.as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-        "--inception".as_ref(),
-        weights.as_os_str(),
-        "--device".as_ref(),
-        "cpu".as_ref(),
-    ]);
+    Cli::new()
+        .args(["features", "--images"])
+        .arg(images)
+        .arg("--out")
+        .arg(out)
+        .arg("--inception")
+        .arg(weights)
+        .args(["--device", "cpu"])
+        .quiet()
+        .run()
+        .success();
 }
 
 fn read(path: &Path, key: &str) -> Array2<f32> {
@@ -77,7 +63,7 @@ fn read(path: &Path, key: &str) -> Array2<f32> {
 fn merged_shard_features_equal_the_unsharded_run() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let weights = support::random_inception_weights(Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let weights = random_inception_weights();
     sample(&root.join("all.npz"), None);
     sample(&root.join("s0.npz"), Some("0/2"));
     sample(&root.join("s1.npz"), Some("1/2"));
@@ -90,13 +76,15 @@ fn merged_shard_features_equal_the_unsharded_run() {
     }
     let merged = root.join("f_merged.npz");
     // Shards in reverse order: merge restores sample order from their `indices`.
-    llamagen_eval(&[
-        "merge".as_ref(),
-        root.join("f_s1.npz").as_os_str(),
-        root.join("f_s0.npz").as_os_str(),
-        "--out".as_ref(),
-        merged.as_os_str(),
-    ]);
+    Cli::new()
+        .arg("merge")
+        .arg(root.join("f_s1.npz"))
+        .arg(root.join("f_s0.npz"))
+        .arg("--out")
+        .arg(&merged)
+        .quiet()
+        .run()
+        .success();
     let indices: Array1<i64> = NpzReader::new(File::open(&merged).unwrap())
         .unwrap()
         .by_name("indices")
@@ -113,16 +101,15 @@ fn merged_shard_features_equal_the_unsharded_run() {
     }
 
     // Shards with and without indices do not mix.
-    let output = Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
-        .args(["merge"])
+    Cli::new()
+        .arg("merge")
         .args([
             root.join("f_s0.npz"),
             root.join("f_all.npz"),
             "--out".into(),
             root.join("bad.npz"),
         ])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
+        .run()
+        .failure();
     assert!(!root.join("bad.npz").exists());
 }

@@ -4,34 +4,25 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use llamagen_test_support as support;
 use ndarray::{Array1, Array4};
 use ndarray_npy::NpzReader;
 use tch::{Kind, Tensor};
 
+use crate::harness::{metrics_json, Cli, Run};
+
 fn golden(name: &str) -> PathBuf {
     support::golden_dir().join(name)
 }
 
-fn llamagen_eval(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
+fn llamagen_eval(args: &[&str]) -> Run {
+    Cli::new()
         .args(args)
-        .env("RUST_LOG", "llamagen_eval=info")
-        .env_remove("LLAMAGEN_EVAL_INCEPTION")
+        .info_log()
         // The tests run side by side: one libtorch thread per process avoids oversubscription.
         .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("binary runs")
-}
-
-fn ok(output: &Output) {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .run()
 }
 
 fn s(p: &Path) -> &str {
@@ -39,7 +30,7 @@ fn s(p: &Path) -> &str {
 }
 
 /// `sample` on the golden models with extra flags.
-fn sample(out: &Path, extra: &[&str]) -> Output {
+fn sample(out: &Path, extra: &[&str]) -> Run {
     let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
     let mut args = vec![
         "sample",
@@ -77,7 +68,7 @@ fn greedy_samples_reproduce_the_golden_images() {
     for (scale, interval) in [("1.0", "-1"), ("1.75", "-1"), ("4.0", "-1"), ("4.0", "5")] {
         let out = dir.path().join(format!("g{scale}_{interval}.npz"));
         let grid = dir.path().join("grid.png");
-        let output = sample(
+        sample(
             &out,
             &[
                 "--labels",
@@ -91,8 +82,8 @@ fn greedy_samples_reproduce_the_golden_images() {
                 "--grid",
                 s(&grid),
             ],
-        );
-        ok(&output);
+        )
+        .success();
         let (images, labels) = read(&out);
         assert_eq!(labels.to_vec(), vec![0, 1, 2]);
         let key = format!("greedy_cfg{scale}_interval{interval}_images_uint8_nhwc");
@@ -129,7 +120,7 @@ fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
         let out = p(&format!("bs{bs}.npz"));
         let mut args = RANDOM.to_vec();
         args.extend(["--batch-size", bs]);
-        ok(&sample(&out, &args));
+        sample(&out, &args).success();
         runs.push(read(&out));
     }
     assert_eq!(runs[0], runs[1], "batch size 1 vs 3");
@@ -147,20 +138,21 @@ fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
         let mut args = RANDOM.to_vec();
         let shard = format!("{k}/2");
         args.extend(["--batch-size", "3", "--shard", &shard]);
-        ok(&sample(&p(&format!("shard{k}.npz")), &args));
+        sample(&p(&format!("shard{k}.npz")), &args).success();
     }
     let (shard1, labels1) = read(&p("shard1.npz"));
     assert_eq!(shard1.dim().0, 2);
     assert_eq!(labels1[0], labels[1]);
     let merged = p("merged.npz");
-    ok(&llamagen_eval(&[
+    llamagen_eval(&[
         "merge",
         s(&p("shard1.npz")),
         s(&p("shard0.npz")),
         "--out",
         s(&merged),
         "--quiet",
-    ]));
+    ])
+    .success();
     assert_eq!(read(&merged), runs[0], "merged shards vs one run");
 
     // Interrupted after 2 new samples (one batch of 2), then resumed with another batch size.
@@ -168,7 +160,7 @@ fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
     let mut args = RANDOM.to_vec();
     args.extend(["--batch-size", "2", "--stop-after", "2"]);
     let crashed = sample(&out, &args);
-    assert!(!crashed.status.success());
+    assert!(!crashed.succeeded());
     assert!(!out.exists());
     let tokens = PathBuf::from(format!("{}.journal/tokens.bin", out.display()));
     assert_eq!(std::fs::metadata(&tokens).unwrap().len(), 2 * 16 * 4);
@@ -176,8 +168,8 @@ fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
     let mut other = RANDOM.to_vec();
     other.extend(["--resume", "--top-k", "5"]);
     let refused = sample(&out, &other);
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.succeeded());
+    let stderr = refused.stderr_text();
     assert!(stderr.contains("other settings"), "{stderr}");
     assert!(stderr.contains("`top_k` was 0, now 5"), "{stderr}");
     assert!(
@@ -186,9 +178,8 @@ fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
     );
     let mut args = RANDOM.to_vec();
     args.extend(["--batch-size", "5", "--resume"]);
-    let resumed = sample(&out, &args);
-    ok(&resumed);
-    assert!(String::from_utf8_lossy(&resumed.stderr).contains("resuming after 2"));
+    let resumed = sample(&out, &args).success();
+    assert!(resumed.stderr_text().contains("resuming after 2"));
     assert_eq!(read(&out), runs[0], "resumed vs uninterrupted");
     assert!(!tokens.exists());
 }
@@ -238,9 +229,9 @@ fn fake_gpt(path: &Path, vocab: i64, class_key: &str) {
 fn bad_inputs_fail_before_sampling() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.npz");
-    let fails = |output: Output, expected: &str| {
-        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-        assert!(!output.status.success(), "should fail: {expected}");
+    let fails = |output: Run, expected: &str| {
+        let stderr = output.stderr_text();
+        assert!(!output.succeeded(), "should fail: {expected}");
         assert!(
             stderr.contains(expected),
             "expected `{expected}` in: {stderr}"
@@ -382,16 +373,13 @@ fn fid_with_a_generator_streams_the_sampled_images() {
         s(&gen_out),
     ];
     args.extend_from_slice(&common_args);
-    let generated = llamagen_eval(&args);
-    ok(&generated);
+    llamagen_eval(&args).success();
     let (images, _) = read(&saved);
     assert_eq!(images.dim(), (4, 64, 64, 3));
     let mut args = vec!["fid", "--sample-batch", s(&saved), "--out", s(&file_out)];
     args.extend_from_slice(&common_args);
-    ok(&llamagen_eval(&args));
-    let fid = |dir: &str| -> serde_json::Value {
-        serde_json::from_reader(File::open(root.join(dir).join("metrics.json")).unwrap()).unwrap()
-    };
+    llamagen_eval(&args).success();
+    let fid = |dir: &str| metrics_json(&root.join(dir));
     let (a, b) = (fid("gen"), fid("file"));
     // The Inception Score of 4 samples (FID of so few is a singular-covariance figure, too
     // unstable for an equality check): the same features give the same score.
@@ -416,5 +404,5 @@ fn fid_with_a_generator_streams_the_sampled_images() {
         "--ref",
         s(&reference),
     ]);
-    assert!(!both.status.success());
+    assert!(!both.succeeded());
 }

@@ -2,27 +2,26 @@
 //! documented outputs: per-run metrics.json/metrics.csv, samples, and the report with its charts.
 
 use std::fs::File;
-use std::process::Command;
+
+use crate::harness::{metrics_json, Cli};
 
 #[test]
 fn demo_writes_runs_and_report() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let output = Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
+    let stderr = Cli::new()
         .args(["demo", "--samples", "8", "--out"])
         .arg(&out)
-        .output()
-        .expect("binary runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+        .run()
+        .success()
+        .stderr_text();
     assert!(
         stderr.contains("MEANINGLESS"),
         "the demo must say its figures mean nothing: {stderr}"
     );
     for scale in ["1.5", "4"] {
         let run = out.join("sweep").join(format!("cfg-{scale}"));
-        let json: serde_json::Value =
-            serde_json::from_reader(File::open(run.join("metrics.json")).unwrap()).unwrap();
+        let json = metrics_json(&run);
         for metric in [
             "fid",
             "sfid",
@@ -62,13 +61,7 @@ fn demo_writes_runs_and_report() {
 #[test]
 fn sweep_needs_a_generator_and_usable_scales() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .expect("binary runs")
-    };
+    let run = |args: &[&str]| Cli::new().args(args).current_dir(dir.path()).run();
     let output = run(&[
         "sweep",
         "--cfg-scales",
@@ -78,8 +71,8 @@ fn sweep_needs_a_generator_and_usable_scales() {
         "--ref",
         "r.npz",
     ]);
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--gpt"));
+    assert!(!output.succeeded());
+    assert!(output.stderr_text().contains("--gpt"));
     let output = run(&[
         "sweep",
         "--cfg-scales",
@@ -93,8 +86,8 @@ fn sweep_needs_a_generator_and_usable_scales() {
         "--ref",
         "r.npz",
     ]);
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("-1"));
+    assert!(!output.succeeded());
+    assert!(output.stderr_text().contains("-1"));
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,

@@ -1,0 +1,139 @@
+//! Running the built `llamagen-eval` binary: [`Cli`] builds one invocation, [`Run`] is its outcome.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// One invocation of the binary under test. It never sees the developer's Inception weights
+/// (`$LLAMAGEN_EVAL_INCEPTION` is removed unless a test sets it with [`Cli::env`]).
+pub struct Cli {
+    command: Command,
+    args: Vec<OsString>,
+}
+
+impl Cli {
+    pub fn new() -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_llamagen-eval"));
+        command.env_remove("LLAMAGEN_EVAL_INCEPTION");
+        Cli {
+            command,
+            args: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Appends `--quiet`.
+    pub fn quiet(self) -> Self {
+        self.arg("--quiet")
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.command.env_remove(key);
+        self
+    }
+
+    /// `RUST_LOG=llamagen_eval=info`: stderr carries the info lines (cache hits, resumption).
+    pub fn info_log(self) -> Self {
+        self.env("RUST_LOG", "llamagen_eval=info")
+    }
+
+    pub fn current_dir(mut self, dir: &Path) -> Self {
+        self.command.current_dir(dir);
+        self
+    }
+
+    pub fn run(mut self) -> Run {
+        let output = self.command.args(&self.args).output().expect("binary runs");
+        Run {
+            args: self.args,
+            output,
+        }
+    }
+}
+
+/// What a [`Cli`] run did.
+pub struct Run {
+    args: Vec<OsString>,
+    output: Output,
+}
+
+impl Run {
+    pub fn succeeded(&self) -> bool {
+        self.output.status.success()
+    }
+
+    /// The exit code (`None` when a signal ended the process).
+    pub fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+
+    /// The signal that ended the process, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        self.output.status.signal()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// Panics, with the arguments and stderr, unless the run succeeded.
+    #[track_caller]
+    pub fn success(self) -> Self {
+        assert!(
+            self.succeeded(),
+            "{:?} failed:\n{}",
+            self.args,
+            self.stderr_text()
+        );
+        self
+    }
+
+    /// Panics, with the arguments and stderr, if the run succeeded.
+    #[track_caller]
+    pub fn failure(self) -> Self {
+        assert!(
+            !self.succeeded(),
+            "{:?} should have failed:\n{}",
+            self.args,
+            self.stderr_text()
+        );
+        self
+    }
+}
+
+/// The random Inception weights of the support crate, kept in this target's test folder.
+pub fn random_inception_weights() -> PathBuf {
+    llamagen_test_support::random_inception_weights(Path::new(env!("CARGO_TARGET_TMPDIR")))
+}
+
+/// `dir/metrics.json`, parsed.
+pub fn metrics_json(dir: &Path) -> serde_json::Value {
+    let path = dir.join("metrics.json");
+    let file = std::fs::File::open(&path)
+        .unwrap_or_else(|e| panic!("{} not written: {e}", path.display()));
+    serde_json::from_reader(file).unwrap()
+}

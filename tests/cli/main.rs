@@ -1,0 +1,15 @@
+//! The command-line tests: one binary, one module per command (and `resume` for runs killed and
+//! resumed), all running the built `llamagen-eval` through [`harness::Cli`].
+
+mod harness;
+
+mod check;
+mod demo;
+mod doctor;
+mod fid;
+mod merge_features;
+mod metrics;
+mod recon;
+mod report;
+mod resume;
+mod sample;
