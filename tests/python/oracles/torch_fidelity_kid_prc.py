@@ -1,5 +1,5 @@
 """Reference KID and precision/recall from torch-fidelity 0.4.0 on feature arrays written by
-metrics/tests/manifold_kid.rs, plus density/coverage straight from Naeem et al.'s definitions.
+metrics/tests/references/manifold_kid.rs, plus density/coverage straight from Naeem et al.'s definitions.
 
 usage: torch_fidelity_kid_prc.py REF.npy SAMPLE.npy SUBSETS SUBSET_SIZE SEED K
 Prints one JSON object. torch-fidelity's convention is input1 = generated (SAMPLE), input2 = real

@@ -1,0 +1,7 @@
+//! The metrics against their references, in one binary: the ADM evaluator's golden figures,
+//! pytorch-fid, scikit-image, torch-fidelity.
+
+mod adm_golden;
+mod frechet_parity;
+mod image_quality;
+mod manifold_kid;
