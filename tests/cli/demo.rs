@@ -3,10 +3,11 @@
 
 use std::fs::File;
 
-use crate::harness::{metrics_json, Cli};
+use crate::harness::{all_cores, metrics_json, Cli};
 
 #[test]
 fn demo_writes_runs_and_report() {
+    let _cores = all_cores();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
     let stderr = Cli::new()

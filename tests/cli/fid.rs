@@ -11,7 +11,7 @@ use ndarray_npy::NpzWriter;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::harness::{metrics_json, Cli, Run};
+use crate::harness::{all_cores, metrics_json, Cli, Run};
 
 fn image_batch(path: &Path, rng: &mut ChaCha8Rng, n: usize, size: usize, tint: usize) {
     let images = Array4::from_shape_fn((n, size, size, 3), |(i, y, x, c)| {
@@ -56,6 +56,7 @@ fn python_fid(weights: &Path, samples: &Path, reference: &Path) -> f64 {
 
 #[test]
 fn fid_matches_torch_fidelity_features_and_caches_samples() {
+    let _cores = all_cores();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     support::run_reference("fixtures/random_inception_weights.py", &[root]);

@@ -4,6 +4,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// One invocation of the binary under test. It never sees the developer's Inception weights
 /// (`$LLAMAGEN_EVAL_INCEPTION` is removed unless a test sets it with [`Cli::env`]).
@@ -123,6 +124,22 @@ impl Run {
         );
         self
     }
+}
+
+/// How the tests of this binary share the cores. Oversubscribed cores slow every process down
+/// several times over, so a test whose child processes use every core (libtorch, rayon) holds
+/// [`all_cores`] and runs alone, while the tests that run theirs single-threaded
+/// (`OMP_NUM_THREADS=1`) hold [`one_core`] and may run side by side. Light tests hold neither.
+static CORES: RwLock<()> = RwLock::new(());
+
+/// Held by a test whose child processes use every core: no other core-holding test runs meanwhile.
+pub fn all_cores() -> RwLockWriteGuard<'static, ()> {
+    CORES.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Held by a test whose child processes run single-threaded: others like it may run meanwhile.
+pub fn one_core() -> RwLockReadGuard<'static, ()> {
+    CORES.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The random Inception weights of the support crate, kept in this target's test folder.

@@ -8,7 +8,7 @@ use llamagen_test_support as support;
 use ndarray::{Array1, Array2};
 use ndarray_npy::NpzReader;
 
-use crate::harness::{random_inception_weights, Cli};
+use crate::harness::{all_cores, random_inception_weights, Cli};
 
 fn sample(out: &Path, shard: Option<&str>) {
     let golden = support::golden_dir();
@@ -61,6 +61,7 @@ fn read(path: &Path, key: &str) -> Array2<f32> {
 
 #[test]
 fn merged_shard_features_equal_the_unsharded_run() {
+    let _cores = all_cores();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let weights = random_inception_weights();

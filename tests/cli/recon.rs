@@ -19,15 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use tch::Tensor;
 
-use crate::harness::{metrics_json, random_inception_weights, Cli, Run};
-
-/// These tests run one at a time: each child process already uses every core (libtorch, rayon), and
-/// oversubscribed cores slow them all down several times over.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::harness::{all_cores, metrics_json, random_inception_weights, Cli, Run};
 
 fn write_images(path: &Path, images: &Array4<u8>) {
     let mut npz = NpzWriter::new(File::create(path).unwrap());
@@ -53,7 +45,7 @@ fn mean(values: &[Value]) -> f64 {
 
 #[test]
 fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
-    let _serial = serial();
+    let _cores = all_cores();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let weights = random_inception_weights();
@@ -185,7 +177,7 @@ fn vq_run(vq: &Path, data: &Path, out: &Path, extra: &[&OsStr]) -> Run {
 
 #[test]
 fn golden_tokenizer_run() {
-    let _serial = serial();
+    let _cores = all_cores();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let io = golden_io();
@@ -314,7 +306,7 @@ fn assert_fails_cleanly(output: &Run, out: &Path, expected: &[&str]) {
 
 #[test]
 fn bad_inputs_fail_cleanly() {
-    let _serial = serial();
+    let _cores = all_cores();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let golden = support::golden_dir();

@@ -11,7 +11,7 @@ use llamagen_test_support as support;
 use ndarray::Array4;
 use tch::Tensor;
 
-use crate::harness::{metrics_json, Cli, Run};
+use crate::harness::{all_cores, metrics_json, Cli, Run};
 
 fn golden(name: &str) -> PathBuf {
     support::golden_dir().join(name)
@@ -72,6 +72,7 @@ fn fixtures(root: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
+    let _cores = all_cores();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (weights, reference) = fixtures(root);
@@ -155,6 +156,7 @@ fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
 
 #[test]
 fn sample_and_recon_resume_after_sigkill() {
+    let _cores = all_cores();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
@@ -221,6 +223,7 @@ fn sample_and_recon_resume_after_sigkill() {
 
 #[test]
 fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
+    let _cores = all_cores();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (weights, reference) = fixtures(root);

@@ -10,7 +10,7 @@ use ndarray::{Array1, Array4};
 use ndarray_npy::NpzReader;
 use tch::{Kind, Tensor};
 
-use crate::harness::{metrics_json, Cli, Run};
+use crate::harness::{metrics_json, one_core, Cli, Run};
 
 fn golden(name: &str) -> PathBuf {
     support::golden_dir().join(name)
@@ -59,6 +59,7 @@ fn read(path: &Path) -> (Array4<u8>, Array1<i64>) {
 
 #[test]
 fn greedy_samples_reproduce_the_golden_images() {
+    let _cores = one_core();
     let dir = tempfile::tempdir().unwrap();
     let io: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(golden("gpt_public_io.safetensors"))
@@ -113,6 +114,7 @@ const RANDOM: [&str; 6] = ["--samples", "5", "--cfg-scale", "2.0", "--seed", "7"
 
 #[test]
 fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
+    let _cores = one_core();
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name);
     let mut runs = Vec::new();
@@ -227,6 +229,7 @@ fn fake_gpt(path: &Path, vocab: i64, class_key: &str) {
 
 #[test]
 fn bad_inputs_fail_before_sampling() {
+    let _cores = one_core();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.npz");
     let fails = |output: Run, expected: &str| {
@@ -314,6 +317,7 @@ fn bad_inputs_fail_before_sampling() {
 
 #[test]
 fn fid_with_a_generator_streams_the_sampled_images() {
+    let _cores = one_core();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     // Random Inception weights (the comparison is streamed vs from a file, not against
