@@ -147,6 +147,27 @@ pub fn random_inception_weights() -> PathBuf {
     llamagen_test_support::random_inception_weights(Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
+/// Random Inception weights of our own architecture (seeded, written as `root/inception.safetensors`)
+/// and a fixed reference batch of `n_images` 32x32 images (`root/ref.npz`): for the tests that compare
+/// runs with one another, not with published numbers.
+pub fn random_inception_and_reference(root: &Path, n_images: usize) -> (PathBuf, PathBuf) {
+    let weights = root.join("inception.safetensors");
+    tch::manual_seed(1);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _net = llamagen_eval::models::inception::InceptionV3::new(&vs.root());
+    let vars = vs.variables();
+    let named: Vec<(&str, &tch::Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    tch::Tensor::write_safetensors(&named, &weights).unwrap();
+    let reference = root.join("ref.npz");
+    let images = ndarray::Array4::from_shape_fn((n_images, 32, 32, 3), |(i, y, x, c)| {
+        ((x * 7 + y * 3 + i * 31 + c * 50) % 256) as u8
+    });
+    let mut npz = ndarray_npy::NpzWriter::new(std::fs::File::create(&reference).unwrap());
+    npz.add_array("arr_0", &images).unwrap();
+    npz.finish().unwrap();
+    (weights, reference)
+}
+
 /// `dir/metrics.json`, parsed.
 pub fn metrics_json(dir: &Path) -> serde_json::Value {
     let path = dir.join("metrics.json");

@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 
 use llamagen_test_support as support;
 use ndarray::Array4;
-use tch::Tensor;
 
-use crate::harness::{all_cores, metrics_json, Cli, Run};
+use crate::harness::{all_cores, metrics_json, random_inception_and_reference, Cli, Run};
 
 fn golden(name: &str) -> PathBuf {
     support::golden_dir().join(name)
@@ -51,31 +50,12 @@ fn images(path: &Path) -> Array4<u8> {
     npz.by_name("arr_0").unwrap()
 }
 
-/// Random Inception weights (safetensors) and a reference batch of 12 images.
-fn fixtures(root: &Path) -> (PathBuf, PathBuf) {
-    let weights = root.join("inception.safetensors");
-    tch::manual_seed(1);
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _net = llamagen_eval::models::inception::InceptionV3::new(&vs.root());
-    let vars = vs.variables();
-    let named: Vec<(&str, &Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    Tensor::write_safetensors(&named, &weights).unwrap();
-    let reference = root.join("ref.npz");
-    let images = Array4::from_shape_fn((12, 32, 32, 3), |(i, y, x, c)| {
-        ((x * 7 + y * 3 + i * 31 + c * 50) % 256) as u8
-    });
-    let mut npz = ndarray_npy::NpzWriter::new(File::create(&reference).unwrap());
-    npz.add_array("arr_0", &images).unwrap();
-    npz.finish().unwrap();
-    (weights, reference)
-}
-
 #[test]
 fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
     let _cores = all_cores();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let (weights, reference) = fixtures(root);
+    let (weights, reference) = random_inception_and_reference(root, 12);
     let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
     let fid_at = |cfg: &str, out: &Path, extra: &[&str], crash_at: Option<&str>| {
         let saved = out.join("samples.npz");
@@ -226,7 +206,7 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
     let _cores = all_cores();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let (weights, reference) = fixtures(root);
+    let (weights, reference) = random_inception_and_reference(root, 12);
     let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
     let common = [
         "--vq",

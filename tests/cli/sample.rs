@@ -10,7 +10,7 @@ use ndarray::{Array1, Array4};
 use ndarray_npy::NpzReader;
 use tch::{Kind, Tensor};
 
-use crate::harness::{metrics_json, one_core, Cli, Run};
+use crate::harness::{metrics_json, one_core, random_inception_and_reference, Cli, Run};
 
 fn golden(name: &str) -> PathBuf {
     support::golden_dir().join(name)
@@ -321,24 +321,8 @@ fn fid_with_a_generator_streams_the_sampled_images() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     // Random Inception weights (the comparison is streamed vs from a file, not against
-    // published numbers), written as safetensors.
-    let weights = root.join("inception.safetensors");
-    {
-        tch::manual_seed(1);
-        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let _net = llamagen_eval::models::inception::InceptionV3::new(&vs.root());
-        let vars = vs.variables();
-        let named: Vec<(&str, &Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        Tensor::write_safetensors(&named, &weights).unwrap();
-    }
-    // The reference: a fixed image batch.
-    let reference = root.join("ref.npz");
-    let images = Array4::from_shape_fn((10, 32, 32, 3), |(i, y, x, c)| {
-        ((x * 7 + y * 3 + i * 31 + c * 50) % 256) as u8
-    });
-    let mut npz = ndarray_npy::NpzWriter::new(File::create(&reference).unwrap());
-    npz.add_array("arr_0", &images).unwrap();
-    npz.finish().unwrap();
+    // published numbers) and a fixed reference batch.
+    let (weights, reference) = random_inception_and_reference(root, 10);
     let saved = root.join("saved.npz");
     let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
     let (gen_out, file_out) = (root.join("gen"), root.join("file"));
