@@ -10,10 +10,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::metric::{Direction, MetricKey, Tolerance};
-use crate::record::MetricValues;
+use crate::record::{MetricValues, RunRecord};
 
 /// Parses `fid=0.05,is=2%,precision=off` into (metric, tolerance) pairs.
 pub fn parse_tolerances(spec: &str) -> Result<Vec<(MetricKey, Tolerance)>> {
@@ -217,6 +217,38 @@ pub fn compare(
         });
     }
     Ok(rows)
+}
+
+/// Writes `record` (read from `file`) as a baseline to `target`, atomically:
+/// `{"metrics", "run", "baseline"}`, the last saying where and when it came from. Every metric must
+/// be a finite number: a NaN run cannot become a baseline.
+pub fn write_baseline(record: &RunRecord, file: &Path, target: &Path) -> Result<()> {
+    for (metric, _) in record.metrics.iter() {
+        finite_metric(&record.metrics, metric, file)?;
+    }
+    if record.metrics.is_empty() {
+        bail!("{}: no metrics to record", file.display());
+    }
+    let mut about = Map::new();
+    about.insert("source".into(), Value::from(file.display().to_string()));
+    about.insert(
+        "written_by".into(),
+        Value::from(format!("llamagen-eval {}", env!("CARGO_PKG_VERSION"))),
+    );
+    about.insert(
+        "written_at_utc".into(),
+        Value::from(crate::pipeline::evaluate::utc_timestamp()),
+    );
+    let mut doc = Map::new();
+    doc.insert("metrics".into(), serde_json::to_value(&record.metrics)?);
+    doc.insert("run".into(), Value::Object(record.run.clone()));
+    doc.insert("baseline".into(), Value::Object(about));
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&Value::Object(doc))?;
+    Ok(crate::io::write_atomically(target, json.as_bytes())?)
 }
 
 fn number(v: f64) -> String {

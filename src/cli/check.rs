@@ -6,10 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde_json::{Map, Value};
 
 use llamagen_eval::check::{self, Baseline, Verdict};
-use llamagen_eval::io::write_atomically;
 use llamagen_eval::progress::Progress;
 use llamagen_eval::record::{metrics_path, RunRecord};
 
@@ -93,35 +91,8 @@ fn compare(cmd: &CheckCommand, quiet: bool) -> Result<bool> {
     }
 }
 
-/// Writes `record` (read from `file`) as a baseline: `{"metrics", "run", "baseline"}`, the last
-/// saying where and when it came from.
 fn write_baseline(record: &RunRecord, file: &Path, target: &Path, quiet: bool) -> Result<()> {
-    for (metric, _) in record.metrics.iter() {
-        check::finite_metric(&record.metrics, metric, file)?;
-    }
-    if record.metrics.is_empty() {
-        anyhow::bail!("{}: no metrics to record", file.display());
-    }
-    let mut about = Map::new();
-    about.insert("source".into(), Value::from(file.display().to_string()));
-    about.insert(
-        "written_by".into(),
-        Value::from(format!("llamagen-eval {}", env!("CARGO_PKG_VERSION"))),
-    );
-    about.insert(
-        "written_at_utc".into(),
-        Value::from(llamagen_eval::pipeline::evaluate::utc_timestamp()),
-    );
-    let mut doc = Map::new();
-    doc.insert("metrics".into(), serde_json::to_value(&record.metrics)?);
-    doc.insert("run".into(), Value::Object(record.run.clone()));
-    doc.insert("baseline".into(), Value::Object(about));
-    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let json = serde_json::to_string_pretty(&Value::Object(doc))?;
-    write_atomically(target, json.as_bytes())?;
+    check::write_baseline(record, file, target)?;
     if !quiet {
         eprintln!(
             "recorded {} metric{} of {} as baseline {}",
