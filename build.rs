@@ -1,7 +1,8 @@
 //! Makes the binaries find libtorch without LD_LIBRARY_PATH: torch-sys tells us where the libtorch
 //! it compiled against lives (the project venv's `torch/lib`), and we bake that directory into the
-//! rpath. On wheels that carry CUDA, `torch_cuda` is linked with `--no-as-needed`, since nothing
-//! references its symbols directly and the linker would otherwise drop it (and CUDA with it).
+//! rpath. `torch_cuda` is not linked: on wheels that carry CUDA it is loaded at run time, only by
+//! commands that may use a GPU (`device::load_cuda`), because loading it costs about 400 MB of
+//! resident memory and half a second, which `metrics`, `report` and `check` never need.
 
 use std::path::PathBuf;
 
@@ -16,9 +17,6 @@ fn main() {
         );
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
-    if lib_dir.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-    }
     let version = std::fs::read_to_string(lib_dir.join("../version.py"))
         .ok()
         .and_then(|text| {

@@ -13,7 +13,14 @@ use tch::{nn, Device};
 
 fn main() {
     let device = match std::env::var("GPT_BENCH_DEVICE").as_deref() {
-        Ok("cuda") => Device::Cuda(0),
+        Ok("cuda") => {
+            // libtorch's CUDA half is loaded on demand (see `device::load_cuda`).
+            assert!(
+                llamagen_eval::device::load_cuda(),
+                "libtorch_cuda could not be loaded"
+            );
+            Device::Cuda(0)
+        }
         _ => Device::Cpu,
     };
     let batches: Vec<usize> = std::env::var("GPT_BENCH_BATCHES")

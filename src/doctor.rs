@@ -42,7 +42,7 @@ impl Report {
             tool_version: env!("CARGO_PKG_VERSION"),
             libtorch_version: env!("LLAMAGEN_LIBTORCH_VERSION"),
             libtorch_lib: env!("LLAMAGEN_LIBTORCH_LIB"),
-            cuda_available: tch::Cuda::is_available(),
+            cuda_available: crate::device::load_cuda() && tch::Cuda::is_available(),
             cuda_devices: tch::Cuda::device_count(),
             cudnn_available: tch::Cuda::cudnn_is_available(),
             torch_threads: tch::get_num_threads(),

@@ -160,10 +160,31 @@ fn need<'a>(
     what.with_context(|| format!("missing {name}"))
 }
 
-/// Computes the planned metrics.
+/// The samples' Gaussian statistics the planned FID/sFID need (computed before the metrics, so
+/// that feature arrays no later metric reads can be freed first).
+pub fn sample_statistics(
+    metrics: &BTreeSet<Metric>,
+    sample: &FeatureSet,
+) -> Result<ReferenceStats> {
+    let stats =
+        |wanted: bool, features: &Option<ndarray::Array2<f32>>| -> Result<Option<GaussianStats>> {
+            match (wanted, features) {
+                (true, Some(f)) => Ok(Some(GaussianStats::from_features_f32(f.view())?)),
+                (true, None) => bail!("missing sample features"),
+                (false, _) => Ok(None),
+            }
+        };
+    Ok(ReferenceStats {
+        pool: stats(metrics.contains(&Metric::Fid), &sample.pool)?,
+        spatial: stats(metrics.contains(&Metric::Sfid), &sample.spatial)?,
+    })
+}
+
+/// Computes the planned metrics (FID/sFID from `sample_stats`).
 pub fn compute(
     metrics: &BTreeSet<Metric>,
     sample: &FeatureSet,
+    sample_stats: &ReferenceStats,
     reference: Option<&Reference>,
     options: &MetricOptions,
 ) -> Result<MetricValues> {
@@ -171,23 +192,22 @@ pub fn compute(
     for metric in metrics {
         match metric {
             Metric::Fid | Metric::Sfid => {
-                let (features, stats, name) = if *metric == Metric::Fid {
+                let (ours, stats, name) = if *metric == Metric::Fid {
                     (
-                        &sample.pool,
+                        sample_stats.pool.as_ref(),
                         reference.and_then(|r| r.stats.pool.as_ref()),
                         MetricKey::Fid,
                     )
                 } else {
                     (
-                        &sample.spatial,
+                        sample_stats.spatial.as_ref(),
                         reference.and_then(|r| r.stats.spatial.as_ref()),
                         MetricKey::Sfid,
                     )
                 };
-                let features = need(features.as_ref(), "sample features")?;
+                let ours = ours.context("missing sample statistics")?;
                 let stats_ref = stats.context("missing reference statistics")?;
-                let stats_sample = GaussianStats::from_features_f32(features.view())?;
-                values.insert(name, frechet_distance(&stats_sample, stats_ref)?);
+                values.insert(name, frechet_distance(ours, stats_ref)?);
             }
             Metric::Is => {
                 let logits = need(sample.logits.as_ref(), "sample logits")?;

@@ -34,7 +34,7 @@ pub struct MetricsCommand {
 /// Runs `metrics`.
 pub fn run(cmd: &MetricsCommand, progress: Progress) -> Result<ExitCode> {
     let sample = FeatureSet::load(&cmd.sample_features)?;
-    let reference = cmd
+    let mut reference = cmd
         .ref_features
         .as_deref()
         .map(Reference::from_file)
@@ -58,7 +58,13 @@ pub fn run(cmd: &MetricsCommand, progress: Progress) -> Result<ExitCode> {
         ("ref_features", path(cmd.ref_features.as_ref())),
     ];
     fields.extend(request.record());
-    let record = evaluate(&sample, reference.as_ref(), &request, run_info(fields))?;
+    if !request.needs_reference_features() {
+        // Statistics were computed when it was read; the arrays are not needed any more.
+        if let Some(r) = reference.as_mut() {
+            r.features = None;
+        }
+    }
+    let record = evaluate(sample, reference.as_ref(), &request, run_info(fields))?;
     let out_dir = cmd.output.dir();
     record.write(&out_dir)?;
     print!("{}", record.metrics.table());

@@ -6,7 +6,7 @@ use llamagen_metrics::inception_score::Splits;
 use llamagen_metrics::manifold::DistancePrecision;
 use serde_json::{Map, Value};
 
-use crate::evaluate::{compute, plan, Metric, MetricOptions, Reference};
+use crate::evaluate::{compute, plan, sample_statistics, Metric, MetricOptions, Reference};
 use crate::features::FeatureSet;
 use crate::record::RunRecord;
 
@@ -101,15 +101,29 @@ pub fn utc_timestamp() -> String {
     )
 }
 
-/// Computes the requested metrics of `sample` against `reference`; `run` describes the run.
+/// Computes the requested metrics of `sample` (consumed: its arrays are freed as soon as no
+/// metric needs them) against `reference`; `run` describes the run.
 pub fn evaluate(
-    sample: &FeatureSet,
+    mut sample: FeatureSet,
     reference: Option<&Reference>,
     request: &MetricRequest,
     run: Map<String, Value>,
 ) -> Result<RunRecord> {
-    let planned = plan(request.metrics.as_deref(), sample, reference)?;
-    let metrics = compute(&planned, sample, reference, &request.options)?;
+    let planned = plan(request.metrics.as_deref(), &sample, reference)?;
+    let sample_stats = sample_statistics(&planned, &sample)?;
+    // Feature arrays no later metric reads are freed before the metrics allocate their own
+    // matrices (50,000 x 2048 pool features are 400 MB).
+    if !planned.contains(&Metric::Pr) && !planned.contains(&Metric::Kid) {
+        sample.pool = None;
+    }
+    sample.spatial = None;
+    let metrics = compute(
+        &planned,
+        &sample,
+        &sample_stats,
+        reference,
+        &request.options,
+    )?;
     Ok(RunRecord { metrics, run })
 }
 

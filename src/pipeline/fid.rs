@@ -104,7 +104,7 @@ pub fn evaluate_sample_batch(
     // Inception is done with: release the network before the metrics need their memory.
     drop(cache);
     fields.extend(config.metrics.record());
-    let record = evaluate(&sample, Some(&reference), &config.metrics, run_info(fields))?;
+    let record = evaluate(sample, Some(&reference), &config.metrics, run_info(fields))?;
     record.write(out_dir)?;
     Ok(FidOutcome {
         record,
@@ -196,16 +196,16 @@ impl GeneratedEvaluation {
             }
         }
         let extractor = self.cache.extractor()?;
-        let generated = generate(&mut self.generator, Some(extractor), &run.plan, settings)?;
+        let mut generated = generate(&mut self.generator, Some(extractor), &run.plan, settings)?;
         let sample = generated
             .features
-            .as_ref()
+            .take()
             .context("features of the generated samples")?;
         let source = match &run.plan.save_samples {
             Some(p) => format!("generated (saved to {})", p.display()),
             None => "generated".to_owned(),
         };
-        let mut fields = common_fields(sample, &self.reference, &self.cache, source, &self.config);
+        let mut fields = common_fields(&sample, &self.reference, &self.cache, source, &self.config);
         if release_inception {
             self.cache.release();
         }
