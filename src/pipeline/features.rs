@@ -46,17 +46,18 @@ impl<'e> FeatureStage<'e> {
     }
 }
 
-/// f32 rows as little-endian bytes (the journal's record format).
-pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+/// Feature rows as little-endian f32 bytes, row after row (the journal's record format).
+pub fn rows_to_record(rows: &Array2<f32>) -> Vec<u8> {
+    rows.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-/// The inverse of [`f32_bytes`].
-pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
-    bytes
+/// The inverse of [`rows_to_record`]: `count` rows of `dim` features.
+pub fn rows_from_record(bytes: &[u8], count: usize, dim: usize) -> Result<Array2<f32>> {
+    let values = bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+        .collect();
+    Ok(Array2::from_shape_vec((count, dim), values)?)
 }
 
 impl Stage for FeatureStage<'_> {
@@ -76,8 +77,7 @@ impl Stage for FeatureStage<'_> {
         let mut records = Vec::with_capacity(3);
         for (out, array) in self.outputs.iter_mut().zip(arrays) {
             out.slice_mut(s![positions.clone(), ..]).assign(&array);
-            let standard = array.as_standard_layout();
-            records.push(f32_bytes(standard.as_slice().unwrap_or_default()));
+            records.push(rows_to_record(&array));
         }
         Ok(records)
     }
@@ -89,7 +89,7 @@ impl Stage for FeatureStage<'_> {
         records: &[Vec<u8>],
     ) -> Result<()> {
         for ((out, bytes), dim) in self.outputs.iter_mut().zip(records).zip(DIMS) {
-            let rows = Array2::from_shape_vec((positions.len(), dim), f32_values(bytes))?;
+            let rows = rows_from_record(bytes, positions.len(), dim)?;
             out.slice_mut(s![positions.clone(), ..]).assign(&rows);
         }
         Ok(())

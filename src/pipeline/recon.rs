@@ -22,7 +22,7 @@ use tch::{Kind, Tensor};
 
 use super::cache::FeatureCache;
 use super::evaluate::run_info;
-use super::features::{f32_bytes, f32_values};
+use super::features::{rows_from_record, rows_to_record};
 use super::inception::InceptionConfig;
 use super::journal::StreamSpec;
 use super::pass::{self, JournalConfig, PassConfig, Stage};
@@ -304,9 +304,7 @@ impl Stage for ReconStage<'_> {
             );
         }
         for pool in [recon_pool, input_pool].into_iter().flatten() {
-            records.push(f32_bytes(
-                pool.as_standard_layout().as_slice().unwrap_or_default(),
-            ));
+            records.push(rows_to_record(&pool));
         }
         if self.save_pixels {
             records.push(recons.as_standard_layout().iter().copied().collect());
@@ -347,11 +345,11 @@ impl Stage for ReconStage<'_> {
         };
         let dim = POOL_DIM as usize;
         let recon_pool = match self.recon_pool {
-            Some(_) => Some(Array2::from_shape_vec((n, dim), f32_values(next()?))?),
+            Some(_) => Some(rows_from_record(next()?, n, dim)?),
             None => None,
         };
         let input_pool = match self.input_pool {
-            Some(_) => Some(Array2::from_shape_vec((n, dim), f32_values(next()?))?),
+            Some(_) => Some(rows_from_record(next()?, n, dim)?),
             None => None,
         };
         self.absorb(

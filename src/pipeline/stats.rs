@@ -8,11 +8,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use llamagen_metrics::stats::GaussianAccumulator;
-use ndarray::{Array2, Array4};
+use ndarray::Array4;
 use rand::SeedableRng;
 use serde_json::{json, Map};
 
-use super::features::{f32_bytes, f32_values, sibling};
+use super::features::{rows_from_record, rows_to_record, sibling};
 use super::inception::InceptionConfig;
 use super::journal::StreamSpec;
 use super::pass::{self, crash_point, JournalConfig, PassConfig, Stage};
@@ -61,10 +61,7 @@ impl Stage for StatsStage<'_> {
         crash_point("features");
         self.pool.add_batch_f32(pool.view())?;
         self.spatial.add_batch_f32(spatial.view())?;
-        Ok([pool, spatial]
-            .iter()
-            .map(|a| f32_bytes(a.as_standard_layout().as_slice().unwrap_or_default()))
-            .collect())
+        Ok([pool, spatial].iter().map(rows_to_record).collect())
     }
 
     fn restore(
@@ -78,7 +75,7 @@ impl Stage for StatsStage<'_> {
             .zip(records)
             .zip(DIMS)
         {
-            let rows = Array2::from_shape_vec((positions.len(), dim), f32_values(bytes))?;
+            let rows = rows_from_record(bytes, positions.len(), dim)?;
             acc.add_batch_f32(rows.view())?;
         }
         Ok(())
