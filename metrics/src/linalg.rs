@@ -118,8 +118,11 @@ pub fn syrk_upper_transposed(a: ArrayView2<'_, f64>, c: &mut Array2<f64>) -> Res
 }
 
 /// `A Aᵀ` (the Gram matrix of the rows of `A`) into `out`, computed on the upper triangle by
-/// `dsyrk` and mirrored, so both triangles hold bit-identical values.
-pub fn gram_symmetric(a: ArrayView2<'_, f64>, mut out: ArrayViewMut2<'_, f64>) -> Result<()> {
+/// `dsyrk`/`ssyrk` and mirrored, so both triangles hold bit-identical values.
+pub fn gram_symmetric<T: Element>(
+    a: ArrayView2<'_, T>,
+    mut out: ArrayViewMut2<'_, T>,
+) -> Result<()> {
     let (n, k) = a.dim();
     if out.dim() != (n, n) {
         return Err(MetricsError::Linalg(format!(
@@ -131,7 +134,7 @@ pub fn gram_symmetric(a: ArrayView2<'_, f64>, mut out: ArrayViewMut2<'_, f64>) -
         return Ok(());
     }
     if k == 0 {
-        out.fill(0.0);
+        out.fill(T::default());
         return Ok(());
     }
     let lda = leading_dim("gram", n, k, a.strides())?;
@@ -140,63 +143,7 @@ pub fn gram_symmetric(a: ArrayView2<'_, f64>, mut out: ArrayViewMut2<'_, f64>) -
     let k_int = lapack_dim(k)?;
     // SAFETY: `a` spans n rows of lda >= k elements; `out` spans n rows of ldc >= n elements.
     unsafe {
-        cblas_dsyrk(
-            ROW_MAJOR,
-            UPPER,
-            NO_TRANS,
-            n_int,
-            k_int,
-            1.0,
-            a.as_ptr(),
-            lda,
-            0.0,
-            out.as_mut_ptr(),
-            ldc,
-        );
-    }
-    for i in 1..n {
-        for j in 0..i {
-            out[[i, j]] = out[[j, i]];
-        }
-    }
-    Ok(())
-}
-
-/// [`gram_symmetric`] in float32 (`ssyrk`, mirrored).
-pub fn gram_symmetric_f32(a: ArrayView2<'_, f32>, mut out: ArrayViewMut2<'_, f32>) -> Result<()> {
-    let (n, k) = a.dim();
-    if out.dim() != (n, n) {
-        return Err(MetricsError::Linalg(format!(
-            "gram: output is {:?}, expected {n}x{n}",
-            out.dim()
-        )));
-    }
-    if n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        out.fill(0.0);
-        return Ok(());
-    }
-    let lda = leading_dim("gram", n, k, a.strides())?;
-    let ldc = leading_dim("gram output", n, n, out.strides())?;
-    let n_int = lapack_dim(n)?;
-    let k_int = lapack_dim(k)?;
-    // SAFETY: `a` spans n rows of lda >= k elements; `out` spans n rows of ldc >= n elements.
-    unsafe {
-        cblas_ssyrk(
-            ROW_MAJOR,
-            UPPER,
-            NO_TRANS,
-            n_int,
-            k_int,
-            1.0,
-            a.as_ptr(),
-            lda,
-            0.0,
-            out.as_mut_ptr(),
-            ldc,
-        );
+        T::syrk_upper(n_int, k_int, a.as_ptr(), lda, out.as_mut_ptr(), ldc);
     }
     for i in 1..n {
         for j in 0..i {
@@ -261,11 +208,17 @@ pub fn triangular_congruence(u: &Array2<f64>, s: &Array2<f64>) -> Result<Array2<
 
 /// Feature element types the metric kernels read in place, widening (or narrowing) one block of
 /// rows at a time instead of copying a whole feature matrix.
-pub trait Element: Copy + Send + Sync + Into<f64> + 'static {
+pub trait Element: Copy + Default + Send + Sync + Into<f64> + 'static {
     /// The rows as f32: a view when they already are, else a rounded copy.
     fn rows_f32<'a>(rows: ArrayView2<'a, Self>) -> CowArray<'a, f32, Ix2>;
     /// The rows as f64: a view when they already are, else a widened copy.
     fn rows_f64<'a>(rows: ArrayView2<'a, Self>) -> CowArray<'a, f64, Ix2>;
+    /// `C = A Aᵀ` on the upper triangle of row-major `C` (n x n), `A` row-major n x k: BLAS
+    /// `ssyrk`/`dsyrk`.
+    ///
+    /// # Safety
+    /// `a` must span n rows of `lda >= k` elements and `c` n rows of `ldc >= n` elements.
+    unsafe fn syrk_upper(n: c_int, k: c_int, a: *const Self, lda: c_int, c: *mut Self, ldc: c_int);
 }
 
 impl Element for f32 {
@@ -275,6 +228,10 @@ impl Element for f32 {
     fn rows_f64<'a>(rows: ArrayView2<'a, f32>) -> CowArray<'a, f64, Ix2> {
         CowArray::from(rows.mapv(f64::from))
     }
+    unsafe fn syrk_upper(n: c_int, k: c_int, a: *const f32, lda: c_int, c: *mut f32, ldc: c_int) {
+        // SAFETY: the caller guarantees the extents.
+        unsafe { cblas_ssyrk(ROW_MAJOR, UPPER, NO_TRANS, n, k, 1.0, a, lda, 0.0, c, ldc) }
+    }
 }
 
 impl Element for f64 {
@@ -283,6 +240,10 @@ impl Element for f64 {
     }
     fn rows_f64<'a>(rows: ArrayView2<'a, f64>) -> CowArray<'a, f64, Ix2> {
         CowArray::from(rows)
+    }
+    unsafe fn syrk_upper(n: c_int, k: c_int, a: *const f64, lda: c_int, c: *mut f64, ldc: c_int) {
+        // SAFETY: the caller guarantees the extents.
+        unsafe { cblas_dsyrk(ROW_MAJOR, UPPER, NO_TRANS, n, k, 1.0, a, lda, 0.0, c, ldc) }
     }
 }
 
@@ -494,7 +455,7 @@ mod tests {
         let mut gram = Array2::<f64>::zeros((5, 5));
         gram_symmetric(a.view(), gram.view_mut()).unwrap();
         let mut gram32 = Array2::<f32>::zeros((5, 5));
-        gram_symmetric_f32(a.mapv(|v| v as f32).view(), gram32.view_mut()).unwrap();
+        gram_symmetric(a.mapv(|v| v as f32).view(), gram32.view_mut()).unwrap();
         let aat = a.dot(&a.t());
         for ((x, y), z) in gram.iter().zip(aat.iter()).zip(gram32.iter()) {
             assert!((x - y).abs() < 1e-12 && (f64::from(*z) - y).abs() < 1e-5);

@@ -716,7 +716,7 @@ mod filtered {
     use rayon::prelude::*;
 
     use super::{push_smallest, ManifoldConfig, ManifoldMetrics};
-    use crate::linalg::{gram_symmetric_f32, Element};
+    use crate::linalg::{gram_symmetric, Element};
 
     const MAX_MAGNITUDE: f64 = 1_099_511_627_776.0; // 2^40
 
@@ -925,7 +925,7 @@ mod filtered {
             let xi = set.block(ri.clone());
             let mut g = Array2::<f32>::zeros((ri.len(), rj.len()));
             if bi == bj {
-                gram_symmetric_f32(xi.view(), g.view_mut()).expect("contiguous blocks");
+                gram_symmetric(xi.view(), g.view_mut()).expect("contiguous blocks");
             } else {
                 let xj = set.block(rj.clone());
                 general_mat_mul(1.0, &xi, &xj.t(), 0.0, &mut g);
