@@ -10,8 +10,11 @@
 //! `Mixed_6d.branch1x1`, first 7 channels, flattened in H, W, C order) and `logits`
 //! (1008, unbiased: `pool @ fc.weightᵀ`, no bias).
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
 use tch::nn::{self, ModuleT};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Side of the square input the network expects.
 pub const INPUT_SIZE: i64 = 299;
@@ -321,7 +324,13 @@ pub struct InceptionV3 {
     mixed_7b: InceptionE,
     mixed_7c: InceptionE,
     fc: nn::Linear,
+    /// The TF1 resize's index and weight tables per input size and device, built on first use:
+    /// every batch of a run has the same size, and building them costs host work and uploads.
+    resize_tables: Mutex<HashMap<ResizeKey, ResizeTables>>,
 }
+
+/// Input height and width, output height and width, and the device of a resize.
+type ResizeKey = (i64, i64, i64, i64, Device);
 
 impl InceptionV3 {
     /// Creates the network's variables under `p` with torchvision's names.
@@ -348,12 +357,13 @@ impl InceptionV3 {
             mixed_7b: InceptionE::new(p / "Mixed_7b", 1280, false),
             mixed_7c: InceptionE::new(p / "Mixed_7c", 2048, true),
             fc: nn::linear(p / "fc", POOL_DIM, LOGITS_DIM, Default::default()),
+            resize_tables: Mutex::new(HashMap::new()),
         }
     }
 
     /// Features of a batch of u8 images in NCHW layout (any size), preprocessed by `resize`.
     pub fn features(&self, images_nchw_u8: &Tensor, resize: Resize) -> Features {
-        let x = preprocess(images_nchw_u8, resize);
+        let x = self.preprocess(images_nchw_u8, resize);
         let [c1, c2, c3, c4, c5] = &self.stem;
         let x = max_pool_stride2(&c3.forward(&c2.forward(&c1.forward(&x))));
         let x = max_pool_stride2(&c5.forward(&c4.forward(&x)));
@@ -380,61 +390,114 @@ impl InceptionV3 {
     }
 }
 
-/// Resizes u8 NCHW images to 299x299 and scales them as `mode` prescribes.
-pub fn preprocess(images_nchw_u8: &Tensor, mode: Resize) -> Tensor {
-    let x = images_nchw_u8.to_kind(Kind::Float);
-    match mode {
-        Resize::Adm => (tf1_resize_bilinear(&x, INPUT_SIZE, INPUT_SIZE) - 128.0) / 128.0,
-        Resize::PytorchFid => {
-            let x = x / 255.0;
-            let x = if x.size()[2..] == [INPUT_SIZE, INPUT_SIZE] {
-                x
-            } else {
-                x.upsample_bilinear2d([INPUT_SIZE, INPUT_SIZE], false, None, None)
-            };
-            x * 2.0 - 1.0
+impl InceptionV3 {
+    /// Resizes u8 NCHW images to 299x299 and scales them as `mode` prescribes.
+    pub fn preprocess(&self, images_nchw_u8: &Tensor, mode: Resize) -> Tensor {
+        let x = images_nchw_u8.to_kind(Kind::Float);
+        match mode {
+            Resize::Adm => (self.tf1_resize_bilinear(&x, INPUT_SIZE, INPUT_SIZE) - 128.0) / 128.0,
+            Resize::PytorchFid => {
+                let x = x / 255.0;
+                let x = if x.size()[2..] == [INPUT_SIZE, INPUT_SIZE] {
+                    x
+                } else {
+                    x.upsample_bilinear2d([INPUT_SIZE, INPUT_SIZE], false, None, None)
+                };
+                x * 2.0 - 1.0
+            }
         }
+    }
+
+    /// [`ResizeTables::apply`] with the tables of `x`'s size and device, built once.
+    fn tf1_resize_bilinear(&self, x: &Tensor, out_h: i64, out_w: i64) -> Tensor {
+        let size = x.size();
+        let key = (size[2], size[3], out_h, out_w, x.device());
+        let tables = {
+            let mut cache = self
+                .resize_tables
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            cache
+                .entry(key)
+                .or_insert_with(|| ResizeTables::new(key.0, key.1, out_h, out_w, key.4))
+                .shallow_clone()
+        };
+        tables.apply(x)
     }
 }
 
-/// TensorFlow 1.x `ResizeBilinear` with align_corners=False: source coordinate `dst * in/out`
-/// (no half-pixel offset), computed in f32 as TF does, clamped at the far edge.
-pub fn tf1_resize_bilinear(x: &Tensor, out_h: i64, out_w: i64) -> Tensor {
-    let size = x.size();
-    let (in_h, in_w) = (size[2], size[3]);
-    let device = x.device();
-    let axis = |in_len: i64, out_len: i64| {
-        let scale = (in_len as f64 / out_len as f64) as f32;
-        let mut lo = Vec::with_capacity(out_len as usize);
-        let mut hi = Vec::with_capacity(out_len as usize);
-        let mut frac = Vec::with_capacity(out_len as usize);
-        for i in 0..out_len {
-            let src = i as f32 * scale;
-            let l = src.floor() as i64;
-            lo.push(l.min(in_len - 1));
-            hi.push((l + 1).min(in_len - 1));
-            frac.push(src - l as f32);
+/// TensorFlow 1.x `ResizeBilinear` with align_corners=False from one input size to one output
+/// size: source coordinate `dst * in/out` (no half-pixel offset), computed in f32 as TF does,
+/// clamped at the far edge; per axis, the lower and upper source rows (columns) and the weight of
+/// the upper one.
+#[derive(Debug)]
+struct ResizeTables {
+    y_lo: Tensor,
+    y_hi: Tensor,
+    dy: Tensor,
+    x_lo: Tensor,
+    x_hi: Tensor,
+    dx: Tensor,
+}
+
+impl ResizeTables {
+    /// The tables from `in_h` x `in_w` to `out_h` x `out_w` on `device`.
+    fn new(in_h: i64, in_w: i64, out_h: i64, out_w: i64, device: Device) -> Self {
+        let axis = |in_len: i64, out_len: i64| {
+            let scale = (in_len as f64 / out_len as f64) as f32;
+            let mut lo = Vec::with_capacity(out_len as usize);
+            let mut hi = Vec::with_capacity(out_len as usize);
+            let mut frac = Vec::with_capacity(out_len as usize);
+            for i in 0..out_len {
+                let src = i as f32 * scale;
+                let l = src.floor() as i64;
+                lo.push(l.min(in_len - 1));
+                hi.push((l + 1).min(in_len - 1));
+                frac.push(src - l as f32);
+            }
+            (
+                Tensor::from_slice(&lo).to_device(device),
+                Tensor::from_slice(&hi).to_device(device),
+                Tensor::from_slice(&frac).to_device(device),
+            )
+        };
+        let (y_lo, y_hi, dy) = axis(in_h, out_h);
+        let (x_lo, x_hi, dx) = axis(in_w, out_w);
+        ResizeTables {
+            y_lo,
+            y_hi,
+            dy: dy.view([1, 1, out_h, 1]),
+            x_lo,
+            x_hi,
+            dx: dx.view([1, 1, 1, out_w]),
         }
-        (
-            Tensor::from_slice(&lo).to_device(device),
-            Tensor::from_slice(&hi).to_device(device),
-            Tensor::from_slice(&frac).to_device(device),
-        )
-    };
-    let (y_lo, y_hi, dy) = axis(in_h, out_h);
-    let (x_lo, x_hi, dx) = axis(in_w, out_w);
-    let top = x.index_select(2, &y_lo);
-    let bottom = x.index_select(2, &y_hi);
-    let dx = dx.view([1, 1, 1, out_w]);
-    let dy = dy.view([1, 1, out_h, 1]);
-    let lerp_x = |rows: &Tensor| {
-        let left = rows.index_select(3, &x_lo);
-        let right = rows.index_select(3, &x_hi);
-        &left + (&right - &left) * &dx
-    };
-    let top = lerp_x(&top);
-    let bottom = lerp_x(&bottom);
-    &top + (&bottom - &top) * &dy
+    }
+
+    /// Handles sharing the tables' storage.
+    fn shallow_clone(&self) -> Self {
+        ResizeTables {
+            y_lo: self.y_lo.shallow_clone(),
+            y_hi: self.y_hi.shallow_clone(),
+            dy: self.dy.shallow_clone(),
+            x_lo: self.x_lo.shallow_clone(),
+            x_hi: self.x_hi.shallow_clone(),
+            dx: self.dx.shallow_clone(),
+        }
+    }
+
+    /// Resizes f32 NCHW images of the tables' input size (on their device).
+    fn apply(&self, x: &Tensor) -> Tensor {
+        let top = x.index_select(2, &self.y_lo);
+        let bottom = x.index_select(2, &self.y_hi);
+        let lerp_x = |rows: &Tensor| {
+            let left = rows.index_select(3, &self.x_lo);
+            let right = rows.index_select(3, &self.x_hi);
+            &left + (&right - &left) * &self.dx
+        };
+        let top = lerp_x(&top);
+        let bottom = lerp_x(&bottom);
+        &top + (&bottom - &top) * &self.dy
+    }
 }
 
 /// Creates the network on `device` and fills it from a checkpoint (`torch.save` file of any
