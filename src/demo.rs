@@ -19,8 +19,8 @@ use crate::models::inception::{InceptionV3, Resize};
 use crate::models::vq::{VqConfig, VqModel, VqWeights};
 use crate::pipeline::stats::{self, StatsConfig};
 use crate::pipeline::{
-    sweep, FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, MetricRequest, Precision,
-    Shard,
+    sweep, BatchSize, FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, MetricRequest,
+    Precision, Shard,
 };
 use crate::progress::Progress;
 use crate::sampling::{LabelSpec, SamplingParams};
@@ -169,7 +169,7 @@ pub fn run(out: &Path, samples: usize, progress: Progress) -> Result<()> {
             model_name: None,
             n_head: Some(4),
         },
-        decode_batch_size: 1,
+        decode_batch_size: None,
         device: DeviceChoice::Cpu,
     };
     let mut options = MetricOptions::default();
@@ -189,7 +189,8 @@ pub fn run(out: &Path, samples: usize, progress: Progress) -> Result<()> {
     let plan = GenerationPlan {
         samples,
         shard: Shard::ALL,
-        batch_size: 32,
+        batch_size: BatchSize::Auto,
+        overlap: true,
         save_samples: Some(PathBuf::from("samples.npz")),
         journal_dir: sweep_dir.join(".journal"),
         resume: false,

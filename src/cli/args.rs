@@ -12,7 +12,8 @@ use llamagen_eval::models::inception::Resize;
 use llamagen_eval::models::vq::VqWeights;
 use llamagen_eval::pipeline::fid::{journal_dir, FidOutcome};
 use llamagen_eval::pipeline::{
-    FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, MetricRequest, Precision, Shard,
+    BatchSize, FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, MetricRequest,
+    Precision, Shard,
 };
 use llamagen_eval::progress::Progress;
 use llamagen_eval::sampling::{LabelSpec, SamplingParams};
@@ -290,11 +291,15 @@ pub struct GenArgs {
     /// Attention heads (wins over the registry).
     #[arg(long, value_name = "N")]
     pub n_head: Option<i64>,
-    /// Images the tokenizer decodes at once. 1 (the default) makes every image independent of
-    /// how samples are batched; larger is faster on a GPU, but convolution arithmetic then varies
-    /// with the batch, which can move rare pixels by 1.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    pub decode_batch_size: u64,
+    /// Images the tokenizer decodes at once (default: the generation batch size; a resumed run
+    /// keeps the interrupted run's). Part of the resume settings: convolution arithmetic varies
+    /// with the batch shape, which can move rare pixel values by 1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub decode_batch_size: Option<u64>,
+    /// Sample, decode and evaluate one batch after another on one thread, instead of sampling
+    /// the next batch on a second thread meanwhile (results are identical either way).
+    #[arg(long)]
+    pub no_overlap: bool,
     /// Continue an interrupted run (its journal) with the same settings.
     #[arg(long)]
     pub resume: bool,
@@ -353,7 +358,9 @@ impl GenArgs {
                 model_name: self.gpt_model.clone(),
                 n_head: self.n_head,
             },
-            decode_batch_size: usize::try_from(self.decode_batch_size).unwrap_or(1),
+            decode_batch_size: self
+                .decode_batch_size
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             device,
         })
     }
@@ -374,9 +381,10 @@ pub struct FidArgs {
     /// flags of `sample`.
     #[command(flatten)]
     pub gen: GenArgs,
-    /// Samples generated together with --gpt (results do not depend on it).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
-    pub gen_batch_size: u64,
+    /// Samples generated together with --gpt: a number, or `auto` (from the device's free memory
+    /// and the generator's key/value cache per sample; results do not depend on it).
+    #[arg(long, value_name = "N|auto", default_value = "auto")]
+    pub gen_batch_size: BatchSize,
     /// With --gpt: also write the generated images as an ADM/LlamaGen npz.
     #[arg(long, value_name = "SAMPLES.npz", requires = "gpt")]
     pub save_samples: Option<PathBuf>,
@@ -431,7 +439,8 @@ impl FidArgs {
         Ok(GenerationPlan {
             samples: self.gen.sample_count()?,
             shard: Shard::ALL,
-            batch_size: usize::try_from(self.gen_batch_size).unwrap_or(usize::MAX),
+            batch_size: self.gen_batch_size,
+            overlap: !self.gen.no_overlap,
             save_samples: self.save_samples.clone(),
             journal_dir: journal_dir(out_dir),
             resume: self.gen.resume,

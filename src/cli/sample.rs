@@ -10,7 +10,7 @@ use llamagen_eval::device::DeviceChoice;
 use llamagen_eval::pipeline::features::sibling;
 use llamagen_eval::pipeline::generate::sample_to_npz;
 use llamagen_eval::pipeline::merge::merge;
-use llamagen_eval::pipeline::{GenerationPlan, Generator, Shard};
+use llamagen_eval::pipeline::{BatchSize, GenerationPlan, Generator, Shard};
 use llamagen_eval::progress::Progress;
 
 use super::args::GenArgs;
@@ -27,9 +27,10 @@ pub struct SampleCommand {
     /// Output npz (ADM/LlamaGen layout: arr_0 images, arr_1 labels; shards add `indices`).
     #[arg(long, value_name = "SAMPLES.npz")]
     pub out: PathBuf,
-    /// Samples generated together (results do not depend on it).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
+    /// Samples generated together: a number, or `auto` (from the device's free memory and the
+    /// generator's key/value cache per sample; results do not depend on it).
+    #[arg(long, value_name = "N|auto", default_value = "auto")]
+    pub batch_size: BatchSize,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
@@ -57,7 +58,8 @@ pub fn run(cmd: &SampleCommand, progress: Progress) -> Result<ExitCode> {
     let plan = GenerationPlan {
         samples: count,
         shard,
-        batch_size: usize::try_from(cmd.batch_size).unwrap_or(usize::MAX),
+        batch_size: cmd.batch_size,
+        overlap: !cmd.gen.no_overlap,
         save_samples: Some(cmd.out.clone()),
         journal_dir: sibling(&cmd.out, ".journal"),
         resume: cmd.gen.resume,

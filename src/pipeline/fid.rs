@@ -9,9 +9,13 @@ use serde_json::{json, Map, Value};
 
 use super::cache::FeatureCache;
 use super::evaluate::{evaluate, run_info, MetricRequest};
-use super::generate::{add_generation_settings, generate, GenerationPlan};
+use super::generate::{
+    add_generation_settings, generate, plan_batches, recorded_decode_batch, FeatureRequest,
+    GenerationPlan,
+};
 use super::generator::{Generator, GeneratorConfig, Timing};
 use super::inception::InceptionConfig;
+use super::journal;
 use super::reference::ReferenceNeeds;
 use super::sinks::write_grid;
 use crate::evaluate::Reference;
@@ -164,16 +168,33 @@ impl GeneratedEvaluation {
     /// the run folder. With `release_inception`, the network is unloaded before the metric stage
     /// (the last run of a job).
     pub fn run(&mut self, run: &GeneratedRun, release_inception: bool) -> Result<FidOutcome> {
+        let inception_batch = self.config.inception.batch_size.max(1);
+        let marker = run.out_dir.join(COMPLETE);
+        // A resume keeps the decode batch of the interrupted (or finished) run unless one is
+        // configured: with an automatic batch, free memory may choose another generation batch.
+        let recorded = if run.plan.resume {
+            journal::recorded_settings(&run.plan.journal_dir)
+                .or_else(|| read_settings(&marker))
+                .and_then(|s| recorded_decode_batch(&s))
+        } else {
+            None
+        };
+        plan_batches(
+            &mut self.generator,
+            &run.plan,
+            Some(inception_batch),
+            recorded,
+        );
         let mut settings = Map::new();
         settings.insert(
             "inception_sha256".into(),
             json!(self.cache.weights().sha256.clone()),
         );
         settings.insert("resize".into(), json!(self.config.inception.resize.name()));
-        // Inception runs on each generated batch: its partition decides the features' rounding.
-        settings.insert("batch_size".into(), json!(run.plan.batch_size));
+        // Inception's batch partition decides the features' rounding.
+        settings.insert("batch_size".into(), json!(inception_batch));
         let mut complete = settings.clone();
-        add_generation_settings(&mut complete, &self.generator, &run.plan);
+        add_generation_settings(&mut complete, &self.generator, &run.plan)?;
         complete.insert(
             "metrics".into(),
             json!(format!("{:?}", self.config.metrics)),
@@ -182,7 +203,6 @@ impl GeneratedEvaluation {
             "reference".into(),
             json!(self.config.reference.display().to_string()),
         );
-        let marker = run.out_dir.join(COMPLETE);
         if run.plan.resume {
             if let Some(record) = finished_run(&marker, &complete, &run.out_dir) {
                 self.config.progress.say(format!(
@@ -195,8 +215,11 @@ impl GeneratedEvaluation {
                 });
             }
         }
-        let extractor = self.cache.extractor()?;
-        let mut generated = generate(&mut self.generator, Some(extractor), &run.plan, settings)?;
+        let features = FeatureRequest {
+            extractor: self.cache.extractor()?,
+            batch_size: inception_batch,
+        };
+        let mut generated = generate(&mut self.generator, Some(features), &run.plan, settings)?;
         let sample = generated
             .features
             .take()
@@ -243,11 +266,18 @@ impl GeneratedEvaluation {
 /// resumed sweep keeps finished scales instead of generating them again.
 const COMPLETE: &str = ".complete.json";
 
+/// The settings a finished run's `marker` holds, if it is readable.
+fn read_settings(marker: &Path) -> Option<Map<String, Value>> {
+    let text = std::fs::read_to_string(marker).ok()?;
+    match serde_json::from_str(&text).ok()? {
+        Value::Object(settings) => Some(settings),
+        _ => None,
+    }
+}
+
 /// The record of a finished run in `out_dir` made with exactly `settings`, if there is one.
 fn finished_run(marker: &Path, settings: &Map<String, Value>, out_dir: &Path) -> Option<RunRecord> {
-    let text = std::fs::read_to_string(marker).ok()?;
-    let then: Value = serde_json::from_str(&text).ok()?;
-    if then.as_object()? != settings {
+    if read_settings(marker)? != *settings {
         return None;
     }
     RunRecord::read(out_dir).ok()

@@ -4,13 +4,16 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Instant;
 
 use anyhow::{bail, Result};
 use ndarray::{Array1, Array3};
 use serde_json::{json, Map, Value};
 
+use super::batch::{self, BatchSize};
 use super::features::FeatureStage;
-use super::generator::{Generator, Timing};
+use super::generator::{Batches, Generator, Timing};
+use super::journal;
 use super::pass::{self, JournalConfig, PassConfig, PassOutcome, Stage};
 use super::sinks::{write_grid, GridStage, NpzStage};
 use crate::data::npz_writer::ImageNpzWriter;
@@ -72,8 +75,11 @@ pub struct GenerationPlan {
     pub samples: usize,
     /// This process's part.
     pub shard: Shard,
-    /// Samples generated together (results do not depend on it).
-    pub batch_size: usize,
+    /// Samples generated together (results do not depend on it): a number, or `auto`.
+    pub batch_size: BatchSize,
+    /// Sample the next batch on a second thread while the current one is decoded and evaluated
+    /// (results do not depend on it).
+    pub overlap: bool,
     /// Also (or only) write the images as an ADM/LlamaGen npz.
     pub save_samples: Option<PathBuf>,
     /// The journal folder.
@@ -102,12 +108,80 @@ pub struct Generated {
     pub indices: Vec<u64>,
 }
 
-/// Generates this shard's samples through `extractor` (if given) and into `plan.save_samples`
+/// Inception features of generated samples: the network, and how many images go through it at
+/// once (the pass commits that many samples at a time, so the features' batch partition does not
+/// depend on the generation batch).
+#[derive(Clone, Copy)]
+pub struct FeatureRequest<'e> {
+    /// The network.
+    pub extractor: &'e Extractor,
+    /// Images per forward pass.
+    pub batch_size: usize,
+}
+
+/// Fixes the batch sizes of a run of `plan` on `generator` and says what `auto` chose.
+/// `inception_batch`: the images per Inception pass that will share the device; `recorded`: the
+/// decode batch of the run being resumed, which a resume keeps unless one is configured.
+pub fn plan_batches(
+    generator: &mut Generator,
+    plan: &GenerationPlan,
+    inception_batch: Option<usize>,
+    recorded: Option<usize>,
+) -> Batches {
+    let device = generator.device();
+    let free = match plan.batch_size {
+        BatchSize::Auto => batch::free_memory(device),
+        BatchSize::Fixed(_) => None,
+    };
+    let samples = plan.shard.indices(plan.samples).len();
+    let batches = generator.plan_batches(samples, plan.batch_size, free, inception_batch, recorded);
+    if batches.auto {
+        let memory = match free {
+            Some(bytes) => format!(
+                "{:.1} GiB free on {}, about {:.0} MiB per sample, at most {}",
+                bytes as f64 / f64::from(1 << 30),
+                batch::device_name(device),
+                generator
+                    .bytes_per_sample(generator.config().decode_batch_size.or(recorded).is_none())
+                    as f64
+                    / f64::from(1 << 20),
+                batch::cap_for(device)
+            ),
+            None => format!(
+                "free memory of {} unknown: {} (capped at {})",
+                batch::device_name(device),
+                batch::UNKNOWN_MEMORY_BATCH,
+                batch::cap_for(device)
+            ),
+        };
+        tracing::info!(
+            "batch size auto: {} samples ({memory}); decode batch {}",
+            batches.generation,
+            batches.decode
+        );
+        plan.progress.say(format!(
+            "batch size auto: {} samples ({memory}); decode batch {}",
+            batches.generation, batches.decode
+        ));
+    }
+    batches
+}
+
+/// The decode batch recorded in a fingerprint.
+pub fn recorded_decode_batch(settings: &Map<String, Value>) -> Option<usize> {
+    settings
+        .get("decode_batch_size")?
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+}
+
+/// Generates this shard's samples through `features` (if given) and into `plan.save_samples`
 /// (if given), journaled under `plan.journal_dir`; `settings` are the fingerprint of everything
-/// else that decides the result (the generator's own settings are added here).
+/// else that decides the result (the generator's own settings are added here). The batch sizes
+/// must have been fixed with [`plan_batches`].
 pub fn generate(
     generator: &mut Generator,
-    extractor: Option<&Extractor>,
+    features: Option<FeatureRequest<'_>>,
     plan: &GenerationPlan,
     mut settings: Map<String, Value>,
 ) -> Result<Generated> {
@@ -120,23 +194,29 @@ pub fn generate(
             plan.samples
         );
     }
-    add_generation_settings(&mut settings, generator, plan);
+    add_generation_settings(&mut settings, generator, plan)?;
     let size = generator.eval_size();
     let mut writer = plan
         .save_samples
         .as_deref()
         .map(|p| ImageNpzWriter::create(p, indices.len(), size, size).map(NpzStage::new))
         .transpose()?;
-    let mut features = extractor.map(|e| FeatureStage::new(e, indices.len()));
+    let mut feature_stage = features.map(|f| FeatureStage::new(f.extractor, indices.len()));
     let mut grid = GridStage::new(GRID_IMAGES);
-    generator.timing = Timing::default();
+    let inception_batch = features.map(|f| f.batch_size);
+    generator.start_timing(inception_batch, plan.overlap);
     let config = PassConfig {
-        label: if extractor.is_some() {
+        label: if features.is_some() {
             "generate"
         } else {
             "sample"
         },
-        batch_size: plan.batch_size,
+        // With Inception, a pass batch is an Inception batch: the features' partition is fixed
+        // by the Inception batch size alone. Without it, commits follow the generation batches.
+        batch_size: match inception_batch {
+            Some(n) => n,
+            None => generator.timing.batches.map_or(1, |b| b.generation),
+        },
         progress: plan.progress,
         journal: Some(JournalConfig {
             dir: plan.journal_dir.clone(),
@@ -146,10 +226,11 @@ pub fn generate(
         stop_after_new: plan.stop_after,
     };
     let labels: Array1<i64> = indices.iter().map(|&i| generator.label(i)).collect();
+    let start = Instant::now();
     let outcome = {
-        let mut source = generator.source(indices.clone());
+        let mut source = generator.source(indices.clone(), plan.overlap)?;
         let mut stages: Vec<&mut dyn Stage> = vec![&mut grid];
-        if let Some(f) = features.as_mut() {
+        if let Some(f) = feature_stage.as_mut() {
             stages.push(f);
         }
         if let Some(w) = writer.as_mut() {
@@ -158,7 +239,8 @@ pub fn generate(
         pass::run(&config, &mut source, &mut stages)?
     };
     let mut timing = generator.timing.clone();
-    if let Some(f) = &features {
+    timing.wall = start.elapsed();
+    if let Some(f) = &feature_stage {
         timing.inception = f.elapsed;
     }
     if let Some(mut writer) = writer.and_then(NpzStage::into_writer) {
@@ -170,7 +252,7 @@ pub fn generate(
         writer.finish()?;
     }
     Ok(Generated {
-        features: features.map(FeatureStage::into_features),
+        features: feature_stage.map(FeatureStage::into_features),
         grid: grid.into_images(),
         timing,
         resumed: outcome.resumed,
@@ -184,13 +266,14 @@ pub fn add_generation_settings(
     settings: &mut Map<String, Value>,
     generator: &Generator,
     plan: &GenerationPlan,
-) {
-    settings.extend(generator.config().fingerprint());
+) -> Result<()> {
+    settings.extend(generator.fingerprint()?);
     settings.insert("samples".into(), json!(plan.samples));
     settings.insert(
         "shard".into(),
         json!(format!("{}/{}", plan.shard.index, plan.shard.count)),
     );
+    Ok(())
 }
 
 /// `sample`: this shard's samples into the npz `out` (and a grid PNG when asked).
@@ -199,6 +282,12 @@ pub fn sample_to_npz(
     plan: &GenerationPlan,
     grid: Option<&Path>,
 ) -> Result<Generated> {
+    let recorded = if plan.resume {
+        journal::recorded_settings(&plan.journal_dir).and_then(|s| recorded_decode_batch(&s))
+    } else {
+        None
+    };
+    plan_batches(generator, plan, None, recorded);
     let mut generated = generate(generator, None, plan, Map::new())?;
     if let Some(path) = grid {
         write_grid(path, &generated.grid)?;

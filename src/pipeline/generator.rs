@@ -3,8 +3,46 @@
 //! (`decode_code`, then, when the evaluated size differs, torch's bicubic interpolation
 //! (`align_corners=False`, no antialiasing), then `clamp(127.5 x + 128, 0, 255)` truncated to u8),
 //! and streamed into the same stages as images read from files.
+//!
+//! # Batches
+//! Samples are generated `generation` at a time and decoded `decode` at a time ([`Batches`]). A
+//! batch with fewer samples (the last one, or a decode chunk at the end of a batch) is padded to
+//! full size by repeating its last sample, and the padding is thrown away: every sample is
+//! computed in the same kernel configuration, so the generation batch size changes no token.
+//! Convolution arithmetic does depend on the decode batch shape (a pixel value may move by 1), so
+//! the decode batch is part of the resume fingerprint; within one shape, a row's pixels do not
+//! depend on the other rows.
+//!
+//! # Overlap
+//! With `overlap`, the GPT half of the generator ([`Sampler`]) moves to a sampling thread that
+//! samples batch b+1 while the pass's thread decodes batch b and runs the stages (Inception, the
+//! npz writer) on it. Batches go through a channel of capacity 1, so the sampler is at most one
+//! batch ahead and holds at most two batches' tokens. tch tensors are `Send` but not `Sync`, so
+//! the network cannot be shared: it is moved into the thread and handed back when the thread ends
+//! (dropping the source stops the thread after its current batch and takes the network back).
+//! Tokens are journaled per committed batch exactly as without overlap, and the `sampled` crash
+//! point fires when the pass's thread takes a sampled batch, in both modes, so a killed run
+//! resumes the same way.
+//!
+//! On CUDA, tch exposes no stream API: both threads enqueue their kernels on the device's default
+//! stream, where they run one after another, never concurrently. The overlap still pays on a GPU
+//! because sampling is latency-bound: every token step copies its logits to the host and draws
+//! there, leaving the device idle, and the decoder's and Inception's kernels fill those gaps. (A
+//! step's host copy also waits for kernels the other thread queued before it, so a step takes
+//! longer while the whole run takes less.)
+//!
+//! On the CPU both threads share the cores and libtorch's intra-op threads: each thread that
+//! runs tensor work gets its own OpenMP team of `tch::get_num_threads()` workers. The sampling
+//! thread keeps the count of the thread that created it (libtorch sets a new thread's count from
+//! the last `set_num_threads`, which is process-wide), so overlapped and sequential runs compute
+//! every token, pixel and feature with the same arithmetic and give identical results.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -12,11 +50,12 @@ use ndarray::Array4;
 use serde_json::{json, Map, Value};
 use tch::{nn, Device, Kind, Tensor};
 
+use super::batch::{self, BatchSize};
 use super::journal::StreamSpec;
 use super::pass::crash_point;
 use crate::data::{DataError, ImageSource};
 use crate::device::DeviceChoice;
-use crate::models::gpt::{Gpt, GptError, HeadChoice};
+use crate::models::gpt::{Gpt, GptConfig, GptError, HeadChoice};
 use crate::models::vq::{self, VqModel, VqWeights};
 use crate::sampling::{self, LabelSpec, SamplingParams};
 
@@ -66,8 +105,9 @@ pub struct GeneratorConfig {
     pub precision: Precision,
     /// Head count when the checkpoint does not fix it.
     pub heads: HeadChoice,
-    /// Images the tokenizer decodes at once (1 makes every image independent of batching).
-    pub decode_batch_size: usize,
+    /// Images the tokenizer decodes at once; `None`: the generation batch size (or, when
+    /// resuming, the interrupted run's decode batch).
+    pub decode_batch_size: Option<usize>,
     /// Where the models run.
     pub device: DeviceChoice,
 }
@@ -79,8 +119,9 @@ impl GeneratorConfig {
     }
 
     /// The settings that decide the samples, for run records and resume fingerprints (the
-    /// checkpoints by path and size; batch sizes and device do not change the tokens).
-    pub fn fingerprint(&self) -> Map<String, Value> {
+    /// checkpoints by path and size; the effective `decode_batch`, whose shape changes the
+    /// decoder's rounding; the generation batch size and the device do not change the tokens).
+    pub fn fingerprint(&self, decode_batch: usize) -> Map<String, Value> {
         let file = |p: &Path| {
             let bytes = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
             json!({"path": p.display().to_string(), "bytes": bytes})
@@ -99,7 +140,7 @@ impl GeneratorConfig {
         m.insert("seed".into(), json!(self.seed));
         m.insert("labels".into(), json!(self.labels.name()));
         m.insert("precision".into(), json!(self.precision.name()));
-        m.insert("decode_batch_size".into(), json!(self.decode_batch_size));
+        m.insert("decode_batch_size".into(), json!(decode_batch));
         m.insert("gpt_model".into(), json!(self.heads.model_name));
         m.insert("n_head".into(), json!(self.heads.n_head));
         m
@@ -124,23 +165,48 @@ impl GeneratorConfig {
     }
 }
 
-/// Where time went, for the throughput report.
+/// The batch sizes of a generation run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batches {
+    /// Samples generated at once.
+    pub generation: usize,
+    /// Whether `generation` was chosen from the free memory (`auto`).
+    pub auto: bool,
+    /// Images the tokenizer decodes at once.
+    pub decode: usize,
+}
+
+/// Where time went and how the run was set up, for the throughput report.
 #[derive(Debug, Clone, Default)]
 pub struct Timing {
-    /// Token sampling.
+    /// Token sampling (with overlap: the busy time of the sampling thread).
     pub sampling: Duration,
     /// Tokenizer decoding (and the resize).
     pub decoding: Duration,
     /// Inception features of the generated images.
     pub inception: Duration,
+    /// Time the pass's thread waited for sampled tokens.
+    pub waiting: Duration,
+    /// Wall time of the generation pass.
+    pub wall: Duration,
     /// Tokens sampled.
     pub tokens: u64,
     /// Images decoded.
     pub images: u64,
+    /// The generator's device (`cpu`, `cuda:0`).
+    pub device: String,
+    /// The generator's dtype (`float32`, `bfloat16`, `float16`).
+    pub dtype: String,
+    /// The batch sizes used.
+    pub batches: Option<Batches>,
+    /// Images per Inception forward pass, when Inception ran.
+    pub inception_batch: Option<usize>,
+    /// Whether sampling overlapped decoding and Inception.
+    pub overlap: bool,
 }
 
 impl Timing {
-    /// Sampling + decoding + Inception.
+    /// Sampling + decoding + Inception (the busy time of both sides together).
     pub fn total(&self) -> Duration {
         self.sampling + self.decoding + self.inception
     }
@@ -150,36 +216,71 @@ impl Timing {
         self.tokens as f64 / self.sampling.as_secs_f64().max(1e-9)
     }
 
-    /// Images per second overall.
+    /// Images per second of wall time.
     pub fn images_per_s(&self) -> f64 {
-        self.images as f64 / self.total().as_secs_f64().max(1e-9)
+        self.images as f64 / self.wall.as_secs_f64().max(1e-9)
     }
 
     /// One paragraph for the terminal.
     pub fn report(&self) -> String {
-        let total = self.total().as_secs_f64().max(1e-9);
-        let share = |d: Duration| 100.0 * d.as_secs_f64() / total;
+        let wall = self.wall.as_secs_f64().max(1e-9);
+        let share = |d: Duration| 100.0 * d.as_secs_f64() / wall;
         let mut text = format!(
-            "throughput: {} images, {} tokens in {:.1} s: {:.1} tokens/s (sampling), {:.2} images/s\n\
-             time: sampling {:.1} s ({:.0}%), decoding {:.1} s ({:.0}%)",
+            "throughput: {} images, {} tokens in {:.1} s: {:.1} tokens/s (sampling), {:.2} images/s\n",
             self.images,
             self.tokens,
-            total,
+            wall,
             self.tokens_per_s(),
             self.images_per_s(),
-            self.sampling.as_secs_f64(),
-            share(self.sampling),
-            self.decoding.as_secs_f64(),
-            share(self.decoding),
         );
+        let mut setup = vec![
+            format!("device {}", self.device),
+            format!("dtype {}", self.dtype),
+        ];
+        if let Some(b) = self.batches {
+            setup.push(format!(
+                "generation batch {}{}",
+                b.generation,
+                if b.auto { " (auto)" } else { "" }
+            ));
+            setup.push(format!("decode batch {}", b.decode));
+        }
+        if let Some(n) = self.inception_batch {
+            setup.push(format!("Inception batch {n}"));
+        }
+        setup.push(format!(
+            "overlap {}",
+            if self.overlap { "on" } else { "off" }
+        ));
+        text.push_str(&format!("setup: {}\n", setup.join(", ")));
+        let mut parts = vec![
+            format!(
+                "sampling {:.1} s ({:.0}%)",
+                self.sampling.as_secs_f64(),
+                share(self.sampling)
+            ),
+            format!(
+                "decoding {:.1} s ({:.0}%)",
+                self.decoding.as_secs_f64(),
+                share(self.decoding)
+            ),
+        ];
         if !self.inception.is_zero() {
-            text.push_str(&format!(
-                ", Inception {:.1} s ({:.0}%)",
+            parts.push(format!(
+                "Inception {:.1} s ({:.0}%)",
                 self.inception.as_secs_f64(),
                 share(self.inception)
             ));
         }
-        text.push('\n');
+        if self.overlap {
+            text.push_str(&format!(
+                "busy time of the wall time: {} (sampling on its own thread; waiting for tokens {:.1} s)\n",
+                parts.join(", "),
+                self.waiting.as_secs_f64()
+            ));
+        } else {
+            text.push_str(&format!("time: {}\n", parts.join(", ")));
+        }
         text
     }
 
@@ -193,19 +294,178 @@ impl Timing {
             "sampling_s": self.sampling.as_secs_f64(),
             "decoding_s": self.decoding.as_secs_f64(),
             "inception_s": self.inception.as_secs_f64(),
+            "waiting_for_tokens_s": self.waiting.as_secs_f64(),
+            "wall_s": self.wall.as_secs_f64(),
+            "device": self.device,
+            "dtype": self.dtype,
+            "generation_batch_size": self.batches.map(|b| b.generation),
+            "generation_batch_auto": self.batches.map(|b| b.auto),
+            "decode_batch_size": self.batches.map(|b| b.decode),
+            "inception_batch_size": self.inception_batch,
+            "overlap": self.overlap,
         })
     }
 }
 
+/// The GPT half of a generator: the network and its weights. It moves to the sampling thread
+/// while a run overlaps sampling with decoding.
+struct Sampler {
+    _vs: nn::VarStore,
+    gpt: Gpt,
+}
+
+/// One generation batch, padded to the batch size by repeating its last sample; the first `real`
+/// rows are kept.
+struct Batch {
+    indices: Vec<u64>,
+    labels: Vec<i64>,
+    real: usize,
+}
+
+impl Batch {
+    fn padded(indices: &[u64], labels: &[i64], size: usize) -> Self {
+        let real = indices.len();
+        let pad = size.saturating_sub(real);
+        let mut batch = Batch {
+            indices: indices.to_vec(),
+            labels: labels.to_vec(),
+            real,
+        };
+        if let (Some(&index), Some(&label)) = (indices.last(), labels.last()) {
+            batch.indices.extend(std::iter::repeat_n(index, pad));
+            batch.labels.extend(std::iter::repeat_n(label, pad));
+        }
+        batch
+    }
+}
+
+/// A sampled batch: its real samples' tokens and how long the sampling took.
+struct Sampled {
+    tokens: Vec<Vec<i64>>,
+    elapsed: Duration,
+}
+
+impl Sampler {
+    fn sample(&self, batch: &Batch, params: &SamplingParams, seed: u64) -> Result<Sampled> {
+        let start = Instant::now();
+        let mut out = sampling::generate(
+            &self.gpt,
+            &batch.labels,
+            &batch.indices,
+            params,
+            seed,
+            false,
+        )
+        .with_context(|| {
+            format!(
+                "sampling samples {}..={}",
+                batch.indices.first().copied().unwrap_or_default(),
+                batch.indices[..batch.real]
+                    .last()
+                    .copied()
+                    .unwrap_or_default()
+            )
+        })?;
+        out.tokens.truncate(batch.real);
+        Ok(Sampled {
+            tokens: out.tokens,
+            elapsed: start.elapsed(),
+        })
+    }
+}
+
+/// The sampling thread of an overlapped run: it owns the [`Sampler`] until it ends.
+struct SamplingThread {
+    receiver: Receiver<Result<Sampled>>,
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Sampler>,
+}
+
+impl SamplingThread {
+    fn spawn(
+        sampler: Sampler,
+        batches: VecDeque<Batch>,
+        params: SamplingParams,
+        seed: u64,
+    ) -> std::io::Result<Self> {
+        // Capacity 1: the sampler runs at most one batch ahead of the decoder.
+        let (sender, receiver) = mpsc::sync_channel(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("sampler".into())
+            .spawn(move || {
+                sample_all(&sampler, batches, &params, seed, &sender, &stopped);
+                sampler
+            })?;
+        Ok(SamplingThread {
+            receiver,
+            stop,
+            handle,
+        })
+    }
+
+    /// Stops the thread after its current batch and takes the sampler back; the panic message
+    /// if the thread panicked.
+    fn finish(self) -> Result<Sampler, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        // A thread blocked on a full channel wakes up with an error once the receiver is gone.
+        drop(self.receiver);
+        self.handle.join().map_err(|panic| {
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into())
+        })
+    }
+}
+
+/// The sampling thread's loop: samples each batch and sends it, until the batches run out, a
+/// batch fails (its error is sent), the receiver is dropped, or `stop` is set.
+fn sample_all(
+    sampler: &Sampler,
+    batches: VecDeque<Batch>,
+    params: &SamplingParams,
+    seed: u64,
+    sender: &SyncSender<Result<Sampled>>,
+    stop: &AtomicBool,
+) {
+    for batch in batches {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let result = sampler.sample(&batch, params, seed);
+        let failed = result.is_err();
+        if sender.send(result).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Where a source's tokens come from.
+enum TokenFeed {
+    /// Sampled on the pass's thread when needed.
+    Inline(VecDeque<Batch>),
+    /// Sampled ahead on the sampling thread.
+    Thread(SamplingThread),
+}
+
 /// A loaded generator and tokenizer, checked against each other, with the sampling settings.
 pub struct Generator {
-    _gpt_vs: nn::VarStore,
-    gpt: Gpt,
+    /// `None` only while a sampling thread holds it (or after that thread panicked).
+    sampler: Option<Sampler>,
     _vq_vs: nn::VarStore,
     vq: VqModel,
     config: GeneratorConfig,
+    /// The GPT's architecture and dtype, kept here while the sampler is away.
+    gpt_config: GptConfig,
+    gpt_kind: Kind,
+    device: Device,
     /// Token grid side.
     grid: i64,
+    /// The batch sizes of the current run ([`Generator::plan_batches`]).
+    batches: Option<Batches>,
     /// Time spent so far.
     pub timing: Timing,
 }
@@ -235,6 +495,9 @@ impl Generator {
             .validate()
             .map_err(GptError::BadConfig)
             .context("sampling settings")?;
+        if config.decode_batch_size == Some(0) {
+            bail!("the decode batch size must be at least 1");
+        }
         let (vq_vs, vq) = VqModel::load(vq_path, device, config.vq_weights)
             .with_context(|| format!("tokenizer {}", vq_path.display()))?;
         let factor = vq.config().downsample_factor();
@@ -297,18 +560,22 @@ impl Generator {
                 config.eval_size()
             );
         }
+        batch::benchmark_fixed_shapes(device);
         tracing::info!(
             "generator {} and tokenizer {} loaded on {device:?}",
             gpt_path.display(),
             vq_path.display()
         );
         Ok(Generator {
-            _gpt_vs: gpt_vs,
-            gpt,
+            gpt_config: gpt.config().clone(),
+            gpt_kind: gpt.kind(),
+            sampler: Some(Sampler { _vs: gpt_vs, gpt }),
             _vq_vs: vq_vs,
             vq,
             config: config.clone(),
+            device,
             grid,
+            batches: None,
             timing: Timing::default(),
         })
     }
@@ -323,7 +590,7 @@ impl Generator {
         let mut sampling = self.config.sampling;
         sampling.cfg_scale = scale;
         sampling.validate().map_err(GptError::BadConfig)?;
-        if sampling.uses_cfg() && self.gpt.config().num_classes < 1 {
+        if sampling.uses_cfg() && self.gpt_config.num_classes < 1 {
             bail!(
                 "the class embedding has no null-class row: classifier-free guidance is impossible"
             );
@@ -336,7 +603,7 @@ impl Generator {
     pub fn label(&self, index: u64) -> i64 {
         self.config
             .labels
-            .label(self.config.seed, index, self.gpt.config().num_classes)
+            .label(self.config.seed, index, self.gpt_config.num_classes)
     }
 
     /// Image tokens per sample.
@@ -349,36 +616,100 @@ impl Generator {
         self.config.eval_size() as usize
     }
 
-    /// The image tokens of the given samples.
-    pub fn tokens(&mut self, indices: &[u64]) -> Result<Vec<Vec<i64>>> {
-        let start = Instant::now();
-        let labels: Vec<i64> = indices.iter().map(|&i| self.label(i)).collect();
-        let out = sampling::generate(
-            &self.gpt,
-            &labels,
-            indices,
-            &self.config.sampling,
-            self.config.seed,
-            false,
-        )?;
-        self.timing.sampling += start.elapsed();
-        self.timing.tokens += (indices.len() * self.tokens_per_sample()) as u64;
-        Ok(out.tokens)
+    /// Where the models run.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
-    /// Decoded u8 NHWC images (at the evaluated size) of token sequences, `decode_batch_size` at
-    /// a time.
+    /// Device memory one sample needs while it is sampled and then decoded (the overlap keeps a
+    /// batch's key/value cache alive while the previous batch decodes, so both count).
+    pub fn bytes_per_sample(&self, decode_follows: bool) -> u64 {
+        let sampling = batch::sampling_bytes_per_sample(
+            &self.gpt_config,
+            self.gpt_kind,
+            self.config.sampling.uses_cfg(),
+        );
+        let decoding = batch::decode_bytes_per_image(self.vq.config(), self.config.image_size);
+        sampling + if decode_follows { decoding } else { 0 }
+    }
+
+    /// Fixes the batch sizes of the next run of `samples` samples: `generation` (a number, or
+    /// `auto`: from `free_bytes` of device memory, keeping room for an Inception batch of
+    /// `inception_batch` images, and no more than the run's samples), and the decode batch: the
+    /// configured one, else `recorded` (the interrupted run's, when resuming), else the
+    /// generation batch.
+    pub fn plan_batches(
+        &mut self,
+        samples: usize,
+        generation: BatchSize,
+        free_bytes: Option<u64>,
+        inception_batch: Option<usize>,
+        recorded: Option<usize>,
+    ) -> Batches {
+        let explicit_decode = self.config.decode_batch_size.or(recorded);
+        let (generation, auto) = match generation {
+            BatchSize::Fixed(n) => (n.max(1), false),
+            BatchSize::Auto => {
+                let mut reserved =
+                    inception_batch.unwrap_or(0) as u64 * batch::INCEPTION_BYTES_PER_IMAGE;
+                if let Some(decode) = explicit_decode {
+                    reserved += decode as u64
+                        * batch::decode_bytes_per_image(self.vq.config(), self.config.image_size);
+                }
+                let n = batch::auto_batch_size(
+                    free_bytes,
+                    self.bytes_per_sample(explicit_decode.is_none()),
+                    reserved,
+                    batch::cap_for(self.device),
+                    batch::UNKNOWN_MEMORY_BATCH,
+                );
+                (n.min(samples.max(1)), true)
+            }
+        };
+        let batches = Batches {
+            generation,
+            auto,
+            decode: explicit_decode.unwrap_or(generation).max(1),
+        };
+        self.batches = Some(batches);
+        batches
+    }
+
+    /// The decode batch: the configured one, else the planned run's.
+    fn decode_batch(&self) -> Result<usize> {
+        self.config
+            .decode_batch_size
+            .or(self.batches.map(|b| b.decode))
+            .context("the decode batch follows the generation batch: plan the run's batches first")
+    }
+
+    /// The settings that decide this generator's samples in the planned run (see
+    /// [`GeneratorConfig::fingerprint`]).
+    pub fn fingerprint(&self) -> Result<Map<String, Value>> {
+        Ok(self.config.fingerprint(self.decode_batch()?))
+    }
+
+    /// Decoded u8 NHWC images (at the evaluated size) of token sequences, a decode batch at a
+    /// time; a short chunk is padded to the full decode batch with copies of its last sequence.
     pub fn images(&mut self, tokens: &[Vec<i64>]) -> Result<Array4<u8>> {
         let start = Instant::now();
+        let decode = self.decode_batch()?;
         let s = self.eval_size();
         let (image_size, eval_size) = (self.config.image_size, self.config.eval_size());
         let mut data = Vec::with_capacity(tokens.len() * s * s * 3);
-        for chunk in tokens.chunks(self.config.decode_batch_size.max(1)) {
-            let flat: Vec<i64> = chunk.concat();
-            let indices =
-                Tensor::from_slice(&flat).view([chunk.len() as i64, self.grid, self.grid]);
+        for chunk in tokens.chunks(decode) {
+            let mut flat: Vec<i64> = chunk.concat();
+            if let Some(last) = chunk.last() {
+                for _ in chunk.len()..decode {
+                    flat.extend_from_slice(last);
+                }
+            }
+            let indices = Tensor::from_slice(&flat).view([decode as i64, self.grid, self.grid]);
             let pixels = tch::no_grad(|| {
-                let decoded = self.vq.decode_code(&indices);
+                let decoded = self
+                    .vq
+                    .decode_code(&indices)
+                    .narrow(0, 0, chunk.len() as i64);
                 let decoded = if eval_size != image_size {
                     decoded.upsample_bicubic2d([eval_size, eval_size], false, None, None)
                 } else {
@@ -394,23 +725,55 @@ impl Generator {
         Ok(images)
     }
 
-    /// The samples with `indices` as an image source (sampling batch by batch as it is read).
-    pub fn source(&mut self, indices: Vec<u64>) -> GeneratedImages<'_> {
-        GeneratedImages {
+    /// Starts a run's timing record: the device, dtype and batch sizes it uses.
+    pub fn start_timing(&mut self, inception_batch: Option<usize>, overlap: bool) {
+        self.timing = Timing {
+            device: batch::device_name(self.device),
+            dtype: batch::dtype_name(self.gpt_kind),
+            batches: self.batches,
+            inception_batch,
+            overlap,
+            ..Timing::default()
+        };
+    }
+
+    /// The samples with `indices` as an image source, generated a planned generation batch at a
+    /// time ([`Generator::plan_batches`]), with sampling on its own thread when `overlap`.
+    pub fn source(&mut self, indices: Vec<u64>, overlap: bool) -> Result<GeneratedImages<'_>> {
+        let batch = self
+            .batches
+            .map(|b| b.generation)
+            .context("plan the run's batches before generating")?;
+        Ok(GeneratedImages {
             generator: self,
             indices,
             position: 0,
+            batch,
+            overlap,
+            feed: None,
+            ready_tokens: VecDeque::new(),
+            ready_pixels: VecDeque::new(),
             last_tokens: Vec::new(),
-        }
+        })
     }
 }
 
-/// Generated samples as an [`ImageSource`]: each batch read is sampled and decoded; its tokens are
+/// Generated samples as an [`ImageSource`]: batches are sampled and decoded as they are read
+/// (a read may span generation batches: decoded samples wait for the next read); their tokens are
 /// journaled, so a resumed run decodes finished samples again instead of sampling them.
 pub struct GeneratedImages<'g> {
     generator: &'g mut Generator,
     indices: Vec<u64>,
+    /// Samples handed to the pass (returned, replayed or skipped).
     position: usize,
+    /// Samples per generation batch.
+    batch: usize,
+    overlap: bool,
+    /// Started at the first read, after the resumed samples are replayed or skipped.
+    feed: Option<TokenFeed>,
+    /// Tokens and pixels of decoded samples not yet handed to the pass.
+    ready_tokens: VecDeque<Vec<i64>>,
+    ready_pixels: VecDeque<u8>,
     last_tokens: Vec<Vec<i64>>,
 }
 
@@ -432,7 +795,7 @@ impl GeneratedImages<'_> {
             })
             .collect();
         // A damaged journal must not reach libtorch's indexing (which aborts the process).
-        let vocab = self.generator.gpt.config().vocab_size;
+        let vocab = self.generator.gpt_config.vocab_size;
         if let Some(bad) = tokens.iter().flatten().find(|&&t| t < 0 || t >= vocab) {
             bail!(
                 "the journal holds token {bad}, outside the codebook (0..{vocab}): it is damaged; \
@@ -444,6 +807,105 @@ impl GeneratedImages<'_> {
 
     fn data_error(&self, e: anyhow::Error) -> DataError {
         DataError::invalid(self.describe(), format!("{e:#}"))
+    }
+
+    /// The generation batches of the samples not yet handed out, padded to full size.
+    fn remaining_batches(&self) -> VecDeque<Batch> {
+        self.indices[self.position..]
+            .chunks(self.batch)
+            .map(|chunk| {
+                let labels: Vec<i64> = chunk.iter().map(|&i| self.generator.label(i)).collect();
+                Batch::padded(chunk, &labels, self.batch)
+            })
+            .collect()
+    }
+
+    fn start_feed(&mut self) -> Result<TokenFeed> {
+        let batches = self.remaining_batches();
+        if !self.overlap {
+            return Ok(TokenFeed::Inline(batches));
+        }
+        let sampler = self
+            .generator
+            .sampler
+            .take()
+            .context("the generator's network was lost when its sampling thread panicked")?;
+        let (params, seed) = (self.generator.config.sampling, self.generator.config.seed);
+        Ok(TokenFeed::Thread(
+            SamplingThread::spawn(sampler, batches, params, seed)
+                .context("cannot start the sampling thread")?,
+        ))
+    }
+
+    /// The next sampled batch, from this thread or the sampling thread.
+    fn next_sampled(&mut self) -> Result<Sampled> {
+        if self.feed.is_none() {
+            self.feed = Some(self.start_feed()?);
+        }
+        let generator = &mut *self.generator;
+        let sampled = match self.feed.as_mut() {
+            Some(TokenFeed::Inline(batches)) => {
+                let batch = batches
+                    .pop_front()
+                    .context("no generation batch left for the samples asked for")?;
+                let sampler = generator.sampler.as_ref().context(
+                    "the generator's network was lost when its sampling thread panicked",
+                )?;
+                sampler.sample(&batch, &generator.config.sampling, generator.config.seed)?
+            }
+            Some(TokenFeed::Thread(thread)) => {
+                let start = Instant::now();
+                let received = thread.receiver.recv();
+                generator.timing.waiting += start.elapsed();
+                match received {
+                    Ok(result) => result?,
+                    // The thread ended without a result: it panicked (or ran out of batches,
+                    // which the pass never asks beyond).
+                    Err(mpsc::RecvError) => {
+                        let Some(TokenFeed::Thread(thread)) = self.feed.take() else {
+                            bail!("the sampling thread's feed disappeared");
+                        };
+                        match thread.finish() {
+                            Ok(sampler) => {
+                                self.generator.sampler = Some(sampler);
+                                bail!("the sampling thread ran out of generation batches")
+                            }
+                            Err(panic) => bail!("the sampling thread panicked: {panic}"),
+                        }
+                    }
+                }
+            }
+            None => bail!("the token feed was not started"),
+        };
+        self.generator.timing.sampling += sampled.elapsed;
+        self.generator.timing.tokens +=
+            (sampled.tokens.len() * self.generator.tokens_per_sample()) as u64;
+        Ok(sampled)
+    }
+
+    /// Samples and decodes generation batches until `count` samples are ready.
+    fn fill(&mut self, count: usize) -> Result<()> {
+        while self.ready_tokens.len() < count {
+            let sampled = self.next_sampled()?;
+            crash_point("sampled");
+            let images = self.generator.images(&sampled.tokens)?;
+            crash_point("decoded");
+            self.ready_pixels.extend(images.iter());
+            self.ready_tokens.extend(sampled.tokens);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GeneratedImages<'_> {
+    /// Stops a sampling thread (after its current batch) and gives the network back.
+    fn drop(&mut self) {
+        if let Some(TokenFeed::Thread(thread)) = self.feed.take() {
+            match thread.finish() {
+                Ok(sampler) => self.generator.sampler = Some(sampler),
+                Err(panic) => tracing::error!("the sampling thread panicked: {panic}"),
+            }
+        }
     }
 }
 
@@ -462,18 +924,13 @@ impl ImageSource for GeneratedImages<'_> {
         if end == self.position {
             return Ok(None);
         }
-        let chunk = self.indices[self.position..end].to_vec();
-        let tokens = self
-            .generator
-            .tokens(&chunk)
-            .map_err(|e| self.data_error(e))?;
-        crash_point("sampled");
-        let images = self
-            .generator
-            .images(&tokens)
-            .map_err(|e| self.data_error(e))?;
-        crash_point("decoded");
-        self.last_tokens = tokens;
+        let count = end - self.position;
+        self.fill(count).map_err(|e| self.data_error(e))?;
+        let s = self.generator.eval_size();
+        let pixels: Vec<u8> = self.ready_pixels.drain(..count * s * s * 3).collect();
+        let images = Array4::from_shape_vec((count, s, s, 3), pixels)
+            .map_err(|e| self.data_error(e.into()))?;
+        self.last_tokens = self.ready_tokens.drain(..count).collect();
         self.position = end;
         Ok(Some(images))
     }
@@ -531,5 +988,15 @@ mod tests {
             Some(256)
         );
         assert_eq!(size_from_file_name(Path::new("gpt_public.pt")), None);
+    }
+
+    #[test]
+    fn short_batches_are_padded_with_their_last_sample() {
+        let batch = Batch::padded(&[7, 9], &[3, 4], 5);
+        assert_eq!(batch.indices, vec![7, 9, 9, 9, 9]);
+        assert_eq!(batch.labels, vec![3, 4, 4, 4, 4]);
+        assert_eq!(batch.real, 2);
+        let full = Batch::padded(&[1, 2], &[0, 0], 2);
+        assert_eq!((full.indices.len(), full.real), (2, 2));
     }
 }

@@ -75,6 +75,7 @@ impl InceptionConfig {
     pub fn load(&self, weights: &InceptionWeights) -> Result<Extractor> {
         let device = self.device.resolve().map_err(anyhow::Error::msg)?;
         let (vs, model) = inception::load(&weights.path, device)?;
+        super::batch::benchmark_fixed_shapes(device);
         tracing::info!(
             "Inception-V3 loaded from {} on {device:?}",
             weights.path.display()

@@ -299,6 +299,16 @@ impl Journal {
     }
 }
 
+/// The settings an interrupted run's journal in `dir` was made with, if there is a readable one
+/// (a resume adopts settings the user left to be chosen, such as the decode batch).
+pub fn recorded_settings(dir: &Path) -> Option<Map<String, Value>> {
+    let mut fingerprint = read_json(&dir.join(SETTINGS)).ok()?;
+    match fingerprint.get_mut("settings")?.take() {
+        Value::Object(settings) => Some(settings),
+        _ => None,
+    }
+}
+
 fn stream_list(streams: &[StreamSpec]) -> Value {
     streams
         .iter()

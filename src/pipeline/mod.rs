@@ -6,7 +6,9 @@
 //!   ──> run record (metrics.json / metrics.csv)
 //! ```
 //!
-//! - [`generator`]: a LlamaGen c2i generator + tokenizer as an image source.
+//! - [`generator`]: a LlamaGen c2i generator + tokenizer as an image source, sampling on its own
+//!   thread while the pass decodes and evaluates; [`batch`]: its batch sizes (`auto` from free
+//!   memory).
 //! - [`pass`]: the one batch loop, with [`journal`] for resuming after a kill.
 //! - [`features`], [`stats`], [`sinks`], [`recon`]: what a pass does with the images.
 //! - [`cache`]: features of image files cached by content; [`reference`]: every reference kind.
@@ -17,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod cache;
 pub mod evaluate;
 pub mod features;
@@ -33,12 +36,13 @@ pub mod sinks;
 pub mod stats;
 pub mod sweep;
 
+pub use batch::BatchSize;
 pub use cache::FeatureCache;
 pub use evaluate::{evaluate, MetricRequest};
 pub use features::FeatureStage;
 pub use fid::{FidConfig, GeneratedEvaluation, GeneratedRun};
 pub use generate::{GenerationPlan, Shard};
-pub use generator::{Generator, GeneratorConfig, Precision, Timing};
+pub use generator::{Batches, Generator, GeneratorConfig, Precision, Timing};
 pub use inception::{InceptionConfig, InceptionWeights};
 pub use journal::{Journal, JournalError};
 pub use pass::{JournalConfig, PassConfig, Stage};

@@ -118,15 +118,18 @@ fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name);
     let mut runs = Vec::new();
-    for bs in ["1", "3", "8"] {
+    // One decode batch throughout: its shape, unlike the generation batch's, changes the
+    // decoder's rounding.
+    for bs in ["1", "3", "8", "auto"] {
         let out = p(&format!("bs{bs}.npz"));
         let mut args = RANDOM.to_vec();
-        args.extend(["--batch-size", bs]);
+        args.extend(["--batch-size", bs, "--decode-batch-size", "2"]);
         sample(&out, &args).success();
         runs.push(read(&out));
     }
     assert_eq!(runs[0], runs[1], "batch size 1 vs 3");
-    assert_eq!(runs[0], runs[2], "batch size 1 vs 8");
+    assert_eq!(runs[0], runs[2], "batch size 1 vs 8 (one padded batch)");
+    assert_eq!(runs[0], runs[3], "batch size 1 vs auto");
     let (images, labels) = &runs[0];
     assert!(labels.iter().all(|l| (0..10).contains(l)));
     // Random sampling: the 8 images are not all alike.
@@ -139,7 +142,14 @@ fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
     for k in ["0", "1"] {
         let mut args = RANDOM.to_vec();
         let shard = format!("{k}/2");
-        args.extend(["--batch-size", "3", "--shard", &shard]);
+        args.extend([
+            "--batch-size",
+            "3",
+            "--decode-batch-size",
+            "2",
+            "--shard",
+            &shard,
+        ]);
         sample(&p(&format!("shard{k}.npz")), &args).success();
     }
     let (shard1, labels1) = read(&p("shard1.npz"));
@@ -157,7 +167,8 @@ fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
     .success();
     assert_eq!(read(&merged), runs[0], "merged shards vs one run");
 
-    // Interrupted after 2 new samples (one batch of 2), then resumed with another batch size.
+    // Interrupted after 2 new samples (one batch of 2, decoded 2 at a time), then resumed with
+    // another batch size: the resume keeps the interrupted run's decode batch.
     let out = p("resumed.npz");
     let mut args = RANDOM.to_vec();
     args.extend(["--batch-size", "2", "--stop-after", "2"]);
@@ -393,4 +404,85 @@ fn fid_with_a_generator_streams_the_sampled_images() {
         s(&reference),
     ]);
     assert!(!both.succeeded());
+}
+
+/// Sampling on its own thread (the default) and `--no-overlap` give the same tokens (journaled
+/// by runs stopped after 4 samples), the same saved images and the same metrics.
+#[test]
+fn fid_with_a_generator_is_identical_with_and_without_overlap() {
+    let _cores = one_core();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (weights, reference) = random_inception_and_reference(root, 10);
+    let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
+    let run = |name: &str, extra: &[&str]| {
+        let out = root.join(name);
+        let saved = out.join("samples.npz");
+        let mut args = vec![
+            "fid",
+            "--gpt",
+            s(&gpt),
+            "--vq",
+            s(&vq),
+            "--n-head",
+            "4",
+            "--image-size",
+            "64",
+            "--samples",
+            "7",
+            "--seed",
+            "11",
+            "--cfg-scale",
+            "2.0",
+            // Batches of 3, 3 and a padded 1; Inception 4 at a time, across generation batches.
+            "--gen-batch-size",
+            "3",
+            "--batch-size",
+            "4",
+            "--ref",
+            s(&reference),
+            "--inception",
+            s(&weights),
+            "--device",
+            "cpu",
+            "--metrics",
+            "fid,is",
+            "--quiet",
+            "--save-samples",
+            s(&saved),
+            "--out",
+            s(&out),
+        ];
+        args.extend_from_slice(extra);
+        (llamagen_eval(&args), out)
+    };
+    let tokens = |out: &Path| std::fs::read(out.join(".journal/tokens.bin")).unwrap();
+    let (stopped, overlapped) = run("stopped-overlap", &["--stop-after", "4"]);
+    assert!(!stopped.succeeded());
+    let (stopped, sequential) = run("stopped-sequential", &["--stop-after", "4", "--no-overlap"]);
+    assert!(!stopped.succeeded());
+    assert_eq!(tokens(&overlapped).len(), 4 * 16 * 4);
+    assert_eq!(tokens(&overlapped), tokens(&sequential), "journaled tokens");
+
+    let (done, overlapped) = run("overlap", &[]);
+    done.success();
+    let (done, sequential) = run("sequential", &["--no-overlap"]);
+    done.success();
+    let (a, b) = (metrics_json(&overlapped), metrics_json(&sequential));
+    assert_eq!(a["metrics"], b["metrics"]);
+    let saved = |out: &Path| read(&out.join("samples.npz"));
+    assert_eq!(saved(&overlapped), saved(&sequential), "saved samples");
+    let (ta, tb) = (&a["run"]["throughput"], &b["run"]["throughput"]);
+    assert_eq!(
+        (ta["overlap"].as_bool(), tb["overlap"].as_bool()),
+        (Some(true), Some(false))
+    );
+    for t in [ta, tb] {
+        assert_eq!(t["generation_batch_size"], 3);
+        assert_eq!(t["decode_batch_size"], 3);
+        assert_eq!(t["inception_batch_size"], 4);
+        assert_eq!(t["device"], "cpu");
+        assert_eq!(t["dtype"], "float32");
+        assert!(t["wall_s"].as_f64().unwrap() > 0.0);
+    }
 }
