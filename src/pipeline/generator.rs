@@ -31,11 +31,17 @@
 //! step's host copy also waits for kernels the other thread queued before it, so a step takes
 //! longer while the whole run takes less.)
 //!
-//! On the CPU both threads share the cores and libtorch's intra-op threads: each thread that
-//! runs tensor work gets its own OpenMP team of `tch::get_num_threads()` workers. The sampling
-//! thread keeps the count of the thread that created it (libtorch sets a new thread's count from
-//! the last `set_num_threads`, which is process-wide), so overlapped and sequential runs compute
-//! every token, pixel and feature with the same arithmetic and give identical results.
+//! On the CPU both threads share the cores: each thread that runs tensor work gets its own
+//! OpenMP team of `tch::get_num_threads()` workers. `tch::set_num_threads` is per thread (it
+//! sizes the calling thread's team, and sets the default of threads that start tensor work
+//! later), so the sampling thread runs with the count of the thread that created it and
+//! overlapped and sequential runs compute every token, pixel and feature with the same
+//! arithmetic: identical results. Giving the sampling thread one libtorch thread instead was
+//! measured slower (fid on the demo models, 128 samples, loaded 2-core machine: 63-73 s against
+//! 37-40 s) and the decoder's and Inception's arithmetic depends on their thread count, so both
+//! keep the default. Much of what the overlap gains on a loaded CPU comes from libgomp: with two
+//! teams in the process it throttles its spin-waiting, which otherwise burns the cores other
+//! processes need (`OMP_WAIT_POLICY=passive` has the same effect without overlap).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
