@@ -23,8 +23,11 @@ use crate::sampling::{self, LabelSpec, SamplingParams};
 /// The dtype the generator runs in (the tokenizer runs in f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
-    /// float32.
+    /// bf16 on CUDA (how LlamaGen samples), fp32 on the CPU (where bf16 matrix products are slow
+    /// and reference runs are fp32).
     #[default]
+    Auto,
+    /// float32.
     Fp32,
     /// bfloat16 (LlamaGen's sampling dtype).
     Bf16,
@@ -33,9 +36,19 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// The name used in run records (`fp32`, `bf16`, `fp16`).
+    /// The dtype `Auto` stands for on `device`; the others stand for themselves.
+    pub fn resolve(self, device: Device) -> Precision {
+        match self {
+            Precision::Auto if device.is_cuda() => Precision::Bf16,
+            Precision::Auto => Precision::Fp32,
+            other => other,
+        }
+    }
+
+    /// The name used in run records (`fp32`, `bf16`, `fp16`; `auto` before it is resolved).
     pub fn name(self) -> &'static str {
         match self {
+            Precision::Auto => "auto",
             Precision::Fp32 => "fp32",
             Precision::Bf16 => "bf16",
             Precision::Fp16 => "fp16",
@@ -267,8 +280,10 @@ impl Generator {
         let grid = image_size / factor;
         let (mut gpt_vs, gpt) = Gpt::load(gpt_path, device, &config.heads, grid * grid)
             .with_context(|| format!("generator {}", gpt_path.display()))?;
-        match config.precision {
-            Precision::Fp32 => {}
+        // Resume fingerprints and run records hold the dtype the samples were made in.
+        let precision = config.precision.resolve(device);
+        match precision {
+            Precision::Auto | Precision::Fp32 => {}
             Precision::Bf16 => gpt_vs.bfloat16(),
             Precision::Fp16 => gpt_vs.half(),
         }
@@ -298,16 +313,21 @@ impl Generator {
             );
         }
         tracing::info!(
-            "generator {} and tokenizer {} loaded on {device:?}",
+            "generator {} ({}) and tokenizer {} loaded on {}",
             gpt_path.display(),
-            vq_path.display()
+            precision.name(),
+            vq_path.display(),
+            crate::device::describe(device)
         );
         Ok(Generator {
             _gpt_vs: gpt_vs,
             gpt,
             _vq_vs: vq_vs,
             vq,
-            config: config.clone(),
+            config: GeneratorConfig {
+                precision,
+                ..config.clone()
+            },
             grid,
             timing: Timing::default(),
         })
