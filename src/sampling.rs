@@ -274,8 +274,9 @@ pub fn draw_from_probs(probs: &Tensor, uniforms: &Tensor) -> Result<Tensor, TchE
     let first_above = cdf
         .f_le_tensor(&target)?
         .f_sum_dim_intlist(1, false, Kind::Int64)?;
-    // When u * total rounds to the total no entry exceeds it; the host then returns the last token
-    // of positive probability, which is at least every other candidate.
+    // No entry exceeds the target only when u * total equals the total: u = 1, since for u < 1 the
+    // product rounds below any normal total. The host then returns the last token of positive
+    // probability; every other candidate lies at or before it, so a minimum applies that fallback.
     let positions = Tensor::f_arange(vocab, (Kind::Int64, probs.device()))?;
     let last_positive = probs.f_gt(0.0)?.f_mul(&positions)?.f_amax(1, false)?;
     first_above.f_minimum(&last_positive)
