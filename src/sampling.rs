@@ -228,38 +228,58 @@ fn row_totals(t: &Tensor) -> Result<Tensor, TchError> {
     last_column(&t.f_cumsum(1, Kind::Double)?)
 }
 
-/// [`logits_to_probs`] on every row of `[B, V]` logits (any float dtype, on any device): f64
-/// `[B, V]` probabilities on the logits' device.
+/// Per row, the token order of the host's top-p: `x` descending by `f64::total_cmp`, equal values
+/// by ascending index. `total_cmp` is the signed-integer order of the bits once the magnitude bits
+/// of negative numbers are flipped (as Rust implements it); a stable sort of those integers keeps
+/// equal values in index order, and unlike a float sort it puts +0.0 before -0.0 as the host does.
+fn host_order(x: &Tensor) -> Result<Tensor, TchError> {
+    let bits = x.f_view_dtype(Kind::Int64)?;
+    let key = bits
+        .f_bitwise_right_shift_tensor_scalar(63)?
+        .f_bitwise_and_(i64::MAX)?
+        .f_bitwise_xor_tensor_(&bits)?;
+    Ok(key.f_sort_stable(true, 1, true)?.1)
+}
+
+/// [`logits_to_probs`] on every row of `[B, V]` logits on any device: f64 `[B, V]` probabilities
+/// on the logits' device. The logits are f32 as the host's, or bf16/f16, which widen exactly.
 pub fn filtered_probs(logits: &Tensor, params: &SamplingParams) -> Result<Tensor, TchError> {
     let device = logits.device();
     let vocab = logits.size2()?.1;
     // Divided by a 0-dim tensor on the device, not by a scalar: CUDA turns division by a host
     // scalar into multiplication by its reciprocal, which rounds differently from the host's `/`.
     let t = Tensor::f_scalar_tensor(params.temperature.max(1e-5), (Kind::Double, device))?;
-    let mut x = logits.f_to_kind(Kind::Double)?.f_div(&t)?;
+    // A copy even from f64 input: everything below works in place on it.
+    let mut x = logits.f_to_dtype(Kind::Double, false, true)?.f_div_(&t)?;
     if params.top_k > 0 && (params.top_k as i64) < vocab {
         // The k-th largest value per row; strictly smaller values go, ties with it stay.
         let (top, _) = x.f_topk(params.top_k as i64, 1, true, false)?;
-        let kth = top.f_amin(1, true)?;
-        x = x.f_masked_fill(&x.f_lt_tensor(&kth)?, f64::NEG_INFINITY)?;
+        let below = x.f_lt_tensor(&top.f_amin(1, true)?)?;
+        x = x.f_masked_fill_(&below, f64::NEG_INFINITY)?;
     }
-    let mut p = x.f_sub(&x.f_amax(1, true)?)?.f_exp()?;
-    if params.top_p < 1.0 {
+    // The top-p order comes from x, so it is taken before x becomes p in place.
+    let order = if params.top_p < 1.0 {
+        Some(host_order(&x)?)
+    } else {
+        None
+    };
+    let max = x.f_amax(1, true)?;
+    let mut p = x.f_sub_(&max)?.f_exp_()?;
+    if let Some(order) = order {
         let total = row_totals(&p)?;
-        // Descending, ties by ascending token index (a stable sort), as the host orders them.
-        let (_, order) = x.f_sort_stable(true, 1, true)?;
-        let sorted = p.f_gather(1, &order, false)?.f_div(&total)?;
-        let cumulative = sorted.f_cumsum(1, Kind::Double)?;
+        let mut sorted = p.f_gather(1, &order, false)?;
+        let cumulative = sorted.f_div(&total)?.f_cumsum_(1, Kind::Double)?;
         // Sorted position s goes when the mass before it (the cumulative sum up to s - 1) exceeds
-        // top_p; position 0 always stays.
-        let over = cumulative.f_narrow(1, 0, vocab - 1)?.f_gt(params.top_p)?;
-        let keep_first = Tensor::f_zeros([over.size2()?.0, 1], (Kind::Bool, device))?;
-        let remove = Tensor::f_cat(&[&keep_first, &over], 1)?;
-        let remove = remove.f_zeros_like()?.f_scatter(1, &order, &remove)?;
-        p = p.f_masked_fill(&remove, 0.0)?;
+        // top_p; position 0 always stays (the padded false).
+        let remove = cumulative
+            .f_narrow(1, 0, vocab - 1)?
+            .f_gt(params.top_p)?
+            .f_constant_pad_nd([1, 0])?;
+        // The order is a permutation: scattering the sorted values back rewrites every entry.
+        p = p.f_scatter_(1, &order, &sorted.f_masked_fill_(&remove, 0.0)?)?;
     }
     let total = row_totals(&p)?;
-    p.f_div(&total)
+    p.f_div_(&total)
 }
 
 /// [`draw`] on every row: `[B, V]` f64 probabilities and `[B]` f64 uniforms (on their device) give
@@ -268,17 +288,22 @@ pub fn draw_from_probs(probs: &Tensor, uniforms: &Tensor) -> Result<Tensor, TchE
     let (rows, vocab) = probs.size2()?;
     let cdf = probs.f_cumsum(1, Kind::Double)?;
     let target = uniforms.f_view([rows, 1])?.f_mul(&last_column(&cdf)?)?;
-    // The CDF is non-decreasing, so the entries at or below the target are a prefix, and its
-    // length is the first token whose cumulative mass exceeds the target (never one of
-    // probability 0: its cumulative mass equals its predecessor's).
-    let first_above = cdf
-        .f_le_tensor(&target)?
-        .f_sum_dim_intlist(1, false, Kind::Int64)?;
+    // The CDF is non-decreasing, so the upper-bound binary search finds the first token whose
+    // cumulative mass exceeds the target: never one of probability 0, whose cumulative mass equals
+    // its predecessor's.
+    let first_above = Tensor::f_searchsorted(&target, &cdf, false, true, "right", None::<Tensor>)?
+        .f_view([rows])?;
     // No entry exceeds the target only when u * total equals the total: u = 1, since for u < 1 the
     // product rounds below any normal total. The host then returns the last token of positive
     // probability; every other candidate lies at or before it, so a minimum applies that fallback.
-    let positions = Tensor::f_arange(vocab, (Kind::Int64, probs.device()))?;
-    let last_positive = probs.f_gt(0.0)?.f_mul(&positions)?.f_amax(1, false)?;
+    // The last positive token is the first one of the reversed row (argmax: the first maximum).
+    let last_positive = probs
+        .f_gt(0.0)?
+        .f_flip([1])?
+        .f_view_dtype(Kind::Uint8)?
+        .f_argmax(1, false)?
+        .f_neg()?
+        .f_add_scalar(vocab - 1)?;
     first_above.f_minimum(&last_positive)
 }
 
