@@ -20,9 +20,13 @@ fn random_row(rng: &mut ChaCha8Rng, vocab: usize) -> Vec<f32> {
                 .map(|_| rng.random_range(-1.0f32..1.0) * scale)
                 .collect()
         }
-        // Few distinct values: many exact ties, also at the top-k threshold.
+        // Few distinct values: many exact ties, also at the top-k threshold, and zeros of both
+        // signs (which the host's `total_cmp` orders +0.0 first).
         1 => (0..vocab)
-            .map(|_| rng.random_range(-3i32..=3) as f32 * 0.5)
+            .map(|_| match rng.random_range(-3i32..=4) {
+                4 => -0.0,
+                v => v as f32 * 0.5,
+            })
             .collect(),
         // A large range: most probabilities underflow to exactly 0.
         2 => (0..vocab).map(|_| rng.random_range(-1e4f32..1e4)).collect(),
@@ -168,6 +172,11 @@ fn tensor_filters_keep_ties_and_the_first_token() {
     assert_eq!(
         support(&logits, params(1.0, 0, 0.1)),
         [false, true, false, false, false]
+    );
+    // Equal zeros of both signs: the host's `total_cmp` order puts +0.0 first.
+    assert_eq!(
+        support(&[-0.0, 0.0, -0.0], params(1.0, 0, 0.1)),
+        [false, true, false]
     );
     // A vocabulary of one with every filter on.
     assert_eq!(support(&[0.5], params(0.0, 1, 0.01)), [true]);
