@@ -27,7 +27,7 @@ pub struct Report {
     pub cuda_problem: Option<String>,
     /// libtorch's intra-op CPU threads.
     pub torch_threads: i32,
-    /// Threads of the rayon pool (CPU sampling and metric code).
+    /// Threads of the rayon pool (image folders and metric code).
     pub rayon_threads: usize,
     /// The linked BLAS library's self-description (the metrics' matrix products).
     pub blas_backend: String,

@@ -37,7 +37,8 @@ fn one_thread() {
     tch::set_num_threads(1);
 }
 
-fn load(name: &str) -> Gpt {
+/// A golden checkpoint on the CPU (also used by `draws`).
+pub(crate) fn load(name: &str) -> Gpt {
     one_thread();
     Gpt::load(&golden(name), Device::Cpu, &four_heads(), 16)
         .unwrap_or_else(|e| panic!("{name}: {e}"))
