@@ -5,6 +5,7 @@
 
 mod checkpoint;
 mod folder_images;
+mod gpt_bf16;
 mod gpt_golden;
 mod inception_parity;
 mod vq_golden;
