@@ -7,6 +7,7 @@
 mod checkpoint;
 mod draws;
 mod folder_images;
+mod gpt_bf16;
 mod gpt_golden;
 mod inception_parity;
 mod vq_golden;
