@@ -3,12 +3,16 @@
 //! rpath. `torch_cuda` is not linked: on wheels that carry CUDA it is loaded at run time, only by
 //! commands that may use a GPU (`device::load_cuda`), because loading it costs about 400 MB of
 //! resident memory and half a second, which `metrics`, `report` and `check` never need.
+//!
+//! It also compiles `src/shim/context.cpp`, a few C functions over ATen's global context that
+//! tch does not expose (the TF32 switches behind `--tf32`), against the same libtorch headers.
 
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    println!("cargo:rerun-if-changed=src/shim/context.cpp");
     let Some(lib_dir) = std::env::var_os("DEP_TCH_LIBTORCH_LIB").map(PathBuf::from) else {
         panic!(
             "\n\ntorch-sys did not report where libtorch is. Run `./x setup` from the project root \
@@ -17,6 +21,15 @@ fn main() {
         );
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .include(lib_dir.join("../include"))
+        // The PyPI wheels are built with the C++11 ABI; the shim must agree to link.
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false)
+        .file("src/shim/context.cpp")
+        .compile("llamagen_shim");
     let version = std::fs::read_to_string(lib_dir.join("../version.py"))
         .ok()
         .and_then(|text| {

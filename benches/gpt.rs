@@ -1,6 +1,7 @@
 //! GPT-B-size decoding throughput with random weights (12 layers, dim 768, 12 heads, 256 image
-//! tokens, vocabulary 16384): tokens/s at batch 1 and 32, with and without classifier-free
-//! guidance, through the same `sampling::generate` path `sample` uses (KV cache, CPU draws).
+//! tokens, vocabulary 16384): tokens/s at batch 1 and 8, with and without classifier-free
+//! guidance, through the same `sampling::generate` path `sample` uses (KV cache, draws on the
+//! model's device).
 //!
 //! `cargo bench --bench gpt`; `GPT_BENCH_DEVICE=cuda` runs it on the GPU, `GPT_BENCH_BATCHES=1,32`
 //! and `GPT_BENCH_PRECISION=bf16` change the batches and the weights' dtype.
@@ -24,7 +25,7 @@ fn main() {
         _ => Device::Cpu,
     };
     let batches: Vec<usize> = std::env::var("GPT_BENCH_BATCHES")
-        .unwrap_or_else(|_| "1,32".to_owned())
+        .unwrap_or_else(|_| "1,8".to_owned())
         .split(',')
         .map(|b| b.trim().parse().expect("batch sizes"))
         .collect();

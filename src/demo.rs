@@ -164,7 +164,7 @@ pub fn run(out: &Path, samples: usize, progress: Progress) -> Result<()> {
         sampling: SamplingParams::default(),
         seed: 0,
         labels: LabelSpec::Uniform,
-        precision: Precision::Fp32,
+        precision: Precision::Auto,
         heads: HeadChoice {
             model_name: None,
             n_head: Some(4),

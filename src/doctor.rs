@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::cache;
+use crate::{cache, device};
 
 /// Facts about the runtime, gathered once so they can be printed or tested.
 #[derive(Debug, Clone)]
@@ -19,9 +19,15 @@ pub struct Report {
     pub cuda_devices: i64,
     /// Whether cuDNN is available to libtorch.
     pub cudnn_available: bool,
+    /// Each CUDA device as logs name it, with its free and total memory in bytes.
+    pub gpus: Vec<(String, Option<u64>)>,
+    /// The CUDA versions the driver supports and libtorch's runtime was built for.
+    pub cuda_versions: (Option<String>, Option<String>),
+    /// Why CUDA is unusable while an NVIDIA device is present, and what to do.
+    pub cuda_problem: Option<String>,
     /// libtorch's intra-op CPU threads.
     pub torch_threads: i32,
-    /// Threads of the rayon pool (CPU sampling and metric code).
+    /// Threads of the rayon pool (image folders and metric code).
     pub rayon_threads: usize,
     /// The linked BLAS library's self-description (the metrics' matrix products).
     pub blas_backend: String,
@@ -45,6 +51,14 @@ impl Report {
             cuda_available: crate::device::load_cuda() && tch::Cuda::is_available(),
             cuda_devices: tch::Cuda::device_count(),
             cudnn_available: tch::Cuda::cudnn_is_available(),
+            gpus: (0..usize::try_from(tch::Cuda::device_count()).unwrap_or(0))
+                .map(|n| {
+                    let d = tch::Device::Cuda(n);
+                    (device::describe(d), device::free_memory(d))
+                })
+                .collect(),
+            cuda_versions: device::cuda_versions(),
+            cuda_problem: device::cuda_problem(),
             torch_threads: tch::get_num_threads(),
             rayon_threads: rayon::current_num_threads(),
             blas_backend: llamagen_metrics::blas::backend_description(),
@@ -77,7 +91,30 @@ impl Report {
             self.cuda_devices,
             if self.cuda_devices == 1 { "" } else { "s" }
         );
+        if let (driver, Some(runtime)) = &self.cuda_versions {
+            let driver = match driver {
+                Some(v) => format!("supports CUDA {v}"),
+                None => "not found".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "CUDA versions     libtorch's runtime {runtime}; NVIDIA driver {driver}"
+            );
+        }
+        for (name, free) in &self.gpus {
+            let free = free
+                .map(|b| format!(", {:.1} GiB free", b as f64 / (1u64 << 30) as f64))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {name}{free}");
+        }
+        if let Some(problem) = &self.cuda_problem {
+            let _ = writeln!(out, "                  {problem}");
+        }
         let _ = writeln!(out, "cuDNN             {}", yes_no(self.cudnn_available));
+        let _ = writeln!(
+            out,
+            "TF32 on CUDA      off unless --tf32 on (GPU numbers then match CPU runs)"
+        );
         let _ = writeln!(out, "libtorch threads  {}", self.torch_threads);
         let _ = writeln!(
             out,

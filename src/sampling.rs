@@ -13,15 +13,24 @@
 //!   (ties with the k-th kept), keep the smallest prefix of the sorted distribution whose mass
 //!   reaches `top_p` (the first token always kept), softmax.
 //!
-//! Determinism beyond LlamaGen: the probabilities are computed on the CPU in f64 from the f32
-//! logits, and token `j` of sample `i` is drawn by inverting their CDF (in token order) at a
-//! uniform number that is a hash of `(seed, i, j)` ([`uniform`]). Sample `i` therefore depends only
-//! on the seed, its index and its label — not on the batch size, the batch it lands in, the shard
-//! or the number of devices (up to the rounding of batched matrix products, which can in
-//! principle move a draw that falls within ~1e-7 of a CDF boundary).
+//! Determinism beyond LlamaGen: token `j` of sample `i` is drawn by inverting the CDF (in token
+//! order) of the filtered probabilities at a uniform number that is a hash of `(seed, i, j)`
+//! ([`uniform`]). Sample `i` therefore depends only on the seed, its index and its label — not on
+//! the batch size, the batch it lands in, the shard or the number of devices (up to the rounding
+//! of batched matrix products, which can in principle move a draw that falls within ~1e-7 of a CDF
+//! boundary).
+//!
+//! The probabilities and the draw are computed in f64 from the f32 logits, as tensor operations on
+//! the model's device ([`filtered_probs`], [`draw_from_probs`], [`draw_tokens`]), so the logits
+//! never leave the device and the tokens come back once per batch. [`logits_to_probs`] and
+//! [`draw`] are the same computation on one host row, in plain Rust: the definition the tensor
+//! path is tested against. On the CPU the two agree bit for bit except for `exp`, where libtorch's
+//! vectorised exponential may differ from Rust's in the last bit; a token moves only if its
+//! uniform falls within ~1e-16 of a CDF boundary. On CUDA the prefix sums are parallel scans, so
+//! the totals are not bit-identical to the host's sequential sums either, with the same
+//! consequence (~1e-16 instead of 0).
 
-use rayon::prelude::*;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
 use crate::models::gpt::{Gpt, GptError};
 
@@ -206,6 +215,108 @@ pub fn draw(probs: &[f64], u: f64) -> usize {
     last_positive
 }
 
+/// The last column of `[B, N]` as `[B, 1]`.
+fn last_column(t: &Tensor) -> Result<Tensor, TchError> {
+    let n = t.size2()?.1;
+    t.f_narrow(1, n - 1, 1)
+}
+
+/// Row totals `[B, 1]` of non-negative `[B, N]` f64, summed left to right. On the CPU libtorch's
+/// `cumsum` is a sequential loop per row, so its last column is exactly the host's
+/// `iter().sum()`; `sum()` is a vectorised tree that rounds differently.
+fn row_totals(t: &Tensor) -> Result<Tensor, TchError> {
+    last_column(&t.f_cumsum(1, Kind::Double)?)
+}
+
+/// Per row, the token order of the host's top-p: `x` descending by `f64::total_cmp`, equal values
+/// by ascending index. `total_cmp` is the signed-integer order of the bits once the magnitude bits
+/// of negative numbers are flipped (as Rust implements it); a stable sort of those integers keeps
+/// equal values in index order, and unlike a float sort it puts +0.0 before -0.0 as the host does.
+fn host_order(x: &Tensor) -> Result<Tensor, TchError> {
+    let bits = x.f_view_dtype(Kind::Int64)?;
+    let key = bits
+        .f_bitwise_right_shift_tensor_scalar(63)?
+        .f_bitwise_and_(i64::MAX)?
+        .f_bitwise_xor_tensor_(&bits)?;
+    Ok(key.f_sort_stable(true, 1, true)?.1)
+}
+
+/// [`logits_to_probs`] on every row of `[B, V]` logits on any device: f64 `[B, V]` probabilities
+/// on the logits' device. The logits are f32 as the host's, or bf16/f16, which widen exactly.
+pub fn filtered_probs(logits: &Tensor, params: &SamplingParams) -> Result<Tensor, TchError> {
+    let device = logits.device();
+    let vocab = logits.size2()?.1;
+    // Divided by a 0-dim tensor on the device, not by a scalar: CUDA turns division by a host
+    // scalar into multiplication by its reciprocal, which rounds differently from the host's `/`.
+    let t = Tensor::f_scalar_tensor(params.temperature.max(1e-5), (Kind::Double, device))?;
+    // A copy even from f64 input: everything below works in place on it.
+    let mut x = logits.f_to_dtype(Kind::Double, false, true)?.f_div_(&t)?;
+    if params.top_k > 0 && (params.top_k as i64) < vocab {
+        // The k-th largest value per row; strictly smaller values go, ties with it stay.
+        let (top, _) = x.f_topk(params.top_k as i64, 1, true, false)?;
+        let below = x.f_lt_tensor(&top.f_amin(1, true)?)?;
+        x = x.f_masked_fill_(&below, f64::NEG_INFINITY)?;
+    }
+    // The top-p order comes from x, so it is taken before x becomes p in place.
+    let order = if params.top_p < 1.0 {
+        Some(host_order(&x)?)
+    } else {
+        None
+    };
+    let max = x.f_amax(1, true)?;
+    let mut p = x.f_sub_(&max)?.f_exp_()?;
+    if let Some(order) = order {
+        let total = row_totals(&p)?;
+        let mut sorted = p.f_gather(1, &order, false)?;
+        let cumulative = sorted.f_div(&total)?.f_cumsum_(1, Kind::Double)?;
+        // Sorted position s goes when the mass before it (the cumulative sum up to s - 1) exceeds
+        // top_p; position 0 always stays (the padded false).
+        let remove = cumulative
+            .f_narrow(1, 0, vocab - 1)?
+            .f_gt(params.top_p)?
+            .f_constant_pad_nd([1, 0])?;
+        // The order is a permutation: scattering the sorted values back rewrites every entry.
+        p = p.f_scatter_(1, &order, &sorted.f_masked_fill_(&remove, 0.0)?)?;
+    }
+    let total = row_totals(&p)?;
+    p.f_div_(&total)
+}
+
+/// [`draw`] on every row: `[B, V]` f64 probabilities and `[B]` f64 uniforms (on their device) give
+/// the `[B]` i64 tokens.
+pub fn draw_from_probs(probs: &Tensor, uniforms: &Tensor) -> Result<Tensor, TchError> {
+    let (rows, vocab) = probs.size2()?;
+    let cdf = probs.f_cumsum(1, Kind::Double)?;
+    let target = uniforms.f_view([rows, 1])?.f_mul(&last_column(&cdf)?)?;
+    // The CDF is non-decreasing, so the upper-bound binary search finds the first token whose
+    // cumulative mass exceeds the target: never one of probability 0, whose cumulative mass equals
+    // its predecessor's.
+    let first_above = Tensor::f_searchsorted(&target, &cdf, false, true, "right", None::<Tensor>)?
+        .f_view([rows])?;
+    // No entry exceeds the target only when u * total equals the total: u = 1, since for u < 1 the
+    // product rounds below any normal total. The host then returns the last token of positive
+    // probability; every other candidate lies at or before it, so a minimum applies that fallback.
+    // The last positive token is the first one of the reversed row (argmax: the first maximum).
+    let last_positive = probs
+        .f_gt(0.0)?
+        .f_flip([1])?
+        .f_view_dtype(Kind::Uint8)?
+        .f_argmax(1, false)?
+        .f_neg()?
+        .f_add_scalar(vocab - 1)?;
+    first_above.f_minimum(&last_positive)
+}
+
+/// The tokens `[B]` (i64, on the logits' device) that [`draw`]`(`[`logits_to_probs`]`(row), u)`
+/// gives for each row of the `[B, V]` logits and `[B]` f64 uniforms.
+pub fn draw_tokens(
+    logits: &Tensor,
+    uniforms: &Tensor,
+    params: &SamplingParams,
+) -> Result<Tensor, TchError> {
+    draw_from_probs(&filtered_probs(logits, params)?, uniforms)
+}
+
 /// The generated image tokens of a batch, with the guided logits of every step when asked for.
 #[derive(Debug)]
 pub struct Generated {
@@ -231,22 +342,34 @@ pub fn generate(
     let config = model.config();
     let b = labels.len() as i64;
     let len = config.block_size;
-    let mut out = Generated {
-        tokens: vec![Vec::with_capacity(len as usize); labels.len()],
-        logits: Vec::new(),
-    };
+    let mut kept_logits = Vec::new();
     if b == 0 {
-        return Ok(out);
+        return Ok(Generated {
+            tokens: Vec::new(),
+            logits: kept_logits,
+        });
     }
     let cfg = params.uses_cfg();
+    let device = model.device();
     let mut cond = labels.to_vec();
     if cfg {
         cond.extend(std::iter::repeat_n(config.num_classes, labels.len()));
     }
     let rows = cond.len() as i64;
+    // Every uniform of the batch, computed on the host (they are counter-based hashes) and
+    // uploaded once; row b, column j is token j of sample indices[b].
+    let uniforms: Vec<f64> = indices
+        .iter()
+        .flat_map(|&index| (0..len as u64).map(move |j| uniform(seed, index, j)))
+        .collect();
+    let uniforms = Tensor::from_slice(&uniforms)
+        .f_view([b, len])?
+        .f_to_device(device)?;
+    let tokens = Tensor::f_zeros([b, len], (Kind::Int64, device))?;
+    // With guidance both halves of the batch take the drawn tokens.
+    let next = Tensor::f_zeros([rows], (Kind::Int64, device))?;
     let mut cache = model.new_cache(rows, config.cls_token_num + len);
-    let cond = Tensor::from_slice(&cond);
-    let mut logits = model.prefill(&cond, &mut cache);
+    let mut logits = model.prefill(&Tensor::from_slice(&cond).f_to_device(device)?, &mut cache);
     for j in 0..len {
         let step_logits = tch::no_grad(|| {
             if !cfg {
@@ -259,35 +382,32 @@ pub fn generate(
                 logits.narrow(0, 0, b)
             }
         });
-        let host = step_logits
-            .to_device(tch::Device::Cpu)
-            .to_kind(Kind::Float)
-            .contiguous();
-        let flat = Vec::<f32>::try_from(host.view([-1]))?;
-        let vocab = config.vocab_size as usize;
-        let drawn: Vec<i64> = flat
-            .par_chunks(vocab)
-            .zip(indices.par_iter())
-            .map(|(row, &index)| {
-                let probs = logits_to_probs(row, params.temperature, params.top_k, params.top_p);
-                draw(&probs, uniform(seed, index, j as u64)) as i64
-            })
-            .collect();
-        for (seq, &t) in out.tokens.iter_mut().zip(&drawn) {
-            seq.push(t);
-        }
+        let drawn = draw_tokens(&step_logits, &uniforms.f_select(1, j)?, params)?;
+        tokens.f_select(1, j)?.f_copy_(&drawn)?;
         if keep_logits {
-            out.logits.push(host);
+            kept_logits.push(
+                step_logits
+                    .f_to_device(Device::Cpu)?
+                    .f_to_kind(Kind::Float)?
+                    .f_contiguous()?,
+            );
         }
         if j + 1 < len {
-            let mut next = drawn.clone();
-            if cfg {
-                next.extend_from_slice(&drawn);
-            }
-            logits = model.decode_step(&Tensor::from_slice(&next), j + 1, &mut cache);
+            let input = if cfg {
+                next.f_narrow(0, 0, b)?.f_copy_(&drawn)?;
+                next.f_narrow(0, b, b)?.f_copy_(&drawn)?;
+                &next
+            } else {
+                &drawn
+            };
+            logits = model.decode_step(input, j + 1, &mut cache);
         }
     }
-    Ok(out)
+    let tokens = Vec::<i64>::try_from(tokens.f_to_device(Device::Cpu)?.f_view([-1])?)?;
+    Ok(Generated {
+        tokens: tokens.chunks(len as usize).map(<[i64]>::to_vec).collect(),
+        logits: kept_logits,
+    })
 }
 
 #[cfg(test)]

@@ -226,6 +226,8 @@ impl From<VqWeightsArg> for VqWeights {
 /// `--precision` of the generator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PrecisionArg {
+    /// bf16 on CUDA (LlamaGen's sampling dtype), fp32 on the CPU.
+    Auto,
     /// float32.
     Fp32,
     /// bfloat16.
@@ -282,8 +284,8 @@ pub struct GenArgs {
     /// Label i % num_classes for sample i (N / num_classes per class).
     #[arg(long)]
     pub class_balanced: bool,
-    /// The generator's dtype (the tokenizer runs in f32).
-    #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
+    /// The generator's dtype (the tokenizer runs in f32); recorded in the run record.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
     pub precision: PrecisionArg,
     /// Registry name (GPT-B, L, XL, XXL, XXXL, 1B, 3B, 7B) fixing the head count.
     #[arg(long, value_name = "NAME")]
@@ -350,6 +352,7 @@ impl GenArgs {
             seed: self.seed,
             labels,
             precision: match self.precision {
+                PrecisionArg::Auto => Precision::Auto,
                 PrecisionArg::Fp32 => Precision::Fp32,
                 PrecisionArg::Bf16 => Precision::Bf16,
                 PrecisionArg::Fp16 => Precision::Fp16,

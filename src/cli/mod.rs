@@ -31,8 +31,23 @@ pub struct Cli {
     #[arg(long, short, global = true)]
     pub quiet: bool,
 
+    /// TF32 tensor cores for float32 matrix products and convolutions on CUDA (faster, about 1e-3
+    /// relative error). Off by default, so GPU numbers match CPU and reference runs; the state is
+    /// in the run record.
+    #[arg(long, global = true, value_enum, default_value_t = Switch::Off)]
+    pub tf32: Switch,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// `demo` flags.
@@ -87,6 +102,8 @@ impl Cli {
     /// Runs the parsed command.
     pub fn run(self) -> Result<ExitCode> {
         let progress = Progress::quiet(self.quiet);
+        // libtorch's own default allows TF32 in cuDNN convolutions: set it either way.
+        llamagen_eval::device::set_tf32(self.tf32 == Switch::On).map_err(anyhow::Error::msg)?;
         match self.command {
             Command::Demo(cmd) => {
                 llamagen_eval::demo::run(&cmd.out, cmd.samples, progress)?;

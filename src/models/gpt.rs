@@ -386,6 +386,7 @@ impl Linear {
 #[derive(Debug)]
 struct RmsNorm {
     weight: Tensor,
+    dim: i64,
     eps: f64,
 }
 
@@ -393,15 +394,24 @@ impl RmsNorm {
     fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
         RmsNorm {
             weight: p.var("weight", &[dim], nn::Init::Const(1.0)),
+            dim,
             eps,
         }
     }
 
-    /// `x * rsqrt(mean(x^2) + eps)` in f32, back to x's dtype, times the weight.
+    /// LlamaGen's `_norm(x.float()).type_as(x) * weight`: `x * rsqrt(mean(x^2) + eps)` in f32,
+    /// back to x's dtype, times the weight in that dtype.
     fn forward(&self, x: &Tensor) -> Tensor {
-        let xf = x.to_kind(Kind::Float);
-        let norm = &xf * (xf.square().mean_dim(-1, true, Kind::Float) + self.eps).rsqrt();
-        norm.to_kind(x.kind()) * &self.weight
+        if x.kind() == Kind::Float {
+            // Nothing is rounded in between: libtorch's kernel with the weight.
+            x.rms_norm([self.dim], Some(&self.weight), self.eps)
+        } else {
+            // libtorch normalises a bf16 or f16 input in f32 and rounds the result once, which is
+            // `_norm(x.float()).type_as(x)`; the weight multiplies after that rounding, as in
+            // LlamaGen. Passed to the kernel it would be applied before the single rounding: on the
+            // golden model in bf16 that is 0.875 off LlamaGen's logits, against bit-exact this way.
+            x.rms_norm([self.dim], None::<Tensor>, self.eps) * &self.weight
+        }
     }
 }
 
@@ -447,9 +457,13 @@ pub struct Gpt {
     layers: Vec<Block>,
     norm: RmsNorm,
     output: Linear,
-    /// cos / sin tables, f32 `[cls_token_num + block_size, head_dim / 2]`.
-    rope_cos: Tensor,
-    rope_sin: Tensor,
+    /// The rotations `cos + i sin` of [`rope_2d_tables`] as complex64
+    /// `[cls_token_num + block_size, 1, head_dim / 2]`: one complex product rotates every query and
+    /// key head of a position (the 1 broadcasts over heads).
+    rope: Tensor,
+    /// `causal[q][k]`: key position k is visible from query position q (k <= q), for the chunks
+    /// of several positions that follow cached ones.
+    causal: Tensor,
     device: Device,
 }
 
@@ -458,30 +472,27 @@ pub struct Gpt {
 pub fn rope_2d_tables(grid: i64, head_dim: i64, base: f64, cls_token_num: i64) -> (Tensor, Tensor) {
     let half = head_dim / 2;
     let quarter = half / 2;
-    // LlamaGen computes these in f32: 1 / base^(arange(0, half, 2) / half), outer(t, freqs).
-    let freqs: Vec<f32> = (0..quarter)
-        .map(|i| 1.0f32 / (base as f32).powf((2 * i) as f32 / half as f32))
-        .collect();
-    let positions = (cls_token_num + grid * grid) as usize;
-    let mut cos = vec![0f32; positions * half as usize];
-    let mut sin = vec![0f32; positions * half as usize];
-    for r in 0..grid {
-        for c in 0..grid {
-            let pos = (cls_token_num + r * grid + c) as usize;
-            for (i, f) in freqs.iter().enumerate() {
-                for (slot, t) in [(i, r), (quarter as usize + i, c)] {
-                    let angle = t as f32 * f;
-                    cos[pos * half as usize + slot] = angle.cos();
-                    sin[pos * half as usize + slot] = angle.sin();
-                }
-            }
-        }
-    }
-    let shape = [positions as i64, half];
-    (
-        Tensor::from_slice(&cos).view(shape),
-        Tensor::from_slice(&sin).view(shape),
-    )
+    // libtorch's own f32 ops in LlamaGen's order give its table bit for bit; Rust's correctly
+    // rounded `cos` differs from libtorch's by an ulp at about 1 angle in 13 (GPT-B at 256 px).
+    // freqs = 1 / base^(arange(0, half, 2) / half) (Python's `1.0 / t` is `t.reciprocal()`),
+    // angles = outer(arange(grid), freqs).
+    let exponents = Tensor::arange_start_step(0, half, 2, (Kind::Int64, Device::Cpu))
+        .narrow(0, 0, quarter)
+        .to_kind(Kind::Float)
+        / half as f64;
+    let freqs = Tensor::pow_scalar(base, &exponents).reciprocal();
+    let angles = Tensor::arange(grid, (Kind::Int64, Device::Cpu)).outer(&freqs);
+    // [row, column, half]: the row's angles, then the column's.
+    let grid_angles = Tensor::cat(
+        &[
+            angles.unsqueeze(1).expand([grid, grid, quarter], false),
+            angles.unsqueeze(0).expand([grid, grid, quarter], false),
+        ],
+        -1,
+    );
+    let class_rows = Tensor::zeros([cls_token_num, half], (Kind::Float, Device::Cpu));
+    let table = |values: Tensor| Tensor::cat(&[&class_rows, &values.flatten(0, 1)], 0);
+    (table(grid_angles.cos()), table(grid_angles.sin()))
 }
 
 impl Gpt {
@@ -519,6 +530,7 @@ impl Gpt {
             config.rope_base,
             config.cls_token_num,
         );
+        let positions = config.cls_token_num + config.block_size;
         Gpt {
             config: config.clone(),
             cls_embedding,
@@ -526,8 +538,10 @@ impl Gpt {
             layers,
             norm: RmsNorm::new(p / "norm", dim, config.norm_eps),
             output: Linear::new(p / "output", dim, config.vocab_size),
-            rope_cos: cos.to_device(p.device()),
-            rope_sin: sin.to_device(p.device()),
+            rope: Tensor::complex(&cos, &sin)
+                .unsqueeze(1)
+                .to_device(p.device()),
+            causal: Tensor::ones([positions, positions], (Kind::Bool, p.device())).tril(0),
             device: p.device(),
         }
     }
@@ -657,22 +671,25 @@ impl Gpt {
         )
     }
 
-    fn apply_rope(&self, x: &Tensor, start: i64) -> Tensor {
-        // x: [B, T, H, hd]; pairs (2p, 2p+1) rotate by the table's angle p, in f32.
-        let size = x.size();
-        let (t, hd) = (size[1], size[3]);
-        let cos = self.rope_cos.narrow(0, start, t).view([1, t, 1, hd / 2]);
-        let sin = self.rope_sin.narrow(0, start, t).view([1, t, 1, hd / 2]);
-        let xf = x
-            .to_kind(Kind::Float)
-            .view([size[0], t, size[2], hd / 2, 2]);
-        let x0 = xf.select(4, 0);
-        let x1 = xf.select(4, 1);
-        let out0 = &x0 * &cos - &x1 * &sin;
-        let out1 = &x1 * &cos + &x0 * &sin;
-        Tensor::stack(&[out0, out1], -1)
-            .flatten(3, 4)
-            .to_kind(x.kind())
+    /// LlamaGen's `apply_rotary_emb` on the query and key heads of positions `start..start + T`
+    /// at once: `qk` `[B, T, (n_head + n_kv_head) * head_dim]` (the q|k part of the fused
+    /// projection) -> `[B, T, n_head + n_kv_head, head_dim]` in qk's dtype. Pairs `(2p, 2p + 1)`
+    /// are complex numbers multiplied by the table's `cos + i sin`, in f32 as LlamaGen computes
+    /// them: its `x0 cos - x1 sin`, `x1 cos + x0 sin` to within one f32 ulp (libtorch's scalar
+    /// loop may fuse a multiply-add; see the `rotation_is_llamagens_f32_formula` test).
+    fn rotate(&self, qk: &Tensor, start: i64) -> Tensor {
+        let size = qk.size();
+        let (b, t) = (size[0], size[1]);
+        let heads = self.config.n_head + self.config.n_kv_head;
+        let hd = self.config.head_dim();
+        let table = self.rope.narrow(0, start, t);
+        (qk.to_kind(Kind::Float)
+            .view([b, t, heads, hd / 2, 2])
+            .view_as_complex()
+            * table)
+            .view_as_real()
+            .view([b, t, heads, hd])
+            .to_kind(qk.kind())
     }
 
     /// Runs the transformer on embeddings `h` `[B, T, dim]` at positions `start..start + T` and
@@ -696,20 +713,18 @@ impl Gpt {
         let total = start + t;
         // Within the new positions the attention is causal; earlier cached positions are all
         // visible. A mask is needed when several new positions follow cached ones.
-        let mask = (t > 1 && start > 0).then(|| {
-            let q = Tensor::arange_start(start, total, (Kind::Int64, self.device)).view([t, 1]);
-            let k = Tensor::arange(total, (Kind::Int64, self.device)).view([1, total]);
-            k.le_tensor(&q)
-        });
+        let mask =
+            (t > 1 && start > 0).then(|| self.causal.narrow(0, start, t).narrow(1, 0, total));
         for (i, layer) in self.layers.iter().enumerate() {
             let x = layer.attention_norm.forward(&h);
             let qkv = layer.wqkv.forward(&x);
-            let q = qkv.narrow(-1, 0, c.dim).view([b, t, c.n_head, hd]);
-            let k = qkv.narrow(-1, c.dim, kv).view([b, t, c.n_kv_head, hd]);
-            let v = qkv.narrow(-1, c.dim + kv, kv).view([b, t, c.n_kv_head, hd]);
-            let q = self.apply_rope(&q, start).transpose(1, 2);
-            let k = self.apply_rope(&k, start).transpose(1, 2);
-            let v = v.transpose(1, 2);
+            let qk = self.rotate(&qkv.narrow(-1, 0, c.dim + kv), start);
+            let q = qk.narrow(2, 0, c.n_head).transpose(1, 2);
+            let k = qk.narrow(2, c.n_head, c.n_kv_head).transpose(1, 2);
+            let v = qkv
+                .narrow(-1, c.dim + kv, kv)
+                .view([b, t, c.n_kv_head, hd])
+                .transpose(1, 2);
             let (keys, values) = match cache.as_deref_mut() {
                 Some(cache) => {
                     let mut dst = cache.keys[i].narrow(2, start, t);
@@ -723,15 +738,8 @@ impl Gpt {
                 }
                 None => (k, v),
             };
-            let (keys, values) = if c.n_kv_head != c.n_head {
-                let rep = c.n_head / c.n_kv_head;
-                (
-                    keys.repeat_interleave_self_int(rep, 1, None),
-                    values.repeat_interleave_self_int(rep, 1, None),
-                )
-            } else {
-                (keys, values)
-            };
+            // With grouped key/value heads SDPA maps query head h to key/value head
+            // h / (n_head / n_kv_head), LlamaGen's `repeat_interleave`, without copying the cache.
             let attn = Tensor::scaled_dot_product_attention(
                 &q,
                 &keys,
@@ -740,9 +748,9 @@ impl Gpt {
                 0.0,
                 t > 1 && start == 0,
                 None,
-                false,
+                c.n_kv_head != c.n_head,
             );
-            let attn = attn.transpose(1, 2).contiguous().view([b, t, c.dim]);
+            let attn = attn.transpose(1, 2).reshape([b, t, c.dim]);
             h = h + layer.wo.forward(&attn);
             let y = layer.ffn_norm.forward(&h);
             let ffn = layer
@@ -820,8 +828,18 @@ mod tests {
 
     #[test]
     fn cached_decoding_equals_teacher_forcing() {
+        // Plain multi-head attention, and grouped key/value heads (two query heads per pair).
+        for n_kv_head in [4, 2] {
+            check_cached_decoding(&GptConfig {
+                n_kv_head,
+                ..tiny()
+            });
+        }
+    }
+
+    fn check_cached_decoding(config: &GptConfig) {
         tch::manual_seed(0);
-        let config = tiny();
+        let config = config.clone();
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Gpt::new(&vs.root(), &config);
         let labels = Tensor::from_slice(&[1i64, 4]);
@@ -843,6 +861,72 @@ mod tests {
         let chunk = tch::no_grad(|| model.forward_embeddings(&h, 1, Some(&mut cache)));
         let diff = (full.narrow(1, 1, 4) - chunk).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn grouped_attention_equals_repeated_heads() {
+        // SDPA's `enable_gqa` against LlamaGen's `repeat_interleave` of the key/value heads: 6
+        // query heads on 2 key/value heads, causal, one decoding step over a longer cache, and an
+        // explicit mask.
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        let (b, h, kvh, hd) = (2, 6, 2, 16);
+        let rep = |x: &Tensor| x.repeat_interleave_self_int(h / kvh, 1, None);
+        let mask = Tensor::ones([3, 7], (Kind::Bool, Device::Cpu)).tril(4);
+        for (t, s, mask, causal) in [
+            (5, 5, None, true),
+            (1, 9, None, false),
+            (3, 7, Some(&mask), false),
+        ] {
+            let q = Tensor::randn([b, h, t, hd], opts);
+            let k = Tensor::randn([b, kvh, s, hd], opts);
+            let v = Tensor::randn([b, kvh, s, hd], opts);
+            let grouped =
+                Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None, true);
+            let repeated = Tensor::scaled_dot_product_attention(
+                &q,
+                &rep(&k),
+                &rep(&v),
+                mask,
+                0.0,
+                causal,
+                None,
+                false,
+            );
+            let diff = (&grouped - &repeated).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "t={t} s={s}: {diff}");
+        }
+    }
+
+    #[test]
+    fn rotation_is_llamagens_f32_formula() {
+        // The complex product is LlamaGen's `x0 cos - x1 sin`, `x1 cos + x0 sin` in f32, for the
+        // query and key heads together, from the cache position `start` on.
+        tch::manual_seed(5);
+        let config = GptConfig {
+            n_kv_head: 2,
+            ..tiny()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Gpt::new(&vs.root(), &config);
+        let (hd, heads, start, t) = (config.head_dim(), 6, 2, 4);
+        let qk = Tensor::randn([2, t, heads * hd], (Kind::Float, Device::Cpu));
+        let ours = model.rotate(&qk, start);
+        let (cos, sin) = rope_2d_tables(3, hd, ROPE_BASE, 1);
+        let cos = cos.narrow(0, start, t).view([1, t, 1, hd / 2]);
+        let sin = sin.narrow(0, start, t).view([1, t, 1, hd / 2]);
+        let pairs = qk.view([2, t, heads, hd / 2, 2]);
+        let (x0, x1) = (pairs.select(4, 0), pairs.select(4, 1));
+        let expected = Tensor::stack(&[&x0 * &cos - &x1 * &sin, &x1 * &cos + &x0 * &sin], -1)
+            .view([2, t, heads, hd]);
+        // libtorch's vectorised complex product rounds each product before the sum, exactly as
+        // LlamaGen; its scalar loop (the elements past the last full vector, here all of them with 4
+        // pairs per head) may fuse a multiply-add: one f32 ulp.
+        let diff = (&ours - &expected).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{diff}");
+        // bf16 in, bf16 out: the rotation itself in f32, rounded once.
+        let ours = model.rotate(&qk.to_kind(Kind::BFloat16), start);
+        assert_eq!(ours.kind(), Kind::BFloat16);
     }
 
     #[test]

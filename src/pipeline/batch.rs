@@ -66,7 +66,8 @@ pub const CUDA_CAP: usize = 256;
 /// costs speed and memory and the padded last batch wastes more.
 pub const CPU_CAP: usize = 32;
 
-/// Automatic batch when the free memory is unknown: LlamaGen's own per-GPU sampling batch.
+/// Automatic batch when the free memory is unknown (`device::free_memory` could not tell):
+/// LlamaGen's own per-GPU sampling batch.
 pub const UNKNOWN_MEMORY_BATCH: usize = 32;
 
 /// The automatic batch: the largest power of two (up to `cap`) whose `per_sample_bytes` each,
@@ -150,25 +151,6 @@ pub fn benchmark_fixed_shapes(device: Device) {
     }
 }
 
-/// Free memory of `device` in bytes, when known: on the CPU, the kernel's estimate of memory
-/// available without swapping (`MemAvailable` of `/proc/meminfo`); CUDA's free memory is not
-/// queried here (tch has no call for it), so an automatic batch there falls back to
-/// [`UNKNOWN_MEMORY_BATCH`].
-pub fn free_memory(device: Device) -> Option<u64> {
-    if device != Device::Cpu {
-        return None;
-    }
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    mem_available(&meminfo)
-}
-
-/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
-fn mem_available(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
-}
-
 /// `cpu`, `cuda:0`, ...: the device as run records name it.
 pub fn device_name(device: Device) -> String {
     match device {
@@ -248,15 +230,6 @@ mod tests {
         let at_256 = decode_bytes_per_image(&vq, 256);
         assert_eq!(at_256, 6 * 128 * 256 * 256 * 4);
         assert_eq!(decode_bytes_per_image(&vq, 512), 4 * at_256);
-    }
-
-    #[test]
-    fn reads_available_memory() {
-        let text = "MemTotal:       16000000 kB\nMemFree:  100 kB\nMemAvailable:    8000000 kB\n";
-        assert_eq!(mem_available(text), Some(8_000_000 * 1024));
-        assert_eq!(mem_available("MemTotal: 5 kB\n"), None);
-        assert!(free_memory(Device::Cpu).is_some_and(|b| b > 0));
-        assert_eq!(free_memory(Device::Cuda(0)), None);
     }
 
     #[test]

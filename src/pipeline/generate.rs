@@ -130,7 +130,7 @@ pub fn plan_batches(
 ) -> Batches {
     let device = generator.device();
     let free = match plan.batch_size {
-        BatchSize::Auto => batch::free_memory(device),
+        BatchSize::Auto => crate::device::free_memory(device),
         BatchSize::Fixed(_) => None,
     };
     let samples = plan.shard.indices(plan.samples).len();

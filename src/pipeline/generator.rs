@@ -26,10 +26,10 @@
 //!
 //! On CUDA, tch exposes no stream API: both threads enqueue their kernels on the device's default
 //! stream, where they run one after another, never concurrently. The overlap still pays on a GPU
-//! because sampling is latency-bound: every token step copies its logits to the host and draws
-//! there, leaving the device idle, and the decoder's and Inception's kernels fill those gaps. (A
-//! step's host copy also waits for kernels the other thread queued before it, so a step takes
-//! longer while the whole run takes less.)
+//! because sampling is launch-bound: a token step is dozens of small kernels (a layer's worth of
+//! matrix-vector products, then the filters and the draw), whose host-side launch and dispatch
+//! cost leaves the device idle between them, and the decoder's and Inception's large kernels,
+//! queued by the other thread, fill those gaps.
 //!
 //! On the CPU both threads share the cores: each thread that runs tensor work gets its own
 //! OpenMP team of `tch::get_num_threads()` workers. `tch::set_num_threads` is per thread (it
@@ -68,8 +68,11 @@ use crate::sampling::{self, LabelSpec, SamplingParams};
 /// The dtype the generator runs in (the tokenizer runs in f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
-    /// float32.
+    /// bf16 on CUDA (how LlamaGen samples), fp32 on the CPU (where bf16 matrix products are slow
+    /// and reference runs are fp32).
     #[default]
+    Auto,
+    /// float32.
     Fp32,
     /// bfloat16 (LlamaGen's sampling dtype).
     Bf16,
@@ -78,9 +81,19 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// The name used in run records (`fp32`, `bf16`, `fp16`).
+    /// The dtype `Auto` stands for on `device`; the others stand for themselves.
+    pub fn resolve(self, device: Device) -> Precision {
+        match self {
+            Precision::Auto if device.is_cuda() => Precision::Bf16,
+            Precision::Auto => Precision::Fp32,
+            other => other,
+        }
+    }
+
+    /// The name used in run records (`fp32`, `bf16`, `fp16`; `auto` before it is resolved).
     pub fn name(self) -> &'static str {
         match self {
+            Precision::Auto => "auto",
             Precision::Fp32 => "fp32",
             Precision::Bf16 => "bf16",
             Precision::Fp16 => "fp16",
@@ -536,8 +549,10 @@ impl Generator {
         let grid = image_size / factor;
         let (mut gpt_vs, gpt) = Gpt::load(gpt_path, device, &config.heads, grid * grid)
             .with_context(|| format!("generator {}", gpt_path.display()))?;
-        match config.precision {
-            Precision::Fp32 => {}
+        // Resume fingerprints and run records hold the dtype the samples were made in.
+        let precision = config.precision.resolve(device);
+        match precision {
+            Precision::Auto | Precision::Fp32 => {}
             Precision::Bf16 => gpt_vs.bfloat16(),
             Precision::Fp16 => gpt_vs.half(),
         }
@@ -568,9 +583,11 @@ impl Generator {
         }
         batch::benchmark_fixed_shapes(device);
         tracing::info!(
-            "generator {} and tokenizer {} loaded on {device:?}",
+            "generator {} ({}) and tokenizer {} loaded on {}",
             gpt_path.display(),
-            vq_path.display()
+            precision.name(),
+            vq_path.display(),
+            crate::device::describe(device)
         );
         Ok(Generator {
             gpt_config: gpt.config().clone(),
@@ -578,7 +595,10 @@ impl Generator {
             sampler: Some(Sampler { _vs: gpt_vs, gpt }),
             _vq_vs: vq_vs,
             vq,
-            config: config.clone(),
+            config: GeneratorConfig {
+                precision,
+                ..config.clone()
+            },
             device,
             grid,
             batches: None,

@@ -9,11 +9,11 @@ use llamagen_eval::sampling::{self, generate, logits_to_probs, SamplingParams};
 use llamagen_test_support as support;
 use tch::{nn, Device, Kind, Tensor};
 
-fn golden(name: &str) -> PathBuf {
+pub(crate) fn golden(name: &str) -> PathBuf {
     support::golden_dir().join(name)
 }
 
-fn io() -> HashMap<String, Tensor> {
+pub(crate) fn io() -> HashMap<String, Tensor> {
     Tensor::read_safetensors(golden("gpt_public_io.safetensors"))
         .expect("gpt_public_io.safetensors")
         .into_iter()
@@ -24,7 +24,7 @@ fn manifest() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(golden("manifest_public.json")).unwrap()).unwrap()
 }
 
-fn four_heads() -> HeadChoice {
+pub(crate) fn four_heads() -> HeadChoice {
     HeadChoice {
         n_head: Some(4),
         ..Default::default()
@@ -33,22 +33,23 @@ fn four_heads() -> HeadChoice {
 
 /// The tests run in parallel threads: one libtorch thread each avoids oversubscribing the cores
 /// (several times slower otherwise).
-fn one_thread() {
+pub(crate) fn one_thread() {
     tch::set_num_threads(1);
 }
 
-fn load(name: &str) -> Gpt {
+/// A golden checkpoint on the CPU (also used by `draws`).
+pub(crate) fn load(name: &str) -> Gpt {
     one_thread();
     Gpt::load(&golden(name), Device::Cpu, &four_heads(), 16)
         .unwrap_or_else(|e| panic!("{name}: {e}"))
         .1
 }
 
-fn floats(t: &Tensor) -> Vec<f32> {
+pub(crate) fn floats(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().view([-1])).unwrap()
 }
 
-fn longs(t: &Tensor) -> Vec<i64> {
+pub(crate) fn longs(t: &Tensor) -> Vec<i64> {
     Vec::<i64>::try_from(t.contiguous().view([-1])).unwrap()
 }
 
