@@ -214,6 +214,10 @@ pub struct Timing {
     pub images: u64,
     /// The generator's device (`cpu`, `cuda:0`).
     pub device: String,
+    /// The device as [`crate::device::describe`] names it (`cuda:0 (NVIDIA H100 80GB HBM3)`).
+    pub device_name: String,
+    /// Whether CUDA float32 matrix products and convolutions could use TF32 (`--tf32`).
+    pub tf32: bool,
     /// The generator's dtype (`float32`, `bfloat16`, `float16`).
     pub dtype: String,
     /// The batch sizes used.
@@ -253,9 +257,12 @@ impl Timing {
             self.images_per_s(),
         );
         let mut setup = vec![
-            format!("device {}", self.device),
+            format!("device {}", self.device_name),
             format!("dtype {}", self.dtype),
         ];
+        if self.device.starts_with("cuda") {
+            setup.push(format!("TF32 {}", if self.tf32 { "on" } else { "off" }));
+        }
         if let Some(b) = self.batches {
             setup.push(format!(
                 "generation batch {}{}",
@@ -316,7 +323,9 @@ impl Timing {
             "waiting_for_tokens_s": self.waiting.as_secs_f64(),
             "wall_s": self.wall.as_secs_f64(),
             "device": self.device,
+            "device_name": self.device_name,
             "dtype": self.dtype,
+            "tf32": self.tf32,
             "generation_batch_size": self.batches.map(|b| b.generation),
             "generation_batch_auto": self.batches.map(|b| b.auto),
             "decode_batch_size": self.batches.map(|b| b.decode),
@@ -755,6 +764,11 @@ impl Generator {
     pub fn start_timing(&mut self, inception_batch: Option<usize>, overlap: bool) {
         self.timing = Timing {
             device: batch::device_name(self.device),
+            device_name: crate::device::describe(self.device),
+            tf32: {
+                let (matmul, conv) = crate::device::tf32_state();
+                matmul || conv
+            },
             dtype: batch::dtype_name(self.gpt_kind),
             batches: self.batches,
             inception_batch,
