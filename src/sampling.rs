@@ -228,16 +228,42 @@ fn row_totals(t: &Tensor) -> Result<Tensor, TchError> {
     last_column(&t.f_cumsum(1, Kind::Double)?)
 }
 
-/// Per row, the token order of the host's top-p: `x` descending by `f64::total_cmp`, equal values
-/// by ascending index. `total_cmp` is the signed-integer order of the bits once the magnitude bits
-/// of negative numbers are flipped (as Rust implements it); a stable sort of those integers keeps
-/// equal values in index order, and unlike a float sort it puts +0.0 before -0.0 as the host does.
-fn host_order(x: &Tensor) -> Result<Tensor, TchError> {
+/// The integers whose signed order is `f64::total_cmp`'s on `x`: the bits with the magnitude bits
+/// of negative numbers flipped, as Rust implements `total_cmp`. Unlike a float comparison it puts
+/// +0.0 above -0.0, as the host's top-p sort does.
+fn total_cmp_key(x: &Tensor) -> Result<Tensor, TchError> {
     let bits = x.f_view_dtype(Kind::Int64)?;
-    let key = bits
-        .f_bitwise_right_shift_tensor_scalar(63)?
+    bits.f_bitwise_right_shift_tensor_scalar(63)?
         .f_bitwise_and_(i64::MAX)?
-        .f_bitwise_xor_tensor_(&bits)?;
+        .f_bitwise_xor_tensor_(&bits)
+}
+
+/// Per row, the tokens in the host's top-p order: descending `key`, equal keys by ascending index
+/// (a stable sort). Every token of positive `p` is in it; the rest may be left out, as the host
+/// leaves them out of its sort.
+fn top_p_order(key: &Tensor, p: &Tensor) -> Result<Tensor, TchError> {
+    let vocab = key.size2()?.1;
+    if key.device() == Device::Cpu {
+        // The host sorts only the tokens of positive probability (with top-k on, about k of them):
+        // sorting whole rows instead would make the CPU draws several times slower. They are the
+        // tokens of largest key (p grows with x), so a top-m selection finds them; the count
+        // comes back to the host for free here, whereas on a GPU reading it would stall the
+        // stream, and sorting whole rows there is cheap.
+        let m = p
+            .f_gt(0.0)?
+            .f_sum_dim_intlist(1, false, Kind::Int64)?
+            .f_max()?
+            .f_int64_value(&[])?;
+        if m < vocab {
+            let (_, candidates) = key.f_topk(m, 1, true, false)?;
+            // Back in token order, so that the stable sort breaks ties by index.
+            let (candidates, _) = candidates.f_sort(1, false)?;
+            let (_, by_key) = key
+                .f_gather(1, &candidates, false)?
+                .f_sort_stable(true, 1, true)?;
+            return candidates.f_gather(1, &by_key, false);
+        }
+    }
     Ok(key.f_sort_stable(true, 1, true)?.1)
 }
 
@@ -257,25 +283,27 @@ pub fn filtered_probs(logits: &Tensor, params: &SamplingParams) -> Result<Tensor
         let below = x.f_lt_tensor(&top.f_amin(1, true)?)?;
         x = x.f_masked_fill_(&below, f64::NEG_INFINITY)?;
     }
-    // The top-p order comes from x, so it is taken before x becomes p in place.
-    let order = if params.top_p < 1.0 {
-        Some(host_order(&x)?)
+    // The top-p order comes from x, whose key is taken before x becomes p in place.
+    let key = if params.top_p < 1.0 {
+        Some(total_cmp_key(&x)?)
     } else {
         None
     };
     let max = x.f_amax(1, true)?;
     let mut p = x.f_sub_(&max)?.f_exp_()?;
-    if let Some(order) = order {
+    if let Some(key) = key {
         let total = row_totals(&p)?;
+        let order = top_p_order(&key, &p)?;
+        let width = order.size2()?.1;
         let mut sorted = p.f_gather(1, &order, false)?;
         let cumulative = sorted.f_div(&total)?.f_cumsum_(1, Kind::Double)?;
         // Sorted position s goes when the mass before it (the cumulative sum up to s - 1) exceeds
         // top_p; position 0 always stays (the padded false).
         let remove = cumulative
-            .f_narrow(1, 0, vocab - 1)?
+            .f_narrow(1, 0, width - 1)?
             .f_gt(params.top_p)?
             .f_constant_pad_nd([1, 0])?;
-        // The order is a permutation: scattering the sorted values back rewrites every entry.
+        // Tokens left out of the order have p = 0 already.
         p = p.f_scatter_(1, &order, &sorted.f_masked_fill_(&remove, 0.0)?)?;
     }
     let total = row_totals(&p)?;
