@@ -221,72 +221,168 @@ fn last_column(t: &Tensor) -> Result<Tensor, TchError> {
     t.f_narrow(1, n - 1, 1)
 }
 
-/// Row totals `[B, 1]` of non-negative `[B, N]` f64, summed left to right. On the CPU libtorch's
-/// `cumsum` is a sequential loop per row, so its last column is exactly the host's
-/// `iter().sum()`; `sum()` is a vectorised tree that rounds differently.
-fn row_totals(t: &Tensor) -> Result<Tensor, TchError> {
-    last_column(&t.f_cumsum(1, Kind::Double)?)
+/// Row totals `[B, 1]` of non-negative `[B, N]` f64, summed left to right (the prefix sums go to
+/// `sums`). On the CPU libtorch's `cumsum` is a sequential loop per row, so its last column is
+/// exactly the host's `iter().sum()`; `sum()` is a vectorised tree that rounds differently.
+fn row_totals(t: &Tensor, sums: &Tensor) -> Result<Tensor, TchError> {
+    last_column(&t.f_cumsum_out(sums, 1, Kind::Double)?)
 }
 
-/// Per row, the token order of the host's top-p: `x` descending by `f64::total_cmp`, equal values
-/// by ascending index. `total_cmp` is the signed-integer order of the bits once the magnitude bits
-/// of negative numbers are flipped (as Rust implements it); a stable sort of those integers keeps
-/// equal values in index order, and unlike a float sort it puts +0.0 before -0.0 as the host does.
-fn host_order(x: &Tensor) -> Result<Tensor, TchError> {
+/// The two `[B, V]` f64 tensors a batch of draws works in: the probabilities and prefix sums.
+/// [`generate`] allocates them once per batch rather than once per step.
+struct DrawBuffers {
+    probs: Tensor,
+    sums: Tensor,
+}
+
+impl DrawBuffers {
+    fn new(rows: i64, vocab: i64, device: Device) -> Result<Self, TchError> {
+        Ok(DrawBuffers {
+            probs: Tensor::f_empty([rows, vocab], (Kind::Double, device))?,
+            sums: Tensor::f_empty([rows, vocab], (Kind::Double, device))?,
+        })
+    }
+
+    fn for_logits(logits: &Tensor) -> Result<Self, TchError> {
+        let (rows, vocab) = logits.size2()?;
+        DrawBuffers::new(rows, vocab, logits.device())
+    }
+}
+
+/// `exp` of `v`, in place where it can be. libtorch's vectorised CPU `exp` is 10 to 40 times
+/// slower on inputs whose result is 0 or subnormal, and a top-k filter (-inf) or a low
+/// temperature puts most of a row there. Below -746 the exponential rounds to 0 (the host's
+/// `f64::exp` returns exactly 0 there too), so those entries are set rather than computed; the
+/// rare inputs with subnormal results keep the slow exact path.
+fn exp_(mut v: Tensor) -> Result<Tensor, TchError> {
+    const ROUNDS_TO_ZERO: f64 = -746.0;
+    if v.device() == Device::Cpu && v.f_min()?.f_double_value(&[])? < ROUNDS_TO_ZERO {
+        let dead = v.f_lt(ROUNDS_TO_ZERO)?;
+        return v
+            .f_masked_fill_(&dead, 0.0)?
+            .f_exp_()?
+            .f_masked_fill_(&dead, 0.0);
+    }
+    v.f_exp_()
+}
+
+/// The integers whose signed order is `f64::total_cmp`'s on `x`: the bits with the magnitude bits
+/// of negative numbers flipped, as Rust implements `total_cmp`. Unlike a float comparison it puts
+/// +0.0 above -0.0, as the host's top-p sort does.
+fn total_cmp_key(x: &Tensor) -> Result<Tensor, TchError> {
     let bits = x.f_view_dtype(Kind::Int64)?;
-    let key = bits
-        .f_bitwise_right_shift_tensor_scalar(63)?
+    bits.f_bitwise_right_shift_tensor_scalar(63)?
         .f_bitwise_and_(i64::MAX)?
-        .f_bitwise_xor_tensor_(&bits)?;
+        .f_bitwise_xor_tensor_(&bits)
+}
+
+/// Per row, the tokens in the host's top-p order: descending `key`, equal keys by ascending index
+/// (a stable sort). Every token of positive `p` is in it; the rest may be left out, as the host
+/// leaves them out of its sort. `top_k`: the top-k filter's selection, if it ran.
+fn top_p_order(key: &Tensor, p: &Tensor, top_k: Option<Tensor>) -> Result<Tensor, TchError> {
+    let vocab = key.size2()?.1;
+    if key.device() == Device::Cpu {
+        // The host sorts only the tokens of positive probability (with top-k on, about k of them):
+        // sorting whole rows instead would make the CPU draws several times slower. They are the
+        // m tokens of largest key (p grows with x); the count comes back to the host for free
+        // here, whereas on a GPU reading it would stall the stream, and sorting whole rows there
+        // is cheap.
+        let m = p
+            .f_gt(0.0)?
+            .f_sum_dim_intlist(1, false, Kind::Int64)?
+            .f_max()?
+            .f_int64_value(&[])?;
+        // The top-k selection holds them when m <= k: a row whose positive tokens include the
+        // k-th key includes all its ties, so it has exactly the k selected ones.
+        let candidates = match top_k {
+            Some(selected) if m <= selected.size2()?.1 => selected,
+            _ if m < vocab => key.f_topk(m, 1, true, false)?.1,
+            _ => return Ok(key.f_sort_stable(true, 1, true)?.1),
+        };
+        // Back in token order, so that the stable sort breaks ties by index.
+        let (candidates, _) = candidates.f_sort(1, false)?;
+        let (_, by_key) = key
+            .f_gather(1, &candidates, false)?
+            .f_sort_stable(true, 1, true)?;
+        return candidates.f_gather(1, &by_key, false);
+    }
     Ok(key.f_sort_stable(true, 1, true)?.1)
 }
 
 /// [`logits_to_probs`] on every row of `[B, V]` logits on any device: f64 `[B, V]` probabilities
 /// on the logits' device. The logits are f32 as the host's, or bf16/f16, which widen exactly.
 pub fn filtered_probs(logits: &Tensor, params: &SamplingParams) -> Result<Tensor, TchError> {
+    filtered_probs_in(logits, params, &DrawBuffers::for_logits(logits)?)
+}
+
+/// [`filtered_probs`] computed in (and returned as) `buffers.probs`.
+fn filtered_probs_in(
+    logits: &Tensor,
+    params: &SamplingParams,
+    buffers: &DrawBuffers,
+) -> Result<Tensor, TchError> {
     let device = logits.device();
     let vocab = logits.size2()?.1;
     // Divided by a 0-dim tensor on the device, not by a scalar: CUDA turns division by a host
     // scalar into multiplication by its reciprocal, which rounds differently from the host's `/`.
     let t = Tensor::f_scalar_tensor(params.temperature.max(1e-5), (Kind::Double, device))?;
-    // A copy even from f64 input: everything below works in place on it.
-    let mut x = logits.f_to_dtype(Kind::Double, false, true)?.f_div_(&t)?;
-    if params.top_k > 0 && (params.top_k as i64) < vocab {
-        // The k-th largest value per row; strictly smaller values go, ties with it stay.
-        let (top, _) = x.f_topk(params.top_k as i64, 1, true, false)?;
-        let below = x.f_lt_tensor(&top.f_amin(1, true)?)?;
-        x = x.f_masked_fill_(&below, f64::NEG_INFINITY)?;
-    }
-    // The top-p order comes from x, so it is taken before x becomes p in place.
-    let order = if params.top_p < 1.0 {
-        Some(host_order(&x)?)
+    let mut x = buffers.probs.shallow_clone();
+    x.f_copy_(logits)?;
+    let mut x = x.f_div_(&t)?;
+    let top_k = params.top_k > 0 && (params.top_k as i64) < vocab;
+    let top_p = params.top_p < 1.0;
+    // Both filters order x by `total_cmp`, as the host does. The key is taken before x changes:
+    // the tokens the top-k filter removes rank below every kept one either way.
+    let key = if top_k || top_p {
+        Some(total_cmp_key(&x)?)
     } else {
         None
     };
+    let mut selected = None;
+    if let (true, Some(key)) = (top_k, &key) {
+        // The k-th largest value per row (the host's `select_nth_unstable_by`); strictly smaller
+        // values go, ties with it stay.
+        let (top, indices) = key.f_topk(params.top_k as i64, 1, true, false)?;
+        let kth = indices.f_gather(1, &top.f_argmin(1, true)?, false)?;
+        let below = x.f_lt_tensor(&x.f_gather(1, &kth, false)?)?;
+        x = x.f_masked_fill_(&below, f64::NEG_INFINITY)?;
+        selected = Some(indices);
+    }
     let max = x.f_amax(1, true)?;
-    let mut p = x.f_sub_(&max)?.f_exp_()?;
-    if let Some(order) = order {
-        let total = row_totals(&p)?;
+    let mut p = exp_(x.f_sub_(&max)?)?;
+    if let (true, Some(key)) = (top_p, key) {
+        let total = row_totals(&p, &buffers.sums)?;
+        let order = top_p_order(&key, &p, selected)?;
+        let width = order.size2()?.1;
         let mut sorted = p.f_gather(1, &order, false)?;
         let cumulative = sorted.f_div(&total)?.f_cumsum_(1, Kind::Double)?;
         // Sorted position s goes when the mass before it (the cumulative sum up to s - 1) exceeds
         // top_p; position 0 always stays (the padded false).
         let remove = cumulative
-            .f_narrow(1, 0, vocab - 1)?
+            .f_narrow(1, 0, width - 1)?
             .f_gt(params.top_p)?
             .f_constant_pad_nd([1, 0])?;
-        // The order is a permutation: scattering the sorted values back rewrites every entry.
+        // Tokens left out of the order have p = 0 already.
         p = p.f_scatter_(1, &order, &sorted.f_masked_fill_(&remove, 0.0)?)?;
     }
-    let total = row_totals(&p)?;
+    let total = row_totals(&p, &buffers.sums)?;
     p.f_div_(&total)
 }
 
 /// [`draw`] on every row: `[B, V]` f64 probabilities and `[B]` f64 uniforms (on their device) give
 /// the `[B]` i64 tokens.
 pub fn draw_from_probs(probs: &Tensor, uniforms: &Tensor) -> Result<Tensor, TchError> {
+    draw_from_probs_in(probs, uniforms, &probs.f_empty_like()?)
+}
+
+/// [`draw_from_probs`] with the CDF computed in `sums` (`[B, V]` f64, not `probs`).
+fn draw_from_probs_in(
+    probs: &Tensor,
+    uniforms: &Tensor,
+    sums: &Tensor,
+) -> Result<Tensor, TchError> {
     let (rows, vocab) = probs.size2()?;
-    let cdf = probs.f_cumsum(1, Kind::Double)?;
+    let cdf = probs.f_cumsum_out(sums, 1, Kind::Double)?;
     let target = uniforms.f_view([rows, 1])?.f_mul(&last_column(&cdf)?)?;
     // The CDF is non-decreasing, so the upper-bound binary search finds the first token whose
     // cumulative mass exceeds the target: never one of probability 0, whose cumulative mass equals
@@ -296,6 +392,10 @@ pub fn draw_from_probs(probs: &Tensor, uniforms: &Tensor) -> Result<Tensor, TchE
     // No entry exceeds the target only when u * total equals the total: u = 1, since for u < 1 the
     // product rounds below any normal total. The host then returns the last token of positive
     // probability; every other candidate lies at or before it, so a minimum applies that fallback.
+    // The CPU reads back whether any row needs it (free there) and skips the search otherwise.
+    if probs.device() == Device::Cpu && first_above.f_max()?.f_int64_value(&[])? < vocab {
+        return Ok(first_above);
+    }
     // The last positive token is the first one of the reversed row (argmax: the first maximum).
     let last_positive = probs
         .f_gt(0.0)?
@@ -314,7 +414,18 @@ pub fn draw_tokens(
     uniforms: &Tensor,
     params: &SamplingParams,
 ) -> Result<Tensor, TchError> {
-    draw_from_probs(&filtered_probs(logits, params)?, uniforms)
+    draw_tokens_in(logits, uniforms, params, &DrawBuffers::for_logits(logits)?)
+}
+
+/// [`draw_tokens`] working in `buffers`.
+fn draw_tokens_in(
+    logits: &Tensor,
+    uniforms: &Tensor,
+    params: &SamplingParams,
+    buffers: &DrawBuffers,
+) -> Result<Tensor, TchError> {
+    let probs = filtered_probs_in(logits, params, buffers)?;
+    draw_from_probs_in(&probs, uniforms, &buffers.sums)
 }
 
 /// The generated image tokens of a batch, with the guided logits of every step when asked for.
@@ -366,6 +477,7 @@ pub fn generate(
         .f_view([b, len])?
         .f_to_device(device)?;
     let tokens = Tensor::f_zeros([b, len], (Kind::Int64, device))?;
+    let buffers = DrawBuffers::new(b, config.vocab_size, device)?;
     // With guidance both halves of the batch take the drawn tokens.
     let next = Tensor::f_zeros([rows], (Kind::Int64, device))?;
     let mut cache = model.new_cache(rows, config.cls_token_num + len);
@@ -382,7 +494,7 @@ pub fn generate(
                 logits.narrow(0, 0, b)
             }
         });
-        let drawn = draw_tokens(&step_logits, &uniforms.f_select(1, j)?, params)?;
+        let drawn = draw_tokens_in(&step_logits, &uniforms.f_select(1, j)?, params, &buffers)?;
         tokens.f_select(1, j)?.f_copy_(&drawn)?;
         if keep_logits {
             kept_logits.push(
