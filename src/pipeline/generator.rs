@@ -229,11 +229,6 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// Sampling + decoding + Inception (the busy time of both sides together).
-    pub fn total(&self) -> Duration {
-        self.sampling + self.decoding + self.inception
-    }
-
     /// Tokens per second of sampling.
     pub fn tokens_per_s(&self) -> f64 {
         self.tokens as f64 / self.sampling.as_secs_f64().max(1e-9)
