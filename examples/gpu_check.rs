@@ -399,9 +399,7 @@ fn main() -> ExitCode {
         eprintln!("{e}");
         return ExitCode::from(2);
     }
-    if let Device::Cuda(_) = device {
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
+    batch::benchmark_fixed_shapes(device);
     let start = Instant::now();
     println!("gpu-check on {}", device::describe(device));
     let mut checks = vec![fp32_greedy(device)];

@@ -154,15 +154,12 @@ pub fn plan_batches(
                 batch::cap_for(device)
             ),
         };
-        tracing::info!(
-            "batch size auto: {} samples ({memory}); decode batch {}",
-            batches.generation,
-            batches.decode
-        );
-        plan.progress.say(format!(
+        let choice = format!(
             "batch size auto: {} samples ({memory}); decode batch {}",
             batches.generation, batches.decode
-        ));
+        );
+        tracing::info!("{choice}");
+        plan.progress.say(choice);
     }
     batches
 }
