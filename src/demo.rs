@@ -17,6 +17,7 @@ use crate::evaluate::MetricOptions;
 use crate::models::gpt::{Gpt, GptConfig, HeadChoice};
 use crate::models::inception::{InceptionV3, Resize};
 use crate::models::vq::{VqConfig, VqModel, VqWeights};
+use crate::pipeline::gather::Distribution;
 use crate::pipeline::stats::{self, StatsConfig};
 use crate::pipeline::{
     sweep, BatchSize, FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, MetricRequest,
@@ -196,6 +197,7 @@ pub fn run(out: &Path, samples: usize, progress: Progress) -> Result<()> {
         resume: false,
         stop_after: None,
         progress,
+        distribution: Distribution::single(),
     };
     let outcome = sweep::sweep(&fid, &generator, &CFG_SCALES, &plan, &sweep_dir)?;
     for (scale, dir, run) in &outcome.runs {

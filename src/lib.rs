@@ -23,6 +23,7 @@ pub mod doctor;
 pub mod evaluate;
 pub mod features;
 pub mod io;
+pub mod launcher;
 pub mod metric;
 pub mod models;
 pub mod pipeline;

@@ -7,10 +7,12 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use llamagen_eval::device::DeviceChoice;
 use llamagen_eval::evaluate::{Metric, MetricOptions};
+use llamagen_eval::launcher::World;
 use llamagen_eval::models::gpt::HeadChoice;
 use llamagen_eval::models::inception::Resize;
 use llamagen_eval::models::vq::VqWeights;
 use llamagen_eval::pipeline::fid::{journal_dir, FidOutcome};
+use llamagen_eval::pipeline::gather::Distribution;
 use llamagen_eval::pipeline::{
     BatchSize, FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, MetricRequest,
     Precision, Shard,
@@ -417,8 +419,8 @@ impl FidArgs {
         self.image_size.map_or(256, |s| s as i64)
     }
 
-    /// The evaluation side.
-    pub fn fid_config(&self, progress: Progress) -> FidConfig {
+    /// The evaluation side; under a launcher, `--device auto` is this rank's device.
+    pub fn fid_config(&self, progress: Progress, world: &World) -> Result<FidConfig> {
         // With --gpt, folder references are cropped to the evaluated size.
         let reference_crop = match self.gen.gpt {
             Some(_) => Some(
@@ -428,17 +430,24 @@ impl FidArgs {
             ),
             None => self.image_size,
         };
-        FidConfig {
+        let mut inception = self.inception.config();
+        inception.device = world.device(inception.device).map_err(anyhow::Error::msg)?;
+        Ok(FidConfig {
             reference: self.reference.clone(),
             reference_crop,
-            inception: self.inception.config(),
+            inception,
             metrics: self.metric.request(),
             progress,
-        }
+        })
     }
 
-    /// How the samples are generated into `out_dir`.
-    pub fn plan(&self, out_dir: &std::path::Path, progress: Progress) -> Result<GenerationPlan> {
+    /// How the samples are generated into `out_dir` by this process.
+    pub fn plan(
+        &self,
+        out_dir: &std::path::Path,
+        progress: Progress,
+        distribution: Distribution,
+    ) -> Result<GenerationPlan> {
         Ok(GenerationPlan {
             samples: self.gen.sample_count()?,
             shard: Shard::ALL,
@@ -449,6 +458,7 @@ impl FidArgs {
             resume: self.gen.resume,
             stop_after: self.gen.stop_after,
             progress,
+            distribution,
         })
     }
 }
@@ -460,9 +470,12 @@ pub fn print_outcome(outcome: &FidOutcome, out_dir: &std::path::Path, progress: 
         "wrote {}/metrics.json and metrics.csv",
         out_dir.display()
     ));
-    if let Some(timing) = &outcome.timing {
-        if progress == Progress::Shown {
+    if progress == Progress::Shown {
+        if let Some(timing) = &outcome.timing {
             eprint!("{}", timing.report());
+        }
+        if let Some(split) = &outcome.split {
+            eprint!("{split}");
         }
     }
 }

@@ -5,6 +5,7 @@ mod args;
 mod check;
 mod features;
 mod fid;
+mod gather;
 mod hints;
 mod metrics;
 mod recon;
@@ -17,7 +18,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use std::time::Duration;
+
 use llamagen_eval::checkpoint::Checkpoint;
+use llamagen_eval::launcher::{LauncherChoice, World};
+use llamagen_eval::pipeline::gather::{Distribution, Job};
 use llamagen_eval::progress::Progress;
 
 pub use hints::flag_hint;
@@ -36,6 +41,23 @@ pub struct Cli {
     /// in the run record.
     #[arg(long, global = true, value_enum, default_value_t = Switch::Off)]
     pub tf32: Switch,
+
+    /// Which launcher started this process: `auto` reads torchrun's, Open MPI's or Slurm's
+    /// variables when they are set; `none` runs as one process whatever they say. Under a
+    /// launcher, `fid --gpt`, `sample` and `sweep` split the samples over the ranks, and rank 0
+    /// gathers the parts into the outputs one process would write.
+    #[arg(
+        long,
+        global = true,
+        value_name = "auto|none|torchrun|slurm|mpi",
+        default_value = "auto"
+    )]
+    pub launcher: LauncherChoice,
+
+    /// Seconds rank 0 waits for the other ranks' parts before giving up (then `merge OUT_DIR`
+    /// finishes the gather).
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 7200)]
+    pub gather_timeout: u64,
 
     #[command(subcommand)]
     command: Command,
@@ -98,12 +120,59 @@ enum Command {
     Check(check::CheckCommand),
 }
 
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Demo(_) => "demo",
+            Command::Doctor { .. } => "doctor",
+            Command::Fid(_) => "fid",
+            Command::Metrics(_) => "metrics",
+            Command::Features(_) => "features",
+            Command::Stats(_) => "stats",
+            Command::Inspect { .. } => "inspect",
+            Command::Sample(_) => "sample",
+            Command::Merge(_) => "merge",
+            Command::Recon(_) => "recon",
+            Command::Sweep(_) => "sweep",
+            Command::Report(_) => "report",
+            Command::Check(_) => "check",
+        }
+    }
+}
+
 impl Cli {
     /// Runs the parsed command.
     pub fn run(self) -> Result<ExitCode> {
         let progress = Progress::quiet(self.quiet);
         // libtorch's own default allows TF32 in cuDNN convolutions: set it either way.
         llamagen_eval::device::set_tf32(self.tf32 == Switch::On).map_err(anyhow::Error::msg)?;
+        let world = World::from_env(self.launcher)?;
+        tracing::info!("launcher {world}");
+        if world.is_distributed() {
+            let (torch, rayon) = world.divide_threads();
+            let line = format!("{world}; {torch} libtorch and {rayon} rayon threads");
+            tracing::info!("{line}");
+            progress.say(line);
+            let splits = matches!(
+                self.command,
+                Command::Fid(_)
+                    | Command::Sample(_)
+                    | Command::Sweep(_)
+                    | Command::Doctor { .. }
+                    | Command::Inspect { .. }
+            );
+            if !splits {
+                anyhow::bail!(
+                    "`{}` does not split its work over the ranks of a launched job ({world}): run it as one process (without the launcher, or with --launcher none)",
+                    self.command.name()
+                );
+            }
+        }
+        let distribution = |command: &str| Distribution {
+            world,
+            gather_timeout: Duration::from_secs(self.gather_timeout),
+            job: Job::current(command),
+        };
         match self.command {
             Command::Demo(cmd) => {
                 llamagen_eval::demo::run(&cmd.out, cmd.samples, progress)?;
@@ -114,7 +183,7 @@ impl Cli {
                 print!("{}", report.render());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Fid(cmd) => fid::run(&cmd, progress),
+            Command::Fid(cmd) => fid::run(&cmd, progress, distribution("fid")),
             Command::Metrics(cmd) => metrics::run(&cmd, progress),
             Command::Features(cmd) => features::run(&cmd, progress),
             Command::Stats(cmd) => features::run_stats(&cmd, progress),
@@ -122,10 +191,10 @@ impl Cli {
                 print!("{}", Checkpoint::open(&file)?.summary());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Sample(cmd) => sample::run(&cmd, progress),
+            Command::Sample(cmd) => sample::run(&cmd, progress, distribution("sample")),
             Command::Merge(cmd) => sample::run_merge(&cmd, progress),
             Command::Recon(cmd) => recon::run(&cmd, progress),
-            Command::Sweep(cmd) => sweep::run(&cmd, progress),
+            Command::Sweep(cmd) => sweep::run(&cmd, progress, distribution("sweep")),
             Command::Report(cmd) => report::run(&cmd, progress),
             Command::Check(cmd) => check::run(&cmd, progress),
         }

@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::Args;
 use llamagen_eval::device::DeviceChoice;
 use llamagen_eval::pipeline::features::sibling;
+use llamagen_eval::pipeline::gather::{split_summary, Distribution};
 use llamagen_eval::pipeline::generate::sample_to_npz;
 use llamagen_eval::pipeline::merge::merge;
 use llamagen_eval::pipeline::{BatchSize, GenerationPlan, Generator, Shard};
@@ -43,18 +44,16 @@ pub struct SampleCommand {
 }
 
 /// Runs `sample`.
-pub fn run(cmd: &SampleCommand, progress: Progress) -> Result<ExitCode> {
+pub fn run(
+    cmd: &SampleCommand,
+    progress: Progress,
+    distribution: Distribution,
+) -> Result<ExitCode> {
     let count = cmd.gen.sample_count()?;
+    let world = distribution.world;
     let shard = cmd.shard.unwrap_or(Shard::ALL);
-    if shard.indices(count).is_empty() {
-        anyhow::bail!(
-            "shard {}/{} of {count} samples is empty",
-            shard.index,
-            shard.count
-        );
-    }
-    let config = cmd.gen.config(cmd.image_size, cmd.device)?;
-    let mut generator = Generator::new(&config)?;
+    let device = world.device(cmd.device).map_err(anyhow::Error::msg)?;
+    let config = cmd.gen.config(cmd.image_size, device)?;
     let plan = GenerationPlan {
         samples: count,
         shard,
@@ -65,21 +64,48 @@ pub fn run(cmd: &SampleCommand, progress: Progress) -> Result<ExitCode> {
         resume: cmd.gen.resume,
         stop_after: cmd.gen.stop_after,
         progress,
+        distribution,
     };
-    let generated = sample_to_npz(&mut generator, &plan, cmd.grid.as_deref())?;
+    let partition = plan.partition();
+    if partition.indices(count).is_empty() {
+        anyhow::bail!(
+            "shard {}/{} of {count} samples is empty",
+            partition.index,
+            partition.count
+        );
+    }
+    let mut generator = Generator::new(&config)?;
+    let sampled = sample_to_npz(&mut generator, &plan, cmd.grid.as_deref())?;
     let size = generator.eval_size();
-    progress.say(format!(
-        "wrote {} ({} images of {size}x{size}{})",
-        cmd.out.display(),
-        generated.indices.len(),
-        if shard.count > 1 {
-            format!(", shard {}/{}", shard.index, shard.count)
-        } else {
-            String::new()
-        }
-    ));
+    if world.is_distributed() && world.rank != 0 {
+        progress.say(format!(
+            "rank {} of {}: done; rank 0 gathers the parts into {}",
+            world.rank,
+            world.size,
+            cmd.out.display()
+        ));
+    } else {
+        let written = match (&sampled.generated, sampled.gathered.is_empty()) {
+            (Some(generated), true) => generated.indices.len(),
+            _ => count,
+        };
+        progress.say(format!(
+            "wrote {} ({written} images of {size}x{size}{})",
+            cmd.out.display(),
+            if partition.count > 1 && sampled.gathered.is_empty() {
+                format!(", shard {}/{}", partition.index, partition.count)
+            } else {
+                String::new()
+            }
+        ));
+    }
     if progress == Progress::Shown {
-        eprint!("{}", generated.timing.report());
+        if let Some(generated) = &sampled.generated {
+            eprint!("{}", generated.timing.report());
+        }
+        if !sampled.gathered.is_empty() {
+            eprint!("{}", split_summary(&sampled.gathered));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -88,16 +114,24 @@ pub fn run(cmd: &SampleCommand, progress: Progress) -> Result<ExitCode> {
 #[derive(Args, Debug)]
 pub struct MergeCommand {
     /// Shard npz files from `sample --shard K/N` (any order), or the feature files `features` made
-    /// of them (merged into one feature file in sample order).
-    #[arg(required = true, value_name = "SHARDS")]
+    /// of them (merged into one feature file in sample order); or, alone and without --out, the
+    /// output of a launched job whose gather did not finish (a `fid`/`sweep` folder, or a
+    /// `sample` npz path or its `.parts` folder).
+    #[arg(required = true, value_name = "SHARDS|OUT_DIR")]
     pub shards: Vec<PathBuf>,
     /// The joined npz, in sample-index order.
     #[arg(long, value_name = "ALL.npz")]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
 }
 
 /// Runs `merge`.
 pub fn run_merge(cmd: &MergeCommand, progress: Progress) -> Result<ExitCode> {
-    merge(&cmd.shards, &cmd.out, progress)?;
+    match (&cmd.out, cmd.shards.as_slice()) {
+        (Some(out), shards) => merge(shards, out, progress)?,
+        (None, [target]) => return super::gather::finish(target, progress),
+        (None, _) => anyhow::bail!(
+            "--out ALL.npz is required to merge shard files (`merge OUT_DIR` alone finishes a launched job's gather)"
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::{ensure, Result};
 use clap::Args;
-use llamagen_eval::pipeline::sweep::sweep;
+use llamagen_eval::pipeline::gather::Distribution;
+use llamagen_eval::pipeline::sweep::{sweep, SweepOutcome};
 use llamagen_eval::progress::Progress;
 
 use super::args::{print_outcome, FidArgs};
@@ -22,23 +23,40 @@ pub struct SweepCommand {
 }
 
 /// Runs `sweep`.
-pub fn run(cmd: &SweepCommand, progress: Progress) -> Result<ExitCode> {
+pub fn run(cmd: &SweepCommand, progress: Progress, distribution: Distribution) -> Result<ExitCode> {
     ensure!(
         cmd.fid.gen.gpt.is_some(),
         "sweep generates its samples: give --gpt CKPT --vq CKPT --samples N"
     );
     let base = cmd.fid.output.dir();
-    let config = cmd.fid.fid_config(progress);
+    let world = distribution.world;
+    let config = cmd.fid.fid_config(progress, &world)?;
     let generator = cmd
         .fid
         .gen
-        .config(cmd.fid.generation_size(), cmd.fid.inception.device)?;
-    let plan = cmd.fid.plan(&base, progress)?;
+        .config(cmd.fid.generation_size(), config.inception.device)?;
+    let plan = cmd.fid.plan(&base, progress, distribution)?;
     let outcome = sweep(&config, &generator, &cmd.cfg_scales, &plan, &base)?;
+    print_sweep(&outcome, progress);
+    if outcome.report.is_none() {
+        progress.say(format!(
+            "rank {} of {}: done; rank 0 gathers the parts into {}",
+            world.rank,
+            world.size,
+            base.display()
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints each run's table and where the report went.
+pub fn print_sweep(outcome: &SweepOutcome, progress: Progress) {
     for (_, dir, run) in &outcome.runs {
         print_outcome(run, dir, progress);
     }
-    let (report_dir, written) = &outcome.report;
+    let Some((report_dir, written)) = &outcome.report else {
+        return;
+    };
     progress.say(format!(
         "report of {} runs in {}:",
         outcome.runs.len(),
@@ -47,5 +65,4 @@ pub fn run(cmd: &SweepCommand, progress: Progress) -> Result<ExitCode> {
     for file in &written.files {
         progress.say(format!("  {}", file.display()));
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -3,15 +3,21 @@
 //! in an [`GeneratedEvaluation`], so a CFG sweep loads each checkpoint once.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
 use super::cache::FeatureCache;
 use super::evaluate::{evaluate, run_info, MetricRequest};
+use super::gather::{
+    check_parts, finished_part, join_part_features, join_part_grids, join_part_samples,
+    part_file_name, parts_dir, present_parts, remove_journals_folder, remove_parts, split_record,
+    split_summary, wait_for_parts, Part,
+};
 use super::generate::{
-    add_generation_settings, generate, plan_batches, recorded_decode_batch, FeatureRequest,
-    GenerationPlan,
+    add_generation_settings, generate, job_settings, plan_batches, recorded_decode_batch,
+    start_part, write_part, FeatureRequest, GenerationPlan,
 };
 use super::generator::{Generator, GeneratorConfig, Timing};
 use super::inception::InceptionConfig;
@@ -43,8 +49,10 @@ pub struct FidConfig {
 pub struct FidOutcome {
     /// What was written to `metrics.json`.
     pub record: RunRecord,
-    /// Throughput of generation, for generated samples.
+    /// Throughput of generation, for generated samples (this process's).
     pub timing: Option<Timing>,
+    /// For a launched job: one line per rank and the total.
+    pub split: Option<String>,
 }
 
 fn common_fields(
@@ -93,11 +101,7 @@ pub fn evaluate_sample_batch(
     let sample = cache
         .features_of(samples, None)
         .with_context(|| format!("sample batch {}", samples.display()))?;
-    let needs = ReferenceNeeds {
-        features: config.metrics.needs_reference_features(),
-    };
-    let reference =
-        Reference::resolve(&config.reference, config.reference_crop, needs, &mut cache)?;
+    let reference = resolve_reference(config, &mut cache)?;
     let mut fields = common_fields(
         &sample,
         &reference,
@@ -113,6 +117,7 @@ pub fn evaluate_sample_batch(
     Ok(FidOutcome {
         record,
         timing: None,
+        split: None,
     })
 }
 
@@ -131,26 +136,29 @@ pub struct GeneratedEvaluation {
     config: FidConfig,
     generator: Generator,
     cache: FeatureCache,
-    reference: Reference,
+    /// Resolved by the process that computes the metrics: one process, or rank 0 of a job.
+    reference: Option<Reference>,
 }
 
 impl GeneratedEvaluation {
     /// Opens everything in the order that fails fastest: the reference file's contents, the
     /// Inception weights, the generator and tokenizer (checked against each other), and only
-    /// then the reference features, which may take minutes to compute.
+    /// then the reference features, which may take minutes to compute — only in the process that
+    /// computes the metrics (`gathers`: one process, or rank 0 of a launched job).
     pub fn open(
         config: &FidConfig,
         generator: &GeneratorConfig,
         cache_dir: PathBuf,
+        gathers: bool,
     ) -> Result<Self> {
         Reference::check(&config.reference)?;
         let mut cache = FeatureCache::new(cache_dir, config.inception.clone(), config.progress)?;
         let generator = Generator::new(generator)?;
-        let needs = ReferenceNeeds {
-            features: config.metrics.needs_reference_features(),
+        let reference = if gathers {
+            Some(resolve_reference(config, &mut cache)?)
+        } else {
+            None
         };
-        let reference =
-            Reference::resolve(&config.reference, config.reference_crop, needs, &mut cache)?;
         Ok(GeneratedEvaluation {
             config: config.clone(),
             generator,
@@ -166,14 +174,19 @@ impl GeneratedEvaluation {
 
     /// Generates the samples of `run`, extracts their features, computes the metrics and writes
     /// the run folder. With `release_inception`, the network is unloaded before the metric stage
-    /// (the last run of a job).
-    pub fn run(&mut self, run: &GeneratedRun, release_inception: bool) -> Result<FidOutcome> {
+    /// (the last run of a job). In a launched job, every rank writes its part and only rank 0
+    /// gathers the parts and computes the metrics; the other ranks return `None`.
+    pub fn run(
+        &mut self,
+        run: &GeneratedRun,
+        release_inception: bool,
+    ) -> Result<Option<FidOutcome>> {
         let inception_batch = self.config.inception.batch_size.max(1);
         let marker = run.out_dir.join(COMPLETE);
         // A resume keeps the decode batch of the interrupted (or finished) run unless one is
         // configured: with an automatic batch, free memory may choose another generation batch.
-        let recorded = if run.plan.resume {
-            journal::recorded_settings(&run.plan.journal_dir)
+        let recorded = if run.plan.resuming() {
+            journal::recorded_settings(&run.plan.journal())
                 .or_else(|| read_settings(&marker))
                 .and_then(|s| recorded_decode_batch(&s))
         } else {
@@ -203,17 +216,25 @@ impl GeneratedEvaluation {
             "reference".into(),
             json!(self.config.reference.display().to_string()),
         );
-        if run.plan.resume {
+        let world = run.plan.distribution.world;
+        if world.is_distributed() {
+            complete = job_settings(&complete, world.size);
+        }
+        if run.plan.resuming() {
             if let Some(record) = finished_run(&marker, &complete, &run.out_dir) {
                 self.config.progress.say(format!(
                     "{} is already complete with these settings: keeping it",
                     run.out_dir.display()
                 ));
-                return Ok(FidOutcome {
+                return Ok(Some(FidOutcome {
                     record,
                     timing: None,
-                });
+                    split: None,
+                }));
             }
+        }
+        if world.is_distributed() {
+            return self.run_rank(run, inception_batch, settings, complete, release_inception);
         }
         let features = FeatureRequest {
             extractor: self.cache.extractor()?,
@@ -224,11 +245,9 @@ impl GeneratedEvaluation {
             .features
             .take()
             .context("features of the generated samples")?;
-        let source = match &run.plan.save_samples {
-            Some(p) => format!("generated (saved to {})", p.display()),
-            None => "generated".to_owned(),
-        };
-        let mut fields = common_fields(&sample, &self.reference, &self.cache, source, &self.config);
+        let source = sample_source(run.plan.save_samples.as_deref());
+        let reference = self.reference.as_ref().context("the reference")?;
+        let mut fields = common_fields(&sample, reference, &self.cache, source, &self.config);
         if release_inception {
             self.cache.release();
         }
@@ -241,7 +260,7 @@ impl GeneratedEvaluation {
         fields.push(("throughput", throughput));
         let record = evaluate(
             sample,
-            Some(&self.reference),
+            Some(reference),
             &self.config.metrics,
             run_info(fields),
         )?;
@@ -250,16 +269,183 @@ impl GeneratedEvaluation {
             // The first generated images, for `report`.
             write_grid(&run.out_dir.join("grid.png"), &generated.grid)?;
         }
-        write_atomically(
-            &marker,
-            serde_json::to_string_pretty(&Value::Object(complete))?.as_bytes(),
-        )?;
+        write_marker(&marker, complete)?;
         generated.pass.finish()?;
-        Ok(FidOutcome {
+        Ok(Some(FidOutcome {
             record,
             timing: Some(generated.timing),
-        })
+            split: None,
+        }))
     }
+
+    /// One rank's share of a launched run: its part into `<out>/.parts/`, then, on rank 0, the
+    /// gather.
+    fn run_rank(
+        &mut self,
+        run: &GeneratedRun,
+        inception_batch: usize,
+        settings: Map<String, Value>,
+        complete: Map<String, Value>,
+        release_inception: bool,
+    ) -> Result<Option<FidOutcome>> {
+        let world = run.plan.distribution.world;
+        let dir = parts_dir(&run.out_dir);
+        let kept = run
+            .plan
+            .resuming()
+            .then(|| finished_part(&dir, world.rank, world.size, &complete))
+            .flatten();
+        let mut timing = None;
+        match kept {
+            Some(part) => self.config.progress.say(format!(
+                "rank {}: its part {} is already complete: keeping it",
+                world.rank,
+                part.path.display()
+            )),
+            None => {
+                let mut rank_plan = start_part(&dir, &run.plan)?;
+                rank_plan.save_samples = run
+                    .plan
+                    .save_samples
+                    .as_ref()
+                    .map(|_| dir.join(part_file_name(world.rank, "samples")));
+                let features = FeatureRequest {
+                    extractor: self.cache.extractor()?,
+                    batch_size: inception_batch,
+                };
+                let mut generated =
+                    generate(&mut self.generator, Some(features), &rank_plan, settings)?;
+                write_part(
+                    &dir,
+                    &rank_plan,
+                    &mut generated,
+                    complete.clone(),
+                    &self.generator,
+                )?;
+                generated.pass.finish()?;
+                timing = Some(generated.timing);
+            }
+        }
+        if release_inception {
+            self.cache.release();
+        }
+        if world.rank != 0 {
+            return Ok(None);
+        }
+        let parts = wait_for_parts(
+            &dir,
+            world.size,
+            run.plan.distribution.gather_timeout,
+            &run.out_dir,
+            self.config.progress,
+        )?;
+        let reference = self.reference.as_ref().context("the reference")?;
+        let mut outcome = gather_run(
+            &self.config,
+            &self.cache,
+            reference,
+            &run.out_dir,
+            &parts,
+            run.plan.save_samples.as_deref(),
+        )?;
+        write_marker(&run.out_dir.join(COMPLETE), complete)?;
+        remove_parts(&dir)?;
+        remove_journals_folder(&run.plan.journal_dir);
+        outcome.timing = timing;
+        Ok(Some(outcome))
+    }
+}
+
+fn resolve_reference(config: &FidConfig, cache: &mut FeatureCache) -> Result<Reference> {
+    let needs = ReferenceNeeds {
+        features: config.metrics.needs_reference_features(),
+    };
+    Reference::resolve(&config.reference, config.reference_crop, needs, cache)
+}
+
+fn sample_source(save_samples: Option<&Path>) -> String {
+    match save_samples {
+        Some(p) => format!("generated (saved to {})", p.display()),
+        None => "generated".to_owned(),
+    }
+}
+
+fn write_marker(marker: &Path, settings: Map<String, Value>) -> Result<()> {
+    write_atomically(
+        marker,
+        serde_json::to_string_pretty(&Value::Object(settings))?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// The gather of a launched generated run: checks the ranks' `parts`, joins their features (in
+/// sample order) and samples (into `save_samples`), computes the metrics and writes the run
+/// folder as one process would have, with how the work was split in the record.
+fn gather_run(
+    config: &FidConfig,
+    cache: &FeatureCache,
+    reference: &Reference,
+    out_dir: &Path,
+    parts: &[Part],
+    save_samples: Option<&Path>,
+) -> Result<FidOutcome> {
+    let dir = parts_dir(out_dir);
+    check_parts(&dir, parts)?;
+    let sample = join_part_features(parts)?;
+    if let Some(out) = save_samples {
+        join_part_samples(parts, out, config.progress)?;
+    }
+    let fields = common_fields(
+        &sample,
+        reference,
+        cache,
+        sample_source(save_samples),
+        config,
+    );
+    let mut run = run_info(fields.into_iter().chain(config.metrics.record()));
+    if let Some(first) = parts.first() {
+        run.extend(first.manifest.run_fields.clone());
+    }
+    run.extend(
+        split_record(parts)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let record = evaluate(sample, Some(reference), &config.metrics, run)?;
+    record.write(out_dir)?;
+    let grid = join_part_grids(parts)?;
+    if !grid.is_empty() {
+        write_grid(&out_dir.join("grid.png"), &grid)?;
+    }
+    Ok(FidOutcome {
+        record,
+        timing: None,
+        split: Some(split_summary(parts)),
+    })
+}
+
+/// `merge OUT_DIR` for a launched `fid --gpt` run whose rank 0 did not finish the gather: every
+/// rank's part must be in `<out_dir>/.parts/`; the reference is resolved through the feature
+/// cache in `cache_dir`, as the run did.
+pub fn gather_offline(
+    config: &FidConfig,
+    out_dir: &Path,
+    cache_dir: PathBuf,
+    save_samples: Option<&Path>,
+) -> Result<FidOutcome> {
+    let dir = parts_dir(out_dir);
+    let present = present_parts(&dir)?;
+    let world_size = present[0].manifest.world_size;
+    let parts = wait_for_parts(&dir, world_size, Duration::ZERO, out_dir, config.progress)?;
+    check_parts(&dir, &parts)?;
+    Reference::check(&config.reference)?;
+    let mut cache = FeatureCache::new(cache_dir, config.inception.clone(), config.progress)?;
+    let reference = resolve_reference(config, &mut cache)?;
+    let outcome = gather_run(config, &cache, &reference, out_dir, &parts, save_samples)?;
+    write_marker(&out_dir.join(COMPLETE), parts[0].manifest.settings.clone())?;
+    remove_parts(&dir)?;
+    remove_journals_folder(&journal_dir(out_dir));
+    Ok(outcome)
 }
 
 /// Beside a finished generated run's `metrics.json`: the settings it was made with, so that a

@@ -6,12 +6,19 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
 use ndarray::{Array1, Array3};
 use serde_json::{json, Map, Value};
 
 use super::batch::{self, BatchSize};
-use super::features::FeatureStage;
+use super::features::{sibling, FeatureStage};
+use super::gather::{
+    check_parts, finished_part, join_part_grids, join_part_samples, part_file_name, rank_record,
+    remove_journals_folder, remove_part, remove_parts, wait_for_parts, write_grid_part,
+    write_manifest, Distribution, Manifest, Part,
+};
 use super::generator::{Batches, Generator, Timing};
 use super::journal;
 use super::pass::{self, JournalConfig, PassConfig, PassOutcome, Stage};
@@ -90,6 +97,54 @@ pub struct GenerationPlan {
     pub stop_after: Option<usize>,
     /// Bars or none.
     pub progress: Progress,
+    /// This process's rank in a launched job (one process: [`Distribution::single`]).
+    pub distribution: Distribution,
+}
+
+impl GenerationPlan {
+    /// This process's samples: `--shard` when given, else rank r of N's (r, r+N, ...).
+    pub fn partition(&self) -> Shard {
+        let world = &self.distribution.world;
+        if self.shard == Shard::ALL && world.is_distributed() {
+            Shard {
+                index: world.rank,
+                count: world.size,
+            }
+        } else {
+            self.shard
+        }
+    }
+
+    /// Whether to continue a journal: asked for, or the launcher restarted the job.
+    pub fn resuming(&self) -> bool {
+        self.resume || self.distribution.world.restarts > 0
+    }
+
+    /// This process's journal folder (one per rank in a launched job).
+    pub fn journal(&self) -> PathBuf {
+        let world = &self.distribution.world;
+        if world.is_distributed() {
+            self.journal_dir.join(format!("rank-{}", world.rank))
+        } else {
+            self.journal_dir.clone()
+        }
+    }
+
+    /// Whether this process is one rank of several.
+    pub fn is_distributed(&self) -> bool {
+        self.distribution.world.is_distributed()
+    }
+}
+
+/// The settings every rank of a job must share: a run's fingerprint without what differs
+/// between ranks (the partition, and the decode batch that `auto` may choose per device), with
+/// the world size, which decides how Inception's batches fall.
+pub fn job_settings(settings: &Map<String, Value>, world_size: usize) -> Map<String, Value> {
+    let mut job = settings.clone();
+    job.remove("shard");
+    job.remove("decode_batch_size");
+    job.insert("world_size".into(), json!(world_size));
+    job
 }
 
 /// What a generation pass produced.
@@ -133,7 +188,7 @@ pub fn plan_batches(
         BatchSize::Auto => crate::device::free_memory(device),
         BatchSize::Fixed(_) => None,
     };
-    let samples = plan.shard.indices(plan.samples).len();
+    let samples = plan.partition().indices(plan.samples).len();
     let batches = generator.plan_batches(samples, plan.batch_size, free, inception_batch, recorded);
     if batches.auto {
         let memory = match free {
@@ -182,12 +237,13 @@ pub fn generate(
     plan: &GenerationPlan,
     mut settings: Map<String, Value>,
 ) -> Result<Generated> {
-    let indices = plan.shard.indices(plan.samples);
+    let shard = plan.partition();
+    let indices = shard.indices(plan.samples);
     if indices.is_empty() {
         bail!(
             "shard {}/{} of {} samples is empty",
-            plan.shard.index,
-            plan.shard.count,
+            shard.index,
+            shard.count,
             plan.samples
         );
     }
@@ -216,9 +272,9 @@ pub fn generate(
         },
         progress: plan.progress,
         journal: Some(JournalConfig {
-            dir: plan.journal_dir.clone(),
+            dir: plan.journal(),
             settings,
-            resume: plan.resume,
+            resume: plan.resuming(),
         }),
         stop_after_new: plan.stop_after,
     };
@@ -242,7 +298,7 @@ pub fn generate(
     }
     if let Some(mut writer) = writer.and_then(NpzStage::into_writer) {
         writer.add_array("arr_1", &labels)?;
-        if plan.shard.count > 1 {
+        if shard.count > 1 {
             let idx: Array1<i64> = indices.iter().map(|&i| i as i64).collect();
             writer.add_array("indices", &idx)?;
         }
@@ -266,30 +322,201 @@ pub fn add_generation_settings(
 ) -> Result<()> {
     settings.extend(generator.fingerprint()?);
     settings.insert("samples".into(), json!(plan.samples));
+    let shard = plan.partition();
     settings.insert(
         "shard".into(),
-        json!(format!("{}/{}", plan.shard.index, plan.shard.count)),
+        json!(format!("{}/{}", shard.index, shard.count)),
     );
     Ok(())
 }
 
-/// `sample`: this shard's samples into the npz `out` (and a grid PNG when asked).
+/// What `sample` did in this process.
+pub struct Sampled {
+    /// This process's own generation (none when a restarted rank kept the part it had finished).
+    pub generated: Option<Generated>,
+    /// In a launched job, this rank's part manifest.
+    pub part: Option<PathBuf>,
+    /// The parts rank 0 gathered into the output (none for one process and the other ranks).
+    pub gathered: Vec<Part>,
+}
+
+/// `sample`: this process's samples into the npz `plan.save_samples` (and a grid PNG when asked).
+/// In a launched job every rank writes its part beside the output (`<out>.parts/`) and rank 0
+/// gathers the parts into the output.
 pub fn sample_to_npz(
     generator: &mut Generator,
     plan: &GenerationPlan,
     grid: Option<&Path>,
-) -> Result<Generated> {
-    let recorded = if plan.resume {
-        journal::recorded_settings(&plan.journal_dir).and_then(|s| recorded_decode_batch(&s))
+) -> Result<Sampled> {
+    let out = plan
+        .save_samples
+        .clone()
+        .context("sample needs an output npz")?;
+    let recorded = if plan.resuming() {
+        journal::recorded_settings(&plan.journal()).and_then(|s| recorded_decode_batch(&s))
     } else {
         None
     };
     plan_batches(generator, plan, None, recorded);
-    let mut generated = generate(generator, None, plan, Map::new())?;
-    if let Some(path) = grid {
-        write_grid(path, &generated.grid)?;
+    if !plan.is_distributed() {
+        let mut generated = generate(generator, None, plan, Map::new())?;
+        if let Some(path) = grid {
+            write_grid(path, &generated.grid)?;
+        }
+        let pass = std::mem::replace(&mut generated.pass, PassOutcome::done());
+        pass.finish()?;
+        return Ok(Sampled {
+            generated: Some(generated),
+            part: None,
+            gathered: Vec::new(),
+        });
     }
-    let pass = std::mem::replace(&mut generated.pass, PassOutcome::done());
-    pass.finish()?;
-    Ok(generated)
+    let world = plan.distribution.world;
+    let dir = sibling(&out, ".parts");
+    let mut fingerprint = Map::new();
+    add_generation_settings(&mut fingerprint, generator, plan)?;
+    let settings = job_settings(&fingerprint, world.size);
+    let kept = plan
+        .resuming()
+        .then(|| finished_part(&dir, world.rank, world.size, &settings))
+        .flatten();
+    let (generated, part) = match kept {
+        Some(part) => {
+            plan.progress.say(format!(
+                "rank {}: its part {} is already complete: keeping it",
+                world.rank,
+                part.path.display()
+            ));
+            (None, part.path)
+        }
+        None => {
+            let mut rank_plan = start_part(&dir, plan)?;
+            rank_plan.save_samples = Some(dir.join(part_file_name(world.rank, "samples")));
+            let mut generated = generate(generator, None, &rank_plan, Map::new())?;
+            let part = write_part(&dir, &rank_plan, &mut generated, settings, generator)?;
+            let pass = std::mem::replace(&mut generated.pass, PassOutcome::done());
+            pass.finish()?;
+            (Some(generated), part)
+        }
+    };
+    if world.rank != 0 {
+        return Ok(Sampled {
+            generated,
+            part: Some(part),
+            gathered: Vec::new(),
+        });
+    }
+    let parts = wait_for_parts(
+        &dir,
+        world.size,
+        plan.distribution.gather_timeout,
+        &out,
+        plan.progress,
+    )?;
+    gather_samples(&dir, &parts, &out, grid, plan.progress)?;
+    Ok(Sampled {
+        generated,
+        part: Some(part),
+        gathered: parts,
+    })
+}
+
+/// Rank 0's (or `merge`'s) last step of a launched `sample`: checks the parts in `dir`, joins
+/// their samples into `out` (and the first ones into the `grid` PNG), and removes the parts.
+pub fn gather_samples(
+    dir: &Path,
+    parts: &[Part],
+    out: &Path,
+    grid: Option<&Path>,
+    progress: Progress,
+) -> Result<()> {
+    check_parts(dir, parts)?;
+    join_part_samples(parts, out, progress)?;
+    if let Some(path) = grid {
+        write_grid(path, &join_part_grids(parts)?)?;
+    }
+    remove_parts(dir)?;
+    remove_journals_folder(&sibling(out, ".journal"));
+    Ok(())
+}
+
+/// Makes room for this rank's part in `dir` (a new run replaces its old part) and returns the
+/// plan of its generation.
+pub fn start_part(dir: &Path, plan: &GenerationPlan) -> Result<GenerationPlan> {
+    let rank = plan.distribution.world.rank;
+    if !plan.resuming() {
+        remove_part(dir, rank)?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(plan.clone())
+}
+
+/// Writes this rank's part of a generated run into `dir`: its features (with their sample
+/// indices) when it has them, its grid images, and last the manifest naming them and its samples
+/// file (already written by the pass, when `plan.save_samples` is set).
+pub fn write_part(
+    dir: &Path,
+    plan: &GenerationPlan,
+    generated: &mut Generated,
+    settings: Map<String, Value>,
+    generator: &Generator,
+) -> Result<PathBuf> {
+    let world = plan.distribution.world;
+    let mut files = BTreeMap::new();
+    if let Some(features) = generated.features.as_mut() {
+        let name = part_file_name(world.rank, "features");
+        features.indices = Some(generated.indices.iter().map(|&i| i as i64).collect());
+        features.save(&dir.join(&name))?;
+        features.indices = None;
+        files.insert("features".to_owned(), name);
+    }
+    if let Some(samples) = &plan.save_samples {
+        let name = samples
+            .file_name()
+            .context("samples file name")?
+            .to_string_lossy()
+            .into_owned();
+        files.insert("samples".to_owned(), name);
+    }
+    if !generated.grid.is_empty() {
+        let name = part_file_name(world.rank, "grid");
+        write_grid_part(&dir.join(&name), &generated.grid, &generated.indices)?;
+        files.insert("grid".to_owned(), name);
+    }
+    let shard = plan.partition();
+    let mut rank = rank_record(
+        &world,
+        &generated.timing,
+        generated.indices.len(),
+        generated.resumed,
+    );
+    if let (Some(object), Some(batches)) = (rank.as_object_mut(), generated.timing.batches) {
+        object.insert("decode_batch_size".into(), json!(batches.decode));
+    }
+    let manifest = Manifest {
+        rank: world.rank,
+        world_size: world.size,
+        launcher: world.launcher.name().to_owned(),
+        shard: format!("{}/{}", shard.index, shard.count),
+        samples: plan.samples,
+        settings,
+        run_fields: generator
+            .config()
+            .record()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        rank_record: rank,
+        timing: generated.timing.record(),
+        files,
+        job: plan.distribution.job.clone(),
+    };
+    let path = write_manifest(dir, &manifest)?;
+    plan.progress.say(format!(
+        "rank {} of {}: part written to {}",
+        world.rank,
+        world.size,
+        path.display()
+    ));
+    Ok(path)
 }

@@ -51,6 +51,22 @@ fn merge_features(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<
         .iter()
         .map(|p| FeatureSet::load(p).with_context(|| format!("feature shard {}", p.display())))
         .collect::<Result<_>>()?;
+    let merged = join_features(&sets, shards)?;
+    merged.save(out)?;
+    progress.say(format!(
+        "merged features of {} samples into {}",
+        merged.len(),
+        out.display()
+    ));
+    Ok(())
+}
+
+/// The rows of `sets` (read from `shards`) as one feature set, in sample-index order when every
+/// set carries `indices`, else in the order given; the rows themselves are unchanged.
+pub fn join_features(sets: &[FeatureSet], shards: &[PathBuf]) -> Result<FeatureSet> {
+    if sets.is_empty() {
+        bail!("no feature shards to join");
+    }
     let keys = |f: &FeatureSet| [f.pool.is_some(), f.spatial.is_some(), f.logits.is_some()];
     for (set, path) in sets.iter().zip(shards).skip(1) {
         if keys(set) != keys(&sets[0]) {
@@ -78,7 +94,12 @@ fn merge_features(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<
     if with_indices > 0 {
         order.sort_unstable();
         if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
-            bail!("sample index {} is in more than one feature shard", w[0].0);
+            bail!(
+                "sample index {} is in more than one feature shard ({} and {})",
+                w[0].0,
+                shards[w[0].1].display(),
+                shards[w[1].1].display()
+            );
         }
     }
     let gather = |pick: fn(&FeatureSet) -> Option<&Array2<f32>>| -> Result<Option<Array2<f32>>> {
@@ -106,13 +127,7 @@ fn merge_features(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<
         logits: gather(|f| f.logits.as_ref())?,
         indices: (with_indices > 0).then(|| order.iter().map(|&(i, _, _)| i).collect()),
     };
-    merged.save(out)?;
-    progress.say(format!(
-        "merged features of {} samples into {}",
-        merged.len(),
-        out.display()
-    ));
-    Ok(())
+    Ok(merged)
 }
 
 /// Joins `shards` (sample npz files, or feature files made of them) into `out` in sample order.

@@ -24,6 +24,7 @@ pub mod cache;
 pub mod evaluate;
 pub mod features;
 pub mod fid;
+pub mod gather;
 pub mod generate;
 pub mod generator;
 pub mod inception;

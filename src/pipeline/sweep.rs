@@ -7,17 +7,22 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::cache::FeatureCache;
-use super::fid::{journal_dir, FidConfig, FidOutcome, GeneratedEvaluation, GeneratedRun};
+use super::fid::{
+    gather_offline, journal_dir, FidConfig, FidOutcome, GeneratedEvaluation, GeneratedRun,
+};
+use super::gather::parts_dir;
 use super::generate::GenerationPlan;
 use super::generator::GeneratorConfig;
+use crate::record::RunRecord;
 use crate::report;
 
 /// A sweep's runs, in the order of its scales.
 pub struct SweepOutcome {
     /// `(scale, run folder, outcome)`.
     pub runs: Vec<(f64, PathBuf, FidOutcome)>,
-    /// The report folder and the files written there.
-    pub report: (PathBuf, report::Written),
+    /// The report folder and the files written there (not by the ranks of a launched job that
+    /// leave the gather to rank 0).
+    pub report: Option<(PathBuf, report::Written)>,
 }
 
 /// Runs the generated evaluation at each of `scales` into `out_dir/cfg-<scale>/`, then the
@@ -30,18 +35,13 @@ pub fn sweep(
     plan: &GenerationPlan,
     out_dir: &Path,
 ) -> Result<SweepOutcome> {
-    if scales.is_empty() {
-        bail!("no CFG scales to sweep");
-    }
-    if let Some(bad) = scales.iter().find(|s| !s.is_finite() || **s < 0.0) {
-        bail!("CFG scale {bad} is not usable: scales must be finite and at least 0");
-    }
-    let cache_dir = FeatureCache::dir_for(&out_dir.join("cfg"));
-    let mut evaluation = GeneratedEvaluation::open(fid, generator, cache_dir)?;
+    check_scales(scales)?;
+    let gathers = plan.distribution.world.rank == 0;
+    let mut evaluation = GeneratedEvaluation::open(fid, generator, cache_dir(out_dir), gathers)?;
     let mut runs = Vec::with_capacity(scales.len());
     for (i, &scale) in scales.iter().enumerate() {
         evaluation.generator_mut().set_cfg_scale(scale)?;
-        let run_dir = out_dir.join(format!("cfg-{scale}"));
+        let run_dir = run_dir(out_dir, scale);
         let mut run_plan = plan.clone();
         run_plan.journal_dir = journal_dir(&run_dir);
         run_plan.save_samples = plan
@@ -59,14 +59,78 @@ pub fn sweep(
         let outcome = evaluation
             .run(&run, last)
             .with_context(|| format!("CFG scale {scale}"))?;
-        runs.push((scale, run_dir, outcome));
+        if let Some(outcome) = outcome {
+            runs.push((scale, run_dir, outcome));
+        }
     }
+    let report = if gathers {
+        Some(write_sweep_report(&runs, out_dir)?)
+    } else {
+        None
+    };
+    Ok(SweepOutcome { runs, report })
+}
+
+fn check_scales(scales: &[f64]) -> Result<()> {
+    if scales.is_empty() {
+        bail!("no CFG scales to sweep");
+    }
+    if let Some(bad) = scales.iter().find(|s| !s.is_finite() || **s < 0.0) {
+        bail!("CFG scale {bad} is not usable: scales must be finite and at least 0");
+    }
+    Ok(())
+}
+
+/// The run folder of `scale` in a sweep folder.
+pub fn run_dir(out_dir: &Path, scale: f64) -> PathBuf {
+    out_dir.join(format!("cfg-{scale}"))
+}
+
+fn cache_dir(out_dir: &Path) -> PathBuf {
+    FeatureCache::dir_for(&out_dir.join("cfg"))
+}
+
+fn write_sweep_report(
+    runs: &[(f64, PathBuf, FidOutcome)],
+    out_dir: &Path,
+) -> Result<(PathBuf, report::Written)> {
     let dirs: Vec<PathBuf> = runs.iter().map(|(_, dir, _)| dir.clone()).collect();
     let loaded = report::load_runs(&dirs, None)?;
     let report_dir = out_dir.join("report");
     let written = report::write_report(&loaded, &report_dir)?;
-    Ok(SweepOutcome {
-        runs,
-        report: (report_dir, written),
-    })
+    Ok((report_dir, written))
+}
+
+/// `merge OUT_DIR` for a launched sweep whose rank 0 did not finish: the gather of every scale
+/// whose parts are in its run folder (scales already gathered are kept), then the report.
+pub fn gather_sweep_offline(
+    fid: &FidConfig,
+    scales: &[f64],
+    save_samples: Option<&Path>,
+    out_dir: &Path,
+) -> Result<SweepOutcome> {
+    check_scales(scales)?;
+    let mut runs = Vec::with_capacity(scales.len());
+    for &scale in scales {
+        let dir = run_dir(out_dir, scale);
+        let outcome = if parts_dir(&dir).is_dir() {
+            let save = save_samples
+                .and_then(|p| p.file_name())
+                .map(|name| dir.join(name));
+            gather_offline(fid, &dir, cache_dir(out_dir), save.as_deref())
+                .with_context(|| format!("CFG scale {scale}"))?
+        } else {
+            let record = RunRecord::read(&dir).with_context(|| {
+                format!("CFG scale {scale}: neither parts to gather nor a finished run")
+            })?;
+            FidOutcome {
+                record,
+                timing: None,
+                split: None,
+            }
+        };
+        runs.push((scale, dir, outcome));
+    }
+    let report = Some(write_sweep_report(&runs, out_dir)?);
+    Ok(SweepOutcome { runs, report })
 }

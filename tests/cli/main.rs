@@ -5,6 +5,7 @@ mod harness;
 
 mod check;
 mod demo;
+mod distributed;
 mod doctor;
 mod fid;
 mod merge_features;

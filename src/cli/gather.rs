@@ -1,0 +1,126 @@
+//! `merge OUT_DIR`: finishes the gather of a launched job offline (rank 0 died, or the ranks
+//! wrote to local disks and their parts were copied together). The parts' manifests carry the
+//! job's command line; it is parsed again here, so the gather computes exactly what rank 0
+//! would have.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use llamagen_eval::launcher::World;
+use llamagen_eval::pipeline::features::sibling;
+use llamagen_eval::pipeline::fid::gather_offline;
+use llamagen_eval::pipeline::gather::{parts_dir, present_parts, split_summary, wait_for_parts};
+use llamagen_eval::pipeline::generate::gather_samples;
+use llamagen_eval::pipeline::sweep::gather_sweep_offline;
+use llamagen_eval::pipeline::FeatureCache;
+use llamagen_eval::progress::Progress;
+
+use super::args::print_outcome;
+use super::sweep::print_sweep;
+use super::{Cli, Command};
+
+/// The parts folders `target` may mean: its own (a `sample` output's `<out>.parts`, or a run
+/// folder's `.parts`), the folder itself, or a sweep's run folders' `.parts`.
+fn parts_folders(target: &Path) -> Vec<PathBuf> {
+    let mut candidates = vec![
+        target.to_path_buf(),
+        parts_dir(target),
+        sibling(target, ".parts"),
+    ];
+    if let Ok(entries) = std::fs::read_dir(target) {
+        let mut runs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("cfg-"))
+            })
+            .map(|p| parts_dir(&p))
+            .collect();
+        runs.sort();
+        candidates.extend(runs);
+    }
+    candidates
+        .into_iter()
+        .filter(|dir| present_parts(dir).is_ok())
+        .collect()
+}
+
+/// Finishes the gather of the launched job whose output is `target`.
+pub fn finish(target: &Path, progress: Progress) -> Result<ExitCode> {
+    let folders = parts_folders(target);
+    let Some(first) = folders.first() else {
+        bail!(
+            "{}: no parts of a launched job (rank-<r>.json) here, in its .parts folder or in its cfg-* run folders; to join shard files, give them with --out ALL.npz",
+            target.display()
+        );
+    };
+    let parts = present_parts(first)?;
+    let job = parts[0].manifest.job.clone();
+    let target = std::path::absolute(target)
+        .with_context(|| format!("{}: cannot resolve", target.display()))?;
+    let first = std::path::absolute(first)?;
+    // The command line's relative paths are relative to where the job ran.
+    if Path::new(&job.cwd).is_dir() {
+        std::env::set_current_dir(&job.cwd)
+            .with_context(|| format!("cannot enter the job's folder {}", job.cwd))?;
+    }
+    let cli = Cli::try_parse_from(job.argv.iter().map(OsStr::new)).with_context(|| {
+        format!(
+            "{}: the job's command line no longer parses",
+            parts[0].path.display()
+        )
+    })?;
+    progress.say(format!(
+        "gathering the parts of `{}` ({} ranks) in {}",
+        job.command,
+        parts[0].manifest.world_size,
+        first.display()
+    ));
+    match cli.command {
+        Command::Fid(args) => {
+            let run_dir = first.parent().context("the run folder")?.to_path_buf();
+            let config = args.fid_config(progress, &World::SINGLE)?;
+            let outcome = gather_offline(
+                &config,
+                &run_dir,
+                FeatureCache::dir_for(&run_dir),
+                args.save_samples.as_deref(),
+            )?;
+            print_outcome(&outcome, &run_dir, progress);
+        }
+        Command::Sweep(args) => {
+            let config = args.fid.fid_config(progress, &World::SINGLE)?;
+            let outcome = gather_sweep_offline(
+                &config,
+                &args.cfg_scales,
+                args.fid.save_samples.as_deref(),
+                &target,
+            )?;
+            print_sweep(&outcome, progress);
+        }
+        Command::Sample(args) => {
+            let world_size = parts[0].manifest.world_size;
+            let out = first
+                .to_str()
+                .and_then(|s| s.strip_suffix(".parts"))
+                .map_or(args.out.clone(), PathBuf::from);
+            let parts = wait_for_parts(&first, world_size, Duration::ZERO, &target, progress)?;
+            gather_samples(&first, &parts, &out, args.grid.as_deref(), progress)?;
+            progress.say(format!("wrote {}", out.display()));
+            if progress == Progress::Shown {
+                eprint!("{}", split_summary(&parts));
+            }
+        }
+        _ => bail!(
+            "{}: parts of `{}`, which does not split over ranks",
+            first.display(),
+            job.command
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,434 @@
+//! One command split over the ranks of a launcher gives one process's results: the real
+//! `torchrun` from the project venv (also with a rank killed and restarted), Slurm's task and
+//! job-array environments as `srun` and `sbatch --array` set them, and the offline `merge
+//! OUT_DIR`; parts that do not belong together are refused naming the rank and the file.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use llamagen_test_support as support;
+use ndarray::{Array1, Array4};
+
+use crate::harness::{all_cores, metrics_json, random_inception_and_reference, Cli};
+
+const SAMPLES: &str = "24";
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary path")
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    weights: PathBuf,
+    reference: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let (weights, reference) = random_inception_and_reference(&root, 12);
+    Setup {
+        _dir: dir,
+        root,
+        weights,
+        reference,
+    }
+}
+
+/// `fid --gpt` on the golden demo-size models into `out`, saving the samples there.
+fn fid_args(setup: &Setup, out: &Path, cfg: &str) -> Vec<String> {
+    let golden = support::golden_dir();
+    [
+        "fid",
+        "--gpt",
+        s(&golden.join("gpt_public.pt")),
+        "--vq",
+        s(&golden.join("vq_public.pt")),
+        "--n-head",
+        "4",
+        "--image-size",
+        "64",
+        "--samples",
+        SAMPLES,
+        "--cfg-scale",
+        cfg,
+        "--seed",
+        "5",
+        "--gen-batch-size",
+        "4",
+        "--batch-size",
+        "4",
+        "--ref",
+        s(&setup.reference),
+        "--inception",
+        s(&setup.weights),
+        "--device",
+        "cpu",
+        "--kid-subsets",
+        "5",
+        "--kid-subset-size",
+        "5",
+        "--save-samples",
+        s(&out.join("samples.npz")),
+        "--out",
+        s(out),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+fn read_samples(path: &Path) -> (Array4<u8>, Array1<i64>) {
+    let mut npz = ndarray_npy::NpzReader::new(
+        File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap();
+    (npz.by_name("arr_0").unwrap(), npz.by_name("arr_1").unwrap())
+}
+
+/// The launcher variables of a test process are its own: none leak in from the machine.
+fn without_launcher_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        let launcher = ["SLURM_", "OMPI_", "TORCHELASTIC_"]
+            .iter()
+            .any(|p| key.starts_with(p))
+            || ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"].contains(&key.as_str());
+        if launcher {
+            command.env_remove(&key);
+        }
+    }
+    command.env_remove("LLAMAGEN_EVAL_INCEPTION");
+    command.env_remove("LLAMAGEN_EVAL_CRASH_AT");
+}
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_llamagen-eval")
+}
+
+fn torchrun() -> PathBuf {
+    let torchrun = support::python().with_file_name("torchrun");
+    assert!(
+        torchrun.is_file(),
+        "torchrun not found at {}: run ./x setup",
+        torchrun.display()
+    );
+    torchrun
+}
+
+/// The single-process run every launched run is compared with.
+fn single_process(setup: &Setup) -> PathBuf {
+    let out = setup.root.join("single");
+    let mut command = Command::new(binary());
+    without_launcher_env(&mut command);
+    let output = command
+        .args(fid_args(setup, &out, "2.0"))
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// `launched` holds exactly what `single` holds, up to the rounding that the ranks' thread count
+/// and Inception batches move: labels identical, at most one level in under 0.1% of the pixels,
+/// every metric within 1e-5 relative; the record says how the work was split.
+fn assert_same_as_single(single: &Path, launched: &Path, launcher: &str, world: usize) {
+    let (expected_images, expected_labels) = read_samples(&single.join("samples.npz"));
+    let (images, labels) = read_samples(&launched.join("samples.npz"));
+    assert_eq!(labels, expected_labels, "labels");
+    assert_eq!(images.dim(), expected_images.dim());
+    let mut differ = 0usize;
+    for (a, b) in images.iter().zip(expected_images.iter()) {
+        let d = (i16::from(*a) - i16::from(*b)).abs();
+        assert!(d <= 1, "a pixel moved by {d} levels");
+        differ += usize::from(d > 0);
+    }
+    let share = differ as f64 / images.len() as f64;
+    assert!(
+        share < 1e-3,
+        "{differ} pixels differ ({:.4}%)",
+        100.0 * share
+    );
+    let expected = metrics_json(single);
+    let got = metrics_json(launched);
+    let want = expected["metrics"].as_object().unwrap();
+    assert!(want["fid"].is_number(), "{expected}");
+    for (key, value) in want {
+        let (a, b) = (
+            value.as_f64().unwrap(),
+            got["metrics"][key].as_f64().unwrap(),
+        );
+        assert!(
+            support::rel_diff(a, b) <= 1e-5 || (a - b).abs() <= 1e-9,
+            "{key}: launched {b}, one process {a}"
+        );
+    }
+    let run = &got["run"];
+    assert_eq!(run["world_size"], world, "{run}");
+    assert_eq!(run["launcher"], launcher, "{run}");
+    let ranks = run["ranks"].as_array().unwrap();
+    let counts: Vec<u64> = ranks
+        .iter()
+        .map(|r| r["samples"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), 24, "{run}");
+    assert!(ranks
+        .iter()
+        .all(|r| r["host"].is_string() && r["wall_s"].is_number()));
+    assert!(run["throughput"]["images_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(run["n_samples"], 24);
+    assert!(!launched.join(".parts").exists(), "parts left behind");
+    assert!(!launched.join(".journal").exists(), "journals left behind");
+    assert!(launched.join("grid.png").is_file());
+}
+
+fn torchrun_fid(setup: &Setup, out: &Path, wrapper: Option<&str>, restarts: u32) -> String {
+    let mut command = Command::new(torchrun());
+    without_launcher_env(&mut command);
+    command.args([
+        "--standalone",
+        "--nproc-per-node",
+        "3",
+        "--max-restarts",
+        &restarts.to_string(),
+        "--no-python",
+    ]);
+    match wrapper {
+        // A shell that decides per rank what to export, then runs the binary.
+        Some(script) => command.args(["sh", "-c", script, "sh", binary()]),
+        None => command.arg(binary()),
+    };
+    let output = command
+        .args(fid_args(setup, out, "2.0"))
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "torchrun failed:\n{stderr}");
+    stderr
+}
+
+#[test]
+fn torchrun_ranks_give_one_process_results_also_after_a_restart() {
+    let _cores = all_cores();
+    let setup = setup();
+    let single = single_process(&setup);
+
+    let launched = setup.root.join("torchrun");
+    torchrun_fid(&setup, &launched, None, 0);
+    assert_same_as_single(&single, &launched, "torchrun", 3);
+
+    // Rank 1 is killed with SIGKILL right after its first commit; torchrun restarts the job
+    // once, and every rank resumes from its own journal (or keeps its finished part).
+    let restarted = setup.root.join("restarted");
+    let crash_rank_1 = r#"if [ "$RANK" = 1 ] && [ "$TORCHELASTIC_RESTART_COUNT" = 0 ]; then export LLAMAGEN_EVAL_CRASH_AT=committed:1; fi; exec "$@""#;
+    let stderr = torchrun_fid(&setup, &restarted, Some(crash_rank_1), 1);
+    assert!(
+        stderr.contains("Signals.SIGKILL")
+            || stderr.contains("SIGKILL")
+            || stderr.contains("exitcode"),
+        "rank 1 was not killed:\n{stderr}"
+    );
+    assert_same_as_single(&single, &restarted, "torchrun", 3);
+}
+
+/// Starts the binary once per entry of `ranks` (each with its own launcher variables), waits for
+/// all of them, and returns their exit status and stderr by rank.
+fn spawn_ranks(args: &[String], ranks: &[Vec<(&str, String)>]) -> Vec<(bool, String)> {
+    let runs: Vec<_> = ranks.iter().map(|vars| (args, vars)).collect();
+    spawn(&runs)
+}
+
+/// Like [`spawn_ranks`], each process with its own command line.
+fn spawn(runs: &[(&[String], &Vec<(&str, String)>)]) -> Vec<(bool, String)> {
+    let children: Vec<Child> = runs
+        .iter()
+        .map(|(args, vars)| {
+            let mut command = Command::new(binary());
+            without_launcher_env(&mut command);
+            command
+                .args(args.iter())
+                .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+                .env("OMP_NUM_THREADS", "1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            command.spawn().unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|child| {
+            let output = child.wait_with_output().unwrap();
+            (
+                output.status.success(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn srun_vars(rank: usize, size: usize) -> Vec<(&'static str, String)> {
+    vec![
+        ("SLURM_JOB_ID", "4242".into()),
+        ("SLURM_STEP_ID", "0".into()),
+        ("SLURM_PROCID", rank.to_string()),
+        ("SLURM_NTASKS", size.to_string()),
+        ("SLURM_LOCALID", rank.to_string()),
+        ("SLURM_NODEID", "0".into()),
+        ("SLURM_NTASKS_PER_NODE", size.to_string()),
+    ]
+}
+
+fn array_vars(task: usize, count: usize) -> Vec<(&'static str, String)> {
+    vec![
+        ("SLURM_JOB_ID", (5000 + task).to_string()),
+        ("SLURM_ARRAY_JOB_ID", "5000".into()),
+        ("SLURM_ARRAY_TASK_ID", (10 + task).to_string()),
+        ("SLURM_ARRAY_TASK_MIN", "10".into()),
+        ("SLURM_ARRAY_TASK_MAX", (10 + count - 1).to_string()),
+        ("SLURM_ARRAY_TASK_COUNT", count.to_string()),
+        ("SLURM_PROCID", "0".into()),
+        ("SLURM_NTASKS", "1".into()),
+        ("SLURM_LOCALID", "0".into()),
+    ]
+}
+
+#[test]
+fn slurm_tasks_and_job_arrays_give_one_process_results() {
+    let _cores = all_cores();
+    let setup = setup();
+    let single = single_process(&setup);
+
+    let tasks = setup.root.join("srun");
+    let mut args = fid_args(&setup, &tasks, "2.0");
+    args.push("--quiet".into());
+    let ranks: Vec<_> = (0..3).map(|r| srun_vars(r, 3)).collect();
+    for (rank, (ok, stderr)) in spawn_ranks(&args, &ranks).iter().enumerate() {
+        assert!(ok, "srun task {rank}:\n{stderr}");
+    }
+    assert_same_as_single(&single, &tasks, "slurm", 3);
+
+    // A job array whose tasks run one after another: rank 0 runs last here, and the tasks
+    // before it leave their parts.
+    let array = setup.root.join("array");
+    let mut args = fid_args(&setup, &array, "2.0");
+    args.push("--quiet".into());
+    for task in [2, 1, 0] {
+        let (ok, stderr) = &spawn_ranks(&args, &[array_vars(task, 3)])[0];
+        assert!(ok, "array task {task}:\n{stderr}");
+    }
+    assert_same_as_single(&single, &array, "slurm-array", 3);
+}
+
+#[test]
+fn merge_finishes_a_gather_that_rank_0_did_not() {
+    let _cores = all_cores();
+    let setup = setup();
+    let single = single_process(&setup);
+    let out = setup.root.join("merged");
+    let mut args = fid_args(&setup, &out, "2.0");
+    args.extend(["--quiet".into(), "--gather-timeout".into(), "1".into()]);
+    // Rank 0 finishes first and gives up waiting, naming the missing ranks and the way out.
+    let (ok, stderr) = &spawn_ranks(&args, &[srun_vars(0, 3)])[0];
+    assert!(!ok);
+    assert!(
+        stderr.contains("no part from rank 1, 2 after 1 s") && stderr.contains("merge"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("rank-1.json"), "{stderr}");
+    assert!(!out.join("metrics.json").exists());
+    let results = spawn_ranks(&args, &[srun_vars(1, 3), srun_vars(2, 3)]);
+    assert!(results.iter().all(|(ok, _)| *ok), "{results:?}");
+    assert!(!out.join("metrics.json").exists());
+    Cli::new().args(["merge", s(&out)]).quiet().run().success();
+    assert_same_as_single(&single, &out, "slurm", 3);
+}
+
+#[test]
+fn parts_that_do_not_belong_together_are_refused_naming_rank_and_file() {
+    let _cores = all_cores();
+    let setup = setup();
+    let quiet_timeout = |args: &mut Vec<String>| {
+        args.extend(["--quiet".into(), "--gather-timeout".into(), "30".into()]);
+    };
+
+    // A rank launched with another world size.
+    let out = setup.root.join("world");
+    let mut args = fid_args(&setup, &out, "2.0");
+    quiet_timeout(&mut args);
+    let mut ranks: Vec<_> = (0..3).map(|r| srun_vars(r, 3)).collect();
+    ranks[1] = srun_vars(1, 4);
+    let results = spawn_ranks(&args, &ranks);
+    let stderr = &results[0].1;
+    assert!(!results[0].0);
+    assert!(
+        stderr.contains("rank 1 ran in a job of 4 processes, rank 0's job has 3")
+            && stderr.contains("rank-1.json"),
+        "{stderr}"
+    );
+    assert!(!out.join("metrics.json").exists());
+
+    // A rank run with another command line.
+    let out = setup.root.join("settings");
+    let mut args = fid_args(&setup, &out, "2.0");
+    quiet_timeout(&mut args);
+    let mut other = fid_args(&setup, &out, "3.0");
+    quiet_timeout(&mut other);
+    let (vars0, vars1) = (srun_vars(0, 2), srun_vars(1, 2));
+    let results = spawn(&[(&args, &vars0), (&other, &vars1)]);
+    let stderr = &results[0].1;
+    assert!(!results[0].0);
+    assert!(
+        stderr.contains("rank 1 was run with another command line than rank 0")
+            && stderr.contains("`cfg_scale` was 2.0, here 3.0")
+            && stderr.contains("rank-1.json"),
+        "{stderr}"
+    );
+    assert!(!out.join("metrics.json").exists());
+
+    // Two ranks claiming the same samples (an explicit --shard wins over the environment).
+    let golden = support::golden_dir();
+    let npz = setup.root.join("twice.npz");
+    let sample: Vec<String> = [
+        "sample",
+        "--gpt",
+        s(&golden.join("gpt_public.pt")),
+        "--vq",
+        s(&golden.join("vq_public.pt")),
+        "--n-head",
+        "4",
+        "--image-size",
+        "64",
+        "--samples",
+        "6",
+        "--shard",
+        "1/2",
+        "--device",
+        "cpu",
+        "--out",
+        s(&npz),
+        "--quiet",
+        "--gather-timeout",
+        "30",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let results = spawn_ranks(&sample, &[srun_vars(0, 2), srun_vars(1, 2)]);
+    let stderr = &results[0].1;
+    assert!(!results[0].0);
+    assert!(
+        stderr.contains("sample index 1 is claimed by rank 0")
+            && stderr.contains("and by rank 1")
+            && stderr.contains("rank-1.json"),
+        "{stderr}"
+    );
+    assert!(!npz.exists());
+}
