@@ -160,16 +160,28 @@ fn assert_same_as_single(single: &Path, launched: &Path, launcher: &str, world: 
     let got = metrics_json(launched);
     let want = expected["metrics"].as_object().unwrap();
     assert!(want["fid"].is_number(), "{expected}");
+    let mut worst = (String::new(), 0.0, 0.0, 0.0);
     for (key, value) in want {
         let (a, b) = (
             value.as_f64().unwrap(),
             got["metrics"][key].as_f64().unwrap(),
         );
+        if support::rel_diff(a, b) > worst.1 {
+            worst = (key.clone(), support::rel_diff(a, b), a, b);
+        }
         assert!(
             support::rel_diff(a, b) <= 1e-5 || (a - b).abs() <= 1e-9,
             "{key}: launched {b}, one process {a}"
         );
     }
+    eprintln!(
+        "{launcher}: {differ} of {} pixels differ by 1 level; largest metric difference {} {:.2e} relative ({} vs {})",
+        images.len(),
+        worst.0,
+        worst.1,
+        worst.2,
+        worst.3
+    );
     let run = &got["run"];
     assert_eq!(run["world_size"], world, "{run}");
     assert_eq!(run["launcher"], launcher, "{run}");
