@@ -444,3 +444,108 @@ fn parts_that_do_not_belong_together_are_refused_naming_rank_and_file() {
     );
     assert!(!npz.exists());
 }
+
+fn sample_args(out: &Path) -> Vec<String> {
+    let golden = support::golden_dir();
+    [
+        "sample",
+        "--gpt",
+        s(&golden.join("gpt_public.pt")),
+        "--vq",
+        s(&golden.join("vq_public.pt")),
+        "--n-head",
+        "4",
+        "--image-size",
+        "64",
+        "--samples",
+        "10",
+        "--seed",
+        "3",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--grid",
+        s(&out.with_extension("png")),
+        "--out",
+        s(out),
+        "--quiet",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+#[test]
+fn sample_and_sweep_split_over_ranks() {
+    let _cores = all_cores();
+    let setup = setup();
+
+    // `sample` over 3 Slurm tasks writes the npz one process writes.
+    let single = setup.root.join("single.npz");
+    let mut command = Command::new(binary());
+    without_launcher_env(&mut command);
+    let output = command.args(sample_args(&single)).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let launched = setup.root.join("launched.npz");
+    let ranks: Vec<_> = (0..3).map(|r| srun_vars(r, 3)).collect();
+    for (rank, (ok, stderr)) in spawn_ranks(&sample_args(&launched), &ranks)
+        .iter()
+        .enumerate()
+    {
+        assert!(ok, "task {rank}:\n{stderr}");
+    }
+    let (expected_images, expected_labels) = read_samples(&single);
+    let (images, labels) = read_samples(&launched);
+    assert_eq!(labels, expected_labels);
+    let moved = images
+        .iter()
+        .zip(expected_images.iter())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        images
+            .iter()
+            .zip(expected_images.iter())
+            .all(|(a, b)| a.abs_diff(*b) <= 1)
+            && (moved as f64) < 1e-3 * images.len() as f64,
+        "{moved} pixels differ"
+    );
+    let entries = ndarray_npy::NpzReader::new(File::open(&launched).unwrap())
+        .unwrap()
+        .names()
+        .unwrap();
+    assert!(
+        !entries.iter().any(|n| n.starts_with("indices")),
+        "{entries:?}"
+    );
+    assert!(launched.with_extension("png").is_file());
+    assert!(!setup.root.join("launched.npz.parts").exists());
+    assert!(!setup.root.join("launched.npz.journal").exists());
+
+    // A sweep over 2 ranks: rank 0 gathers every scale and writes the report.
+    let sweep = setup.root.join("sweep");
+    let mut args = fid_args(&setup, &sweep, "1.0");
+    args.splice(
+        0..1,
+        ["sweep".to_string(), "--cfg-scales".into(), "1.5,3".into()],
+    );
+    args.push("--quiet".into());
+    let ranks: Vec<_> = (0..2).map(|r| srun_vars(r, 2)).collect();
+    for (rank, (ok, stderr)) in spawn_ranks(&args, &ranks).iter().enumerate() {
+        assert!(ok, "task {rank}:\n{stderr}");
+    }
+    for scale in ["1.5", "3"] {
+        let run = sweep.join(format!("cfg-{scale}"));
+        let record = metrics_json(&run);
+        assert_eq!(record["run"]["world_size"], 2, "{record}");
+        assert_eq!(record["run"]["cfg_scale"], scale.parse::<f64>().unwrap());
+        assert_eq!(read_samples(&run.join("samples.npz")).1.len(), 24);
+        assert!(!run.join(".parts").exists());
+    }
+    assert!(sweep.join("report/summary.csv").is_file());
+}
