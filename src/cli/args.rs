@@ -448,7 +448,7 @@ impl FidArgs {
         progress: Progress,
         distribution: Distribution,
     ) -> Result<GenerationPlan> {
-        Ok(GenerationPlan {
+        let plan = GenerationPlan {
             samples: self.gen.sample_count()?,
             shard: Shard::ALL,
             batch_size: self.gen_batch_size,
@@ -459,7 +459,9 @@ impl FidArgs {
             stop_after: self.gen.stop_after,
             progress,
             distribution,
-        })
+        };
+        plan.check()?;
+        Ok(plan)
     }
 }
 

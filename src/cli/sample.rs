@@ -66,14 +66,8 @@ pub fn run(
         progress,
         distribution,
     };
+    plan.check()?;
     let partition = plan.partition();
-    if partition.indices(count).is_empty() {
-        anyhow::bail!(
-            "shard {}/{} of {count} samples is empty",
-            partition.index,
-            partition.count
-        );
-    }
     let mut generator = Generator::new(&config)?;
     let sampled = sample_to_npz(&mut generator, &plan, cmd.grid.as_deref())?;
     let size = generator.eval_size();
@@ -84,15 +78,12 @@ pub fn run(
             world.size,
             cmd.out.display()
         ));
-    } else {
-        let written = match (&sampled.generated, sampled.gathered.is_empty()) {
-            (Some(generated), true) => generated.indices.len(),
-            _ => count,
-        };
+    } else if sampled.gathered.is_empty() {
+        let written = sampled.generated.as_ref().map_or(0, |g| g.indices.len());
         progress.say(format!(
             "wrote {} ({written} images of {size}x{size}{})",
             cmd.out.display(),
-            if partition.count > 1 && sampled.gathered.is_empty() {
+            if partition.count > 1 {
                 format!(", shard {}/{}", partition.index, partition.count)
             } else {
                 String::new()

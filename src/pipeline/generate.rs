@@ -130,6 +130,30 @@ impl GenerationPlan {
         }
     }
 
+    /// Refuses a plan that leaves this process, or any rank of its job, without samples (checked
+    /// on every rank alike, so no rank waits for a part that will never come).
+    pub fn check(&self) -> Result<()> {
+        let world = &self.distribution.world;
+        if world.is_distributed() && self.shard == Shard::ALL && self.samples < world.size {
+            bail!(
+                "{} samples cannot be split over the {} ranks of this job ({world}): ask for at least {} samples, or start fewer processes",
+                self.samples,
+                world.size,
+                world.size
+            );
+        }
+        let shard = self.partition();
+        if shard.indices(self.samples).is_empty() {
+            bail!(
+                "shard {}/{} of {} samples is empty",
+                shard.index,
+                shard.count,
+                self.samples
+            );
+        }
+        Ok(())
+    }
+
     /// Whether this process is one rank of several.
     pub fn is_distributed(&self) -> bool {
         self.distribution.world.is_distributed()
