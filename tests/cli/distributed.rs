@@ -251,15 +251,18 @@ fn torchrun_ranks_give_one_process_results_also_after_a_restart() {
     assert_same_as_single(&single, &restarted, "torchrun", 3);
 }
 
+/// The launcher variables of one process.
+type LauncherVars = Vec<(&'static str, String)>;
+
 /// Starts the binary once per entry of `ranks` (each with its own launcher variables), waits for
 /// all of them, and returns their exit status and stderr by rank.
-fn spawn_ranks(args: &[String], ranks: &[Vec<(&str, String)>]) -> Vec<(bool, String)> {
+fn spawn_ranks(args: &[String], ranks: &[LauncherVars]) -> Vec<(bool, String)> {
     let runs: Vec<_> = ranks.iter().map(|vars| (args, vars)).collect();
     spawn(&runs)
 }
 
 /// Like [`spawn_ranks`], each process with its own command line.
-fn spawn(runs: &[(&[String], &Vec<(&str, String)>)]) -> Vec<(bool, String)> {
+fn spawn(runs: &[(&[String], &LauncherVars)]) -> Vec<(bool, String)> {
     let children: Vec<Child> = runs
         .iter()
         .map(|(args, vars)| {
