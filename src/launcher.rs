@@ -210,6 +210,26 @@ impl World {
     }
 }
 
+/// What names one launch of a job, the same on all its ranks and new with every launch (a
+/// restart by the launcher keeps it): torchrun's run id (`--standalone` makes one per launch;
+/// `none` when multi-node runs give no `--rdzv-id`), Slurm's job (and step) id, Open MPI's
+/// namespace. `None` when the launcher gives none.
+pub fn launch_id(launcher: Launcher, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    match launcher {
+        Launcher::None => None,
+        Launcher::Torchrun => env("TORCHELASTIC_RUN_ID").filter(|id| id != "none"),
+        Launcher::Slurm => {
+            let job = env("SLURM_JOB_ID")?;
+            Some(match env("SLURM_STEP_ID") {
+                Some(step) => format!("slurm-{job}.{step}"),
+                None => format!("slurm-{job}"),
+            })
+        }
+        Launcher::SlurmArray => env("SLURM_ARRAY_JOB_ID").map(|id| format!("slurm-array-{id}")),
+        Launcher::Mpi => env("PMIX_NAMESPACE").or_else(|| env("OMPI_MCA_orte_ess_jobid")),
+    }
+}
+
 impl fmt::Display for World {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_distributed() {
@@ -510,6 +530,35 @@ mod tests {
         let batch = [("SLURM_PROCID", "0"), ("SLURM_NTASKS", "3")];
         let err = world(LauncherChoice::Auto, &batch).unwrap_err();
         assert!(err.to_string().contains("srun"), "{err}");
+    }
+
+    #[test]
+    fn launch_ids_name_one_launch() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let torchrun = env(&[("TORCHELASTIC_RUN_ID", "abc")]);
+        assert_eq!(
+            launch_id(Launcher::Torchrun, &torchrun).as_deref(),
+            Some("abc")
+        );
+        let unnamed = env(&[("TORCHELASTIC_RUN_ID", "none")]);
+        assert_eq!(launch_id(Launcher::Torchrun, &unnamed), None);
+        let slurm = env(&[("SLURM_JOB_ID", "7"), ("SLURM_STEP_ID", "2")]);
+        assert_eq!(
+            launch_id(Launcher::Slurm, &slurm).as_deref(),
+            Some("slurm-7.2")
+        );
+        let array = env(&[("SLURM_JOB_ID", "9"), ("SLURM_ARRAY_JOB_ID", "8")]);
+        assert_eq!(
+            launch_id(Launcher::SlurmArray, &array).as_deref(),
+            Some("slurm-array-8")
+        );
+        assert_eq!(launch_id(Launcher::None, &slurm), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
 use llamagen_eval::checkpoint::Checkpoint;
-use llamagen_eval::launcher::{LauncherChoice, World};
+use llamagen_eval::launcher::{launch_id, LauncherChoice, World};
 use llamagen_eval::pipeline::gather::{Distribution, Job};
 use llamagen_eval::progress::Progress;
 
@@ -172,6 +172,7 @@ impl Cli {
             world,
             gather_timeout: Duration::from_secs(self.gather_timeout),
             job: Job::current(command),
+            launch: launch_id(world.launcher, &|name| std::env::var(name).ok()),
         };
         match self.command {
             Command::Demo(cmd) => {

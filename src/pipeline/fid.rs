@@ -11,9 +11,9 @@ use serde_json::{json, Map, Value};
 use super::cache::FeatureCache;
 use super::evaluate::{evaluate, run_info, MetricRequest};
 use super::gather::{
-    check_parts, finished_part, join_part_features, join_part_grids, join_part_samples,
+    check_parts, finished_part, join_part_features, join_part_grids, join_part_samples, keep_part,
     part_file_name, parts_dir, present_parts, remove_journals_folder, remove_parts, split_record,
-    split_summary, wait_for_parts, Part,
+    split_summary, wait_for_parts, wait_for_parts_of, Part,
 };
 use super::generate::{
     add_generation_settings, generate, job_settings, plan_batches, recorded_decode_batch,
@@ -297,11 +297,14 @@ impl GeneratedEvaluation {
             .flatten();
         let mut timing = None;
         match kept {
-            Some(part) => self.config.progress.say(format!(
-                "rank {}: its part {} is already complete: keeping it",
-                world.rank,
-                part.path.display()
-            )),
+            Some(part) => {
+                self.config.progress.say(format!(
+                    "rank {}: its part {} is already complete: keeping it",
+                    world.rank,
+                    part.path.display()
+                ));
+                keep_part(part, run.plan.distribution.launch.as_deref())?;
+            }
             None => {
                 let mut rank_plan = start_part(&dir, &run.plan)?;
                 rank_plan.save_samples = run
@@ -332,7 +335,8 @@ impl GeneratedEvaluation {
         if world.rank != 0 {
             return Ok(None);
         }
-        let parts = wait_for_parts(
+        let parts = wait_for_parts_of(
+            run.plan.distribution.launch.as_deref(),
             &dir,
             world.size,
             run.plan.distribution.gather_timeout,

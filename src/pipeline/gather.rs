@@ -37,6 +37,9 @@ pub struct Distribution {
     pub gather_timeout: Duration,
     /// The command line, for `merge OUT_DIR` to redo the gather offline.
     pub job: Job,
+    /// This launch of the job ([`crate::launcher::launch_id`]): rank 0 gathers only parts of its
+    /// own launch, so a part left by an earlier launch is never taken for a new one.
+    pub launch: Option<String>,
 }
 
 impl Distribution {
@@ -46,6 +49,7 @@ impl Distribution {
             world: World::SINGLE,
             gather_timeout: Duration::ZERO,
             job: Job::default(),
+            launch: None,
         }
     }
 }
@@ -181,6 +185,9 @@ pub struct Manifest {
     pub files: BTreeMap<String, String>,
     /// The command line.
     pub job: Job,
+    /// The launch that wrote it (see [`Distribution::launch`]).
+    #[serde(default)]
+    pub launch: Option<String>,
 }
 
 /// A manifest read from the parts folder.
@@ -281,6 +288,15 @@ pub fn finished_part(
     complete.then_some(part)
 }
 
+/// Keeps a finished part for this launch: its manifest is written again with `launch`.
+pub fn keep_part(part: Part, launch: Option<&str>) -> Result<Part, FileError> {
+    let dir = part.path.parent().unwrap_or(Path::new("."));
+    let mut manifest = part.manifest;
+    manifest.launch = launch.map(str::to_owned);
+    let path = write_manifest(dir, &manifest)?;
+    Ok(Part { path, manifest })
+}
+
 /// The manifests in `dir`, by rank (a gather offline: whatever is there).
 pub fn present_parts(dir: &Path) -> Result<Vec<Part>, FileError> {
     let entries =
@@ -308,8 +324,21 @@ pub fn present_parts(dir: &Path) -> Result<Vec<Part>, FileError> {
 
 /// Waits until the manifests of ranks `0..world_size` are all in `dir`, saying which ranks are
 /// still missing; after `timeout`, [`GatherError::Missing`] (`out` names the output for the
-/// `merge` hint).
+/// `merge` hint). Any manifest counts (a gather offline).
 pub fn wait_for_parts(
+    dir: &Path,
+    world_size: usize,
+    timeout: Duration,
+    out: &Path,
+    progress: Progress,
+) -> Result<Vec<Part>, GatherError> {
+    wait_for_parts_of(None, dir, world_size, timeout, out, progress)
+}
+
+/// [`wait_for_parts`] counting only the manifests of `launch` (when it is known): a part an
+/// earlier launch left behind waits to be replaced by its rank.
+pub fn wait_for_parts_of(
+    launch: Option<&str>,
     dir: &Path,
     world_size: usize,
     timeout: Duration,
@@ -319,13 +348,22 @@ pub fn wait_for_parts(
     let start = Instant::now();
     let mut last_said: Option<(Vec<usize>, Instant)> = None;
     loop {
-        let missing: Vec<usize> = (0..world_size)
-            .filter(|&r| !manifest_path(dir, r).is_file())
-            .collect();
+        let mut parts = Vec::with_capacity(world_size);
+        let mut missing = Vec::new();
+        for rank in 0..world_size {
+            let path = manifest_path(dir, rank);
+            if !path.is_file() {
+                missing.push(rank);
+                continue;
+            }
+            let part = read_manifest(&path)?;
+            match launch {
+                Some(id) if part.manifest.launch.as_deref() != Some(id) => missing.push(rank),
+                _ => parts.push(part),
+            }
+        }
         if missing.is_empty() {
-            return (0..world_size)
-                .map(|r| read_manifest(&manifest_path(dir, r)).map_err(GatherError::from))
-                .collect();
+            return Ok(parts);
         }
         let waited = start.elapsed();
         if waited >= timeout {

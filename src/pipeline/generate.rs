@@ -15,9 +15,9 @@ use serde_json::{json, Map, Value};
 use super::batch::{self, BatchSize};
 use super::features::{sibling, FeatureStage};
 use super::gather::{
-    check_parts, finished_part, join_part_grids, join_part_samples, part_file_name, rank_record,
-    remove_journals_folder, remove_part, remove_parts, wait_for_parts, write_grid_part,
-    write_manifest, Distribution, Manifest, Part,
+    check_parts, finished_part, join_part_grids, join_part_samples, keep_part, part_file_name,
+    rank_record, remove_journals_folder, remove_part, remove_parts, wait_for_parts_of,
+    write_grid_part, write_manifest, Distribution, Manifest, Part,
 };
 use super::generator::{Batches, Generator, Timing};
 use super::journal;
@@ -411,7 +411,10 @@ pub fn sample_to_npz(
                 world.rank,
                 part.path.display()
             ));
-            (None, part.path)
+            (
+                None,
+                keep_part(part, plan.distribution.launch.as_deref())?.path,
+            )
         }
         None => {
             let mut rank_plan = start_part(&dir, plan)?;
@@ -430,7 +433,8 @@ pub fn sample_to_npz(
             gathered: Vec::new(),
         });
     }
-    let parts = wait_for_parts(
+    let parts = wait_for_parts_of(
+        plan.distribution.launch.as_deref(),
         &dir,
         world.size,
         plan.distribution.gather_timeout,
@@ -534,6 +538,7 @@ pub fn write_part(
         timing: generated.timing.record(),
         files,
         job: plan.distribution.job.clone(),
+        launch: plan.distribution.launch.clone(),
     };
     let path = write_manifest(dir, &manifest)?;
     plan.progress.say(format!(

@@ -408,6 +408,21 @@ fn parts_that_do_not_belong_together_are_refused_naming_rank_and_file() {
     );
     assert!(!out.join("metrics.json").exists());
 
+    // A part left by an earlier launch (another Slurm job) is not taken for this launch's: rank 0
+    // of a new job with other flags waits for rank 1 instead of refusing the stale part.
+    let out = setup.root.join("stale");
+    let mut earlier = fid_args(&setup, &out, "3.0");
+    quiet_timeout(&mut earlier);
+    let mut rank1 = srun_vars(1, 2);
+    rank1[0].1 = "1000".into();
+    assert!(spawn_ranks(&earlier, &[rank1])[0].0);
+    assert!(out.join(".parts/rank-1.json").is_file());
+    let mut now = fid_args(&setup, &out, "2.0");
+    now.extend(["--quiet".into(), "--gather-timeout".into(), "1".into()]);
+    let (ok, stderr) = &spawn_ranks(&now, &[srun_vars(0, 2)])[0];
+    assert!(!ok);
+    assert!(stderr.contains("no part from rank 1 after 1 s"), "{stderr}");
+
     // Two ranks claiming the same samples (an explicit --shard wins over the environment).
     let golden = support::golden_dir();
     let npz = setup.root.join("twice.npz");
