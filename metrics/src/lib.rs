@@ -11,6 +11,7 @@ pub mod blas;
 pub mod codebook;
 pub mod error;
 pub mod frechet;
+pub mod frechet_infinity;
 pub mod image_quality;
 pub mod inception_score;
 pub mod kid;

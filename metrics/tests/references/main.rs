@@ -2,6 +2,7 @@
 //! pytorch-fid, scikit-image, torch-fidelity.
 
 mod adm_golden;
+mod frechet_infinity;
 mod frechet_parity;
 mod image_quality;
 mod manifold_kid;
