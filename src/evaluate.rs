@@ -5,6 +5,9 @@ use std::collections::BTreeSet;
 
 use anyhow::{bail, Context, Result};
 use llamagen_metrics::frechet::frechet_distance;
+use llamagen_metrics::frechet_infinity::{
+    frechet_distance_infinity, InfinityConfig, InfinityResult,
+};
 use llamagen_metrics::inception_score::{inception_score, Splits};
 use llamagen_metrics::kid::{kernel_inception_distance_f32, KidConfig};
 use llamagen_metrics::manifold::{manifold_metrics_f32, DistancePrecision, ManifoldConfig};
@@ -27,6 +30,8 @@ pub enum Metric {
     Pr,
     /// Kernel Inception Distance (and its std over subsets).
     Kid,
+    /// FID extrapolated to infinitely many samples (the fit in the run record).
+    FidInf,
 }
 
 impl std::fmt::Display for Metric {
@@ -37,18 +42,20 @@ impl std::fmt::Display for Metric {
             Metric::Is => "is",
             Metric::Pr => "pr",
             Metric::Kid => "kid",
+            Metric::FidInf => "fid-inf",
         })
     }
 }
 
 impl Metric {
     /// Every family, in table order: what is computed (when the inputs allow) without `--metrics`.
-    pub const ALL: [Metric; 5] = [
+    pub const ALL: [Metric; 6] = [
         Metric::Fid,
         Metric::Sfid,
         Metric::Is,
         Metric::Pr,
         Metric::Kid,
+        Metric::FidInf,
     ];
 }
 
@@ -61,6 +68,8 @@ pub struct MetricOptions {
     pub manifold: ManifoldConfig,
     /// Subset count, subset size and seed of KID.
     pub kid: KidConfig,
+    /// Subset sizes and seed of FID-infinity.
+    pub infinity: InfinityConfig,
 }
 
 impl Default for MetricOptions {
@@ -72,6 +81,7 @@ impl Default for MetricOptions {
                 ..Default::default()
             },
             kid: KidConfig::default(),
+            infinity: InfinityConfig::default(),
         }
     }
 }
@@ -124,8 +134,12 @@ pub fn plan(
     let mut planned = BTreeSet::new();
     for metric in wanted {
         let missing = match metric {
-            Metric::Fid if sample.pool.is_none() => Some("the samples' pool features"),
-            Metric::Fid if reference.and_then(|r| r.stats.pool.as_ref()).is_none() => {
+            Metric::Fid | Metric::FidInf if sample.pool.is_none() => {
+                Some("the samples' pool features")
+            }
+            Metric::Fid | Metric::FidInf
+                if reference.and_then(|r| r.stats.pool.as_ref()).is_none() =>
+            {
                 Some("reference pool statistics (mu/sigma) or features")
             }
             Metric::Sfid if sample.spatial.is_none() => Some("the samples' spatial features"),
@@ -180,6 +194,15 @@ pub fn sample_statistics(
     })
 }
 
+/// The computed metrics, and how the extrapolated ones were fitted (for the run record).
+#[derive(Debug, Default)]
+pub struct Computed {
+    /// The figures.
+    pub values: MetricValues,
+    /// Run-record fields: `fid_inf_fit` (sizes, distances, slope, R², seed).
+    pub details: Vec<(&'static str, serde_json::Value)>,
+}
+
 /// Computes the planned metrics (FID/sFID from `sample_stats`).
 pub fn compute(
     metrics: &BTreeSet<Metric>,
@@ -187,8 +210,9 @@ pub fn compute(
     sample_stats: &ReferenceStats,
     reference: Option<&Reference>,
     options: &MetricOptions,
-) -> Result<MetricValues> {
+) -> Result<Computed> {
     let mut values = MetricValues::default();
+    let mut details = Vec::new();
     for metric in metrics {
         match metric {
             Metric::Fid | Metric::Sfid => {
@@ -237,9 +261,29 @@ pub fn compute(
                 values.insert(MetricKey::Kid, kid.mean);
                 values.insert(MetricKey::KidStd, kid.std);
             }
+            Metric::FidInf => {
+                let samples = need(sample.pool.as_ref(), "sample pool features")?;
+                let stats_ref = reference
+                    .and_then(|r| r.stats.pool.as_ref())
+                    .context("missing reference statistics")?;
+                let fit = frechet_distance_infinity(samples.view(), stats_ref, &options.infinity)?;
+                values.insert(MetricKey::FidInf, fit.value);
+                details.push(("fid_inf_fit", fit_record(&fit, &options.infinity)));
+            }
         }
     }
-    Ok(values)
+    Ok(Computed { values, details })
+}
+
+/// How an extrapolated distance was fitted: the subset sizes and their distances, the line, R².
+fn fit_record(fit: &InfinityResult, config: &InfinityConfig) -> serde_json::Value {
+    serde_json::json!({
+        "r_squared": fit.r_squared,
+        "slope": fit.slope,
+        "sizes": fit.sizes,
+        "distances": fit.distances,
+        "seed": config.seed,
+    })
 }
 
 #[cfg(test)]

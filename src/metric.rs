@@ -46,6 +46,8 @@ pub enum MetricKey {
     CodebookUsage,
     /// Perplexity of codebook use (effective number of codes).
     CodebookPerplexity,
+    /// FID extrapolated to infinitely many samples (Chong & Forsyth 2020).
+    FidInf,
 }
 
 /// Which way a metric improves.
@@ -126,7 +128,7 @@ struct Info {
 
 impl MetricKey {
     /// Every metric, in registry order.
-    pub const ALL: [MetricKey; 16] = [
+    pub const ALL: [MetricKey; 17] = [
         MetricKey::Fid,
         MetricKey::Sfid,
         MetricKey::InceptionScore,
@@ -143,6 +145,7 @@ impl MetricKey {
         MetricKey::SsimLlamagen,
         MetricKey::CodebookUsage,
         MetricKey::CodebookPerplexity,
+        MetricKey::FidInf,
     ];
 
     /// The registry: one match, so the compiler sees that every metric has every property.
@@ -282,6 +285,14 @@ impl MetricKey {
                 "Codebook perplexity (effective number of codes)",
                 None,
             ),
+            MetricKey::FidInf => (
+                "fid_inf",
+                LowerIsBetter,
+                Relative(0.05),
+                "FID∞",
+                "FID extrapolated to infinitely many samples (unitless)",
+                None,
+            ),
         };
         Info {
             name,
@@ -361,7 +372,7 @@ mod tests {
         assert_eq!(sorted, MetricKey::ALL);
         let names: Vec<&str> = MetricKey::ALL.map(MetricKey::name).to_vec();
         let unique: std::collections::BTreeSet<&str> = names.iter().copied().collect();
-        assert_eq!(unique.len(), 16, "{names:?}");
+        assert_eq!(unique.len(), MetricKey::ALL.len(), "{names:?}");
         assert_eq!(names[2], "inception_score");
         assert_eq!(MetricKey::from_name("IS"), Some(MetricKey::InceptionScore));
         assert_eq!(

@@ -19,6 +19,7 @@ use llamagen_eval::pipeline::{
 };
 use llamagen_eval::progress::Progress;
 use llamagen_eval::sampling::{LabelSpec, SamplingParams};
+use llamagen_metrics::frechet_infinity::InfinityConfig;
 use llamagen_metrics::inception_score::Splits;
 use llamagen_metrics::kid::KidConfig;
 use llamagen_metrics::manifold::{DistancePrecision, ManifoldConfig};
@@ -84,6 +85,8 @@ pub enum MetricArg {
     Pr,
     /// Kernel Inception Distance (and its std over subsets).
     Kid,
+    /// FID extrapolated to infinitely many samples (Chong & Forsyth 2020).
+    FidInf,
 }
 
 impl From<MetricArg> for Metric {
@@ -94,6 +97,7 @@ impl From<MetricArg> for Metric {
             MetricArg::Is => Metric::Is,
             MetricArg::Pr => Metric::Pr,
             MetricArg::Kid => Metric::Kid,
+            MetricArg::FidInf => Metric::FidInf,
         }
     }
 }
@@ -170,6 +174,7 @@ impl MetricArgs {
                     subset_size: self.kid_subset_size,
                     seed: self.kid_seed,
                 },
+                infinity: InfinityConfig::default(),
             },
         }
     }

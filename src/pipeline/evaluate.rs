@@ -113,18 +113,26 @@ pub fn evaluate(
     let sample_stats = sample_statistics(&planned, &sample)?;
     // Feature arrays no later metric reads are freed before the metrics allocate their own
     // matrices (50,000 x 2048 pool features are 400 MB).
-    if !planned.contains(&Metric::Pr) && !planned.contains(&Metric::Kid) {
+    if ![Metric::Pr, Metric::Kid, Metric::FidInf]
+        .iter()
+        .any(|m| planned.contains(m))
+    {
         sample.pool = None;
     }
     sample.spatial = None;
-    let metrics = compute(
+    let computed = compute(
         &planned,
         &sample,
         &sample_stats,
         reference,
         &request.options,
     )?;
-    Ok(RunRecord { metrics, run })
+    let mut run = run;
+    run.extend(computed.details.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    Ok(RunRecord {
+        metrics: computed.values,
+        run,
+    })
 }
 
 #[cfg(test)]

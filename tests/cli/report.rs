@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::harness::{Cli, Run};
 
 /// The documented columns of `summary.csv`, in order.
-const COLUMNS: [&str; 29] = [
+const COLUMNS: [&str; 30] = [
     "run",
     "baseline",
     "checkpoint",
@@ -35,6 +35,7 @@ const COLUMNS: [&str; 29] = [
     "ssim_llamagen",
     "codebook_usage",
     "codebook_perplexity",
+    "fid_inf",
     "n_samples",
     "n_reference",
     "tool_version",
