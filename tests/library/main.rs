@@ -5,6 +5,7 @@
 //! `tch::set_num_threads` hold for all of them.
 
 mod checkpoint;
+mod dinov2_golden;
 mod draws;
 mod folder_images;
 mod gpt_bf16;
