@@ -258,8 +258,11 @@ pub(crate) fn spawn_ranks(args: &[String], ranks: &[Vec<(&str, String)>]) -> Vec
     spawn(&runs)
 }
 
+/// A process to start: its command line and launcher variables.
+type Run<'a> = (&'a [String], &'a Vec<(&'a str, String)>);
+
 /// Like [`spawn_ranks`], each process with its own command line.
-fn spawn(runs: &[(&[String], &Vec<(&str, String)>)]) -> Vec<(bool, String)> {
+fn spawn(runs: &[Run<'_>]) -> Vec<(bool, String)> {
     let children: Vec<Child> = runs
         .iter()
         .map(|(args, vars)| {
