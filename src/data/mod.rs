@@ -276,3 +276,54 @@ impl ImageSource for CenterCropped {
         self.inner.index_of(position)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ten numbered images in batches of whatever size is asked.
+    struct Numbered {
+        next: usize,
+    }
+
+    impl ImageSource for Numbered {
+        fn len(&self) -> usize {
+            10
+        }
+
+        fn image_size(&self) -> (usize, usize) {
+            (1, 1)
+        }
+
+        fn next_batch(&mut self, max: usize) -> Result<Option<Array4<u8>>, DataError> {
+            let end = (self.next + max).min(10);
+            if end == self.next {
+                return Ok(None);
+            }
+            let values: Vec<u8> = (self.next..end)
+                .flat_map(|i| [i as u8, i as u8, i as u8])
+                .collect();
+            let n = end - self.next;
+            self.next = end;
+            Ok(Some(Array4::from_shape_vec((n, 1, 1, 3), values).unwrap()))
+        }
+
+        fn describe(&self) -> String {
+            "numbered".into()
+        }
+    }
+
+    #[test]
+    fn strided_sources_deliver_their_shard_with_its_indices() {
+        let shard = Shard { index: 1, count: 3 };
+        let mut source = Strided::new(Box::new(Numbered { next: 0 }), shard);
+        assert_eq!(source.len(), 3);
+        let mut seen = Vec::new();
+        while let Some(batch) = source.next_batch(2).unwrap() {
+            seen.extend(batch.outer_iter().map(|image| image[[0, 0, 0]]));
+        }
+        assert_eq!(seen, [1, 4, 7]);
+        let indices: Vec<u64> = (0..3).map(|p| source.index_of(p)).collect();
+        assert_eq!(indices, [1, 4, 7]);
+    }
+}
