@@ -215,6 +215,11 @@ impl Extractor {
         &self.weights_sha256
     }
 
+    /// The device the network runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
     /// The preprocessing (ADM or pytorch-fid) applied to every batch before the network.
     pub fn resize(&self) -> Resize {
         self.resize

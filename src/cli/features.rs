@@ -1,13 +1,17 @@
 //! `features` and `stats`: flags and printing; the work is `pipeline::features` and
 //! `pipeline::stats`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use llamagen_eval::features::FeatureSet;
+use llamagen_eval::launcher::World;
 use llamagen_eval::pipeline::features::extract_to_file;
-use llamagen_eval::pipeline::stats::{reference_batch, StatsConfig};
+use llamagen_eval::pipeline::gather::Distribution;
+use llamagen_eval::pipeline::stats::{run_stats as run_stats_job, StatsConfig};
+use llamagen_eval::pipeline::InceptionConfig;
 use llamagen_eval::progress::Progress;
 
 use super::args::InceptionArgs;
@@ -33,22 +37,41 @@ pub struct FeaturesCommand {
     pub inception: InceptionArgs,
 }
 
+/// The Inception settings of a command, on this rank's device.
+fn inception(args: &InceptionArgs, world: &World) -> Result<InceptionConfig> {
+    let mut inception = args.config();
+    inception.device = world.device(inception.device).map_err(anyhow::Error::msg)?;
+    Ok(inception)
+}
+
 /// Runs `features`.
-pub fn run(cmd: &FeaturesCommand, progress: Progress) -> Result<ExitCode> {
+pub fn run(
+    cmd: &FeaturesCommand,
+    progress: Progress,
+    distribution: Distribution,
+) -> Result<ExitCode> {
     let features = extract_to_file(
         &cmd.images,
         cmd.image_size,
-        &cmd.inception.config(),
+        &inception(&cmd.inception, &distribution.world)?,
         &cmd.out,
         cmd.resume,
         progress,
+        &distribution,
     )?;
+    if let Some(features) = features {
+        print_features(&features, &cmd.out, progress);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Says what `features` wrote.
+pub fn print_features(features: &FeatureSet, out: &Path, progress: Progress) {
     progress.say(format!(
         "wrote features of {} images to {}",
         features.len(),
-        cmd.out.display()
+        out.display()
     ));
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `stats` flags.
@@ -78,20 +101,37 @@ pub struct StatsCommand {
     pub inception: InceptionArgs,
 }
 
+impl StatsCommand {
+    /// The library's configuration of this command on `world`'s device.
+    pub fn config(&self, progress: Progress, world: &World) -> Result<StatsConfig> {
+        Ok(StatsConfig {
+            crop: self.image_size,
+            keep_images: self.keep_images,
+            seed: self.seed,
+            inception: inception(&self.inception, world)?,
+            resume: self.resume,
+            progress,
+        })
+    }
+}
+
 /// Runs `stats`.
-pub fn run_stats(cmd: &StatsCommand, progress: Progress) -> Result<ExitCode> {
-    let config = StatsConfig {
-        crop: cmd.image_size,
-        keep_images: cmd.keep_images,
-        seed: cmd.seed,
-        inception: cmd.inception.config(),
-        resume: cmd.resume,
-        progress,
-    };
-    let (total, keep) = reference_batch(&cmd.data, &cmd.out, &config)?;
+pub fn run_stats(
+    cmd: &StatsCommand,
+    progress: Progress,
+    distribution: Distribution,
+) -> Result<ExitCode> {
+    let config = cmd.config(progress, &distribution.world)?;
+    if let Some(counts) = run_stats_job(&cmd.data, &cmd.out, &config, &distribution)? {
+        print_stats(counts, &cmd.out, progress);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Says what `stats` wrote.
+pub fn print_stats((total, keep): (usize, usize), out: &Path, progress: Progress) {
     progress.say(format!(
         "wrote {}: statistics of {total} images, {keep} kept as arr_0",
-        cmd.out.display()
+        out.display()
     ));
-    Ok(ExitCode::SUCCESS)
 }

@@ -11,15 +11,20 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use llamagen_eval::launcher::World;
+use llamagen_eval::pipeline::features::gather_features_offline;
 use llamagen_eval::pipeline::features::sibling;
 use llamagen_eval::pipeline::fid::gather_offline;
 use llamagen_eval::pipeline::gather::{parts_dir, present_parts, split_summary, wait_for_parts};
 use llamagen_eval::pipeline::generate::gather_samples;
+use llamagen_eval::pipeline::recon::gather_recon_offline;
+use llamagen_eval::pipeline::stats::gather_stats_offline;
 use llamagen_eval::pipeline::sweep::gather_sweep_offline;
 use llamagen_eval::pipeline::FeatureCache;
 use llamagen_eval::progress::Progress;
 
 use super::args::print_outcome;
+use super::features::{print_features, print_stats};
+use super::recon::print_recon;
 use super::sweep::print_sweep;
 use super::{Cli, Command};
 
@@ -48,6 +53,14 @@ fn parts_folders(target: &Path) -> Vec<PathBuf> {
         .into_iter()
         .filter(|dir| present_parts(dir).is_ok())
         .collect()
+}
+
+/// The output whose parts folder (`<out>.parts`) is `parts`; `out` when it is named otherwise.
+fn output_of(parts: &Path, out: &Path) -> PathBuf {
+    parts
+        .to_str()
+        .and_then(|s| s.strip_suffix(".parts"))
+        .map_or(out.to_path_buf(), PathBuf::from)
 }
 
 /// Finishes the gather of the launched job whose output is `target`.
@@ -105,16 +118,30 @@ pub fn finish(target: &Path, progress: Progress) -> Result<ExitCode> {
         }
         Command::Sample(args) => {
             let world_size = parts[0].manifest.world_size;
-            let out = first
-                .to_str()
-                .and_then(|s| s.strip_suffix(".parts"))
-                .map_or(args.out.clone(), PathBuf::from);
+            let out = output_of(&first, &args.out);
             let parts = wait_for_parts(&first, world_size, Duration::ZERO, &target, progress)?;
             gather_samples(&first, &parts, &out, args.grid.as_deref(), progress)?;
             progress.say(format!("wrote {}", out.display()));
             if progress == Progress::Shown {
                 eprint!("{}", split_summary(&parts));
             }
+        }
+        Command::Features(args) => {
+            let out = output_of(&first, &args.out);
+            let features = gather_features_offline(&args.images, &out, progress)?;
+            print_features(&features, &out, progress);
+        }
+        Command::Stats(args) => {
+            let out = output_of(&first, &args.out);
+            let config = args.config(progress, &World::SINGLE)?;
+            let counts = gather_stats_offline(&out, &config)?;
+            print_stats(counts, &out, progress);
+        }
+        Command::Recon(args) => {
+            let mut config = args.config(progress, &World::SINGLE)?;
+            config.out_dir = first.parent().context("the run folder")?.to_path_buf();
+            let record = gather_recon_offline(&config)?;
+            print_recon(&record, &config.out_dir, progress);
         }
         _ => bail!(
             "{}: parts of `{}`, which does not split over ranks",

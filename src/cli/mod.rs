@@ -44,8 +44,9 @@ pub struct Cli {
 
     /// Which launcher started this process: `auto` reads torchrun's, Open MPI's or Slurm's
     /// variables when they are set; `none` runs as one process whatever they say. Under a
-    /// launcher, `fid --gpt`, `sample` and `sweep` split the samples over the ranks, and rank 0
-    /// gathers the parts into the outputs one process would write.
+    /// launcher, `fid --gpt`, `sample` and `sweep` split the samples, and `features`, `stats` and
+    /// `recon` the input images, over the ranks, and rank 0 gathers the parts into the outputs one
+    /// process would write.
     #[arg(
         long,
         global = true,
@@ -158,6 +159,9 @@ impl Cli {
                 Command::Fid(_)
                     | Command::Sample(_)
                     | Command::Sweep(_)
+                    | Command::Features(_)
+                    | Command::Stats(_)
+                    | Command::Recon(_)
                     | Command::Doctor { .. }
                     | Command::Inspect { .. }
             );
@@ -186,15 +190,15 @@ impl Cli {
             }
             Command::Fid(cmd) => fid::run(&cmd, progress, distribution("fid")),
             Command::Metrics(cmd) => metrics::run(&cmd, progress),
-            Command::Features(cmd) => features::run(&cmd, progress),
-            Command::Stats(cmd) => features::run_stats(&cmd, progress),
+            Command::Features(cmd) => features::run(&cmd, progress, distribution("features")),
+            Command::Stats(cmd) => features::run_stats(&cmd, progress, distribution("stats")),
             Command::Inspect { file } => {
                 print!("{}", Checkpoint::open(&file)?.summary());
                 Ok(ExitCode::SUCCESS)
             }
             Command::Sample(cmd) => sample::run(&cmd, progress, distribution("sample")),
             Command::Merge(cmd) => sample::run_merge(&cmd, progress),
-            Command::Recon(cmd) => recon::run(&cmd, progress),
+            Command::Recon(cmd) => recon::run(&cmd, progress, distribution("recon")),
             Command::Sweep(cmd) => sweep::run(&cmd, progress, distribution("sweep")),
             Command::Report(cmd) => report::run(&cmd, progress),
             Command::Check(cmd) => check::run(&cmd, progress),

@@ -1,14 +1,17 @@
 //! `recon`: flags and printing; the work is `pipeline::recon`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{ArgGroup, Args, ValueEnum};
+use llamagen_eval::launcher::World;
+use llamagen_eval::pipeline::gather::Distribution;
 use llamagen_eval::pipeline::recon::{
     reconstruct, ReconConfig, ReconMetric, ReconPrecision, Reconstructions,
 };
 use llamagen_eval::progress::Progress;
+use llamagen_eval::record::RunRecord;
 
 use super::args::{InceptionArgs, OutputArgs, VqWeightsArg};
 
@@ -83,49 +86,64 @@ pub struct ReconCommand {
     pub output: OutputArgs,
 }
 
-/// Runs `recon`.
-pub fn run(cmd: &ReconCommand, progress: Progress) -> Result<ExitCode> {
-    let reconstructions = match (&cmd.vq, &cmd.recon_batch) {
-        (Some(vq), _) => Reconstructions::Tokenizer {
-            vq: vq.clone(),
-            weights: cmd.vq_weights.into(),
-            precision: match cmd.precision {
-                ReconPrecisionArg::Fp32 => ReconPrecision::Fp32,
-                ReconPrecisionArg::Bf16 => ReconPrecision::Bf16,
+impl ReconCommand {
+    /// The library's configuration of this command, the tokenizer and Inception on `world`'s
+    /// device.
+    pub fn config(&self, progress: Progress, world: &World) -> Result<ReconConfig> {
+        let reconstructions = match (&self.vq, &self.recon_batch) {
+            (Some(vq), _) => Reconstructions::Tokenizer {
+                vq: vq.clone(),
+                weights: self.vq_weights.into(),
+                precision: match self.precision {
+                    ReconPrecisionArg::Fp32 => ReconPrecision::Fp32,
+                    ReconPrecisionArg::Bf16 => ReconPrecision::Bf16,
+                },
+                save: self.save_recon.clone(),
             },
-            save: cmd.save_recon.clone(),
-        },
-        (None, Some(batch)) => Reconstructions::Batch(batch.clone()),
-        (None, None) => anyhow::bail!("give --vq CKPT or --recon-batch R.npz"),
-    };
-    let metrics = cmd.metrics.as_ref().map(|m| {
-        m.iter()
-            .map(|m| match m {
-                ReconMetricArg::Rfid => ReconMetric::Rfid,
-                ReconMetricArg::Psnr => ReconMetric::Psnr,
-                ReconMetricArg::Ssim => ReconMetric::Ssim,
-                ReconMetricArg::Codebook => ReconMetric::Codebook,
-            })
-            .collect()
-    });
-    let out_dir = cmd.output.dir();
-    let config = ReconConfig {
-        data: cmd.data.clone(),
-        image_size: cmd.image_size,
-        reconstructions,
-        reference: cmd.reference.clone(),
-        metrics,
-        inception: cmd.inception.config(),
-        out_dir: out_dir.clone(),
-        resume: cmd.resume,
-        stop_after_batches: cmd.stop_after_batches,
-        progress,
-    };
-    let record = reconstruct(&config)?;
+            (None, Some(batch)) => Reconstructions::Batch(batch.clone()),
+            (None, None) => anyhow::bail!("give --vq CKPT or --recon-batch R.npz"),
+        };
+        let metrics = self.metrics.as_ref().map(|m| {
+            m.iter()
+                .map(|m| match m {
+                    ReconMetricArg::Rfid => ReconMetric::Rfid,
+                    ReconMetricArg::Psnr => ReconMetric::Psnr,
+                    ReconMetricArg::Ssim => ReconMetric::Ssim,
+                    ReconMetricArg::Codebook => ReconMetric::Codebook,
+                })
+                .collect()
+        });
+        let mut inception = self.inception.config();
+        inception.device = world.device(inception.device).map_err(anyhow::Error::msg)?;
+        Ok(ReconConfig {
+            data: self.data.clone(),
+            image_size: self.image_size,
+            reconstructions,
+            reference: self.reference.clone(),
+            metrics,
+            inception,
+            out_dir: self.output.dir(),
+            resume: self.resume,
+            stop_after_batches: self.stop_after_batches,
+            progress,
+        })
+    }
+}
+
+/// Runs `recon`.
+pub fn run(cmd: &ReconCommand, progress: Progress, distribution: Distribution) -> Result<ExitCode> {
+    let config = cmd.config(progress, &distribution.world)?;
+    if let Some(record) = reconstruct(&config, &distribution)? {
+        print_recon(&record, &config.out_dir, progress);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the figures of a `recon` run written to `out_dir`.
+pub fn print_recon(record: &RunRecord, out_dir: &Path, progress: Progress) {
     print!("{}", record.metrics.table());
     progress.say(format!(
         "wrote {}/metrics.json and metrics.csv",
         out_dir.display()
     ));
-    Ok(ExitCode::SUCCESS)
 }

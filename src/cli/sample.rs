@@ -106,8 +106,8 @@ pub fn run(
 pub struct MergeCommand {
     /// Shard npz files from `sample --shard K/N` (any order), or the feature files `features` made
     /// of them (merged into one feature file in sample order); or, alone and without --out, the
-    /// output of a launched job whose gather did not finish (a `fid`/`sweep` folder, or a
-    /// `sample` npz path or its `.parts` folder).
+    /// output of a launched job whose gather did not finish (a `fid`/`sweep`/`recon` folder, or
+    /// a `sample`/`features`/`stats` npz path or its `.parts` folder).
     #[arg(required = true, value_name = "SHARDS|OUT_DIR")]
     pub shards: Vec<PathBuf>,
     /// The joined npz, in sample-index order.

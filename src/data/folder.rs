@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::pil_resize::center_crop_arr;
 use super::{DataError, ImageSource};
+use crate::pipeline::Shard;
 
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
@@ -69,6 +70,9 @@ pub struct FolderImages {
     next: usize,
     size: (usize, usize),
     crop: Option<usize>,
+    /// The index of `files[k]` is `first + k * step` (the whole folder: 0 and 1).
+    first: usize,
+    step: usize,
 }
 
 impl FolderImages {
@@ -94,7 +98,22 @@ impl FolderImages {
             next: 0,
             size,
             crop,
+            first: 0,
+            step: 1,
         })
+    }
+
+    /// Only the images of `shard` (indices `shard.index`, `shard.index + shard.count`, ... of the
+    /// sorted folder); the others are never decoded.
+    pub fn stride(mut self, shard: Shard) -> Self {
+        self.files = std::mem::take(&mut self.files)
+            .into_iter()
+            .skip(shard.index)
+            .step_by(shard.count)
+            .collect();
+        self.first = shard.index;
+        self.step = shard.count;
+        self
     }
 
     fn load(&self, path: &Path) -> Result<Vec<u8>, DataError> {
@@ -141,5 +160,9 @@ impl ImageSource for FolderImages {
 
     fn describe(&self) -> String {
         self.dir.display().to_string()
+    }
+
+    fn index_of(&self, position: usize) -> u64 {
+        (self.first + position * self.step) as u64
     }
 }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use ndarray::Array4;
 
 use crate::pipeline::journal::StreamSpec;
+use crate::pipeline::Shard;
 
 /// Why images could not be read. Always names the file.
 #[derive(Debug, thiserror::Error)]
@@ -113,21 +114,128 @@ pub fn open_images(
     image_size: Option<usize>,
     batch_hint: usize,
 ) -> Result<Box<dyn ImageSource + Send>, DataError> {
+    open_shard(path, image_size, batch_hint, Shard::ALL)
+}
+
+/// Opens the images of `shard` only (indices `shard.index`, `shard.index + shard.count`, ...),
+/// otherwise as [`open_images`]: a rank's share of a launched job. The source's
+/// [`ImageSource::index_of`] gives each image's index in the whole set.
+pub fn open_shard(
+    path: &std::path::Path,
+    image_size: Option<usize>,
+    batch_hint: usize,
+    shard: Shard,
+) -> Result<Box<dyn ImageSource + Send>, DataError> {
     if path.is_dir() {
-        return Ok(Box::new(folder::FolderImages::open(path, image_size)?));
+        return Ok(Box::new(
+            folder::FolderImages::open(path, image_size)?.stride(shard),
+        ));
     }
     let npz = npz::NpzImages::open(path, batch_hint)?;
+    let size = npz.image_size();
+    let inner: Box<dyn ImageSource + Send> = if shard == Shard::ALL {
+        Box::new(npz)
+    } else {
+        Box::new(Strided::new(Box::new(npz), shard))
+    };
     match image_size {
-        Some(size) if npz.image_size() != (size, size) => {
-            Ok(Box::new(CenterCropped { inner: npz, size }))
+        Some(side) if size != (side, side) => Ok(Box::new(CenterCropped { inner, size: side })),
+        _ => Ok(inner),
+    }
+}
+
+/// The images `shard.index`, `shard.index + shard.count`, ... of a sequential source (the others
+/// are read and dropped).
+pub struct Strided {
+    inner: Box<dyn ImageSource + Send>,
+    shard: Shard,
+    len: usize,
+    /// Images delivered.
+    delivered: usize,
+    /// Images read from `inner`.
+    read: usize,
+}
+
+impl Strided {
+    /// At most this many images are read from the inner source at once.
+    const CHUNK: usize = 256;
+
+    /// `shard`'s images of `inner`.
+    pub fn new(inner: Box<dyn ImageSource + Send>, shard: Shard) -> Self {
+        let len = shard.indices(inner.len()).len();
+        Strided {
+            inner,
+            shard,
+            len,
+            delivered: 0,
+            read: 0,
         }
-        _ => Ok(Box::new(npz)),
+    }
+}
+
+impl ImageSource for Strided {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn image_size(&self) -> (usize, usize) {
+        self.inner.image_size()
+    }
+
+    fn next_batch(&mut self, max: usize) -> Result<Option<Array4<u8>>, DataError> {
+        let want = max.max(1).min(self.len - self.delivered);
+        if want == 0 {
+            return Ok(None);
+        }
+        let (h, w) = self.inner.image_size();
+        let mut data = Vec::with_capacity(want * h * w * 3);
+        // The inner position of the last image of this batch.
+        let last = self.shard.index + (self.delivered + want - 1) * self.shard.count;
+        while self.read <= last {
+            let batch = self
+                .inner
+                .next_batch((last + 1 - self.read).min(Self::CHUNK))?
+                .ok_or_else(|| {
+                    DataError::invalid(
+                        self.inner.describe(),
+                        format!("ended after {} of {} images", self.read, last + 1),
+                    )
+                })?;
+            for (k, image) in batch.outer_iter().enumerate() {
+                let position = self.read + k;
+                let ours = position >= self.shard.index
+                    && (position - self.shard.index) % self.shard.count == 0;
+                if ours {
+                    data.extend(image.iter().copied());
+                }
+            }
+            self.read += batch.dim().0;
+        }
+        self.delivered += want;
+        Array4::from_shape_vec((want, h, w, 3), data)
+            .map(Some)
+            .map_err(|e| DataError::invalid(self.inner.describe(), e.to_string()))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} (images {}, {}, ... of every {})",
+            self.inner.describe(),
+            self.shard.index,
+            self.shard.index + self.shard.count,
+            self.shard.count
+        )
+    }
+
+    fn index_of(&self, position: usize) -> u64 {
+        self.inner
+            .index_of(self.shard.index + position * self.shard.count)
     }
 }
 
 /// Centre-crops every image of an npz source to a square size.
 struct CenterCropped {
-    inner: npz::NpzImages,
+    inner: Box<dyn ImageSource + Send>,
     size: usize,
 }
 
@@ -162,5 +270,60 @@ impl ImageSource for CenterCropped {
             self.inner.describe(),
             self.size
         )
+    }
+
+    fn index_of(&self, position: usize) -> u64 {
+        self.inner.index_of(position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ten numbered images in batches of whatever size is asked.
+    struct Numbered {
+        next: usize,
+    }
+
+    impl ImageSource for Numbered {
+        fn len(&self) -> usize {
+            10
+        }
+
+        fn image_size(&self) -> (usize, usize) {
+            (1, 1)
+        }
+
+        fn next_batch(&mut self, max: usize) -> Result<Option<Array4<u8>>, DataError> {
+            let end = (self.next + max).min(10);
+            if end == self.next {
+                return Ok(None);
+            }
+            let values: Vec<u8> = (self.next..end)
+                .flat_map(|i| [i as u8, i as u8, i as u8])
+                .collect();
+            let n = end - self.next;
+            self.next = end;
+            Ok(Some(Array4::from_shape_vec((n, 1, 1, 3), values).unwrap()))
+        }
+
+        fn describe(&self) -> String {
+            "numbered".into()
+        }
+    }
+
+    #[test]
+    fn strided_sources_deliver_their_shard_with_its_indices() {
+        let shard = Shard { index: 1, count: 3 };
+        let mut source = Strided::new(Box::new(Numbered { next: 0 }), shard);
+        assert_eq!(source.len(), 3);
+        let mut seen = Vec::new();
+        while let Some(batch) = source.next_batch(2).unwrap() {
+            seen.extend(batch.outer_iter().map(|image| image[[0, 0, 0]]));
+        }
+        assert_eq!(seen, [1, 4, 7]);
+        let indices: Vec<u64> = (0..3).map(|p| source.index_of(p)).collect();
+        assert_eq!(indices, [1, 4, 7]);
     }
 }

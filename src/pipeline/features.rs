@@ -2,16 +2,24 @@
 //! arrays allocated once at their final size, and into the journal, so a resumed run reads the
 //! finished rows back bit for bit instead of running the network again.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use ndarray::{s, Array2, Array4};
+use anyhow::{Context, Result};
+use ndarray::{s, Array1, Array2, Array4};
+use serde_json::{json, Map, Value};
 
+use super::gather::{join_part_features, Distribution, Part};
+use super::inception::{InceptionConfig, InceptionWeights};
 use super::journal::StreamSpec;
-use super::pass::{crash_point, Stage};
+use super::pass::{crash_point, JournalConfig, PassConfig, PassOutcome, Stage};
+use super::split::{clean_up, parts_in, RankPart};
+use crate::data::ImageSource;
 use crate::features::{Extractor, FeatureSet};
 use crate::models::inception::{LOGITS_DIM, POOL_DIM, SPATIAL_DIM};
+use crate::progress::Progress;
 
 const NAMES: [&str; 3] = ["pool", "spatial", "logits"];
 const DIMS: [usize; 3] = [POOL_DIM as usize, SPATIAL_DIM as usize, LOGITS_DIM as usize];
@@ -98,66 +106,177 @@ impl Stage for FeatureStage<'_> {
 
 /// `features`: the Inception features of the images in `images` (an npz or a folder, cropped to
 /// `crop`), written to `out`; journaled beside `out`, so a large extraction resumes with
-/// `resume`. Shards of `sample --shard` keep their sample `indices` for `merge`.
+/// `resume`. Shards of `sample --shard` keep their sample `indices` for `merge`. In a launched
+/// job every rank extracts its images' features into `<out>.parts/` and rank 0 joins them into
+/// `out`; the other ranks return `None`.
 pub fn extract_to_file(
-    images: &std::path::Path,
+    images: &Path,
     crop: Option<usize>,
-    inception: &super::InceptionConfig,
-    out: &std::path::Path,
+    inception: &InceptionConfig,
+    out: &Path,
     resume: bool,
-    progress: crate::progress::Progress,
-) -> Result<FeatureSet> {
-    use anyhow::Context as _;
-    let mut source = crate::data::open_images(images, crop, inception.batch_size)?;
-    let indices = if images.is_dir() {
-        None
-    } else {
-        crate::io::read_i64(images, "indices")?
+    progress: Progress,
+    distribution: &Distribution,
+) -> Result<Option<FeatureSet>> {
+    let weights = inception.locate()?;
+    let settings = feature_settings(images, crop, inception, &weights)?;
+    let journal = sibling(out, ".journal");
+    if !distribution.world.is_distributed() {
+        let mut source = crate::data::open_images(images, crop, inception.batch_size)?;
+        let input_indices = read_input_indices(images, source.len())?;
+        let extractor = inception.load(&weights)?;
+        let (mut features, outcome) = extract(
+            source.as_mut(),
+            &extractor,
+            images,
+            pass_config(inception, progress, journal, settings, resume),
+        )?;
+        features.indices = input_indices;
+        features.save(out)?;
+        outcome.finish()?;
+        return Ok(Some(features));
+    }
+    let total = crate::data::open_images(images, crop, 1)?.len();
+    let part = RankPart::start(
+        distribution,
+        sibling(out, ".parts"),
+        total,
+        resume,
+        &settings,
+    )?;
+    if part.kept(progress).is_none() {
+        let mut source = crate::data::open_shard(images, crop, inception.batch_size, part.shard())?;
+        let extractor = inception.load(&weights)?;
+        let config = pass_config(
+            inception,
+            progress,
+            part.journal(&journal),
+            settings,
+            part.resuming,
+        );
+        let (mut features, outcome) = extract(source.as_mut(), &extractor, images, config)?;
+        features.indices = Some(part.indices());
+        let (name, path) = part.file("features");
+        features.save(&path)?;
+        part.write_manifest(
+            BTreeMap::from([("features".to_owned(), name)]),
+            extractor.device(),
+            outcome.resumed,
+            Map::new(),
+            progress,
+        )?;
+        outcome.finish()?;
+    }
+    let Some(parts) = part.gather(out, progress)? else {
+        return Ok(None);
     };
+    let features = gather_features(&parts, images, out)?;
+    clean_up(&part.dir, &journal)?;
+    Ok(Some(features))
+}
+
+/// `merge OUT` for a launched `features` job whose rank 0 did not finish the gather: joins the
+/// parts in `<out>.parts/` into `out`.
+pub fn gather_features_offline(
+    images: &Path,
+    out: &Path,
+    progress: Progress,
+) -> Result<FeatureSet> {
+    let dir = sibling(out, ".parts");
+    let parts = parts_in(&dir, out, progress)?;
+    let features = gather_features(&parts, images, out)?;
+    clean_up(&dir, &sibling(out, ".journal"))?;
+    Ok(features)
+}
+
+/// The ranks' features joined in image order into `out`, with the input's own `indices`.
+fn gather_features(parts: &[Part], images: &Path, out: &Path) -> Result<FeatureSet> {
+    let mut features = join_part_features(parts)?;
+    let total = parts.first().map_or(0, |p| p.manifest.samples);
+    anyhow::ensure!(
+        features.len() == total,
+        "{}: the parts hold features of {} of the {total} images",
+        sibling(out, ".parts").display(),
+        features.len()
+    );
+    features.indices = read_input_indices(images, total)?;
+    features.save(out)?;
+    Ok(features)
+}
+
+/// The `indices` of a sharded sample npz (none for folders and whole sets), checked against its
+/// `count` images.
+fn read_input_indices(images: &Path, count: usize) -> Result<Option<Array1<i64>>> {
+    if images.is_dir() {
+        return Ok(None);
+    }
+    let indices = crate::io::read_i64(images, "indices")?;
     if let Some(indices) = &indices {
         anyhow::ensure!(
-            indices.len() == source.len(),
-            "{}: {} indices for {} images",
+            indices.len() == count,
+            "{}: {} indices for {count} images",
             images.display(),
             indices.len(),
-            source.len()
         );
     }
-    let weights = inception.locate()?;
-    let extractor = inception.load(&weights)?;
-    let mut stage = FeatureStage::new(&extractor, source.len());
-    let mut settings = serde_json::Map::new();
+    Ok(indices.map(Into::into))
+}
+
+/// Everything that decides the features of `images`.
+fn feature_settings(
+    images: &Path,
+    crop: Option<usize>,
+    inception: &InceptionConfig,
+    weights: &InceptionWeights,
+) -> Result<Map<String, Value>> {
+    let mut settings = Map::new();
     settings.insert(
         "images".into(),
-        serde_json::json!(super::cache::content_fingerprint(images)?),
+        json!(super::cache::content_fingerprint(images)?),
     );
-    settings.insert("crop".into(), serde_json::json!(crop));
-    settings.insert("resize".into(), serde_json::json!(inception.resize.name()));
-    settings.insert("inception_sha256".into(), serde_json::json!(weights.sha256));
-    settings.insert("batch_size".into(), serde_json::json!(inception.batch_size));
-    let config = super::PassConfig {
+    settings.insert("crop".into(), json!(crop));
+    settings.insert("resize".into(), json!(inception.resize.name()));
+    settings.insert("inception_sha256".into(), json!(weights.sha256));
+    settings.insert("batch_size".into(), json!(inception.batch_size));
+    Ok(settings)
+}
+
+fn pass_config(
+    inception: &InceptionConfig,
+    progress: Progress,
+    journal: PathBuf,
+    settings: Map<String, Value>,
+    resume: bool,
+) -> PassConfig {
+    PassConfig {
         label: "inception",
         batch_size: inception.batch_size,
         progress,
-        journal: Some(super::JournalConfig {
-            dir: sibling(out, ".journal"),
+        journal: Some(JournalConfig {
+            dir: journal,
             settings,
             resume,
         }),
         stop_after_new: None,
-    };
-    let outcome = super::pass::run(&config, source.as_mut(), &mut [&mut stage])
+    }
+}
+
+/// The features of every image of `source` (read from `images`), in one journaled pass.
+fn extract(
+    source: &mut dyn ImageSource,
+    extractor: &Extractor,
+    images: &Path,
+    config: PassConfig,
+) -> Result<(FeatureSet, PassOutcome)> {
+    let mut stage = FeatureStage::new(extractor, source.len());
+    let outcome = super::pass::run(&config, source, &mut [&mut stage])
         .with_context(|| format!("features of {}", images.display()))?;
-    let mut features = stage.into_features();
-    features.indices = indices.map(Into::into);
-    features.save(out)?;
-    outcome.finish()?;
-    Ok(features)
+    Ok((stage.into_features(), outcome))
 }
 
 /// `path` with `suffix` appended to its file name (`out.npz` -> `out.npz.journal`).
-pub fn sibling(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
-    std::path::PathBuf::from(name)
+    PathBuf::from(name)
 }

@@ -11,6 +11,7 @@
 //!   memory).
 //! - [`pass`]: the one batch loop, with [`journal`] for resuming after a kill.
 //! - [`features`], [`stats`], [`sinks`], [`recon`]: what a pass does with the images.
+//! - [`gather`], [`split`]: a job split over the ranks of a launcher, rank 0 joining the parts.
 //! - [`cache`]: features of image files cached by content; [`reference`]: every reference kind.
 //! - [`evaluate`]: features in, run record out; [`fid`], [`generate`], [`sweep`], [`merge`]:
 //!   the jobs the commands run.
@@ -34,6 +35,7 @@ pub mod pass;
 pub mod recon;
 pub mod reference;
 pub mod sinks;
+pub mod split;
 pub mod stats;
 pub mod sweep;
 

@@ -5,9 +5,11 @@
 //! Per image, the journal keeps the scores, the code indices, the pool features of the
 //! reconstruction (and of the original when the inputs are their own rFID reference) and, when
 //! they are to be saved, the reconstructed pixels; a resumed run rebuilds every accumulator from
-//! them with the same batch boundaries, so its figures equal an uninterrupted run's.
+//! them with the same batch boundaries, so its figures equal an uninterrupted run's. Under a
+//! launcher the images are split over the ranks and rank 0 accumulates every rank's per-image
+//! values in image order, over the same batches (see [`super::split`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -16,19 +18,25 @@ use llamagen_metrics::codebook::{CodebookUsage, LLAMAGEN_USAGE_WINDOW};
 use llamagen_metrics::frechet::frechet_distance;
 use llamagen_metrics::image_quality::{self, SsimMode};
 use llamagen_metrics::stats::{GaussianAccumulator, GaussianStats};
-use ndarray::{Array2, Array4, ArrayView3};
+use ndarray::{Array1, Array2, Array4, ArrayView3};
+use ndarray_npy::{NpzReader, ReadNpzError};
 use serde_json::{json, Map, Value};
 use tch::{Kind, Tensor};
 
 use super::cache::FeatureCache;
 use super::evaluate::run_info;
 use super::features::{rows_from_record, rows_to_record};
+use super::gather::{parts_dir, split_record, Distribution, Part};
+use super::generate::Shard;
 use super::inception::InceptionConfig;
-use super::journal::StreamSpec;
-use super::pass::{self, JournalConfig, PassConfig, Stage};
+use super::journal::{Journal, StreamSpec};
+use super::merge::merge;
+use super::pass::{self, JournalConfig, PassConfig, PassOutcome, Stage};
+use super::split::{clean_up, part_file, parts_in, row_order, RankPart};
 use crate::data::{DataError, ImageSource};
 use crate::evaluate::Reference;
 use crate::features::Extractor;
+use crate::io::{write_npz_atomically, FileError};
 use crate::metric::MetricKey;
 use crate::models::inception::POOL_DIM;
 use crate::models::vq::{images_to_input, to_pixels, VqModel, VqWeights};
@@ -125,11 +133,16 @@ enum Source {
 
 struct ReconStage<'e> {
     source: Source,
-    wanted: BTreeSet<ReconMetric>,
     extractor: Option<&'e Extractor>,
     image_shape: (usize, usize),
-    codes_per_image: usize,
     save_pixels: bool,
+    totals: Totals,
+}
+
+/// The per-image figures of a run, accumulated in image order.
+struct Totals {
+    wanted: BTreeSet<ReconMetric>,
+    codes_per_image: usize,
     psnr: Vec<f64>,
     ssim: Vec<f64>,
     ssim_llamagen: Vec<f64>,
@@ -140,7 +153,7 @@ struct ReconStage<'e> {
     input_pool: Option<GaussianAccumulator>,
 }
 
-impl ReconStage<'_> {
+impl Totals {
     fn add_indices(&mut self, indices: &[i64]) -> Result<()> {
         for &i in indices {
             let slot = usize::try_from(i)
@@ -156,24 +169,6 @@ impl ReconStage<'_> {
                 .drain(..self.window.len() - LLAMAGEN_USAGE_WINDOW);
         }
         Ok(())
-    }
-
-    fn stream_names(&self) -> Vec<StreamSpec> {
-        let (h, w) = self.image_shape;
-        let mut streams = vec![StreamSpec::new("scores", 3 * 8)];
-        if self.codes_per_image > 0 {
-            streams.push(StreamSpec::new("codes", self.codes_per_image * 4));
-        }
-        if self.recon_pool.is_some() {
-            streams.push(StreamSpec::new("recon_pool", POOL_DIM as usize * 4));
-        }
-        if self.input_pool.is_some() {
-            streams.push(StreamSpec::new("input_pool", POOL_DIM as usize * 4));
-        }
-        if self.save_pixels {
-            streams.push(StreamSpec::new("recon_pixels", h * w * 3));
-        }
-        streams
     }
 
     /// Restores or adds one batch's per-image values.
@@ -212,7 +207,21 @@ fn data_error(e: DataError) -> anyhow::Error {
 
 impl Stage for ReconStage<'_> {
     fn streams(&self) -> Vec<StreamSpec> {
-        self.stream_names()
+        let (h, w) = self.image_shape;
+        let mut streams = vec![StreamSpec::new("scores", 3 * 8)];
+        if self.totals.codes_per_image > 0 {
+            streams.push(StreamSpec::new("codes", self.totals.codes_per_image * 4));
+        }
+        if self.totals.recon_pool.is_some() {
+            streams.push(StreamSpec::new("recon_pool", POOL_DIM as usize * 4));
+        }
+        if self.totals.input_pool.is_some() {
+            streams.push(StreamSpec::new("input_pool", POOL_DIM as usize * 4));
+        }
+        if self.save_pixels {
+            streams.push(StreamSpec::new("recon_pixels", h * w * 3));
+        }
+        streams
     }
 
     fn process(
@@ -251,13 +260,13 @@ impl Stage for ReconStage<'_> {
             }
         };
         let mut scores = vec![[f64::NAN; 3]; n];
-        if self.wanted.contains(&ReconMetric::Psnr) {
+        if self.totals.wanted.contains(&ReconMetric::Psnr) {
             let report = image_quality::psnr(originals.view(), recons.view())?;
             for (s, v) in scores.iter_mut().zip(report.per_image) {
                 s[0] = v;
             }
         }
-        if self.wanted.contains(&ReconMetric::Ssim) {
+        if self.totals.wanted.contains(&ReconMetric::Ssim) {
             let std = image_quality::ssim(originals.view(), recons.view(), SsimMode::default())?;
             let compat =
                 image_quality::ssim(originals.view(), recons.view(), SsimMode::LlamagenCompat)?;
@@ -271,20 +280,20 @@ impl Stage for ReconStage<'_> {
         if let Some(extractor) = self.extractor {
             let [pool, _, _] = extractor.extract_batch(&recons)?;
             recon_pool = Some(pool);
-            if self.input_pool.is_some() {
+            if self.totals.input_pool.is_some() {
                 let [pool, _, _] = extractor.extract_batch(originals)?;
                 input_pool = Some(pool);
             }
         }
-        if self.codes_per_image > 0 {
+        if self.totals.codes_per_image > 0 {
             anyhow::ensure!(
-                codes.len() == n * self.codes_per_image,
+                codes.len() == n * self.totals.codes_per_image,
                 "the tokenizer gave {} codes for {n} images of {} codes",
                 codes.len(),
-                self.codes_per_image
+                self.totals.codes_per_image
             );
         }
-        self.absorb(
+        self.totals.absorb(
             n,
             &scores,
             &codes,
@@ -295,7 +304,7 @@ impl Stage for ReconStage<'_> {
             .flatten()
             .flat_map(|v| v.to_le_bytes())
             .collect()];
-        if self.codes_per_image > 0 {
+        if self.totals.codes_per_image > 0 {
             records.push(
                 codes
                     .iter()
@@ -335,7 +344,7 @@ impl Stage for ReconStage<'_> {
                 [v(0), v(1), v(2)]
             })
             .collect();
-        let codes: Vec<i64> = if self.codes_per_image > 0 {
+        let codes: Vec<i64> = if self.totals.codes_per_image > 0 {
             next()?
                 .chunks_exact(4)
                 .map(|b| i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])))
@@ -344,15 +353,15 @@ impl Stage for ReconStage<'_> {
             Vec::new()
         };
         let dim = POOL_DIM as usize;
-        let recon_pool = match self.recon_pool {
+        let recon_pool = match self.totals.recon_pool {
             Some(_) => Some(rows_from_record(next()?, n, dim)?),
             None => None,
         };
-        let input_pool = match self.input_pool {
+        let input_pool = match self.totals.input_pool {
             Some(_) => Some(rows_from_record(next()?, n, dim)?),
             None => None,
         };
-        self.absorb(
+        self.totals.absorb(
             n,
             &scores,
             &codes,
@@ -375,17 +384,147 @@ fn path_value(p: Option<&Path>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Runs `recon` and writes its run folder; returns the record.
-pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
+/// The figures `config` asks for, as far as its inputs allow.
+fn wanted_metrics(config: &ReconConfig) -> Result<BTreeSet<ReconMetric>> {
+    let explicit = config.metrics.is_some();
+    let mut wanted: BTreeSet<ReconMetric> = config
+        .metrics
+        .clone()
+        .unwrap_or_else(|| ReconMetric::ALL.to_vec())
+        .into_iter()
+        .collect();
+    let tokenizer = matches!(config.reconstructions, Reconstructions::Tokenizer { .. });
+    if !tokenizer && wanted.remove(&ReconMetric::Codebook) && explicit {
+        bail!(
+            "`codebook` needs the tokenizer; reconstructions made elsewhere have no token indices"
+        );
+    }
+    Ok(wanted)
+}
+
+impl Totals {
+    /// Nothing accumulated yet; pool statistics of the reconstructions with `rfid`, and of the
+    /// inputs too when they are their own reference (`input_reference`).
+    fn new(
+        wanted: BTreeSet<ReconMetric>,
+        codes_per_image: usize,
+        codebook_size: usize,
+        input_reference: bool,
+    ) -> Self {
+        let rfid = wanted.contains(&ReconMetric::Rfid);
+        let acc = |on: bool| on.then(|| GaussianAccumulator::new(POOL_DIM as usize));
+        Totals {
+            wanted,
+            codes_per_image,
+            psnr: Vec::new(),
+            ssim: Vec::new(),
+            ssim_llamagen: Vec::new(),
+            counts: vec![0; codebook_size],
+            window: Vec::new(),
+            num_indices: 0,
+            recon_pool: acc(rfid),
+            input_pool: acc(rfid && input_reference),
+        }
+    }
+
+    /// The figures: metric values, and the record fields that come with them. `reference`: the
+    /// rFID reference's statistics (`None`: the inputs').
+    fn figures(
+        &self,
+        reference: Option<&GaussianStats>,
+    ) -> Result<(MetricValues, Vec<(&'static str, Value)>)> {
+        let mut values = MetricValues::default();
+        let mut record = Vec::new();
+        if let Some(recon_pool) = &self.recon_pool {
+            let recon_stats = recon_pool
+                .finalize()
+                .context("rFID needs at least 2 images")?;
+            let reference_stats: GaussianStats = match (reference, &self.input_pool) {
+                (Some(r), _) => r.clone(),
+                (None, Some(acc)) => acc.finalize().context("rFID needs at least 2 images")?,
+                (None, None) => bail!("no rFID reference"),
+            };
+            values.insert(
+                MetricKey::Rfid,
+                frechet_distance(&recon_stats, &reference_stats)?,
+            );
+        }
+        if self.wanted.contains(&ReconMetric::Psnr) {
+            let finite: Vec<f64> = self
+                .psnr
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .collect();
+            if finite.is_empty() {
+                values.insert(MetricKey::Psnr, f64::INFINITY);
+            } else {
+                values.insert(
+                    MetricKey::Psnr,
+                    finite.iter().sum::<f64>() / finite.len() as f64,
+                );
+            }
+            record.push((
+                "psnr_identical_images",
+                Value::from(self.psnr.len() - finite.len()),
+            ));
+        }
+        if self.wanted.contains(&ReconMetric::Ssim) {
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            values.insert(MetricKey::Ssim, mean(&self.ssim));
+            values.insert(MetricKey::SsimLlamagen, mean(&self.ssim_llamagen));
+            record.push((
+                "ssim_window",
+                Value::from("gaussian 11x11, sigma 1.5, data range 255"),
+            ));
+            record.push((
+                "ssim_llamagen_definition",
+                Value::from("LlamaGen's call: uniform 7x7, float32 [0,1] inputs, data_range 2.0"),
+            ));
+        }
+        if self.wanted.contains(&ReconMetric::Codebook) {
+            let usage = usage_from_counts(&self.counts, &self.window, self.num_indices);
+            values.insert(MetricKey::CodebookUsage, usage.usage);
+            values.insert(MetricKey::CodebookPerplexity, usage.perplexity);
+            record.push(("codebook_size", Value::from(usage.codebook_size)));
+            record.push(("codebook_used_entries", Value::from(usage.used_entries)));
+            record.push(("codebook_tokens", Value::from(usage.num_indices)));
+            record.push(("codebook_entropy_bits", Value::from(usage.entropy_bits)));
+            record.push((
+                "codebook_usage_last_65536",
+                Value::from(usage.llamagen_usage),
+            ));
+        }
+        Ok((values, record))
+    }
+}
+
+/// Runs `recon` and writes its run folder; returns the record. In a launched job every rank
+/// scores its images (r, r+N, ...) into `<out>/.parts/` and rank 0 computes the figures of all
+/// of them, as one process would have; the other ranks return `None`.
+pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<Option<RunRecord>> {
     let batch_size = config.inception.batch_size;
+    let world = distribution.world;
+    let split = world.is_distributed();
+    let shard = Shard {
+        index: world.rank,
+        count: world.size,
+    };
     // 1. Inputs, all checked before anything is written.
     let image_size = config
         .image_size
         .or_else(|| config.data.is_dir().then_some(FOLDER_IMAGE_SIZE));
-    let mut data = crate::data::open_images(&config.data, image_size, batch_size)?;
-    let total = data.len();
+    let whole = crate::data::open_images(&config.data, image_size, batch_size)?;
+    let total = whole.len();
     anyhow::ensure!(total > 0, "{}: no images", config.data.display());
-    let (height, width) = data.image_size();
+    let (height, width) = whole.image_size();
+    let data_name = whole.describe();
+    let mut data = if split {
+        drop(whole);
+        crate::data::open_shard(&config.data, image_size, batch_size, shard)?
+    } else {
+        whole
+    };
     let (source, save) = match &config.reconstructions {
         Reconstructions::Tokenizer {
             vq,
@@ -401,7 +540,7 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
             let (mut vs, model) = VqModel::load(vq, device, *weights)?;
             model
                 .config()
-                .check_image_size(&data.describe(), height as i64, width as i64)?;
+                .check_image_size(&data_name, height as i64, width as i64)?;
             if *precision == ReconPrecision::Bf16 {
                 vs.bfloat16();
             }
@@ -422,9 +561,15 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
                     recon.len(),
                     recon.image_size(),
                     (height, width),
-                    data.describe()
+                    data_name
                 );
             }
+            let recon = if split {
+                drop(recon);
+                crate::data::open_shard(batch, None, batch_size, shard)?
+            } else {
+                recon
+            };
             (Source::Batch(recon), None)
         }
     };
@@ -432,18 +577,7 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
         Source::Vq { model, .. } => Some(model.as_ref()),
         Source::Batch(_) => None,
     };
-    let explicit = config.metrics.is_some();
-    let mut wanted: BTreeSet<ReconMetric> = config
-        .metrics
-        .clone()
-        .unwrap_or_else(|| ReconMetric::ALL.to_vec())
-        .into_iter()
-        .collect();
-    if vq.is_none() && wanted.remove(&ReconMetric::Codebook) && explicit {
-        bail!(
-            "`codebook` needs the tokenizer; reconstructions made elsewhere have no token indices"
-        );
-    }
+    let wanted = wanted_metrics(config)?;
     let codebook_size = vq.map_or(0, |m| m.config().codebook_size as usize);
     let codes_per_image = match vq {
         Some(m) if wanted.contains(&ReconMetric::Codebook) => {
@@ -455,9 +589,19 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
     let training_usage = vq.and_then(VqModel::training_codebook_usage);
     let vq_config = vq.map(|m| m.config().clone());
     let vq_device = vq.map(|m| format!("{:?}", m.device()));
+    let rank_device = match vq {
+        Some(m) => m.device(),
+        None => config
+            .inception
+            .device
+            .resolve()
+            .map_err(anyhow::Error::msg)?,
+    };
 
     let out_dir = &config.out_dir;
     let rfid = wanted.contains(&ReconMetric::Rfid);
+    // Only the process that computes the figures needs the reference.
+    let gathers = !split || world.rank == 0;
     let mut cache = None;
     let mut reference = None;
     if rfid {
@@ -466,11 +610,13 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
             config.inception.clone(),
             config.progress,
         )?;
-        reference = config
-            .reference
-            .as_deref()
-            .map(|r| Reference::pool_stats(r, config.image_size, &mut c))
-            .transpose()?;
+        if gathers {
+            reference = config
+                .reference
+                .as_deref()
+                .map(|r| Reference::pool_stats(r, config.image_size, &mut c))
+                .transpose()?;
+        }
         c.extractor()?;
         cache = Some(c);
     }
@@ -517,47 +663,27 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
     settings.insert("inception_sha256".into(), json!(inception_sha));
     settings.insert("resize".into(), json!(config.inception.resize.name()));
     settings.insert("save_recon".into(), path_value(save.as_deref()));
-    let acc = |on: bool| on.then(|| GaussianAccumulator::new(POOL_DIM as usize));
     let mut stage = ReconStage {
         source,
-        wanted: wanted.clone(),
         extractor,
         image_shape: (height, width),
-        codes_per_image,
         save_pixels: save.is_some(),
-        psnr: Vec::new(),
-        ssim: Vec::new(),
-        ssim_llamagen: Vec::new(),
-        counts: vec![0; codebook_size],
-        window: Vec::new(),
-        num_indices: 0,
-        recon_pool: acc(rfid),
-        input_pool: acc(rfid && reference.is_none()),
+        totals: Totals::new(
+            wanted,
+            codes_per_image,
+            codebook_size,
+            config.reference.is_none(),
+        ),
     };
-    let pass_config = PassConfig {
-        label: "recon",
-        batch_size,
-        progress: config.progress,
-        journal: Some(JournalConfig {
-            dir: out_dir.join(".journal"),
-            settings,
-            resume: config.resume,
-        }),
-        stop_after_new: config.stop_after_batches.map(|b| b * batch_size),
-    };
-    let mut outcome = pass::run(&pass_config, data.as_mut(), &mut [&mut stage])?;
-    let resumed = outcome.resumed > 0;
 
-    // 3. Figures and outputs.
-    let mut values = MetricValues::default();
+    // What the run record says besides the figures.
     let mut record = vec![
         ("n_images", Value::from(total)),
         ("image_size", json!([height, width])),
-        ("data", Value::from(data.describe())),
+        ("data", Value::from(data_name)),
         ("tokenizer", path_value(vq_path)),
         ("recon_batch", path_value(recon_batch)),
         ("batch_size", Value::from(batch_size)),
-        ("resumed", Value::from(resumed)),
     ];
     if let Some(vq_config) = &vq_config {
         record.push((
@@ -583,21 +709,6 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
         record.push(("device", Value::from(vq_device.clone())));
     }
     if rfid {
-        let recon_stats = stage
-            .recon_pool
-            .as_ref()
-            .context("reconstruction statistics")?
-            .finalize()
-            .context("rFID needs at least 2 images")?;
-        let reference_stats: GaussianStats = match (&reference, &stage.input_pool) {
-            (Some(r), _) => r.clone(),
-            (None, Some(acc)) => acc.finalize().context("rFID needs at least 2 images")?,
-            (None, None) => bail!("no rFID reference"),
-        };
-        values.insert(
-            MetricKey::Rfid,
-            frechet_distance(&recon_stats, &reference_stats)?,
-        );
         record.push((
             "rfid_reference",
             config
@@ -609,70 +720,67 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
         record.push(("resize", Value::from(config.inception.resize.name())));
         record.push(("inception_sha256", Value::from(inception_sha.clone())));
     }
-    if wanted.contains(&ReconMetric::Psnr) {
-        let finite: Vec<f64> = stage
-            .psnr
-            .iter()
-            .copied()
-            .filter(|v| v.is_finite())
-            .collect();
-        if finite.is_empty() {
-            values.insert(MetricKey::Psnr, f64::INFINITY);
-        } else {
-            values.insert(
-                MetricKey::Psnr,
-                finite.iter().sum::<f64>() / finite.len() as f64,
-            );
-        }
-        record.push((
-            "psnr_identical_images",
-            Value::from(stage.psnr.len() - finite.len()),
-        ));
-    }
-    if wanted.contains(&ReconMetric::Ssim) {
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        values.insert(MetricKey::Ssim, mean(&stage.ssim));
-        values.insert(MetricKey::SsimLlamagen, mean(&stage.ssim_llamagen));
-        record.push((
-            "ssim_window",
-            Value::from("gaussian 11x11, sigma 1.5, data range 255"),
-        ));
-        record.push((
-            "ssim_llamagen_definition",
-            Value::from("LlamaGen's call: uniform 7x7, float32 [0,1] inputs, data_range 2.0"),
-        ));
-    }
-    if wanted.contains(&ReconMetric::Codebook) {
-        let usage = usage_from_counts(&stage.counts, &stage.window, stage.num_indices);
-        values.insert(MetricKey::CodebookUsage, usage.usage);
-        values.insert(MetricKey::CodebookPerplexity, usage.perplexity);
-        record.push(("codebook_size", Value::from(usage.codebook_size)));
-        record.push(("codebook_used_entries", Value::from(usage.used_entries)));
-        record.push(("codebook_tokens", Value::from(usage.num_indices)));
-        record.push(("codebook_entropy_bits", Value::from(usage.entropy_bits)));
-        record.push((
-            "codebook_usage_last_65536",
-            Value::from(usage.llamagen_usage),
-        ));
-    }
     if let Some(training) = training_usage {
         record.push(("training_codebook_usage", Value::from(training)));
     }
+
+    let journal_base = out_dir.join(".journal");
+    let mut pass_config = PassConfig {
+        label: "recon",
+        batch_size,
+        progress: config.progress,
+        journal: Some(JournalConfig {
+            dir: journal_base.clone(),
+            settings: settings.clone(),
+            resume: config.resume,
+        }),
+        stop_after_new: config.stop_after_batches.map(|b| b * batch_size),
+    };
+    if split {
+        let part = RankPart::start(
+            distribution,
+            parts_dir(out_dir),
+            total,
+            config.resume,
+            &settings,
+        )?;
+        if part.kept(config.progress).is_none() {
+            pass_config.journal = Some(JournalConfig {
+                dir: part.journal(&journal_base),
+                settings,
+                resume: part.resuming,
+            });
+            let mut outcome = pass::run(&pass_config, data.as_mut(), &mut [&mut stage])?;
+            let run_fields = record.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            write_part(
+                &part,
+                &mut outcome,
+                &stage,
+                run_fields,
+                rank_device,
+                config.progress,
+            )?;
+            outcome.finish()?;
+        }
+        let Some(parts) = part.gather(out_dir, config.progress)? else {
+            return Ok(None);
+        };
+        let run = gather_recon(config, &parts, reference.as_ref())?;
+        clean_up(&part.dir, &journal_base)?;
+        return Ok(Some(run));
+    }
+    let mut outcome = pass::run(&pass_config, data.as_mut(), &mut [&mut stage])?;
+    record.push(("resumed", Value::from(outcome.resumed > 0)));
+
+    // 3. Figures and outputs.
+    let (values, fields) = stage.totals.figures(reference.as_ref())?;
+    record.extend(fields);
     if let Some(path) = &save {
         let journal = outcome
             .journal
             .as_mut()
             .context("the journal of reconstructed pixels")?;
-        let mut writer =
-            crate::data::npz_writer::ImageNpzWriter::create(path, total, height, width)?;
-        for start in (0..total).step_by(batch_size.max(1)) {
-            let end = (start + batch_size).min(total);
-            let bytes = journal.read("recon_pixels", start..end)?;
-            for image in bytes.chunks_exact(height * width * 3) {
-                writer.push(ArrayView3::from_shape((height, width, 3), image)?)?;
-            }
-        }
-        writer.finish()?;
+        write_pixels(journal, path, total, (height, width), batch_size, None)?;
         record.push(("saved_recon", Value::from(path.display().to_string())));
     }
     let run = RunRecord {
@@ -681,7 +789,315 @@ pub fn reconstruct(config: &ReconConfig) -> Result<RunRecord> {
     };
     run.write(out_dir)?;
     outcome.finish()?;
-    Ok(run)
+    Ok(Some(run))
+}
+
+/// Writes the `count` reconstructions in `journal` to the npz `path`, with their image
+/// `indices` when given (a rank's part).
+fn write_pixels(
+    journal: &mut Journal,
+    path: &Path,
+    count: usize,
+    (height, width): (usize, usize),
+    batch_size: usize,
+    indices: Option<&Array1<i64>>,
+) -> Result<()> {
+    let mut writer = crate::data::npz_writer::ImageNpzWriter::create(path, count, height, width)?;
+    for start in (0..count).step_by(batch_size.max(1)) {
+        let end = (start + batch_size).min(count);
+        let bytes = journal.read("recon_pixels", start..end)?;
+        for image in bytes.chunks_exact(height * width * 3) {
+            writer.push(ArrayView3::from_shape((height, width, 3), image)?)?;
+        }
+    }
+    if let Some(indices) = indices {
+        writer.add_array("indices", indices)?;
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+/// Writes this rank's part from its pass's journal: per image (with its index) the scores, the
+/// code indices and the pool features (`recon`), and the reconstructed pixels when they are
+/// saved (`recon_pixels`); then the manifest, whose `run_fields` are the record's fields.
+fn write_part(
+    part: &RankPart<'_>,
+    outcome: &mut PassOutcome,
+    stage: &ReconStage<'_>,
+    run_fields: Map<String, Value>,
+    device: tch::Device,
+    progress: Progress,
+) -> Result<()> {
+    let journal = outcome
+        .journal
+        .as_mut()
+        .context("the journal of the rank's pass")?;
+    let indices = part.indices();
+    let n = indices.len();
+    let totals = &stage.totals;
+    let scores: Vec<f64> = journal
+        .read("scores", 0..n)?
+        .chunks_exact(8)
+        .map(|b| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(b);
+            f64::from_le_bytes(bytes)
+        })
+        .collect();
+    let scores = Array2::from_shape_vec((n, 3), scores)?;
+    let codes = if totals.codes_per_image > 0 {
+        let codes: Vec<i32> = journal
+            .read("codes", 0..n)?
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Some(Array2::from_shape_vec((n, totals.codes_per_image), codes)?)
+    } else {
+        None
+    };
+    let dim = POOL_DIM as usize;
+    let mut pools = Vec::new();
+    for (name, on) in [
+        ("recon_pool", totals.recon_pool.is_some()),
+        ("input_pool", totals.input_pool.is_some()),
+    ] {
+        if on {
+            pools.push((name, rows_from_record(&journal.read(name, 0..n)?, n, dim)?));
+        }
+    }
+    let (name, path) = part.file("recon");
+    write_npz_atomically(&path, |npz| {
+        npz.add_array("scores", &scores)?;
+        if let Some(codes) = &codes {
+            npz.add_array("codes", codes)?;
+        }
+        for (name, pool) in &pools {
+            npz.add_array(*name, pool)?;
+        }
+        npz.add_array("indices", &indices)?;
+        Ok(())
+    })?;
+    let mut files = BTreeMap::from([("recon".to_owned(), name)]);
+    if stage.save_pixels {
+        let (name, path) = part.file("recon_pixels");
+        write_pixels(
+            journal,
+            &path,
+            n,
+            stage.image_shape,
+            PIXEL_BATCH,
+            Some(&indices),
+        )?;
+        files.insert("recon_pixels".to_owned(), name);
+    }
+    part.write_manifest(files, device, outcome.resumed, run_fields, progress)?;
+    Ok(())
+}
+
+/// Reconstructions read from a journal at once when they are copied into a file.
+const PIXEL_BATCH: usize = 64;
+
+/// One rank's `recon` part, read back.
+struct RankScores {
+    indices: Vec<i64>,
+    scores: Array2<f64>,
+    codes: Option<Array2<i32>>,
+    recon_pool: Option<Array2<f32>>,
+    input_pool: Option<Array2<f32>>,
+}
+
+impl RankScores {
+    fn read(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| FileError::new(path, format!("cannot open: {e}")))?;
+        let mut npz = NpzReader::new(file)
+            .map_err(|e| FileError::new(path, format!("not a readable npz: {e}")))?;
+        let names: Vec<String> = npz
+            .names()
+            .map_err(|e| FileError::new(path, format!("cannot list entries: {e}")))?
+            .into_iter()
+            .map(|n| n.trim_end_matches(".npy").to_owned())
+            .collect();
+        let has = |key: &str| names.iter().any(|n| n == key);
+        let error = |key: &str, e: ReadNpzError| FileError::new(path, format!("`{key}`: {e}"));
+        let indices: Array1<i64> = npz.by_name("indices").map_err(|e| error("indices", e))?;
+        let scores = npz.by_name("scores").map_err(|e| error("scores", e))?;
+        let codes = if has("codes") {
+            Some(npz.by_name("codes").map_err(|e| error("codes", e))?)
+        } else {
+            None
+        };
+        let mut pool = |key: &str| -> Result<Option<Array2<f32>>> {
+            if !has(key) {
+                return Ok(None);
+            }
+            Ok(Some(npz.by_name(key).map_err(|e| error(key, e))?))
+        };
+        let recon_pool = pool("recon_pool")?;
+        let input_pool = pool("input_pool")?;
+        Ok(RankScores {
+            indices: indices.to_vec(),
+            scores,
+            codes,
+            recon_pool,
+            input_pool,
+        })
+    }
+}
+
+/// The figures of every rank's part, accumulated in image order over the batches one process
+/// would have used, written into the run folder with how the work was split.
+fn gather_recon(
+    config: &ReconConfig,
+    parts: &[Part],
+    reference: Option<&GaussianStats>,
+) -> Result<RunRecord> {
+    let first = parts.first().context("no parts to gather")?;
+    let total = first.manifest.samples;
+    let files: Vec<PathBuf> = parts
+        .iter()
+        .map(|p| part_file(p, "recon"))
+        .collect::<Result<_>>()?;
+    let ranks: Vec<RankScores> = files
+        .iter()
+        .map(|f| RankScores::read(f))
+        .collect::<Result<_>>()?;
+    let indices: Vec<Vec<i64>> = ranks.iter().map(|r| r.indices.clone()).collect();
+    let order = row_order(&indices, total, &files)?;
+    let codes_per_image = ranks[0].codes.as_ref().map_or(0, |c| c.ncols());
+    let codebook_size = match codes_per_image {
+        0 => 0,
+        _ => first.manifest.run_fields["vq_config"]["codebook_size"]
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .with_context(|| format!("{}: no codebook size", first.path.display()))?,
+    };
+    let mut totals = Totals::new(
+        wanted_metrics(config)?,
+        codes_per_image,
+        codebook_size,
+        config.reference.is_none(),
+    );
+    let dim = POOL_DIM as usize;
+    let rows = |pick: fn(&RankScores) -> Option<&Array2<f32>>,
+                chunk: &[(usize, usize)]|
+     -> Result<Option<Array2<f32>>> {
+        let mut out = Array2::<f32>::zeros((chunk.len(), dim));
+        for (row_out, &(k, row)) in chunk.iter().enumerate() {
+            let Some(pool) = pick(&ranks[k]) else {
+                return Ok(None);
+            };
+            anyhow::ensure!(
+                pool.nrows() > row && pool.ncols() == dim,
+                "{}: pool features of another shape",
+                files[k].display()
+            );
+            out.row_mut(row_out).assign(&pool.row(row));
+        }
+        Ok(Some(out))
+    };
+    for chunk in order.chunks(config.inception.batch_size.max(1)) {
+        let mut scores = Vec::with_capacity(chunk.len());
+        let mut codes = Vec::with_capacity(chunk.len() * codes_per_image);
+        for &(k, row) in chunk {
+            let rank = &ranks[k];
+            anyhow::ensure!(
+                rank.scores.nrows() > row && rank.scores.ncols() == 3,
+                "{}: `scores` of shape {:?}",
+                files[k].display(),
+                rank.scores.dim()
+            );
+            scores.push([
+                rank.scores[[row, 0]],
+                rank.scores[[row, 1]],
+                rank.scores[[row, 2]],
+            ]);
+            if codes_per_image > 0 {
+                let rank_codes = rank
+                    .codes
+                    .as_ref()
+                    .filter(|c| c.nrows() > row && c.ncols() == codes_per_image)
+                    .with_context(|| {
+                        format!(
+                            "{}: `codes` missing or of another shape",
+                            files[k].display()
+                        )
+                    })?;
+                codes.extend(rank_codes.row(row).iter().map(|&c| i64::from(c)));
+            }
+        }
+        let recon = rows(|r| r.recon_pool.as_ref(), chunk)?;
+        let input = rows(|r| r.input_pool.as_ref(), chunk)?;
+        anyhow::ensure!(
+            recon.is_some() == totals.recon_pool.is_some()
+                && input.is_some() == totals.input_pool.is_some(),
+            "{}: the parts' pool features do not match the metrics asked for",
+            parts_dir(&config.out_dir).display()
+        );
+        totals.absorb(
+            chunk.len(),
+            &scores,
+            &codes,
+            [recon.as_ref(), input.as_ref()],
+        )?;
+    }
+    let (values, fields) = totals.figures(reference)?;
+    let mut run = run_info(fields);
+    run.extend(first.manifest.run_fields.clone());
+    let resumed = parts.iter().any(|p| {
+        p.manifest.rank_record["resumed_samples"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    run.insert("resumed".into(), Value::from(resumed));
+    run.extend(
+        split_record(parts)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+    );
+    if let Reconstructions::Tokenizer {
+        save: Some(path), ..
+    } = &config.reconstructions
+    {
+        let pixels: Vec<PathBuf> = parts
+            .iter()
+            .map(|p| part_file(p, "recon_pixels"))
+            .collect::<Result<_>>()?;
+        merge(&pixels, path, config.progress)?;
+        run.insert(
+            "saved_recon".into(),
+            Value::from(path.display().to_string()),
+        );
+    }
+    let record = RunRecord {
+        metrics: values,
+        run,
+    };
+    record.write(&config.out_dir)?;
+    Ok(record)
+}
+
+/// `merge OUT_DIR` for a launched `recon` whose rank 0 did not finish the gather: the figures of
+/// the parts in `<out>/.parts/` (the rFID reference resolved through the run folder's feature
+/// cache, as the run did), written into the run folder.
+pub fn gather_recon_offline(config: &ReconConfig) -> Result<RunRecord> {
+    let dir = parts_dir(&config.out_dir);
+    let parts = parts_in(&dir, &config.out_dir, config.progress)?;
+    let reference = match &config.reference {
+        Some(r) if wanted_metrics(config)?.contains(&ReconMetric::Rfid) => {
+            let mut cache = FeatureCache::new(
+                FeatureCache::dir_for(&config.out_dir),
+                config.inception.clone(),
+                config.progress,
+            )?;
+            Some(Reference::pool_stats(r, config.image_size, &mut cache)?)
+        }
+        _ => None,
+    };
+    let record = gather_recon(config, &parts, reference.as_ref())?;
+    clean_up(&dir, &config.out_dir.join(".journal"))?;
+    Ok(record)
 }
 
 #[cfg(test)]

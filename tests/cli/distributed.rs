@@ -89,7 +89,7 @@ fn read_samples(path: &Path) -> (Array4<u8>, Array1<i64>) {
 }
 
 /// The launcher variables of a test process are its own: none leak in from the machine.
-fn without_launcher_env(command: &mut Command) {
+pub(crate) fn without_launcher_env(command: &mut Command) {
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
         let launcher = ["SLURM_", "OMPI_", "TORCHELASTIC_"]
@@ -104,11 +104,11 @@ fn without_launcher_env(command: &mut Command) {
     command.env_remove("LLAMAGEN_EVAL_CRASH_AT");
 }
 
-fn binary() -> &'static str {
+pub(crate) fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_llamagen-eval")
 }
 
-fn torchrun() -> PathBuf {
+pub(crate) fn torchrun() -> PathBuf {
     let torchrun = support::python().with_file_name("torchrun");
     assert!(
         torchrun.is_file(),
@@ -252,11 +252,11 @@ fn torchrun_ranks_give_one_process_results_also_after_a_restart() {
 }
 
 /// The launcher variables of one process.
-type LauncherVars = Vec<(&'static str, String)>;
+pub(crate) type LauncherVars = Vec<(&'static str, String)>;
 
 /// Starts the binary once per entry of `ranks` (each with its own launcher variables), waits for
 /// all of them, and returns their exit status and stderr by rank.
-fn spawn_ranks(args: &[String], ranks: &[LauncherVars]) -> Vec<(bool, String)> {
+pub(crate) fn spawn_ranks(args: &[String], ranks: &[LauncherVars]) -> Vec<(bool, String)> {
     let runs: Vec<_> = ranks.iter().map(|vars| (args, vars)).collect();
     spawn(&runs)
 }
@@ -289,7 +289,7 @@ fn spawn(runs: &[(&[String], &LauncherVars)]) -> Vec<(bool, String)> {
         .collect()
 }
 
-fn srun_vars(rank: usize, size: usize) -> Vec<(&'static str, String)> {
+pub(crate) fn srun_vars(rank: usize, size: usize) -> Vec<(&'static str, String)> {
     vec![
         ("SLURM_JOB_ID", "4242".into()),
         ("SLURM_STEP_ID", "0".into()),

@@ -6,6 +6,7 @@ mod harness;
 mod check;
 mod demo;
 mod distributed;
+mod distributed_images;
 mod doctor;
 mod fid;
 mod merge_features;

@@ -1,0 +1,332 @@
+//! `features`, `stats` and `recon` split over the ranks of a launcher give one process's outputs:
+//! three Slurm tasks (as `srun` starts them), the real `torchrun`, and the offline `merge OUT`
+//! after rank 0 gave up waiting. Each test prints the largest differences it allows.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use llamagen_test_support as support;
+use ndarray::{ArrayD, IxDyn};
+use ndarray_npy::NpzReader;
+use serde_json::Value;
+
+use crate::distributed::{binary, spawn_ranks, srun_vars, torchrun, without_launcher_env};
+use crate::harness::{all_cores, metrics_json, random_inception_and_reference, Cli};
+
+/// Images of the tests: few, small, in batches of 4 that fall differently on 3 ranks.
+const IMAGES: usize = 14;
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary path")
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    weights: PathBuf,
+    images: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let (weights, images) = random_inception_and_reference(&root, IMAGES);
+    Setup {
+        _dir: dir,
+        root,
+        weights,
+        images,
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+fn features_args(setup: &Setup, out: &Path) -> Vec<String> {
+    strings(&[
+        "features",
+        "--images",
+        s(&setup.images),
+        "--out",
+        s(out),
+        "--inception",
+        s(&setup.weights),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+        "--quiet",
+    ])
+}
+
+fn stats_args(setup: &Setup, out: &Path) -> Vec<String> {
+    strings(&[
+        "stats",
+        "--data",
+        s(&setup.images),
+        "--out",
+        s(out),
+        "--keep-images",
+        "5",
+        "--seed",
+        "3",
+        "--inception",
+        s(&setup.weights),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+        "--quiet",
+    ])
+}
+
+/// The golden tokenizer on the test images, every figure, its reconstructions saved.
+fn recon_args(setup: &Setup, out: &Path) -> Vec<String> {
+    let vq = support::golden_dir().join("vq_public.pt");
+    strings(&[
+        "recon",
+        "--vq",
+        s(&vq),
+        "--data",
+        s(&setup.images),
+        "--save-recon",
+        s(&out.join("recon.npz")),
+        "--inception",
+        s(&setup.weights),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+        "--out",
+        s(out),
+        "--quiet",
+    ])
+}
+
+/// One process, without any launcher variables.
+fn single(args: &[String]) {
+    let mut command = Command::new(binary());
+    without_launcher_env(&mut command);
+    let output = command.args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Three Slurm tasks started together.
+fn three_tasks(args: &[String]) {
+    let ranks: Vec<_> = (0..3).map(|r| srun_vars(r, 3)).collect();
+    for (rank, (ok, stderr)) in spawn_ranks(args, &ranks).iter().enumerate() {
+        assert!(ok, "task {rank}:\n{stderr}");
+    }
+}
+
+fn arrays(path: &Path) -> Vec<(String, ArrayD<f64>)> {
+    let mut npz =
+        NpzReader::new(File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+            .unwrap();
+    let names = npz.names().unwrap();
+    names
+        .into_iter()
+        .map(|name| {
+            let key = name.trim_end_matches(".npy").to_owned();
+            let array: ArrayD<f64> = if let Ok(a) = npz.by_name::<_, IxDyn>(&name) {
+                let a: ArrayD<f32> = a;
+                a.mapv(f64::from)
+            } else if let Ok(a) = npz.by_name::<_, IxDyn>(&name) {
+                a
+            } else if let Ok(a) = npz.by_name::<_, IxDyn>(&name) {
+                let a: ArrayD<u8> = a;
+                a.mapv(f64::from)
+            } else {
+                let a: ArrayD<i64> = npz.by_name(&name).unwrap();
+                a.mapv(|v| v as f64)
+            };
+            (key, array)
+        })
+        .collect()
+}
+
+/// Every array of `launched` equals `single`'s: `exact` ones bit for bit, the others to 1e-5
+/// relative to their largest magnitude. Returns the largest relative difference.
+fn assert_same_npz(single: &Path, launched: &Path, exact: &[&str]) -> f64 {
+    let (a, b) = (arrays(single), arrays(launched));
+    let names = |v: &[(String, ArrayD<f64>)]| {
+        let mut n: Vec<String> = v.iter().map(|(k, _)| k.clone()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&a), names(&b), "{}", launched.display());
+    let mut worst = 0.0f64;
+    for (key, x) in &a {
+        let y = &b.iter().find(|(k, _)| k == key).unwrap().1;
+        assert_eq!(x.shape(), y.shape(), "{key}");
+        if exact.contains(&key.as_str()) {
+            assert!(x == y, "{}: `{key}` differs", launched.display());
+            continue;
+        }
+        let scale = x.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+        let diff = x
+            .iter()
+            .zip(y.iter())
+            .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+        let relative = diff / scale;
+        eprintln!(
+            "{}: `{key}` differs by {relative:.2e} relative",
+            launched.display()
+        );
+        assert!(relative <= 1e-5, "`{key}`: {relative:e} relative");
+        worst = worst.max(relative);
+    }
+    worst
+}
+
+/// The metrics of two run folders agree to `tolerance` relative (of at least 1e-6: rFID of
+/// random Inception features is near 0); the launched one records the split.
+fn assert_same_metrics(single: &Path, launched: &Path, launcher: &str, tolerance: f64) {
+    let (a, b) = (metrics_json(single), metrics_json(launched));
+    let metrics = a["metrics"].as_object().unwrap();
+    assert!(!metrics.is_empty());
+    for (name, value) in metrics {
+        let (x, y) = (
+            value.as_f64().unwrap(),
+            b["metrics"][name].as_f64().unwrap(),
+        );
+        let relative = (x - y).abs() / x.abs().max(1e-6);
+        eprintln!(
+            "{}: {name} {x} vs {y} ({relative:.2e} relative)",
+            launched.display()
+        );
+        assert!(relative <= tolerance, "{name}: {x} vs {y}");
+    }
+    for key in [
+        "codebook_tokens",
+        "codebook_used_entries",
+        "psnr_identical_images",
+    ] {
+        assert_eq!(a["run"][key], b["run"][key], "{key}");
+    }
+    assert_eq!(b["run"]["world_size"], Value::from(3));
+    assert_eq!(b["run"]["launcher"], Value::from(launcher));
+    assert_eq!(b["run"]["ranks"].as_array().map(Vec::len), Some(3));
+    assert!(!launched.join(".parts").exists(), "parts left behind");
+    assert!(!launched.join(".journal").exists(), "journals left behind");
+}
+
+/// The reconstructions agree up to the decoder's rounding: at most one level, in under 1% of
+/// the pixels.
+fn assert_close_pixels(single: &Path, launched: &Path) {
+    let read = |p: &Path| -> ndarray::Array4<u8> {
+        NpzReader::new(File::open(p).unwrap())
+            .unwrap()
+            .by_name("arr_0")
+            .unwrap()
+    };
+    let (a, b) = (read(single), read(launched));
+    assert_eq!(a.shape(), b.shape());
+    let moved = a.iter().zip(b.iter()).filter(|(x, y)| x != y).count();
+    let most = a
+        .iter()
+        .zip(b.iter())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "{}: {moved} of {} pixels moved, by at most {most}",
+        launched.display(),
+        a.len()
+    );
+    assert!(
+        most <= 1 && moved * 100 < a.len(),
+        "{moved} pixels, {most} levels"
+    );
+}
+
+fn assert_no_leftovers(out: &Path) {
+    for suffix in [".parts", ".journal"] {
+        let mut name = out.as_os_str().to_owned();
+        name.push(suffix);
+        assert!(!Path::new(&name).exists(), "{suffix} left behind");
+    }
+}
+
+#[test]
+fn features_stats_and_recon_over_slurm_tasks_equal_one_process() {
+    let _cores = all_cores();
+    let setup = setup();
+    let root = &setup.root;
+
+    let (one, three) = (root.join("features-1.npz"), root.join("features-3.npz"));
+    single(&features_args(&setup, &one));
+    three_tasks(&features_args(&setup, &three));
+    assert_same_npz(&one, &three, &[]);
+    assert_no_leftovers(&three);
+
+    let (one, three) = (root.join("stats-1.npz"), root.join("stats-3.npz"));
+    single(&stats_args(&setup, &one));
+    three_tasks(&stats_args(&setup, &three));
+    assert_same_npz(&one, &three, &["arr_0"]);
+    assert_no_leftovers(&three);
+
+    let (one, three) = (root.join("recon-1"), root.join("recon-3"));
+    single(&recon_args(&setup, &one));
+    three_tasks(&recon_args(&setup, &three));
+    // The tokenizer's decoder rounds differently with one thread and other batches: a pixel may
+    // move by a level, which moves the mean SSIM of these noisy reconstructions by ~1e-5.
+    assert_same_metrics(&one, &three, "slurm", 1e-4);
+    assert_close_pixels(&one.join("recon.npz"), &three.join("recon.npz"));
+}
+
+#[test]
+fn features_through_torchrun_and_stats_through_merge_equal_one_process() {
+    let _cores = all_cores();
+    let setup = setup();
+    let root = &setup.root;
+
+    let (one, launched) = (
+        root.join("features-1.npz"),
+        root.join("features-torchrun.npz"),
+    );
+    single(&features_args(&setup, &one));
+    let mut command = Command::new(torchrun());
+    without_launcher_env(&mut command);
+    let output = command
+        .args(["--standalone", "--nproc-per-node", "3", "--no-python"])
+        .arg(binary())
+        .args(features_args(&setup, &launched))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "torchrun failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_same_npz(&one, &launched, &[]);
+    assert_no_leftovers(&launched);
+
+    // Rank 0 gives up waiting; the other ranks finish later; `merge OUT` gathers.
+    let (one, merged) = (root.join("stats-1.npz"), root.join("stats-merged.npz"));
+    single(&stats_args(&setup, &one));
+    let mut args = stats_args(&setup, &merged);
+    args.extend(strings(&["--gather-timeout", "1"]));
+    let (ok, stderr) = &spawn_ranks(&args, &[srun_vars(0, 3)])[0];
+    assert!(!ok);
+    assert!(
+        stderr.contains("no part from rank 1, 2") && stderr.contains("merge"),
+        "{stderr}"
+    );
+    assert!(!merged.exists());
+    let results = spawn_ranks(&args, &[srun_vars(1, 3), srun_vars(2, 3)]);
+    assert!(results.iter().all(|(ok, _)| *ok), "{results:?}");
+    Cli::new()
+        .args(["merge", s(&merged)])
+        .quiet()
+        .run()
+        .success();
+    assert_same_npz(&one, &merged, &["arr_0"]);
+    assert_no_leftovers(&merged);
+}
