@@ -35,10 +35,10 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, LoadOptions};
 use crate::data::pil_resize::{resize_rgb8, Filter};
 
-/// CLIP's per-channel input mean (RGB).
-pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// CLIP's per-channel input standard deviation (RGB).
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+/// CLIP's per-channel input mean (RGB), as published (applied in float32, as Hugging Face does).
+pub const CLIP_MEAN: [f64; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// CLIP's per-channel input standard deviation (RGB), as published (applied in float32).
+pub const CLIP_STD: [f64; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 /// Input side of `openai/clip-vit-large-patch14-336`, the CMMD network.
 pub const CMMD_IMAGE_SIZE: usize = 336;
 const LAYER_NORM_EPS: f64 = 1e-5;
@@ -716,6 +716,8 @@ pub fn preprocess(images: ArrayView4<'_, u8>, size: usize) -> Result<Tensor, Cli
     let side = h.min(w);
     let (top, left) = ((h - side) / 2, (w - side) / 2);
     let plane = size * size;
+    let mean = CLIP_MEAN.map(|v| v as f32);
+    let std = CLIP_STD.map(|v| v as f32);
     let mut out = vec![0f32; n * 3 * plane];
     images
         .axis_iter(Axis(0))
@@ -731,8 +733,7 @@ pub fn preprocess(images: ArrayView4<'_, u8>, size: usize) -> Result<Tensor, Cli
             let resized = resize_rgb8(&crop, side, side, size, size, Filter::Bicubic);
             for (i, px) in resized.chunks_exact(3).enumerate() {
                 for ch in 0..3 {
-                    dst[ch * plane + i] =
-                        (f32::from(px[ch]) / 255.0 - CLIP_MEAN[ch]) / CLIP_STD[ch];
+                    dst[ch * plane + i] = (f32::from(px[ch]) / 255.0 - mean[ch]) / std[ch];
                 }
             }
         });
