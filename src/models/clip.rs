@@ -453,12 +453,17 @@ fn read_all(path: &Path) -> Result<Vec<(String, Tensor)>, ClipError> {
                     Err(e) => Err(e.into()),
                 };
             }
-            let module = tch::CModule::load_on_device(path, Device::Cpu).map_err(|e| {
-                ClipError::TorchScript {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
+            let module = match tch::CModule::load_on_device(path, Device::Cpu) {
+                Ok(module) => module,
+                // A damaged torch.save file: our reader's account says more than libtorch's.
+                Err(_) if other.is_err() => return Err(other.unwrap_err().into()),
+                Err(e) => {
+                    return Err(ClipError::TorchScript {
+                        path: path.to_path_buf(),
+                        message: e.to_string(),
+                    })
                 }
-            })?;
+            };
             let mut tensors = module
                 .named_parameters()
                 .map_err(|e| ClipError::TorchScript {
