@@ -2,12 +2,14 @@
 //!
 //! Every figure is computed to match a reference evaluator on the same inputs: the ADM evaluator
 //! (FID, sFID, Inception Score, precision/recall), pytorch-fid and torch-fidelity (FID, KID),
-//! and scikit-image (PSNR, SSIM). Linear algebra runs on the system OpenBLAS/LAPACK.
+//! scikit-image (PSNR, SSIM) and google-research `cmmd` (CMMD). Linear algebra runs on the system
+//! OpenBLAS/LAPACK.
 
 // Linked for the BLAS/LAPACK symbols that ndarray, ndarray-linalg and lapack-sys call.
 extern crate openblas_src;
 
 pub mod blas;
+pub mod cmmd;
 pub mod codebook;
 pub mod error;
 pub mod frechet;

@@ -1,5 +1,6 @@
 //! The networks, one file per model, with parameters named as in the original checkpoints.
 
+pub mod clip;
 pub mod dinov2;
 pub mod gpt;
 pub mod inception;

@@ -1,7 +1,8 @@
 //! The metrics against their references, in one binary: the ADM evaluator's golden figures,
-//! pytorch-fid, scikit-image, torch-fidelity.
+//! pytorch-fid, scikit-image, torch-fidelity, google-research cmmd.
 
 mod adm_golden;
+mod cmmd_golden;
 mod frechet_infinity;
 mod frechet_parity;
 mod image_quality;
