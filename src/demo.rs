@@ -137,6 +137,8 @@ pub fn run(out: &Path, samples: usize, progress: Progress) -> Result<()> {
         resize: Resize::Adm,
         device: DeviceChoice::Cpu,
         batch_size: 16,
+        dinov2: None,
+        clip: None,
     };
     say("building the reference batch (statistics + kept images) with `stats`");
     stats::reference_batch(

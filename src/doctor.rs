@@ -39,6 +39,8 @@ pub struct Report {
     pub cache_dir: std::path::PathBuf,
     /// Where the FID Inception weights would be taken from.
     pub inception: cache::WeightsSource,
+    /// Where DINOv2's and CLIP's weights would be taken from (`--features dinov2,clip`).
+    pub extra_networks: [cache::WeightsSource; 2],
 }
 
 impl Report {
@@ -66,6 +68,10 @@ impl Report {
             kernel_blas_threads: llamagen_metrics::linalg::thread_counts().1,
             cache_dir: cache::cache_dir(),
             inception: cache::inception_weights(inception_flag),
+            extra_networks: [
+                cache::network_weights(cache::DINOV2_FILE, None),
+                cache::network_weights(cache::CLIP_FILE, None),
+            ],
         }
     }
 
@@ -144,6 +150,20 @@ impl Report {
                 cache::INCEPTION_WEIGHTS_URL,
                 cache::INCEPTION_WEIGHTS_ENV
             );
+        }
+        for (name, source) in ["DINOv2", "CLIP"].iter().zip(&self.extra_networks) {
+            let state = if source.path().is_file() {
+                "found".to_owned()
+            } else {
+                // Only `--features dinov2/clip` needs them: say where they come from.
+                let file = source.file();
+                format!(
+                    "not found (only --features {} needs it: {})",
+                    name.to_lowercase(),
+                    file.url
+                )
+            };
+            let _ = writeln!(out, "{name:<17} {}: {state}", source.describe());
         }
         out
     }

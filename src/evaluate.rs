@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::{bail, Context, Result};
+use llamagen_metrics::cmmd::cmmd_f32;
 use llamagen_metrics::frechet::frechet_distance;
 use llamagen_metrics::frechet_infinity::{
     frechet_distance_infinity, InfinityConfig, InfinityResult,
@@ -32,6 +33,14 @@ pub enum Metric {
     Kid,
     /// FID extrapolated to infinitely many samples (the fit in the run record).
     FidInf,
+    /// Fréchet distance of DINOv2 features (dgm-eval's FD_DINOv2).
+    FdDinov2,
+    /// FD_DINOv2 extrapolated to infinitely many samples.
+    FdDinov2Inf,
+    /// Precision, recall, density and coverage on DINOv2 features.
+    Dinov2Pr,
+    /// CMMD: MMD of CLIP embeddings (Jayasumana et al. 2024).
+    Cmmd,
 }
 
 impl std::fmt::Display for Metric {
@@ -43,19 +52,27 @@ impl std::fmt::Display for Metric {
             Metric::Pr => "pr",
             Metric::Kid => "kid",
             Metric::FidInf => "fid-inf",
+            Metric::FdDinov2 => "fd-dinov2",
+            Metric::FdDinov2Inf => "fd-dinov2-inf",
+            Metric::Dinov2Pr => "dinov2-pr",
+            Metric::Cmmd => "cmmd",
         })
     }
 }
 
 impl Metric {
     /// Every family, in table order: what is computed (when the inputs allow) without `--metrics`.
-    pub const ALL: [Metric; 6] = [
+    pub const ALL: [Metric; 10] = [
         Metric::Fid,
         Metric::Sfid,
         Metric::Is,
         Metric::Pr,
         Metric::Kid,
         Metric::FidInf,
+        Metric::FdDinov2,
+        Metric::FdDinov2Inf,
+        Metric::Dinov2Pr,
+        Metric::Cmmd,
     ];
 }
 
@@ -94,6 +111,8 @@ pub struct Reference {
     pub stats: ReferenceStats,
     /// The reference features, when known (from images or a feature file, not a stats `.npz`).
     pub features: Option<FeatureSet>,
+    /// Gaussian statistics of its DINOv2 features, when known.
+    pub dinov2_stats: Option<GaussianStats>,
 }
 
 impl Reference {
@@ -111,29 +130,48 @@ impl Reference {
                 .map(|s| GaussianStats::from_features_f32(s.view()))
                 .transpose()?,
         };
+        let dinov2_stats = features
+            .dinov2
+            .as_ref()
+            .map(|d| GaussianStats::from_features_f32(d.view()))
+            .transpose()?;
         Ok(Reference {
             stats,
             features: Some(features),
+            dinov2_stats,
         })
     }
 
     fn pool_features(&self) -> Option<&ndarray::Array2<f32>> {
         self.features.as_ref().and_then(|f| f.pool.as_ref())
     }
+
+    fn features_named(&self, key: &str) -> Option<&ndarray::Array2<f32>> {
+        self.features.as_ref().and_then(|f| f.get(key))
+    }
 }
 
 /// Which of `requested` can be computed from what the inputs hold; `explicit` requests that cannot
-/// be met are errors, defaulted ones are dropped with a log line.
+/// be met are errors, defaulted ones are dropped with a log line. The extrapolated distances are
+/// defaulted only from `2 * min_size` samples on (the reference code's smallest subset is 5,000;
+/// below that they are computed when asked for, over subsets of N/2 to N).
 pub fn plan(
     requested: Option<&[Metric]>,
     sample: &FeatureSet,
     reference: Option<&Reference>,
+    options: &MetricOptions,
 ) -> Result<BTreeSet<Metric>> {
+    let extrapolation_samples = 2 * options.infinity.min_size;
     let explicit = requested.is_some();
     let wanted: BTreeSet<Metric> = requested.unwrap_or(&Metric::ALL).iter().copied().collect();
     let mut planned = BTreeSet::new();
     for metric in wanted {
         let missing = match metric {
+            Metric::FidInf | Metric::FdDinov2Inf
+                if !explicit && sample.len() < extrapolation_samples =>
+            {
+                Some("at least 10,000 samples unless asked for with --metrics")
+            }
             Metric::Fid | Metric::FidInf if sample.pool.is_none() => {
                 Some("the samples' pool features")
             }
@@ -150,6 +188,25 @@ pub fn plan(
             Metric::Pr | Metric::Kid if sample.pool.is_none() => Some("the samples' pool features"),
             Metric::Pr | Metric::Kid if reference.and_then(Reference::pool_features).is_none() => {
                 Some("reference pool features (reference images or a feature file, not statistics alone)")
+            }
+            Metric::FdDinov2 | Metric::FdDinov2Inf | Metric::Dinov2Pr
+                if sample.dinov2.is_none() =>
+            {
+                Some("the samples' DINOv2 features (--features inception,dinov2)")
+            }
+            Metric::FdDinov2 | Metric::FdDinov2Inf
+                if reference.and_then(|r| r.dinov2_stats.as_ref()).is_none() =>
+            {
+                Some("the reference's DINOv2 features (reference images or a feature file with `dinov2`)")
+            }
+            Metric::Dinov2Pr if reference.and_then(|r| r.features_named("dinov2")).is_none() => {
+                Some("the reference's DINOv2 features (reference images or a feature file with `dinov2`)")
+            }
+            Metric::Cmmd if sample.clip.is_none() => {
+                Some("the samples' CLIP embeddings (--features inception,clip)")
+            }
+            Metric::Cmmd if reference.and_then(|r| r.features_named("clip")).is_none() => {
+                Some("the reference's CLIP embeddings (reference images or a feature file with `clip`)")
             }
             _ => None,
         };
@@ -270,6 +327,43 @@ pub fn compute(
                 values.insert(MetricKey::FidInf, fit.value);
                 details.push(("fid_inf_fit", fit_record(&fit, &options.infinity)));
             }
+            Metric::FdDinov2 => {
+                let samples = need(sample.dinov2.as_ref(), "sample DINOv2 features")?;
+                let stats_ref = reference
+                    .and_then(|r| r.dinov2_stats.as_ref())
+                    .context("missing reference DINOv2 statistics")?;
+                let ours = GaussianStats::from_features_f32(samples.view())?;
+                values.insert(MetricKey::FdDinov2, frechet_distance(&ours, stats_ref)?);
+            }
+            Metric::FdDinov2Inf => {
+                let samples = need(sample.dinov2.as_ref(), "sample DINOv2 features")?;
+                let stats_ref = reference
+                    .and_then(|r| r.dinov2_stats.as_ref())
+                    .context("missing reference DINOv2 statistics")?;
+                let fit = frechet_distance_infinity(samples.view(), stats_ref, &options.infinity)?;
+                values.insert(MetricKey::FdDinov2Inf, fit.value);
+                details.push(("fd_dinov2_inf_fit", fit_record(&fit, &options.infinity)));
+            }
+            Metric::Dinov2Pr => {
+                let samples = need(sample.dinov2.as_ref(), "sample DINOv2 features")?;
+                let refs = need(
+                    reference.and_then(|r| r.features_named("dinov2")),
+                    "reference DINOv2 features",
+                )?;
+                let m = manifold_metrics_f32(refs.view(), samples.view(), &options.manifold)?;
+                values.insert(MetricKey::Dinov2Precision, m.precision);
+                values.insert(MetricKey::Dinov2Recall, m.recall);
+                values.insert(MetricKey::Dinov2Density, m.density);
+                values.insert(MetricKey::Dinov2Coverage, m.coverage);
+            }
+            Metric::Cmmd => {
+                let samples = need(sample.clip.as_ref(), "sample CLIP embeddings")?;
+                let refs = need(
+                    reference.and_then(|r| r.features_named("clip")),
+                    "reference CLIP embeddings",
+                )?;
+                values.insert(MetricKey::Cmmd, cmmd_f32(refs.view(), samples.view())?);
+            }
         }
     }
     Ok(Computed { values, details })
@@ -297,8 +391,9 @@ mod tests {
             logits: Some(Array2::zeros((4, 3))),
             ..Default::default()
         };
-        let planned = plan(None, &sample, None).unwrap();
+        let options = MetricOptions::default();
+        let planned = plan(None, &sample, None, &options).unwrap();
         assert_eq!(planned.into_iter().collect::<Vec<_>>(), [Metric::Is]);
-        assert!(plan(Some(&[Metric::Fid]), &sample, None).is_err());
+        assert!(plan(Some(&[Metric::Fid]), &sample, None, &options).is_err());
     }
 }

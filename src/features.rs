@@ -1,5 +1,7 @@
-//! Inception features of image sets: extracted once per set in batches, saved to and loaded from
-//! `.npz` (`pool` [N,2048], `spatial` [N,2023], `logits` [N,1008], f32), and shared by every metric.
+//! Features of image sets: extracted once per set in batches by each feature network of the run
+//! (Inception-V3 always; DINOv2 and CLIP when asked for), saved to and loaded from `.npz` (`pool`
+//! [N,2048], `spatial` [N,2023], `logits` [N,1008], `dinov2` [N,1024], `clip` [N,768], f32), and
+//! shared by every metric.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -10,6 +12,8 @@ use sha2::{Digest, Sha256};
 use tch::{nn, Device, Tensor};
 
 use crate::data::DataError;
+use crate::models::clip::ClipVisionModel;
+use crate::models::dinov2::Dinov2;
 use crate::models::inception::{InceptionV3, Resize};
 
 /// Why features could not be produced or read.
@@ -37,6 +41,54 @@ pub enum FeatureError {
     /// The Inception forward pass or a tensor conversion failed in libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// The CLIP network refused its input.
+    #[error(transparent)]
+    Clip(#[from] crate::models::clip::ClipError),
+}
+
+/// A feature network and the feature arrays it gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Network {
+    /// The FID Inception-V3: `pool`, `spatial`, `logits`.
+    Inception,
+    /// DINOv2 ViT (FD_DINOv2): the final-norm CLS token, `dinov2`.
+    Dinov2,
+    /// CLIP's vision tower (CMMD): the L2-normalised image embedding, `clip`.
+    Clip,
+}
+
+impl Network {
+    /// Every network, in the order features are extracted and listed.
+    pub const ALL: [Network; 3] = [Network::Inception, Network::Dinov2, Network::Clip];
+
+    /// The name on the command line and in cache entries.
+    pub fn name(self) -> &'static str {
+        match self {
+            Network::Inception => "inception",
+            Network::Dinov2 => "dinov2",
+            Network::Clip => "clip",
+        }
+    }
+
+    /// The feature arrays it fills.
+    pub fn outputs(self) -> &'static [&'static str] {
+        match self {
+            Network::Inception => &["pool", "spatial", "logits"],
+            Network::Dinov2 => &["dinov2"],
+            Network::Clip => &["clip"],
+        }
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Network::ALL
+            .into_iter()
+            .find(|n| n.name() == s.trim())
+            .ok_or_else(|| format!("unknown feature network `{s}`: use inception, dinov2 or clip"))
+    }
 }
 
 fn file_error(path: &Path, message: impl Into<String>) -> FeatureError {
@@ -55,20 +107,72 @@ pub struct FeatureSet {
     pub spatial: Option<Array2<f32>>,
     /// Unbiased logits [N, 1008]: Inception Score.
     pub logits: Option<Array2<f32>>,
+    /// DINOv2's final-norm CLS token [N, 1024 for ViT-L/14]: FD_DINOv2.
+    pub dinov2: Option<Array2<f32>>,
+    /// CLIP's L2-normalised image embedding [N, 768 for ViT-L/14@336]: CMMD.
+    pub clip: Option<Array2<f32>>,
     /// Sample index of each row, when the images came from a `sample --shard` batch: lets `merge`
     /// put shards' features back into sample order.
     pub indices: Option<Array1<i64>>,
 }
 
-const KEYS: [&str; 3] = ["pool", "spatial", "logits"];
+const KEYS: [&str; 5] = ["pool", "spatial", "logits", "dinov2", "clip"];
 
 impl FeatureSet {
-    fn fields(&self) -> [(&'static str, &Option<Array2<f32>>); 3] {
+    fn fields(&self) -> [(&'static str, &Option<Array2<f32>>); 5] {
         [
             (KEYS[0], &self.pool),
             (KEYS[1], &self.spatial),
             (KEYS[2], &self.logits),
+            (KEYS[3], &self.dinov2),
+            (KEYS[4], &self.clip),
         ]
+    }
+
+    /// The array named `key` (`pool`, `spatial`, `logits`, `dinov2`, `clip`).
+    pub fn get(&self, key: &str) -> Option<&Array2<f32>> {
+        self.fields()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, a)| a.as_ref())
+    }
+
+    /// The slot of the array named `key`.
+    pub fn slot(&mut self, key: &str) -> Option<&mut Option<Array2<f32>>> {
+        match key {
+            "pool" => Some(&mut self.pool),
+            "spatial" => Some(&mut self.spatial),
+            "logits" => Some(&mut self.logits),
+            "dinov2" => Some(&mut self.dinov2),
+            "clip" => Some(&mut self.clip),
+            _ => None,
+        }
+    }
+
+    /// Moves every array `other` holds into this set (rows must describe the same images).
+    pub fn absorb(&mut self, other: FeatureSet) {
+        for (key, array) in [
+            ("pool", other.pool),
+            ("spatial", other.spatial),
+            ("logits", other.logits),
+            ("dinov2", other.dinov2),
+            ("clip", other.clip),
+        ] {
+            if let (Some(array), Some(slot)) = (array, self.slot(key)) {
+                *slot = Some(array);
+            }
+        }
+    }
+
+    /// Only the arrays of `network`.
+    pub fn of(&self, network: Network) -> FeatureSet {
+        let mut out = FeatureSet::default();
+        for key in network.outputs() {
+            if let (Some(array), Some(slot)) = (self.get(key).cloned(), out.slot(key)) {
+                *slot = Some(array);
+            }
+        }
+        out
     }
 
     /// Number of images the features describe.
@@ -132,6 +236,8 @@ impl FeatureSet {
             pool: read("pool")?,
             spatial: read("spatial")?,
             logits: read("logits")?,
+            dinov2: read("dinov2")?,
+            clip: read("clip")?,
             indices: None,
         };
         if names.iter().any(|n| n == "indices" || n == "indices.npy") {
@@ -153,7 +259,7 @@ impl FeatureSet {
             return Err(file_error(
                 path,
                 format!(
-                    "holds none of `pool`, `spatial`, `logits` (entries: {}); make feature files with `llamagen-eval features`",
+                    "holds none of `pool`, `spatial`, `logits`, `dinov2`, `clip` (entries: {}); make feature files with `llamagen-eval features`",
                     names.join(", ")
                 ),
             ));
@@ -181,13 +287,16 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-/// An Inception-V3 with its weights on a device, ready to extract features.
+/// The feature networks of a run with their weights on a device, ready to extract features:
+/// Inception-V3, and DINOv2 and CLIP when the run asks for them.
 pub struct Extractor {
     _vs: nn::VarStore,
     model: InceptionV3,
     device: Device,
     resize: Resize,
     weights_sha256: String,
+    dinov2: Option<(nn::VarStore, Dinov2)>,
+    clip: Option<(nn::VarStore, ClipVisionModel)>,
 }
 
 /// The first hex digits of the released FID weights' sha256 (pytorch-fid's file name carries them).
@@ -207,7 +316,89 @@ impl Extractor {
             model,
             resize,
             weights_sha256,
+            dinov2: None,
+            clip: None,
         }
+    }
+
+    /// Adds DINOv2 (its variables in `vs`).
+    pub fn with_dinov2(mut self, vs: nn::VarStore, model: Dinov2) -> Self {
+        self.dinov2 = Some((vs, model));
+        self
+    }
+
+    /// Adds CLIP's vision tower (its variables in `vs`).
+    pub fn with_clip(mut self, vs: nn::VarStore, model: ClipVisionModel) -> Self {
+        self.clip = Some((vs, model));
+        self
+    }
+
+    /// The networks loaded, in [`Network::ALL`] order.
+    pub fn networks(&self) -> Vec<Network> {
+        let mut networks = vec![Network::Inception];
+        if self.dinov2.is_some() {
+            networks.push(Network::Dinov2);
+        }
+        if self.clip.is_some() {
+            networks.push(Network::Clip);
+        }
+        networks
+    }
+
+    /// The feature arrays `network` gives, with their widths.
+    pub fn outputs(&self, network: Network) -> Vec<(&'static str, usize)> {
+        match network {
+            Network::Inception => vec![
+                ("pool", crate::models::inception::POOL_DIM as usize),
+                ("spatial", crate::models::inception::SPATIAL_DIM as usize),
+                ("logits", crate::models::inception::LOGITS_DIM as usize),
+            ],
+            Network::Dinov2 => self
+                .dinov2
+                .as_ref()
+                .map(|(_, m)| vec![("dinov2", m.feature_dim() as usize)])
+                .unwrap_or_default(),
+            Network::Clip => self
+                .clip
+                .as_ref()
+                .map(|(_, m)| vec![("clip", m.config().projection_dim as usize)])
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The features of `networks` (each loaded) for one batch of u8 NHWC images.
+    pub fn extract(
+        &self,
+        batch: &Array4<u8>,
+        networks: &[Network],
+    ) -> Result<FeatureSet, FeatureError> {
+        let mut set = FeatureSet::default();
+        for network in networks {
+            match network {
+                Network::Inception => {
+                    let [pool, spatial, logits] = self.extract_batch(batch)?;
+                    set.pool = Some(pool);
+                    set.spatial = Some(spatial);
+                    set.logits = Some(logits);
+                }
+                Network::Dinov2 => {
+                    let (_, model) = self.dinov2.as_ref().ok_or_else(|| not_loaded(*network))?;
+                    let input = crate::models::dinov2::preprocess(batch.view());
+                    let features = tch::no_grad(|| model.features(&input.to_device(self.device)));
+                    set.dinov2 = Some(tensor_to_array(&features)?);
+                }
+                Network::Clip => {
+                    let (_, model) = self.clip.as_ref().ok_or_else(|| not_loaded(*network))?;
+                    let input = crate::models::clip::preprocess(
+                        batch.view(),
+                        model.config().image_size as usize,
+                    )?;
+                    let embeddings = model.embed(&input.to_device(self.device))?;
+                    set.clip = Some(tensor_to_array(&embeddings.normalized)?);
+                }
+            }
+        }
+        Ok(set)
     }
 
     /// SHA-256 (hex) of the weights file the model was loaded from, as recorded in run records.
@@ -241,6 +432,13 @@ impl Extractor {
             tensor_to_array(&features.logits)?,
         ])
     }
+}
+
+fn not_loaded(network: Network) -> FeatureError {
+    FeatureError::Torch(tch::TchError::Kind(format!(
+        "the {} network is not loaded",
+        network.name()
+    )))
 }
 
 fn tensor_to_array(t: &Tensor) -> Result<Array2<f32>, FeatureError> {

@@ -48,6 +48,20 @@ pub enum MetricKey {
     CodebookPerplexity,
     /// FID extrapolated to infinitely many samples (Chong & Forsyth 2020).
     FidInf,
+    /// Fréchet distance of DINOv2 ViT-L/14 features (Stein et al. 2023).
+    FdDinov2,
+    /// FD_DINOv2 extrapolated to infinitely many samples.
+    FdDinov2Inf,
+    /// Precision on DINOv2 features.
+    Dinov2Precision,
+    /// Recall on DINOv2 features.
+    Dinov2Recall,
+    /// Density on DINOv2 features.
+    Dinov2Density,
+    /// Coverage on DINOv2 features.
+    Dinov2Coverage,
+    /// CMMD: MMD of CLIP ViT-L/14@336 embeddings, x1000 (Jayasumana et al. 2024).
+    Cmmd,
 }
 
 /// Which way a metric improves.
@@ -128,7 +142,7 @@ struct Info {
 
 impl MetricKey {
     /// Every metric, in registry order.
-    pub const ALL: [MetricKey; 17] = [
+    pub const ALL: [MetricKey; 24] = [
         MetricKey::Fid,
         MetricKey::Sfid,
         MetricKey::InceptionScore,
@@ -146,6 +160,13 @@ impl MetricKey {
         MetricKey::CodebookUsage,
         MetricKey::CodebookPerplexity,
         MetricKey::FidInf,
+        MetricKey::FdDinov2,
+        MetricKey::FdDinov2Inf,
+        MetricKey::Dinov2Precision,
+        MetricKey::Dinov2Recall,
+        MetricKey::Dinov2Density,
+        MetricKey::Dinov2Coverage,
+        MetricKey::Cmmd,
     ];
 
     /// The registry: one match, so the compiler sees that every metric has every property.
@@ -291,6 +312,62 @@ impl MetricKey {
                 Relative(0.05),
                 "FID∞",
                 "FID extrapolated to infinitely many samples (unitless)",
+                None,
+            ),
+            MetricKey::FdDinov2 => (
+                "fd_dinov2",
+                LowerIsBetter,
+                Relative(0.05),
+                "FD_DINOv2",
+                "FD_DINOv2 (Fréchet distance of DINOv2 features, unitless)",
+                None,
+            ),
+            MetricKey::FdDinov2Inf => (
+                "fd_dinov2_inf",
+                LowerIsBetter,
+                Relative(0.05),
+                "FD_DINOv2∞",
+                "FD_DINOv2 extrapolated to infinitely many samples (unitless)",
+                None,
+            ),
+            MetricKey::Dinov2Precision => (
+                "dinov2_precision",
+                HigherIsBetter,
+                Absolute(0.02),
+                "Precision (DINOv2)",
+                "Precision on DINOv2 features (fraction of samples, 0–1)",
+                None,
+            ),
+            MetricKey::Dinov2Recall => (
+                "dinov2_recall",
+                HigherIsBetter,
+                Absolute(0.02),
+                "Recall (DINOv2)",
+                "Recall on DINOv2 features (fraction of reference images, 0–1)",
+                None,
+            ),
+            MetricKey::Dinov2Density => (
+                "dinov2_density",
+                HigherIsBetter,
+                Absolute(0.05),
+                "Density (DINOv2)",
+                "Density on DINOv2 features (unitless; about 1 for matching sets)",
+                None,
+            ),
+            MetricKey::Dinov2Coverage => (
+                "dinov2_coverage",
+                HigherIsBetter,
+                Absolute(0.02),
+                "Coverage (DINOv2)",
+                "Coverage on DINOv2 features (fraction of reference images, 0–1)",
+                None,
+            ),
+            MetricKey::Cmmd => (
+                "cmmd",
+                LowerIsBetter,
+                Relative(0.05),
+                "CMMD",
+                "CMMD (MMD of CLIP embeddings x 1000, unitless)",
                 None,
             ),
         };

@@ -7,12 +7,14 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use llamagen_eval::device::DeviceChoice;
 use llamagen_eval::evaluate::{Metric, MetricOptions};
+use llamagen_eval::features::Network;
 use llamagen_eval::launcher::World;
 use llamagen_eval::models::gpt::HeadChoice;
 use llamagen_eval::models::inception::Resize;
 use llamagen_eval::models::vq::VqWeights;
 use llamagen_eval::pipeline::fid::{journal_dir, FidOutcome};
 use llamagen_eval::pipeline::gather::Distribution;
+use llamagen_eval::pipeline::inception::ExtraNetwork;
 use llamagen_eval::pipeline::{
     BatchSize, FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, MetricRequest,
     Precision, Shard,
@@ -58,17 +60,53 @@ pub struct InceptionArgs {
     /// Images per Inception forward pass.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
+    /// Feature networks, comma-separated, all run in the same pass over the images: inception
+    /// (FID, sFID, IS, precision/recall, KID; always), dinov2 (FD_DINOv2 and its
+    /// precision/recall), clip (CMMD).
+    #[arg(
+        long = "features",
+        value_name = "inception,dinov2,clip",
+        value_delimiter = ',',
+        default_value = "inception"
+    )]
+    pub networks: Vec<Network>,
+    /// DINOv2 weights (facebookresearch/dinov2's dinov2_vitl14_pretrain.pth; implies
+    /// `--features ...,dinov2`); default: $LLAMAGEN_EVAL_DINOV2, else the cache directory.
+    #[arg(long, value_name = "FILE")]
+    pub dinov2: Option<PathBuf>,
+    /// DINOv2 attention heads, for widths the released ViT-S/B/L/g files do not have.
+    #[arg(long, value_name = "N")]
+    pub dinov2_heads: Option<i64>,
+    /// CLIP weights (OpenAI's ViT-L-14-336px.pt, or Hugging Face's
+    /// openai/clip-vit-large-patch14-336 model.safetensors; implies `--features ...,clip`);
+    /// default: $LLAMAGEN_EVAL_CLIP, else the cache directory.
+    #[arg(long, value_name = "FILE")]
+    pub clip: Option<PathBuf>,
 }
 
 impl InceptionArgs {
-    /// The library's Inception configuration.
-    pub fn config(&self) -> InceptionConfig {
-        InceptionConfig {
+    /// The library's feature-network configuration.
+    pub fn config(&self) -> Result<InceptionConfig> {
+        if !self.networks.contains(&Network::Inception) {
+            bail!("--features must include inception (the FID network every run computes)");
+        }
+        let wants = |network: Network, weights: &Option<PathBuf>| {
+            self.networks.contains(&network) || weights.is_some()
+        };
+        Ok(InceptionConfig {
             weights: self.inception.clone(),
             resize: self.resize.into(),
             device: self.device,
             batch_size: usize::try_from(self.batch_size).unwrap_or(usize::MAX),
-        }
+            dinov2: wants(Network::Dinov2, &self.dinov2).then(|| ExtraNetwork {
+                weights: self.dinov2.clone(),
+                heads: self.dinov2_heads,
+            }),
+            clip: wants(Network::Clip, &self.clip).then(|| ExtraNetwork {
+                weights: self.clip.clone(),
+                heads: None,
+            }),
+        })
     }
 }
 
@@ -87,6 +125,14 @@ pub enum MetricArg {
     Kid,
     /// FID extrapolated to infinitely many samples (Chong & Forsyth 2020).
     FidInf,
+    /// Fréchet distance of DINOv2 features (needs --features ...,dinov2).
+    FdDinov2,
+    /// FD_DINOv2 extrapolated to infinitely many samples.
+    FdDinov2Inf,
+    /// Precision, recall, density and coverage on DINOv2 features.
+    Dinov2Pr,
+    /// CMMD on CLIP embeddings (needs --features ...,clip).
+    Cmmd,
 }
 
 impl From<MetricArg> for Metric {
@@ -98,6 +144,10 @@ impl From<MetricArg> for Metric {
             MetricArg::Pr => Metric::Pr,
             MetricArg::Kid => Metric::Kid,
             MetricArg::FidInf => Metric::FidInf,
+            MetricArg::FdDinov2 => Metric::FdDinov2,
+            MetricArg::FdDinov2Inf => Metric::FdDinov2Inf,
+            MetricArg::Dinov2Pr => Metric::Dinov2Pr,
+            MetricArg::Cmmd => Metric::Cmmd,
         }
     }
 }
@@ -435,7 +485,7 @@ impl FidArgs {
             ),
             None => self.image_size,
         };
-        let mut inception = self.inception.config();
+        let mut inception = self.inception.config()?;
         inception.device = world.device(inception.device).map_err(anyhow::Error::msg)?;
         Ok(FidConfig {
             reference: self.reference.clone(),

@@ -39,7 +39,7 @@ pub struct FeaturesCommand {
 
 /// The Inception settings of a command, on this rank's device.
 fn inception(args: &InceptionArgs, world: &World) -> Result<InceptionConfig> {
-    let mut inception = args.config();
+    let mut inception = args.config()?;
     inception.device = world.device(inception.device).map_err(anyhow::Error::msg)?;
     Ok(inception)
 }
@@ -104,11 +104,17 @@ pub struct StatsCommand {
 impl StatsCommand {
     /// The library's configuration of this command on `world`'s device.
     pub fn config(&self, progress: Progress, world: &World) -> Result<StatsConfig> {
+        let inception = inception(&self.inception, world)?;
+        if inception.dinov2.is_some() || inception.clip.is_some() {
+            anyhow::bail!(
+                "stats writes Inception statistics only; for FD_DINOv2 and CMMD give the reference images (or their `features --features inception,dinov2,clip` file) as --ref"
+            );
+        }
         Ok(StatsConfig {
             crop: self.image_size,
             keep_images: self.keep_images,
             seed: self.seed,
-            inception: inception(&self.inception, world)?,
+            inception,
             resume: self.resume,
             progress,
         })

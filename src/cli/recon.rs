@@ -113,7 +113,12 @@ impl ReconCommand {
                 })
                 .collect()
         });
-        let mut inception = self.inception.config();
+        let mut inception = self.inception.config()?;
+        if inception.dinov2.is_some() || inception.clip.is_some() {
+            anyhow::bail!(
+                "recon scores reconstructions with Inception only (rFID): leave out --features dinov2/clip, --dinov2 and --clip"
+            );
+        }
         inception.device = world.device(inception.device).map_err(anyhow::Error::msg)?;
         Ok(ReconConfig {
             data: self.data.clone(),

@@ -1,6 +1,7 @@
-//! Features of image files cached by content: the images' fingerprint, the crop, the
-//! preprocessing mode and the Inception weights' sha256 name the cache entry, so a rerun with
-//! another reference or metric reuses them and any change to the images or weights does not.
+//! Features of image files cached by content, one entry per feature network: the images'
+//! fingerprint, the crop, the preprocessing mode (Inception's resize, or the network's name) and
+//! the network's weights' sha256 name the entry, so a rerun with another reference, metric or
+//! added network reuses them and any change to the images or weights does not.
 //! Extraction into the cache is journaled, so an interrupted reference extraction resumes.
 
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use serde_json::{json, Map};
 use super::inception::{InceptionConfig, InceptionWeights};
 use super::pass::{self, JournalConfig, PassConfig};
 use super::FeatureStage;
-use crate::features::{sha256_file, Extractor, FeatureSet};
+use crate::features::{sha256_file, Extractor, FeatureSet, Network};
 use crate::progress::Progress;
 
 /// The feature cache of a run, with the network loaded on first need and kept for the run.
@@ -69,55 +70,96 @@ impl FeatureCache {
     }
 
     /// The features of the images in the npz or folder at `images`, centre-cropped to `crop`
-    /// when given (ADM's `center_crop_arr`), from the cache or freshly extracted.
+    /// when given (ADM's `center_crop_arr`), from every network of the run: each network's from
+    /// its own cache entry, the missing ones extracted together in one pass over the images.
     pub fn features_of(&mut self, images: &Path, crop: Option<usize>) -> Result<FeatureSet> {
         let content = content_fingerprint(images)?;
         let crop_tag = crop.map(|s| format!("-crop{s}")).unwrap_or_default();
-        let entry = self.dir.join(format!(
-            "{}{crop_tag}-{}-{}.npz",
-            &content[..24],
-            self.config.resize.name(),
-            &self.weights.sha256[..12]
-        ));
-        if entry.is_file() {
-            match FeatureSet::load(&entry) {
-                Ok(features) => {
-                    tracing::info!(
-                        "features of {} from the cache ({})",
-                        images.display(),
-                        entry.display()
-                    );
-                    return Ok(features);
+        let entry_of = |network: Network| -> Result<PathBuf> {
+            let sha = self
+                .weights
+                .sha256_of(network)
+                .with_context(|| format!("no {} weights located", network.name()))?;
+            // Inception's features depend on the resize mode; the others' preprocessing is fixed.
+            let mode = match network {
+                Network::Inception => self.config.resize.name(),
+                other => other.name(),
+            };
+            Ok(self.dir.join(format!(
+                "{}{crop_tag}-{mode}-{}.npz",
+                &content[..24],
+                &sha[..12]
+            )))
+        };
+        let mut features = FeatureSet::default();
+        let mut missing = Vec::new();
+        for network in self.weights.networks() {
+            let entry = entry_of(network)?;
+            if entry.is_file() {
+                match FeatureSet::load(&entry) {
+                    Ok(cached) => {
+                        tracing::info!(
+                            "{} features of {} from the cache ({})",
+                            network.name(),
+                            images.display(),
+                            entry.display()
+                        );
+                        features.absorb(cached.of(network));
+                        continue;
+                    }
+                    Err(e) => tracing::warn!("ignoring unreadable cache entry: {e}"),
                 }
-                Err(e) => tracing::warn!("ignoring unreadable cache entry: {e}"),
             }
+            missing.push((network, entry));
         }
-        // The images are checked before the network is loaded.
+        let Some((_, first_entry)) = missing.first() else {
+            return Ok(features);
+        };
+        // The images are checked before the networks are loaded.
         let mut source = crate::data::open_images(images, crop, self.config.batch_size)?;
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create the feature cache {}", self.dir.display()))?;
+        let journal_dir = first_entry.with_extension("journal");
+        let networks: Vec<Network> = missing.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = networks.iter().map(|n| n.name()).collect();
         let progress = self.progress;
         let batch_size = self.config.batch_size;
         let extractor = self.extractor()?;
-        let mut stage = FeatureStage::new(extractor, source.len());
+        let mut stage = FeatureStage::for_networks(extractor, source.len(), networks.clone());
         let mut settings = Map::new();
-        settings.insert("entry".into(), json!(entry.display().to_string()));
+        settings.insert("entry".into(), json!(first_entry.display().to_string()));
         settings.insert("batch_size".into(), json!(batch_size));
+        if networks != [Network::Inception] {
+            settings.insert("networks".into(), json!(names));
+        }
         let config = PassConfig {
-            label: "inception",
+            label: if networks == [Network::Inception] {
+                "inception"
+            } else {
+                "features"
+            },
             batch_size,
             progress,
             journal: Some(JournalConfig {
-                dir: entry.with_extension("journal"),
+                dir: journal_dir,
                 settings,
-                // The entry name already fingerprints the images and the network.
+                // The entry names already fingerprint the images and the networks.
                 resume: true,
             }),
             stop_after_new: None,
         };
         let outcome = pass::run(&config, source.as_mut(), &mut [&mut stage])?;
-        let features = stage.into_features();
-        features.save(&entry)?;
+        let extracted = stage.into_features();
+        tracing::info!(
+            "features of {} ({} images): {} in one pass",
+            images.display(),
+            extracted.len(),
+            names.join(", ")
+        );
+        for (network, entry) in &missing {
+            extracted.of(*network).save(entry)?;
+        }
+        features.absorb(extracted);
         outcome.finish()?;
         Ok(features)
     }

@@ -23,9 +23,14 @@ pub struct MetricRequest {
 impl MetricRequest {
     /// Whether the reference's features themselves (not only its statistics) are needed.
     pub fn needs_reference_features(&self) -> bool {
-        self.metrics
-            .as_ref()
-            .is_none_or(|m| m.iter().any(|m| matches!(m, Metric::Pr | Metric::Kid)))
+        self.metrics.as_ref().is_none_or(|m| {
+            m.iter().any(|m| {
+                matches!(
+                    m,
+                    Metric::Pr | Metric::Kid | Metric::Dinov2Pr | Metric::Cmmd
+                )
+            })
+        })
     }
 
     /// Run-record fields describing these settings.
@@ -109,7 +114,12 @@ pub fn evaluate(
     request: &MetricRequest,
     run: Map<String, Value>,
 ) -> Result<RunRecord> {
-    let planned = plan(request.metrics.as_deref(), &sample, reference)?;
+    let planned = plan(
+        request.metrics.as_deref(),
+        &sample,
+        reference,
+        &request.options,
+    )?;
     let sample_stats = sample_statistics(&planned, &sample)?;
     // Feature arrays no later metric reads are freed before the metrics allocate their own
     // matrices (50,000 x 2048 pool features are 400 MB).

@@ -17,40 +17,49 @@ use super::journal::StreamSpec;
 use super::pass::{crash_point, JournalConfig, PassConfig, PassOutcome, Stage};
 use super::split::{clean_up, parts_in, RankPart};
 use crate::data::ImageSource;
-use crate::features::{Extractor, FeatureSet};
-use crate::models::inception::{LOGITS_DIM, POOL_DIM, SPATIAL_DIM};
+use crate::features::{Extractor, FeatureSet, Network};
 use crate::progress::Progress;
 
-const NAMES: [&str; 3] = ["pool", "spatial", "logits"];
-const DIMS: [usize; 3] = [POOL_DIM as usize, SPATIAL_DIM as usize, LOGITS_DIM as usize];
-
-/// Collects the features of `total` images.
+/// Collects the features of `total` images from each of its networks.
 pub struct FeatureStage<'e> {
     extractor: &'e Extractor,
-    outputs: [Array2<f32>; 3],
-    /// Time spent in the network.
+    networks: Vec<Network>,
+    /// `(name, rows)` of every feature array, in the networks' order.
+    outputs: Vec<(&'static str, Array2<f32>)>,
+    /// Time spent in the networks.
     pub elapsed: Duration,
 }
 
 impl<'e> FeatureStage<'e> {
-    /// Room for `total` images' features.
+    /// Room for `total` images' features from every network `extractor` holds.
     pub fn new(extractor: &'e Extractor, total: usize) -> Self {
+        Self::for_networks(extractor, total, extractor.networks())
+    }
+
+    /// Room for `total` images' features from `networks` only (each loaded in `extractor`).
+    pub fn for_networks(extractor: &'e Extractor, total: usize, networks: Vec<Network>) -> Self {
+        let outputs = networks
+            .iter()
+            .flat_map(|n| extractor.outputs(*n))
+            .map(|(name, dim)| (name, Array2::zeros((total, dim))))
+            .collect();
         FeatureStage {
             extractor,
-            outputs: DIMS.map(|dim| Array2::zeros((total, dim))),
+            networks,
+            outputs,
             elapsed: Duration::ZERO,
         }
     }
 
     /// The collected features.
     pub fn into_features(self) -> FeatureSet {
-        let [pool, spatial, logits] = self.outputs;
-        FeatureSet {
-            pool: Some(pool),
-            spatial: Some(spatial),
-            logits: Some(logits),
-            indices: None,
+        let mut set = FeatureSet::default();
+        for (name, rows) in self.outputs {
+            if let Some(slot) = set.slot(name) {
+                *slot = Some(rows);
+            }
         }
+        set
     }
 }
 
@@ -70,22 +79,24 @@ pub fn rows_from_record(bytes: &[u8], count: usize, dim: usize) -> Result<Array2
 
 impl Stage for FeatureStage<'_> {
     fn streams(&self) -> Vec<StreamSpec> {
-        NAMES
+        self.outputs
             .iter()
-            .zip(DIMS)
-            .map(|(name, dim)| StreamSpec::new(*name, dim * 4))
+            .map(|(name, rows)| StreamSpec::new(*name, rows.ncols() * 4))
             .collect()
     }
 
     fn process(&mut self, positions: Range<usize>, images: &Array4<u8>) -> Result<Vec<Vec<u8>>> {
         let start = Instant::now();
-        let arrays = self.extractor.extract_batch(images)?;
+        let batch = self.extractor.extract(images, &self.networks)?;
         self.elapsed += start.elapsed();
         crash_point("features");
-        let mut records = Vec::with_capacity(3);
-        for (out, array) in self.outputs.iter_mut().zip(arrays) {
-            out.slice_mut(s![positions.clone(), ..]).assign(&array);
-            records.push(rows_to_record(&array));
+        let mut records = Vec::with_capacity(self.outputs.len());
+        for (name, out) in self.outputs.iter_mut() {
+            let array = batch
+                .get(name)
+                .with_context(|| format!("the network gave no `{name}` features"))?;
+            out.slice_mut(s![positions.clone(), ..]).assign(array);
+            records.push(rows_to_record(array));
         }
         Ok(records)
     }
@@ -96,8 +107,8 @@ impl Stage for FeatureStage<'_> {
         _images: Option<&Array4<u8>>,
         records: &[Vec<u8>],
     ) -> Result<()> {
-        for ((out, bytes), dim) in self.outputs.iter_mut().zip(records).zip(DIMS) {
-            let rows = rows_from_record(bytes, positions.len(), dim)?;
+        for ((_, out), bytes) in self.outputs.iter_mut().zip(records) {
+            let rows = rows_from_record(bytes, positions.len(), out.ncols())?;
             out.slice_mut(s![positions.clone(), ..]).assign(&rows);
         }
         Ok(())

@@ -83,6 +83,9 @@ fn common_fields(
             Value::from(config.reference.display().to_string()),
         ),
     ]
+    .into_iter()
+    .chain(cache.weights().extra_fields())
+    .collect()
 }
 
 /// `fid --sample-batch`: the metrics of the images in `samples` (features cached by content),
@@ -204,6 +207,13 @@ impl GeneratedEvaluation {
             json!(self.cache.weights().sha256.clone()),
         );
         settings.insert("resize".into(), json!(self.config.inception.resize.name()));
+        settings.extend(
+            self.cache
+                .weights()
+                .extra_fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v)),
+        );
         // Inception's batch partition decides the features' rounding.
         settings.insert("batch_size".into(), json!(inception_batch));
         let mut complete = settings.clone();

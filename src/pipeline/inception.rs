@@ -1,5 +1,6 @@
-//! Which FID Inception-V3 weights, preprocessing, device and batch size a run uses, and loading
-//! them — located and fingerprinted first, loaded only when some images actually need features.
+//! Which feature networks a run uses — the FID Inception-V3 always, DINOv2 and CLIP when asked
+//! for — with their weights, preprocessing, device and batch size, and loading them: located and
+//! fingerprinted first, loaded only when some images actually need features.
 
 use std::path::PathBuf;
 
@@ -7,8 +8,9 @@ use anyhow::{Context, Result};
 
 use crate::cache;
 use crate::device::DeviceChoice;
-use crate::features::{sha256_file, Extractor, RELEASED_WEIGHTS_SHA256_PREFIX};
+use crate::features::{sha256_file, Extractor, Network, RELEASED_WEIGHTS_SHA256_PREFIX};
 use crate::models::inception::{self, Resize};
+use crate::models::{clip, dinov2};
 
 /// The Inception side of a run.
 #[derive(Debug, Clone)]
@@ -21,6 +23,10 @@ pub struct InceptionConfig {
     pub device: DeviceChoice,
     /// Images per forward pass.
     pub batch_size: usize,
+    /// DINOv2 beside Inception (FD_DINOv2), when asked for.
+    pub dinov2: Option<ExtraNetwork>,
+    /// CLIP's vision tower beside Inception (CMMD), when asked for.
+    pub clip: Option<ExtraNetwork>,
 }
 
 impl Default for InceptionConfig {
@@ -30,17 +36,108 @@ impl Default for InceptionConfig {
             resize: Resize::Adm,
             device: DeviceChoice::Auto,
             batch_size: 50,
+            dinov2: None,
+            clip: None,
         }
     }
 }
 
-/// Inception weights located and fingerprinted, not yet loaded.
+/// A feature network beyond Inception: where its weights are and, for widths the released
+/// files do not have, its head count.
+#[derive(Debug, Clone, Default)]
+pub struct ExtraNetwork {
+    /// The weights file; `None`: the network's environment variable, else the cache directory.
+    pub weights: Option<PathBuf>,
+    /// Attention heads (released widths know theirs).
+    pub heads: Option<i64>,
+}
+
+/// A network's weights located and fingerprinted.
+#[derive(Debug, Clone)]
+pub struct LocatedWeights {
+    /// The file.
+    pub path: PathBuf,
+    /// Its sha256 (hex): part of the feature-cache key of the network's features.
+    pub sha256: String,
+    /// Attention heads, when given.
+    pub heads: Option<i64>,
+}
+
+/// The run's feature networks' weights located and fingerprinted, not yet loaded.
 #[derive(Debug, Clone)]
 pub struct InceptionWeights {
-    /// The file.
+    /// The Inception file.
     pub path: PathBuf,
     /// Its sha256 (hex), recorded in every run and part of every feature-cache key.
     pub sha256: String,
+    /// DINOv2's, when the run uses it.
+    pub dinov2: Option<LocatedWeights>,
+    /// CLIP's, when the run uses it.
+    pub clip: Option<LocatedWeights>,
+}
+
+impl InceptionWeights {
+    /// The networks the run uses, in [`Network::ALL`] order.
+    pub fn networks(&self) -> Vec<Network> {
+        let mut networks = vec![Network::Inception];
+        if self.dinov2.is_some() {
+            networks.push(Network::Dinov2);
+        }
+        if self.clip.is_some() {
+            networks.push(Network::Clip);
+        }
+        networks
+    }
+
+    /// Run-record and fingerprint fields of the networks beyond Inception: `feature_networks`
+    /// and each one's `<name>_sha256` (nothing for an Inception-only run, whose records keep
+    /// their form).
+    pub fn extra_fields(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let networks = self.networks();
+        if networks.len() == 1 {
+            return Vec::new();
+        }
+        let mut fields = vec![(
+            "feature_networks",
+            serde_json::json!(networks.iter().map(|n| n.name()).collect::<Vec<_>>()),
+        )];
+        if let Some(w) = &self.dinov2 {
+            fields.push(("dinov2_sha256", serde_json::json!(w.sha256)));
+        }
+        if let Some(w) = &self.clip {
+            fields.push(("clip_sha256", serde_json::json!(w.sha256)));
+        }
+        fields
+    }
+
+    /// The sha256 of `network`'s weights.
+    pub fn sha256_of(&self, network: Network) -> Option<&str> {
+        match network {
+            Network::Inception => Some(&self.sha256),
+            Network::Dinov2 => self.dinov2.as_ref().map(|w| w.sha256.as_str()),
+            Network::Clip => self.clip.as_ref().map(|w| w.sha256.as_str()),
+        }
+    }
+}
+
+fn locate_extra(
+    file: cache::NetworkFile,
+    choice: Option<&ExtraNetwork>,
+) -> Result<Option<LocatedWeights>> {
+    let Some(choice) = choice else {
+        return Ok(None);
+    };
+    let source = cache::network_weights(file, choice.weights.clone());
+    let path = source.path();
+    if !path.is_file() {
+        anyhow::bail!("{}", source.missing());
+    }
+    let sha256 = sha256_file(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Some(LocatedWeights {
+        path: path.clone(),
+        sha256,
+        heads: choice.heads,
+    }))
 }
 
 impl InceptionConfig {
@@ -49,12 +146,7 @@ impl InceptionConfig {
         let source = cache::inception_weights(self.weights.clone());
         let path = source.path();
         if !path.is_file() {
-            anyhow::bail!(
-                "Inception weights not found: {}\n  download {} there, set ${}, or pass the file explicitly",
-                source.describe(),
-                cache::INCEPTION_WEIGHTS_URL,
-                cache::INCEPTION_WEIGHTS_ENV
-            );
+            anyhow::bail!("{}", source.missing());
         }
         let sha256 =
             sha256_file(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -68,6 +160,8 @@ impl InceptionConfig {
         Ok(InceptionWeights {
             path: path.clone(),
             sha256,
+            dinov2: locate_extra(cache::DINOV2_FILE, self.dinov2.as_ref())?,
+            clip: locate_extra(cache::CLIP_FILE, self.clip.as_ref())?,
         })
     }
 
@@ -80,11 +174,18 @@ impl InceptionConfig {
             "Inception-V3 loaded from {} on {device:?}",
             weights.path.display()
         );
-        Ok(Extractor::new(
-            vs,
-            model,
-            self.resize,
-            weights.sha256.clone(),
-        ))
+        let mut extractor = Extractor::new(vs, model, self.resize, weights.sha256.clone());
+        if let Some(w) = &weights.dinov2 {
+            let (vs, model) = dinov2::Dinov2::load(&w.path, device, w.heads)?;
+            tracing::info!("DINOv2 loaded from {}", w.path.display());
+            extractor = extractor.with_dinov2(vs, model);
+        }
+        if let Some(w) = &weights.clip {
+            let heads = w.heads.map_or(clip::Heads::Auto, clip::Heads::Explicit);
+            let (vs, model) = clip::ClipVisionModel::load(&w.path, device, heads)?;
+            tracing::info!("CLIP vision tower loaded from {}", w.path.display());
+            extractor = extractor.with_clip(vs, model);
+        }
+        Ok(extractor)
     }
 }

@@ -67,11 +67,19 @@ pub fn join_features(sets: &[FeatureSet], shards: &[PathBuf]) -> Result<FeatureS
     if sets.is_empty() {
         bail!("no feature shards to join");
     }
-    let keys = |f: &FeatureSet| [f.pool.is_some(), f.spatial.is_some(), f.logits.is_some()];
+    let keys = |f: &FeatureSet| {
+        [
+            f.pool.is_some(),
+            f.spatial.is_some(),
+            f.logits.is_some(),
+            f.dinov2.is_some(),
+            f.clip.is_some(),
+        ]
+    };
     for (set, path) in sets.iter().zip(shards).skip(1) {
         if keys(set) != keys(&sets[0]) {
             bail!(
-                "{}: holds a different set of features (pool/spatial/logits) than {}",
+                "{}: holds a different set of features (pool/spatial/logits/dinov2/clip) than {}",
                 path.display(),
                 shards[0].display()
             );
@@ -125,6 +133,8 @@ pub fn join_features(sets: &[FeatureSet], shards: &[PathBuf]) -> Result<FeatureS
         pool: gather(|f| f.pool.as_ref())?,
         spatial: gather(|f| f.spatial.as_ref())?,
         logits: gather(|f| f.logits.as_ref())?,
+        dinov2: gather(|f| f.dinov2.as_ref())?,
+        clip: gather(|f| f.clip.as_ref())?,
         indices: (with_indices > 0).then(|| order.iter().map(|&(i, _, _)| i).collect()),
     };
     Ok(merged)
@@ -135,9 +145,12 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
     let first = shards.first().context("no shards to merge")?;
     let names = npz_entry_names(first)?;
     if !names.iter().any(|n| n == "arr_0")
-        && names
-            .iter()
-            .any(|n| matches!(n.as_str(), "pool" | "spatial" | "logits"))
+        && names.iter().any(|n| {
+            matches!(
+                n.as_str(),
+                "pool" | "spatial" | "logits" | "dinov2" | "clip"
+            )
+        })
     {
         return merge_features(shards, out, progress);
     }

@@ -19,7 +19,7 @@ pub struct ReferenceNeeds {
     pub features: bool,
 }
 
-const FEATURE_KEYS: [&str; 3] = ["pool", "spatial", "logits"];
+const FEATURE_KEYS: [&str; 5] = ["pool", "spatial", "logits", "dinov2", "clip"];
 
 impl Reference {
     /// Fails at once, before any Inception or sampling work, on a reference that holds nothing
@@ -29,7 +29,9 @@ impl Reference {
             return Ok(());
         }
         let names = npz_entry_names(path)?;
-        let usable = ["mu", "mu_s", "arr_0", "pool", "spatial", "logits"];
+        let usable = [
+            "mu", "mu_s", "arr_0", "pool", "spatial", "logits", "dinov2", "clip",
+        ];
         if !names.iter().any(|n| usable.contains(&n.as_str())) {
             bail!(
                 "{}: the reference batch has neither statistics (mu/sigma, mu_s/sigma_s) nor images (arr_0) nor features; entries: {}",
@@ -60,6 +62,7 @@ impl Reference {
         Ok(Reference {
             stats,
             features: None,
+            dinov2_stats: None,
         })
     }
 
@@ -95,12 +98,16 @@ impl Reference {
             return Ok(Reference {
                 stats,
                 features: None,
+                dinov2_stats: None,
             });
         }
-        if has_stats && !needs.features {
+        // DINOv2 and CLIP features of the reference come from its images.
+        let extra_networks = cache.weights().networks().len() > 1;
+        if has_stats && !needs.features && !extra_networks {
             return Ok(Reference {
                 stats,
                 features: None,
+                dinov2_stats: None,
             });
         }
         let features = cache

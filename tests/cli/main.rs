@@ -8,6 +8,7 @@ mod demo;
 mod distributed;
 mod distributed_images;
 mod doctor;
+mod feature_networks;
 mod fid;
 mod merge_features;
 mod metrics;

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::harness::{Cli, Run};
 
 /// The documented columns of `summary.csv`, in order.
-const COLUMNS: [&str; 30] = [
+const COLUMNS: [&str; 37] = [
     "run",
     "baseline",
     "checkpoint",
@@ -36,6 +36,13 @@ const COLUMNS: [&str; 30] = [
     "codebook_usage",
     "codebook_perplexity",
     "fid_inf",
+    "fd_dinov2",
+    "fd_dinov2_inf",
+    "dinov2_precision",
+    "dinov2_recall",
+    "dinov2_density",
+    "dinov2_coverage",
+    "cmmd",
     "n_samples",
     "n_reference",
     "tool_version",
