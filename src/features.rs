@@ -70,6 +70,18 @@ impl Network {
         }
     }
 
+    /// Inception, then DINOv2 and CLIP when present: a run's networks in [`Network::ALL`] order.
+    pub fn with(dinov2: bool, clip: bool) -> Vec<Network> {
+        let mut networks = vec![Network::Inception];
+        if dinov2 {
+            networks.push(Network::Dinov2);
+        }
+        if clip {
+            networks.push(Network::Clip);
+        }
+        networks
+    }
+
     /// The feature arrays it fills.
     pub fn outputs(self) -> &'static [&'static str] {
         match self {
@@ -335,14 +347,7 @@ impl Extractor {
 
     /// The networks loaded, in [`Network::ALL`] order.
     pub fn networks(&self) -> Vec<Network> {
-        let mut networks = vec![Network::Inception];
-        if self.dinov2.is_some() {
-            networks.push(Network::Dinov2);
-        }
-        if self.clip.is_some() {
-            networks.push(Network::Clip);
-        }
-        networks
+        Network::with(self.dinov2.is_some(), self.clip.is_some())
     }
 
     /// The feature arrays `network` gives, with their widths.

@@ -79,14 +79,7 @@ pub struct InceptionWeights {
 impl InceptionWeights {
     /// The networks the run uses, in [`Network::ALL`] order.
     pub fn networks(&self) -> Vec<Network> {
-        let mut networks = vec![Network::Inception];
-        if self.dinov2.is_some() {
-            networks.push(Network::Dinov2);
-        }
-        if self.clip.is_some() {
-            networks.push(Network::Clip);
-        }
-        networks
+        Network::with(self.dinov2.is_some(), self.clip.is_some())
     }
 
     /// Run-record and fingerprint fields of the networks beyond Inception: `feature_networks`
