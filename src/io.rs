@@ -133,6 +133,18 @@ pub fn read_f64<D: ndarray::Dimension>(
 
 /// Reads `mu`/`sigma` and `mu_s`/`sigma_s` (f32 or f64) from an npz; other entries are ignored.
 pub fn read_reference_stats(path: &Path) -> Result<ReferenceStats, FileError> {
+    let mut pairs = read_stats_pairs(path, &[("mu", "sigma"), ("mu_s", "sigma_s")])?.into_iter();
+    let pool = pairs.next().flatten();
+    let spatial = pairs.next().flatten();
+    Ok(ReferenceStats { pool, spatial })
+}
+
+/// Gaussian statistics stored as `(mu, sigma)` entry pairs of an npz (f32 or f64), each `None`
+/// when both entries are absent.
+pub fn read_stats_pairs(
+    path: &Path,
+    keys: &[(&str, &str)],
+) -> Result<Vec<Option<GaussianStats>>, FileError> {
     let file_err = |message: String| FileError::new(path, message);
     let file = File::open(path).map_err(|e| file_err(format!("cannot open: {e}")))?;
     let mut npz =
@@ -161,9 +173,9 @@ pub fn read_reference_stats(path: &Path) -> Result<ReferenceStats, FileError> {
             (false, true) => Err(file_err(format!("has `{sigma_key}` but no `{mu_key}`"))),
         }
     };
-    let pool = pair("mu", "sigma")?;
-    let spatial = pair("mu_s", "sigma_s")?;
-    Ok(ReferenceStats { pool, spatial })
+    keys.iter()
+        .map(|(mu_key, sigma_key)| pair(mu_key, sigma_key))
+        .collect()
 }
 
 /// Writes statistics as an ADM-compatible npz (f64 arrays), atomically.

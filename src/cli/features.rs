@@ -104,10 +104,10 @@ pub struct StatsCommand {
 impl StatsCommand {
     /// The library's configuration of this command on `world`'s device.
     pub fn config(&self, progress: Progress, world: &World) -> Result<StatsConfig> {
-        let inception = inception(&self.inception, world)?;
-        if inception.dinov2.is_some() || inception.clip.is_some() {
-            anyhow::bail!(
-                "stats writes Inception statistics only; for FD_DINOv2 and CMMD give the reference images (or their `features --features inception,dinov2,clip` file) as --ref"
+        let mut inception = inception(&self.inception, world)?;
+        if inception.clip.take().is_some() {
+            tracing::warn!(
+                "stats keeps no CLIP embeddings: CMMD takes the reference's from its kept images (arr_0) when a run evaluates against it"
             );
         }
         Ok(StatsConfig {

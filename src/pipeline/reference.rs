@@ -10,7 +10,7 @@ use llamagen_metrics::stats::GaussianStats;
 use super::cache::FeatureCache;
 use crate::evaluate::Reference;
 use crate::features::FeatureSet;
-use crate::io::{npz_entry_names, read_reference_stats};
+use crate::io::{npz_entry_names, read_reference_stats, read_stats_pairs};
 
 /// What the metrics need of the reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -86,6 +86,10 @@ impl Reference {
             return Reference::from_file(path);
         }
         let stats = read_reference_stats(path)?;
+        // `stats --features inception,dinov2` writes DINOv2 statistics over every image.
+        let dinov2_stats = read_stats_pairs(path, &[("mu_dinov2", "sigma_dinov2")])?
+            .pop()
+            .flatten();
         let has_stats = stats.pool.is_some() || stats.spatial.is_some();
         if !has("arr_0") {
             if !has_stats {
@@ -98,7 +102,7 @@ impl Reference {
             return Ok(Reference {
                 stats,
                 features: None,
-                dinov2_stats: None,
+                dinov2_stats,
             });
         }
         // DINOv2 and CLIP features of the reference come from its images.
@@ -107,7 +111,7 @@ impl Reference {
             return Ok(Reference {
                 stats,
                 features: None,
-                dinov2_stats: None,
+                dinov2_stats,
             });
         }
         let features = cache
@@ -120,6 +124,9 @@ impl Reference {
         }
         if stats.spatial.is_some() {
             reference.stats.spatial = stats.spatial;
+        }
+        if dinov2_stats.is_some() {
+            reference.dinov2_stats = dinov2_stats;
         }
         Ok(reference)
     }

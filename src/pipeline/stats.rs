@@ -1,6 +1,8 @@
 //! `stats`: an ADM-compatible reference batch from a set of images — `mu`, `sigma`, `mu_s`,
-//! `sigma_s` over all of them, plus `arr_0` with a seeded random subset for precision/recall —
-//! in one journaled pass; under a launcher, split over the ranks (see [`super::split`]).
+//! `sigma_s` over all of them (and `mu_dinov2`/`sigma_dinov2` with `--features inception,dinov2`),
+//! plus `arr_0` with a seeded random subset for precision/recall — in one journaled pass; under a
+//! launcher, split over the ranks (see [`super::split`]). CLIP embeddings are not stored: CMMD's
+//! reference embeddings come from `arr_0` when a run evaluates against the batch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -22,9 +24,8 @@ use super::split::{clean_up, part_file, parts_in, RankPart};
 use crate::data::npz::NpzImages;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::data::ImageSource;
-use crate::features::Extractor;
+use crate::features::{Extractor, Network};
 use crate::io::read_i64;
-use crate::models::inception::{POOL_DIM, SPATIAL_DIM};
 use crate::progress::Progress;
 
 /// What a reference batch is made of.
@@ -44,29 +45,93 @@ pub struct StatsConfig {
     pub progress: Progress,
 }
 
-/// Streams every image's pool and spatial features into Gaussian accumulators.
-struct StatsStage<'e> {
-    extractor: &'e Extractor,
-    pool: GaussianAccumulator,
-    spatial: GaussianAccumulator,
+/// The statistics a reference batch holds, accumulated batch by batch: pool and spatial always,
+/// DINOv2 when the run has it.
+struct Accumulators {
+    /// `(feature name, statistics)`, in the order of the journal streams.
+    stats: Vec<(&'static str, GaussianAccumulator)>,
 }
 
-const DIMS: [usize; 2] = [POOL_DIM as usize, SPATIAL_DIM as usize];
+impl Accumulators {
+    /// For the features `extractor` gives (its CLIP embeddings are not kept).
+    fn for_extractor(extractor: &Extractor) -> Self {
+        let mut stats = Vec::new();
+        for network in extractor.networks() {
+            for (name, dim) in extractor.outputs(network) {
+                if matches!(name, "pool" | "spatial" | "dinov2") {
+                    stats.push((name, GaussianAccumulator::new(dim)));
+                }
+            }
+        }
+        Accumulators { stats }
+    }
+
+    /// The same statistics for features named as in `features` (a gather's joined parts).
+    fn for_features(features: &crate::features::FeatureSet) -> Self {
+        let stats = ["pool", "spatial", "dinov2"]
+            .into_iter()
+            .filter_map(|name| Some((name, GaussianAccumulator::new(features.get(name)?.ncols()))))
+            .collect();
+        Accumulators { stats }
+    }
+
+    fn add(&mut self, name: &str, rows: ndarray::ArrayView2<'_, f32>) -> Result<()> {
+        let (_, acc) = self
+            .stats
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .with_context(|| format!("no `{name}` statistics"))?;
+        acc.add_batch_f32(rows)?;
+        Ok(())
+    }
+
+    fn get(&self, name: &str) -> Option<&GaussianAccumulator> {
+        self.stats.iter().find(|(n, _)| *n == name).map(|(_, a)| a)
+    }
+}
+
+/// Streams every image's features into the reference batch's statistics.
+struct StatsStage<'e> {
+    extractor: &'e Extractor,
+    networks: Vec<Network>,
+    accumulators: Accumulators,
+}
+
+impl<'e> StatsStage<'e> {
+    fn new(extractor: &'e Extractor) -> Self {
+        StatsStage {
+            extractor,
+            networks: extractor
+                .networks()
+                .into_iter()
+                .filter(|n| *n != Network::Clip)
+                .collect(),
+            accumulators: Accumulators::for_extractor(extractor),
+        }
+    }
+}
 
 impl Stage for StatsStage<'_> {
     fn streams(&self) -> Vec<StreamSpec> {
-        vec![
-            StreamSpec::new("pool", DIMS[0] * 4),
-            StreamSpec::new("spatial", DIMS[1] * 4),
-        ]
+        self.accumulators
+            .stats
+            .iter()
+            .map(|(name, acc)| StreamSpec::new(*name, acc.dim() * 4))
+            .collect()
     }
 
     fn process(&mut self, _positions: Range<usize>, images: &Array4<u8>) -> Result<Vec<Vec<u8>>> {
-        let [pool, spatial, _] = self.extractor.extract_batch(images)?;
+        let batch = self.extractor.extract(images, &self.networks)?;
         crash_point("features");
-        self.pool.add_batch_f32(pool.view())?;
-        self.spatial.add_batch_f32(spatial.view())?;
-        Ok([pool, spatial].iter().map(rows_to_record).collect())
+        let mut records = Vec::with_capacity(self.accumulators.stats.len());
+        for (name, acc) in &mut self.accumulators.stats {
+            let rows = batch
+                .get(name)
+                .with_context(|| format!("the network gave no `{name}` features"))?;
+            acc.add_batch_f32(rows.view())?;
+            records.push(rows_to_record(rows));
+        }
+        Ok(records)
     }
 
     fn restore(
@@ -75,12 +140,8 @@ impl Stage for StatsStage<'_> {
         _images: Option<&Array4<u8>>,
         records: &[Vec<u8>],
     ) -> Result<()> {
-        for ((acc, bytes), dim) in [&mut self.pool, &mut self.spatial]
-            .into_iter()
-            .zip(records)
-            .zip(DIMS)
-        {
-            let rows = rows_from_record(bytes, positions.len(), dim)?;
+        for ((_, acc), bytes) in self.accumulators.stats.iter_mut().zip(records) {
+            let rows = rows_from_record(bytes, positions.len(), acc.dim())?;
             acc.add_batch_f32(rows.view())?;
         }
         Ok(())
@@ -112,6 +173,12 @@ fn stats_settings(
     settings.insert("seed".into(), json!(config.seed));
     settings.insert("resize".into(), json!(config.inception.resize.name()));
     settings.insert("inception_sha256".into(), json!(weights.sha256));
+    settings.extend(
+        weights
+            .extra_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+    );
     settings.insert("batch_size".into(), json!(config.inception.batch_size));
     Ok(settings)
 }
@@ -136,17 +203,22 @@ fn pass_config(
 }
 
 /// Adds the statistics to a reference batch whose kept images are written, and completes it.
-fn finish_reference(
-    mut writer: ImageNpzWriter,
-    pool: &GaussianAccumulator,
-    spatial: &GaussianAccumulator,
-) -> Result<()> {
-    let pool = pool.finalize().context("pool statistics")?;
-    let spatial = spatial.finalize().context("spatial statistics")?;
-    writer.add_array("mu", &pool.mu)?;
-    writer.add_array("sigma", &pool.sigma)?;
-    writer.add_array("mu_s", &spatial.mu)?;
-    writer.add_array("sigma_s", &spatial.sigma)?;
+fn finish_reference(mut writer: ImageNpzWriter, accumulators: &Accumulators) -> Result<()> {
+    for (name, mu_key, sigma_key) in [
+        ("pool", "mu", "sigma"),
+        ("spatial", "mu_s", "sigma_s"),
+        ("dinov2", "mu_dinov2", "sigma_dinov2"),
+    ] {
+        let Some(acc) = accumulators.get(name) else {
+            anyhow::ensure!(name == "dinov2", "no {name} statistics");
+            continue;
+        };
+        let stats = acc
+            .finalize()
+            .with_context(|| format!("{name} statistics"))?;
+        writer.add_array(mu_key, &stats.mu)?;
+        writer.add_array(sigma_key, &stats.sigma)?;
+    }
     writer.finish()?;
     Ok(())
 }
@@ -172,11 +244,7 @@ pub fn reference_batch(data: &Path, out: &Path, config: &StatsConfig) -> Result<
     let kept = kept_indices(total, keep, config.seed);
     let weights = config.inception.locate()?;
     let extractor = config.inception.load(&weights)?;
-    let mut stats = StatsStage {
-        extractor: &extractor,
-        pool: GaussianAccumulator::new(DIMS[0]),
-        spatial: GaussianAccumulator::new(DIMS[1]),
-    };
+    let mut stats = StatsStage::new(&extractor);
     let mut images = NpzStage::subset(ImageNpzWriter::create(out, keep, height, width)?, kept);
     let settings = stats_settings(data, config, keep, &weights)?;
     let pass_config = pass_config(config, sibling(out, ".journal"), settings, config.resume);
@@ -186,7 +254,7 @@ pub fn reference_batch(data: &Path, out: &Path, config: &StatsConfig) -> Result<
         &mut [&mut stats, &mut images],
     )?;
     let writer = images.into_writer().context("the reference batch writer")?;
-    finish_reference(writer, &stats.pool, &stats.spatial)?;
+    finish_reference(writer, &stats.accumulators)?;
     outcome.finish()?;
     Ok((total, keep))
 }
@@ -289,13 +357,13 @@ fn gather_stats(parts: &[Part], out: &Path, config: &StatsConfig) -> Result<(usi
     let keep = config.keep_images.min(total);
     let features = join_part_features(parts)?;
     let dir = sibling(out, ".parts");
-    let (pool, spatial) = match (&features.pool, &features.spatial) {
-        (Some(pool), Some(spatial)) if pool.nrows() == total => (pool, spatial),
-        _ => bail!(
+    let complete = |name: &str| features.get(name).is_some_and(|f| f.nrows() == total);
+    if !complete("pool") || !complete("spatial") {
+        bail!(
             "{}: the parts do not hold pool and spatial features of all {total} images",
             dir.display()
-        ),
-    };
+        );
+    }
     let size = &first.manifest.run_fields["image_size"];
     let dimension = |k: usize| {
         size[k]
@@ -354,15 +422,14 @@ fn gather_stats(parts: &[Part], out: &Path, config: &StatsConfig) -> Result<(usi
     }
 
     let batch = config.inception.batch_size.max(1);
-    let mut pool_stats = GaussianAccumulator::new(DIMS[0]);
-    let mut spatial_stats = GaussianAccumulator::new(DIMS[1]);
-    for (p, s) in pool
-        .axis_chunks_iter(Axis(0), batch)
-        .zip(spatial.axis_chunks_iter(Axis(0), batch))
-    {
-        pool_stats.add_batch_f32(p)?;
-        spatial_stats.add_batch_f32(s)?;
+    let mut accumulators = Accumulators::for_features(&features);
+    let names: Vec<&'static str> = accumulators.stats.iter().map(|(n, _)| *n).collect();
+    for name in names {
+        let rows = features.get(name).context("joined features")?;
+        for chunk in rows.axis_chunks_iter(Axis(0), batch) {
+            accumulators.add(name, chunk)?;
+        }
     }
-    finish_reference(writer, &pool_stats, &spatial_stats)?;
+    finish_reference(writer, &accumulators)?;
     Ok((total, keep))
 }

@@ -265,3 +265,79 @@ fn weights_of_the_wrong_network_are_refused_naming_the_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn stats_writes_dinov2_statistics_that_fid_uses() {
+    let _core = one_core();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (weights, reference_images) = random_inception_and_reference(root, 12);
+    let samples = root.join("samples.npz");
+    write_images(&samples, 10, 3);
+    let dinov2_flags = |args: &mut Vec<String>| {
+        let mut flags = network_flags(&weights);
+        // DINOv2 only: drop `--features ...,clip` and `--clip FILE`.
+        flags[3] = "inception,dinov2".into();
+        flags.drain(8..10);
+        args.extend(flags);
+    };
+    let stats = root.join("ref-stats.npz");
+    let mut args: Vec<String> = ["stats", "--data", s(&reference_images), "--out", s(&stats)]
+        .map(String::from)
+        .to_vec();
+    dinov2_flags(&mut args);
+    Cli::new().args(&args).quiet().run().success();
+    let features = root.join("ref-features.npz");
+    let mut args: Vec<String> = [
+        "features",
+        "--images",
+        s(&reference_images),
+        "--out",
+        s(&features),
+    ]
+    .map(String::from)
+    .to_vec();
+    dinov2_flags(&mut args);
+    Cli::new().args(&args).quiet().run().success();
+
+    // mu_dinov2/sigma_dinov2 are the mean and covariance (N-1) of the images' DINOv2 features.
+    let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(&stats).unwrap()).unwrap();
+    let mu: ndarray::Array1<f64> = npz.by_name("mu_dinov2").unwrap();
+    let sigma: ndarray::Array2<f64> = npz.by_name("sigma_dinov2").unwrap();
+    let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(&features).unwrap()).unwrap();
+    let rows: ndarray::Array2<f32> = npz.by_name("dinov2").unwrap();
+    let rows = rows.mapv(f64::from);
+    let n = rows.nrows() as f64;
+    let mean = rows.mean_axis(ndarray::Axis(0)).unwrap();
+    let centred = &rows - &mean;
+    let covariance = centred.t().dot(&centred) / (n - 1.0);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * (1.0 + b.abs());
+    assert!(mu.iter().zip(&mean).all(|(a, b)| close(*a, *b)));
+    assert!(sigma.iter().zip(&covariance).all(|(a, b)| close(*a, *b)));
+
+    // FD_DINOv2 against the reference batch equals FD_DINOv2 against its images.
+    let fd = |reference: &Path, name: &str| {
+        let out = root.join(name);
+        let mut args: Vec<String> = [
+            "fid",
+            "--sample-batch",
+            s(&samples),
+            "--ref",
+            s(reference),
+            "--metrics",
+            "fid,fd-dinov2",
+            "--out",
+            s(&out),
+        ]
+        .map(String::from)
+        .to_vec();
+        dinov2_flags(&mut args);
+        Cli::new().args(&args).quiet().run().success();
+        metrics_json(&out)["metrics"]["fd_dinov2"].as_f64().unwrap()
+    };
+    let (from_stats, from_images) = (fd(&stats, "vs-stats"), fd(&reference_images, "vs-images"));
+    assert!(
+        support::rel_diff(from_stats, from_images) < 1e-6,
+        "reference batch {from_stats}, images {from_images}"
+    );
+}
