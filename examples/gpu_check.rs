@@ -6,13 +6,16 @@
 //! - the bf16 goldens on CUDA: teacher-forced logits closer to LlamaGen's bf16 logits than half
 //!   the bf16-vs-fp32 gap, and greedy bf16 sequences equal up to the first near-tie step;
 //! - Inception features (random FID-architecture weights) CUDA vs CPU within 1e-3 relative;
+//! - the tiny golden DINOv2 and CLIP on CUDA in fp32: CLS features and image embeddings within
+//!   1e-4 relative of their reference code's (`../shared/golden/feature_nets_public_io.safetensors`);
 //! - batch and shard invariance of sampled (temperature 1) tokens on CUDA, through the
 //!   pipeline's generator (padded last batches).
 //!
 //! Throughput: GPT-B and GPT-L with random weights at 256 and 384 px (16x16 and 24x24 tokens),
 //! batch 1, 32 and auto, without and with CFG, in the default precision (bf16 on CUDA), one timed
 //! batch each after one warm-up per model (the budget: under 8 minutes with the build on one
-//! H100-class GPU); VQ-16 decoding and Inception images/s.
+//! H100-class GPU); VQ-16 decoding and Inception images/s; DINOv2 ViT-L/14 at 224 and CLIP
+//! ViT-L/14 at 336 images/s in fp32 and bf16 (random weights in the released architectures).
 //!
 //! `GPU_CHECK_DEVICE=cpu` runs the same code on the CPU with small sizes (a smoke test of this
 //! program, not a benchmark).
@@ -24,6 +27,8 @@ use std::time::Instant;
 
 use llamagen_eval::data::ImageSource;
 use llamagen_eval::device;
+use llamagen_eval::models::clip::{self, ClipConfig, ClipVisionModel};
+use llamagen_eval::models::dinov2::{Dinov2, Dinov2Config};
 use llamagen_eval::models::gpt::{Gpt, GptConfig, HeadChoice};
 use llamagen_eval::models::inception::{InceptionV3, Resize};
 use llamagen_eval::models::vq::{VqConfig, VqModel};
@@ -225,6 +230,41 @@ fn inception_parity(device: Device) -> Check {
     }
 }
 
+fn feature_net_parity(device: Device) -> Vec<Check> {
+    let io = tensors("feature_nets_public_io.safetensors");
+    let (_dinov2_vs, dinov2) =
+        Dinov2::load(&golden("dinov2_tiny_public_pretrain.pth"), device, Some(4))
+            .expect("golden DINOv2");
+    let cls = dinov2
+        .features(&io["dinov2_64x64_input"])
+        .to_device(Device::Cpu);
+    let dinov2_err = max_rel_err(&cls, &io["dinov2_64x64_cls"]);
+    let (_clip_vs, clip) = ClipVisionModel::load(
+        &golden("clip_vision_tiny_public.safetensors"),
+        device,
+        clip::Heads::Auto,
+    )
+    .expect("golden CLIP");
+    let embeds = clip
+        .embed(&io["clip_a_input"])
+        .expect("336 px input")
+        .image_embeds
+        .to_device(Device::Cpu);
+    let clip_err = max_rel_err(&embeds, &io["clip_a_image_embeds"]);
+    vec![
+        Check {
+            name: "DINOv2 CLS features (golden tiny model, fp32)".into(),
+            passed: dinov2_err < 1e-4,
+            detail: format!("max rel err {dinov2_err:.1e} (limit 1e-4)"),
+        },
+        Check {
+            name: "CLIP image embeddings (golden tiny model, fp32)".into(),
+            passed: clip_err < 1e-4,
+            detail: format!("max rel err {clip_err:.1e} (limit 1e-4)"),
+        },
+    ]
+}
+
 fn invariance(device: Device) -> Check {
     let config = GeneratorConfig {
         gpt: golden("gpt_public.pt"),
@@ -380,6 +420,45 @@ fn image_throughput(device: Device, quick: bool) -> Vec<String> {
         "| Inception 256 px (ADM resize) | - | {batch} | - | {:.1} |",
         (batch * rounds) as f64 / secs
     ));
+    // The feature networks beyond Inception, in fp32 and bf16.
+    let batch = if quick { 1 } else { 32 };
+    for bf16 in [false, true] {
+        let dtype = if bf16 { "bf16" } else { "fp32" };
+        let mut vs = nn::VarStore::new(device);
+        let net = Dinov2::new(&vs.root(), &Dinov2Config::vit_l14());
+        if bf16 {
+            vs.bfloat16();
+        }
+        let input = Tensor::randn([batch, 3, 224, 224], (Kind::Float, device));
+        let _ = net.features(&input);
+        let (_, secs) = timed(device, || {
+            for _ in 0..rounds {
+                let _ = net.features(&input);
+            }
+        });
+        rows.push(format!(
+            "| DINOv2 ViT-L/14 224 px, {dtype} | - | {batch} | - | {:.1} |",
+            (batch * rounds) as f64 / secs
+        ));
+        drop(net);
+        let mut vs = nn::VarStore::new(device);
+        let config = ClipConfig::vit_l14_336();
+        let net = ClipVisionModel::new(&vs.root(), &config);
+        if bf16 {
+            vs.bfloat16();
+        }
+        let input = Tensor::randn([batch, 3, 336, 336], (Kind::Float, device));
+        let _ = net.embed(&input).expect("336 px input");
+        let (_, secs) = timed(device, || {
+            for _ in 0..rounds {
+                let _ = net.embed(&input).expect("336 px input");
+            }
+        });
+        rows.push(format!(
+            "| CLIP ViT-L/14 336 px, {dtype} | - | {batch} | - | {:.1} |",
+            (batch * rounds) as f64 / secs
+        ));
+    }
     rows
 }
 
@@ -405,6 +484,7 @@ fn main() -> ExitCode {
     let mut checks = vec![fp32_greedy(device)];
     checks.extend(bf16_goldens(device));
     checks.push(inception_parity(device));
+    checks.extend(feature_net_parity(device));
     checks.push(invariance(device));
     println!("\n| parity check | result | numbers |\n|---|---|---|");
     for c in &checks {
