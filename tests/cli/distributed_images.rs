@@ -330,3 +330,54 @@ fn features_through_torchrun_and_stats_through_merge_equal_one_process() {
     assert_same_npz(&one, &merged, &["arr_0"]);
     assert_no_leftovers(&merged);
 }
+
+/// `args` through the real torchrun with 3 processes, rank 1 killed with SIGKILL after its first
+/// commit and the job restarted once: every rank resumes from its own journal.
+fn torchrun_with_a_restart(args: &[String]) -> String {
+    let mut command = Command::new(torchrun());
+    without_launcher_env(&mut command);
+    let crash_rank_1 = r#"if [ "$RANK" = 1 ] && [ "$TORCHELASTIC_RESTART_COUNT" = 0 ]; then export LLAMAGEN_EVAL_CRASH_AT=committed:1; fi; exec "$@""#;
+    let output = command
+        .args([
+            "--standalone",
+            "--nproc-per-node",
+            "3",
+            "--max-restarts",
+            "1",
+            "--no-python",
+            "sh",
+            "-c",
+            crash_rank_1,
+            "sh",
+            binary(),
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "torchrun failed:\n{stderr}");
+    assert!(
+        stderr.contains("exitcode: -9"),
+        "rank 1 was not killed:\n{stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn stats_and_recon_ranks_killed_and_restarted_by_torchrun_give_one_process_results() {
+    let _cores = all_cores();
+    let setup = setup();
+    let root = &setup.root;
+
+    let (one, restarted) = (root.join("stats-1.npz"), root.join("stats-restarted.npz"));
+    single(&stats_args(&setup, &one));
+    torchrun_with_a_restart(&stats_args(&setup, &restarted));
+    assert_same_npz(&one, &restarted, &["arr_0"]);
+    assert_no_leftovers(&restarted);
+
+    let (one, restarted) = (root.join("recon-1"), root.join("recon-restarted"));
+    single(&recon_args(&setup, &one));
+    torchrun_with_a_restart(&recon_args(&setup, &restarted));
+    assert_same_metrics(&one, &restarted, "torchrun", 1e-4);
+    assert_close_pixels(&one.join("recon.npz"), &restarted.join("recon.npz"));
+}
