@@ -15,8 +15,30 @@ const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 /// The image files under `dir`, recursively, sorted.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    // Real (canonical) paths seen so far, with the path they were reached by: a folder or file
+    // reached twice — a symlink loop, or a link to something listed already — would be counted
+    // twice (or forever), so it is refused.
+    let mut seen: std::collections::HashMap<PathBuf, PathBuf> = std::collections::HashMap::new();
+    let mut visit = |path: &Path| -> Result<(), DataError> {
+        let real = std::fs::canonicalize(path).map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if let Some(first) = seen.insert(real.clone(), path.to_path_buf()) {
+            return Err(DataError::invalid(
+                path,
+                format!(
+                    "is {} again (already listed as {}): a symlink loop or a duplicate would count images twice; remove the link",
+                    real.display(),
+                    first.display()
+                ),
+            ));
+        }
+        Ok(())
+    };
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
+    visit(dir)?;
     while let Some(current) = pending.pop() {
         let entries = std::fs::read_dir(&current).map_err(|source| DataError::Io {
             path: current.clone(),
@@ -30,12 +52,14 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
                 })?
                 .path();
             if path.is_dir() {
+                visit(&path)?;
                 pending.push(path);
             } else if path
                 .extension()
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
             {
+                visit(&path)?;
                 files.push(path);
             }
         }

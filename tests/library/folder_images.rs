@@ -77,3 +77,38 @@ fn bad_folders_fail_by_name() {
         .to_string();
     assert!(err.contains("broken.png"), "{err}");
 }
+
+/// Writes a small PNG.
+fn png(path: &std::path::Path, shade: u8) {
+    image::RgbImage::from_pixel(8, 8, image::Rgb([shade, 0, 255 - shade]))
+        .save(path)
+        .unwrap();
+}
+
+#[test]
+fn symlink_loops_and_duplicates_are_refused_naming_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for k in 0..4 {
+        png(&images.join(format!("{k}.png")), k * 40);
+    }
+    assert_eq!(FolderImages::open(&images, None).unwrap().len(), 4);
+
+    // `ln -s . loop`: the folder again, below itself.
+    std::os::unix::fs::symlink(".", images.join("loop")).unwrap();
+    let err = FolderImages::open(&images, None)
+        .err()
+        .map(|e| e.to_string())
+        .expect("a symlink loop is refused");
+    assert!(err.contains("loop") && err.contains("symlink loop"), "{err}");
+    std::fs::remove_file(images.join("loop")).unwrap();
+
+    // A link to an image already listed would count it twice.
+    std::os::unix::fs::symlink(images.join("0.png"), images.join("again.png")).unwrap();
+    let err = FolderImages::open(&images, None)
+        .err()
+        .map(|e| e.to_string())
+        .expect("a duplicate is refused");
+    assert!(err.contains(".png") && err.contains("already listed"), "{err}");
+}
