@@ -293,6 +293,12 @@ pub enum PrecisionArg {
     Fp16,
 }
 
+/// The largest evaluated image side (`--image-size-eval`).
+pub const MAX_IMAGE_SIZE: i64 = 8192;
+
+/// The most samples one run may ask for.
+pub const MAX_SAMPLES: usize = 100_000_000;
+
 /// Generation flags shared by `sample`, `fid --gpt` and `sweep`.
 #[derive(Args, Debug, Clone)]
 pub struct GenArgs {
@@ -368,13 +374,23 @@ pub struct GenArgs {
 }
 
 impl GenArgs {
-    /// The number of samples: `--samples`, else one per `--labels` entry.
+    /// The number of samples: `--samples`, else one per `--labels` entry; at least 1 and at most
+    /// [`MAX_SAMPLES`], checked before anything is loaded.
     pub fn sample_count(&self) -> Result<usize> {
-        match (self.samples, &self.labels) {
-            (Some(n), _) => Ok(n),
-            (None, Some(l)) => Ok(l.len()),
+        let n = match (self.samples, &self.labels) {
+            (Some(n), _) => n,
+            (None, Some(l)) => l.len(),
             (None, None) => bail!("--samples N is required (or --labels, one sample per label)"),
+        };
+        if n == 0 {
+            bail!("--samples 0: ask for at least one sample");
         }
+        if n > MAX_SAMPLES {
+            bail!(
+                "--samples {n}: at most {MAX_SAMPLES} samples per run (a run keeps a few bytes per sample in memory and its journal); evaluations use 50,000"
+            );
+        }
+        Ok(n)
     }
 
     /// The library's generator configuration at generation size `image_size`.
@@ -387,6 +403,13 @@ impl GenArgs {
             Some(p) => p.clone(),
             None => bail!("--vq CKPT is required"),
         };
+        if let Some(size) = self.image_size_eval {
+            if !(1..=MAX_IMAGE_SIZE).contains(&size) {
+                bail!(
+                    "--image-size-eval {size}: the evaluated size must be between 1 and {MAX_IMAGE_SIZE} pixels (LlamaGen evaluates at 256)"
+                );
+            }
+        }
         let labels = match (&self.labels, self.class_balanced) {
             (Some(l), _) if l.is_empty() => bail!("--labels is empty"),
             (Some(l), _) => LabelSpec::Explicit(l.clone()),

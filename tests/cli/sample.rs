@@ -256,6 +256,21 @@ fn bad_inputs_fail_before_sampling() {
         sample(&out, &["--labels", "3,10"]),
         "class label 10 is out of range: the model has 10 classes",
     );
+    // Sample counts are checked before anything is loaded or allocated.
+    fails(
+        sample(&out, &["--samples", "0"]),
+        "--samples 0: ask for at least one sample",
+    );
+    fails(
+        sample(&out, &["--samples", "2", "--image-size-eval", "100000"]),
+        "--image-size-eval 100000: the evaluated size must be between 1 and 8192",
+    );
+    for huge in ["18446744073709551615", "1000000000000"] {
+        fails(
+            sample(&out, &["--samples", huge]),
+            "at most 100000000 samples per run",
+        );
+    }
     let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
     let wrong_size_args = vec![
         "sample",
