@@ -437,12 +437,14 @@ pub fn check_parts(dir: &Path, parts: &[Part]) -> Result<(), GatherError> {
             });
         }
     }
-    let mut owner: Vec<Option<usize>> = vec![None; m0.samples];
+    // The part (position in `parts`) holding each sample; u32::MAX: none yet.
+    const NONE: u32 = u32::MAX;
+    let mut owner: Vec<u32> = vec![NONE; m0.samples];
     for (k, part) in parts.iter().enumerate() {
         for index in part.indices()? {
             let slot = &mut owner[index as usize];
-            if let Some(j) = *slot {
-                let other = &parts[j];
+            if *slot != NONE {
+                let other = &parts[*slot as usize];
                 return Err(GatherError::DuplicateIndex {
                     index,
                     first_rank: other.manifest.rank,
@@ -453,13 +455,13 @@ pub fn check_parts(dir: &Path, parts: &[Part]) -> Result<(), GatherError> {
                     second_shard: part.manifest.shard.clone(),
                 });
             }
-            *slot = Some(k);
+            *slot = k as u32;
         }
     }
-    if let Some(missing) = owner.iter().position(Option::is_none) {
+    if let Some(missing) = owner.iter().position(|&o| o == NONE) {
         return Err(GatherError::Incomplete {
             dir: dir.to_path_buf(),
-            covered: owner.iter().filter(|o| o.is_some()).count(),
+            covered: owner.iter().filter(|&&o| o != NONE).count(),
             total: m0.samples,
             first_missing: missing as u64,
         });

@@ -101,7 +101,10 @@ fn symlink_loops_and_duplicates_are_refused_naming_the_link() {
         .err()
         .map(|e| e.to_string())
         .expect("a symlink loop is refused");
-    assert!(err.contains("loop") && err.contains("symlink loop"), "{err}");
+    assert!(
+        err.contains("loop") && err.contains("symlink loop"),
+        "{err}"
+    );
     std::fs::remove_file(images.join("loop")).unwrap();
 
     // A link to an image already listed would count it twice.
@@ -110,5 +113,8 @@ fn symlink_loops_and_duplicates_are_refused_naming_the_link() {
         .err()
         .map(|e| e.to_string())
         .expect("a duplicate is refused");
-    assert!(err.contains(".png") && err.contains("already listed"), "{err}");
+    assert!(
+        err.contains(".png") && err.contains("already listed"),
+        "{err}"
+    );
 }
