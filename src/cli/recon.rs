@@ -26,6 +26,10 @@ pub enum ReconMetricArg {
     Ssim,
     /// Codebook usage and perplexity over the set (needs --vq).
     Codebook,
+    /// FD_DINOv2 of the reconstructions to the originals (needs --features ...,dinov2).
+    FdDinov2,
+    /// CMMD of the reconstructions to the originals (needs --features ...,clip).
+    Cmmd,
 }
 
 /// `--precision` of the tokenizer.
@@ -110,15 +114,12 @@ impl ReconCommand {
                     ReconMetricArg::Psnr => ReconMetric::Psnr,
                     ReconMetricArg::Ssim => ReconMetric::Ssim,
                     ReconMetricArg::Codebook => ReconMetric::Codebook,
+                    ReconMetricArg::FdDinov2 => ReconMetric::FdDinov2,
+                    ReconMetricArg::Cmmd => ReconMetric::Cmmd,
                 })
                 .collect()
         });
         let mut inception = self.inception.config()?;
-        if inception.dinov2.is_some() || inception.clip.is_some() {
-            anyhow::bail!(
-                "recon scores reconstructions with Inception only (rFID): leave out --features dinov2/clip, --dinov2 and --clip"
-            );
-        }
         inception.device = world.device(inception.device).map_err(anyhow::Error::msg)?;
         Ok(ReconConfig {
             data: self.data.clone(),

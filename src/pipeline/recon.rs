@@ -1,9 +1,10 @@
 //! `recon`: how well a tokenizer reconstructs a set of images — rFID, PSNR, SSIM (standard and
-//! LlamaGen-compatible) and codebook usage — from a LlamaGen VQ checkpoint or from
+//! LlamaGen-compatible), codebook usage, and with `--features inception,dinov2,clip` FD_DINOv2 and
+//! CMMD of the reconstructions against the originals — from a LlamaGen VQ checkpoint or from
 //! reconstructions made elsewhere, in one journaled pass over the originals.
 //!
-//! Per image, the journal keeps the scores, the code indices, the pool features of the
-//! reconstruction (and of the original when the inputs are their own rFID reference) and, when
+//! Per image, the journal keeps the scores, the code indices, the feature rows of the
+//! reconstruction (and of the original when the inputs are the reference) and, when
 //! they are to be saved, the reconstructed pixels; a resumed run rebuilds every accumulator from
 //! them with the same batch boundaries, so its figures equal an uninterrupted run's. Under a
 //! launcher the images are split over the ranks and rank 0 accumulates every rank's per-image
@@ -14,6 +15,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use llamagen_metrics::cmmd::cmmd_f32;
 use llamagen_metrics::codebook::{CodebookUsage, LLAMAGEN_USAGE_WINDOW};
 use llamagen_metrics::frechet::frechet_distance;
 use llamagen_metrics::image_quality::{self, SsimMode};
@@ -35,7 +37,7 @@ use super::pass::{self, JournalConfig, PassConfig, PassOutcome, Stage};
 use super::split::{clean_up, part_file, parts_in, row_order, RankPart};
 use crate::data::{DataError, ImageSource};
 use crate::evaluate::Reference;
-use crate::features::Extractor;
+use crate::features::{Extractor, FeatureSet, Network};
 use crate::io::{write_npz_atomically, FileError};
 use crate::metric::MetricKey;
 use crate::models::inception::POOL_DIM;
@@ -57,15 +59,21 @@ pub enum ReconMetric {
     Ssim,
     /// Codebook usage and perplexity over the set (needs the tokenizer).
     Codebook,
+    /// Fréchet distance of the reconstructions' DINOv2 features to the originals' (needs DINOv2).
+    FdDinov2,
+    /// CMMD of the reconstructions' CLIP embeddings to the originals' (needs CLIP).
+    Cmmd,
 }
 
 impl ReconMetric {
     /// Every figure.
-    pub const ALL: [ReconMetric; 4] = [
+    pub const ALL: [ReconMetric; 6] = [
         ReconMetric::Rfid,
         ReconMetric::Psnr,
         ReconMetric::Ssim,
         ReconMetric::Codebook,
+        ReconMetric::FdDinov2,
+        ReconMetric::Cmmd,
     ];
 }
 
@@ -149,8 +157,83 @@ struct Totals {
     counts: Vec<u64>,
     window: Vec<i64>,
     num_indices: u64,
-    recon_pool: Option<GaussianAccumulator>,
-    input_pool: Option<GaussianAccumulator>,
+    /// The feature rows the figures need, in journal-stream order.
+    tracks: Vec<Track>,
+}
+
+/// One kind of feature row a run keeps per image: one network's features of the
+/// reconstructions or of the originals, as running statistics (Fréchet distances) or as every
+/// row (CMMD).
+struct Track {
+    /// Journal stream and part entry (`recon_pool`, `input_dinov2`, ...).
+    name: &'static str,
+    /// The feature array it takes (`pool`, `dinov2`, `clip`).
+    key: &'static str,
+    /// The originals' features (else the reconstructions').
+    input: bool,
+    /// Features per row.
+    dim: usize,
+    /// Running statistics, for a Fréchet distance.
+    stats: Option<GaussianAccumulator>,
+    /// Every row, for CMMD.
+    rows: Option<Vec<f32>>,
+}
+
+impl Track {
+    fn new(name: &'static str, key: &'static str, input: bool, dim: usize) -> Self {
+        let all_rows = key == "clip";
+        Track {
+            name,
+            key,
+            input,
+            dim,
+            stats: (!all_rows).then(|| GaussianAccumulator::new(dim)),
+            rows: all_rows.then(Vec::new),
+        }
+    }
+
+    fn add(&mut self, rows: &Array2<f32>) -> Result<()> {
+        anyhow::ensure!(
+            rows.ncols() == self.dim,
+            "`{}` rows of {} features, expected {}",
+            self.name,
+            rows.ncols(),
+            self.dim
+        );
+        if let Some(acc) = self.stats.as_mut() {
+            acc.add_batch_f32(rows.view())?;
+        }
+        if let Some(all) = self.rows.as_mut() {
+            all.extend(rows.iter());
+        }
+        Ok(())
+    }
+
+    fn statistics(&self) -> Result<GaussianStats> {
+        self.stats
+            .as_ref()
+            .with_context(|| format!("no statistics of `{}`", self.name))?
+            .finalize()
+            .with_context(|| format!("`{}` needs at least 2 images", self.name))
+    }
+
+    fn all_rows(&self) -> Result<Array2<f32>> {
+        let rows = self
+            .rows
+            .clone()
+            .with_context(|| format!("no rows of `{}`", self.name))?;
+        Ok(Array2::from_shape_vec(
+            (rows.len() / self.dim, self.dim),
+            rows,
+        )?)
+    }
+}
+
+/// Feature widths of the networks a run uses beyond Inception.
+#[derive(Debug, Clone, Copy, Default)]
+struct ExtraDims {
+    dinov2: Option<usize>,
+    clip: Option<usize>,
 }
 
 impl Totals {
@@ -171,13 +254,13 @@ impl Totals {
         Ok(())
     }
 
-    /// Restores or adds one batch's per-image values.
+    /// Restores or adds one batch's per-image values; `features[k]` holds the rows of track k.
     fn absorb(
         &mut self,
         n: usize,
         scores: &[[f64; 3]],
         codes: &[i64],
-        pools: [Option<&Array2<f32>>; 2],
+        features: &[Array2<f32>],
     ) -> Result<()> {
         debug_assert_eq!(scores.len(), n);
         if self.wanted.contains(&ReconMetric::Psnr) {
@@ -190,12 +273,14 @@ impl Totals {
         if self.codes_per_image > 0 {
             self.add_indices(codes)?;
         }
-        let [recon, input] = pools;
-        if let (Some(acc), Some(rows)) = (self.recon_pool.as_mut(), recon) {
-            acc.add_batch_f32(rows.view())?;
-        }
-        if let (Some(acc), Some(rows)) = (self.input_pool.as_mut(), input) {
-            acc.add_batch_f32(rows.view())?;
+        anyhow::ensure!(
+            features.len() == self.tracks.len(),
+            "{} feature sets for {} tracks",
+            features.len(),
+            self.tracks.len()
+        );
+        for (track, rows) in self.tracks.iter_mut().zip(features) {
+            track.add(rows)?;
         }
         Ok(())
     }
@@ -212,11 +297,8 @@ impl Stage for ReconStage<'_> {
         if self.totals.codes_per_image > 0 {
             streams.push(StreamSpec::new("codes", self.totals.codes_per_image * 4));
         }
-        if self.totals.recon_pool.is_some() {
-            streams.push(StreamSpec::new("recon_pool", POOL_DIM as usize * 4));
-        }
-        if self.totals.input_pool.is_some() {
-            streams.push(StreamSpec::new("input_pool", POOL_DIM as usize * 4));
+        for track in &self.totals.tracks {
+            streams.push(StreamSpec::new(track.name, track.dim * 4));
         }
         if self.save_pixels {
             streams.push(StreamSpec::new("recon_pixels", h * w * 3));
@@ -275,14 +357,37 @@ impl Stage for ReconStage<'_> {
                 s[2] = b;
             }
         }
-        let mut recon_pool = None;
-        let mut input_pool = None;
+        let mut features = Vec::with_capacity(self.totals.tracks.len());
         if let Some(extractor) = self.extractor {
-            let [pool, _, _] = extractor.extract_batch(&recons)?;
-            recon_pool = Some(pool);
-            if self.totals.input_pool.is_some() {
-                let [pool, _, _] = extractor.extract_batch(originals)?;
-                input_pool = Some(pool);
+            let networks = |input: bool| -> Vec<Network> {
+                let mut networks: Vec<Network> = self
+                    .totals
+                    .tracks
+                    .iter()
+                    .filter(|t| t.input == input)
+                    .map(|t| network_of(t.key))
+                    .collect();
+                networks.dedup();
+                networks
+            };
+            let recon_features = extractor.extract(&recons, &networks(false))?;
+            let input_networks = networks(true);
+            let input_features = if input_networks.is_empty() {
+                FeatureSet::default()
+            } else {
+                extractor.extract(originals, &input_networks)?
+            };
+            for track in &self.totals.tracks {
+                let set = if track.input {
+                    &input_features
+                } else {
+                    &recon_features
+                };
+                features.push(
+                    set.get(track.key)
+                        .cloned()
+                        .with_context(|| format!("no `{}` features", track.key))?,
+                );
             }
         }
         if self.totals.codes_per_image > 0 {
@@ -293,12 +398,7 @@ impl Stage for ReconStage<'_> {
                 self.totals.codes_per_image
             );
         }
-        self.totals.absorb(
-            n,
-            &scores,
-            &codes,
-            [recon_pool.as_ref(), input_pool.as_ref()],
-        )?;
+        self.totals.absorb(n, &scores, &codes, &features)?;
         let mut records = vec![scores
             .iter()
             .flatten()
@@ -312,8 +412,8 @@ impl Stage for ReconStage<'_> {
                     .collect(),
             );
         }
-        for pool in [recon_pool, input_pool].into_iter().flatten() {
-            records.push(rows_to_record(&pool));
+        for rows in &features {
+            records.push(rows_to_record(rows));
         }
         if self.save_pixels {
             records.push(recons.as_standard_layout().iter().copied().collect());
@@ -352,21 +452,12 @@ impl Stage for ReconStage<'_> {
         } else {
             Vec::new()
         };
-        let dim = POOL_DIM as usize;
-        let recon_pool = match self.totals.recon_pool {
-            Some(_) => Some(rows_from_record(next()?, n, dim)?),
-            None => None,
-        };
-        let input_pool = match self.totals.input_pool {
-            Some(_) => Some(rows_from_record(next()?, n, dim)?),
-            None => None,
-        };
-        self.totals.absorb(
-            n,
-            &scores,
-            &codes,
-            [recon_pool.as_ref(), input_pool.as_ref()],
-        )
+        let dims: Vec<usize> = self.totals.tracks.iter().map(|t| t.dim).collect();
+        let features = dims
+            .into_iter()
+            .map(|dim| rows_from_record(next()?, n, dim))
+            .collect::<Result<Vec<_>>>()?;
+        self.totals.absorb(n, &scores, &codes, &features)
     }
 }
 
@@ -384,6 +475,15 @@ fn path_value(p: Option<&Path>) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The feature network a feature array comes from.
+fn network_of(key: &str) -> Network {
+    match key {
+        "dinov2" => Network::Dinov2,
+        "clip" => Network::Clip,
+        _ => Network::Inception,
+    }
+}
+
 /// The figures `config` asks for, as far as its inputs allow.
 fn wanted_metrics(config: &ReconConfig) -> Result<BTreeSet<ReconMetric>> {
     let explicit = config.metrics.is_some();
@@ -399,21 +499,57 @@ fn wanted_metrics(config: &ReconConfig) -> Result<BTreeSet<ReconMetric>> {
             "`codebook` needs the tokenizer; reconstructions made elsewhere have no token indices"
         );
     }
+    let networks = [
+        (
+            ReconMetric::FdDinov2,
+            config.inception.dinov2.is_some(),
+            "fd-dinov2",
+            "dinov2",
+        ),
+        (
+            ReconMetric::Cmmd,
+            config.inception.clip.is_some(),
+            "cmmd",
+            "clip",
+        ),
+    ];
+    for (metric, loaded, name, network) in networks {
+        if !loaded && wanted.remove(&metric) && explicit {
+            bail!("`{name}` needs the {network} network: add --features inception,{network}");
+        }
+    }
     Ok(wanted)
 }
 
 impl Totals {
     /// Nothing accumulated yet; pool statistics of the reconstructions with `rfid`, and of the
-    /// inputs too when they are their own reference (`input_reference`).
+    /// inputs too when they are their own reference (`input_reference`); DINOv2 statistics and
+    /// CLIP rows of both with `fd_dinov2` and `cmmd` (widths in `dims`).
     fn new(
         wanted: BTreeSet<ReconMetric>,
         codes_per_image: usize,
         codebook_size: usize,
         input_reference: bool,
-    ) -> Self {
-        let rfid = wanted.contains(&ReconMetric::Rfid);
-        let acc = |on: bool| on.then(|| GaussianAccumulator::new(POOL_DIM as usize));
-        Totals {
+        dims: ExtraDims,
+    ) -> Result<Self> {
+        let mut tracks = Vec::new();
+        if wanted.contains(&ReconMetric::Rfid) {
+            tracks.push(Track::new("recon_pool", "pool", false, POOL_DIM as usize));
+            if input_reference {
+                tracks.push(Track::new("input_pool", "pool", true, POOL_DIM as usize));
+            }
+        }
+        if wanted.contains(&ReconMetric::FdDinov2) {
+            let dim = dims.dinov2.context("DINOv2's feature width")?;
+            tracks.push(Track::new("recon_dinov2", "dinov2", false, dim));
+            tracks.push(Track::new("input_dinov2", "dinov2", true, dim));
+        }
+        if wanted.contains(&ReconMetric::Cmmd) {
+            let dim = dims.clip.context("CLIP's embedding width")?;
+            tracks.push(Track::new("recon_clip", "clip", false, dim));
+            tracks.push(Track::new("input_clip", "clip", true, dim));
+        }
+        Ok(Totals {
             wanted,
             codes_per_image,
             psnr: Vec::new(),
@@ -422,9 +558,12 @@ impl Totals {
             counts: vec![0; codebook_size],
             window: Vec::new(),
             num_indices: 0,
-            recon_pool: acc(rfid),
-            input_pool: acc(rfid && input_reference),
-        }
+            tracks,
+        })
+    }
+
+    fn track(&self, name: &str) -> Option<&Track> {
+        self.tracks.iter().find(|t| t.name == name)
     }
 
     /// The figures: metric values, and the record fields that come with them. `reference`: the
@@ -435,18 +574,29 @@ impl Totals {
     ) -> Result<(MetricValues, Vec<(&'static str, Value)>)> {
         let mut values = MetricValues::default();
         let mut record = Vec::new();
-        if let Some(recon_pool) = &self.recon_pool {
-            let recon_stats = recon_pool
-                .finalize()
-                .context("rFID needs at least 2 images")?;
-            let reference_stats: GaussianStats = match (reference, &self.input_pool) {
+        if let Some(recon_pool) = self.track("recon_pool") {
+            let recon_stats = recon_pool.statistics()?;
+            let reference_stats: GaussianStats = match (reference, self.track("input_pool")) {
                 (Some(r), _) => r.clone(),
-                (None, Some(acc)) => acc.finalize().context("rFID needs at least 2 images")?,
+                (None, Some(input)) => input.statistics()?,
                 (None, None) => bail!("no rFID reference"),
             };
             values.insert(
                 MetricKey::Rfid,
                 frechet_distance(&recon_stats, &reference_stats)?,
+            );
+        }
+        if let (Some(recon), Some(input)) = (self.track("recon_dinov2"), self.track("input_dinov2"))
+        {
+            values.insert(
+                MetricKey::FdDinov2,
+                frechet_distance(&recon.statistics()?, &input.statistics()?)?,
+            );
+        }
+        if let (Some(recon), Some(input)) = (self.track("recon_clip"), self.track("input_clip")) {
+            values.insert(
+                MetricKey::Cmmd,
+                cmmd_f32(input.all_rows()?.view(), recon.all_rows()?.view())?,
             );
         }
         if self.wanted.contains(&ReconMetric::Psnr) {
@@ -600,17 +750,19 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
 
     let out_dir = &config.out_dir;
     let rfid = wanted.contains(&ReconMetric::Rfid);
+    let features_needed =
+        rfid || wanted.contains(&ReconMetric::FdDinov2) || wanted.contains(&ReconMetric::Cmmd);
     // Only the process that computes the figures needs the reference.
     let gathers = !split || world.rank == 0;
     let mut cache = None;
     let mut reference = None;
-    if rfid {
+    if features_needed {
         let mut c = FeatureCache::new(
             FeatureCache::dir_for(out_dir),
             config.inception.clone(),
             config.progress,
         )?;
-        if gathers {
+        if gathers && rfid {
             reference = config
                 .reference
                 .as_deref()
@@ -621,9 +773,19 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
         cache = Some(c);
     }
     let inception_sha = cache.as_ref().map(|c| c.weights().sha256.clone());
+    let extra_fields = cache
+        .as_ref()
+        .map(|c| c.weights().extra_fields())
+        .unwrap_or_default();
     let extractor = match cache.as_mut() {
         Some(c) => Some(c.extractor()?),
         None => None,
+    };
+    let feature_width =
+        |network: Network| extractor.and_then(|e| e.outputs(network).first().map(|(_, d)| *d));
+    let dims = ExtraDims {
+        dinov2: feature_width(Network::Dinov2),
+        clip: feature_width(Network::Clip),
     };
 
     // 2. The journaled pass.
@@ -663,6 +825,11 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
     settings.insert("inception_sha256".into(), json!(inception_sha));
     settings.insert("resize".into(), json!(config.inception.resize.name()));
     settings.insert("save_recon".into(), path_value(save.as_deref()));
+    settings.extend(
+        extra_fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone())),
+    );
     let mut stage = ReconStage {
         source,
         extractor,
@@ -673,7 +840,8 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
             codes_per_image,
             codebook_size,
             config.reference.is_none(),
-        ),
+            dims,
+        )?,
     };
 
     // What the run record says besides the figures.
@@ -720,6 +888,7 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
         record.push(("resize", Value::from(config.inception.resize.name())));
         record.push(("inception_sha256", Value::from(inception_sha.clone())));
     }
+    record.extend(extra_fields);
     if let Some(training) = training_usage {
         record.push(("training_codebook_usage", Value::from(training)));
     }
@@ -855,15 +1024,10 @@ fn write_part(
     } else {
         None
     };
-    let dim = POOL_DIM as usize;
     let mut pools = Vec::new();
-    for (name, on) in [
-        ("recon_pool", totals.recon_pool.is_some()),
-        ("input_pool", totals.input_pool.is_some()),
-    ] {
-        if on {
-            pools.push((name, rows_from_record(&journal.read(name, 0..n)?, n, dim)?));
-        }
+    for track in &totals.tracks {
+        let rows = rows_from_record(&journal.read(track.name, 0..n)?, n, track.dim)?;
+        pools.push((track.name, rows));
     }
     let (name, path) = part.file("recon");
     write_npz_atomically(&path, |npz| {
@@ -902,8 +1066,8 @@ struct RankScores {
     indices: Vec<i64>,
     scores: Array2<f64>,
     codes: Option<Array2<i32>>,
-    recon_pool: Option<Array2<f32>>,
-    input_pool: Option<Array2<f32>>,
+    /// Feature rows by track name (`recon_pool`, `input_dinov2`, ...).
+    features: BTreeMap<String, Array2<f32>>,
 }
 
 impl RankScores {
@@ -927,20 +1091,18 @@ impl RankScores {
         } else {
             None
         };
-        let mut pool = |key: &str| -> Result<Option<Array2<f32>>> {
-            if !has(key) {
-                return Ok(None);
+        let mut features = BTreeMap::new();
+        for key in &names {
+            if key.starts_with("recon_") || key.starts_with("input_") {
+                let rows: Array2<f32> = npz.by_name(key).map_err(|e| error(key, e))?;
+                features.insert(key.clone(), rows);
             }
-            Ok(Some(npz.by_name(key).map_err(|e| error(key, e))?))
-        };
-        let recon_pool = pool("recon_pool")?;
-        let input_pool = pool("input_pool")?;
+        }
         Ok(RankScores {
             indices: indices.to_vec(),
             scores,
             codes,
-            recon_pool,
-            input_pool,
+            features,
         })
     }
 }
@@ -972,29 +1134,36 @@ fn gather_recon(
             .and_then(|n| usize::try_from(n).ok())
             .with_context(|| format!("{}: no codebook size", first.path.display()))?,
     };
+    let width = |name: &str| ranks[0].features.get(name).map(|f| f.ncols());
     let mut totals = Totals::new(
         wanted_metrics(config)?,
         codes_per_image,
         codebook_size,
         config.reference.is_none(),
-    );
-    let dim = POOL_DIM as usize;
-    let rows = |pick: fn(&RankScores) -> Option<&Array2<f32>>,
-                chunk: &[(usize, usize)]|
-     -> Result<Option<Array2<f32>>> {
+        ExtraDims {
+            dinov2: width("recon_dinov2"),
+            clip: width("recon_clip"),
+        },
+    )?;
+    let tracks: Vec<(&'static str, usize)> =
+        totals.tracks.iter().map(|t| (t.name, t.dim)).collect();
+    let rows = |name: &str, dim: usize, chunk: &[(usize, usize)]| -> Result<Array2<f32>> {
         let mut out = Array2::<f32>::zeros((chunk.len(), dim));
         for (row_out, &(k, row)) in chunk.iter().enumerate() {
-            let Some(pool) = pick(&ranks[k]) else {
-                return Ok(None);
-            };
+            let features = ranks[k].features.get(name).with_context(|| {
+                format!(
+                    "{}: no `{name}` features, which the metrics asked for need",
+                    files[k].display()
+                )
+            })?;
             anyhow::ensure!(
-                pool.nrows() > row && pool.ncols() == dim,
-                "{}: pool features of another shape",
+                features.nrows() > row && features.ncols() == dim,
+                "{}: `{name}` features of another shape",
                 files[k].display()
             );
-            out.row_mut(row_out).assign(&pool.row(row));
+            out.row_mut(row_out).assign(&features.row(row));
         }
-        Ok(Some(out))
+        Ok(out)
     };
     for chunk in order.chunks(config.inception.batch_size.max(1)) {
         let mut scores = Vec::with_capacity(chunk.len());
@@ -1026,20 +1195,11 @@ fn gather_recon(
                 codes.extend(rank_codes.row(row).iter().map(|&c| i64::from(c)));
             }
         }
-        let recon = rows(|r| r.recon_pool.as_ref(), chunk)?;
-        let input = rows(|r| r.input_pool.as_ref(), chunk)?;
-        anyhow::ensure!(
-            recon.is_some() == totals.recon_pool.is_some()
-                && input.is_some() == totals.input_pool.is_some(),
-            "{}: the parts' pool features do not match the metrics asked for",
-            parts_dir(&config.out_dir).display()
-        );
-        totals.absorb(
-            chunk.len(),
-            &scores,
-            &codes,
-            [recon.as_ref(), input.as_ref()],
-        )?;
+        let features = tracks
+            .iter()
+            .map(|(name, dim)| rows(name, *dim, chunk))
+            .collect::<Result<Vec<_>>>()?;
+        totals.absorb(chunk.len(), &scores, &codes, &features)?;
     }
     let (values, fields) = totals.figures(reference)?;
     let mut run = run_info(fields);

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use llamagen_test_support as support;
 use ndarray::Array4;
 
+use crate::distributed::{spawn_ranks, srun_vars};
 use crate::harness::{metrics_json, one_core, random_inception_and_reference, Cli};
 
 fn s(p: &Path) -> &str {
@@ -340,4 +341,117 @@ fn stats_writes_dinov2_statistics_that_fid_uses() {
         support::rel_diff(from_stats, from_images) < 1e-6,
         "reference batch {from_stats}, images {from_images}"
     );
+}
+
+#[test]
+fn recon_scores_reconstructions_with_dinov2_and_clip_against_the_originals() {
+    let _core = one_core();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (weights, originals) = random_inception_and_reference(root, 12);
+    let out = root.join("recon");
+    let saved = root.join("recon.npz");
+    let mut args: Vec<String> = [
+        "recon",
+        "--vq",
+        s(&golden("vq_public.pt")),
+        "--data",
+        s(&originals),
+        "--save-recon",
+        s(&saved),
+        "--out",
+        s(&out),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(network_flags(&weights));
+    Cli::new()
+        .args(&args)
+        .env("OMP_NUM_THREADS", "1")
+        .quiet()
+        .run()
+        .success();
+    let record = metrics_json(&out);
+    for key in ["rfid", "fd_dinov2", "cmmd", "psnr"] {
+        assert!(record["metrics"][key].is_number(), "{key}: {record}");
+    }
+
+    // The same FD_DINOv2 and CMMD from the saved reconstructions' and the originals' features.
+    let features = |images: &Path, name: &str| {
+        let file = root.join(name);
+        let mut args: Vec<String> = ["features", "--images", s(images), "--out", s(&file)]
+            .map(String::from)
+            .to_vec();
+        args.extend(network_flags(&weights));
+        Cli::new()
+            .args(&args)
+            .env("OMP_NUM_THREADS", "1")
+            .quiet()
+            .run()
+            .success();
+        file
+    };
+    let (recon_features, original_features) = (
+        features(&saved, "recon-features.npz"),
+        features(&originals, "original-features.npz"),
+    );
+    let from_files = root.join("from-files");
+    Cli::new()
+        .args([
+            "metrics",
+            "--sample-features",
+            s(&recon_features),
+            "--ref-features",
+            s(&original_features),
+            "--metrics",
+            "fd-dinov2,cmmd",
+            "--out",
+            s(&from_files),
+        ])
+        .quiet()
+        .run()
+        .success();
+    let again = metrics_json(&from_files);
+    for key in ["fd_dinov2", "cmmd"] {
+        let (a, b) = (
+            record["metrics"][key].as_f64().unwrap(),
+            again["metrics"][key].as_f64().unwrap(),
+        );
+        assert!(
+            support::rel_diff(a, b) < 1e-6,
+            "{key}: recon {a}, metrics from feature files {b}"
+        );
+    }
+
+    // Split over 3 Slurm tasks, rank 0 gathers the same figures (the decoder's rounding aside).
+    let launched = root.join("recon-3");
+    let mut args: Vec<String> = [
+        "recon",
+        "--vq",
+        s(&golden("vq_public.pt")),
+        "--data",
+        s(&originals),
+        "--out",
+        s(&launched),
+        "--quiet",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(network_flags(&weights));
+    let ranks: Vec<_> = (0..3).map(|r| srun_vars(r, 3)).collect();
+    for (rank, (ok, stderr)) in spawn_ranks(&args, &ranks).iter().enumerate() {
+        assert!(ok, "task {rank}:\n{stderr}");
+    }
+    let split = metrics_json(&launched);
+    assert_eq!(split["run"]["world_size"], 3);
+    for key in ["fd_dinov2", "cmmd", "rfid"] {
+        let (a, b) = (
+            record["metrics"][key].as_f64().unwrap(),
+            split["metrics"][key].as_f64().unwrap(),
+        );
+        assert!(
+            support::rel_diff(a, b) < 1e-3,
+            "{key}: one process {a}, 3 ranks {b}"
+        );
+    }
 }
