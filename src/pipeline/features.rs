@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ndarray::{s, Array1, Array2, Array4};
+use ndarray::{Array1, Array2, Array4};
 use serde_json::{json, Map, Value};
 
 use super::gather::{join_part_features, Distribution, Part};
@@ -24,24 +24,28 @@ use crate::progress::Progress;
 pub struct FeatureStage<'e> {
     extractor: &'e Extractor,
     networks: Vec<Network>,
-    /// `(name, rows)` of every feature array, in the networks' order.
-    outputs: Vec<(&'static str, Array2<f32>)>,
+    /// `(name, width, rows so far)` of every feature array, in the networks' order; grown batch
+    /// by batch, never sized from an image count a file header claims.
+    outputs: Vec<(&'static str, usize, Vec<f32>)>,
     /// Time spent in the networks.
     pub elapsed: Duration,
 }
 
 impl<'e> FeatureStage<'e> {
-    /// Room for `total` images' features from every network `extractor` holds.
+    /// The features of about `total` images from every network `extractor` holds.
     pub fn new(extractor: &'e Extractor, total: usize) -> Self {
         Self::for_networks(extractor, total, extractor.networks())
     }
 
-    /// Room for `total` images' features from `networks` only (each loaded in `extractor`).
+    /// The features of about `total` images from `networks` only (each loaded in `extractor`).
+    /// `total` only sizes the first allocation, capped: a source's announced count is a header's
+    /// claim until its images arrive.
     pub fn for_networks(extractor: &'e Extractor, total: usize, networks: Vec<Network>) -> Self {
+        let rows = total.min(RESERVED_ROWS);
         let outputs = networks
             .iter()
             .flat_map(|n| extractor.outputs(*n))
-            .map(|(name, dim)| (name, Array2::zeros((total, dim))))
+            .map(|(name, dim)| (name, dim, Vec::with_capacity(rows * dim)))
             .collect();
         FeatureStage {
             extractor,
@@ -54,14 +58,36 @@ impl<'e> FeatureStage<'e> {
     /// The collected features.
     pub fn into_features(self) -> FeatureSet {
         let mut set = FeatureSet::default();
-        for (name, rows) in self.outputs {
+        for (name, dim, values) in self.outputs {
+            let rows = Array2::from_shape_vec((values.len() / dim.max(1), dim), values)
+                .expect("whole rows of `dim` values");
             if let Some(slot) = set.slot(name) {
                 *slot = Some(rows);
             }
         }
         set
     }
+
+    /// Appends a batch's rows of one array; batches arrive in order.
+    fn append(
+        out: &mut (&'static str, usize, Vec<f32>),
+        positions: &Range<usize>,
+        rows: &Array2<f32>,
+    ) -> Result<()> {
+        let (name, dim, values) = out;
+        anyhow::ensure!(
+            values.len() == positions.start * *dim && rows.dim() == (positions.len(), *dim),
+            "`{name}` rows {positions:?} of width {} after {} rows of width {dim}",
+            rows.ncols(),
+            values.len() / (*dim).max(1)
+        );
+        values.extend(rows.iter());
+        Ok(())
+    }
 }
+
+/// Rows reserved before the first batch arrives.
+const RESERVED_ROWS: usize = 4096;
 
 /// Feature rows as little-endian f32 bytes, row after row (the journal's record format).
 pub fn rows_to_record(rows: &Array2<f32>) -> Vec<u8> {
@@ -81,7 +107,7 @@ impl Stage for FeatureStage<'_> {
     fn streams(&self) -> Vec<StreamSpec> {
         self.outputs
             .iter()
-            .map(|(name, rows)| StreamSpec::new(*name, rows.ncols() * 4))
+            .map(|(name, dim, _)| StreamSpec::new(*name, dim * 4))
             .collect()
     }
 
@@ -91,11 +117,12 @@ impl Stage for FeatureStage<'_> {
         self.elapsed += start.elapsed();
         crash_point("features");
         let mut records = Vec::with_capacity(self.outputs.len());
-        for (name, out) in self.outputs.iter_mut() {
+        for out in self.outputs.iter_mut() {
+            let name = out.0;
             let array = batch
                 .get(name)
                 .with_context(|| format!("the network gave no `{name}` features"))?;
-            out.slice_mut(s![positions.clone(), ..]).assign(array);
+            Self::append(out, &positions, array)?;
             records.push(rows_to_record(array));
         }
         Ok(records)
@@ -107,9 +134,9 @@ impl Stage for FeatureStage<'_> {
         _images: Option<&Array4<u8>>,
         records: &[Vec<u8>],
     ) -> Result<()> {
-        for ((_, out), bytes) in self.outputs.iter_mut().zip(records) {
-            let rows = rows_from_record(bytes, positions.len(), out.ncols())?;
-            out.slice_mut(s![positions.clone(), ..]).assign(&rows);
+        for (out, bytes) in self.outputs.iter_mut().zip(records) {
+            let rows = rows_from_record(bytes, positions.len(), out.1)?;
+            Self::append(out, &positions, &rows)?;
         }
         Ok(())
     }

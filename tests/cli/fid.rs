@@ -173,3 +173,67 @@ fn bad_sample_batches_fail_cleanly() {
         assert!(!out.exists(), "case {i} left outputs behind");
     }
 }
+
+/// An npz whose `arr_0` header claims `count` images of 256x256x3 but holds the pixels of two.
+fn header_bomb(path: &Path, count: u64) {
+    use std::io::Write;
+    let mut header =
+        format!("{{'descr': '|u1', 'fortran_order': False, 'shape': ({count}, 256, 256, 3), }}");
+    // The magic, version and length take 10 bytes; the header is padded to 64 with a newline.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend((header.len() as u16).to_le_bytes());
+    npy.extend(header.as_bytes());
+    npy.extend((0..2 * 256 * 256 * 3).map(|i| (i % 251) as u8));
+    let mut zip = zip::ZipWriter::new(File::create(path).unwrap());
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("arr_0.npy", options).unwrap();
+    zip.write_all(&npy).unwrap();
+    zip.finish().unwrap();
+}
+
+#[test]
+fn a_header_claiming_a_billion_images_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (weights, reference) = crate::harness::random_inception_and_reference(root, 4);
+    let bomb = root.join("bomb.npz");
+    header_bomb(&bomb, 1_000_000_000);
+    let out = root.join("out");
+    let features = root.join("features.npz");
+    for args in [
+        vec![
+            "fid",
+            "--sample-batch",
+            s(&bomb),
+            "--ref",
+            s(&reference),
+            "--out",
+            s(&out),
+        ],
+        vec!["features", "--images", s(&bomb), "--out", s(&features)],
+    ] {
+        let run = Cli::new()
+            .args(&args)
+            .args(["--inception", s(&weights), "--device", "cpu"])
+            .quiet()
+            .run();
+        // A clean error, not an allocation abort sized from the header.
+        assert_eq!(run.code(), Some(1), "{}", run.stderr_text());
+        let stderr = run.stderr_text();
+        assert!(
+            stderr.contains("bomb.npz") && stderr.contains("ends early, at image 2 of 1000000000"),
+            "{stderr}"
+        );
+    }
+    assert!(!out.join("metrics.json").exists());
+    assert!(!features.exists());
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary path")
+}
