@@ -131,6 +131,25 @@ pub fn read_f64<D: ndarray::Dimension>(
     }
 }
 
+/// Refuses an output path that is the input itself (writing it would destroy the input before
+/// it is read); checked before any work starts.
+pub fn ensure_distinct(input: &Path, output: &Path) -> Result<(), FileError> {
+    let same = match (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(FileError::new(
+            output,
+            format!(
+                "is the input {} itself: write the output to another file",
+                input.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads `mu`/`sigma` and `mu_s`/`sigma_s` (f32 or f64) from an npz; other entries are ignored.
 pub fn read_reference_stats(path: &Path) -> Result<ReferenceStats, FileError> {
     let mut pairs = read_stats_pairs(path, &[("mu", "sigma"), ("mu_s", "sigma_s")])?.into_iter();

@@ -156,6 +156,7 @@ pub fn extract_to_file(
     progress: Progress,
     distribution: &Distribution,
 ) -> Result<Option<FeatureSet>> {
+    crate::io::ensure_distinct(images, out)?;
     let weights = inception.locate()?;
     let settings = feature_settings(images, crop, inception, &weights)?;
     let journal = sibling(out, ".journal");

@@ -269,6 +269,7 @@ pub fn run_stats(
     config: &StatsConfig,
     distribution: &Distribution,
 ) -> Result<Option<(usize, usize)>> {
+    crate::io::ensure_distinct(data, out)?;
     if !distribution.world.is_distributed() {
         return reference_batch(data, out, config).map(Some);
     }

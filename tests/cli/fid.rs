@@ -197,7 +197,7 @@ fn header_bomb(path: &Path, count: u64) {
 }
 
 #[test]
-fn a_header_claiming_a_billion_images_fails_cleanly() {
+fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (weights, reference) = crate::harness::random_inception_and_reference(root, 4);
@@ -232,6 +232,32 @@ fn a_header_claiming_a_billion_images_fails_cleanly() {
     }
     assert!(!out.join("metrics.json").exists());
     assert!(!features.exists());
+
+    // An output that is the input itself is refused before it could be overwritten.
+    let before = std::fs::read(&reference).unwrap();
+    for command in [
+        [
+            "features",
+            "--images",
+            s(&reference),
+            "--out",
+            s(&reference),
+        ],
+        ["stats", "--data", s(&reference), "--out", s(&reference)],
+    ] {
+        let run = Cli::new()
+            .args(command)
+            .args(["--inception", s(&weights), "--device", "cpu"])
+            .quiet()
+            .run()
+            .failure();
+        assert!(
+            run.stderr_text().contains("is the input"),
+            "{}",
+            run.stderr_text()
+        );
+    }
+    assert_eq!(std::fs::read(&reference).unwrap(), before);
 }
 
 fn s(p: &Path) -> &str {
