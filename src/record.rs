@@ -145,14 +145,30 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// Writes `metrics.json` and `metrics.csv` into `dir` (created when missing), each
-    /// atomically.
+    /// Writes `metrics.csv` and then `metrics.json` into `dir` (created when missing), each
+    /// atomically: `metrics.json`, which `check` and `report` read, exists only once the run's
+    /// every output is written.
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create output folder {}", dir.display()))?;
         let json = serde_json::to_string_pretty(self)?;
-        write_atomically(&dir.join("metrics.json"), json.as_bytes())?;
         write_atomically(&dir.join("metrics.csv"), &self.csv()?)?;
+        write_atomically(&dir.join("metrics.json"), json.as_bytes())?;
+        Ok(())
+    }
+
+    /// Removes the result of an earlier run in `dir` (`metrics.json`, `metrics.csv`), so that a
+    /// new run that is killed or fails leaves nothing that looks like its result. Called once
+    /// the new run's inputs are checked, before its long work.
+    pub fn remove_stale(dir: &Path) -> Result<()> {
+        for name in ["metrics.json", "metrics.csv"] {
+            let path = dir.join(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!("removed the earlier run's {}", path.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => bail!("cannot remove the earlier result {}: {e}", path.display()),
+            }
+        }
         Ok(())
     }
 

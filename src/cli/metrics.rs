@@ -9,6 +9,7 @@ use llamagen_eval::evaluate::Reference;
 use llamagen_eval::features::FeatureSet;
 use llamagen_eval::pipeline::evaluate::{evaluate, run_info};
 use llamagen_eval::progress::Progress;
+use llamagen_eval::record::RunRecord;
 use serde_json::Value;
 
 use super::args::{MetricArgs, OutputArgs};
@@ -64,8 +65,9 @@ pub fn run(cmd: &MetricsCommand, progress: Progress) -> Result<ExitCode> {
             r.features = None;
         }
     }
-    let record = evaluate(sample, reference.as_ref(), &request, run_info(fields))?;
     let out_dir = cmd.output.dir();
+    RunRecord::remove_stale(&out_dir)?;
+    let record = evaluate(sample, reference.as_ref(), &request, run_info(fields))?;
     record.write(&out_dir)?;
     print!("{}", record.metrics.table());
     progress.say(format!(

@@ -101,6 +101,7 @@ pub fn evaluate_sample_batch(
         config.inception.clone(),
         config.progress,
     )?;
+    RunRecord::remove_stale(out_dir)?;
     let sample = cache
         .features_of(samples, None)
         .with_context(|| format!("sample batch {}", samples.display()))?;
@@ -242,6 +243,9 @@ impl GeneratedEvaluation {
                     split: None,
                 }));
             }
+        }
+        if !run.plan.resuming() && world.rank == 0 {
+            RunRecord::remove_stale(&run.out_dir)?;
         }
         if world.is_distributed() {
             return self.run_rank(run, inception_batch, settings, complete, release_inception);

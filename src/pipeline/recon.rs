@@ -894,6 +894,9 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
     }
 
     let journal_base = out_dir.join(".journal");
+    if !config.resume && world.restarts == 0 && gathers {
+        RunRecord::remove_stale(out_dir)?;
+    }
     let mut pass_config = PassConfig {
         label: "recon",
         batch_size,

@@ -263,3 +263,86 @@ fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly(
 fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 temporary path")
 }
+
+#[test]
+fn no_stale_or_partial_result_looks_like_a_finished_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (weights, reference) = crate::harness::random_inception_and_reference(root, 4);
+    let out = root.join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("metrics.json"),
+        br#"{"metrics": {"fid": 1.0}, "run": {}}"#,
+    )
+    .unwrap();
+    std::fs::write(out.join("metrics.csv"), b"fid\n1.0\n").unwrap();
+    // A rerun into the folder, killed inside Inception: the earlier result is gone.
+    let run = Cli::new()
+        .args([
+            "fid",
+            "--sample-batch",
+            s(&reference),
+            "--ref",
+            s(&reference),
+            "--inception",
+            s(&weights),
+            "--device",
+            "cpu",
+            "--out",
+            s(&out),
+        ])
+        .env("LLAMAGEN_EVAL_CRASH_AT", "features:1")
+        .quiet()
+        .run();
+    assert_eq!(run.signal(), Some(9), "{}", run.stderr_text());
+    assert!(!out.join("metrics.json").exists());
+    assert!(!out.join("metrics.csv").exists());
+    let check = Cli::new()
+        .args([
+            "check",
+            "--run",
+            s(&out),
+            "--baseline",
+            s(&out.join("b.json")),
+        ])
+        .run();
+    assert_eq!(check.code(), Some(2), "{}", check.stderr_text());
+
+    // A folder whose metrics.csv cannot be replaced (here a directory) gets no metrics.json that
+    // `check` would trust.
+    let features = root.join("features.npz");
+    Cli::new()
+        .args([
+            "features",
+            "--images",
+            s(&reference),
+            "--out",
+            s(&features),
+            "--inception",
+            s(&weights),
+            "--device",
+            "cpu",
+        ])
+        .quiet()
+        .run()
+        .success();
+    let blocked = root.join("blocked");
+    std::fs::create_dir_all(blocked.join("metrics.csv")).unwrap();
+    Cli::new()
+        .args([
+            "metrics",
+            "--sample-features",
+            s(&features),
+            "--ref-features",
+            s(&features),
+            "--metrics",
+            "fid",
+            "--out",
+            s(&blocked),
+        ])
+        .quiet()
+        .run()
+        .failure();
+    assert!(!blocked.join("metrics.json").exists());
+}
