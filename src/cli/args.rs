@@ -12,7 +12,7 @@ use llamagen_eval::launcher::World;
 use llamagen_eval::models::gpt::HeadChoice;
 use llamagen_eval::models::inception::Resize;
 use llamagen_eval::models::vq::VqWeights;
-use llamagen_eval::pipeline::fid::{journal_dir, FidOutcome};
+use llamagen_eval::pipeline::fid::journal_dir;
 use llamagen_eval::pipeline::gather::Distribution;
 use llamagen_eval::pipeline::inception::ExtraNetwork;
 use llamagen_eval::pipeline::{
@@ -540,22 +540,5 @@ impl FidArgs {
         };
         plan.check()?;
         Ok(plan)
-    }
-}
-
-/// Prints a finished run's table and, for generated samples, its throughput.
-pub fn print_outcome(outcome: &FidOutcome, out_dir: &std::path::Path, progress: Progress) {
-    print!("{}", outcome.record.metrics.table());
-    progress.say(format!(
-        "wrote {}/metrics.json and metrics.csv",
-        out_dir.display()
-    ));
-    if progress == Progress::Shown {
-        if let Some(timing) = &outcome.timing {
-            eprint!("{}", timing.report());
-        }
-        if let Some(split) = &outcome.split {
-            eprint!("{split}");
-        }
     }
 }

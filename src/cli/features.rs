@@ -1,12 +1,11 @@
 //! `features` and `stats`: flags and printing; the work is `pipeline::features` and
 //! `pipeline::stats`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use llamagen_eval::features::FeatureSet;
 use llamagen_eval::launcher::World;
 use llamagen_eval::pipeline::features::extract_to_file;
 use llamagen_eval::pipeline::gather::Distribution;
@@ -15,6 +14,7 @@ use llamagen_eval::pipeline::InceptionConfig;
 use llamagen_eval::progress::Progress;
 
 use super::args::InceptionArgs;
+use super::output::{print_features, print_stats};
 
 /// `features` flags.
 #[derive(Args, Debug)]
@@ -63,15 +63,6 @@ pub fn run(
         print_features(&features, &cmd.out, progress);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Says what `features` wrote.
-pub fn print_features(features: &FeatureSet, out: &Path, progress: Progress) {
-    progress.say(format!(
-        "wrote features of {} images to {}",
-        features.len(),
-        out.display()
-    ));
 }
 
 /// `stats` flags.
@@ -132,12 +123,4 @@ pub fn run_stats(
         print_stats(counts, &cmd.out, progress);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Says what `stats` wrote.
-pub fn print_stats((total, keep): (usize, usize), out: &Path, progress: Progress) {
-    progress.say(format!(
-        "wrote {}: statistics of {total} images, {keep} kept as arr_0",
-        out.display()
-    ));
 }

@@ -8,7 +8,8 @@ use llamagen_eval::pipeline::gather::Distribution;
 use llamagen_eval::pipeline::{FeatureCache, GeneratedEvaluation, GeneratedRun};
 use llamagen_eval::progress::Progress;
 
-use super::args::{print_outcome, FidArgs};
+use super::args::FidArgs;
+use super::output::print_outcome;
 
 /// Runs `fid`.
 pub fn run(cmd: &FidArgs, progress: Progress, distribution: Distribution) -> Result<ExitCode> {

@@ -6,7 +6,6 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -14,18 +13,15 @@ use llamagen_eval::launcher::World;
 use llamagen_eval::pipeline::features::gather_features_offline;
 use llamagen_eval::pipeline::features::sibling;
 use llamagen_eval::pipeline::fid::gather_offline;
-use llamagen_eval::pipeline::gather::{parts_dir, present_parts, split_summary, wait_for_parts};
-use llamagen_eval::pipeline::generate::gather_samples;
+use llamagen_eval::pipeline::gather::{parts_dir, present_parts, split_summary};
+use llamagen_eval::pipeline::generate::gather_samples_offline;
 use llamagen_eval::pipeline::recon::gather_recon_offline;
 use llamagen_eval::pipeline::stats::gather_stats_offline;
 use llamagen_eval::pipeline::sweep::gather_sweep_offline;
 use llamagen_eval::pipeline::FeatureCache;
 use llamagen_eval::progress::Progress;
 
-use super::args::print_outcome;
-use super::features::{print_features, print_stats};
-use super::recon::print_recon;
-use super::sweep::print_sweep;
+use super::output::{print_features, print_outcome, print_record, print_stats, print_sweep};
 use super::{Cli, Command};
 
 /// The parts folders `target` may mean: its own (a `sample` output's `<out>.parts`, or a run
@@ -117,10 +113,8 @@ pub fn finish(target: &Path, progress: Progress) -> Result<ExitCode> {
             print_sweep(&outcome, progress);
         }
         Command::Sample(args) => {
-            let world_size = parts[0].manifest.world_size;
             let out = output_of(&first, &args.out);
-            let parts = wait_for_parts(&first, world_size, Duration::ZERO, &target, progress)?;
-            gather_samples(&first, &parts, &out, args.grid.as_deref(), progress)?;
+            let parts = gather_samples_offline(&first, &out, args.grid.as_deref(), progress)?;
             progress.say(format!("wrote {}", out.display()));
             if progress == Progress::Shown {
                 eprint!("{}", split_summary(&parts));
@@ -141,7 +135,7 @@ pub fn finish(target: &Path, progress: Progress) -> Result<ExitCode> {
             let mut config = args.config(progress, &World::SINGLE)?;
             config.out_dir = first.parent().context("the run folder")?.to_path_buf();
             let record = gather_recon_offline(&config)?;
-            print_recon(&record, &config.out_dir, progress);
+            print_record(&record, &config.out_dir, progress);
         }
         _ => bail!(
             "{}: parts of `{}`, which does not split over ranks",

@@ -13,6 +13,7 @@ use llamagen_eval::record::RunRecord;
 use serde_json::Value;
 
 use super::args::{MetricArgs, OutputArgs};
+use super::output::print_record;
 
 /// `metrics` flags.
 #[derive(Args, Debug)]
@@ -69,10 +70,6 @@ pub fn run(cmd: &MetricsCommand, progress: Progress) -> Result<ExitCode> {
     RunRecord::remove_stale(&out_dir)?;
     let record = evaluate(sample, reference.as_ref(), &request, run_info(fields))?;
     record.write(&out_dir)?;
-    print!("{}", record.metrics.table());
-    progress.say(format!(
-        "wrote {}/metrics.json and metrics.csv",
-        out_dir.display()
-    ));
+    print_record(&record, &out_dir, progress);
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ mod fid;
 mod gather;
 mod hints;
 mod metrics;
+mod output;
 mod recon;
 mod report;
 mod sample;

@@ -1,6 +1,6 @@
 //! `recon`: flags and printing; the work is `pipeline::recon`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -11,9 +11,9 @@ use llamagen_eval::pipeline::recon::{
     reconstruct, ReconConfig, ReconMetric, ReconPrecision, Reconstructions,
 };
 use llamagen_eval::progress::Progress;
-use llamagen_eval::record::RunRecord;
 
 use super::args::{InceptionArgs, OutputArgs, VqWeightsArg};
+use super::output::print_record;
 
 /// `--metrics` of `recon`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,16 +140,7 @@ impl ReconCommand {
 pub fn run(cmd: &ReconCommand, progress: Progress, distribution: Distribution) -> Result<ExitCode> {
     let config = cmd.config(progress, &distribution.world)?;
     if let Some(record) = reconstruct(&config, &distribution)? {
-        print_recon(&record, &config.out_dir, progress);
+        print_record(&record, &config.out_dir, progress);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Prints the figures of a `recon` run written to `out_dir`.
-pub fn print_recon(record: &RunRecord, out_dir: &Path, progress: Progress) {
-    print!("{}", record.metrics.table());
-    progress.say(format!(
-        "wrote {}/metrics.json and metrics.csv",
-        out_dir.display()
-    ));
 }

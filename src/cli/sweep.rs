@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use anyhow::{ensure, Result};
 use clap::Args;
 use llamagen_eval::pipeline::gather::Distribution;
-use llamagen_eval::pipeline::sweep::{sweep, SweepOutcome};
+use llamagen_eval::pipeline::sweep::sweep;
 use llamagen_eval::progress::Progress;
 
-use super::args::{print_outcome, FidArgs};
+use super::args::FidArgs;
+use super::output::print_sweep;
 
 /// `sweep` flags.
 #[derive(Args, Debug)]
@@ -47,22 +48,4 @@ pub fn run(cmd: &SweepCommand, progress: Progress, distribution: Distribution) -
         ));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Prints each run's table and where the report went.
-pub fn print_sweep(outcome: &SweepOutcome, progress: Progress) {
-    for (_, dir, run) in &outcome.runs {
-        print_outcome(run, dir, progress);
-    }
-    let Some((report_dir, written)) = &outcome.report else {
-        return;
-    };
-    progress.say(format!(
-        "report of {} runs in {}:",
-        outcome.runs.len(),
-        report_dir.display()
-    ));
-    for file in &written.files {
-        progress.say(format!("  {}", file.display()));
-    }
 }

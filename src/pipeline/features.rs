@@ -11,11 +11,12 @@ use anyhow::{Context, Result};
 use ndarray::{Array1, Array2, Array4};
 use serde_json::{json, Map, Value};
 
+use super::gather::parts_in;
 use super::gather::{join_part_features, Distribution, Part};
 use super::inception::{InceptionConfig, InceptionWeights};
 use super::journal::StreamSpec;
 use super::pass::{crash_point, JournalConfig, PassConfig, PassOutcome, Stage};
-use super::split::{clean_up, parts_in, RankPart};
+use super::split::{clean_up, RankPart};
 use crate::data::ImageSource;
 use crate::features::{Extractor, FeatureSet, Network};
 use crate::progress::Progress;

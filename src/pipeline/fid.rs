@@ -3,7 +3,6 @@
 //! in an [`GeneratedEvaluation`], so a CFG sweep loads each checkpoint once.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
@@ -12,8 +11,8 @@ use super::cache::FeatureCache;
 use super::evaluate::{evaluate, run_info, MetricRequest};
 use super::gather::{
     check_parts, finished_part, join_part_features, join_part_grids, join_part_samples, keep_part,
-    part_file_name, parts_dir, present_parts, remove_journals_folder, remove_parts, split_record,
-    split_summary, wait_for_parts, wait_for_parts_of, Part,
+    part_file_name, parts_dir, parts_in, remove_journals_folder, remove_parts, split_record,
+    split_summary, wait_for_parts_of, Part,
 };
 use super::generate::{
     add_generation_settings, generate, job_settings, plan_batches, recorded_decode_batch,
@@ -357,6 +356,7 @@ impl GeneratedEvaluation {
             &run.out_dir,
             self.config.progress,
         )?;
+        check_parts(&dir, &parts)?;
         let reference = self.reference.as_ref().context("the reference")?;
         let mut outcome = gather_run(
             &self.config,
@@ -396,7 +396,7 @@ fn write_marker(marker: &Path, settings: Map<String, Value>) -> Result<()> {
     Ok(())
 }
 
-/// The gather of a launched generated run: checks the ranks' `parts`, joins their features (in
+/// The gather of a launched generated run: joins the ranks' checked `parts` — their features (in
 /// sample order) and samples (into `save_samples`), computes the metrics and writes the run
 /// folder as one process would have, with how the work was split in the record.
 fn gather_run(
@@ -407,8 +407,6 @@ fn gather_run(
     parts: &[Part],
     save_samples: Option<&Path>,
 ) -> Result<FidOutcome> {
-    let dir = parts_dir(out_dir);
-    check_parts(&dir, parts)?;
     let sample = join_part_features(parts)?;
     if let Some(out) = save_samples {
         join_part_samples(parts, out, config.progress)?;
@@ -452,10 +450,7 @@ pub fn gather_offline(
     save_samples: Option<&Path>,
 ) -> Result<FidOutcome> {
     let dir = parts_dir(out_dir);
-    let present = present_parts(&dir)?;
-    let world_size = present[0].manifest.world_size;
-    let parts = wait_for_parts(&dir, world_size, Duration::ZERO, out_dir, config.progress)?;
-    check_parts(&dir, &parts)?;
+    let parts = parts_in(&dir, out_dir, config.progress)?;
     Reference::check(&config.reference)?;
     let mut cache = FeatureCache::new(cache_dir, config.inception.clone(), config.progress)?;
     let reference = resolve_reference(config, &mut cache)?;

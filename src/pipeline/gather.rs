@@ -405,6 +405,15 @@ fn join(ranks: &[usize]) -> String {
         .join(", ")
 }
 
+/// Every part of the job whose parts are in `dir`, checked (a gather offline: `merge OUT`).
+pub fn parts_in(dir: &Path, out: &Path, progress: Progress) -> Result<Vec<Part>, GatherError> {
+    let present = present_parts(dir)?;
+    let world_size = present[0].manifest.world_size;
+    let parts = wait_for_parts(dir, world_size, Duration::ZERO, out, progress)?;
+    check_parts(dir, &parts)?;
+    Ok(parts)
+}
+
 /// Checks that `parts` are one job's: the same world size and settings, and between them every
 /// sample exactly once. `dir` is their folder.
 pub fn check_parts(dir: &Path, parts: &[Part]) -> Result<(), GatherError> {

@@ -441,6 +441,7 @@ pub fn sample_to_npz(
         &out,
         plan.progress,
     )?;
+    check_parts(&dir, &parts)?;
     gather_samples(&dir, &parts, &out, grid, plan.progress)?;
     Ok(Sampled {
         generated,
@@ -449,16 +450,28 @@ pub fn sample_to_npz(
     })
 }
 
-/// Rank 0's (or `merge`'s) last step of a launched `sample`: checks the parts in `dir`, joins
-/// their samples into `out` (and the first ones into the `grid` PNG), and removes the parts.
-pub fn gather_samples(
+/// `merge OUT` for a launched `sample` whose rank 0 did not finish: every rank's part in `dir`
+/// joined into `out` (and the `grid` PNG); returns the parts, for the printout.
+pub fn gather_samples_offline(
+    dir: &Path,
+    out: &Path,
+    grid: Option<&Path>,
+    progress: Progress,
+) -> Result<Vec<Part>> {
+    let parts = super::gather::parts_in(dir, out, progress)?;
+    gather_samples(dir, &parts, out, grid, progress)?;
+    Ok(parts)
+}
+
+/// Rank 0's (or `merge`'s) last step of a launched `sample`: joins the checked parts' samples
+/// in `dir` into `out` (and the first ones into the `grid` PNG), and removes the parts.
+fn gather_samples(
     dir: &Path,
     parts: &[Part],
     out: &Path,
     grid: Option<&Path>,
     progress: Progress,
 ) -> Result<()> {
-    check_parts(dir, parts)?;
     join_part_samples(parts, out, progress)?;
     if let Some(path) = grid {
         write_grid(path, &join_part_grids(parts)?)?;

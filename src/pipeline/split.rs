@@ -18,8 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::gather::{
     check_parts, finished_part, host_name, keep_part, part_file_name, remove_journals_folder,
-    remove_part, remove_parts, wait_for_parts, wait_for_parts_of, write_manifest, Distribution,
-    Manifest, Part,
+    remove_part, remove_parts, wait_for_parts_of, write_manifest, Distribution, Manifest, Part,
 };
 use super::generate::{job_settings, Shard};
 use crate::progress::Progress;
@@ -203,15 +202,6 @@ impl<'d> RankPart<'d> {
         check_parts(&self.dir, &parts)?;
         Ok(Some(parts))
     }
-}
-
-/// Every part of the job whose parts are in `dir`, checked (a gather offline: `merge OUT`).
-pub fn parts_in(dir: &Path, out: &Path, progress: Progress) -> Result<Vec<Part>> {
-    let present = super::gather::present_parts(dir)?;
-    let world_size = present[0].manifest.world_size;
-    let parts = wait_for_parts(dir, world_size, std::time::Duration::ZERO, out, progress)?;
-    check_parts(dir, &parts)?;
-    Ok(parts)
 }
 
 /// Removes the parts folder `dir` and the (emptied) journals folder `journals` once the gathered

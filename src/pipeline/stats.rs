@@ -15,12 +15,13 @@ use rand::SeedableRng;
 use serde_json::{json, Map, Value};
 
 use super::features::{rows_from_record, rows_to_record, sibling, FeatureStage};
+use super::gather::parts_in;
 use super::gather::{join_part_features, Distribution, Part};
 use super::inception::{InceptionConfig, InceptionWeights};
 use super::journal::StreamSpec;
 use super::pass::{self, crash_point, JournalConfig, PassConfig, Stage};
 use super::sinks::NpzStage;
-use super::split::{clean_up, part_file, parts_in, RankPart};
+use super::split::{clean_up, part_file, RankPart};
 use crate::data::npz::NpzImages;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::data::ImageSource;
