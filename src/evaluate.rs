@@ -165,6 +165,12 @@ pub fn plan(
     let explicit = requested.is_some();
     let wanted: BTreeSet<Metric> = requested.unwrap_or(&Metric::ALL).iter().copied().collect();
     let mut planned = BTreeSet::new();
+    // Precision/recall take each point's k-th nearest other point: both sets need more than k.
+    let k = options.manifold.k;
+    let too_few = |a: Option<&ndarray::Array2<f32>>, b: Option<&ndarray::Array2<f32>>| {
+        [a, b].into_iter().flatten().any(|f| f.nrows() <= k)
+    };
+    let neighbours = &*format!("more than k = {k} samples and reference images");
     for metric in wanted {
         let missing = match metric {
             Metric::FidInf | Metric::FdDinov2Inf
@@ -189,6 +195,9 @@ pub fn plan(
             Metric::Pr | Metric::Kid if reference.and_then(Reference::pool_features).is_none() => {
                 Some("reference pool features (reference images or a feature file, not statistics alone)")
             }
+            Metric::Pr if too_few(sample.pool.as_ref(), reference.and_then(Reference::pool_features)) => {
+                Some(neighbours)
+            }
             Metric::FdDinov2 | Metric::FdDinov2Inf | Metric::Dinov2Pr
                 if sample.dinov2.is_none() =>
             {
@@ -201,6 +210,11 @@ pub fn plan(
             }
             Metric::Dinov2Pr if reference.and_then(|r| r.features_named("dinov2")).is_none() => {
                 Some("the reference's DINOv2 features (reference images or a feature file with `dinov2`)")
+            }
+            Metric::Dinov2Pr
+                if too_few(sample.dinov2.as_ref(), reference.and_then(|r| r.features_named("dinov2"))) =>
+            {
+                Some(neighbours)
             }
             Metric::Cmmd if sample.clip.is_none() => {
                 Some("the samples' CLIP embeddings (--features inception,clip)")

@@ -7,7 +7,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2, Array4};
-use ndarray_npy::NpzReader;
 use sha2::{Digest, Sha256};
 use tch::{nn, Device, Tensor};
 
@@ -218,9 +217,7 @@ impl FeatureSet {
 
     /// Reads whichever of `pool`, `spatial`, `logits` the file holds (f32 or f64).
     pub fn load(path: &Path) -> Result<Self, FeatureError> {
-        let file = File::open(path).map_err(|e| file_error(path, format!("cannot open: {e}")))?;
-        let mut npz = NpzReader::new(file)
-            .map_err(|e| file_error(path, format!("not a readable npz file: {e}")))?;
+        let mut npz = crate::io::open_npz(path).map_err(|e| file_error(path, e.message))?;
         let names = npz
             .names()
             .map_err(|e| file_error(path, format!("cannot list entries: {e}")))?;

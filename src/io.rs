@@ -6,8 +6,10 @@
 #![warn(missing_docs)]
 
 use std::fs::File;
-use std::io::Write as _;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use llamagen_metrics::stats::{GaussianStats, ReferenceStats};
 use ndarray::{Ix1, Ix2};
@@ -33,13 +35,54 @@ impl FileError {
     }
 }
 
-/// `dir/.name.tmp-<pid>` beside `path`, for write-then-rename.
+/// `dir/.name.tmp-<pid>` beside `path`, for write-then-rename. Temporaries of the same file left
+/// by processes that no longer run (killed mid-write: a 50,000-image npz is gigabytes) are
+/// removed first.
 pub fn temporary_sibling(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    let prefix = format!(".{name}.tmp-");
+    remove_stale_temporaries(path, &prefix);
+    path.with_file_name(format!("{prefix}{}", std::process::id()))
+}
+
+/// Removes `prefix<pid>` siblings of `path` whose process is gone.
+fn remove_stale_temporaries(path: &Path, prefix: &str) {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid > 0 && !process_alive(pid) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(
+                    "removed {}, left by process {pid} that no longer runs",
+                    entry.path().display()
+                ),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+            }
+        }
+    }
+}
+
+/// Whether process `pid` exists on this machine (signal 0 checks without sending anything).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only asks whether the process exists.
+    let status = unsafe { libc::kill(pid, 0) };
+    status == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Writes through `fill` into a temporary sibling of `path`, flushed to disk and renamed into
@@ -72,23 +115,95 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
 /// complete; on failure the temporary file is removed and the error says why.
 pub fn write_npz_atomically(
     path: &Path,
-    fill: impl FnOnce(&mut NpzWriter<File>) -> Result<(), ndarray_npy::WriteNpzError>,
+    fill: impl FnOnce(&mut NpzWriter<Abandonable>) -> Result<(), ndarray_npy::WriteNpzError>,
 ) -> Result<(), FileError> {
     let tmp = temporary_sibling(path);
+    let file = File::create(&tmp)
+        .map_err(|e| FileError::new(path, format!("cannot create {}: {e}", tmp.display())))?;
+    let (file, abandoned) = Abandonable::new(file);
+    let mut npz = NpzWriter::new(file);
     let write = || -> Result<(), String> {
-        let file =
-            File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-        let mut npz = NpzWriter::new(file);
         fill(&mut npz).map_err(|e| e.to_string())?;
         let file = npz.finish().map_err(|e| e.to_string())?;
-        file.sync_data().map_err(|e| e.to_string())?;
+        file.file.sync_data().map_err(|e| e.to_string())?;
         std::fs::rename(&tmp, path)
             .map_err(|e| format!("cannot move the finished file into place: {e}"))
     };
     write().map_err(|message| {
+        abandoned.store(true, Ordering::Relaxed);
         let _ = std::fs::remove_file(&tmp);
         FileError::new(path, message)
     })
+}
+
+/// A temporary file under a zip writer. A `ZipWriter` dropped unfinished completes the
+/// archive in its destructor and prints any failure to stderr ("ZipWriter drop failed" on a full
+/// disk); once the writer is abandoned (its temporary file already removed), this file turns into
+/// a sink that only keeps the position, so that completion writes nothing and cannot fail.
+pub struct Abandonable {
+    file: File,
+    abandoned: Arc<AtomicBool>,
+    position: u64,
+    end: u64,
+}
+
+impl Abandonable {
+    /// Wraps `file`; storing `true` in the returned flag abandons it.
+    pub(crate) fn new(file: File) -> (Self, Arc<AtomicBool>) {
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let wrapped = Abandonable {
+            file,
+            abandoned: Arc::clone(&abandoned),
+            position: 0,
+            end: 0,
+        };
+        (wrapped, abandoned)
+    }
+
+    fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+}
+
+impl Write for Abandonable {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = if self.is_abandoned() {
+            buf.len()
+        } else {
+            self.file.write(buf)?
+        };
+        self.position += written as u64;
+        self.end = self.end.max(self.position);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.is_abandoned() {
+            Ok(())
+        } else {
+            self.file.flush()
+        }
+    }
+}
+
+impl Seek for Abandonable {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.position = if self.is_abandoned() {
+            let offset = |base: u64, delta: i64| {
+                base.checked_add_signed(delta)
+                    .ok_or_else(|| std::io::Error::other("seek before the start"))
+            };
+            match to {
+                SeekFrom::Start(at) => at,
+                SeekFrom::Current(delta) => offset(self.position, delta)?,
+                SeekFrom::End(delta) => offset(self.end, delta)?,
+            }
+        } else {
+            self.file.seek(to)?
+        };
+        self.end = self.end.max(self.position);
+        Ok(self.position)
+    }
 }
 
 /// Names of the entries of an npz, without `.npy`.
@@ -102,15 +217,95 @@ pub fn npz_entry_names(path: &Path) -> Result<Vec<String>, FileError> {
         .collect())
 }
 
+/// Opens an npz for reading its arrays, after checking every entry's npy header against what the
+/// entry holds and the input memory budget ([`crate::budget`]): a header that claims more
+/// elements than the file can hold, or more bytes than the budget, is refused here, before the
+/// array reader allocates from it.
+pub fn open_npz(path: &Path) -> Result<NpzReader<File>, FileError> {
+    let file = File::open(path).map_err(|e| FileError::new(path, format!("cannot open: {e}")))?;
+    let file_size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(&file))
+        .map_err(|e| FileError::new(path, format!("not a readable npz (zip) file: {e}")))?;
+    let allowance = crate::budget::allowance(file_size);
+    let mut claimed_total: u64 = 0;
+    for index in 0..archive.len() {
+        let mut entry = archive
+            .by_index(index)
+            .map_err(|e| FileError::new(path, format!("unreadable npz entry {index}: {e}")))?;
+        let name = entry.name().trim_end_matches(".npy").to_string();
+        let stored = entry.size();
+        let header = crate::data::npz::read_npy_header(&mut entry)
+            .map_err(|m| FileError::new(path, format!("entry `{name}`: {m}")))?;
+        let claimed = npy_data_bytes(&header).ok_or_else(|| {
+            FileError::new(
+                path,
+                format!(
+                    "entry `{name}` claims an impossible size: shape {:?} of {}",
+                    header.shape, header.descr
+                ),
+            )
+        })?;
+        if claimed > stored {
+            return Err(FileError::new(
+                path,
+                format!(
+                    "entry `{name}` is truncated or corrupt: its header claims shape {:?} of {} ({}) but the entry holds {}",
+                    header.shape,
+                    header.descr,
+                    crate::budget::human_bytes(claimed),
+                    crate::budget::human_bytes(stored)
+                ),
+            ));
+        }
+        claimed_total = claimed_total.saturating_add(claimed);
+        if claimed_total > allowance {
+            return Err(FileError::new(
+                path,
+                format!(
+                    "entry `{name}` (shape {:?} of {}) brings the arrays to {}, over {}; {}",
+                    header.shape,
+                    header.descr,
+                    crate::budget::human_bytes(claimed_total),
+                    crate::budget::human_bytes(allowance),
+                    crate::budget::how_to_raise()
+                ),
+            ));
+        }
+    }
+    drop(archive);
+    let file = File::open(path).map_err(|e| FileError::new(path, format!("cannot open: {e}")))?;
+    NpzReader::new(file).map_err(|e| FileError::new(path, format!("not a readable npz file: {e}")))
+}
+
+/// The data bytes an npy header describes (`None` on overflow): the element count times the
+/// dtype's item size (`<f8` 8, `|u1` 1, `<U10` 40, ...).
+fn npy_data_bytes(header: &crate::data::npz::NpyHeader) -> Option<u64> {
+    let descr = header.descr.as_str();
+    let kind_at = descr.find(|c: char| c.is_ascii_alphabetic())?;
+    let digits = &descr[kind_at + 1..];
+    let count: u64 = if digits.is_empty() {
+        8
+    } else {
+        digits.parse().ok()?
+    };
+    let item = if descr[kind_at..].starts_with('U') {
+        count.checked_mul(4)?
+    } else {
+        count
+    };
+    header
+        .shape
+        .iter()
+        .try_fold(item, |bytes, &d| bytes.checked_mul(d as u64))
+}
+
 /// A 1-D int64 entry of an npz (such as `indices` or `arr_1`), or `None` when absent.
 pub fn read_i64(path: &Path, key: &str) -> Result<Option<Vec<i64>>, FileError> {
     let names = npz_entry_names(path)?;
     if !names.iter().any(|n| n == key) {
         return Ok(None);
     }
-    let file = File::open(path).map_err(|e| FileError::new(path, format!("cannot open: {e}")))?;
-    let mut npz = NpzReader::new(file)
-        .map_err(|e| FileError::new(path, format!("not a readable npz: {e}")))?;
+    let mut npz = open_npz(path)?;
     let array: ndarray::Array1<i64> = npz
         .by_name(key)
         .map_err(|e| FileError::new(path, format!("`{key}` must be a 1-D int64 array: {e}")))?;
@@ -129,6 +324,57 @@ pub fn read_f64<D: ndarray::Dimension>(
             .mapv(f64::from)),
         Err(e) => Err(e),
     }
+}
+
+/// Checks, before any long work, that `path` can be written as an output file: it is not a
+/// folder (nor written as one, `out/`), its folder exists (created now when missing) and a file
+/// can be created there. Without this, a run could do all its work and fail at the end.
+pub fn check_output_file(path: &Path) -> Result<(), FileError> {
+    let text = path.as_os_str().as_encoded_bytes();
+    if path.is_dir() || text.ends_with(b"/") || path.file_name().is_none() {
+        return Err(FileError::new(
+            path,
+            "is a folder: give a file name for the output (such as samples.npz inside it)",
+        ));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent).map_err(|e| {
+        FileError::new(
+            path,
+            format!("cannot create its folder {}: {e}", parent.display()),
+        )
+    })?;
+    probe_writable(parent).map_err(|e| {
+        FileError::new(
+            path,
+            format!("cannot write into its folder {}: {e}", parent.display()),
+        )
+    })
+}
+
+/// Checks, before any long work, that `dir` can be a run's output folder: not an existing file,
+/// created now when missing, and writable.
+pub fn check_output_dir(dir: &Path) -> Result<(), FileError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(FileError::new(
+            dir,
+            "is a file, but the output is a folder (metrics.json, metrics.csv, ...): give a folder name",
+        ));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| FileError::new(dir, format!("cannot create the output folder: {e}")))?;
+    probe_writable(dir)
+        .map_err(|e| FileError::new(dir, format!("cannot write into the output folder: {e}")))
+}
+
+/// Creates and removes a file in `dir`.
+fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+    File::create(&probe)?;
+    std::fs::remove_file(&probe)
 }
 
 /// Refuses an output path that is the input itself (writing it would destroy the input before
@@ -165,9 +411,7 @@ pub fn read_stats_pairs(
     keys: &[(&str, &str)],
 ) -> Result<Vec<Option<GaussianStats>>, FileError> {
     let file_err = |message: String| FileError::new(path, message);
-    let file = File::open(path).map_err(|e| file_err(format!("cannot open: {e}")))?;
-    let mut npz =
-        NpzReader::new(file).map_err(|e| file_err(format!("not a readable npz file: {e}")))?;
+    let mut npz = open_npz(path)?;
     let names = npz
         .names()
         .map_err(|e| file_err(format!("cannot list entries: {e}")))?;
@@ -239,6 +483,24 @@ mod tests {
             "no temporary file left behind"
         );
         assert_eq!(npz_entry_names(&path).unwrap(), ["mu", "sigma"]);
+    }
+
+    #[test]
+    fn temporaries_of_gone_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.npz");
+        // pid_max is at most 2^22 on Linux: this process cannot exist.
+        let stale = dir.path().join(".out.npz.tmp-2147483000");
+        let live = dir
+            .path()
+            .join(format!(".out.npz.tmp-{}", std::process::id()));
+        let other = dir.path().join(".other.npz.tmp-2147483000");
+        for p in [&stale, &live, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(temporary_sibling(&out), live);
+        assert!(!stale.exists());
+        assert!(live.exists() && other.exists());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Layers, bottom up:
 //! - `llamagen-metrics` (a separate crate): the metric math on plain arrays.
 //! - [`checkpoint`], [`models`], [`sampling`], [`data`], [`io`]: reading checkpoints and images,
-//!   the networks, per-sample deterministic sampling, file helpers.
+//!   the networks, per-sample deterministic sampling, file helpers; [`budget`]: the memory any
+//!   one input file may make them allocate.
 //! - [`pipeline`]: sources, the journaled batch pass, features, references, evaluation, and the
 //!   jobs (`fid`, `sample`, `recon`, `stats`, `sweep`, `merge`) as library calls.
 //! - [`metric`] and [`record`]: the one metric registry and the run record every job writes;
@@ -13,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod cache;
 pub mod check;
 pub mod checkpoint;

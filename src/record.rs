@@ -208,9 +208,22 @@ impl RunRecord {
     /// null. Errors name the file; see [`MetricValues`] for how the metrics are read.
     pub fn read(run: &Path) -> Result<RunRecord> {
         let path = metrics_path(run);
+        if run.is_dir() && run.join(".journal").exists() {
+            bail!(
+                "{} is incomplete: a run into it was interrupted or is still going (its journal {} is there); finish it with --resume, or rerun it",
+                run.display(),
+                run.join(".journal").display()
+            );
+        }
         if !path.is_file() {
             if !run.exists() {
                 bail!("run folder {} does not exist", run.display());
+            }
+            if run.join("metrics.csv").exists() {
+                bail!(
+                    "{} is incomplete: it has metrics.csv but no metrics.json (the run stopped before its end); rerun it",
+                    run.display()
+                );
             }
             bail!(
                 "{} not found: {} is not a run folder written by `fid`, `metrics` or `recon`",

@@ -29,6 +29,16 @@ pub fn flag_hint(err: &anyhow::Error) -> Option<String> {
                 flags.join(", ")
             ));
         }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::FileTooLarge
+                    | std::io::ErrorKind::QuotaExceeded
+            ) {
+                hint = Some("the disk (or a file size limit) is full: free space or write the output elsewhere; nothing half-written was kept, and a generating run continues with --resume".into());
+            }
+        }
         if cause.to_string().contains("resume the run to continue") {
             hint = Some("continue with --resume".into());
         }

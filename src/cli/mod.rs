@@ -61,6 +61,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 7200)]
     pub gather_timeout: u64,
 
+    /// The most memory reading one input file (checkpoint, npz, image) may take: sizes that
+    /// headers claim beyond it are refused before anything is allocated. Default 1G, or 4x the
+    /// file's size when larger; raise it (e.g. 8G) for genuine inputs that need more.
+    #[arg(long, global = true, value_name = "BYTES", value_parser = llamagen_eval::budget::parse_bytes)]
+    pub max_input_memory: Option<u64>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -148,6 +154,9 @@ impl Cli {
         let progress = Progress::quiet(self.quiet);
         // libtorch's own default allows TF32 in cuDNN convolutions: set it either way.
         llamagen_eval::device::set_tf32(self.tf32 == Switch::On).map_err(anyhow::Error::msg)?;
+        if let Some(bytes) = self.max_input_memory {
+            llamagen_eval::budget::set_max_input_memory(bytes);
+        }
         let world = World::from_env(self.launcher)?;
         tracing::info!("launcher {world}");
         if world.is_distributed() {

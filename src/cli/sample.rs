@@ -67,6 +67,9 @@ pub fn run(
         distribution,
     };
     plan.check()?;
+    if let Some(grid) = &cmd.grid {
+        llamagen_eval::io::check_output_file(grid)?;
+    }
     let partition = plan.partition();
     let mut generator = Generator::new(&config)?;
     let sampled = sample_to_npz(&mut generator, &plan, cmd.grid.as_deref())?;

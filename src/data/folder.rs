@@ -70,7 +70,7 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 
 /// Decodes one file to RGB8, returning (pixels, width, height).
 fn decode_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize), DataError> {
-    let image = image::ImageReader::open(path)
+    let mut reader = image::ImageReader::open(path)
         .map_err(|source| DataError::Io {
             path: path.to_path_buf(),
             source,
@@ -79,9 +79,23 @@ fn decode_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize), DataError> {
         .map_err(|source| DataError::Io {
             path: path.to_path_buf(),
             source,
-        })?
-        .decode()
-        .map_err(|e| DataError::invalid(path, format!("cannot decode the image: {e}")))?;
+        })?;
+    // A small file can claim huge dimensions (a decompression bomb): the decoder refuses to
+    // allocate beyond the per-image budget.
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(crate::budget::image_allowance());
+    reader.limits(limits);
+    let image = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => DataError::invalid(
+            path,
+            format!(
+                "the image is larger than the per-image limit of {}; {}",
+                crate::budget::human_bytes(crate::budget::image_allowance()),
+                crate::budget::how_to_raise()
+            ),
+        ),
+        e => DataError::invalid(path, format!("cannot decode the image: {e}")),
+    })?;
     let rgb = image.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     Ok((rgb.into_raw(), w, h))
@@ -166,7 +180,7 @@ impl ImageSource for FolderImages {
     }
 
     fn next_batch(&mut self, max: usize) -> Result<Option<Array4<u8>>, DataError> {
-        let end = (self.next + max.max(1)).min(self.files.len());
+        let end = (self.next + super::affordable_batch(max, self.size)).min(self.files.len());
         if self.next == end {
             return Ok(None);
         }

@@ -106,6 +106,15 @@ pub trait ImageSource {
     }
 }
 
+/// How many of `max` images of `size` (height, width) one batch may hold: a batch of huge images
+/// is cut to half the input memory budget, but always holds at least one image.
+pub(crate) fn affordable_batch(max: usize, (height, width): (usize, usize)) -> usize {
+    let rgb_bytes = height.saturating_mul(width).saturating_mul(3).max(1) as u64;
+    let affordable = (2 * crate::budget::image_allowance() / rgb_bytes).max(1);
+    max.max(1)
+        .min(usize::try_from(affordable).unwrap_or(usize::MAX))
+}
+
 /// Opens images from a folder (PNG/JPEG) or an npz (`arr_0`). With `image_size`, every image is
 /// centre-cropped to that square size as ADM's `center_crop_arr` does (a no-op for images already
 /// that size).

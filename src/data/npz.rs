@@ -62,40 +62,135 @@ pub fn read_npy_header(reader: &mut impl Read) -> Result<NpyHeader, String> {
     parse_header_dict(&text)
 }
 
+/// Parses numpy's header dict (a Python literal) strictly: exactly the keys `descr`,
+/// `fortran_order` and `shape`, each value of its own type, nothing but padding after the closing
+/// brace. Looser parsing once read a `'descr'` found inside another value's string.
 fn parse_header_dict(text: &str) -> Result<NpyHeader, String> {
-    let value_after = |key: &str| -> Result<&str, String> {
-        let pattern = format!("'{key}':");
-        let start = text
-            .find(&pattern)
-            .ok_or_else(|| format!("npy header lacks '{key}': {text}"))?;
-        Ok(text[start + pattern.len()..].trim_start())
+    let mut literal = Literal {
+        rest: text.trim_start(),
     };
-    let descr = value_after("descr")?;
-    let descr = descr
-        .strip_prefix('\'')
-        .and_then(|d| d.split('\'').next())
-        .ok_or_else(|| format!("unreadable dtype in npy header: {text}"))?
-        .to_string();
-    let fortran_order = value_after("fortran_order")?.starts_with("True");
-    let shape_text = value_after("shape")?;
-    let inner = shape_text
-        .strip_prefix('(')
-        .and_then(|s| s.split(')').next())
-        .ok_or_else(|| format!("unreadable shape in npy header: {text}"))?;
-    let shape = inner
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| format!("unreadable shape in npy header: {text}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(NpyHeader {
-        descr,
-        fortran_order,
-        shape,
-    })
+    let shown = || text.trim_end().chars().take(200).collect::<String>();
+    let bad = |what: &str| format!("malformed npy header ({what}): {}", shown());
+    literal.expect('{').map_err(|_| bad("no opening brace"))?;
+    let (mut descr, mut fortran_order, mut shape) = (None, None, None);
+    loop {
+        if literal.eat('}') {
+            break;
+        }
+        let key = literal
+            .string()
+            .ok_or_else(|| bad("a key is not a string"))?;
+        literal
+            .expect(':')
+            .map_err(|_| bad("no colon after a key"))?;
+        match key.as_str() {
+            "descr" if descr.is_none() => {
+                descr = Some(literal.string().ok_or_else(|| {
+                    bad("`descr` is not a plain dtype string; structured dtypes are not supported")
+                })?)
+            }
+            "fortran_order" if fortran_order.is_none() => {
+                fortran_order = Some(
+                    literal
+                        .boolean()
+                        .ok_or_else(|| bad("`fortran_order` is not True or False"))?,
+                )
+            }
+            "shape" if shape.is_none() => {
+                shape = Some(
+                    literal
+                        .int_tuple()
+                        .ok_or_else(|| bad("`shape` is not a tuple of integers"))?,
+                )
+            }
+            other => return Err(bad(&format!("unexpected or repeated key `{other}`"))),
+        }
+        if !literal.eat(',') {
+            literal
+                .expect('}')
+                .map_err(|_| bad("no comma or closing brace after a value"))?;
+            break;
+        }
+    }
+    if !literal.rest.trim().is_empty() {
+        return Err(bad("text after the closing brace"));
+    }
+    match (descr, fortran_order, shape) {
+        (Some(descr), Some(fortran_order), Some(shape)) => Ok(NpyHeader {
+            descr,
+            fortran_order,
+            shape,
+        }),
+        _ => Err(bad("it lacks one of 'descr', 'fortran_order', 'shape'")),
+    }
+}
+
+/// A cursor over the Python literal of an npy header.
+struct Literal<'a> {
+    rest: &'a str,
+}
+
+impl Literal<'_> {
+    fn eat(&mut self, c: char) -> bool {
+        match self.rest.trim_start().strip_prefix(c) {
+            Some(rest) => {
+                self.rest = rest;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn expect(&mut self, c: char) -> Result<(), ()> {
+        self.eat(c).then_some(()).ok_or(())
+    }
+
+    /// A quoted string without escapes (numpy's keys and dtype strings never have any).
+    fn string(&mut self) -> Option<String> {
+        let text = self.rest.trim_start();
+        let quote = text.chars().next().filter(|q| *q == '\'' || *q == '"')?;
+        let body = &text[1..];
+        let end = body.find(quote)?;
+        if body[..end].contains('\\') {
+            return None;
+        }
+        self.rest = &body[end + 1..];
+        Some(body[..end].to_string())
+    }
+
+    fn boolean(&mut self) -> Option<bool> {
+        let text = self.rest.trim_start();
+        let (value, rest) = if let Some(rest) = text.strip_prefix("True") {
+            (true, rest)
+        } else {
+            (false, text.strip_prefix("False")?)
+        };
+        self.rest = rest;
+        Some(value)
+    }
+
+    /// `()`, `(5,)`, `(5, 32, 32, 3)`; Python 2's `5L` suffix is accepted.
+    fn int_tuple(&mut self) -> Option<Vec<usize>> {
+        if !self.eat('(') {
+            return None;
+        }
+        let mut values = Vec::new();
+        loop {
+            if self.eat(')') {
+                return Some(values);
+            }
+            let text = self.rest.trim_start();
+            let digits = text
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(text.len());
+            values.push(text[..digits].parse().ok()?);
+            self.rest = &text[digits..];
+            self.rest = self.rest.strip_prefix('L').unwrap_or(self.rest);
+            if !self.eat(',') {
+                return self.eat(')').then_some(values);
+            }
+        }
+    }
 }
 
 /// Checks that an `arr_0` header describes u8 NHWC RGB (or grayscale) images; returns (N, H, W, C).
@@ -135,14 +230,23 @@ pub fn validate_image_header(header: &NpyHeader) -> Result<(usize, usize, usize,
             header.shape
         ));
     }
-    // A corrupt header must not turn into a giant allocation: one image is at most 2^31 bytes.
+    // A corrupt header must not turn into a giant allocation: the count and sizes are claims
+    // until the data proves them, so only one image's worth is ever allocated, and that only
+    // within the per-image budget.
     let image_bytes = h.checked_mul(w).and_then(|p| p.checked_mul(c));
-    if image_bytes.is_none_or(|b| b > 1 << 31)
-        || image_bytes.and_then(|b| b.checked_mul(n)).is_none()
-    {
+    let Some(image_bytes) = image_bytes.filter(|b| b.checked_mul(n).is_some()) else {
         return Err(format!(
             "`arr_0` has shape {:?}: implausibly large images",
             header.shape
+        ));
+    };
+    let limit = crate::budget::image_allowance();
+    if image_bytes as u64 > limit {
+        return Err(format!(
+            "`arr_0` holds {w}x{h} images of {} each, over the per-image limit of {}; {}",
+            crate::budget::human_bytes(image_bytes as u64),
+            crate::budget::human_bytes(limit),
+            crate::budget::how_to_raise()
         ));
     }
     Ok((n, h, w, c))
@@ -159,7 +263,7 @@ pub struct NpzImages {
 }
 
 /// Opens `reader`'s `arr_0` entry and returns it with its validated header.
-fn open_arr0(path: &Path) -> Result<(zip::ZipArchive<BufReader<File>>, NpyHeader), DataError> {
+fn open_arr0(path: &Path) -> Result<(zip::ZipArchive<BufReader<File>>, NpyHeader, u64), DataError> {
     let file = File::open(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -179,28 +283,46 @@ fn open_arr0(path: &Path) -> Result<(zip::ZipArchive<BufReader<File>>, NpyHeader
                 ),
             )
         })?;
-    let header = {
+    let (header, stored) = {
         let mut entry = archive
             .by_name(name)
             .map_err(|e| DataError::invalid(path, format!("cannot read `arr_0`: {e}")))?;
-        read_npy_header(&mut entry)
-            .map_err(|m| DataError::invalid(path, format!("`arr_0`: {m}")))?
+        let stored = entry.size();
+        let header = read_npy_header(&mut entry)
+            .map_err(|m| DataError::invalid(path, format!("`arr_0`: {m}")))?;
+        (header, stored)
     };
-    Ok((archive, header))
+    Ok((archive, header, stored))
 }
 
 impl NpzImages {
     /// Opens `path` and starts streaming its images; `batch_hint` bounds how many images are
     /// buffered ahead.
     pub fn open(path: &Path, batch_hint: usize) -> Result<Self, DataError> {
-        let (_, header) = open_arr0(path)?;
+        let (_, header, stored) = open_arr0(path)?;
         let (n, h, w, c) =
             validate_image_header(&header).map_err(|m| DataError::invalid(path, m))?;
-        let (sender, receiver) = sync_channel(batch_hint.max(1) * 2);
+        // The zip directory says how many bytes the entry holds: a header that claims more images
+        // than that is refused now rather than after the images that are there.
+        let claimed = (n as u64).saturating_mul((h * w * c) as u64);
+        if claimed > stored {
+            return Err(DataError::invalid(
+                path,
+                format!(
+                    "`arr_0` is truncated or corrupt: its header claims {n} images of {w}x{h}x{c} ({}) but the entry holds {}",
+                    crate::budget::human_bytes(claimed),
+                    crate::budget::human_bytes(stored)
+                ),
+            ));
+        }
+        // At most twice a batch of images in flight, and at most a quarter of the budget.
+        let rgb_bytes = (h * w * 3).max(1) as u64;
+        let in_flight = (crate::budget::image_allowance() / rgb_bytes).max(1);
+        let (sender, receiver) = sync_channel((batch_hint.max(1) * 2).min(in_flight as usize));
         let thread_path = path.to_path_buf();
         std::thread::spawn(move || {
             let result = (|| -> Result<(), String> {
-                let (mut archive, _) = open_arr0(&thread_path).map_err(|e| e.to_string())?;
+                let (mut archive, _, _) = open_arr0(&thread_path).map_err(|e| e.to_string())?;
                 let name = if archive.index_for_name("arr_0.npy").is_some() {
                     "arr_0.npy"
                 } else {
@@ -221,6 +343,11 @@ impl NpzImages {
                     if sender.send(Ok(rgb)).is_err() {
                         return Ok(());
                     }
+                }
+                if entry.read(&mut [0u8; 1]).map_err(|e| e.to_string())? > 0 {
+                    return Err(format!(
+                        "`arr_0` has data after its {n} images: its header's shape does not describe it"
+                    ));
                 }
                 Ok(())
             })();
@@ -254,7 +381,8 @@ impl ImageSource for NpzImages {
     }
 
     fn next_batch(&mut self, max: usize) -> Result<Option<Array4<u8>>, DataError> {
-        let count = max.max(1).min(self.len - self.delivered);
+        let count =
+            super::affordable_batch(max, (self.height, self.width)).min(self.len - self.delivered);
         if count == 0 {
             return Ok(None);
         }
@@ -272,6 +400,12 @@ impl ImageSource for NpzImages {
             }
         }
         self.delivered += count;
+        if self.delivered == self.len {
+            // The reader's last word: data after the last image, or a failed checksum.
+            if let Ok(Err(message)) = self.receiver.recv() {
+                return Err(DataError::invalid(&self.path, message));
+            }
+        }
         Array4::from_shape_vec((count, self.height, self.width, 3), data)
             .map(Some)
             .map_err(|e| DataError::invalid(&self.path, e.to_string()))
@@ -300,6 +434,45 @@ mod tests {
         assert!(validate_image_header(&one)
             .unwrap_err()
             .contains("dtype <f4"));
+    }
+
+    #[test]
+    fn header_parsing_is_strict() {
+        let descr_in_a_string =
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (4,), 'x': \"'descr': '|u1'\"}";
+        assert!(parse_header_dict(descr_in_a_string)
+            .unwrap_err()
+            .contains("unexpected or repeated key `x`"));
+        let reordered = "{'shape': (4, 2), 'fortran_order': True, 'descr': '<f4'}  \n";
+        let h = parse_header_dict(reordered).unwrap();
+        assert_eq!(
+            (h.descr.as_str(), h.fortran_order, h.shape),
+            ("<f4", true, vec![4, 2])
+        );
+        assert_eq!(
+            parse_header_dict("{'descr': '|u1', 'fortran_order': False, 'shape': (3L, 2L)}")
+                .unwrap()
+                .shape,
+            vec![3, 2]
+        );
+        assert_eq!(
+            parse_header_dict("{'descr': '<f8', 'fortran_order': False, 'shape': ()}")
+                .unwrap()
+                .shape,
+            Vec::<usize>::new()
+        );
+        for bad in [
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (4,)} trailing",
+            "{'descr': '<f4', 'fortran_order': False}",
+            "{'descr': '<f4', 'descr': '|u1', 'fortran_order': False, 'shape': (4,)}",
+            "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (4,)}",
+            "{'descr': '<f4', 'fortran_order': 0, 'shape': (4,)}",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (-4,)}",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999,)}",
+            "'descr': '<f4'",
+        ] {
+            assert!(parse_header_dict(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use ndarray::{ArrayBase, ArrayView3, Data, Dimension};
 use ndarray_npy::{WritableElement, WriteNpyExt};
@@ -13,10 +15,13 @@ use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
 use super::DataError;
+use crate::io::Abandonable;
 
 /// A streaming writer of `arr_0` (u8 N x H x W x 3) plus further arrays.
 pub struct ImageNpzWriter {
-    zip: Option<ZipWriter<BufWriter<File>>>,
+    zip: Option<ZipWriter<BufWriter<Abandonable>>>,
+    /// Set when the writer is dropped unfinished (see [`Abandonable`]).
+    abandoned: Arc<AtomicBool>,
     tmp: PathBuf,
     path: PathBuf,
     shape: [usize; 3],
@@ -59,12 +64,14 @@ impl ImageNpzWriter {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
         let file = File::create(&tmp).map_err(io)?;
+        let (file, abandoned) = Abandonable::new(file);
         let mut zip = ZipWriter::new(BufWriter::new(file));
         let options = SimpleFileOptions::default()
             .compression_method(CompressionMethod::Stored)
             .large_file(true);
         let mut writer = ImageNpzWriter {
             zip: None,
+            abandoned,
             tmp,
             path: path.to_path_buf(),
             shape: [height, width, 3],
@@ -78,7 +85,7 @@ impl ImageNpzWriter {
         Ok(writer)
     }
 
-    fn zip(&mut self) -> Result<&mut ZipWriter<BufWriter<File>>, DataError> {
+    fn zip(&mut self) -> Result<&mut ZipWriter<BufWriter<Abandonable>>, DataError> {
         let path = self.path.clone();
         self.zip
             .as_mut()
@@ -164,6 +171,7 @@ impl ImageNpzWriter {
 impl Drop for ImageNpzWriter {
     fn drop(&mut self) {
         if self.zip.is_some() {
+            self.abandoned.store(true, Ordering::Relaxed);
             let _ = std::fs::remove_file(&self.tmp);
         }
     }

@@ -156,8 +156,12 @@ impl FeatureCache {
             extracted.len(),
             names.join(", ")
         );
+        // The cache only saves time later: failing to fill it (a full disk, a read-only parent
+        // folder) must not throw away the features just computed.
         for (network, entry) in &missing {
-            extracted.of(*network).save(entry)?;
+            if let Err(e) = extracted.of(*network).save(entry) {
+                tracing::warn!("features not cached (the run goes on): {e}");
+            }
         }
         features.absorb(extracted);
         outcome.finish()?;

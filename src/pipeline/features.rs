@@ -158,6 +158,7 @@ pub fn extract_to_file(
     distribution: &Distribution,
 ) -> Result<Option<FeatureSet>> {
     crate::io::ensure_distinct(images, out)?;
+    crate::io::check_output_file(out)?;
     let weights = inception.locate()?;
     let settings = feature_settings(images, crop, inception, &weights)?;
     let journal = sibling(out, ".journal");

@@ -95,6 +95,7 @@ pub fn evaluate_sample_batch(
     out_dir: &Path,
 ) -> Result<FidOutcome> {
     Reference::check(&config.reference)?;
+    crate::io::check_output_dir(out_dir)?;
     let mut cache = FeatureCache::new(
         FeatureCache::dir_for(out_dir),
         config.inception.clone(),
@@ -184,6 +185,7 @@ impl GeneratedEvaluation {
         run: &GeneratedRun,
         release_inception: bool,
     ) -> Result<Option<FidOutcome>> {
+        crate::io::check_output_dir(&run.out_dir)?;
         let inception_batch = self.config.inception.batch_size.max(1);
         let marker = run.out_dir.join(COMPLETE);
         // A resume keeps the decode batch of the interrupted (or finished) run unless one is
@@ -243,7 +245,9 @@ impl GeneratedEvaluation {
                 }));
             }
         }
-        if !run.plan.resuming() && world.rank == 0 {
+        // Not finished with these settings: whatever result the folder holds is not this run's
+        // (also when resuming), so it goes before the long work.
+        if world.rank == 0 {
             RunRecord::remove_stale(&run.out_dir)?;
         }
         if world.is_distributed() {

@@ -145,11 +145,15 @@ impl GenerationPlan {
         let shard = self.partition();
         if shard.indices(self.samples).is_empty() {
             bail!(
-                "shard {}/{} of {} samples is empty",
+                "shard {}/{} of {} samples is empty: ask for at least {} samples, or fewer shards",
                 shard.index,
                 shard.count,
-                self.samples
+                self.samples,
+                shard.index + 1
             );
+        }
+        if let Some(out) = &self.save_samples {
+            crate::io::check_output_file(out)?;
         }
         Ok(())
     }

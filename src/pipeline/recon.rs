@@ -21,7 +21,7 @@ use llamagen_metrics::frechet::frechet_distance;
 use llamagen_metrics::image_quality::{self, SsimMode};
 use llamagen_metrics::stats::{GaussianAccumulator, GaussianStats};
 use ndarray::{Array1, Array2, Array4, ArrayView3};
-use ndarray_npy::{NpzReader, ReadNpzError};
+use ndarray_npy::ReadNpzError;
 use serde_json::{json, Map, Value};
 use tch::{Kind, Tensor};
 
@@ -661,7 +661,8 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
         index: world.rank,
         count: world.size,
     };
-    // 1. Inputs, all checked before anything is written.
+    // 1. Inputs and the output folder, all checked before anything is written.
+    crate::io::check_output_dir(&config.out_dir)?;
     let image_size = config
         .image_size
         .or_else(|| config.data.is_dir().then_some(FOLDER_IMAGE_SIZE));
@@ -1076,10 +1077,7 @@ struct RankScores {
 
 impl RankScores {
     fn read(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| FileError::new(path, format!("cannot open: {e}")))?;
-        let mut npz = NpzReader::new(file)
-            .map_err(|e| FileError::new(path, format!("not a readable npz: {e}")))?;
+        let mut npz = crate::io::open_npz(path)?;
         let names: Vec<String> = npz
             .names()
             .map_err(|e| FileError::new(path, format!("cannot list entries: {e}")))?

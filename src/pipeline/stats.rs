@@ -271,6 +271,7 @@ pub fn run_stats(
     distribution: &Distribution,
 ) -> Result<Option<(usize, usize)>> {
     crate::io::ensure_distinct(data, out)?;
+    crate::io::check_output_file(out)?;
     if !distribution.world.is_distributed() {
         return reference_batch(data, out, config).map(Some);
     }
