@@ -117,8 +117,18 @@ impl FeatureCache {
         };
         // The images are checked before the networks are loaded.
         let mut source = crate::data::open_images(images, crop, self.config.batch_size)?;
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create the feature cache {}", self.dir.display()))?;
+        // The cache only saves time later: when its folder cannot be made (taken by a file,
+        // read-only, a full disk), the features are computed without it, unjournaled.
+        let cached = match std::fs::create_dir_all(&self.dir) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "features not cached (the run goes on): cannot create the feature cache {}: {e}",
+                    self.dir.display()
+                );
+                false
+            }
+        };
         let journal_dir = first_entry.with_extension("journal");
         let networks: Vec<Network> = missing.iter().map(|(n, _)| *n).collect();
         let names: Vec<&str> = networks.iter().map(|n| n.name()).collect();
@@ -140,7 +150,7 @@ impl FeatureCache {
             },
             batch_size,
             progress,
-            journal: Some(JournalConfig {
+            journal: cached.then_some(JournalConfig {
                 dir: journal_dir,
                 settings,
                 // The entry names already fingerprint the images and the networks.
@@ -156,9 +166,8 @@ impl FeatureCache {
             extracted.len(),
             names.join(", ")
         );
-        // The cache only saves time later: failing to fill it (a full disk, a read-only parent
-        // folder) must not throw away the features just computed.
-        for (network, entry) in &missing {
+        // Failing to fill the cache must not throw away the features just computed.
+        for (network, entry) in missing.iter().filter(|_| cached) {
             if let Err(e) = extracted.of(*network).save(entry) {
                 tracing::warn!("features not cached (the run goes on): {e}");
             }

@@ -106,7 +106,6 @@ pub fn run(
     stages: &mut [&mut dyn Stage],
 ) -> Result<PassOutcome> {
     let total = source.len();
-    let batch = config.batch_size.max(1);
     let source_streams = source.journal_streams();
     let stage_streams: Vec<Vec<StreamSpec>> = stages.iter().map(|s| s.streams()).collect();
     let all_streams: Vec<StreamSpec> = source_streams
@@ -120,6 +119,37 @@ pub fn run(
         .map(|j| Journal::open(&j.dir, &j.settings, &all_streams, j.resume))
         .transpose()?;
     let done = journal.as_ref().map_or(0, Journal::completed).min(total);
+    match run_batches(config, source, stages, &mut journal, done) {
+        Ok(()) => Ok(PassOutcome {
+            journal,
+            resumed: done,
+        }),
+        Err(e) => {
+            // A journal that holds nothing (the first batch failed: a bad image, a full disk)
+            // has nothing to resume: it goes, so a failed run leaves no files behind.
+            if let (Some(j), Some(config)) = (&journal, &config.journal) {
+                if j.completed() == 0 {
+                    drop(journal);
+                    let _ = std::fs::remove_dir_all(&config.dir);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The batch loop of [`run`]: replays the `done` images a journal holds, then processes the rest.
+fn run_batches(
+    config: &PassConfig,
+    source: &mut dyn ImageSource,
+    stages: &mut [&mut dyn Stage],
+    journal: &mut Option<Journal>,
+    done: usize,
+) -> Result<()> {
+    let total = source.len();
+    let batch = config.batch_size.max(1);
+    let source_streams = source.journal_streams();
+    let stage_streams: Vec<Vec<StreamSpec>> = stages.iter().map(|s| s.streams()).collect();
     let bar = config.progress.bar(total, config.label, "img");
     if done > 0 {
         tracing::info!("{}: resuming after {done} of {total} images", config.label);
@@ -192,10 +222,7 @@ pub fn run(
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
-    Ok(PassOutcome {
-        journal,
-        resumed: done,
-    })
+    Ok(())
 }
 
 /// Testing aid for the resume tests: `LLAMAGEN_EVAL_CRASH_AT=<point>:<n>` kills the process with

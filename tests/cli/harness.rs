@@ -70,6 +70,80 @@ impl Cli {
             output,
         }
     }
+
+    /// Runs the invocation and measures it: [`Measured`] holds the outcome, the process's peak
+    /// resident memory and its wall time.
+    pub fn run_measured(mut self) -> Measured {
+        self.command.args(&self.args);
+        measure(self.command, self.args)
+    }
+}
+
+/// A run with what it cost.
+pub struct Measured {
+    pub run: Run,
+    /// Peak resident set of the process, in bytes (its own, from `wait4`'s rusage).
+    pub peak_rss: u64,
+    pub wall: std::time::Duration,
+}
+
+impl Measured {
+    /// Panics unless the run stayed below `max_rss` bytes and `max_wall`.
+    #[track_caller]
+    pub fn within(self, max_rss: u64, max_wall: std::time::Duration) -> Run {
+        assert!(
+            self.peak_rss < max_rss && self.wall < max_wall,
+            "{:?} took {} MiB and {:.1} s (limits {} MiB, {:.0} s):\n{}",
+            self.run.args,
+            self.peak_rss >> 20,
+            self.wall.as_secs_f64(),
+            max_rss >> 20,
+            max_wall.as_secs_f64(),
+            self.run.stderr_text()
+        );
+        self.run
+    }
+}
+
+/// Runs `command` (arguments already added; `args` only for messages), waiting for it with
+/// `wait4` to read that one process's peak memory (tests run in parallel, so the rusage of all
+/// children would mix other tests' processes in).
+pub fn measure(mut command: Command, args: Vec<OsString>) -> Measured {
+    use std::io::Read;
+    use std::process::{ExitStatus, Stdio};
+    let start = std::time::Instant::now();
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).expect("child output");
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled in by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, which std has not reaped (we never call its wait).
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
+    let wall = start.elapsed();
+    let output = Output {
+        status: ExitStatus::from_raw(status),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    };
+    Measured {
+        run: Run { args, output },
+        peak_rss: usage.ru_maxrss as u64 * 1024,
+        wall,
+    }
 }
 
 /// What a [`Cli`] run did.

@@ -1,0 +1,497 @@
+//! Hostile and broken inputs (and outputs): each case ends in a clean error or a correct result,
+//! within 1 GB of memory and 30 s, and leaves no file in the output folder.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use llamagen_test_support as support;
+
+use crate::harness::{measure, Cli, Run};
+
+const GB: u64 = 1 << 30;
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn golden(name: &str) -> PathBuf {
+    support::golden_dir().join(name)
+}
+
+/// numpy's npy v1 header for `descr` and `shape`, padded to 64 bytes.
+fn npy_header(descr: &str, shape: &[u64]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend((dict.len() as u16).to_le_bytes());
+    npy.extend(dict.as_bytes());
+    npy
+}
+
+/// An npz whose entries are (name, leading bytes, count of zero bytes after them), stored or
+/// deflated; the zeros are streamed, never held.
+fn write_npz(path: &Path, entries: &[(&str, Vec<u8>, u64)], deflate: bool) {
+    let mut zip = zip::ZipWriter::new(File::create(path).unwrap());
+    let method = if deflate {
+        zip::CompressionMethod::Deflated
+    } else {
+        zip::CompressionMethod::Stored
+    };
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(method)
+        .large_file(true);
+    let chunk = vec![0u8; 1 << 20];
+    for (name, bytes, zeros) in entries {
+        zip.start_file(*name, options).unwrap();
+        zip.write_all(bytes).unwrap();
+        let mut left = *zeros;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64);
+            zip.write_all(&chunk[..n as usize]).unwrap();
+            left -= n;
+        }
+    }
+    zip.finish().unwrap();
+}
+
+/// Files in `dir` (recursively), for "nothing was left behind".
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(files_in(&path));
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[track_caller]
+fn clean_error(run: Run, words: &[&str]) {
+    assert_eq!(run.code(), Some(1), "{}", run.stderr_text());
+    let stderr = run.stderr_text();
+    for word in words {
+        assert!(stderr.contains(word), "expected `{word}` in:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("ZipWriter"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn header_and_image_bombs_are_refused_before_allocating() {
+    let _cores = crate::harness::one_core();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (weights, reference) = crate::harness::random_inception_and_reference(root, 4);
+    let out = root.join("out");
+    std::fs::create_dir(&out).unwrap();
+
+    // A statistics file whose `sigma` claims 100,000 x 100,000 float64 (75 GiB) in 1 KB.
+    let stats_bomb = root.join("stats_bomb.npz");
+    write_npz(
+        &stats_bomb,
+        &[
+            ("mu.npy", npy_header("<f8", &[2048]), 2048 * 8),
+            ("sigma.npy", npy_header("<f8", &[100_000, 100_000]), 1000),
+        ],
+        false,
+    );
+    let features = root.join("features.npz");
+    write_npz(
+        &features,
+        &[("pool.npy", npy_header("<f4", &[10, 2048]), 10 * 2048 * 4)],
+        false,
+    );
+    // A deflated `sigma` that really holds 288 MB of zeros (in 0.3 MB), read with a budget of
+    // 256M: refused by the budget before it is inflated.
+    let deflate_bomb = root.join("deflate_bomb.npz");
+    write_npz(
+        &deflate_bomb,
+        &[
+            ("mu.npy", npy_header("<f8", &[6000]), 6000 * 8),
+            (
+                "sigma.npy",
+                npy_header("<f8", &[6000, 6000]),
+                6000 * 6000 * 8,
+            ),
+        ],
+        true,
+    );
+    // One 10000 x 10000 image (300 MB of zeros, deflated to 0.3 MB): over the per-image budget,
+    // refused before one image is read.
+    let big_image = root.join("big_image.npz");
+    write_npz(
+        &big_image,
+        &[(
+            "arr_0.npy",
+            npy_header("|u1", &[1, 10_000, 10_000, 3]),
+            10_000 * 10_000 * 3,
+        )],
+        true,
+    );
+    // A PNG whose header claims 30000 x 30000 pixels.
+    let folder = root.join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("a.png"), png_claiming(30_000, 30_000)).unwrap();
+
+    let inception = ["--inception", s(&weights), "--device", "cpu"];
+    let features_out = out.join("f.npz");
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec![
+                "metrics",
+                "--sample-features",
+                s(&features),
+                "--ref-features",
+                s(&stats_bomb),
+                "--out",
+                s(&out),
+            ],
+            vec!["stats_bomb.npz", "`sigma`", "truncated or corrupt"],
+        ),
+        (
+            vec![
+                "metrics",
+                "--sample-features",
+                s(&features),
+                "--ref-features",
+                s(&deflate_bomb),
+                "--out",
+                s(&out),
+                "--max-input-memory",
+                "256M",
+            ],
+            vec!["deflate_bomb.npz", "`sigma`", "--max-input-memory"],
+        ),
+        (
+            [
+                &[
+                    "fid",
+                    "--sample-batch",
+                    s(&big_image),
+                    "--ref",
+                    s(&reference),
+                    "--batch-size",
+                    "1",
+                    "--out",
+                    s(&out),
+                ][..],
+                &inception,
+            ]
+            .concat(),
+            vec!["big_image.npz", "10000x10000", "per-image limit"],
+        ),
+        (
+            [
+                &[
+                    "features",
+                    "--images",
+                    s(&folder),
+                    "--out",
+                    s(&features_out),
+                ][..],
+                &inception,
+            ]
+            .concat(),
+            vec!["a.png", "per-image limit"],
+        ),
+    ];
+    for (args, words) in cases {
+        let run = Cli::new()
+            .args(&args)
+            .quiet()
+            .env("OMP_NUM_THREADS", "1")
+            .run_measured()
+            .within(GB, LIMIT);
+        clean_error(run, &words);
+        assert_eq!(files_in(&out), Vec::<PathBuf>::new(), "{args:?}");
+    }
+    // The budget is the user's to raise: with the default 1G the same statistics are read (and
+    // then refused for what they are, 6000-d against 2048-d features, not for their size).
+    let run = Cli::new()
+        .args([
+            "metrics",
+            "--sample-features",
+            s(&features),
+            "--ref-features",
+            s(&deflate_bomb),
+            "--out",
+            s(&out),
+        ])
+        .quiet()
+        .run_measured()
+        .within(GB, LIMIT);
+    let stderr = run.stderr_text();
+    assert!(
+        !stderr.contains("--max-input-memory") && stderr.contains("2048"),
+        "{stderr}"
+    );
+}
+
+/// A PNG of one IHDR chunk claiming `width` x `height` RGB pixels and an empty image stream.
+fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut crc = 0xffff_ffffu32;
+        for &byte in kind.iter().chain(data) {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        out.extend(kind);
+        out.extend(data);
+        out.extend((!crc).to_be_bytes());
+        out
+    }
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    ));
+    png.extend(chunk(b"IEND", &[]));
+    png
+}
+
+/// `sample` on the golden models, 24 samples in batches of 8.
+fn sample(out: &Path, extra: &[&str]) -> Cli {
+    Cli::new()
+        .args([
+            "sample",
+            "--gpt",
+            s(&golden("gpt_public.pt")),
+            "--vq",
+            s(&golden("vq_public.pt")),
+            "--n-head",
+            "4",
+            "--image-size",
+            "64",
+            "--samples",
+            "24",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            s(out),
+        ])
+        .args(extra)
+        .quiet()
+        .env("OMP_NUM_THREADS", "1")
+}
+
+#[test]
+fn damaged_resume_state_is_refused_or_ignored_never_trusted() {
+    let _cores = crate::harness::one_core();
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole.npz");
+    sample(&whole, &[]).run().success();
+    let expected = samples_of(&whole);
+
+    let out = dir.path().join("s.npz");
+    let journal = dir.path().join("s.npz.journal");
+    let interrupt = || {
+        let _ = std::fs::remove_dir_all(&journal);
+        let run = sample(&out, &["--stop-after", "8"]).run();
+        assert!(run.stderr_text().contains("resume the run to continue"));
+    };
+    // A token id outside the codebook: refused with a message, nothing written.
+    interrupt();
+    let tokens = journal.join("tokens.bin");
+    let mut bytes = std::fs::read(&tokens).unwrap();
+    bytes[..4].copy_from_slice(&99_999i32.to_le_bytes());
+    std::fs::write(&tokens, &bytes).unwrap();
+    let run = sample(&out, &["--resume"]).run_measured().within(GB, LIMIT);
+    clean_error(run, &["token 99999", "outside the codebook", "damaged"]);
+    assert!(!out.exists());
+
+    // Records beyond what the progress file vouches for (a kill between the two writes, or a
+    // doctored file): ignored, and the result equals an uninterrupted run's.
+    interrupt();
+    let mut bytes = std::fs::read(&tokens).unwrap();
+    let copy = bytes.clone();
+    bytes.extend(copy);
+    std::fs::write(&tokens, &bytes).unwrap();
+    sample(&out, &["--resume"]).run().success();
+    assert_eq!(samples_of(&out), expected);
+}
+
+/// `arr_0` and `arr_1` (images and labels) of a sample npz.
+fn samples_of(path: &Path) -> (ndarray::Array4<u8>, ndarray::Array1<i64>) {
+    let mut npz = ndarray_npy::NpzReader::new(File::open(path).unwrap()).unwrap();
+    (npz.by_name("arr_0").unwrap(), npz.by_name("arr_1").unwrap())
+}
+
+#[test]
+fn outputs_are_checked_first_and_a_full_disk_leaves_nothing() {
+    let _cores = crate::harness::one_core();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let folder = root.join("existing");
+    std::fs::create_dir(&folder).unwrap();
+    // An output that is a folder is refused before the models are even loaded.
+    for out in [
+        folder.clone(),
+        PathBuf::from(format!("{}/", folder.display())),
+    ] {
+        let run = sample(&out, &[]).run_measured().within(GB, LIMIT);
+        clean_error(run, &["is a folder: give a file name"]);
+    }
+    let grid_dir = sample(&root.join("s.npz"), &["--grid", s(&folder)]).run();
+    clean_error(grid_dir, &["existing", "is a folder"]);
+    assert!(!root.join("s.npz").exists());
+    assert_eq!(files_in(&folder), Vec::<PathBuf>::new());
+
+    // A temporary left by a process that no longer runs is removed by the next write.
+    let out = folder.join("s.npz");
+    let stale = folder.join(".s.npz.tmp-2147483000");
+    std::fs::write(&stale, vec![0u8; 4096]).unwrap();
+
+    // A full disk, as a file size limit (the same ENOSPC-like failure for any user): the run
+    // fails naming the file, keeps its journal for --resume, and leaves no temporary behind.
+    let mut command = std::process::Command::new("sh");
+    let args: Vec<std::ffi::OsString> = [
+        "-c",
+        "trap '' XFSZ; ulimit -f 64; exec \"$@\"",
+        "sh",
+        env!("CARGO_BIN_EXE_llamagen-eval"),
+        "-q",
+        "sample",
+        "--gpt",
+        s(&golden("gpt_public.pt")),
+        "--vq",
+        s(&golden("vq_public.pt")),
+        "--n-head",
+        "4",
+        "--image-size",
+        "64",
+        "--samples",
+        "24",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--out",
+        s(&out),
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    command.args(&args).env("OMP_NUM_THREADS", "1");
+    let run = measure(command, args).within(GB, LIMIT);
+    clean_error(run, &["s.npz", "File too large", "hint: the disk"]);
+    let left: Vec<PathBuf> = files_in(&folder)
+        .into_iter()
+        .filter(|p| !p.starts_with(folder.join("s.npz.journal")))
+        .collect();
+    assert_eq!(left, Vec::<PathBuf>::new());
+    // With room again, the run resumes to the full result.
+    sample(&out, &["--resume"]).run().success();
+    assert_eq!(files_in(&folder), vec![out.clone()]);
+}
+
+#[test]
+fn tiny_sets_leave_out_precision_and_a_failed_cache_write_only_warns() {
+    let _cores = crate::harness::one_core();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (weights, reference) = crate::harness::random_inception_and_reference(root, 8);
+    let three = root.join("three.npz");
+    let images = ndarray::Array4::from_shape_fn((3, 32, 32, 3), |(i, y, x, c)| {
+        ((x * 5 + y * 11 + i * 17 + c * 40) % 256) as u8
+    });
+    let mut npz = ndarray_npy::NpzWriter::new(File::create(&three).unwrap());
+    npz.add_array("arr_0", &images).unwrap();
+    npz.finish().unwrap();
+    // The feature cache's folder is taken by a file: the cache cannot be written.
+    let runs = root.join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    std::fs::write(runs.join(".feature-cache"), b"not a folder").unwrap();
+    let out = runs.join("tiny");
+    let run = Cli::new()
+        .args(["fid", "--sample-batch", s(&three), "--ref", s(&reference)])
+        .args([
+            "--inception",
+            s(&weights),
+            "--device",
+            "cpu",
+            "--out",
+            s(&out),
+        ])
+        .env("OMP_NUM_THREADS", "1")
+        .run()
+        .success();
+    assert!(
+        run.stderr_text().contains("features not cached"),
+        "{}",
+        run.stderr_text()
+    );
+    let metrics = crate::harness::metrics_json(&out);
+    assert!(metrics["metrics"]["fid"].is_number());
+    assert!(metrics["metrics"].get("precision").is_none(), "{metrics}");
+    // Asked for explicitly, it is an error that says why.
+    let asked = Cli::new()
+        .args(["fid", "--sample-batch", s(&three), "--ref", s(&reference)])
+        .args(["--inception", s(&weights), "--device", "cpu"])
+        .args(["--out", s(&root.join("asked")), "--metrics", "pr"])
+        .quiet()
+        .env("OMP_NUM_THREADS", "1")
+        .run();
+    clean_error(asked, &["`pr` was asked for", "more than k = 3"]);
+}
+
+#[test]
+fn check_refuses_incomplete_run_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let baseline = root.join("baseline.json");
+    std::fs::write(&baseline, r#"{"metrics": {"fid": 3.0}}"#).unwrap();
+    // Killed before metrics.json, and interrupted (its journal still there) over an older result.
+    let csv_only = root.join("csv_only");
+    std::fs::create_dir(&csv_only).unwrap();
+    std::fs::write(csv_only.join("metrics.csv"), "fid\n3.0\n").unwrap();
+    let interrupted = root.join("interrupted");
+    std::fs::create_dir_all(interrupted.join(".journal")).unwrap();
+    std::fs::write(
+        interrupted.join("metrics.json"),
+        r#"{"metrics": {"fid": 3.0}}"#,
+    )
+    .unwrap();
+    for run_dir in [&csv_only, &interrupted] {
+        let run = Cli::new()
+            .args(["check", "--run", s(run_dir), "--baseline", s(&baseline)])
+            .run();
+        assert_eq!(run.code(), Some(2), "{}", run.stderr_text());
+        assert!(
+            run.stderr_text().contains("is incomplete"),
+            "{}",
+            run.stderr_text()
+        );
+    }
+}
