@@ -177,16 +177,7 @@ fn bad_sample_batches_fail_cleanly() {
 /// An npz whose `arr_0` header claims `count` images of 256x256x3 but holds the pixels of two.
 fn header_bomb(path: &Path, count: u64) {
     use std::io::Write;
-    let mut header =
-        format!("{{'descr': '|u1', 'fortran_order': False, 'shape': ({count}, 256, 256, 3), }}");
-    // The magic, version and length take 10 bytes; the header is padded to 64 with a newline.
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-    npy.extend((header.len() as u16).to_le_bytes());
-    npy.extend(header.as_bytes());
+    let mut npy = crate::harness::npy_header("|u1", &[count, 256, 256, 3]);
     npy.extend((0..2 * 256 * 256 * 3).map(|i| (i % 251) as u8));
     let mut zip = zip::ZipWriter::new(File::create(path).unwrap());
     let options =

@@ -112,6 +112,8 @@ pub fn measure(mut command: Command, args: Vec<OsString>) -> Measured {
     use std::io::Read;
     use std::process::{ExitStatus, Stdio};
     let start = std::time::Instant::now();
+    // Reaped by wait4 below, which std's `wait` would hide the rusage of.
+    #[allow(clippy::zombie_processes)]
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -240,6 +242,25 @@ pub fn random_inception_and_reference(root: &Path, n_images: usize) -> (PathBuf,
     npz.add_array("arr_0", &images).unwrap();
     npz.finish().unwrap();
     (weights, reference)
+}
+
+/// numpy's npy v1 header for `descr` and `shape`, padded to 64 bytes, for hand-made npz files.
+pub fn npy_header(descr: &str, shape: &[u64]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend((dict.len() as u16).to_le_bytes());
+    npy.extend(dict.as_bytes());
+    npy
 }
 
 /// `dir/metrics.json`, parsed.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use llamagen_test_support as support;
 
-use crate::harness::{measure, Cli, Run};
+use crate::harness::{measure, npy_header, Cli, Run};
 
 const GB: u64 = 1 << 30;
 const LIMIT: Duration = Duration::from_secs(30);
@@ -19,25 +19,6 @@ fn s(p: &Path) -> &str {
 
 fn golden(name: &str) -> PathBuf {
     support::golden_dir().join(name)
-}
-
-/// numpy's npy v1 header for `descr` and `shape`, padded to 64 bytes.
-fn npy_header(descr: &str, shape: &[u64]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
-    let shape = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + dict.len() + 1) % 64 != 0 {
-        dict.push(' ');
-    }
-    dict.push('\n');
-    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-    npy.extend((dict.len() as u16).to_le_bytes());
-    npy.extend(dict.as_bytes());
-    npy
 }
 
 /// An npz whose entries are (name, leading bytes, count of zero bytes after them), stored or
@@ -279,28 +260,36 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
     png
 }
 
-/// `sample` on the golden models, 24 samples in batches of 8.
+/// The arguments of `sample` on the golden models, 24 samples in batches of 8, into `out`.
+fn sample_args(out: &Path) -> Vec<String> {
+    let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
+    [
+        "sample",
+        "--gpt",
+        s(&gpt),
+        "--vq",
+        s(&vq),
+        "--n-head",
+        "4",
+        "--image-size",
+        "64",
+        "--samples",
+        "24",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--out",
+        s(out),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `sample_args` with `extra` flags, quiet and single-threaded.
 fn sample(out: &Path, extra: &[&str]) -> Cli {
     Cli::new()
-        .args([
-            "sample",
-            "--gpt",
-            s(&golden("gpt_public.pt")),
-            "--vq",
-            s(&golden("vq_public.pt")),
-            "--n-head",
-            "4",
-            "--image-size",
-            "64",
-            "--samples",
-            "24",
-            "--batch-size",
-            "8",
-            "--device",
-            "cpu",
-            "--out",
-            s(out),
-        ])
+        .args(sample_args(out))
         .args(extra)
         .quiet()
         .env("OMP_NUM_THREADS", "1")
@@ -376,33 +365,19 @@ fn outputs_are_checked_first_and_a_full_disk_leaves_nothing() {
     // A full disk, as a file size limit (the same ENOSPC-like failure for any user): the run
     // fails naming the file, keeps its journal for --resume, and leaves no temporary behind.
     let mut command = std::process::Command::new("sh");
-    let args: Vec<std::ffi::OsString> = [
+    let shell = [
         "-c",
         "trap '' XFSZ; ulimit -f 64; exec \"$@\"",
         "sh",
         env!("CARGO_BIN_EXE_llamagen-eval"),
         "-q",
-        "sample",
-        "--gpt",
-        s(&golden("gpt_public.pt")),
-        "--vq",
-        s(&golden("vq_public.pt")),
-        "--n-head",
-        "4",
-        "--image-size",
-        "64",
-        "--samples",
-        "24",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "--out",
-        s(&out),
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
+    ];
+    let args: Vec<std::ffi::OsString> = shell
+        .map(String::from)
+        .into_iter()
+        .chain(sample_args(&out))
+        .map(Into::into)
+        .collect();
     command.args(&args).env("OMP_NUM_THREADS", "1");
     let run = measure(command, args).within(GB, LIMIT);
     clean_error(run, &["s.npz", "File too large", "hint: the disk"]);
