@@ -3,5 +3,8 @@
 pub mod clip;
 pub mod dinov2;
 pub mod gpt;
+pub mod hf_weights;
 pub mod inception;
+pub mod t5;
+pub mod tokenizer;
 pub mod vq;
