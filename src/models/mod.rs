@@ -1,6 +1,7 @@
 //! The networks, one file per model, with parameters named as in the original checkpoints.
 
 pub mod clip;
+pub mod clip_text;
 pub mod dinov2;
 pub mod gpt;
 pub mod hf_weights;

@@ -8,6 +8,7 @@
 
 mod checkpoint;
 mod clip_golden;
+mod clip_text_golden;
 mod dinov2_golden;
 mod draws;
 mod folder_images;
