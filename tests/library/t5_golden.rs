@@ -163,7 +163,9 @@ pub fn captions() -> Vec<String> {
     .map(|s| (*s).to_owned())
     .collect();
     let repeated = long.repeat(4);
-    for chars in [150, 300, 380, 400, 420, 440, 460, 600] {
+    for chars in [
+        100, 110, 120, 130, 140, 150, 180, 190, 195, 200, 205, 210, 300, 600,
+    ] {
         out.push(repeated.chars().take(chars).collect());
     }
     out
