@@ -2,13 +2,14 @@
 //!
 //! Every figure is computed to match a reference evaluator on the same inputs: the ADM evaluator
 //! (FID, sFID, Inception Score, precision/recall), pytorch-fid and torch-fidelity (FID, KID),
-//! scikit-image (PSNR, SSIM) and google-research `cmmd` (CMMD). Linear algebra runs on the system
-//! OpenBLAS/LAPACK.
+//! scikit-image (PSNR, SSIM), google-research `cmmd` (CMMD) and torchmetrics (CLIP score). Linear
+//! algebra runs on the system OpenBLAS/LAPACK.
 
 // Linked for the BLAS/LAPACK symbols that ndarray, ndarray-linalg and lapack-sys call.
 extern crate openblas_src;
 
 pub mod blas;
+pub mod clip_score;
 pub mod cmmd;
 pub mod codebook;
 pub mod error;

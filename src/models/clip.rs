@@ -222,7 +222,7 @@ impl Heads {
 }
 
 /// `<stem>_config.json` or `config.json` beside `weights`, whichever exists first.
-fn config_beside(weights: &Path) -> Option<PathBuf> {
+pub(crate) fn config_beside(weights: &Path) -> Option<PathBuf> {
     let dir = weights.parent().unwrap_or(Path::new("."));
     let stem = weights.file_stem()?.to_string_lossy();
     [
@@ -262,7 +262,7 @@ fn heads_from_config(config: &Path, hidden: i64) -> Result<i64, ClipError> {
     Ok(heads)
 }
 
-fn first_names(tensors: &[(String, Vec<i64>)]) -> String {
+pub(crate) fn first_names(tensors: &[(String, Vec<i64>)]) -> String {
     if tensors.is_empty() {
         return String::new();
     }
@@ -435,7 +435,7 @@ fn vision_tensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Vec<(String, T
 
 /// All tensors of a checkpoint: through our reader (safetensors, torch.save state dicts), else, for
 /// a TorchScript archive (OpenAI's release), libtorch's parameters of the scripted module.
-fn read_all(path: &Path) -> Result<Vec<(String, Tensor)>, ClipError> {
+pub(crate) fn read_all(path: &Path) -> Result<Vec<(String, Tensor)>, ClipError> {
     let from_reader = Checkpoint::open(path).and_then(|ck| ck.state_dict(false));
     match from_reader {
         Ok(tensors) if !tensors.is_empty() => Ok(tensors),
@@ -476,12 +476,25 @@ fn read_all(path: &Path) -> Result<Vec<(String, Tensor)>, ClipError> {
     }
 }
 
-/// quick_gelu: x·σ(1.702x).
-fn quick_gelu(x: &Tensor) -> Tensor {
-    x * (x * 1.702).sigmoid()
+/// The MLP activation of a CLIP tower (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipActivation {
+    /// `quick_gelu`: x·σ(1.702x), OpenAI's.
+    QuickGelu,
+    /// `gelu`: exact (erf) GELU.
+    Gelu,
 }
 
-fn layer_norm(p: nn::Path, width: i64) -> nn::LayerNorm {
+impl ClipActivation {
+    fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            ClipActivation::QuickGelu => x * (x * 1.702).sigmoid(),
+            ClipActivation::Gelu => x.gelu("none"),
+        }
+    }
+}
+
+pub(crate) fn layer_norm(p: nn::Path, width: i64) -> nn::LayerNorm {
     nn::layer_norm(
         p,
         vec![width],
@@ -492,8 +505,9 @@ fn layer_norm(p: nn::Path, width: i64) -> nn::LayerNorm {
     )
 }
 
+/// A pre-LN transformer block of either CLIP tower (`encoder.layers.{i}`).
 #[derive(Debug)]
-struct Block {
+pub(crate) struct Block {
     layer_norm1: nn::LayerNorm,
     q_proj: nn::Linear,
     k_proj: nn::Linear,
@@ -503,35 +517,47 @@ struct Block {
     fc1: nn::Linear,
     fc2: nn::Linear,
     heads: i64,
+    activation: ClipActivation,
 }
 
 impl Block {
-    fn new(p: nn::Path, c: &ClipConfig) -> Self {
+    pub(crate) fn new(
+        p: nn::Path,
+        hidden: i64,
+        heads: i64,
+        intermediate: i64,
+        activation: ClipActivation,
+    ) -> Self {
         let attn = &p / "self_attn";
         let linear = |p: nn::Path, i, o| nn::linear(p, i, o, Default::default());
         Block {
-            layer_norm1: layer_norm(&p / "layer_norm1", c.hidden),
-            q_proj: linear(&attn / "q_proj", c.hidden, c.hidden),
-            k_proj: linear(&attn / "k_proj", c.hidden, c.hidden),
-            v_proj: linear(&attn / "v_proj", c.hidden, c.hidden),
-            out_proj: linear(&attn / "out_proj", c.hidden, c.hidden),
-            layer_norm2: layer_norm(&p / "layer_norm2", c.hidden),
-            fc1: linear(&p / "mlp" / "fc1", c.hidden, c.intermediate),
-            fc2: linear(&p / "mlp" / "fc2", c.intermediate, c.hidden),
-            heads: c.heads,
+            layer_norm1: layer_norm(&p / "layer_norm1", hidden),
+            q_proj: linear(&attn / "q_proj", hidden, hidden),
+            k_proj: linear(&attn / "k_proj", hidden, hidden),
+            v_proj: linear(&attn / "v_proj", hidden, hidden),
+            out_proj: linear(&attn / "out_proj", hidden, hidden),
+            layer_norm2: layer_norm(&p / "layer_norm2", hidden),
+            fc1: linear(&p / "mlp" / "fc1", hidden, intermediate),
+            fc2: linear(&p / "mlp" / "fc2", intermediate, hidden),
+            heads,
+            activation,
         }
     }
 
-    fn attention(&self, x: &Tensor) -> Tensor {
+    /// Multi-head self-attention scaled by `head_dim^-0.5`; `mask` (additive, broadcast to
+    /// [N, heads, L, L]) is added to the scaled scores, as Hugging Face does.
+    fn attention(&self, x: &Tensor, mask: Option<&Tensor>) -> Tensor {
         let (n, l, width) = x.size3().expect("[N, L, C] tokens");
         let head_dim = width / self.heads;
         let split = |t: Tensor| t.view([n, l, self.heads, head_dim]).transpose(1, 2);
         let q = split(x.apply(&self.q_proj));
         let k = split(x.apply(&self.k_proj));
         let v = split(x.apply(&self.v_proj));
-        let weights = (q.matmul(&k.transpose(-2, -1)) * (head_dim as f64).powf(-0.5))
-            .softmax(-1, Kind::Float)
-            .to_kind(v.kind());
+        let mut scores = q.matmul(&k.transpose(-2, -1)) * (head_dim as f64).powf(-0.5);
+        if let Some(mask) = mask {
+            scores += mask;
+        }
+        let weights = scores.softmax(-1, Kind::Float).to_kind(v.kind());
         weights
             .matmul(&v)
             .transpose(1, 2)
@@ -539,9 +565,12 @@ impl Block {
             .apply(&self.out_proj)
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let x = x + self.attention(&x.apply(&self.layer_norm1));
-        let h = quick_gelu(&x.apply(&self.layer_norm2).apply(&self.fc1)).apply(&self.fc2);
+    pub(crate) fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let x = x + self.attention(&x.apply(&self.layer_norm1), mask);
+        let h = self
+            .activation
+            .apply(&x.apply(&self.layer_norm2).apply(&self.fc1))
+            .apply(&self.fc2);
         x + h
     }
 }
@@ -603,7 +632,15 @@ impl ClipVisionModel {
             position_embedding,
             pre_layrnorm: layer_norm(&vision / "pre_layrnorm", config.hidden),
             layers: (0..config.layers)
-                .map(|i| Block::new(&vision / "encoder" / "layers" / i, config))
+                .map(|i| {
+                    Block::new(
+                        &vision / "encoder" / "layers" / i,
+                        config.hidden,
+                        config.heads,
+                        config.intermediate,
+                        ClipActivation::QuickGelu,
+                    )
+                })
                 .collect(),
             post_layernorm: layer_norm(&vision / "post_layernorm", config.hidden),
             visual_projection: nn::linear(
@@ -684,7 +721,7 @@ impl ClipVisionModel {
             let mut h = (Tensor::cat(&[class, patches], 1) + &self.position_embedding)
                 .apply(&self.pre_layrnorm);
             for layer in &self.layers {
-                h = layer.forward(&h);
+                h = layer.forward(&h, None);
             }
             let pooled = h.select(1, 0).apply(&self.post_layernorm);
             let image_embeds = pooled.apply(&self.visual_projection).to_kind(Kind::Float);
