@@ -1,5 +1,5 @@
 //! The library in-process against its references: the GPT and VQ models against LlamaGen's golden
-//! outputs, the sampler's tensor draws against its host reference, Inception against
+//! outputs (c2i and t2i), the sampler's tensor draws against its host reference, Inception against
 //! torch-fidelity and pytorch-fid, the checkpoint reader against torch, image folders against
 //! Pillow, and CLIP against Hugging Face and CMMD's preprocessing. One binary: the modules share
 //! one libtorch process, so settings such as `tch::set_num_threads` hold for all of them.
@@ -11,5 +11,6 @@ mod draws;
 mod folder_images;
 mod gpt_bf16;
 mod gpt_golden;
+mod gpt_t2i_golden;
 mod inception_parity;
 mod vq_golden;
