@@ -111,7 +111,10 @@ impl CaptionEmbeddings {
                     .f_select(0, row as i64)?
                     .f_narrow(0, 0, len)?
                     .f_copy_(&self.rows.f_narrow(0, start, len)?)?;
-                let _ = masks.f_select(0, row as i64)?.f_narrow(0, 0, len)?.f_fill_(1)?;
+                let _ = masks
+                    .f_select(0, row as i64)?
+                    .f_narrow(0, 0, len)?
+                    .f_fill_(1)?;
             }
             left_pad_captions(&right, &masks)
         };
@@ -185,7 +188,9 @@ impl CaptionSet {
                 .and_then(|b| b.f_int64_value(&[]))
                 .map_err(torch)?;
             if binary == 0 {
-                return Err(bad("caption masks hold values other than 0 and 1".to_owned()));
+                return Err(bad(
+                    "caption masks hold values other than 0 and 1".to_owned()
+                ));
             }
             masks.f_ne(0).map_err(torch)?
         };
@@ -196,7 +201,10 @@ impl CaptionSet {
         )
         .map_err(torch)?;
         let prefix = Tensor::f_arange(l, (Kind::Int64, Device::Cpu))
-            .and_then(|a| a.f_unsqueeze(0)?.f_lt_tensor(&Tensor::from_slice(&lengths).f_unsqueeze(1)?))
+            .and_then(|a| {
+                a.f_unsqueeze(0)?
+                    .f_lt_tensor(&Tensor::from_slice(&lengths).f_unsqueeze(1)?)
+            })
             .map_err(torch)?;
         let misplaced = Vec::<bool>::try_from(
             valid
@@ -228,7 +236,9 @@ impl CaptionSet {
             .and_then(|f| f.f_int64_value(&[]))
             .map_err(torch)?;
         if finite == 0 {
-            return Err(bad("caption embeddings hold NaN or infinite values".to_owned()));
+            return Err(bad(
+                "caption embeddings hold NaN or infinite values".to_owned()
+            ));
         }
         if let Some(texts) = &texts {
             if texts.len() as i64 != n {
@@ -305,11 +315,9 @@ impl CaptionSet {
             .map_err(|e| CaptionError::new(path, format!("cannot read `{key}`: {e}")))?;
         let header = read_npy_header(&mut entry)
             .map_err(|e| CaptionError::new(path, format!("`{key}`: {e}")))?;
-        header
-            .shape
-            .first()
-            .copied()
-            .ok_or_else(|| CaptionError::new(path, format!("`{key}` is a scalar, not masks [N, L]")))
+        header.shape.first().copied().ok_or_else(|| {
+            CaptionError::new(path, format!("`{key}` is a scalar, not masks [N, L]"))
+        })
     }
 
     /// The embeddings, for the sampler.
@@ -355,7 +363,9 @@ impl CaptionSet {
 
     /// What identifies the set in resume fingerprints: its file (path and size) and shape.
     pub fn fingerprint(&self) -> Value {
-        let bytes = std::fs::metadata(&self.source).map(|m| m.len()).unwrap_or(0);
+        let bytes = std::fs::metadata(&self.source)
+            .map(|m| m.len())
+            .unwrap_or(0);
         json!({
             "path": self.source.display().to_string(),
             "bytes": bytes,
@@ -417,8 +427,8 @@ fn kind_of(header: &NpyHeader) -> Result<(Kind, usize), String> {
         "|u1" => (Kind::Uint8, 1),
         d if d.starts_with('>') => {
             return Err(format!(
-                "big-endian dtype {d}: save it little-endian (arr.astype(arr.dtype.newbyteorder('<')))"
-            ))
+            "big-endian dtype {d}: save it little-endian (arr.astype(arr.dtype.newbyteorder('<')))"
+        ))
         }
         d => {
             return Err(format!(
@@ -502,8 +512,7 @@ pub fn parse_prompts(text: &str, path: &Path) -> Result<Vec<Prompt>, CaptionErro
     let prompts: Vec<Prompt> = if jsonl {
         lines
             .map(|(n, line)| {
-                parse_json_line(line)
-                    .map_err(|m| CaptionError::new(path, format!("line {n}: {m}")))
+                parse_json_line(line).map_err(|m| CaptionError::new(path, format!("line {n}: {m}")))
             })
             .collect::<Result<_, _>>()?
     } else {
@@ -594,7 +603,10 @@ mod tests {
         let m = message(&embs.get(0), &masks, None);
         assert!(m.contains("expected [N, L, D]"), "{m}");
         let m = message(&embs, &masks.flip([1]), None);
-        assert!(m.contains("caption 0 is not right-padded") && m.contains("left-padded already"), "{m}");
+        assert!(
+            m.contains("caption 0 is not right-padded") && m.contains("left-padded already"),
+            "{m}"
+        );
         let m = message(&embs, &(&masks * 2), None);
         assert!(m.contains("other than 0 and 1"), "{m}");
         let (embs0, masks0) = right_padded(&[2, 0], 3, 2);

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use llamagen_eval::captions::CaptionSet;
 use llamagen_eval::device::DeviceChoice;
 use llamagen_eval::evaluate::{Metric, MetricOptions};
 use llamagen_eval::features::Network;
@@ -20,7 +21,6 @@ use llamagen_eval::pipeline::{
     Precision, Shard,
 };
 use llamagen_eval::progress::Progress;
-use llamagen_eval::captions::CaptionSet;
 use llamagen_eval::sampling::{Conditioning, LabelSpec, SamplingParams};
 use llamagen_metrics::frechet_infinity::InfinityConfig;
 use llamagen_metrics::inception_score::Splits;

@@ -143,7 +143,9 @@ pub fn read_npy_strings(reader: &mut impl Read, header: &NpyHeader) -> Result<Ve
             .chunks_exact(4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .take_while(|&c| c != 0)
-            .map(|c| char::from_u32(c).ok_or_else(|| format!("string {i}: invalid character {c:#x}")))
+            .map(|c| {
+                char::from_u32(c).ok_or_else(|| format!("string {i}: invalid character {c:#x}"))
+            })
             .collect::<Result<_, _>>()?;
         strings.push(text);
     }

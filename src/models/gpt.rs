@@ -278,21 +278,22 @@ impl GptConfig {
                 || n.starts_with("cls_embedding.uncond_embedding")
                 || n.starts_with("cls_embedding.y_embedding")
         });
-        let (condition, num_classes, cls_token_num, dim) = match caption_key {
-            None => {
-                let (cls_rows, dim) = two("cls_embedding.embedding_table.weight")?;
-                (Condition::Class, cls_rows - 1, 1, dim)
-            }
-            Some(key) => {
-                let (caption_dim, cls_token_num, dim) = caption_embedder_shapes(shapes)
-                    .map_err(|detail| GptError::BadCaptionEmbedder {
-                        path: path.to_path_buf(),
-                        key: key.clone(),
-                        detail,
-                    })?;
-                (Condition::Caption { caption_dim }, 0, cls_token_num, dim)
-            }
-        };
+        let (condition, num_classes, cls_token_num, dim) =
+            match caption_key {
+                None => {
+                    let (cls_rows, dim) = two("cls_embedding.embedding_table.weight")?;
+                    (Condition::Class, cls_rows - 1, 1, dim)
+                }
+                Some(key) => {
+                    let (caption_dim, cls_token_num, dim) = caption_embedder_shapes(shapes)
+                        .map_err(|detail| GptError::BadCaptionEmbedder {
+                            path: path.to_path_buf(),
+                            key: key.clone(),
+                            detail,
+                        })?;
+                    (Condition::Caption { caption_dim }, 0, cls_token_num, dim)
+                }
+            };
         let (vocab_size, tok_dim) = two("tok_embeddings.weight")?;
         let (out_vocab, out_dim) = two("output.weight")?;
         if tok_dim != dim || out_dim != dim || out_vocab != vocab_size {
@@ -406,10 +407,7 @@ impl GptConfig {
                 caption_dim * self.dim + self.dim * self.dim + self.cls_token_num * caption_dim
             }
         };
-        condition
-            + 2 * self.vocab_size * self.dim
-            + self.n_layer * per_layer
-            + self.dim
+        condition + 2 * self.vocab_size * self.dim + self.n_layer * per_layer + self.dim
     }
 }
 
@@ -621,7 +619,10 @@ pub fn rope_2d_tables(grid: i64, head_dim: i64, base: f64, cls_token_num: i64) -
 /// flipped. LlamaGen's own operations: per row `cat([emb[v:], emb[:v]])` with `v = mask.sum()`,
 /// `flip(masks)`, then the embeddings times the flipped masks (the `c_indices` it samples from).
 /// The masks keep their dtype.
-pub fn left_pad_captions(embeddings: &Tensor, masks: &Tensor) -> Result<(Tensor, Tensor), TchError> {
+pub fn left_pad_captions(
+    embeddings: &Tensor,
+    masks: &Tensor,
+) -> Result<(Tensor, Tensor), TchError> {
     let (n, l) = masks.size2()?;
     let device = embeddings.device();
     let valid = masks
@@ -637,7 +638,12 @@ pub fn left_pad_captions(embeddings: &Tensor, masks: &Tensor) -> Result<(Tensor,
     let index = positions.f_unsqueeze(-1)?.f_expand([n, l, d], false)?;
     let rotated = embeddings.f_gather(1, &index, false)?;
     let flipped = masks.f_flip([1])?;
-    let zeroed = rotated.f_mul(&flipped.f_to_device(device)?.f_unsqueeze(-1)?.f_to_kind(rotated.kind())?)?;
+    let zeroed = rotated.f_mul(
+        &flipped
+            .f_to_device(device)?
+            .f_unsqueeze(-1)?
+            .f_to_kind(rotated.kind())?,
+    )?;
     Ok((zeroed, flipped))
 }
 
@@ -651,13 +657,13 @@ impl Gpt {
             stdev: 0.02,
         };
         let cls_embedding = match config.condition {
-            Condition::Class => ConditionEmbedding::Class(
-                (p / "cls_embedding" / "embedding_table").var(
+            Condition::Class => {
+                ConditionEmbedding::Class((p / "cls_embedding" / "embedding_table").var(
                     "weight",
                     &[config.num_classes + 1, dim],
                     init,
-                ),
-            ),
+                ))
+            }
             Condition::Caption { caption_dim } => {
                 let e = p / "cls_embedding";
                 ConditionEmbedding::Caption(CaptionEmbedder {
@@ -868,9 +874,7 @@ impl Gpt {
     pub fn caption_embeddings(&self, captions: &Tensor) -> Result<Tensor, GptError> {
         let embedder = self.caption_embedder()?;
         let x = captions.to_device(self.device).to_kind(self.kind());
-        Ok(embedder
-            .fc2
-            .forward(&embedder.fc1.forward(&x).gelu("tanh")))
+        Ok(embedder.fc2.forward(&embedder.fc1.forward(&x).gelu("tanh")))
     }
 
     /// The null caption `uncond_embedding` for `batch` rows, `[batch, cls_token_num,
@@ -942,7 +946,12 @@ impl Gpt {
     /// SDPA's own causal mask does the job instead. `visible` (t2i): bool `[B, 1, 1, >= start + t]`
     /// key positions that may be seen (LlamaGen's caption masks), to which the causal mask is
     /// restricted, except that every position sees itself.
-    fn attention_mask(&self, start: i64, t: i64, visible: Option<&Tensor>) -> (Option<Tensor>, bool) {
+    fn attention_mask(
+        &self,
+        start: i64,
+        t: i64,
+        visible: Option<&Tensor>,
+    ) -> (Option<Tensor>, bool) {
         let total = start + t;
         let causal = || self.causal.narrow(0, start, t).narrow(1, 0, total);
         let Some(visible) = visible else {
@@ -953,7 +962,8 @@ impl Gpt {
         let mut mask = causal().logical_and(&visible.narrow(-1, 0, total));
         if start < self.config.cls_token_num {
             // Image positions are always visible, so only condition rows can lose their diagonal.
-            let diagonal = Tensor::eye_m(total, total, (Kind::Bool, self.device)).narrow(0, start, t);
+            let diagonal =
+                Tensor::eye_m(total, total, (Kind::Bool, self.device)).narrow(0, start, t);
             mask = mask.logical_or(&diagonal);
         }
         (Some(mask), false)
@@ -1314,8 +1324,14 @@ mod tests {
         );
         // The whole embedder: a t2i model, cls_token_num from the null caption's rows.
         let mut t2i = shapes(1024);
-        t2i[0] = ("cls_embedding.cap_proj.fc1.weight".to_owned(), vec![1024, 2048]);
-        t2i.push(("cls_embedding.cap_proj.fc2.weight".to_owned(), vec![1024, 1024]));
+        t2i[0] = (
+            "cls_embedding.cap_proj.fc1.weight".to_owned(),
+            vec![1024, 2048],
+        );
+        t2i.push((
+            "cls_embedding.cap_proj.fc2.weight".to_owned(),
+            vec![1024, 1024],
+        ));
         t2i.push(("cls_embedding.uncond_embedding".to_owned(), vec![120, 2048]));
         let c = GptConfig::infer(p, &t2i, &HeadChoice::default(), 256).unwrap();
         assert_eq!(c.condition, Condition::Caption { caption_dim: 2048 });
@@ -1375,7 +1391,10 @@ mod tests {
             steps.push(model.decode_step(&tokens.select(1, j - 1), j, &mut cache));
         }
         let cached = Tensor::stack(&steps, 1);
-        let diff = (full.narrow(1, 5, 9) - &cached).abs().max().double_value(&[]);
+        let diff = (full.narrow(1, 5, 9) - &cached)
+            .abs()
+            .max()
+            .double_value(&[]);
         assert!(diff < 1e-5, "{diff}");
     }
 

@@ -433,9 +433,13 @@ fn gather_run(
     );
     let record = evaluate(sample, Some(reference), &config.metrics, run)?;
     record.write(out_dir)?;
-    let (grid, captions) = join_part_grids(parts)?;
-    if !grid.is_empty() {
-        write_grid(&out_dir.join("grid.png"), &grid, captions.as_deref())?;
+    let grid = join_part_grids(parts)?;
+    if !grid.images.is_empty() {
+        write_grid(
+            &out_dir.join("grid.png"),
+            &grid.images,
+            grid.captions.as_deref(),
+        )?;
     }
     Ok(FidOutcome {
         record,

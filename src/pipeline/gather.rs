@@ -530,9 +530,17 @@ pub fn join_part_samples(parts: &[Part], out: &Path, progress: Progress) -> Resu
     merge(&files, out, progress)
 }
 
+/// The images of a grid, and their captions (t2i runs with caption texts).
+pub struct GridImages {
+    /// The images, in sample order.
+    pub images: Vec<Array3<u8>>,
+    /// One caption per image.
+    pub captions: Option<Vec<String>>,
+}
+
 /// The first [`GRID_IMAGES`] samples of the job, from the parts' grid files, with their captions
 /// when every part has them.
-pub fn join_part_grids(parts: &[Part]) -> Result<(Vec<Array3<u8>>, Option<Vec<String>>)> {
+pub fn join_part_grids(parts: &[Part]) -> Result<GridImages> {
     let mut images: Vec<(i64, Array3<u8>, Option<String>)> = Vec::new();
     let mut captioned = true;
     for part in parts {
@@ -567,12 +575,16 @@ pub fn join_part_grids(parts: &[Part]) -> Result<(Vec<Array3<u8>>, Option<Vec<St
     }
     images.sort_by_key(|(i, _, _)| *i);
     images.truncate(GRID_IMAGES);
-    let captions = (captioned && !images.is_empty())
-        .then(|| images.iter().map(|(_, _, c)| c.clone().unwrap_or_default()).collect());
-    Ok((
-        images.into_iter().map(|(_, image, _)| image).collect(),
+    let captions = (captioned && !images.is_empty()).then(|| {
+        images
+            .iter()
+            .map(|(_, _, c)| c.clone().unwrap_or_default())
+            .collect()
+    });
+    Ok(GridImages {
+        images: images.into_iter().map(|(_, image, _)| image).collect(),
         captions,
-    ))
+    })
 }
 
 /// Writes a rank's grid images (its first samples) with their sample indices, and their captions

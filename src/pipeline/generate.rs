@@ -492,8 +492,8 @@ fn gather_samples(
 ) -> Result<()> {
     join_part_samples(parts, out, progress)?;
     if let Some(path) = grid {
-        let (images, captions) = join_part_grids(parts)?;
-        write_grid(path, &images, captions.as_deref())?;
+        let grid = join_part_grids(parts)?;
+        write_grid(path, &grid.images, grid.captions.as_deref())?;
     }
     remove_parts(dir)?;
     remove_journals_folder(&sibling(out, ".journal"));

@@ -60,9 +60,9 @@ use tch::{nn, Device, Kind, Tensor};
 use super::batch::{self, BatchSize};
 use super::journal::StreamSpec;
 use super::pass::crash_point;
+use crate::captions::{CaptionEmbeddings, CaptionSet};
 use crate::data::{DataError, ImageSource};
 use crate::device::DeviceChoice;
-use crate::captions::{CaptionEmbeddings, CaptionSet};
 use crate::models::gpt::{Condition, Gpt, GptConfig, GptError, HeadChoice};
 use crate::models::vq::{self, VqModel, VqWeights};
 use crate::sampling::{self, Conditioning, Conditions, LabelSpec, SamplingParams};
@@ -161,7 +161,7 @@ impl GeneratorConfig {
         m.insert("seed".into(), json!(self.seed));
         m.insert("labels".into(), json!(self.conditioning.name()));
         if let Some(captions) = self.conditioning.captions() {
-            m.insert("captions".into(), captions.fingerprint());
+            m.insert("caption_embeddings".into(), captions.fingerprint());
         }
         m.insert("precision".into(), json!(self.precision.name()));
         m.insert("decode_batch_size".into(), json!(decode_batch));

@@ -244,8 +244,15 @@ pub fn write_grid(path: &Path, images: &[Array3<u8>], captions: Option<&[String]
         }
     }
     if let Some(captions) = captions {
-        draw_captions(&mut canvas, (gw, gh), captions, (cols, w, h, pad), font_px, line)
-            .with_context(|| format!("grid {}", path.display()))?;
+        draw_captions(
+            &mut canvas,
+            (gw, gh),
+            captions,
+            (cols, w, h, pad),
+            font_px,
+            line,
+        )
+        .with_context(|| format!("grid {}", path.display()))?;
     }
     crate::io::write_file_atomically(path, |out| {
         let mut encoder = png::Encoder::new(out, gw as u32, gh as u32);
@@ -291,12 +298,8 @@ fn draw_captions(
         let (r, c) = (i / cols, i % cols);
         let (y0, x0) = (pad + r * (h + strip + pad) + h + 2, pad + c * (w + pad));
         for (k, text) in wrap_caption(caption, &fits).iter().enumerate() {
-            root.draw_text(
-                text,
-                &style,
-                ((x0 + w / 2) as i32, (y0 + k * line) as i32),
-            )
-            .map_err(|e| anyhow::anyhow!("cannot draw a caption: {e}"))?;
+            root.draw_text(text, &style, ((x0 + w / 2) as i32, (y0 + k * line) as i32))
+                .map_err(|e| anyhow::anyhow!("cannot draw a caption: {e}"))?;
         }
     }
     root.present()
@@ -353,7 +356,10 @@ mod tests {
         for (i, image) in images.iter().enumerate() {
             let (y0, x0) = (2 + (i / 2) * (64 + strip + 2), 2 + (i % 2) * 66);
             for (y, x) in [(0, 0), (17, 40), (63, 63)] {
-                assert_eq!(at(x0 + x, y0 + y), image.slice(ndarray::s![y, x, ..]).as_slice().unwrap());
+                assert_eq!(
+                    at(x0 + x, y0 + y),
+                    image.slice(ndarray::s![y, x, ..]).as_slice().unwrap()
+                );
             }
         }
         // Dark text in the strips of captioned images, none in the strip of the empty caption.

@@ -16,3 +16,4 @@ mod recon;
 mod report;
 mod resume;
 mod sample;
+mod t2i;

@@ -192,7 +192,11 @@ fn caption_masks_decide_the_golden_sequences() {
                 .concat()
         };
         assert_eq!(tokens(masks), longs(&io[key]), "{key}");
-        assert_ne!(tokens(&masks.ones_like()), longs(&io[key]), "{key}: unmasked");
+        assert_ne!(
+            tokens(&masks.ones_like()),
+            longs(&io[key]),
+            "{key}: unmasked"
+        );
     }
 }
 
@@ -240,7 +244,10 @@ fn t2i_tokens_do_not_depend_on_batching() {
     assert_ne!(reference[0], reference[3]);
     // Labels are refused for the t2i model, and the caption batch must match the indices.
     let err = llamagen_eval::sampling::generate(&model, &[0], &[0], &params, 0, false).unwrap_err();
-    assert!(err.to_string().contains("captions, not class labels"), "{err}");
+    assert!(
+        err.to_string().contains("captions, not class labels"),
+        "{err}"
+    );
     let (embeddings, masks) = set.embeddings().batch(&[0, 1]).unwrap();
     let conditions = Conditions::Captions {
         embeddings: &embeddings,
