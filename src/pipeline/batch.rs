@@ -230,6 +230,15 @@ mod tests {
             2 * plain
         );
         assert!(sampling_bytes_per_sample(&config, Kind::BFloat16, false) < plain);
+        // A t2i model: 120 caption positions in the cache, and the prefill over them.
+        let t2i = GptConfig {
+            condition: Condition::Caption { caption_dim: 2048 },
+            cls_token_num: 120,
+            ..config
+        };
+        let kv = 2 * 12 * (120 + 256) * 12 * 64 * 4;
+        let prefill = 120 * 2048 * 4 + 120 * 4 * (768 + 2048) * 4;
+        assert!(sampling_bytes_per_sample(&t2i, Kind::Float, false) > kv + prefill);
     }
 
     #[test]
