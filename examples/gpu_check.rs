@@ -34,7 +34,7 @@ use llamagen_eval::models::inception::{InceptionV3, Resize};
 use llamagen_eval::models::vq::{VqConfig, VqModel};
 use llamagen_eval::pipeline::batch::{self, BatchSize};
 use llamagen_eval::pipeline::{Generator, GeneratorConfig, Precision};
-use llamagen_eval::sampling::{generate, LabelSpec, SamplingParams};
+use llamagen_eval::sampling::{generate, Conditioning, LabelSpec, SamplingParams};
 use tch::{nn, Device, Kind, Tensor};
 
 /// One parity row: what was checked, whether it held, the numbers.
@@ -278,7 +278,7 @@ fn invariance(device: Device) -> Check {
             ..Default::default()
         },
         seed: 7,
-        labels: LabelSpec::Uniform,
+        conditioning: Conditioning::Classes(LabelSpec::Uniform),
         precision: Precision::Auto,
         heads: HeadChoice {
             n_head: Some(4),

@@ -24,7 +24,7 @@ use crate::pipeline::{
     Precision, Shard,
 };
 use crate::progress::Progress;
-use crate::sampling::{LabelSpec, SamplingParams};
+use crate::sampling::{Conditioning, LabelSpec, SamplingParams};
 
 /// The demo's models: LlamaGen's VQ-16 layout and GPT at toy widths (64x64 images, 4x4 tokens).
 fn vq_config() -> VqConfig {
@@ -46,6 +46,7 @@ fn gpt_config() -> GptConfig {
         n_kv_head: 4,
         vocab_size: 1024,
         num_classes: 10,
+        condition: crate::models::gpt::Condition::Class,
         ffn_hidden: 256,
         block_size: 16,
         cls_token_num: 1,
@@ -166,7 +167,7 @@ pub fn run(out: &Path, samples: usize, progress: Progress) -> Result<()> {
         image_size_eval: None,
         sampling: SamplingParams::default(),
         seed: 0,
-        labels: LabelSpec::Uniform,
+        conditioning: Conditioning::Classes(LabelSpec::Uniform),
         precision: Precision::Auto,
         heads: HeadChoice {
             model_name: None,

@@ -312,6 +312,24 @@ pub fn read_i64(path: &Path, key: &str) -> Result<Option<Vec<i64>>, FileError> {
     Ok(Some(array.to_vec()))
 }
 
+/// A numpy unicode string entry of an npz (such as `captions`), or `None` when absent.
+pub fn read_strings(path: &Path, key: &str) -> Result<Option<Vec<String>>, FileError> {
+    let file = File::open(path).map_err(|e| FileError::new(path, format!("cannot open: {e}")))?;
+    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| FileError::new(path, format!("not a readable npz (zip) file: {e}")))?;
+    let name = format!("{key}.npy");
+    if archive.index_for_name(&name).is_none() {
+        return Ok(None);
+    }
+    let mut entry = archive
+        .by_name(&name)
+        .map_err(|e| FileError::new(path, format!("cannot read `{key}`: {e}")))?;
+    let strings = crate::data::npz::read_npy_header(&mut entry)
+        .and_then(|header| crate::data::npz::read_npy_strings(&mut entry, &header))
+        .map_err(|e| FileError::new(path, format!("`{key}`: {e}")))?;
+    Ok(Some(strings))
+}
+
 /// Reads an npz entry stored as f64 or f32, as f64.
 pub fn read_f64<D: ndarray::Dimension>(
     npz: &mut NpzReader<File>,

@@ -2,9 +2,9 @@
 //!
 //! Layers, bottom up:
 //! - `llamagen-metrics` (a separate crate): the metric math on plain arrays.
-//! - [`checkpoint`], [`models`], [`sampling`], [`data`], [`io`]: reading checkpoints and images,
-//!   the networks, per-sample deterministic sampling, file helpers; [`budget`]: the memory any
-//!   one input file may make them allocate.
+//! - [`checkpoint`], [`models`], [`sampling`], [`captions`], [`data`], [`io`]: reading checkpoints,
+//!   captions and images, the networks, per-sample deterministic sampling, file helpers;
+//!   [`budget`]: the memory any one input file may make them allocate.
 //! - [`pipeline`]: sources, the journaled batch pass, features, references, evaluation, and the
 //!   jobs (`fid`, `sample`, `recon`, `stats`, `sweep`, `merge`) as library calls.
 //! - [`metric`] and [`record`]: the one metric registry and the run record every job writes;
@@ -16,6 +16,7 @@
 
 pub mod budget;
 pub mod cache;
+pub mod captions;
 pub mod check;
 pub mod checkpoint;
 pub mod data;

@@ -1,11 +1,12 @@
 //! Sampling from a LlamaGen generator as `autoregressive/models/generate.py` does, made
 //! reproducible per sample.
 //!
-//! - Prefill on the class token (position 0), then one image token per step with the key/value
-//!   cache.
+//! - Prefill on the condition (the class token at position 0, or a t2i model's caption positions
+//!   with their masks), then one image token per step with the key/value cache.
 //! - Classifier-free guidance when `cfg_scale > 1` (LlamaGen's condition; at 1 or below the
 //!   conditional logits are used alone): the batch is `[cond; uncond]` with the null class
-//!   (`num_classes`) as the unconditional label, and the logits are
+//!   (`num_classes`) as the unconditional label, or for captions the null caption
+//!   (`uncond_embedding`) with the same masks, and the logits are
 //!   `uncond + (cond - uncond) * cfg_scale`, computed in f32 on the device. `cfg_interval` I > -1:
 //!   image tokens `j >= I + 2` use the conditional logits only (the prefill is token 0; LlamaGen's
 //!   decode loop counter `i = j - 1` switches guidance off once `i > I`).
@@ -15,7 +16,8 @@
 //!
 //! Determinism beyond LlamaGen: token `j` of sample `i` is drawn by inverting the CDF (in token
 //! order) of the filtered probabilities at a uniform number that is a hash of `(seed, i, j)`
-//! ([`uniform`]). Sample `i` therefore depends only on the seed, its index and its label — not on
+//! ([`uniform`]). Sample `i` therefore depends only on the seed, its index and its condition (label
+//! or caption; the caption of sample `i` is a function of `i`, [`Conditioning`]) — not on
 //! the batch size, the batch it lands in, the shard or the number of devices (up to the rounding
 //! of batched matrix products, which can in principle move a draw that falls within ~1e-7 of a CDF
 //! boundary).
@@ -30,8 +32,11 @@
 //! the totals are not bit-identical to the host's sequential sums either, with the same
 //! consequence (~1e-16 instead of 0).
 
+use std::rc::Rc;
+
 use tch::{Device, Kind, TchError, Tensor};
 
+use crate::captions::CaptionSet;
 use crate::models::gpt::{Gpt, GptError};
 
 /// Sampling settings (LlamaGen's names and defaults of `sample_c2i_ddp.py`).
@@ -150,6 +155,76 @@ impl LabelSpec {
             LabelSpec::Uniform => "uniform".to_owned(),
             LabelSpec::Balanced => "class-balanced".to_owned(),
         }
+    }
+}
+
+/// What the samples of a run are conditioned on.
+#[derive(Debug, Clone)]
+pub enum Conditioning {
+    /// Class labels (c2i).
+    Classes(LabelSpec),
+    /// Captions (t2i): sample i takes caption `i % count`.
+    Captions(Rc<CaptionSet>),
+}
+
+impl Conditioning {
+    /// The condition of sample `index`: its class label, or the index of its caption in the set.
+    /// Depends only on `(seed, index)`, never on batching.
+    pub fn condition(&self, seed: u64, index: u64, num_classes: i64) -> i64 {
+        match self {
+            Conditioning::Classes(labels) => labels.label(seed, index, num_classes),
+            Conditioning::Captions(captions) => captions.caption_of(index) as i64,
+        }
+    }
+
+    /// The caption set, when the samples are captioned.
+    pub fn captions(&self) -> Option<&CaptionSet> {
+        match self {
+            Conditioning::Classes(_) => None,
+            Conditioning::Captions(captions) => Some(captions),
+        }
+    }
+
+    /// How run records and resume checks name the conditioning: [`LabelSpec::name`], or
+    /// `captions`.
+    pub fn name(&self) -> String {
+        match self {
+            Conditioning::Classes(labels) => labels.name(),
+            Conditioning::Captions(_) => "captions".to_owned(),
+        }
+    }
+}
+
+/// The conditions of one generation batch, one per sample.
+#[derive(Debug, Clone, Copy)]
+pub enum Conditions<'a> {
+    /// Class labels `[B]` (c2i).
+    Labels(&'a [i64]),
+    /// Caption embeddings `[B, cls_token_num, caption_dim]` (any float dtype), left-padded as
+    /// LlamaGen's `sample_t2i.py` does ([`crate::models::gpt::left_pad_captions`]), and their
+    /// masks `[B, cls_token_num]` (nonzero = valid) (t2i).
+    Captions {
+        /// The embeddings.
+        embeddings: &'a Tensor,
+        /// The masks.
+        masks: &'a Tensor,
+    },
+}
+
+impl Conditions<'_> {
+    /// Samples in the batch.
+    pub fn len(&self) -> usize {
+        match self {
+            Conditions::Labels(labels) => labels.len(),
+            Conditions::Captions { masks, .. } => {
+                masks.size().first().map_or(0, |&n| n.max(0) as usize)
+            }
+        }
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -447,11 +522,41 @@ pub fn generate(
     seed: u64,
     keep_logits: bool,
 ) -> Result<Generated, GptError> {
-    assert_eq!(labels.len(), indices.len(), "one index per label");
-    model.check_labels(labels)?;
+    generate_conditioned(
+        model,
+        Conditions::Labels(labels),
+        indices,
+        params,
+        seed,
+        keep_logits,
+    )
+}
+
+/// Generates `block_size` image tokens for each condition (class label or caption) and sample
+/// index; sample `indices[b]` draws its token j at [`uniform`]`(seed, indices[b], j)`, whatever
+/// its condition.
+pub fn generate_conditioned(
+    model: &Gpt,
+    conditions: Conditions<'_>,
+    indices: &[u64],
+    params: &SamplingParams,
+    seed: u64,
+    keep_logits: bool,
+) -> Result<Generated, GptError> {
+    if conditions.len() != indices.len() {
+        return Err(GptError::BadConfig(format!(
+            "{} conditions for {} sample indices",
+            conditions.len(),
+            indices.len()
+        )));
+    }
+    match conditions {
+        Conditions::Labels(labels) => model.check_labels(labels)?,
+        Conditions::Captions { embeddings, masks } => model.check_captions(embeddings, masks)?,
+    }
     params.validate().map_err(GptError::BadConfig)?;
     let config = model.config();
-    let b = labels.len() as i64;
+    let b = indices.len() as i64;
     let len = config.block_size;
     let mut kept_logits = Vec::new();
     if b == 0 {
@@ -462,11 +567,7 @@ pub fn generate(
     }
     let cfg = params.uses_cfg();
     let device = model.device();
-    let mut cond = labels.to_vec();
-    if cfg {
-        cond.extend(std::iter::repeat_n(config.num_classes, labels.len()));
-    }
-    let rows = cond.len() as i64;
+    let rows = if cfg { 2 * b } else { b };
     // Every uniform of the batch, computed on the host (they are counter-based hashes) and
     // uploaded once; row b, column j is token j of sample indices[b].
     let uniforms: Vec<f64> = indices
@@ -481,7 +582,32 @@ pub fn generate(
     // With guidance both halves of the batch take the drawn tokens.
     let next = Tensor::f_zeros([rows], (Kind::Int64, device))?;
     let mut cache = model.new_cache(rows, config.cls_token_num + len);
-    let mut logits = model.prefill(&Tensor::from_slice(&cond).f_to_device(device)?, &mut cache);
+    let mut logits = match conditions {
+        Conditions::Labels(labels) => {
+            let mut cond = labels.to_vec();
+            if cfg {
+                cond.extend(std::iter::repeat_n(config.num_classes, labels.len()));
+            }
+            model.prefill(&Tensor::from_slice(&cond).f_to_device(device)?, &mut cache)
+        }
+        Conditions::Captions { embeddings, masks } => {
+            if cfg {
+                // LlamaGen's `cond_null`: the null caption in every row, with the same masks.
+                let null = model.null_captions(b)?;
+                let both = Tensor::f_cat(
+                    &[
+                        embeddings.f_to_device(device)?.f_to_kind(null.kind())?,
+                        null,
+                    ],
+                    0,
+                )?;
+                let masks = Tensor::f_cat(&[masks, masks], 0)?;
+                model.prefill_captions(&both, &masks, &mut cache)?
+            } else {
+                model.prefill_captions(embeddings, masks, &mut cache)?
+            }
+        }
+    };
     for j in 0..len {
         let step_logits = tch::no_grad(|| {
             if !cfg {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use llamagen_eval::captions::CaptionSet;
 use llamagen_eval::device::DeviceChoice;
 use llamagen_eval::evaluate::{Metric, MetricOptions};
 use llamagen_eval::features::Network;
@@ -20,7 +21,7 @@ use llamagen_eval::pipeline::{
     Precision, Shard,
 };
 use llamagen_eval::progress::Progress;
-use llamagen_eval::sampling::{LabelSpec, SamplingParams};
+use llamagen_eval::sampling::{Conditioning, LabelSpec, SamplingParams};
 use llamagen_metrics::frechet_infinity::InfinityConfig;
 use llamagen_metrics::inception_score::Splits;
 use llamagen_metrics::kid::KidConfig;
@@ -302,7 +303,8 @@ pub const MAX_SAMPLES: usize = 100_000_000;
 /// Generation flags shared by `sample`, `fid --gpt` and `sweep`.
 #[derive(Args, Debug, Clone)]
 pub struct GenArgs {
-    /// LlamaGen class-conditional GPT checkpoint (c2i_*.pt, or an FSDP consolidated.pth).
+    /// LlamaGen GPT checkpoint: class-conditional (c2i_*.pt, or an FSDP consolidated.pth) or
+    /// text-to-image (t2i_*.pt, with --caption-embeddings).
     #[arg(long, value_name = "CKPT")]
     pub gpt: Option<PathBuf>,
     /// The LlamaGen VQ tokenizer the GPT was trained with (vq_ds16_c2i.pt).
@@ -311,7 +313,8 @@ pub struct GenArgs {
     /// Which tokenizer weights: auto (ema when present), ema or model.
     #[arg(long, value_enum, default_value_t = VqWeightsArg::Auto)]
     pub vq_weights: VqWeightsArg,
-    /// Number of images (default with --labels: one per label).
+    /// Number of images (default with --labels: one per label; with --caption-embeddings: one
+    /// per caption).
     #[arg(long, value_name = "N")]
     pub samples: Option<usize>,
     /// Resolution of the written images (bicubic resize, as LlamaGen does 384 -> 256);
@@ -347,6 +350,11 @@ pub struct GenArgs {
     /// Label i % num_classes for sample i (N / num_classes per class).
     #[arg(long)]
     pub class_balanced: bool,
+    /// For a text-to-image (t2i) --gpt: the captions' T5 embeddings, an npz with `caption_embs`
+    /// [N, L, D] (float32/float16) and `emb_masks` [N, L] (ints or bools) right-padded as T5
+    /// returns them, and optionally `captions`, the N texts; sample i takes caption i % N.
+    #[arg(long, value_name = "FILE.npz", conflicts_with_all = ["labels", "class_balanced"])]
+    pub caption_embeddings: Option<PathBuf>,
     /// The generator's dtype (the tokenizer runs in f32); recorded in the run record.
     #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
     pub precision: PrecisionArg,
@@ -377,10 +385,14 @@ impl GenArgs {
     /// The number of samples: `--samples`, else one per `--labels` entry; at least 1 and at most
     /// [`MAX_SAMPLES`], checked before anything is loaded.
     pub fn sample_count(&self) -> Result<usize> {
-        let n = match (self.samples, &self.labels) {
-            (Some(n), _) => n,
-            (None, Some(l)) => l.len(),
-            (None, None) => bail!("--samples N is required (or --labels, one sample per label)"),
+        let n = match (self.samples, &self.labels, &self.caption_embeddings) {
+            (Some(n), _, _) => n,
+            (None, Some(l), _) => l.len(),
+            (None, None, Some(captions)) => CaptionSet::count_in_npz(captions)?,
+            (None, None, None) => bail!(
+                "--samples N is required (or --labels, one sample per label; or \
+                 --caption-embeddings, one sample per caption)"
+            ),
         };
         if n == 0 {
             bail!("--samples 0: ask for at least one sample");
@@ -416,6 +428,10 @@ impl GenArgs {
             (None, true) => LabelSpec::Balanced,
             (None, false) => LabelSpec::Uniform,
         };
+        let conditioning = match &self.caption_embeddings {
+            Some(path) => Conditioning::Captions(std::rc::Rc::new(CaptionSet::from_npz(path)?)),
+            None => Conditioning::Classes(labels),
+        };
         Ok(GeneratorConfig {
             gpt,
             vq,
@@ -430,7 +446,7 @@ impl GenArgs {
                 top_p: self.top_p,
             },
             seed: self.seed,
-            labels,
+            conditioning,
             precision: match self.precision {
                 PrecisionArg::Auto => Precision::Auto,
                 PrecisionArg::Fp32 => Precision::Fp32,

@@ -14,6 +14,15 @@ pub fn flag_hint(err: &anyhow::Error) -> Option<String> {
                 GptError::ImageSize { .. } => {
                     Some("set --image-size to the generator's training size (and --image-size-eval for the evaluated size)".into())
                 }
+                GptError::LabelsForTextToImage(_) => Some(
+                    "pass the captions' T5 embeddings with --caption-embeddings FILE.npz (and no class-label flags)".into(),
+                ),
+                GptError::CaptionsForClassConditional(_) => {
+                    Some("drop --caption-embeddings, or pass a text-to-image checkpoint as --gpt".into())
+                }
+                GptError::CaptionShape(_) => Some(
+                    "compute --caption-embeddings with the T5 encoder and caption length the generator was trained with (FLAN-T5-XL, 120 tokens, for LlamaGen's t2i models)".into(),
+                ),
                 _ => None,
             };
         }

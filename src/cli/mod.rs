@@ -114,7 +114,8 @@ enum Command {
         /// A torch.save file (zip or legacy format) or a .safetensors file.
         file: PathBuf,
     },
-    /// Images from a LlamaGen c2i generator and its tokenizer, as an ADM/LlamaGen sample npz.
+    /// Images from a LlamaGen generator (c2i, or t2i with captions) and its tokenizer, as an
+    /// ADM/LlamaGen sample npz.
     Sample(sample::SampleCommand),
     /// Join `sample --shard K/N` outputs into one npz in sample-index order.
     Merge(sample::MergeCommand),

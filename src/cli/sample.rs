@@ -25,7 +25,8 @@ pub struct SampleCommand {
     /// Generation resolution: the token grid is image-size / the tokenizer's downsampling.
     #[arg(long, default_value_t = 256)]
     pub image_size: i64,
-    /// Output npz (ADM/LlamaGen layout: arr_0 images, arr_1 labels; shards add `indices`).
+    /// Output npz (ADM/LlamaGen layout: arr_0 images, arr_1 labels, or for captions
+    /// caption_indices and captions; shards add `indices`).
     #[arg(long, value_name = "SAMPLES.npz")]
     pub out: PathBuf,
     /// Samples generated together: a number, or `auto` (from the device's free memory and the

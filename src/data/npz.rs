@@ -193,6 +193,62 @@ impl Literal<'_> {
     }
 }
 
+/// Reads the strings of a numpy unicode array (`<U{n}`: `n` UTF-32 code points per element,
+/// NUL-padded; `|U0` for empty strings) from `reader`, positioned after `header`: one string per
+/// element, in C order. The data is read as it arrives, never sized from the header alone.
+pub fn read_npy_strings(reader: &mut impl Read, header: &NpyHeader) -> Result<Vec<String>, String> {
+    let width = header
+        .descr
+        .strip_prefix("<U")
+        .or_else(|| header.descr.strip_prefix("|U"))
+        .and_then(|n| n.parse::<usize>().ok())
+        .ok_or_else(|| {
+            format!(
+                "dtype {} is not a numpy unicode string array (save the strings as \
+                 np.array(strings, dtype=str))",
+                header.descr
+            )
+        })?;
+    if header.fortran_order && header.shape.len() > 1 {
+        return Err("a string array in Fortran order; save it with np.ascontiguousarray".into());
+    }
+    let count = header
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or("implausibly many strings")?;
+    let bytes = count
+        .checked_mul(width)
+        .and_then(|n| n.checked_mul(4))
+        .ok_or("implausibly many strings")?;
+    let mut data = Vec::new();
+    reader
+        .take(bytes as u64)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("cannot read the strings: {e}"))?;
+    if data.len() != bytes {
+        return Err(format!(
+            "the string array ends early: {} of {bytes} bytes",
+            data.len()
+        ));
+    }
+    let mut strings = Vec::with_capacity(count);
+    for (i, element) in data.chunks_exact(4 * width.max(1)).take(count).enumerate() {
+        let text: String = element
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .take_while(|&c| c != 0)
+            .map(|c| {
+                char::from_u32(c).ok_or_else(|| format!("string {i}: invalid character {c:#x}"))
+            })
+            .collect::<Result<_, _>>()?;
+        strings.push(text);
+    }
+    // `|U0`: every element is the empty string.
+    strings.resize(count, String::new());
+    Ok(strings)
+}
+
 /// Checks that an `arr_0` header describes u8 NHWC RGB (or grayscale) images; returns (N, H, W, C).
 pub fn validate_image_header(header: &NpyHeader) -> Result<(usize, usize, usize, usize), String> {
     if !matches!(header.descr.as_str(), "|u1" | "<u1" | ">u1" | "u1") {

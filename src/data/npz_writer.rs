@@ -30,13 +30,40 @@ pub struct ImageNpzWriter {
 
 /// The npy v1 header of a C-ordered u8 array of `shape`.
 fn npy_u8_header(shape: &[usize]) -> Vec<u8> {
+    npy_header("|u1", shape)
+}
+
+/// A whole npy file: the 1-D numpy unicode array (`<U{n}`, UTF-32 little-endian, NUL-padded to
+/// the longest string) of `strings`.
+pub fn npy_strings(strings: &[String]) -> Vec<u8> {
+    let width = strings
+        .iter()
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut bytes = npy_header(&format!("<U{width}"), &[strings.len()]);
+    for s in strings {
+        let mut n = 0;
+        for c in s.chars() {
+            bytes.extend_from_slice(&u32::from(c).to_le_bytes());
+            n += 1;
+        }
+        bytes.resize(bytes.len() + 4 * (width - n), 0);
+    }
+    bytes
+}
+
+/// The npy v1 header of a C-ordered array of numpy dtype `descr` and `shape`.
+fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
     let shape_text = if dims.len() == 1 {
         format!("({},)", dims[0])
     } else {
         format!("({})", dims.join(", "))
     };
-    let mut dict = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape_text}, }}");
+    let mut dict =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
     // Magic (6) + version (2) + length (2) + dict + newline, padded to a multiple of 64.
     let unpadded = 10 + dict.len() + 1;
     dict.push_str(&" ".repeat((64 - unpadded % 64) % 64));
@@ -144,6 +171,26 @@ impl ImageNpzWriter {
             .map_err(|e| DataError::invalid(&path, format!("cannot write {name}: {e}")))
     }
 
+    /// Adds a numpy unicode array (`<U{n}`, `n` the longest string's characters) of `strings`
+    /// (after all images), which numpy reads as `np.load(path)[name]`.
+    pub fn add_strings(&mut self, name: &str, strings: &[String]) -> Result<(), DataError> {
+        if self.remaining != 0 {
+            return Err(DataError::invalid(
+                &self.path,
+                format!("{} announced images were never written", self.remaining),
+            ));
+        }
+        let path = self.path.clone();
+        let zip = self.zip()?;
+        zip.start_file(
+            format!("{name}.npy"),
+            SimpleFileOptions::default().compression_method(CompressionMethod::Stored),
+        )
+        .map_err(|e| DataError::invalid(&path, format!("cannot start {name}: {e}")))?;
+        zip.write_all(&npy_strings(strings))
+            .map_err(|source| DataError::Io { path, source })
+    }
+
     /// Completes the archive and moves it into place.
     pub fn finish(mut self) -> Result<(), DataError> {
         if self.remaining != 0 {
@@ -211,6 +258,22 @@ mod tests {
         assert!(source.next_batch(2).unwrap().is_none());
         assert_eq!(first, images.slice(ndarray::s![..2, .., .., ..]));
         assert_eq!(second, images.slice(ndarray::s![2.., .., .., ..]));
+    }
+
+    #[test]
+    fn strings_round_trip() {
+        let strings = vec!["a cat".to_owned(), String::new(), "ünïcode ✓".to_owned()];
+        let bytes = npy_strings(&strings);
+        let mut reader = bytes.as_slice();
+        let header = super::super::npz::read_npy_header(&mut reader).unwrap();
+        assert_eq!(header.descr, "<U9");
+        assert_eq!(header.shape, vec![3]);
+        let read = super::super::npz::read_npy_strings(&mut reader, &header).unwrap();
+        assert_eq!(read, strings);
+        // A truncated array is refused.
+        let mut short = &bytes[..bytes.len() - 4];
+        let header = super::super::npz::read_npy_header(&mut short).unwrap();
+        assert!(super::super::npz::read_npy_strings(&mut short, &header).is_err());
     }
 
     #[test]

@@ -1,9 +1,14 @@
-//! LlamaGen's class-conditional generator (`autoregressive/models/gpt.py`, `Transformer` with
-//! `model_type='c2i'`) in tch, for inference.
+//! LlamaGen's generator (`autoregressive/models/gpt.py`, `Transformer`) in tch, for inference:
+//! class-conditional (`model_type='c2i'`) and text-conditional (`model_type='t2i'`) models.
 //!
-//! The sequence is `[class token, image token 0, ..., image token L-1]`: position 0 holds the class
-//! embedding (`cls_embedding.embedding_table`, `num_classes + 1` rows, the last one the null class
-//! used for classifier-free guidance) and the logits at position `j` predict image token `j`.
+//! The sequence is `[condition, image token 0, ..., image token L-1]`. For c2i the condition is one
+//! class token (`cls_embedding.embedding_table`, `num_classes + 1` rows, the last one the null class
+//! used for classifier-free guidance). For t2i it is `cls_token_num` (120) caption positions: T5
+//! caption embeddings `[cls_token_num, caption_dim]` projected by `cls_embedding.cap_proj` (an MLP
+//! `fc2(gelu_tanh(fc1 x))`, no biases), with the learned null caption
+//! `cls_embedding.uncond_embedding` `[cls_token_num, caption_dim]` for guidance. The logits at the
+//! last condition position predict image token 0, those at image token `j - 1` image token `j`.
+//!
 //! Each block is pre-norm: `h = x + wo(attn(attention_norm(x)))`, `out = h + w2(silu(w1 y) * w3 y)`
 //! with `y = ffn_norm(h)`; RMSNorm is computed in f32 (`x * rsqrt(mean(x^2) + eps) * weight`,
 //! eps 1e-5); attention uses a fused `wqkv` projection (no bias), optional grouped key/value heads
@@ -12,16 +17,22 @@
 //! 2D RoPE as LlamaGen builds it (`precompute_freqs_cis_2d`): with `head_dim = dim / n_head` and
 //! `half = head_dim / 2`, the frequencies are `base^(-2i/half)` for `i < half / 2`; for the image
 //! token at grid row `r`, column `c` the `half` rotation pairs (interleaved: elements `2p, 2p+1`)
-//! use angles `r * f_0.. r * f_{half/2-1}` then `c * f_0 .. c * f_{half/2-1}`. The class token
-//! positions get an all-zero table (cos = sin = 0, as LlamaGen's `torch.zeros`), which zeroes the
-//! class token's query and key: the golden logits confirm this (cos = 1 would be a different model).
+//! use angles `r * f_0.. r * f_{half/2-1}` then `c * f_0 .. c * f_{half/2-1}`. The condition
+//! positions get an all-zero table (cos = sin = 0, as LlamaGen's `torch.zeros`), which zeroes their
+//! queries and keys: the golden logits confirm this (cos = 1 would be a different model).
+//!
+//! Caption masks (t2i): LlamaGen's `generate()` multiplies the columns of the causal mask that hold
+//! the caption by the caption's mask (`emb_masks`, the same for both halves of a guided batch) and
+//! then sets the diagonal, so no position attends to a padded caption position but every position
+//! (a padded one too) attends to itself. The cache keeps the masks for the decoding steps
+//! ([`KvCache`]), which see the same columns.
 //!
 //! Inference keeps a preallocated key/value cache per layer ([`KvCache`]).
 
 use std::path::{Path, PathBuf};
 
 use tch::nn;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, TensorMeta};
 
@@ -58,17 +69,19 @@ pub enum GptError {
     /// The checkpoint file could not be read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    /// The checkpoint is a LlamaGen t2i model, which this tool does not sample.
+    /// The checkpoint has caption-embedding parameters, but not LlamaGen's t2i caption embedder.
     #[error(
-        "{}: a text-to-image (t2i) checkpoint (it has `{key}`); only class-conditional (c2i) \
-         LlamaGen models are supported",
+        "{}: a text-to-image (t2i) checkpoint (it has `{key}`) without LlamaGen's caption \
+         embedder: {detail}",
         path.display()
     )]
-    TextToImage {
+    BadCaptionEmbedder {
         /// The checkpoint.
         path: PathBuf,
         /// The caption-embedding parameter that gave it away.
         key: String,
+        /// What is missing or misshaped.
+        detail: String,
     },
     /// The file passed as the generator is a VQ tokenizer (the two checkpoints were swapped?).
     #[error(
@@ -82,8 +95,8 @@ pub enum GptError {
         /// The tokenizer parameter that gave it away (`quantize.*`, `decoder.conv_in.*`).
         key: String,
     },
-    /// The state dict lacks or misshapes the parameters a c2i GPT has.
-    #[error("{}: not a LlamaGen c2i GPT checkpoint: {detail}", path.display())]
+    /// The state dict lacks or misshapes the parameters a LlamaGen GPT has.
+    #[error("{}: not a LlamaGen GPT checkpoint: {detail}", path.display())]
     NotGpt {
         /// The checkpoint.
         path: PathBuf,
@@ -122,6 +135,15 @@ pub enum GptError {
         /// Why it does not fit.
         detail: String,
     },
+    /// Class labels (or no captions) for a t2i model.
+    #[error("{0}")]
+    LabelsForTextToImage(String),
+    /// Captions for a c2i model.
+    #[error("{0}")]
+    CaptionsForClassConditional(String),
+    /// Caption embeddings or masks whose shape does not fit the t2i model.
+    #[error("caption embeddings do not fit the generator: {0}")]
+    CaptionShape(String),
     /// The VQ tokenizer's codebook size differs from the GPT's token vocabulary.
     #[error(
         "the tokenizer's codebook has {codebook} entries but the GPT's vocabulary is {vocab}: \
@@ -138,7 +160,20 @@ pub enum GptError {
     Torch(#[from] tch::TchError),
 }
 
-/// The architecture of a LlamaGen c2i GPT.
+/// What a model is conditioned on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// c2i: one class token (`cls_embedding.embedding_table`).
+    Class,
+    /// t2i: `cls_token_num` caption-embedding rows of width `caption_dim` (2048 for FLAN-T5-XL),
+    /// projected by `cls_embedding.cap_proj`; `cls_embedding.uncond_embedding` is the null caption.
+    Caption {
+        /// Width of the caption embeddings (T5's `d_model`).
+        caption_dim: i64,
+    },
+}
+
+/// The architecture of a LlamaGen GPT.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GptConfig {
     /// Model width (embedding size).
@@ -151,13 +186,16 @@ pub struct GptConfig {
     pub n_kv_head: i64,
     /// Image-token vocabulary: must equal the VQ tokenizer's codebook size.
     pub vocab_size: i64,
-    /// Classes, not counting the null class row.
+    /// Classes, not counting the null class row (0 for t2i models).
     pub num_classes: i64,
+    /// Class or caption conditioning.
+    pub condition: Condition,
     /// SwiGLU hidden width.
     pub ffn_hidden: i64,
     /// Image tokens per sample (a square grid).
     pub block_size: i64,
-    /// Conditioning positions before the image tokens (1 for c2i: the class token).
+    /// Conditioning positions before the image tokens (1 for c2i: the class token; for t2i the
+    /// null caption's rows, 120 in LlamaGen).
     pub cls_token_num: i64,
     /// Base of the 2D rotary embedding's frequencies ([`ROPE_BASE`]).
     pub rope_base: f64,
@@ -188,6 +226,7 @@ impl GptConfig {
             n_kv_head: n_head,
             vocab_size: 16384,
             num_classes: 1000,
+            condition: Condition::Class,
             ffn_hidden,
             block_size,
             cls_token_num: 1,
@@ -214,16 +253,6 @@ impl GptConfig {
         block_size: i64,
     ) -> Result<Self, GptError> {
         let find = |name: &str| shapes.iter().find(|(n, _)| n == name).map(|(_, s)| s);
-        if let Some((key, _)) = shapes.iter().find(|(n, _)| {
-            n.starts_with("cls_embedding.cap_proj")
-                || n.starts_with("cls_embedding.uncond_embedding")
-                || n.starts_with("cls_embedding.y_embedding")
-        }) {
-            return Err(GptError::TextToImage {
-                path: path.to_path_buf(),
-                key: key.clone(),
-            });
-        }
         if let Some((key, _)) = shapes
             .iter()
             .find(|(n, _)| n.starts_with("quantize.") || n.starts_with("decoder.conv_in"))
@@ -244,13 +273,33 @@ impl GptConfig {
                 None => Err(not_gpt(format!("no `{name}`{}", first_names(shapes)))),
             }
         };
-        let (cls_rows, dim) = two("cls_embedding.embedding_table.weight")?;
+        let caption_key = shapes.iter().map(|(n, _)| n).find(|n| {
+            n.starts_with("cls_embedding.cap_proj")
+                || n.starts_with("cls_embedding.uncond_embedding")
+                || n.starts_with("cls_embedding.y_embedding")
+        });
+        let (condition, num_classes, cls_token_num, dim) =
+            match caption_key {
+                None => {
+                    let (cls_rows, dim) = two("cls_embedding.embedding_table.weight")?;
+                    (Condition::Class, cls_rows - 1, 1, dim)
+                }
+                Some(key) => {
+                    let (caption_dim, cls_token_num, dim) = caption_embedder_shapes(shapes)
+                        .map_err(|detail| GptError::BadCaptionEmbedder {
+                            path: path.to_path_buf(),
+                            key: key.clone(),
+                            detail,
+                        })?;
+                    (Condition::Caption { caption_dim }, 0, cls_token_num, dim)
+                }
+            };
         let (vocab_size, tok_dim) = two("tok_embeddings.weight")?;
         let (out_vocab, out_dim) = two("output.weight")?;
         if tok_dim != dim || out_dim != dim || out_vocab != vocab_size {
             return Err(not_gpt(format!(
-                "inconsistent shapes: cls_embedding dim {dim}, tok_embeddings [{vocab_size}, \
-                 {tok_dim}], output [{out_vocab}, {out_dim}]"
+                "inconsistent shapes: condition embedding dim {dim}, tok_embeddings \
+                 [{vocab_size}, {tok_dim}], output [{out_vocab}, {out_dim}]"
             )));
         }
         let n_layer = (0..)
@@ -313,10 +362,11 @@ impl GptConfig {
             n_head,
             n_kv_head,
             vocab_size,
-            num_classes: cls_rows - 1,
+            num_classes,
+            condition,
             ffn_hidden,
             block_size,
-            cls_token_num: 1,
+            cls_token_num,
             rope_base: ROPE_BASE,
             norm_eps: NORM_EPS,
         };
@@ -335,6 +385,15 @@ impl GptConfig {
         Ok(())
     }
 
+    /// Whether classifier-free guidance has a null condition to guide against: the null class
+    /// row of a c2i model (absent when it has no class at all), the null caption of a t2i model.
+    pub fn has_null_condition(&self) -> bool {
+        match self.condition {
+            Condition::Class => self.num_classes >= 1,
+            Condition::Caption { .. } => true,
+        }
+    }
+
     /// Parameters of the model.
     pub fn parameters(&self) -> i64 {
         let kv = self.n_kv_head * self.head_dim();
@@ -342,11 +401,43 @@ impl GptConfig {
             + self.dim * self.dim
             + 3 * self.dim * self.ffn_hidden
             + 2 * self.dim;
-        (self.num_classes + 1) * self.dim
-            + 2 * self.vocab_size * self.dim
-            + self.n_layer * per_layer
-            + self.dim
+        let condition = match self.condition {
+            Condition::Class => (self.num_classes + 1) * self.dim,
+            Condition::Caption { caption_dim } => {
+                caption_dim * self.dim + self.dim * self.dim + self.cls_token_num * caption_dim
+            }
+        };
+        condition + 2 * self.vocab_size * self.dim + self.n_layer * per_layer + self.dim
     }
+}
+
+/// `(caption_dim, cls_token_num, dim)` of LlamaGen's `CaptionEmbedder`: `cap_proj.fc1`
+/// `[dim, caption_dim]`, `cap_proj.fc2` `[dim, dim]` (its hidden width is the model's) and the null
+/// caption `uncond_embedding` `[cls_token_num, caption_dim]`; else what is missing or misshaped.
+fn caption_embedder_shapes(shapes: &[(String, Vec<i64>)]) -> Result<(i64, i64, i64), String> {
+    let two = |name: &str| -> Result<(i64, i64), String> {
+        match shapes.iter().find(|(n, _)| n == name).map(|(_, s)| s) {
+            Some(s) if s.len() == 2 && s.iter().all(|&d| d > 0) => Ok((s[0], s[1])),
+            Some(s) => Err(format!("`{name}` has shape {s:?}, expected 2-D")),
+            None => Err(format!("no `{name}`")),
+        }
+    };
+    let (dim, caption_dim) = two("cls_embedding.cap_proj.fc1.weight")?;
+    let (fc2_out, fc2_in) = two("cls_embedding.cap_proj.fc2.weight")?;
+    let (cls_token_num, uncond_dim) = two("cls_embedding.uncond_embedding")?;
+    if (fc2_out, fc2_in) != (dim, dim) {
+        return Err(format!(
+            "`cls_embedding.cap_proj.fc2.weight` is [{fc2_out}, {fc2_in}], expected [{dim}, {dim}] \
+             after `fc1` [{dim}, {caption_dim}]"
+        ));
+    }
+    if uncond_dim != caption_dim {
+        return Err(format!(
+            "the null caption `cls_embedding.uncond_embedding` has width {uncond_dim}, the caption \
+             projection takes {caption_dim}"
+        ));
+    }
+    Ok((caption_dim, cls_token_num, dim))
 }
 
 fn first_names(shapes: &[(String, Vec<i64>)]) -> String {
@@ -355,6 +446,13 @@ fn first_names(shapes: &[(String, Vec<i64>)]) -> String {
     }
     let names: Vec<&str> = shapes.iter().take(4).map(|(n, _)| n.as_str()).collect();
     format!(" (first tensors: {})", names.join(", "))
+}
+
+fn captions_for_c2i() -> GptError {
+    GptError::CaptionsForClassConditional(
+        "a class-conditional (c2i) generator is conditioned on class labels, not captions"
+            .to_owned(),
+    )
 }
 
 /// A bias-free linear layer with LlamaGen's parameter name (`<name>.weight`, [out, in]).
@@ -427,13 +525,16 @@ struct Block {
 }
 
 /// The per-layer key/value cache: `[batch, n_kv_head, max_len, head_dim]` per layer, filled from
-/// position 0 on.
+/// position 0 on. For a t2i model it also holds which key positions may be attended to (the
+/// caption masks of the prefill, every image position).
 #[derive(Debug)]
 pub struct KvCache {
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
     batch: i64,
     max_len: i64,
+    /// Bool `[batch, 1, 1, max_len]`: key position k is visible (t2i only).
+    visible: Option<Tensor>,
 }
 
 impl KvCache {
@@ -448,11 +549,28 @@ impl KvCache {
     }
 }
 
+/// LlamaGen's `CaptionEmbedder` at inference: `cap_proj` and the null caption.
+#[derive(Debug)]
+struct CaptionEmbedder {
+    fc1: Linear,
+    fc2: Linear,
+    /// `[cls_token_num, caption_dim]`.
+    uncond: Tensor,
+}
+
+/// The condition embedding of either model type.
+#[derive(Debug)]
+enum ConditionEmbedding {
+    /// `[num_classes + 1, dim]`.
+    Class(Tensor),
+    Caption(CaptionEmbedder),
+}
+
 /// The generator.
 #[derive(Debug)]
 pub struct Gpt {
     config: GptConfig,
-    cls_embedding: Tensor,
+    cls_embedding: ConditionEmbedding,
     tok_embeddings: Tensor,
     layers: Vec<Block>,
     norm: RmsNorm,
@@ -495,6 +613,40 @@ pub fn rope_2d_tables(grid: i64, head_dim: i64, base: f64, cls_token_num: i64) -
     (table(grid_angles.cos()), table(grid_angles.sin()))
 }
 
+/// `sample_t2i.py`'s left padding of T5 caption embeddings: embeddings `[N, L, D]` and masks
+/// `[N, L]` as T5 returns them (right-padded: a row's `v` valid positions first) become
+/// `(embeddings, masks)` with the valid rows moved to the end, the padded rows zeroed and the masks
+/// flipped. LlamaGen's own operations: per row `cat([emb[v:], emb[:v]])` with `v = mask.sum()`,
+/// `flip(masks)`, then the embeddings times the flipped masks (the `c_indices` it samples from).
+/// The masks keep their dtype.
+pub fn left_pad_captions(
+    embeddings: &Tensor,
+    masks: &Tensor,
+) -> Result<(Tensor, Tensor), TchError> {
+    let (n, l) = masks.size2()?;
+    let device = embeddings.device();
+    let valid = masks
+        .f_ne(0)?
+        .f_sum_dim_intlist(1, true, Kind::Int64)?
+        .f_to_device(device)?;
+    // Row n's position j takes old position (j + v_n) mod L: the rotation `cat([x[v:], x[:v]])`.
+    let positions = Tensor::f_arange(l, (Kind::Int64, device))?
+        .f_unsqueeze(0)?
+        .f_add(&valid)?
+        .f_remainder(l)?;
+    let d = embeddings.size().last().copied().unwrap_or(0);
+    let index = positions.f_unsqueeze(-1)?.f_expand([n, l, d], false)?;
+    let rotated = embeddings.f_gather(1, &index, false)?;
+    let flipped = masks.f_flip([1])?;
+    let zeroed = rotated.f_mul(
+        &flipped
+            .f_to_device(device)?
+            .f_unsqueeze(-1)?
+            .f_to_kind(rotated.kind())?,
+    )?;
+    Ok((zeroed, flipped))
+}
+
 impl Gpt {
     /// Creates the variables under `p` with LlamaGen's names (random initialisation).
     pub fn new(p: &nn::Path, config: &GptConfig) -> Self {
@@ -504,11 +656,30 @@ impl Gpt {
             mean: 0.0,
             stdev: 0.02,
         };
-        let cls_embedding = (p / "cls_embedding" / "embedding_table").var(
-            "weight",
-            &[config.num_classes + 1, dim],
-            init,
-        );
+        let cls_embedding = match config.condition {
+            Condition::Class => {
+                ConditionEmbedding::Class((p / "cls_embedding" / "embedding_table").var(
+                    "weight",
+                    &[config.num_classes + 1, dim],
+                    init,
+                ))
+            }
+            Condition::Caption { caption_dim } => {
+                let e = p / "cls_embedding";
+                ConditionEmbedding::Caption(CaptionEmbedder {
+                    fc1: Linear::new(&e / "cap_proj" / "fc1", caption_dim, dim),
+                    fc2: Linear::new(&e / "cap_proj" / "fc2", dim, dim),
+                    uncond: e.var(
+                        "uncond_embedding",
+                        &[config.cls_token_num, caption_dim],
+                        nn::Init::Randn {
+                            mean: 0.0,
+                            stdev: 1.0 / (caption_dim as f64).sqrt(),
+                        },
+                    ),
+                })
+            }
+        };
         let tok_embeddings = (p / "tok_embeddings").var("weight", &[config.vocab_size, dim], init);
         let layers = (0..config.n_layer)
             .map(|i| {
@@ -546,8 +717,8 @@ impl Gpt {
         }
     }
 
-    /// Loads a LlamaGen c2i checkpoint: a training checkpoint (`model`, `module` or `state_dict`)
-    /// or an FSDP `consolidated.pth` bare state dict. `image_tokens` is the number of image tokens
+    /// Loads a LlamaGen c2i or t2i checkpoint: a training checkpoint (`model`, `module` or
+    /// `state_dict`) or an FSDP `consolidated.pth` bare state dict. `image_tokens` is the number of image tokens
     /// per sample (grid side squared). The configuration comes from the tensor shapes and `heads`.
     pub fn load(
         path: &Path,
@@ -617,8 +788,14 @@ impl Gpt {
         self.tok_embeddings.kind()
     }
 
-    /// Checks that every label is a real class (not the null class, not beyond).
+    /// Checks that every label is a real class (not the null class, not beyond) of a c2i model.
     pub fn check_labels(&self, labels: &[i64]) -> Result<(), GptError> {
+        if let Condition::Caption { .. } = self.config.condition {
+            return Err(GptError::LabelsForTextToImage(
+                "a text-to-image (t2i) generator is conditioned on captions, not class labels"
+                    .to_owned(),
+            ));
+        }
         match labels
             .iter()
             .find(|&&l| l < 0 || l >= self.config.num_classes)
@@ -645,19 +822,67 @@ impl Gpt {
             values: make(),
             batch,
             max_len,
+            visible: None,
         }
     }
 
     /// Embeddings of class labels (`num_classes` = the null class): `[B, 1, dim]`.
+    ///
+    /// # Panics
+    /// For a t2i model (whose condition is captions: [`Gpt::caption_embeddings`]).
     pub fn class_embeddings(&self, labels: &Tensor) -> Tensor {
-        Tensor::embedding(
-            &self.cls_embedding,
-            &labels.to_device(self.device),
-            -1,
-            false,
-            false,
-        )
-        .unsqueeze(1)
+        let ConditionEmbedding::Class(table) = &self.cls_embedding else {
+            panic!("class embeddings of a text-to-image model");
+        };
+        Tensor::embedding(table, &labels.to_device(self.device), -1, false, false).unsqueeze(1)
+    }
+
+    fn caption_embedder(&self) -> Result<&CaptionEmbedder, GptError> {
+        match &self.cls_embedding {
+            ConditionEmbedding::Caption(embedder) => Ok(embedder),
+            ConditionEmbedding::Class(_) => Err(captions_for_c2i()),
+        }
+    }
+
+    /// Checks caption embeddings `[B, cls_token_num, caption_dim]` and masks `[B, cls_token_num]`
+    /// against a t2i model.
+    pub fn check_captions(&self, captions: &Tensor, masks: &Tensor) -> Result<(), GptError> {
+        let Condition::Caption { caption_dim } = self.config.condition else {
+            return Err(captions_for_c2i());
+        };
+        let l = self.config.cls_token_num;
+        let size = captions.size();
+        if size.len() != 3 || size[1] != l || size[2] != caption_dim {
+            return Err(GptError::CaptionShape(format!(
+                "embeddings of shape {size:?}, the generator takes [N, {l}, {caption_dim}] \
+                 ({l} caption positions of width {caption_dim})"
+            )));
+        }
+        if masks.size() != [size[0], l] {
+            return Err(GptError::CaptionShape(format!(
+                "masks of shape {:?} for embeddings of shape {size:?}: expected [{}, {l}]",
+                masks.size(),
+                size[0]
+            )));
+        }
+        Ok(())
+    }
+
+    /// LlamaGen's `CaptionEmbedder` at inference, `cap_proj(captions)`: caption embeddings
+    /// `[B, cls_token_num, caption_dim]` (any float dtype) -> `[B, cls_token_num, dim]` in the
+    /// model's dtype.
+    pub fn caption_embeddings(&self, captions: &Tensor) -> Result<Tensor, GptError> {
+        let embedder = self.caption_embedder()?;
+        let x = captions.to_device(self.device).to_kind(self.kind());
+        Ok(embedder.fc2.forward(&embedder.fc1.forward(&x).gelu("tanh")))
+    }
+
+    /// The null caption `uncond_embedding` for `batch` rows, `[batch, cls_token_num,
+    /// caption_dim]`: LlamaGen's `cond_null` (`zeros_like(cond) + uncond_embedding`, not masked).
+    pub fn null_captions(&self, batch: i64) -> Result<Tensor, GptError> {
+        let uncond = &self.caption_embedder()?.uncond;
+        let size = uncond.size();
+        Ok(uncond.unsqueeze(0).expand([batch, size[0], size[1]], false))
     }
 
     /// Embeddings of image tokens `[B, T]` -> `[B, T, dim]`.
@@ -694,15 +919,66 @@ impl Gpt {
 
     /// Runs the transformer on embeddings `h` `[B, T, dim]` at positions `start..start + T` and
     /// returns f32 logits `[B, T, vocab]`. With a cache, keys and values are written into it at
-    /// those positions and attention covers positions `0..start + T`; without, `start` must be 0
-    /// and attention is causal over the `T` positions (teacher forcing).
-    // Residual additions stay out of place: `h` may be the caller's tensor.
-    #[allow(clippy::assign_op_pattern)]
+    /// those positions and attention covers positions `0..start + T` (those the cache's caption
+    /// masks leave visible, for a t2i model); without, `start` must be 0 and attention is causal
+    /// over the `T` positions (teacher forcing).
     pub fn forward_embeddings(
         &self,
         h: &Tensor,
         start: i64,
         mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let visible = cache
+            .as_deref_mut()
+            .and_then(|c| c.visible.as_ref().map(Tensor::shallow_clone));
+        let h = self.hidden(h, start, cache, visible.as_ref());
+        self.logits(&h)
+    }
+
+    /// f32 logits of final hidden states.
+    fn logits(&self, h: &Tensor) -> Tensor {
+        self.output
+            .forward(&self.norm.forward(h))
+            .to_kind(Kind::Float)
+    }
+
+    /// The attention mask of positions `start..start + t` over keys `0..start + t`, and whether
+    /// SDPA's own causal mask does the job instead. `visible` (t2i): bool `[B, 1, 1, >= start + t]`
+    /// key positions that may be seen (LlamaGen's caption masks), to which the causal mask is
+    /// restricted, except that every position sees itself.
+    fn attention_mask(
+        &self,
+        start: i64,
+        t: i64,
+        visible: Option<&Tensor>,
+    ) -> (Option<Tensor>, bool) {
+        let total = start + t;
+        let causal = || self.causal.narrow(0, start, t).narrow(1, 0, total);
+        let Some(visible) = visible else {
+            // Within the new positions the attention is causal; earlier cached positions are all
+            // visible. A mask is needed when several new positions follow cached ones.
+            return ((t > 1 && start > 0).then(causal), t > 1 && start == 0);
+        };
+        let mut mask = causal().logical_and(&visible.narrow(-1, 0, total));
+        if start < self.config.cls_token_num {
+            // Image positions are always visible, so only condition rows can lose their diagonal.
+            let diagonal =
+                Tensor::eye_m(total, total, (Kind::Bool, self.device)).narrow(0, start, t);
+            mask = mask.logical_or(&diagonal);
+        }
+        (Some(mask), false)
+    }
+
+    /// The final hidden states (before the norm) of [`Gpt::forward_embeddings`], with the key
+    /// positions `visible` (t2i) instead of all.
+    // Residual additions stay out of place: `h` may be the caller's tensor.
+    #[allow(clippy::assign_op_pattern)]
+    fn hidden(
+        &self,
+        h: &Tensor,
+        start: i64,
+        mut cache: Option<&mut KvCache>,
+        visible: Option<&Tensor>,
     ) -> Tensor {
         let size = h.size();
         let (b, t) = (size[0], size[1]);
@@ -711,10 +987,7 @@ impl Gpt {
         let kv = c.n_kv_head * hd;
         let mut h = h.to_kind(self.kind());
         let total = start + t;
-        // Within the new positions the attention is causal; earlier cached positions are all
-        // visible. A mask is needed when several new positions follow cached ones.
-        let mask =
-            (t > 1 && start > 0).then(|| self.causal.narrow(0, start, t).narrow(1, 0, total));
+        let (mask, is_causal) = self.attention_mask(start, t, visible);
         for (i, layer) in self.layers.iter().enumerate() {
             let x = layer.attention_norm.forward(&h);
             let qkv = layer.wqkv.forward(&x);
@@ -746,7 +1019,7 @@ impl Gpt {
                 &values,
                 mask.as_ref(),
                 0.0,
-                t > 1 && start == 0,
+                is_causal,
                 None,
                 c.n_kv_head != c.n_head,
             );
@@ -758,9 +1031,18 @@ impl Gpt {
                 .forward(&(layer.w1.forward(&y).silu() * layer.w3.forward(&y)));
             h = h + ffn;
         }
-        self.output
-            .forward(&self.norm.forward(&h))
-            .to_kind(Kind::Float)
+        h
+    }
+
+    /// Bool `[B, 1, 1, len]` visible key positions: the caption masks `[B, cls_token_num]` (any
+    /// dtype, nonzero = valid) followed by `len - cls_token_num` image positions.
+    fn visible_keys(&self, masks: &Tensor, len: i64) -> Tensor {
+        let b = masks.size()[0];
+        let images = Tensor::ones(
+            [b, len - self.config.cls_token_num],
+            (Kind::Bool, self.device),
+        );
+        Tensor::cat(&[masks.to_device(self.device).ne(0), images], 1).view([b, 1, 1, len])
     }
 
     /// Teacher-forced logits: `model(idx=tokens, cond_idx=labels)` of LlamaGen, f32
@@ -774,6 +1056,58 @@ impl Gpt {
                 cls
             };
             self.forward_embeddings(&h, 0, None)
+        })
+    }
+
+    /// Teacher-forced logits of a t2i model: caption embeddings `[B, cls_token_num,
+    /// caption_dim]` (left-padded, as LlamaGen samples), their masks `[B, cls_token_num]` and
+    /// image tokens `[B, T]` give f32 `[B, cls_token_num + T, vocab]`; position
+    /// `cls_token_num - 1 + j` predicts image token j.
+    pub fn teacher_forced_captions(
+        &self,
+        captions: &Tensor,
+        masks: &Tensor,
+        tokens: &Tensor,
+    ) -> Result<Tensor, GptError> {
+        self.check_captions(captions, masks)?;
+        tch::no_grad(|| {
+            let cond = self.caption_embeddings(captions)?;
+            let h = if tokens.size()[1] > 0 {
+                Tensor::cat(&[cond, self.token_embeddings(tokens)], 1)
+            } else {
+                cond
+            };
+            let visible = self.visible_keys(masks, h.size()[1]);
+            Ok(self.logits(&self.hidden(&h, 0, None, Some(&visible))))
+        })
+    }
+
+    /// Prefill of a t2i model: caption embeddings `[B, cls_token_num, caption_dim]` (any float
+    /// dtype) and their masks `[B, cls_token_num]` (nonzero = valid) fill the cache at the caption
+    /// positions and keep the masks for the decoding steps; returns the logits `[B, vocab]` for
+    /// image token 0 (those of the last caption position).
+    pub fn prefill_captions(
+        &self,
+        captions: &Tensor,
+        masks: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor, GptError> {
+        self.check_captions(captions, masks)?;
+        let l = self.config.cls_token_num;
+        if captions.size()[0] != cache.batch || cache.max_len < l {
+            return Err(GptError::CaptionShape(format!(
+                "{} captions for a cache of {} sequences of {} positions",
+                captions.size()[0],
+                cache.batch,
+                cache.max_len
+            )));
+        }
+        tch::no_grad(|| {
+            let h = self.caption_embeddings(captions)?;
+            let visible = self.visible_keys(masks, cache.max_len);
+            cache.visible = Some(visible.shallow_clone());
+            let h = self.hidden(&h, 0, Some(cache), Some(&visible));
+            Ok(self.logits(&h.select(1, l - 1)))
         })
     }
 
@@ -809,6 +1143,7 @@ mod tests {
             n_kv_head: 4,
             vocab_size: 50,
             num_classes: 5,
+            condition: Condition::Class,
             ffn_hidden: 96,
             block_size: 9,
             cls_token_num: 1,
@@ -978,11 +1313,160 @@ mod tests {
             GptConfig::infer(p, &shapes(64), &four, 16).unwrap().n_head,
             4
         );
+        // A caption projection without the rest of LlamaGen's caption embedder.
         let mut t2i = shapes(1024);
         t2i[0].0 = "cls_embedding.cap_proj.fc1.weight".to_owned();
+        let err = GptConfig::infer(p, &t2i, &HeadChoice::default(), 256).unwrap_err();
+        assert!(
+            matches!(&err, GptError::BadCaptionEmbedder { detail, .. }
+                if detail.contains("cap_proj.fc2")),
+            "{err}"
+        );
+        // The whole embedder: a t2i model, cls_token_num from the null caption's rows.
+        let mut t2i = shapes(1024);
+        t2i[0] = (
+            "cls_embedding.cap_proj.fc1.weight".to_owned(),
+            vec![1024, 2048],
+        );
+        t2i.push((
+            "cls_embedding.cap_proj.fc2.weight".to_owned(),
+            vec![1024, 1024],
+        ));
+        t2i.push(("cls_embedding.uncond_embedding".to_owned(), vec![120, 2048]));
+        let c = GptConfig::infer(p, &t2i, &HeadChoice::default(), 256).unwrap();
+        assert_eq!(c.condition, Condition::Caption { caption_dim: 2048 });
+        assert_eq!((c.cls_token_num, c.num_classes, c.dim), (120, 0, 1024));
+        // A null caption of another width than the projection's input.
+        let last = t2i.len() - 1;
+        t2i[last].1 = vec![120, 1024];
         assert!(matches!(
             GptConfig::infer(p, &t2i, &HeadChoice::default(), 256),
-            Err(GptError::TextToImage { .. })
+            Err(GptError::BadCaptionEmbedder { .. })
+        ));
+    }
+
+    fn tiny_t2i() -> GptConfig {
+        GptConfig {
+            num_classes: 0,
+            condition: Condition::Caption { caption_dim: 12 },
+            cls_token_num: 6,
+            ..tiny()
+        }
+    }
+
+    /// Random left-padded captions: row b has `valid[b]` valid positions at the end.
+    fn captions(valid: &[i64], config: &GptConfig) -> (Tensor, Tensor) {
+        let Condition::Caption { caption_dim } = config.condition else {
+            panic!("not t2i");
+        };
+        let l = config.cls_token_num;
+        let b = valid.len() as i64;
+        let masks = Tensor::from_slice(
+            &valid
+                .iter()
+                .flat_map(|&v| (0..l).map(move |j| i64::from(j >= l - v)))
+                .collect::<Vec<_>>(),
+        )
+        .view([b, l]);
+        let embs = Tensor::randn([b, l, caption_dim], (Kind::Float, Device::Cpu))
+            * masks.unsqueeze(-1).to_kind(Kind::Float);
+        (embs, masks)
+    }
+
+    #[test]
+    fn caption_cached_decoding_equals_teacher_forcing() {
+        tch::manual_seed(1);
+        let config = tiny_t2i();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Gpt::new(&vs.root(), &config);
+        let (embs, masks) = captions(&[2, 6, 1], &config);
+        let tokens = Tensor::randint(config.vocab_size, [3, 8], (Kind::Int64, Device::Cpu));
+        let full = model
+            .teacher_forced_captions(&embs, &masks, &tokens)
+            .unwrap();
+        assert_eq!(full.size(), [3, 6 + 8, 50]);
+        let mut cache = model.new_cache(3, config.cls_token_num + config.block_size);
+        let mut steps = vec![model.prefill_captions(&embs, &masks, &mut cache).unwrap()];
+        for j in 1..config.block_size {
+            steps.push(model.decode_step(&tokens.select(1, j - 1), j, &mut cache));
+        }
+        let cached = Tensor::stack(&steps, 1);
+        let diff = (full.narrow(1, 5, 9) - &cached)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn padded_caption_positions_are_invisible() {
+        // Whatever the padded positions hold (the null caption is not masked), no image token
+        // sees them; a valid position does change the logits.
+        tch::manual_seed(2);
+        let config = tiny_t2i();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Gpt::new(&vs.root(), &config);
+        let (embs, masks) = captions(&[3, 3], &config);
+        let tokens = Tensor::randint(config.vocab_size, [2, 8], (Kind::Int64, Device::Cpu));
+        let logits = |e: &Tensor| {
+            model
+                .teacher_forced_captions(e, &masks, &tokens)
+                .unwrap()
+                .narrow(1, 5, 9)
+        };
+        let base = logits(&embs);
+        let noise = Tensor::randn_like(&embs);
+        let padded = masks.eq(0).unsqueeze(-1).to_kind(Kind::Float);
+        let moved = logits(&(&embs + &noise * &padded));
+        assert_eq!((&base - &moved).abs().max().double_value(&[]), 0.0);
+        let valid = masks.unsqueeze(-1).to_kind(Kind::Float);
+        let changed = logits(&(&embs + &noise * &valid));
+        assert!((&base - &changed).abs().max().double_value(&[]) > 1e-4);
+    }
+
+    #[test]
+    fn left_padding_is_sample_t2is_flip() {
+        // Lengths 2, 4 (all) and 0 of 4: valid rows to the end, padded rows zeroed.
+        let embs = Tensor::arange(3 * 4 * 2, (Kind::Float, Device::Cpu)).view([3, 4, 2]) + 1.0;
+        let masks = Tensor::from_slice(&[1i64, 1, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0]).view([3, 4]);
+        let (left, flipped) = left_pad_captions(&embs, &masks).unwrap();
+        let expected: Vec<f32> = vec![
+            0., 0., 0., 0., 1., 2., 3., 4., // row 0: rows 0, 1 at the end
+            9., 10., 11., 12., 13., 14., 15., 16., // row 1 unchanged
+            0., 0., 0., 0., 0., 0., 0., 0., // row 2: nothing valid
+        ];
+        assert_eq!(Vec::<f32>::try_from(left.view([-1])).unwrap(), expected);
+        assert_eq!(
+            Vec::<i64>::try_from(flipped.view([-1])).unwrap(),
+            vec![0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn conditions_must_match_the_model_type() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let t2i = Gpt::new(&vs.root(), &tiny_t2i());
+        assert!(matches!(
+            t2i.check_labels(&[0]),
+            Err(GptError::LabelsForTextToImage(_))
+        ));
+        let (embs, masks) = captions(&[1], &tiny_t2i());
+        assert!(t2i.check_captions(&embs, &masks).is_ok());
+        let wide = Tensor::zeros([1, 6, 13], (Kind::Float, Device::Cpu));
+        assert!(matches!(
+            t2i.check_captions(&wide, &masks),
+            Err(GptError::CaptionShape(_))
+        ));
+        let short = Tensor::zeros([1, 5], (Kind::Int64, Device::Cpu));
+        assert!(matches!(
+            t2i.check_captions(&embs, &short),
+            Err(GptError::CaptionShape(_))
+        ));
+        let vs = nn::VarStore::new(Device::Cpu);
+        let c2i = Gpt::new(&vs.root(), &tiny());
+        assert!(matches!(
+            c2i.check_captions(&embs, &masks),
+            Err(GptError::CaptionsForClassConditional(_))
         ));
     }
 }

@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use tch::{Device, Kind};
 
-use crate::models::gpt::GptConfig;
+use crate::models::gpt::{Condition, GptConfig};
 use crate::models::vq::VqConfig;
 
 /// `--batch-size` of generation.
@@ -104,7 +104,9 @@ pub fn dtype_bytes(kind: Kind) -> u64 {
 /// Device memory one sample takes while it is sampled: its key/value cache
 /// (2 x n_layer x (cls_token_num + block_size) x n_kv_head x head_dim values), twice with
 /// classifier-free guidance (a conditional and a null-class row), plus the per-step logits (a
-/// few f32 copies of the vocabulary: model output, guided mix, host copy) and activations.
+/// few f32 copies of the vocabulary: model output, guided mix, host copy) and activations; for a
+/// t2i model also the prefill's over its caption positions (the caption embeddings, a layer's
+/// feed-forward and attention weights).
 pub fn sampling_bytes_per_sample(config: &GptConfig, kind: Kind, guided: bool) -> u64 {
     let rows = if guided { 2 } else { 1 };
     let positions = (config.cls_token_num + config.block_size) as u64;
@@ -115,8 +117,14 @@ pub fn sampling_bytes_per_sample(config: &GptConfig, kind: Kind, guided: bool) -
         * config.head_dim() as u64
         * dtype_bytes(kind);
     let logits = 4 * config.vocab_size as u64 * 4;
-    let activations = 16 * config.dim.max(config.ffn_hidden) as u64 * 4
+    let mut activations = 16 * config.dim.max(config.ffn_hidden) as u64 * 4
         + 2 * config.n_head as u64 * positions * 4;
+    if let Condition::Caption { caption_dim } = config.condition {
+        let captions = config.cls_token_num as u64;
+        activations += captions * caption_dim as u64 * 4
+            + captions * 4 * (config.dim + config.ffn_hidden) as u64 * dtype_bytes(kind)
+            + config.n_head as u64 * captions * captions * 4;
+    }
     rows * (kv + logits + activations)
 }
 
@@ -222,6 +230,15 @@ mod tests {
             2 * plain
         );
         assert!(sampling_bytes_per_sample(&config, Kind::BFloat16, false) < plain);
+        // A t2i model: 120 caption positions in the cache, and the prefill over them.
+        let t2i = GptConfig {
+            condition: Condition::Caption { caption_dim: 2048 },
+            cls_token_num: 120,
+            ..config
+        };
+        let kv = 2 * 12 * (120 + 256) * 12 * 64 * 4;
+        let prefill = 120 * 2048 * 4 + 120 * 4 * (768 + 2048) * 4;
+        assert!(sampling_bytes_per_sample(&t2i, Kind::Float, false) > kv + prefill);
     }
 
     #[test]

@@ -284,7 +284,11 @@ impl GeneratedEvaluation {
         record.write(&run.out_dir)?;
         if !generated.grid.is_empty() {
             // The first generated images, for `report`.
-            write_grid(&run.out_dir.join("grid.png"), &generated.grid)?;
+            write_grid(
+                &run.out_dir.join("grid.png"),
+                &generated.grid,
+                generated.grid_captions.as_deref(),
+            )?;
         }
         write_marker(&marker, complete)?;
         generated.pass.finish()?;
@@ -434,8 +438,12 @@ fn gather_run(
     let record = evaluate(sample, Some(reference), &config.metrics, run)?;
     record.write(out_dir)?;
     let grid = join_part_grids(parts)?;
-    if !grid.is_empty() {
-        write_grid(&out_dir.join("grid.png"), &grid)?;
+    if !grid.images.is_empty() {
+        write_grid(
+            &out_dir.join("grid.png"),
+            &grid.images,
+            grid.captions.as_deref(),
+        )?;
     }
     Ok(FidOutcome {
         record,

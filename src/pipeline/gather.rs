@@ -20,11 +20,12 @@ use serde_json::{json, Map, Value};
 use super::generate::{Shard, GRID_IMAGES};
 use super::generator::Timing;
 use super::merge::{join_features, merge};
+use crate::captions::TEXT_KEY;
 use crate::data::npz::NpzImages;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::data::ImageSource;
 use crate::features::FeatureSet;
-use crate::io::{read_i64, write_atomically, FileError};
+use crate::io::{read_i64, read_strings, write_atomically, FileError};
 use crate::launcher::World;
 use crate::progress::Progress;
 
@@ -529,15 +530,36 @@ pub fn join_part_samples(parts: &[Part], out: &Path, progress: Progress) -> Resu
     merge(&files, out, progress)
 }
 
-/// The first [`GRID_IMAGES`] samples of the job, from the parts' grid files.
-pub fn join_part_grids(parts: &[Part]) -> Result<Vec<Array3<u8>>> {
-    let mut images: Vec<(i64, Array3<u8>)> = Vec::new();
+/// The images of a grid, and their captions (t2i runs with caption texts).
+pub struct GridImages {
+    /// The images, in sample order.
+    pub images: Vec<Array3<u8>>,
+    /// One caption per image.
+    pub captions: Option<Vec<String>>,
+}
+
+/// The first [`GRID_IMAGES`] samples of the job, from the parts' grid files, with their captions
+/// when every part has them.
+pub fn join_part_grids(parts: &[Part]) -> Result<GridImages> {
+    let mut images: Vec<(i64, Array3<u8>, Option<String>)> = Vec::new();
+    let mut captioned = true;
     for part in parts {
         let Some(path) = part.file("grid") else {
             continue;
         };
         let indices = read_i64(&path, "indices")?
             .with_context(|| format!("{}: no `indices`", path.display()))?;
+        let captions = read_strings(&path, TEXT_KEY)?;
+        if let Some(c) = &captions {
+            anyhow::ensure!(
+                c.len() == indices.len(),
+                "{}: {} captions for {} indices",
+                path.display(),
+                c.len(),
+                indices.len()
+            );
+        }
+        captioned &= captions.is_some();
         let mut npz = NpzImages::open(&path, GRID_IMAGES)?;
         let mut position = 0;
         while let Some(batch) = npz.next_batch(GRID_IMAGES)? {
@@ -545,21 +567,34 @@ pub fn join_part_grids(parts: &[Part]) -> Result<Vec<Array3<u8>>> {
                 let index = *indices
                     .get(position)
                     .with_context(|| format!("{}: more images than indices", path.display()))?;
-                images.push((index, image.to_owned()));
+                let caption = captions.as_ref().map(|c| c[position].clone());
+                images.push((index, image.to_owned(), caption));
                 position += 1;
             }
         }
     }
-    images.sort_by_key(|(i, _)| *i);
-    Ok(images
-        .into_iter()
-        .take(GRID_IMAGES)
-        .map(|(_, image)| image)
-        .collect())
+    images.sort_by_key(|(i, _, _)| *i);
+    images.truncate(GRID_IMAGES);
+    let captions = (captioned && !images.is_empty()).then(|| {
+        images
+            .iter()
+            .map(|(_, _, c)| c.clone().unwrap_or_default())
+            .collect()
+    });
+    Ok(GridImages {
+        images: images.into_iter().map(|(_, image, _)| image).collect(),
+        captions,
+    })
 }
 
-/// Writes a rank's grid images (its first samples) with their sample indices.
-pub fn write_grid_part(path: &Path, images: &[Array3<u8>], indices: &[u64]) -> Result<()> {
+/// Writes a rank's grid images (its first samples) with their sample indices, and their captions
+/// (t2i runs with caption texts).
+pub fn write_grid_part(
+    path: &Path,
+    images: &[Array3<u8>],
+    indices: &[u64],
+    captions: Option<&[String]>,
+) -> Result<()> {
     let Some(first) = images.first() else {
         anyhow::bail!("no images for the grid part");
     };
@@ -570,6 +605,9 @@ pub fn write_grid_part(path: &Path, images: &[Array3<u8>], indices: &[u64]) -> R
     }
     let idx: Array1<i64> = indices[..images.len()].iter().map(|&i| i as i64).collect();
     writer.add_array("indices", &idx)?;
+    if let Some(captions) = captions {
+        writer.add_strings(TEXT_KEY, &captions[..images.len()])?;
+    }
     writer.finish()?;
     Ok(())
 }

@@ -23,12 +23,17 @@ use super::generator::{Batches, Generator, Timing};
 use super::journal;
 use super::pass::{self, JournalConfig, PassConfig, PassOutcome, Stage};
 use super::sinks::{write_grid, GridStage, NpzStage};
+use crate::captions::TEXT_KEY;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::features::{Extractor, FeatureSet};
 use crate::progress::Progress;
 
 /// Images kept for the grid of a run.
 pub const GRID_IMAGES: usize = 64;
+
+/// The entry of a t2i sample npz that says which caption of the set each sample shows (the
+/// caption texts, when known, are in `captions`); c2i samples have their labels in `arr_1`.
+pub const CAPTION_INDICES: &str = "caption_indices";
 
 /// Shard `index` of `count`: sample indices `index`, `index + count`, ...
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +186,8 @@ pub struct Generated {
     pub features: Option<FeatureSet>,
     /// The first samples, for the grid.
     pub grid: Vec<Array3<u8>>,
+    /// Their captions, for a t2i run with caption texts.
+    pub grid_captions: Option<Vec<String>>,
     /// Where the time went (this process's new work).
     pub timing: Timing,
     /// Samples restored from an interrupted run's journal instead of generated.
@@ -306,7 +313,7 @@ pub fn generate(
         }),
         stop_after_new: plan.stop_after,
     };
-    let labels: Array1<i64> = indices.iter().map(|&i| generator.label(i)).collect();
+    let conditions: Array1<i64> = indices.iter().map(|&i| generator.condition(i)).collect();
     let start = Instant::now();
     let outcome = {
         let mut source = generator.source(indices.clone(), plan.overlap)?;
@@ -325,16 +332,27 @@ pub fn generate(
         timing.inception = f.elapsed;
     }
     if let Some(mut writer) = writer.and_then(NpzStage::into_writer) {
-        writer.add_array("arr_1", &labels)?;
+        if generator.captions().is_some() {
+            // Which caption of the set each sample shows, and its text when known.
+            writer.add_array(CAPTION_INDICES, &conditions)?;
+            if let Some(texts) = generator.caption_texts(&indices) {
+                writer.add_strings(TEXT_KEY, &texts)?;
+            }
+        } else {
+            writer.add_array("arr_1", &conditions)?;
+        }
         if shard.count > 1 {
             let idx: Array1<i64> = indices.iter().map(|&i| i as i64).collect();
             writer.add_array("indices", &idx)?;
         }
         writer.finish()?;
     }
+    let grid = grid.into_images();
+    let grid_captions = generator.caption_texts(&indices[..grid.len()]);
     Ok(Generated {
         features: feature_stage.map(FeatureStage::into_features),
-        grid: grid.into_images(),
+        grid,
+        grid_captions,
         timing,
         resumed: outcome.resumed,
         pass: outcome,
@@ -389,7 +407,7 @@ pub fn sample_to_npz(
     if !plan.is_distributed() {
         let mut generated = generate(generator, None, plan, Map::new())?;
         if let Some(path) = grid {
-            write_grid(path, &generated.grid)?;
+            write_grid(path, &generated.grid, generated.grid_captions.as_deref())?;
         }
         let pass = std::mem::replace(&mut generated.pass, PassOutcome::done());
         pass.finish()?;
@@ -478,7 +496,8 @@ fn gather_samples(
 ) -> Result<()> {
     join_part_samples(parts, out, progress)?;
     if let Some(path) = grid {
-        write_grid(path, &join_part_grids(parts)?)?;
+        let grid = join_part_grids(parts)?;
+        write_grid(path, &grid.images, grid.captions.as_deref())?;
     }
     remove_parts(dir)?;
     remove_journals_folder(&sibling(out, ".journal"));
@@ -525,7 +544,12 @@ pub fn write_part(
     }
     if !generated.grid.is_empty() {
         let name = part_file_name(world.rank, "grid");
-        write_grid_part(&dir.join(&name), &generated.grid, &generated.indices)?;
+        write_grid_part(
+            &dir.join(&name),
+            &generated.grid,
+            &generated.indices,
+            generated.grid_captions.as_deref(),
+        )?;
         files.insert("grid".to_owned(), name);
     }
     let shard = plan.partition();

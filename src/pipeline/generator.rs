@@ -1,5 +1,6 @@
-//! A LlamaGen class-conditional generator and its tokenizer as an image source: sample i is
-//! generated from `(seed, i, its label)` alone, decoded as LlamaGen's `sample_c2i_ddp.py` does
+//! A LlamaGen generator (class-conditional, or text-conditional on a caption set) and its
+//! tokenizer as an image source: sample i is generated from `(seed, i, its label or caption)`
+//! alone, decoded as LlamaGen's `sample_c2i_ddp.py` does
 //! (`decode_code`, then, when the evaluated size differs, torch's bicubic interpolation
 //! (`align_corners=False`, no antialiasing), then `clamp(127.5 x + 128, 0, 255)` truncated to u8),
 //! and streamed into the same stages as images read from files.
@@ -59,11 +60,12 @@ use tch::{nn, Device, Kind, Tensor};
 use super::batch::{self, BatchSize};
 use super::journal::StreamSpec;
 use super::pass::crash_point;
+use crate::captions::{CaptionEmbeddings, CaptionSet};
 use crate::data::{DataError, ImageSource};
 use crate::device::DeviceChoice;
-use crate::models::gpt::{Gpt, GptConfig, GptError, HeadChoice};
+use crate::models::gpt::{Condition, Gpt, GptConfig, GptError, HeadChoice};
 use crate::models::vq::{self, VqModel, VqWeights};
-use crate::sampling::{self, LabelSpec, SamplingParams};
+use crate::sampling::{self, Conditioning, Conditions, LabelSpec, SamplingParams};
 
 /// The dtype the generator runs in (the tokenizer runs in f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,7 +106,7 @@ impl Precision {
 /// Everything that defines a generator and how it samples.
 #[derive(Debug, Clone)]
 pub struct GeneratorConfig {
-    /// LlamaGen c2i GPT checkpoint.
+    /// LlamaGen GPT checkpoint (c2i or t2i).
     pub gpt: PathBuf,
     /// The VQ tokenizer the GPT was trained with.
     pub vq: PathBuf,
@@ -116,10 +118,10 @@ pub struct GeneratorConfig {
     pub image_size_eval: Option<i64>,
     /// CFG, temperature, top-k, top-p.
     pub sampling: SamplingParams,
-    /// Sample i depends only on (seed, i, its label).
+    /// Sample i depends only on (seed, i, its label or caption).
     pub seed: u64,
-    /// Class labels of the samples.
-    pub labels: LabelSpec,
+    /// Class labels (c2i) or captions (t2i) of the samples.
+    pub conditioning: Conditioning,
     /// The generator's dtype.
     pub precision: Precision,
     /// Head count when the checkpoint does not fix it.
@@ -157,7 +159,10 @@ impl GeneratorConfig {
         m.insert("top_k".into(), json!(self.sampling.top_k));
         m.insert("top_p".into(), json!(self.sampling.top_p));
         m.insert("seed".into(), json!(self.seed));
-        m.insert("labels".into(), json!(self.labels.name()));
+        m.insert("labels".into(), json!(self.conditioning.name()));
+        if let Some(captions) = self.conditioning.captions() {
+            m.insert("caption_embeddings".into(), captions.fingerprint());
+        }
         m.insert("precision".into(), json!(self.precision.name()));
         m.insert("decode_batch_size".into(), json!(decode_batch));
         m.insert("gpt_model".into(), json!(self.heads.model_name));
@@ -165,9 +170,10 @@ impl GeneratorConfig {
         m
     }
 
-    /// Run-record fields (as `fid --gpt` has always written them).
+    /// Run-record fields (as `fid --gpt` has always written them; with captions also the caption
+    /// file, the caption count and the texts when known).
     pub fn record(&self) -> Vec<(&'static str, Value)> {
-        vec![
+        let mut fields = vec![
             ("gpt", Value::from(self.gpt.display().to_string())),
             ("vq", Value::from(self.vq.display().to_string())),
             ("image_size", Value::from(self.image_size)),
@@ -178,9 +184,20 @@ impl GeneratorConfig {
             ("top_k", Value::from(self.sampling.top_k)),
             ("top_p", Value::from(self.sampling.top_p)),
             ("seed", Value::from(self.seed)),
-            ("labels", Value::from(self.labels.name())),
+            ("labels", Value::from(self.conditioning.name())),
             ("precision", Value::from(self.precision.name())),
-        ]
+        ];
+        if let Some(captions) = self.conditioning.captions() {
+            fields.push((
+                "captions_file",
+                Value::from(captions.source().display().to_string()),
+            ));
+            fields.push(("n_captions", Value::from(captions.len())));
+            if let Some(texts) = captions.texts() {
+                fields.push(("captions", json!(texts)));
+            }
+        }
+        fields
     }
 }
 
@@ -330,33 +347,34 @@ impl Timing {
     }
 }
 
-/// The GPT half of a generator: the network and its weights. It moves to the sampling thread
-/// while a run overlaps sampling with decoding.
+/// The GPT half of a generator: the network and its weights, and the caption embeddings of a t2i
+/// run. It moves to the sampling thread while a run overlaps sampling with decoding.
 struct Sampler {
     _vs: nn::VarStore,
     gpt: Gpt,
+    captions: Option<CaptionEmbeddings>,
 }
 
 /// One generation batch, padded to the batch size by repeating its last sample; the first `real`
-/// rows are kept.
+/// rows are kept. `conditions[b]`: the class label, or the caption index, of sample `indices[b]`.
 struct Batch {
     indices: Vec<u64>,
-    labels: Vec<i64>,
+    conditions: Vec<i64>,
     real: usize,
 }
 
 impl Batch {
-    fn padded(indices: &[u64], labels: &[i64], size: usize) -> Self {
+    fn padded(indices: &[u64], conditions: &[i64], size: usize) -> Self {
         let real = indices.len();
         let pad = size.saturating_sub(real);
         let mut batch = Batch {
             indices: indices.to_vec(),
-            labels: labels.to_vec(),
+            conditions: conditions.to_vec(),
             real,
         };
-        if let (Some(&index), Some(&label)) = (indices.last(), labels.last()) {
+        if let (Some(&index), Some(&condition)) = (indices.last(), conditions.last()) {
             batch.indices.extend(std::iter::repeat_n(index, pad));
-            batch.labels.extend(std::iter::repeat_n(label, pad));
+            batch.conditions.extend(std::iter::repeat_n(condition, pad));
         }
         batch
     }
@@ -371,15 +389,32 @@ struct Sampled {
 impl Sampler {
     fn sample(&self, batch: &Batch, params: &SamplingParams, seed: u64) -> Result<Sampled> {
         let start = Instant::now();
-        let mut out = sampling::generate(
-            &self.gpt,
-            &batch.labels,
-            &batch.indices,
-            params,
-            seed,
-            false,
-        )
-        .with_context(|| {
+        let generated = match &self.captions {
+            None => sampling::generate(
+                &self.gpt,
+                &batch.conditions,
+                &batch.indices,
+                params,
+                seed,
+                false,
+            ),
+            Some(captions) => {
+                let chosen: Vec<usize> = batch.conditions.iter().map(|&c| c as usize).collect();
+                let (embeddings, masks) = captions.batch(&chosen)?;
+                sampling::generate_conditioned(
+                    &self.gpt,
+                    Conditions::Captions {
+                        embeddings: &embeddings,
+                        masks: &masks,
+                    },
+                    &batch.indices,
+                    params,
+                    seed,
+                    false,
+                )
+            }
+        };
+        let mut out = generated.with_context(|| {
             format!(
                 "sampling samples {}..={}",
                 batch.indices.first().copied().unwrap_or_default(),
@@ -502,9 +537,65 @@ fn size_from_file_name(path: &Path) -> Option<i64> {
         .filter(|s| [256, 384, 512].contains(s))
 }
 
+/// Checks the run's conditioning against the model type before anything is sampled; for a t2i
+/// run, the caption embeddings the sampler takes.
+fn check_conditioning(
+    conditioning: &Conditioning,
+    gpt: &Gpt,
+    gpt_path: &Path,
+) -> Result<Option<CaptionEmbeddings>> {
+    let config = gpt.config();
+    match (conditioning, config.condition) {
+        (Conditioning::Classes(labels), Condition::Class) => {
+            if let LabelSpec::Explicit(labels) = labels {
+                if labels.is_empty() {
+                    bail!("the list of class labels is empty");
+                }
+                gpt.check_labels(labels)?;
+            }
+            Ok(None)
+        }
+        (Conditioning::Classes(_), Condition::Caption { .. }) => {
+            Err(GptError::LabelsForTextToImage(format!(
+                "{} is a text-to-image (t2i) generator: it samples from captions (caption \
+                 embeddings), not class labels",
+                gpt_path.display()
+            ))
+            .into())
+        }
+        (Conditioning::Captions(captions), Condition::Class) => {
+            Err(GptError::CaptionsForClassConditional(format!(
+                "captions ({}) for {}, a class-conditional (c2i) generator: captions need a \
+                 text-to-image (t2i) checkpoint",
+                captions.source().display(),
+                gpt_path.display()
+            ))
+            .into())
+        }
+        (Conditioning::Captions(captions), Condition::Caption { caption_dim }) => {
+            let embeddings = captions.embeddings();
+            let (tokens, dim) = (embeddings.tokens(), embeddings.dim());
+            if dim != caption_dim || tokens != config.cls_token_num {
+                return Err(GptError::CaptionShape(format!(
+                    "{} holds {} captions of {tokens} positions of width {dim}, but {} takes \
+                     {} positions of width {caption_dim} (its T5 encoder's hidden size)",
+                    captions.source().display(),
+                    captions.len(),
+                    gpt_path.display(),
+                    config.cls_token_num
+                ))
+                .into());
+            }
+            Ok(Some(embeddings.share()))
+        }
+    }
+}
+
 impl Generator {
-    /// Loads both models and checks everything that can be checked before sampling: label range,
-    /// image size against the tokenizer and the checkpoint, codebook size against the vocabulary.
+    /// Loads both models and checks everything that can be checked before sampling: the
+    /// conditioning against the model type (labels in range for c2i; captions of the model's
+    /// length and width for t2i), image size against the tokenizer and the checkpoint, codebook
+    /// size against the vocabulary.
     pub fn new(config: &GeneratorConfig) -> Result<Self> {
         let device = config.device.resolve().map_err(anyhow::Error::msg)?;
         Self::on(config, device)
@@ -568,13 +659,8 @@ impl Generator {
             }
             .into());
         }
-        if let LabelSpec::Explicit(labels) = &config.labels {
-            if labels.is_empty() {
-                bail!("the list of class labels is empty");
-            }
-            gpt.check_labels(labels)?;
-        }
-        if config.sampling.uses_cfg() && gpt.config().num_classes < 1 {
+        let captions = check_conditioning(&config.conditioning, &gpt, gpt_path)?;
+        if config.sampling.uses_cfg() && !gpt.config().has_null_condition() {
             bail!(
                 "the class embedding has no null-class row: classifier-free guidance is impossible"
             );
@@ -596,7 +682,11 @@ impl Generator {
         Ok(Generator {
             gpt_config: gpt.config().clone(),
             gpt_kind: gpt.kind(),
-            sampler: Some(Sampler { _vs: gpt_vs, gpt }),
+            sampler: Some(Sampler {
+                _vs: gpt_vs,
+                gpt,
+                captions,
+            }),
             _vq_vs: vq_vs,
             vq,
             config: GeneratorConfig {
@@ -620,7 +710,7 @@ impl Generator {
         let mut sampling = self.config.sampling;
         sampling.cfg_scale = scale;
         sampling.validate().map_err(GptError::BadConfig)?;
-        if sampling.uses_cfg() && self.gpt_config.num_classes < 1 {
+        if sampling.uses_cfg() && !self.gpt_config.has_null_condition() {
             bail!(
                 "the class embedding has no null-class row: classifier-free guidance is impossible"
             );
@@ -629,11 +719,21 @@ impl Generator {
         Ok(())
     }
 
-    /// The class label of sample `index`.
-    pub fn label(&self, index: u64) -> i64 {
+    /// The condition of sample `index`: its class label, or its caption's index in the set.
+    pub fn condition(&self, index: u64) -> i64 {
         self.config
-            .labels
-            .label(self.config.seed, index, self.gpt_config.num_classes)
+            .conditioning
+            .condition(self.config.seed, index, self.gpt_config.num_classes)
+    }
+
+    /// The caption set of a t2i run.
+    pub fn captions(&self) -> Option<&CaptionSet> {
+        self.config.conditioning.captions()
+    }
+
+    /// The caption texts of the samples `indices`, when the run has captions with texts.
+    pub fn caption_texts(&self, indices: &[u64]) -> Option<Vec<String>> {
+        self.captions()?.texts_of(indices)
     }
 
     /// Image tokens per sample.
@@ -849,8 +949,9 @@ impl GeneratedImages<'_> {
         self.indices[self.position..]
             .chunks(self.batch)
             .map(|chunk| {
-                let labels: Vec<i64> = chunk.iter().map(|&i| self.generator.label(i)).collect();
-                Batch::padded(chunk, &labels, self.batch)
+                let conditions: Vec<i64> =
+                    chunk.iter().map(|&i| self.generator.condition(i)).collect();
+                Batch::padded(chunk, &conditions, self.batch)
             })
             .collect()
     }
@@ -1029,7 +1130,7 @@ mod tests {
     fn short_batches_are_padded_with_their_last_sample() {
         let batch = Batch::padded(&[7, 9], &[3, 4], 5);
         assert_eq!(batch.indices, vec![7, 9, 9, 9, 9]);
-        assert_eq!(batch.labels, vec![3, 4, 4, 4, 4]);
+        assert_eq!(batch.conditions, vec![3, 4, 4, 4, 4]);
         assert_eq!(batch.real, 2);
         let full = Batch::padded(&[1, 2], &[0, 0], 2);
         assert_eq!((full.indices.len(), full.real), (2, 2));

@@ -1,4 +1,5 @@
-//! `merge`: `sample --shard K/N` outputs joined into one npz in sample-index order, or the
+//! `merge`: `sample --shard K/N` outputs joined into one npz in sample-index order (with their
+//! labels, or for t2i samples their caption indices and texts), or the
 //! `features` files of the shards (which carry the shards' `indices`) joined into one feature
 //! file in sample order, so that every statistic and metric equals the unsharded run's without
 //! moving images between machines.
@@ -8,17 +9,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use ndarray::{Array1, Array2, Array4, Axis};
 
+use super::generate::CAPTION_INDICES;
+use crate::captions::TEXT_KEY;
 use crate::data::npz::NpzImages;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::data::ImageSource;
 use crate::features::FeatureSet;
-use crate::io::{npz_entry_names, read_i64};
+use crate::io::{npz_entry_names, read_i64, read_strings};
 use crate::progress::Progress;
 
 struct ShardReader {
     images: NpzImages,
     indices: Vec<i64>,
     labels: Option<Vec<i64>>,
+    caption_indices: Option<Vec<i64>>,
+    captions: Option<Vec<String>>,
     next: usize,
     buffer: Option<Array4<u8>>,
     buffer_pos: usize,
@@ -181,9 +186,16 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
             bail!("{}: `indices` is not increasing", path.display());
         }
         let labels = read_i64(path, "arr_1")?;
-        if let Some(l) = &labels {
-            if l.len() != n {
-                bail!("{}: {} labels for {n} images", path.display(), l.len());
+        let caption_indices = read_i64(path, CAPTION_INDICES)?;
+        let captions = read_strings(path, TEXT_KEY)?;
+        let lengths = [
+            ("labels", labels.as_ref().map(Vec::len)),
+            ("caption indices", caption_indices.as_ref().map(Vec::len)),
+            ("captions", captions.as_ref().map(Vec::len)),
+        ];
+        for (what, len) in lengths {
+            if let Some(len) = len.filter(|&len| len != n) {
+                bail!("{}: {len} {what} for {n} images", path.display());
             }
         }
         let s = images.image_size();
@@ -198,12 +210,16 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
             images,
             indices,
             labels,
+            caption_indices,
+            captions,
             next: 0,
             buffer: None,
             buffer_pos: 0,
         });
     }
     let with_labels = readers.iter().all(|s| s.labels.is_some());
+    let with_caption_indices = readers.iter().all(|s| s.caption_indices.is_some());
+    let with_captions = readers.iter().all(|s| s.captions.is_some());
     let mut all: Vec<i64> = readers.iter().flat_map(|s| s.indices.clone()).collect();
     all.sort_unstable();
     if let Some(w) = all.windows(2).find(|w| w[0] == w[1]) {
@@ -219,6 +235,8 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
     let (h, w) = size.context("no shards")?;
     let mut writer = ImageNpzWriter::create(out, total, h, w)?;
     let mut labels = Vec::with_capacity(total);
+    let mut caption_indices = Vec::new();
+    let mut captions = Vec::new();
     let bar = progress.bar(total, "merge", "img");
     for _ in 0..total {
         let (k, _) = readers
@@ -231,6 +249,12 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
         if let Some(l) = &shard.labels {
             labels.push(l[shard.next]);
         }
+        if let Some(c) = &shard.caption_indices {
+            caption_indices.push(c[shard.next]);
+        }
+        if let Some(c) = &shard.captions {
+            captions.push(c[shard.next].clone());
+        }
         let image = shard.next_image()?;
         writer.push(image.view())?;
         bar.inc(1);
@@ -238,6 +262,12 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
     bar.finish_and_clear();
     if with_labels {
         writer.add_array("arr_1", &Array1::from(labels))?;
+    }
+    if with_caption_indices {
+        writer.add_array(CAPTION_INDICES, &Array1::from(caption_indices))?;
+    }
+    if with_captions {
+        writer.add_strings(TEXT_KEY, &captions)?;
     }
     if !complete {
         writer.add_array("indices", &Array1::from(all))?;

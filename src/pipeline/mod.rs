@@ -6,9 +6,9 @@
 //!   ──> run record (metrics.json / metrics.csv)
 //! ```
 //!
-//! - [`generator`]: a LlamaGen c2i generator + tokenizer as an image source, sampling on its own
-//!   thread while the pass decodes and evaluates; [`batch`]: its batch sizes (`auto` from free
-//!   memory).
+//! - [`generator`]: a LlamaGen generator (c2i, or t2i with captions) + tokenizer as an image
+//!   source, sampling on its own thread while the pass decodes and evaluates; [`batch`]: its batch
+//!   sizes (`auto` from free memory).
 //! - [`pass`]: the one batch loop, with [`journal`] for resuming after a kill.
 //! - [`features`], [`stats`], [`sinks`], [`recon`]: what a pass does with the images.
 //! - [`gather`], [`split`]: a job split over the ranks of a launcher, rank 0 joining the parts.

@@ -53,7 +53,9 @@ pub struct Chart {
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
-fn register_font() -> Result<()> {
+/// Registers the bundled font with plotters (once); the report charts and the captioned sample
+/// grids draw their text with it.
+pub(crate) fn register_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| {
         plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES).is_ok()
@@ -65,7 +67,8 @@ fn register_font() -> Result<()> {
     }
 }
 
-fn font(size: u32) -> TextStyle<'static> {
+/// The bundled font at `size` pixels.
+pub(crate) fn font(size: u32) -> TextStyle<'static> {
     TextStyle::from((FONT, size).into_font())
 }
 

@@ -17,3 +17,4 @@ mod recon;
 mod report;
 mod resume;
 mod sample;
+mod t2i;

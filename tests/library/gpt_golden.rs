@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use llamagen_eval::models::gpt::{Gpt, GptConfig, GptError, HeadChoice};
+use llamagen_eval::models::gpt::{Condition, Gpt, GptConfig, GptError, HeadChoice};
 use llamagen_eval::sampling::{self, generate, logits_to_probs, SamplingParams};
 use llamagen_test_support as support;
 use tch::{nn, Device, Kind, Tensor};
@@ -176,6 +176,7 @@ fn tiny_model() -> (nn::VarStore, Gpt) {
         n_kv_head: 2,
         vocab_size: 12,
         num_classes: 3,
+        condition: Condition::Class,
         ffn_hidden: 64,
         block_size: 1,
         cls_token_num: 1,

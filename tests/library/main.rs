@@ -1,5 +1,5 @@
 //! The library in-process against its references: the GPT and VQ models against LlamaGen's golden
-//! outputs, the sampler's tensor draws against its host reference, Inception against
+//! outputs (c2i and t2i), the sampler's tensor draws against its host reference, Inception against
 //! torch-fidelity and pytorch-fid, the checkpoint reader against torch, image folders against
 //! Pillow, CLIP against Hugging Face and CMMD's preprocessing, the T5 and CLIP text encoders against
 //! Hugging Face and the caption tokenizers against the `tokenizers` package. One binary: the
@@ -14,6 +14,7 @@ mod draws;
 mod folder_images;
 mod gpt_bf16;
 mod gpt_golden;
+mod gpt_t2i_golden;
 mod inception_parity;
 mod t5_golden;
 mod tokenizer_parity;

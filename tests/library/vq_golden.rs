@@ -223,7 +223,9 @@ fn decoded(tokens: &[Vec<i64>], decode_batch: usize) -> Vec<u8> {
         image_size_eval: None,
         sampling: Default::default(),
         seed: 0,
-        labels: llamagen_eval::sampling::LabelSpec::Uniform,
+        conditioning: llamagen_eval::sampling::Conditioning::Classes(
+            llamagen_eval::sampling::LabelSpec::Uniform,
+        ),
         precision: Default::default(),
         heads: llamagen_eval::models::gpt::HeadChoice {
             n_head: Some(4),

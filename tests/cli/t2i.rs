@@ -1,0 +1,481 @@
+//! Text-to-image end to end: `fid --gpt` and `sample` on the golden t2i checkpoint with
+//! `--caption-embeddings` (an npz numpy writes from the golden T5 output) reproduce LlamaGen's
+//! greedy images, store the captions beside the samples and under the grid images, and do not
+//! depend on batch size, shards, interruption, overlap or launcher ranks; bad caption inputs fail
+//! before sampling.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use llamagen_test_support as support;
+use ndarray::{Array1, Array4};
+use ndarray_npy::NpzReader;
+use tch::Tensor;
+
+use crate::distributed::{spawn_ranks, srun_vars};
+use crate::harness::{metrics_json, one_core, random_inception_and_reference, Cli, Run};
+
+fn golden(name: &str) -> PathBuf {
+    support::golden_dir().join(name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn llamagen_eval(args: &[&str]) -> Run {
+    Cli::new()
+        .args(args)
+        .info_log()
+        // The tests run side by side: one libtorch thread per process avoids oversubscription.
+        .env("OMP_NUM_THREADS", "1")
+        .run()
+}
+
+/// The caption npz files of `fixtures/t2i_caption_npz.py` in `dir`, and the caption texts.
+fn caption_files(dir: &Path) -> Vec<String> {
+    let out = support::run_reference(
+        "fixtures/t2i_caption_npz.py",
+        &[golden("t2i_public_io.safetensors").as_path(), dir],
+    );
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// The generator flags of every run: the golden t2i checkpoint and tokenizer at 64 px on the CPU.
+fn generator_args<'a>(gpt: &'a Path, vq: &'a Path) -> Vec<&'a str> {
+    vec![
+        "--gpt",
+        s(gpt),
+        "--vq",
+        s(vq),
+        "--n-head",
+        "4",
+        "--image-size",
+        "64",
+        "--device",
+        "cpu",
+    ]
+}
+
+fn sample(out: &Path, captions: &Path, extra: &[&str]) -> Run {
+    let (gpt, vq) = (golden("gpt_t2i_public.pt"), golden("vq_public.pt"));
+    let mut args = vec!["sample"];
+    args.extend(generator_args(&gpt, &vq));
+    args.extend([
+        "--caption-embeddings",
+        s(captions),
+        "--quiet",
+        "--out",
+        s(out),
+    ]);
+    args.extend_from_slice(extra);
+    llamagen_eval(&args)
+}
+
+/// A t2i sample npz: images, caption indices, and the caption texts as numpy reads them.
+struct Samples {
+    images: Array4<u8>,
+    caption_indices: Array1<i64>,
+    captions: Option<Vec<String>>,
+}
+
+fn read(path: &Path) -> Samples {
+    let mut npz = NpzReader::new(File::open(path).unwrap()).unwrap();
+    let names = npz.names().unwrap();
+    assert!(!names.iter().any(|n| n.starts_with("arr_1")), "{names:?}");
+    let captions = names.iter().any(|n| n.starts_with("captions")).then(|| {
+        let out = std::process::Command::new(support::python())
+            .args([
+                "-c",
+                "import json, sys, numpy as np; \
+                 print(json.dumps(np.load(sys.argv[1])['captions'].tolist()))",
+                s(path),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    });
+    Samples {
+        images: npz.by_name("arr_0").unwrap(),
+        caption_indices: npz.by_name("caption_indices").unwrap(),
+        captions,
+    }
+}
+
+fn png_size(path: &Path) -> (u32, u32) {
+    let decoder = png::Decoder::new(File::open(path).unwrap());
+    let info = decoder.read_info().unwrap();
+    (info.info().width, info.info().height)
+}
+
+/// The golden greedy images of `key` within the tokenizer rounding allowance of the VQ golden
+/// tests (every value within 1, at most 0.1% off).
+fn assert_golden_images(images: &Array4<u8>, key: &str) {
+    let io: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(golden("t2i_public_io.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let expected = Vec::<u8>::try_from(io[&format!("{key}_images_uint8_nhwc")].view([-1])).unwrap();
+    let ours: Vec<u8> = images.iter().copied().collect();
+    assert_eq!(ours.len(), expected.len(), "{key}: sizes");
+    let off = ours.iter().zip(&expected).filter(|(a, b)| a != b).count();
+    assert!(
+        ours.iter().zip(&expected).all(|(a, b)| a.abs_diff(*b) <= 1),
+        "{key}: a pixel value is off by more than 1"
+    );
+    assert!(off * 1000 <= expected.len(), "{key}: {off} values differ");
+}
+
+/// A grid of 64-px images in `cols` x `rows` cells, without captions.
+fn plain_grid(cols: u32, rows: u32) -> (u32, u32) {
+    (cols * 66 + 2, rows * 66 + 2)
+}
+
+#[test]
+fn t2i_fid_and_sample_reproduce_llamagen_with_captions() {
+    let _cores = one_core();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let texts = caption_files(root);
+    let captions = root.join("captions.npz");
+    let (weights, reference) = random_inception_and_reference(root, 10);
+    let (gpt, vq) = (golden("gpt_t2i_public.pt"), golden("vq_public.pt"));
+
+    // fid --gpt: 6 greedy samples with guidance 4, captions cycled (sample i shows caption i % 3).
+    let out = root.join("fid");
+    let saved = root.join("fid_samples.npz");
+    let mut args = vec!["fid"];
+    args.extend(generator_args(&gpt, &vq));
+    args.extend([
+        "--caption-embeddings",
+        s(&captions),
+        "--samples",
+        "6",
+        "--cfg-scale",
+        "4.0",
+        "--top-k",
+        "1",
+        "--gen-batch-size",
+        "4",
+        "--decode-batch-size",
+        "6",
+        "--ref",
+        s(&reference),
+        "--inception",
+        s(&weights),
+        "--metrics",
+        "fid",
+        "--save-samples",
+        s(&saved),
+        "--quiet",
+        "--out",
+        s(&out),
+    ]);
+    llamagen_eval(&args).success();
+    let record = metrics_json(&out);
+    let fid = record["metrics"]["fid"].as_f64().unwrap();
+    assert!(fid.is_finite() && fid > 0.0, "{record}");
+    let run = &record["run"];
+    assert_eq!(run["n_samples"], 6);
+    assert_eq!(run["labels"], "captions");
+    assert_eq!(run["n_captions"], 3);
+    assert_eq!(run["captions"], serde_json::json!(texts));
+    assert!(run["captions_file"]
+        .as_str()
+        .unwrap()
+        .ends_with("captions.npz"));
+    let samples = read(&saved);
+    assert_golden_images(
+        &samples
+            .images
+            .slice(ndarray::s![..3, .., .., ..])
+            .to_owned(),
+        "t2i_greedy_cfg4.0",
+    );
+    // Greedy: the same caption gives the same image (one decode batch for all six).
+    assert_eq!(
+        samples.images.slice(ndarray::s![3.., .., .., ..]),
+        samples.images.slice(ndarray::s![..3, .., .., ..])
+    );
+    assert_eq!(samples.caption_indices.to_vec(), vec![0, 1, 2, 0, 1, 2]);
+    let cycled: Vec<String> = (0..6).map(|i| texts[i % 3].clone()).collect();
+    assert_eq!(samples.captions.as_ref().unwrap(), &cycled);
+    // The grid (3 x 2 cells) has a caption strip under each image.
+    let (w, h) = png_size(&out.join("grid.png"));
+    assert_eq!(w, plain_grid(3, 2).0);
+    assert!(h > plain_grid(3, 2).1 + 2 * 20, "{h}");
+
+    // sample: guidance 7.5, one sample per caption by default.
+    let npz = root.join("samples.npz");
+    let grid = root.join("grid.png");
+    sample(
+        &npz,
+        &captions,
+        &["--cfg-scale", "7.5", "--top-k", "1", "--grid", s(&grid)],
+    )
+    .success();
+    let samples = read(&npz);
+    assert_golden_images(&samples.images, "t2i_greedy_cfg7.5");
+    assert_eq!(samples.captions.unwrap(), texts);
+    let (w, h) = png_size(&grid);
+    assert_eq!(w, plain_grid(2, 2).0);
+    assert!(h > plain_grid(2, 2).1 + 2 * 20, "{h}");
+
+    // Hugging Face's names, float16 embeddings and bool masks, without texts: no `captions`
+    // entry, and a grid without caption strips.
+    let npz = root.join("hf.npz");
+    let grid = root.join("hf_grid.png");
+    sample(
+        &npz,
+        &root.join("hf_names.npz"),
+        &["--samples", "2", "--grid", s(&grid)],
+    )
+    .success();
+    let samples = read(&npz);
+    assert_eq!(samples.images.dim(), (2, 64, 64, 3));
+    assert_eq!(samples.caption_indices.to_vec(), vec![0, 1]);
+    assert!(samples.captions.is_none());
+    assert_eq!(png_size(&grid), plain_grid(2, 1));
+}
+
+/// Random sampling with guidance of 4 samples of the 3 captions.
+const RANDOM: [&str; 8] = [
+    "--samples",
+    "4",
+    "--cfg-scale",
+    "3.0",
+    "--seed",
+    "7",
+    "--decode-batch-size",
+    "2",
+];
+
+#[test]
+fn t2i_samples_do_not_depend_on_batching_shards_interruption_or_ranks() {
+    let _cores = one_core();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let texts = caption_files(dir.path());
+    let captions = p("captions.npz");
+    let run = |name: &str, extra: &[&str]| -> Samples {
+        let mut args = RANDOM.to_vec();
+        args.extend_from_slice(extra);
+        sample(&p(name), &captions, &args).success();
+        read(&p(name))
+    };
+    let reference = run("bs1.npz", &["--batch-size", "1"]);
+    let cycled: Vec<String> = (0..4).map(|i| texts[i % 3].clone()).collect();
+    assert_eq!(reference.captions.as_ref().unwrap(), &cycled);
+    assert_eq!(reference.caption_indices.to_vec(), vec![0, 1, 2, 0]);
+    // Random sampling: samples 0 and 3 show the same caption but differ.
+    assert_ne!(
+        reference.images.index_axis(ndarray::Axis(0), 0),
+        reference.images.index_axis(ndarray::Axis(0), 3)
+    );
+    let same = |other: &Samples, what: &str| {
+        assert_eq!(other.images, reference.images, "{what}: images");
+        assert_eq!(other.caption_indices, reference.caption_indices, "{what}");
+        assert_eq!(other.captions, reference.captions, "{what}: captions");
+    };
+    same(&run("bs3.npz", &["--batch-size", "3"]), "batch size 3");
+    same(
+        &run("no_overlap.npz", &["--batch-size", "4", "--no-overlap"]),
+        "no overlap",
+    );
+
+    // Shards 1/2 and 0/2, merged.
+    for k in ["0", "1"] {
+        let shard = format!("{k}/2");
+        run(
+            &format!("shard{k}.npz"),
+            &["--batch-size", "2", "--shard", &shard],
+        );
+    }
+    let shard1 = read(&p("shard1.npz"));
+    assert_eq!(shard1.caption_indices.to_vec(), vec![1, 0]);
+    llamagen_eval(&[
+        "merge",
+        s(&p("shard1.npz")),
+        s(&p("shard0.npz")),
+        "--out",
+        s(&p("merged.npz")),
+        "--quiet",
+    ])
+    .success();
+    same(&read(&p("merged.npz")), "merged shards");
+
+    // Interrupted after 2 new samples, then resumed with another batch size.
+    let out = p("resumed.npz");
+    let mut args = RANDOM.to_vec();
+    args.extend(["--batch-size", "2", "--stop-after", "2"]);
+    assert!(!sample(&out, &captions, &args).succeeded());
+    assert!(!out.exists());
+    // Other captions refuse to resume.
+    let mut args = RANDOM.to_vec();
+    args.extend(["--batch-size", "3", "--resume"]);
+    let refused = sample(&out, &p("hf_names.npz"), &args);
+    assert!(!refused.succeeded());
+    assert!(
+        refused.stderr_text().contains("other settings"),
+        "{}",
+        refused.stderr_text()
+    );
+    let resumed = sample(&out, &captions, &args).success();
+    assert!(resumed.stderr_text().contains("resuming after 2"));
+    same(&read(&out), "resumed");
+
+    // Two ranks of a Slurm job: rank 0 gathers one process's samples, and the captioned grid.
+    let (gpt, vq) = (golden("gpt_t2i_public.pt"), golden("vq_public.pt"));
+    let gathered = p("ranks.npz");
+    let grid = p("ranks_grid.png");
+    let args: Vec<String> = ["sample"]
+        .into_iter()
+        .chain(generator_args(&gpt, &vq))
+        .chain(RANDOM)
+        .chain([
+            "--caption-embeddings",
+            s(&captions),
+            "--batch-size",
+            "2",
+            "--grid",
+            s(&grid),
+            "--quiet",
+            "--out",
+            s(&gathered),
+        ])
+        .map(str::to_owned)
+        .collect();
+    let ranks: Vec<_> = (0..2).map(|r| srun_vars(r, 2)).collect();
+    for (rank, (ok, stderr)) in spawn_ranks(&args, &ranks).iter().enumerate() {
+        assert!(ok, "rank {rank}:\n{stderr}");
+    }
+    same(&read(&gathered), "two ranks");
+    let (w, h) = png_size(&grid);
+    assert_eq!(w, plain_grid(2, 2).0);
+    assert!(h > plain_grid(2, 2).1 + 2 * 20, "{h}");
+}
+
+#[test]
+fn bad_caption_inputs_fail_before_sampling() {
+    let _cores = one_core();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    caption_files(root);
+    let out = root.join("x.npz");
+    let fails = |output: Run, expected: &[&str]| {
+        let stderr = output.stderr_text();
+        assert!(!output.succeeded(), "should fail: {expected:?}");
+        for e in expected {
+            assert!(stderr.contains(e), "expected `{e}` in: {stderr}");
+        }
+        assert!(!out.exists());
+        assert!(
+            !root.join("x.npz.journal").exists(),
+            "a journal was started: {stderr}"
+        );
+    };
+    let (t2i, c2i, vq) = (
+        golden("gpt_t2i_public.pt"),
+        golden("gpt_public.pt"),
+        golden("vq_public.pt"),
+    );
+    let run = |gpt: &Path, extra: &[&str]| {
+        let mut args = vec!["sample"];
+        args.extend(generator_args(gpt, &vq));
+        args.extend(["--samples", "2", "--out", s(&out)]);
+        args.extend_from_slice(extra);
+        llamagen_eval(&args)
+    };
+    let captions = root.join("captions.npz");
+    let with = |name: &str| run(&t2i, &["--caption-embeddings", s(&root.join(name))]);
+
+    // Captions for a class-conditional checkpoint, and the reverse.
+    fails(
+        run(&c2i, &["--caption-embeddings", s(&captions)]),
+        &[
+            "a class-conditional (c2i) generator",
+            "drop --caption-embeddings",
+        ],
+    );
+    fails(
+        run(&t2i, &[]),
+        &[
+            "is a text-to-image (t2i) generator",
+            "--caption-embeddings FILE.npz",
+        ],
+    );
+    fails(
+        run(&t2i, &["--labels", "1,2"]),
+        &["is a text-to-image (t2i) generator"],
+    );
+    fails(
+        run(
+            &t2i,
+            &["--labels", "1", "--caption-embeddings", s(&captions)],
+        ),
+        &["--caption-embeddings", "cannot be used with", "--labels"],
+    );
+    fails(
+        run(
+            &t2i,
+            &["--class-balanced", "--caption-embeddings", s(&captions)],
+        ),
+        &["cannot be used with", "--class-balanced"],
+    );
+    // Embeddings that do not fit the checkpoint, or do not fit together.
+    fails(
+        with("wide.npz"),
+        &[
+            "wide.npz holds 3 captions of 120 positions of width 16",
+            "takes 120 positions of width 32",
+        ],
+    );
+    fails(
+        with("short.npz"),
+        &["3 captions of 100 positions", "takes 120 positions"],
+    );
+    fails(with("empty.npz"), &["empty.npz: empty caption embeddings"]);
+    fails(
+        with("masks_short.npz"),
+        &["caption masks of shape [3, 119] for embeddings of shape [3, 120, 32]"],
+    );
+    fails(
+        with("no_masks.npz"),
+        &["no_masks.npz: has no `emb_masks` or `attention_mask` entry"],
+    );
+    fails(
+        with("left_padded.npz"),
+        &["not right-padded", "left-padded already"],
+    );
+    fails(with("missing.npz"), &["missing.npz: cannot open"]);
+    // The same checks in `fid --gpt`.
+    let (weights, reference) = random_inception_and_reference(root, 4);
+    let mut args = vec!["fid"];
+    args.extend(generator_args(&t2i, &vq));
+    let wide = root.join("wide.npz");
+    let fid_out = root.join("fid");
+    args.extend([
+        "--caption-embeddings",
+        s(&wide),
+        "--samples",
+        "2",
+        "--ref",
+        s(&reference),
+        "--inception",
+        s(&weights),
+        "--out",
+        s(&fid_out),
+    ]);
+    let fid = llamagen_eval(&args);
+    assert!(!fid.succeeded());
+    let stderr = fid.stderr_text();
+    assert!(stderr.contains("width 16"), "{stderr}");
+    assert!(!fid_out.join("metrics.json").exists());
+    assert!(!fid_out.join(".journal").exists());
+}
