@@ -330,7 +330,7 @@ fn generated_checkpoints_match_torch() {
             Some(&Value::BigInt("1180591620717411303424".into()))
         );
         assert_eq!(root.get("neg"), Some(&Value::Int(-5)));
-        assert_eq!(root.get("blob"), Some(&Value::Bytes(vec![0, 1])));
+        assert_eq!(root.get("blob"), Some(&Value::Bytes(vec![0, 1].into())));
         assert!(matches!(root.get("tags"), Some(Value::Set(s)) if s.len() == 2));
         let args = root.get("args").unwrap();
         assert_eq!(args.get("gpt_model").and_then(Value::as_str), Some("GPT-B"));
