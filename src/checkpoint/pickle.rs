@@ -1702,9 +1702,7 @@ mod tests {
     fn copied_call_arguments_are_charged() {
         // REDUCE of builtins.list(t) 20000 times with a 1000-item memoised tuple t.
         let mut p = vec![0x80, 2, b'('];
-        for _ in 0..1000 {
-            p.push(b'N');
-        }
+        p.extend(std::iter::repeat_n(b'N', 1000));
         p.extend_from_slice(b"tq\x00\x85q\x01cbuiltins\nlist\nq\x02](");
         for _ in 0..20000 {
             p.extend_from_slice(b"h\x02h\x01R");
