@@ -1,14 +1,16 @@
 //! The library in-process against its references: the GPT and VQ models against LlamaGen's golden
 //! outputs, the sampler's tensor draws against its host reference, Inception against
 //! torch-fidelity and pytorch-fid, the checkpoint reader against torch, image folders against
-//! Pillow, and CLIP against Hugging Face and CMMD's preprocessing. One binary: the modules share
-//! one libtorch process, so settings such as `tch::set_num_threads` hold for all of them.
+//! Pillow, and CLIP against Hugging Face and CMMD's preprocessing; the input readers fuzzed. One
+//! binary: the modules share one libtorch process, so settings such as `tch::set_num_threads` hold
+//! for all of them.
 
 mod checkpoint;
 mod clip_golden;
 mod dinov2_golden;
 mod draws;
 mod folder_images;
+mod fuzz_readers;
 mod gpt_bf16;
 mod gpt_golden;
 mod inception_parity;
