@@ -75,7 +75,8 @@ pub struct Checkpoint {
     source: Source,
     file_len: u64,
     budget: ReadBudget,
-    /// Bytes charged to the budget while opening (the object tree stays in memory).
+    /// Bytes charged to the budget while opening: an upper bound on what the open checkpoint
+    /// holds (its object tree), counted against each later read.
     held: u64,
 }
 
@@ -248,7 +249,16 @@ impl Reader {
         match self {
             Reader::Zip(r) => r.name(key),
             Reader::Legacy(_) => format!("storage {key}"),
-            Reader::Safetensors(_) => format!("the data of tensor {key}"),
+            Reader::Safetensors(_) => format!("the data of tensor `{key}`"),
+        }
+    }
+
+    /// What reading storage `key` for tensor `tensor` is, for budget errors.
+    fn reading(&self, key: &str, tensor: &str) -> String {
+        match self {
+            // A safetensors tensor is its own storage.
+            Reader::Safetensors(_) => format!("reading tensor `{tensor}`"),
+            _ => format!("reading {} for tensor `{tensor}`", self.name(key)),
         }
     }
 
@@ -439,11 +449,6 @@ impl Checkpoint {
         self.format
     }
 
-    /// The memory budget of reads from this checkpoint.
-    pub fn budget(&self) -> ReadBudget {
-        self.budget
-    }
-
     /// The whole object tree (usually a dict).
     pub fn root(&self) -> &Value {
         &self.root
@@ -574,9 +579,9 @@ impl Checkpoint {
                 start: first * size,
                 end: end * size,
             };
-            let what = reader.name(key);
             let cost = reader.cost(key, &range)?;
-            meter.charge(cost, || format!("reading {what} for tensor `{tensor}`"))?;
+            meter.charge(cost, || reader.reading(key, tensor))?;
+            let what = reader.name(key);
             let swap = reader.big_endian();
             let storage = reader.read(key, &range, |src| {
                 fill_storage(src, end - first, dtype, swap, &what)

@@ -16,6 +16,9 @@
 //! `LLAMAGEN_FUZZ_SEED` starts the seeds elsewhere and `LLAMAGEN_FUZZ_RUNS` sets the minimum, so
 //! `LLAMAGEN_FUZZ_SEED=S LLAMAGEN_FUZZ_RUNS=1 LLAMAGEN_FUZZ_SECONDS=0` replays seed S. Failing
 //! inputs are kept in the test folder (`fuzz-failures/`) as reproducers.
+//!
+//! Beside the fuzzing, a few synthesised hostile checkpoints are checked exactly: what a budget
+//! admits and refuses, and the messages.
 
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read, Write};
@@ -39,7 +42,8 @@ const MAX_RSS: u64 = 1_000_000_000;
 const SLOW: Duration = Duration::from_secs(5);
 /// Inputs run whatever the time: the same seeds on every machine.
 const MIN_RUNS: u64 = 300;
-/// Seconds of fuzzing after the minimum, unless `LLAMAGEN_FUZZ_SECONDS` says otherwise.
+/// Seconds of fuzzing in all (more when the minimum takes longer), unless `LLAMAGEN_FUZZ_SECONDS`
+/// says otherwise.
 const DEFAULT_SECONDS: u64 = 12;
 /// Set in the child process, which does the fuzzing.
 const CHILD_ENV: &str = "LLAMAGEN_FUZZ_CHILD";
