@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::value::shape_text;
+
 /// An error while reading a checkpoint or loading it into a model; always names the file.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {kind}", path.display())]
@@ -68,13 +70,44 @@ pub enum ErrorKind {
     /// A size, count or nesting depth is beyond what this reader accepts.
     #[error("{0}")]
     Limit(String),
-    /// A tensor's storage has a dtype this reader cannot build.
-    #[error("tensor `{tensor}` has unsupported storage dtype `{dtype}`")]
+    /// Reading would take more memory than the budget allows ([`super::ReadBudget`]).
+    #[error(
+        "{what} needs more memory than the input budget of {limit} ({how}); if the file is \
+         trusted, raise the budget with --max-input-memory"
+    )]
+    Budget {
+        /// What was being read or built (names the entry or tensor).
+        what: String,
+        /// The budget, human-readable.
+        limit: String,
+        /// Where the budget comes from.
+        how: String,
+    },
+    /// A tensor's dtype is one this reader cannot build.
+    #[error("tensor `{tensor}` has unsupported dtype `{dtype}`")]
     UnknownDtype {
         /// The tensor's name in the state dict.
         tensor: String,
-        /// The dtype or storage class named by the file.
+        /// The dtype named by the file.
         dtype: String,
+    },
+    /// A storage class this reader cannot build (quantized storages, for one).
+    #[error("{}unsupported storage type {class}{}", of_tensor(.tensor), quantized_note(.class))]
+    UnsupportedStorage {
+        /// The tensor that uses the storage, when one does.
+        tensor: Option<String>,
+        /// The storage class named by the file (`torch.QInt8Storage`).
+        class: String,
+    },
+    /// A storage's size is impossible, or more than its data holds.
+    #[error("{}storage `{storage}` {detail}", of_tensor(.tensor))]
+    BadStorage {
+        /// The storage: a zip entry (`archive/data/0`) or a legacy storage key.
+        storage: String,
+        /// The tensor that uses it, when one does.
+        tensor: Option<String>,
+        /// What is wrong.
+        detail: String,
     },
     /// A tensor's metadata does not fit its storage.
     #[error("tensor `{tensor}`: {detail}")]
@@ -104,6 +137,24 @@ pub enum ErrorKind {
     /// libtorch refused an operation.
     #[error("libtorch: {0}")]
     Torch(#[source] tch::TchError),
+}
+
+/// `tensor `x`: ` before a message about the storage of tensor `x`.
+fn of_tensor(tensor: &Option<String>) -> String {
+    tensor
+        .as_ref()
+        .map(|t| format!("tensor `{t}`: "))
+        .unwrap_or_default()
+}
+
+/// Says why quantized storages (`torch.QInt8Storage`, `torch.QUInt4x2Storage`, ...) fail.
+fn quantized_note(class: &str) -> &'static str {
+    let name = class.rsplit('.').next().unwrap_or(class);
+    if name.starts_with('Q') && name.ends_with("Storage") {
+        " (quantized tensors are not supported)"
+    } else {
+        ""
+    }
 }
 
 /// Names the state dict and the model disagree on, for [`ErrorKind::Mismatch`].
@@ -171,7 +222,12 @@ impl fmt::Display for Mismatch {
                 if i > 0 {
                     write!(f, ", ")?;
                 }
-                write!(f, "{name}: checkpoint {ck:?} vs model {model:?}")?;
+                write!(
+                    f,
+                    "{name}: checkpoint {} vs model {}",
+                    shape_text(ck),
+                    shape_text(model)
+                )?;
             }
             if self.mis_shaped.len() > SHOWN {
                 write!(f, ", ... and {} more", self.mis_shaped.len() - SHOWN)?;

@@ -8,9 +8,11 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
+use super::budget::Meter;
 use super::error::ErrorKind;
 use super::pickle::{unpickle, unpickle_value, Counting, Unpickled};
 use super::value::Value;
+use super::{first_tensor_using, ReadRange};
 
 /// The legacy format's magic number, 0x1950a86a20f9469cfc6c, in decimal.
 const MAGIC: &str = "119547037146038801333356";
@@ -29,13 +31,13 @@ pub(crate) struct Layout {
     storages: HashMap<String, (u64, u64)>,
 }
 
-pub(crate) fn open(path: &Path) -> Result<(Unpickled, Layout), ErrorKind> {
+pub(crate) fn open(path: &Path, meter: &mut Meter) -> Result<(Unpickled, Layout), ErrorKind> {
     let file = File::open(path).map_err(ErrorKind::Io)?;
     let file_len = file.metadata().map_err(ErrorKind::Io)?.len();
     let mut reader = BufReader::new(file);
     let mut pos = 0u64;
 
-    let (magic, n) = unpickle_value(&mut reader, file_len, "the magic-number pickle")?;
+    let (magic, n) = unpickle_value(&mut reader, file_len, "the magic-number pickle", meter)?;
     pos += n;
     if !matches!(&magic, Value::BigInt(m) if m == MAGIC) {
         return Err(ErrorKind::Legacy("wrong magic number".to_owned()));
@@ -44,6 +46,7 @@ pub(crate) fn open(path: &Path) -> Result<(Unpickled, Layout), ErrorKind> {
         &mut reader,
         file_len.saturating_sub(pos),
         "the protocol pickle",
+        meter,
     )?;
     pos += n;
     if protocol != Value::Int(PROTOCOL) {
@@ -56,6 +59,7 @@ pub(crate) fn open(path: &Path) -> Result<(Unpickled, Layout), ErrorKind> {
         &mut reader,
         file_len.saturating_sub(pos),
         "the sys_info pickle",
+        meter,
     )?;
     pos += n;
     let mut counting = Counting {
@@ -66,12 +70,14 @@ pub(crate) fn open(path: &Path) -> Result<(Unpickled, Layout), ErrorKind> {
         &mut counting,
         file_len.saturating_sub(pos),
         "the main pickle",
+        meter,
     )?;
     pos += counting.n;
     let (keys, n) = unpickle_value(
         &mut reader,
         file_len.saturating_sub(pos),
         "the storage-keys pickle",
+        meter,
     )?;
     pos += n;
     let Value::List(keys) = keys else {
@@ -88,7 +94,7 @@ pub(crate) fn open(path: &Path) -> Result<(Unpickled, Layout), ErrorKind> {
     let mut storages = HashMap::new();
     for key in &keys {
         let key = match key {
-            Value::Str(s) => s.clone(),
+            Value::Str(s) => s.to_string(),
             Value::Int(i) => i.to_string(),
             other => {
                 return Err(ErrorKind::Legacy(format!(
@@ -100,10 +106,12 @@ pub(crate) fn open(path: &Path) -> Result<(Unpickled, Layout), ErrorKind> {
         let storage = by_key.get(key.as_str()).ok_or_else(|| {
             ErrorKind::Legacy(format!("storage `{key}` is listed but never used"))
         })?;
+        let tensor = || first_tensor_using(&unpickled.root, &key);
         let Some(elem) = storage.kind.elem_size() else {
-            return Err(ErrorKind::UnknownDtype {
-                tensor: format!("(storage {key})"),
-                dtype: format!("{:?}", storage.kind),
+            // The storage's length in bytes, and so where the next one starts, is unknown.
+            return Err(ErrorKind::UnsupportedStorage {
+                tensor: tensor(),
+                class: storage.kind.name(),
             });
         };
         reader.seek(SeekFrom::Start(pos)).map_err(ErrorKind::Io)?;
@@ -123,7 +131,14 @@ pub(crate) fn open(path: &Path) -> Result<(Unpickled, Layout), ErrorKind> {
         }
         let nbytes = count
             .checked_mul(elem)
-            .ok_or_else(|| ErrorKind::Legacy(format!("storage `{key}` size overflows")))?;
+            .ok_or_else(|| ErrorKind::BadStorage {
+                storage: key.clone(),
+                tensor: tensor(),
+                detail: format!(
+                    "claims {count} {} elements, more bytes than any file can hold",
+                    storage.kind.name()
+                ),
+            })?;
         let start = pos + 8;
         let end = start
             .checked_add(nbytes)
@@ -152,42 +167,43 @@ pub(crate) fn open(path: &Path) -> Result<(Unpickled, Layout), ErrorKind> {
 
 /// Reads storages out of a legacy checkpoint.
 pub(crate) struct StorageReader {
-    file: File,
+    file: BufReader<File>,
     layout: Layout,
 }
 
 impl StorageReader {
     pub(crate) fn new(path: &Path, layout: &Layout) -> Result<Self, ErrorKind> {
         Ok(Self {
-            file: File::open(path).map_err(ErrorKind::Io)?,
+            file: BufReader::new(File::open(path).map_err(ErrorKind::Io)?),
             layout: layout.clone(),
         })
     }
 
-    /// The first `nbytes` bytes of storage `key`.
-    pub(crate) fn read(&mut self, key: &str, nbytes: u64) -> Result<Vec<u8>, ErrorKind> {
+    /// Calls `fill` with a reader of bytes `range` of storage `key`.
+    pub(crate) fn read<T>(
+        &mut self,
+        key: &str,
+        range: &ReadRange,
+        fill: impl FnOnce(&mut dyn Read) -> Result<T, ErrorKind>,
+    ) -> Result<T, ErrorKind> {
         let &(start, size) = self
             .layout
             .storages
             .get(key)
             .ok_or_else(|| ErrorKind::Legacy(format!("no data for storage `{key}`")))?;
-        if nbytes > size {
-            return Err(ErrorKind::Legacy(format!(
-                "storage `{key}` holds {size} bytes, {nbytes} needed"
-            )));
+        if range.end > size {
+            return Err(ErrorKind::BadStorage {
+                storage: key.to_owned(),
+                tensor: None,
+                detail: format!(
+                    "holds {size} bytes, but the tensors need bytes up to {}",
+                    range.end
+                ),
+            });
         }
-        let len = usize::try_from(nbytes)
-            .map_err(|_| ErrorKind::Limit(format!("storage `{key}` does not fit in memory")))?;
         self.file
-            .seek(SeekFrom::Start(start))
+            .seek(SeekFrom::Start(start + range.start))
             .map_err(ErrorKind::Io)?;
-        let mut buf = vec![0u8; len];
-        self.file.read_exact(&mut buf).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                ErrorKind::Truncated(format!("storage `{key}` ends early"))
-            }
-            _ => ErrorKind::Io(e),
-        })?;
-        Ok(buf)
+        fill(&mut (&mut self.file).take(range.len()))
     }
 }

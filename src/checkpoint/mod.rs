@@ -12,6 +12,7 @@
 //! # Ok::<(), llamagen_eval::checkpoint::CheckpointError>(())
 //! ```
 
+mod budget;
 mod error;
 mod legacy;
 mod load;
@@ -21,13 +22,17 @@ mod summary;
 mod value;
 mod zipfmt;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 
+use budget::Meter;
+pub use budget::ReadBudget;
 pub use error::{CheckpointError, ErrorKind, Mismatch};
 pub use load::{load_into, LoadOptions, LoadReport};
 pub use summary::{Section, Summary};
@@ -58,7 +63,7 @@ impl fmt::Display for Format {
 enum Source {
     Zip(zipfmt::Layout),
     Legacy(legacy::Layout),
-    Safetensors(Vec<Tensor>),
+    Safetensors(safetensors::Layout),
 }
 
 /// An opened checkpoint: its object tree, with tensors described but not yet read.
@@ -68,6 +73,11 @@ pub struct Checkpoint {
     format: Format,
     root: Value,
     source: Source,
+    file_len: u64,
+    budget: ReadBudget,
+    /// Bytes charged to the budget while opening: an upper bound on what the open checkpoint
+    /// holds (its object tree), counted against each later read.
+    held: u64,
 }
 
 /// Top-level keys that hold a state dict, in the order [`Checkpoint::state_dict_key`] tries them.
@@ -76,36 +86,113 @@ pub const STATE_DICT_KEYS: [&str; 3] = ["model", "module", "state_dict"];
 /// Prefixes that wrappers add to every parameter name: DDP/DataParallel and `torch.compile`.
 const WRAPPER_PREFIXES: [&str; 2] = ["module.", "_orig_mod."];
 
-/// Collects the tensors under `v` with '.'-joined names (dict keys, list indices).
-pub(crate) fn flatten<'a>(v: &'a Value, prefix: String, out: &mut Vec<(String, &'a TensorMeta)>) {
-    let join = |k: &str| {
-        if prefix.is_empty() {
-            k.to_owned()
-        } else {
-            format!("{prefix}.{k}")
-        }
-    };
-    match v {
-        Value::Tensor(t) => out.push((prefix, t)),
-        Value::Dict(items) => {
-            for (k, v) in items {
-                flatten(v, join(&key_text(k)), out);
-            }
-        }
-        Value::List(items) | Value::Tuple(items) => {
-            for (i, v) in items.iter().enumerate() {
-                flatten(v, join(&i.to_string()), out);
-            }
-        }
-        _ => {}
+/// Longest tensor name shown in a message about a storage.
+const NAME_SHOWN: usize = 200;
+
+/// Bytes `start..end` of a storage: the part its tensors' views cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ReadRange {
+    pub(crate) fn len(&self) -> u64 {
+        self.end - self.start
     }
 }
 
-/// The text of a dict key as it appears in flattened names.
-fn key_text(k: &Value) -> String {
+/// The text of a dict key as it appears in flattened names: the string itself, or a short
+/// rendering of other keys.
+fn key_text(k: &Value) -> Cow<'_, str> {
     match k {
-        Value::Str(s) => s.clone(),
-        other => other.render(60),
+        Value::Str(s) => Cow::Borrowed(s),
+        other => Cow::Owned(other.render(60)),
+    }
+}
+
+/// The path to a value: dict keys and list indices, outermost first.
+type KeyPath<'a> = [Cow<'a, str>];
+
+/// Calls `found` with the path and description of each tensor under `v`, in file order, until it
+/// breaks.
+fn walk<'a, B>(
+    v: &'a Value,
+    path: &mut Vec<Cow<'a, str>>,
+    found: &mut dyn FnMut(&KeyPath<'a>, &'a TensorMeta) -> ControlFlow<B>,
+) -> ControlFlow<B> {
+    match v {
+        Value::Tensor(t) => found(path, t),
+        Value::Dict(items) => {
+            for (k, x) in items {
+                path.push(key_text(k));
+                walk(x, path, found)?;
+                path.pop();
+            }
+            ControlFlow::Continue(())
+        }
+        Value::List(items) | Value::Tuple(items) => {
+            for (i, x) in items.iter().enumerate() {
+                path.push(Cow::Owned(i.to_string()));
+                walk(x, path, found)?;
+                path.pop();
+            }
+            ControlFlow::Continue(())
+        }
+        _ => ControlFlow::Continue(()),
+    }
+}
+
+/// Calls `f` with every tensor under `v`.
+pub(crate) fn for_each_tensor<'a>(v: &'a Value, f: &mut dyn FnMut(&'a TensorMeta)) {
+    let _ = walk::<()>(v, &mut Vec::new(), &mut |_, t| {
+        f(t);
+        ControlFlow::Continue(())
+    });
+}
+
+/// The tensors under `v` with '.'-joined names (dict keys, list indices); the names are charged to
+/// `meter` (keys may be long and a shared key may name many tensors).
+fn flatten<'a>(
+    v: &'a Value,
+    meter: &mut Meter,
+) -> Result<Vec<(String, &'a TensorMeta)>, ErrorKind> {
+    let mut out = Vec::new();
+    let flow = walk(v, &mut Vec::new(), &mut |path, t| {
+        let len: usize = path.iter().map(|p| p.len() + 1).sum();
+        let cost = len + std::mem::size_of::<(String, &TensorMeta)>();
+        if let Err(e) = meter.charge(cost as u64, || "naming the tensors".to_owned()) {
+            return ControlFlow::Break(e);
+        }
+        out.push((path.join("."), t));
+        ControlFlow::Continue(())
+    });
+    match flow {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(out),
+    }
+}
+
+/// The name of the first tensor under `root` whose data is storage `key`, shortened for messages.
+pub(crate) fn first_tensor_using(root: &Value, key: &str) -> Option<String> {
+    let flow = walk(root, &mut Vec::new(), &mut |path, t| match &t.data {
+        TensorData::Storage { key: k, .. } if k == key => {
+            let mut name = path.join(".");
+            if name.len() > NAME_SHOWN {
+                let mut cut = NAME_SHOWN;
+                while !name.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                name.truncate(cut);
+                name.push_str("...");
+            }
+            ControlFlow::Break(name)
+        }
+        _ => ControlFlow::Continue(()),
+    });
+    match flow {
+        ControlFlow::Break(name) => Some(name),
+        ControlFlow::Continue(()) => None,
     }
 }
 
@@ -127,7 +214,7 @@ fn resolve<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
         return Some(found);
     }
     entries.iter().find_map(|(k, child)| {
-        let rest = path.strip_prefix(key_text(k).as_str())?;
+        let rest = path.strip_prefix(&*key_text(k))?;
         let rest = rest.strip_prefix('/').or_else(|| rest.strip_prefix('.'))?;
         resolve(child, rest)
     })
@@ -149,21 +236,162 @@ pub fn strip_wrapper_prefixes<T>(tensors: &mut [(String, T)]) {
     }
 }
 
+/// Reads storage bytes from the file, whatever its format.
 enum Reader {
     Zip(zipfmt::StorageReader),
     Legacy(legacy::StorageReader),
-    None,
+    Safetensors(safetensors::StorageReader),
+}
+
+impl Reader {
+    /// How messages name storage `key`.
+    fn name(&self, key: &str) -> String {
+        match self {
+            Reader::Zip(r) => r.name(key),
+            Reader::Legacy(_) => format!("storage {key}"),
+            Reader::Safetensors(_) => format!("the data of tensor `{key}`"),
+        }
+    }
+
+    /// What reading storage `key` for tensor `tensor` is, for budget errors.
+    fn reading(&self, key: &str, tensor: &str) -> String {
+        match self {
+            // A safetensors tensor is its own storage.
+            Reader::Safetensors(_) => format!("reading tensor `{tensor}`"),
+            _ => format!("reading {} for tensor `{tensor}`", self.name(key)),
+        }
+    }
+
+    /// The bytes reading `range` of storage `key` materialises.
+    fn cost(&mut self, key: &str, range: &ReadRange) -> Result<u64, ErrorKind> {
+        match self {
+            Reader::Zip(r) => r.cost(key, range),
+            Reader::Legacy(_) | Reader::Safetensors(_) => Ok(range.len()),
+        }
+    }
+
+    fn big_endian(&self) -> bool {
+        match self {
+            Reader::Zip(r) => r.big_endian(),
+            // torch writes legacy storages little-endian on every host; safetensors is
+            // little-endian by definition.
+            Reader::Legacy(_) | Reader::Safetensors(_) => false,
+        }
+    }
+
+    fn read<T>(
+        &mut self,
+        key: &str,
+        range: &ReadRange,
+        fill: impl FnOnce(&mut dyn Read) -> Result<T, ErrorKind>,
+    ) -> Result<T, ErrorKind> {
+        match self {
+            Reader::Zip(r) => r.read(key, range, fill),
+            Reader::Legacy(r) => r.read(key, range, fill),
+            Reader::Safetensors(r) => r.read(key, range, fill),
+        }
+    }
+}
+
+/// A CPU tensor of `elems` elements of `dtype` filled from `src`, swapping byte order when
+/// `swap`; `what` names the bytes in errors. The bytes go straight into the tensor's buffer: no
+/// copy of the storage is ever held beside it.
+fn fill_storage(
+    src: &mut dyn Read,
+    elems: u64,
+    dtype: DType,
+    swap: bool,
+    what: &str,
+) -> Result<Tensor, ErrorKind> {
+    let too_large = || ErrorKind::Limit(format!("{what} is too large for this machine"));
+    let n = i64::try_from(elems).map_err(|_| too_large())?;
+    let len = usize::try_from(elems)
+        .ok()
+        .and_then(|e| e.checked_mul(dtype.size()))
+        .ok_or_else(too_large)?;
+    let storage = Tensor::f_empty([n], (dtype.kind(), Device::Cpu)).map_err(ErrorKind::Torch)?;
+    if len == 0 {
+        return Ok(storage);
+    }
+    // SAFETY: `storage` is a new contiguous CPU tensor of `elems` elements of `dtype.size()`
+    // bytes, so its buffer is `len` bytes long; nothing else refers to it until this function
+    // returns, and the slice does not outlive this function.
+    let bytes: &mut [u8] =
+        unsafe { std::slice::from_raw_parts_mut(storage.data_ptr().cast::<u8>(), len) };
+    src.read_exact(bytes).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => ErrorKind::Truncated(format!("{what} ends early")),
+        _ => ErrorKind::Io(std::io::Error::new(e.kind(), format!("{what}: {e}"))),
+    })?;
+    if swap && dtype.swap_unit() > 1 {
+        for unit in bytes.chunks_exact_mut(dtype.swap_unit()) {
+            unit.reverse();
+        }
+    }
+    Ok(storage)
+}
+
+/// What reading one tensor needs: its storage and element type, and the storage elements its view
+/// covers (`None`: the view is empty).
+struct Plan<'a> {
+    key: &'a str,
+    dtype: DType,
+    span: Option<(u64, u64)>,
+}
+
+/// Checks tensor `name`'s description and says what reading it needs.
+fn plan<'a>(name: &str, meta: &'a TensorMeta) -> Result<Plan<'a>, ErrorKind> {
+    let TensorData::Storage { key, nbytes } = &meta.data;
+    let Some(dtype) = meta.dtype else {
+        // The pickle reader names unknown storage classes (`torch.QInt8Storage`) where a dtype
+        // would be.
+        return Err(if meta.dtype_name.ends_with("Storage") {
+            ErrorKind::UnsupportedStorage {
+                tensor: Some(name.to_owned()),
+                class: meta.dtype_name.clone(),
+            }
+        } else {
+            ErrorKind::UnknownDtype {
+                tensor: name.to_owned(),
+                dtype: meta.dtype_name.clone(),
+            }
+        });
+    };
+    let Some(nbytes) = *nbytes else {
+        return Err(ErrorKind::BadStorage {
+            storage: key.clone(),
+            tensor: Some(name.to_owned()),
+            detail: "claims more bytes than any file can hold".to_owned(),
+        });
+    };
+    let bad = |detail| ErrorKind::BadTensor {
+        tensor: name.to_owned(),
+        detail,
+    };
+    value::check_view(
+        &meta.shape,
+        &meta.stride,
+        meta.offset,
+        nbytes / dtype.size() as u64,
+    )
+    .map_err(bad)?;
+    let span = value::view_span(&meta.shape, &meta.stride, meta.offset).map_err(bad)?;
+    Ok(Plan { key, dtype, span })
 }
 
 impl Checkpoint {
     /// Opens a checkpoint, telling the format from the file's first bytes, and reads its object tree
-    /// (not the tensor data, except for .safetensors files, which are read whole).
+    /// (not the tensor data), within the process's [`ReadBudget::process_default`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CheckpointError> {
-        let path = path.as_ref();
-        Self::open_inner(path).map_err(|kind| CheckpointError::new(path, kind))
+        Self::open_with(path, ReadBudget::process_default())
     }
 
-    fn open_inner(path: &Path) -> Result<Self, ErrorKind> {
+    /// [`Self::open`] within `budget`, which also bounds each later read of tensors.
+    pub fn open_with(path: impl AsRef<Path>, budget: ReadBudget) -> Result<Self, CheckpointError> {
+        let path = path.as_ref();
+        Self::open_inner(path, budget).map_err(|kind| CheckpointError::new(path, kind))
+    }
+
+    fn open_inner(path: &Path, budget: ReadBudget) -> Result<Self, ErrorKind> {
         let mut file = std::fs::File::open(path).map_err(ErrorKind::Io)?;
         let file_len = file.metadata().map_err(ErrorKind::Io)?.len();
         let mut head = Vec::with_capacity(512);
@@ -172,18 +400,19 @@ impl Checkpoint {
             .read_to_end(&mut head)
             .map_err(ErrorKind::Io)?;
         drop(file);
+        let mut meter = Meter::new(budget, file_len, 0);
         let (format, root, source) = if head.starts_with(b"PK\x03\x04")
             || head.starts_with(b"PK\x05\x06")
         {
-            let (unpickled, layout) = zipfmt::open(path)?;
+            let (unpickled, layout) = zipfmt::open(path, &mut meter)?;
             (Format::Zip, unpickled.root, Source::Zip(layout))
         } else if head.starts_with(&legacy::HEADER) {
-            let (unpickled, layout) = legacy::open(path)?;
+            let (unpickled, layout) = legacy::open(path, &mut meter)?;
             (Format::Legacy, unpickled.root, Source::Legacy(layout))
         } else if safetensors::sniff(&head) || path.extension().is_some_and(|e| e == "safetensors")
         {
-            let (root, tensors) = safetensors::open(path, file_len)?;
-            (Format::Safetensors, root, Source::Safetensors(tensors))
+            let (root, layout) = safetensors::open(path, file_len, &mut meter)?;
+            (Format::Safetensors, root, Source::Safetensors(layout))
         } else if head.get(257..262) == Some(b"ustar") {
             return Err(ErrorKind::Legacy(
                 "this is the tar-based format of torch < 0.4, which is not supported; re-save \
@@ -204,6 +433,9 @@ impl Checkpoint {
             format,
             root,
             source,
+            file_len,
+            budget,
+            held: meter.used(),
         })
     }
 
@@ -226,7 +458,10 @@ impl Checkpoint {
     /// dict).
     pub fn top_level_keys(&self) -> Vec<String> {
         match &self.root {
-            Value::Dict(items) => items.iter().map(|(k, _)| key_text(k)).collect(),
+            Value::Dict(items) => items
+                .iter()
+                .map(|(k, _)| key_text(k).into_owned())
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -268,9 +503,13 @@ impl Checkpoint {
         key_path: Option<&str>,
     ) -> Result<Vec<(String, &TensorMeta)>, CheckpointError> {
         let v = self.select(key_path)?;
-        let mut out = Vec::new();
-        flatten(v, String::new(), &mut out);
-        Ok(out)
+        let mut meter = self.meter();
+        flatten(v, &mut meter).map_err(|kind| CheckpointError::new(&self.path, kind))
+    }
+
+    /// A meter for one read: the budget less what the open checkpoint holds.
+    fn meter(&self) -> Meter {
+        Meter::new(self.budget, self.file_len, self.held)
     }
 
     /// The tensors under `key_path` (`None`: everything), read from the file, in file order and named
@@ -297,95 +536,77 @@ impl Checkpoint {
         &self,
         metas: &[(String, &TensorMeta)],
     ) -> Result<Vec<(String, Tensor)>, ErrorKind> {
+        let mut meter = self.meter();
+        // Pass 1: check every view, and find the elements each storage (per element type) must
+        // provide: only those are read.
+        let mut plans = Vec::with_capacity(metas.len());
+        let mut spans: HashMap<(&str, DType), (u64, u64, &str)> = HashMap::new();
+        let mut order = Vec::new();
+        for (name, meta) in metas {
+            let plan = plan(name, meta)?;
+            if let Some((first, end)) = plan.span {
+                spans
+                    .entry((plan.key, plan.dtype))
+                    .and_modify(|s| {
+                        s.0 = s.0.min(first);
+                        s.1 = s.1.max(end);
+                    })
+                    .or_insert_with(|| {
+                        order.push((plan.key, plan.dtype));
+                        (first, end, name.as_str())
+                    });
+            }
+            plans.push(plan);
+        }
+        // Pass 2: read each storage's range once; views of one storage share it, as in PyTorch.
         let mut reader = match &self.source {
             Source::Zip(layout) => Reader::Zip(zipfmt::StorageReader::new(&self.path, layout)?),
             Source::Legacy(layout) => {
                 Reader::Legacy(legacy::StorageReader::new(&self.path, layout)?)
             }
-            Source::Safetensors(_) => Reader::None,
+            Source::Safetensors(layout) => {
+                Reader::Safetensors(safetensors::StorageReader::new(&self.path, layout)?)
+            }
         };
-        let mut cache = HashMap::new();
+        let mut storages: HashMap<(&str, DType), (Tensor, u64)> = HashMap::new();
+        for (key, dtype) in order {
+            let Some(&(first, end, tensor)) = spans.get(&(key, dtype)) else {
+                continue;
+            };
+            let size = dtype.size() as u64;
+            // Cannot overflow: the view was checked against the storage's byte size.
+            let range = ReadRange {
+                start: first * size,
+                end: end * size,
+            };
+            let cost = reader.cost(key, &range)?;
+            meter.charge(cost, || reader.reading(key, tensor))?;
+            let what = reader.name(key);
+            let swap = reader.big_endian();
+            let storage = reader.read(key, &range, |src| {
+                fill_storage(src, end - first, dtype, swap, &what)
+            })?;
+            storages.insert((key, dtype), (storage, first));
+        }
         metas
             .iter()
-            .map(|(name, meta)| {
-                Ok((
-                    name.clone(),
-                    self.materialize(name, meta, &mut reader, &mut cache)?,
-                ))
+            .zip(&plans)
+            .map(|((name, meta), plan)| {
+                let tensor = match storages.get(&(plan.key, plan.dtype)) {
+                    Some((storage, first)) if plan.span.is_some() => storage.f_as_strided(
+                        &meta.shape,
+                        &meta.stride,
+                        Some(meta.offset - *first as i64),
+                    ),
+                    _ => Tensor::f_empty_strided(
+                        &meta.shape,
+                        &meta.stride,
+                        (plan.dtype.kind(), Device::Cpu),
+                    ),
+                };
+                Ok((name.clone(), tensor.map_err(ErrorKind::Torch)?))
             })
             .collect()
-    }
-
-    fn materialize(
-        &self,
-        name: &str,
-        meta: &TensorMeta,
-        reader: &mut Reader,
-        cache: &mut HashMap<(String, DType), Tensor>,
-    ) -> Result<Tensor, ErrorKind> {
-        let (key, nbytes) = match &meta.data {
-            TensorData::Loaded(i) => {
-                return match &self.source {
-                    Source::Safetensors(ts) => {
-                        ts.get(*i)
-                            .map(Tensor::shallow_clone)
-                            .ok_or_else(|| ErrorKind::BadTensor {
-                                tensor: name.to_owned(),
-                                detail: "no such tensor in the file".to_owned(),
-                            })
-                    }
-                    _ => Err(ErrorKind::BadTensor {
-                        tensor: name.to_owned(),
-                        detail: "no data".to_owned(),
-                    }),
-                }
-            }
-            TensorData::Storage { key, nbytes } => (key, nbytes),
-        };
-        let unknown = || ErrorKind::UnknownDtype {
-            tensor: name.to_owned(),
-            dtype: meta.dtype_name.clone(),
-        };
-        let dtype = meta.dtype.ok_or_else(unknown)?;
-        let nbytes = nbytes.ok_or_else(unknown)?;
-        let elems = nbytes / dtype.size() as u64;
-        value::check_view(&meta.shape, &meta.stride, meta.offset, elems).map_err(|detail| {
-            ErrorKind::BadTensor {
-                tensor: name.to_owned(),
-                detail,
-            }
-        })?;
-        let cache_key = (key.clone(), dtype);
-        let storage = match cache.get(&cache_key) {
-            Some(t) => t.shallow_clone(),
-            None => {
-                let used = elems * dtype.size() as u64;
-                let (mut bytes, big_endian) = match reader {
-                    Reader::Zip(r) => (r.read(key, used)?, r.big_endian()),
-                    Reader::Legacy(r) => (r.read(key, used)?, false),
-                    Reader::None => {
-                        return Err(ErrorKind::BadTensor {
-                            tensor: name.to_owned(),
-                            detail: "no storage data in this file".to_owned(),
-                        })
-                    }
-                };
-                if big_endian && dtype.swap_unit() > 1 {
-                    for chunk in bytes.chunks_exact_mut(dtype.swap_unit()) {
-                        chunk.reverse();
-                    }
-                }
-                let n = i64::try_from(elems)
-                    .map_err(|_| ErrorKind::Limit(format!("storage `{key}` is too large")))?;
-                let t = Tensor::f_from_data_size(&bytes, &[n], dtype.kind())
-                    .map_err(ErrorKind::Torch)?;
-                cache.insert(cache_key, t.shallow_clone());
-                t
-            }
-        };
-        storage
-            .f_as_strided(&meta.shape, &meta.stride, Some(meta.offset))
-            .map_err(ErrorKind::Torch)
     }
 
     /// Which entry holds the model's state dict: `ema` when `prefer_ema` (an error if absent), else
@@ -454,7 +675,7 @@ mod tests {
     use super::*;
 
     fn s(x: &str) -> Value {
-        Value::Str(x.to_owned())
+        Value::Str(x.into())
     }
 
     #[test]

@@ -5,11 +5,20 @@
 //! state. Storage references (`persistent_id`s) become storage descriptions, resolved later by the
 //! container format. Memo, stack, object count and nesting depth are bounded, every length is checked
 //! against the bytes that remain, and arithmetic is checked, so hostile input yields an error.
+//!
+//! Memory: strings and bytes are shared (`Arc`) between every reference to them, in the machine and
+//! in the resulting [`Value`] tree, so a pickle that memoises one large string and references it many
+//! times costs the string once. What cannot be shared (containers referenced twice become two
+//! subtrees; arguments copied into objects) is charged to the read's [`Meter`] before it is built,
+//! as are the pickle's own bytes, so amplification ends in a budget error.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::io::Read;
-use std::rc::Rc;
+use std::mem::size_of;
+use std::sync::Arc;
 
+use super::budget::Meter;
 use super::error::ErrorKind;
 use super::value::{check_view, DType, Object, TensorData, TensorMeta, Value};
 
@@ -23,6 +32,11 @@ const MAX_HEAP: usize = 1 << 24;
 pub(crate) const MAX_DEPTH: usize = 256;
 /// Longest text line (protocol 0 opcodes, GLOBAL names).
 const MAX_LINE: usize = 1 << 16;
+/// Longest storage key: torch writes decimal numbers; a longer key is not a torch.save file, and
+/// every tensor of the storage carries a copy.
+const MAX_STORAGE_KEY: usize = 1 << 10;
+/// What a memo or dict-index entry costs beside its value (hash table slot and key).
+const INDEX_ENTRY: u64 = 48;
 
 /// The element type of a storage referenced by the pickle.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +58,8 @@ impl StorageKind {
         }
     }
 
-    fn name(&self) -> String {
+    /// The element type's name, or the class of a storage this reader does not know.
+    pub(crate) fn name(&self) -> String {
         match self {
             StorageKind::Typed(d) => d.name().to_owned(),
             StorageKind::Untyped => "uint8".to_owned(),
@@ -84,20 +99,45 @@ enum V {
     None,
     Bool(bool),
     Int(i64),
-    Big(Rc<str>),
+    Big(Arc<str>),
     Float(f64),
-    Str(Rc<str>),
-    Bytes(Rc<[u8]>),
+    Str(Arc<str>),
+    Bytes(Arc<[u8]>),
     Ref(usize),
 }
 
 /// Hashable dict keys, so that SETITEM replaces an existing key as Python does.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum HKey {
     None,
     Int(i64),
-    Str(Rc<str>),
-    Bytes(Rc<[u8]>),
+    Str(Arc<str>),
+    Bytes(Arc<[u8]>),
+}
+
+/// Hashes at most 128 bytes of a key (its ends and its length): a pickle may set one
+/// megabyte-long memoised key thousands of times, and equality of shared keys is a pointer check.
+fn hash_ends<H: Hasher>(bytes: &[u8], state: &mut H) {
+    const ENDS: usize = 64;
+    bytes.len().hash(state);
+    if bytes.len() <= 2 * ENDS {
+        bytes.hash(state);
+    } else {
+        bytes[..ENDS].hash(state);
+        bytes[bytes.len() - ENDS..].hash(state);
+    }
+}
+
+impl Hash for HKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            HKey::None => {}
+            HKey::Int(i) => i.hash(state),
+            HKey::Str(s) => hash_ends(s.as_bytes(), state),
+            HKey::Bytes(b) => hash_ends(b, state),
+        }
+    }
 }
 
 fn hkey(v: &V) -> Option<HKey> {
@@ -143,7 +183,7 @@ enum Obj {
     Tuple(Vec<V>),
     Set(Vec<V>),
     Dict(Dict),
-    Global(Rc<str>, Rc<str>),
+    Global(Arc<str>, Arc<str>),
     Object {
         class: String,
         args: Vec<V>,
@@ -246,13 +286,21 @@ struct Machine<'r, R: Read> {
     heap: Vec<Obj>,
     storages: Vec<StorageRef>,
     storage_index: HashMap<String, usize>,
+    /// Charged for every byte read and every value built.
+    meter: &'r mut Meter,
 }
 
 type R<T> = Result<T, ErrorKind>;
 
 /// Reads one pickle (up to and including its STOP opcode) from `reader`, which may yield at most
-/// `limit` bytes; `part` names the pickle in errors.
-pub(crate) fn unpickle<Rd: Read>(reader: &mut Rd, limit: u64, part: &str) -> R<Unpickled> {
+/// `limit` bytes; `part` names the pickle in errors. The bytes read and the values built are
+/// charged to `meter`.
+pub(crate) fn unpickle<Rd: Read>(
+    reader: &mut Rd,
+    limit: u64,
+    part: &str,
+    meter: &mut Meter,
+) -> R<Unpickled> {
     let mut m = Machine {
         reader,
         pos: 0,
@@ -265,29 +313,38 @@ pub(crate) fn unpickle<Rd: Read>(reader: &mut Rd, limit: u64, part: &str) -> R<U
         heap: Vec::new(),
         storages: Vec::new(),
         storage_index: HashMap::new(),
+        meter,
     };
     let top = m.run()?;
-    let mut budget = m
-        .heap
-        .len()
-        .saturating_mul(8)
-        .saturating_add(1_000_000)
-        .min(1 << 27);
-    let mut visiting = vec![false; m.heap.len()];
-    let root = m.to_value(&top, 0, &mut budget, &mut visiting)?;
-    Ok(Unpickled {
-        root,
-        storages: m.storages,
-    })
+    let Machine {
+        heap,
+        storages,
+        meter,
+        ..
+    } = m;
+    let mut tree = Tree {
+        heap: &heap,
+        storages: &storages,
+        part,
+        meter,
+        visiting: vec![false; heap.len()],
+    };
+    let root = tree.value(&top, 0)?;
+    Ok(Unpickled { root, storages })
 }
 
 /// Reads one pickle and returns only the value; for the legacy format's small header pickles.
-pub(crate) fn unpickle_value<Rd: Read>(reader: &mut Rd, limit: u64, part: &str) -> R<(Value, u64)> {
+pub(crate) fn unpickle_value<Rd: Read>(
+    reader: &mut Rd,
+    limit: u64,
+    part: &str,
+    meter: &mut Meter,
+) -> R<(Value, u64)> {
     let mut counting = Counting {
         inner: reader,
         n: 0,
     };
-    let out = unpickle(&mut counting, limit, part)?;
+    let out = unpickle(&mut counting, limit, part, meter)?;
     Ok((out.root, counting.n))
 }
 
@@ -308,7 +365,7 @@ impl<Rd: Read> Read for Counting<'_, Rd> {
 fn i128_to_value(x: i128) -> V {
     match i64::try_from(x) {
         Ok(i) => V::Int(i),
-        Err(_) => V::Big(Rc::from(x.to_string())),
+        Err(_) => V::Big(Arc::from(x.to_string())),
     }
 }
 
@@ -318,7 +375,7 @@ fn decode_long(bytes: &[u8]) -> V {
         return V::Int(0);
     }
     if bytes.len() > 16 {
-        return V::Big(Rc::from(format!("<{}-byte integer>", bytes.len())));
+        return V::Big(Arc::from(format!("<{}-byte integer>", bytes.len())));
     }
     let negative = bytes.last().is_some_and(|&b| b & 0x80 != 0);
     let mut buf = if negative { [0xffu8; 16] } else { [0u8; 16] };
@@ -400,6 +457,44 @@ impl<Rd: Read> Machine<'_, Rd> {
         }
     }
 
+    /// Charges `bytes` built while running the opcode at `op_pos`.
+    fn charge(&mut self, bytes: u64) -> R<()> {
+        let (part, offset) = (self.part, self.op_pos);
+        self.meter.charge(bytes, || {
+            format!("unpickling `{part}` (at offset {offset})")
+        })
+    }
+
+    /// Charges `n` copied machine values.
+    fn charge_values(&mut self, n: usize) -> R<()> {
+        self.charge((n as u64).saturating_mul(size_of::<V>() as u64))
+    }
+
+    /// Fills `buf` from the pickle, after checking that its bytes remain and fit the budget.
+    fn read_into(&mut self, buf: &mut [u8]) -> R<()> {
+        let n = buf.len() as u64;
+        let remaining = self.limit.saturating_sub(self.pos);
+        if n > remaining {
+            return Err(ErrorKind::Truncated(format!(
+                "{} needs {n} bytes at offset {}, but only {remaining} remain",
+                self.part, self.pos
+            )));
+        }
+        self.charge(n)?;
+        self.reader.read_exact(buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                ErrorKind::Truncated(format!(
+                    "{} ends inside the opcode at offset {}",
+                    self.part, self.op_pos
+                ))
+            } else {
+                ErrorKind::Io(std::io::Error::new(e.kind(), format!("{}: {e}", self.part)))
+            }
+        })?;
+        self.pos += n;
+        Ok(())
+    }
+
     fn read_bytes(&mut self, n: u64) -> R<Vec<u8>> {
         let remaining = self.limit.saturating_sub(self.pos);
         if n > remaining {
@@ -409,25 +504,21 @@ impl<Rd: Read> Machine<'_, Rd> {
             )));
         }
         let len = usize::try_from(n).map_err(|_| self.err("length does not fit in memory"))?;
+        // Checked before the allocation; read_into charges the bytes as they are read.
+        if n > self.meter.remaining() {
+            return Err(self.meter.over(format!(
+                "unpickling `{}` (a {n}-byte string at offset {})",
+                self.part, self.op_pos
+            )));
+        }
         let mut buf = vec![0u8; len];
-        self.reader.read_exact(&mut buf).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                ErrorKind::Truncated(format!(
-                    "{} ends inside the opcode at offset {}",
-                    self.part, self.op_pos
-                ))
-            } else {
-                ErrorKind::Io(e)
-            }
-        })?;
-        self.pos += n;
+        self.read_into(&mut buf)?;
         Ok(buf)
     }
 
     fn read_array<const N: usize>(&mut self) -> R<[u8; N]> {
-        let v = self.read_bytes(N as u64)?;
         let mut out = [0u8; N];
-        out.copy_from_slice(&v);
+        self.read_into(&mut out)?;
         Ok(out)
     }
 
@@ -465,7 +556,7 @@ impl<Rd: Read> Machine<'_, Rd> {
 
     fn utf8(&self, bytes: Vec<u8>) -> R<V> {
         match String::from_utf8(bytes) {
-            Ok(s) => Ok(V::Str(Rc::from(s))),
+            Ok(s) => Ok(V::Str(Arc::from(s))),
             Err(_) => Err(self.err("string is not valid UTF-8")),
         }
     }
@@ -477,6 +568,9 @@ impl<Rd: Read> Machine<'_, Rd> {
                 self.part
             )));
         }
+        // Every value that ends up in a container passed through the stack: charging pushes
+        // charges containers grown by APPEND, SETITEM, DUP and memo references.
+        self.charge_values(1)?;
         self.stack.push(v);
         Ok(())
     }
@@ -488,8 +582,20 @@ impl<Rd: Read> Machine<'_, Rd> {
                 self.part
             )));
         }
+        self.charge(size_of::<Obj>() as u64)?;
         self.heap.push(obj);
         Ok(V::Ref(self.heap.len() - 1))
+    }
+
+    /// A copy of the items of the tuple or list `v`, charged (the source may be referenced many
+    /// times through the memo).
+    fn copy_seq(&mut self, v: &V) -> R<Option<Vec<V>>> {
+        let n = match self.seq(v) {
+            Some(items) => items.len(),
+            None => return Ok(None),
+        };
+        self.charge_values(n)?;
+        Ok(self.seq(v).map(<[V]>::to_vec))
     }
 
     fn floor(&self) -> usize {
@@ -523,11 +629,14 @@ impl<Rd: Read> Machine<'_, Rd> {
 
     fn memo_put(&mut self, idx: u32) -> R<()> {
         let v = self.top()?.clone();
-        if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&idx) {
-            return Err(ErrorKind::Limit(format!(
-                "{}: pickle memo larger than {MAX_MEMO} entries",
-                self.part
-            )));
+        if !self.memo.contains_key(&idx) {
+            if self.memo.len() >= MAX_MEMO {
+                return Err(ErrorKind::Limit(format!(
+                    "{}: pickle memo larger than {MAX_MEMO} entries",
+                    self.part
+                )));
+            }
+            self.charge(INDEX_ENTRY + size_of::<V>() as u64)?;
         }
         self.memo.insert(idx, v);
         Ok(())
@@ -556,7 +665,7 @@ impl<Rd: Read> Machine<'_, Rd> {
         }
     }
 
-    fn global_name(&self, v: &V) -> Option<(Rc<str>, Rc<str>)> {
+    fn global_name(&self, v: &V) -> Option<(Arc<str>, Arc<str>)> {
         match self.obj(v)? {
             Obj::Global(m, n) => Some((m.clone(), n.clone())),
             _ => None,
@@ -571,18 +680,13 @@ impl<Rd: Read> Machine<'_, Rd> {
         }
     }
 
-    fn str_of(&self, v: &V) -> Option<String> {
-        match v {
-            V::Str(s) => Some(s.to_string()),
-            V::Bytes(b) => String::from_utf8(b.to_vec()).ok(),
-            _ => None,
-        }
-    }
-
-    fn int_list(&self, v: &V, what: &str) -> R<Vec<i64>> {
-        let items = self
+    fn int_list(&mut self, v: &V, what: &str) -> R<Vec<i64>> {
+        let n = self
             .seq(v)
-            .ok_or_else(|| self.err(format!("tensor {what} is not a tuple")))?;
+            .ok_or_else(|| self.err(format!("tensor {what} is not a tuple")))?
+            .len();
+        self.charge((n as u64).saturating_mul(8))?;
+        let items = self.seq(v).unwrap_or_default();
         items
             .iter()
             .map(|x| match x {
@@ -696,7 +800,7 @@ impl<Rd: Read> Machine<'_, Rd> {
                             if !s.is_empty()
                                 && s.bytes().all(|c| c.is_ascii_digit() || c == b'-') =>
                         {
-                            V::Big(Rc::from(s))
+                            V::Big(Arc::from(s))
                         }
                         Err(_) => return Err(self.err("LONG argument is not a number")),
                     };
@@ -715,14 +819,14 @@ impl<Rd: Read> Machine<'_, Rd> {
                     let bytes = unquote_string(&line)
                         .ok_or_else(|| self.err("STRING argument is not quoted"))?;
                     let v = match String::from_utf8(bytes) {
-                        Ok(s) => V::Str(Rc::from(s)),
-                        Err(e) => V::Bytes(Rc::from(e.into_bytes())),
+                        Ok(s) => V::Str(Arc::from(s)),
+                        Err(e) => V::Bytes(Arc::from(e.into_bytes())),
                     };
                     self.push(v)?;
                 }
                 b'V' => {
                     let line = self.read_line()?;
-                    self.push(V::Str(Rc::from(raw_unicode_escape(&line))))?;
+                    self.push(V::Str(Arc::from(raw_unicode_escape(&line))))?;
                 }
                 b'T' | b'U' => {
                     let n = if op == b'T' {
@@ -733,8 +837,8 @@ impl<Rd: Read> Machine<'_, Rd> {
                     let bytes = self.read_bytes(n)?;
                     // Python 2 `str`: text when it decodes, bytes otherwise.
                     let v = match String::from_utf8(bytes) {
-                        Ok(s) => V::Str(Rc::from(s)),
-                        Err(e) => V::Bytes(Rc::from(e.into_bytes())),
+                        Ok(s) => V::Str(Arc::from(s)),
+                        Err(e) => V::Bytes(Arc::from(e.into_bytes())),
                     };
                     self.push(v)?;
                 }
@@ -755,7 +859,7 @@ impl<Rd: Read> Machine<'_, Rd> {
                         _ => self.read_u64()?,
                     };
                     let bytes = self.read_bytes(n)?;
-                    self.push(V::Bytes(Rc::from(bytes)))?;
+                    self.push(V::Bytes(Arc::from(bytes)))?;
                 }
                 b'}' => {
                     let v = self.alloc(Obj::Dict(Dict::default()))?;
@@ -879,7 +983,7 @@ impl<Rd: Read> Machine<'_, Rd> {
                 b'c' => {
                     let module = self.read_line_str()?;
                     let name = self.read_line_str()?;
-                    let v = self.alloc(Obj::Global(Rc::from(module), Rc::from(name)))?;
+                    let v = self.alloc(Obj::Global(Arc::from(module), Arc::from(name)))?;
                     self.push(v)?;
                 }
                 0x93 => {
@@ -895,9 +999,8 @@ impl<Rd: Read> Machine<'_, Rd> {
                     let args = self.pop()?;
                     let callable = self.pop()?;
                     let args = self
-                        .seq(&args)
-                        .ok_or_else(|| self.err("REDUCE arguments are not a tuple"))?
-                        .to_vec();
+                        .copy_seq(&args)?
+                        .ok_or_else(|| self.err("REDUCE arguments are not a tuple"))?;
                     let v = self.call(&callable, args, 0)?;
                     self.push(v)?;
                 }
@@ -905,9 +1008,8 @@ impl<Rd: Read> Machine<'_, Rd> {
                     let args = self.pop()?;
                     let cls = self.pop()?;
                     let args = self
-                        .seq(&args)
-                        .ok_or_else(|| self.err("NEWOBJ arguments are not a tuple"))?
-                        .to_vec();
+                        .copy_seq(&args)?
+                        .ok_or_else(|| self.err("NEWOBJ arguments are not a tuple"))?;
                     let v = self.new_object(&cls, args)?;
                     self.push(v)?;
                 }
@@ -916,9 +1018,8 @@ impl<Rd: Read> Machine<'_, Rd> {
                     let args = self.pop()?;
                     let cls = self.pop()?;
                     let mut args = self
-                        .seq(&args)
-                        .ok_or_else(|| self.err("NEWOBJ_EX arguments are not a tuple"))?
-                        .to_vec();
+                        .copy_seq(&args)?
+                        .ok_or_else(|| self.err("NEWOBJ_EX arguments are not a tuple"))?;
                     args.push(kwargs);
                     let v = self.new_object(&cls, args)?;
                     self.push(v)?;
@@ -984,6 +1085,8 @@ impl<Rd: Read> Machine<'_, Rd> {
         let V::Ref(i) = target else {
             return Err(self.err("SETITEM on a non-dict"));
         };
+        // The dict's index or the object's item list grows by one entry per pair.
+        self.charge((items.len() as u64 / 2).saturating_mul(INDEX_ENTRY))?;
         match self.heap.get_mut(*i) {
             Some(Obj::Dict(d)) => {
                 let mut it = items.into_iter();
@@ -1017,6 +1120,7 @@ impl<Rd: Read> Machine<'_, Rd> {
     }
 
     fn opaque(&mut self, class: String, args: Vec<V>) -> R<V> {
+        self.charge(class.len() as u64)?;
         self.alloc(Obj::Object {
             class,
             args,
@@ -1053,6 +1157,8 @@ impl<Rd: Read> Machine<'_, Rd> {
         };
         match (&*module, &*name) {
             ("collections", "OrderedDict") | ("builtins" | "__builtin__", "dict") => {
+                let n = args.first().and_then(|a| self.seq(a)).map_or(0, <[V]>::len);
+                self.charge((n as u64).saturating_mul(2 * size_of::<V>() as u64 + INDEX_ENTRY))?;
                 let pairs: Vec<(V, V)> = args
                     .first()
                     .and_then(|a| self.seq(a))
@@ -1073,40 +1179,52 @@ impl<Rd: Read> Machine<'_, Rd> {
             }
             ("collections", "defaultdict") => self.alloc(Obj::Dict(Dict::default())),
             ("builtins" | "__builtin__", "set" | "frozenset") => {
-                let items = args.first().and_then(|a| self.seq(a)).map(<[V]>::to_vec);
+                let items = match args.first() {
+                    Some(a) => self.copy_seq(a)?,
+                    None => None,
+                };
                 self.alloc(Obj::Set(items.unwrap_or_default()))
             }
             ("builtins" | "__builtin__", "list") => {
-                let items = args.first().and_then(|a| self.seq(a)).map(<[V]>::to_vec);
+                let items = match args.first() {
+                    Some(a) => self.copy_seq(a)?,
+                    None => None,
+                };
                 self.alloc(Obj::List(items.unwrap_or_default()))
             }
             ("builtins" | "__builtin__", "tuple") | ("torch", "Size") => {
-                let items = args.first().and_then(|a| self.seq(a)).map(<[V]>::to_vec);
+                let items = match args.first() {
+                    Some(a) => self.copy_seq(a)?,
+                    None => None,
+                };
                 self.alloc(Obj::Tuple(items.unwrap_or_default()))
             }
-            ("_codecs", "encode") => match (args.first(), args.get(1).and_then(|e| self.str_of(e)))
-            {
-                (Some(V::Str(s)), Some(enc)) => {
+            ("_codecs", "encode") => match (args.first(), args.get(1).and_then(str_of)) {
+                (Some(V::Str(s)), Some(enc)) if enc.len() <= 16 => {
+                    self.charge(s.len() as u64)?;
                     let bytes = match enc.to_ascii_lowercase().as_str() {
                         "latin1" | "latin-1" | "iso-8859-1" => latin1(s),
                         "utf8" | "utf-8" => Some(s.as_bytes().to_vec()),
                         _ => None,
                     };
                     match bytes {
-                        Some(b) => Ok(V::Bytes(Rc::from(b))),
+                        Some(b) => Ok(V::Bytes(Arc::from(b))),
                         None => self.opaque(format!("{module}.{name}"), args),
                     }
                 }
                 _ => self.opaque(format!("{module}.{name}"), args),
             },
             ("torch._utils", "_rebuild_tensor") => self.rebuild_tensor(&args, None, 4),
+            // (storage, offset, size, stride, quantizer params, ...): described like any tensor,
+            // its quantized storage class named as its dtype, so reading it is a clear error.
+            ("torch._utils", "_rebuild_qtensor") => self.rebuild_tensor(&args, None, 4),
             ("torch._utils", "_rebuild_tensor_v2") => self.rebuild_tensor(&args, None, 4),
             ("torch._utils", "_rebuild_tensor_v3") => {
                 let dtype = args
                     .get(6)
                     .ok_or_else(|| self.err("_rebuild_tensor_v3 without a dtype"))?;
                 let dtype = match self.global_name(dtype) {
-                    Some((m, n)) if &*m == "torch" => n.to_string(),
+                    Some((m, n)) if &*m == "torch" && n.len() <= 64 => n.to_string(),
                     _ => return Err(self.err("_rebuild_tensor_v3 dtype is not a torch dtype")),
                 };
                 self.rebuild_tensor(&args, Some(dtype), 7)
@@ -1125,9 +1243,8 @@ impl<Rd: Read> Machine<'_, Rd> {
                     return Err(self.err("_rebuild_from_type_v2 with too few arguments"));
                 };
                 let inner = self
-                    .seq(inner)
-                    .ok_or_else(|| self.err("_rebuild_from_type_v2 arguments are not a tuple"))?
-                    .to_vec();
+                    .copy_seq(inner)?
+                    .ok_or_else(|| self.err("_rebuild_from_type_v2 arguments are not a tuple"))?;
                 let func = func.clone();
                 self.call(&func, inner, depth + 1)
             }
@@ -1170,18 +1287,18 @@ impl<Rd: Read> Machine<'_, Rd> {
             .ok()
             .and_then(|v| offset.checked_add(v))
             .ok_or_else(|| self.err("tensor offset overflows"))?;
-        let (dtype, dtype_name) = match dtype_name {
-            Some(n) => (DType::from_torch_name(&n), n),
-            None => match &storage.kind {
-                StorageKind::Typed(d) => (Some(*d), d.name().to_owned()),
-                StorageKind::Untyped => (Some(DType::U8), "uint8".to_owned()),
-                StorageKind::Unknown(n) => (None, n.clone()),
-            },
+        let (dtype, dtype_name) = match (&storage.kind, dtype_name) {
+            // An unknown storage class is named where the dtype would be, whatever v3 says.
+            (StorageKind::Unknown(class), _) => (None, class.clone()),
+            (_, Some(n)) => (DType::from_torch_name(&n), n),
+            (StorageKind::Typed(d), None) => (Some(*d), d.name().to_owned()),
+            (StorageKind::Untyped, None) => (Some(DType::U8), "uint8".to_owned()),
         };
         let nbytes = storage.nbytes();
         if let (Some(d), Some(nbytes)) = (dtype, nbytes) {
             self.check_bounds(&shape, &stride, offset, nbytes / d.size() as u64)?;
         }
+        self.charge((storage.key.len() + dtype_name.len()) as u64)?;
         let meta = TensorMeta {
             dtype,
             dtype_name,
@@ -1203,25 +1320,26 @@ impl<Rd: Read> Machine<'_, Rd> {
     /// `('storage', storage_type, key, location, numel[, view_metadata])`.
     fn persistent_load(&mut self, pid: &V) -> R<V> {
         let items = self
-            .seq(pid)
-            .ok_or_else(|| self.err("persistent id is not a tuple"))?
-            .to_vec();
-        if items.len() < 5 || self.str_of(&items[0]).as_deref() != Some("storage") {
+            .copy_seq(pid)?
+            .ok_or_else(|| self.err("persistent id is not a tuple"))?;
+        if items.len() < 5 || items.first().and_then(str_of) != Some("storage") {
             return Err(self.err("persistent id is not a storage reference"));
         }
-        let kind = match self.global_name(&items[1]) {
-            Some((_, n)) if &*n == "UntypedStorage" => StorageKind::Untyped,
-            Some((m, n)) => match DType::from_storage_class(&n) {
-                Some(d) if m.starts_with("torch") => StorageKind::Typed(d),
-                _ => StorageKind::Unknown(format!("{m}.{n}")),
-            },
-            None => return Err(self.err("storage type is not a class reference")),
-        };
         let key = match &items[2] {
             V::Int(i) => i.to_string(),
-            other => self
-                .str_of(other)
-                .ok_or_else(|| self.err("storage key is not a string"))?,
+            other => match str_of(other) {
+                Some(k) if k.len() <= MAX_STORAGE_KEY => k.to_owned(),
+                Some(k) => {
+                    return Err(self.err(format!(
+                        "storage key of {} bytes (torch writes short numbers)",
+                        k.len()
+                    )))
+                }
+                None => return Err(self.err("storage key is not a string")),
+            },
+        };
+        let Some((module, class)) = self.global_name(&items[1]) else {
+            return Err(self.err("storage type is not a class reference"));
         };
         let numel = match items[4] {
             V::Int(n) if n >= 0 => n as u64,
@@ -1234,6 +1352,16 @@ impl<Rd: Read> Machine<'_, Rd> {
         let si = match self.storage_index.get(&key) {
             Some(&si) => si,
             None => {
+                let kind = if &*class == "UntypedStorage" {
+                    StorageKind::Untyped
+                } else {
+                    match DType::from_storage_class(&class) {
+                        Some(d) if module.starts_with("torch") => StorageKind::Typed(d),
+                        _ => StorageKind::Unknown(format!("{module}.{class}")),
+                    }
+                };
+                let cost = 2 * key.len() + module.len() + class.len() + size_of::<StorageRef>();
+                self.charge(INDEX_ENTRY + cost as u64)?;
                 self.storages.push(StorageRef {
                     key: key.clone(),
                     kind,
@@ -1245,24 +1373,68 @@ impl<Rd: Read> Machine<'_, Rd> {
         };
         self.alloc(Obj::Storage(si, view_offset))
     }
+}
 
-    /// Turns a machine value into a [`Value`] tree; shared objects are copied, within `budget`.
-    fn to_value(&self, v: &V, depth: usize, budget: &mut usize, visiting: &mut [bool]) -> R<Value> {
-        if *budget == 0 {
-            return Err(ErrorKind::Limit(format!(
-                "{}: pickle expands to too many values (shared references)",
-                self.part
-            )));
+/// The string of a `str` (or UTF-8 `bytes`) value, borrowed.
+fn str_of(v: &V) -> Option<&str> {
+    match v {
+        V::Str(s) => Some(s),
+        V::Bytes(b) => std::str::from_utf8(b).ok(),
+        _ => None,
+    }
+}
+
+/// Builds the [`Value`] tree of a finished machine: strings stay shared, containers reached twice
+/// are built twice (charged to the meter), and a container reached from inside itself becomes
+/// [`Value::Recursive`].
+struct Tree<'a> {
+    heap: &'a [Obj],
+    storages: &'a [StorageRef],
+    part: &'a str,
+    meter: &'a mut Meter,
+    /// Containers on the path being built.
+    visiting: Vec<bool>,
+}
+
+impl Tree<'_> {
+    fn charge(&mut self, bytes: usize) -> R<()> {
+        let part = self.part;
+        self.meter.charge(bytes as u64, || {
+            format!("building the objects of `{part}` (shared references are copied)")
+        })
+    }
+
+    fn dangling(&self, what: &str) -> ErrorKind {
+        ErrorKind::Pickle {
+            part: self.part.to_owned(),
+            offset: 0,
+            detail: format!("dangling {what} reference"),
         }
-        *budget -= 1;
+    }
+
+    fn seq(&mut self, xs: &[V], depth: usize) -> R<Vec<Value>> {
+        xs.iter().map(|x| self.value(x, depth)).collect()
+    }
+
+    fn pairs(&mut self, xs: &[(V, V)], depth: usize) -> R<Vec<(Value, Value)>> {
+        xs.iter()
+            .map(|(k, v)| Ok((self.value(k, depth)?, self.value(v, depth)?)))
+            .collect()
+    }
+
+    fn value(&mut self, v: &V, depth: usize) -> R<Value> {
+        self.charge(size_of::<Value>())?;
         let i = match v {
             V::None => return Ok(Value::None),
             V::Bool(b) => return Ok(Value::Bool(*b)),
             V::Int(i) => return Ok(Value::Int(*i)),
-            V::Big(s) => return Ok(Value::BigInt(s.to_string())),
+            V::Big(s) => {
+                self.charge(s.len())?;
+                return Ok(Value::BigInt(s.to_string()));
+            }
             V::Float(x) => return Ok(Value::Float(*x)),
-            V::Str(s) => return Ok(Value::Str(s.to_string())),
-            V::Bytes(b) => return Ok(Value::Bytes(b.to_vec())),
+            V::Str(s) => return Ok(Value::Str(s.clone())),
+            V::Bytes(b) => return Ok(Value::Bytes(b.clone())),
             V::Ref(i) => *i,
         };
         if depth >= MAX_DEPTH {
@@ -1271,32 +1443,25 @@ impl<Rd: Read> Machine<'_, Rd> {
                 self.part
             )));
         }
-        let Some(obj) = self.heap.get(i) else {
-            return Err(self.err("dangling reference"));
+        let heap = self.heap;
+        let Some(obj) = heap.get(i) else {
+            return Err(self.dangling("object"));
         };
-        if visiting.get(i).copied().unwrap_or(false) {
+        if self.visiting.get(i).copied().unwrap_or(false) {
             return Ok(Value::Recursive);
         }
-        if let Some(flag) = visiting.get_mut(i) {
+        if let Some(flag) = self.visiting.get_mut(i) {
             *flag = true;
         }
-        let mut conv = |x: &V, budget: &mut usize| self.to_value(x, depth + 1, budget, visiting);
-        let seq =
-            |xs: &[V], budget: &mut usize, conv: &mut dyn FnMut(&V, &mut usize) -> R<Value>| {
-                xs.iter().map(|x| conv(x, budget)).collect::<R<Vec<_>>>()
-            };
         let out = match obj {
-            Obj::List(xs) => Value::List(seq(xs, budget, &mut conv)?),
-            Obj::Tuple(xs) => Value::Tuple(seq(xs, budget, &mut conv)?),
-            Obj::Set(xs) => Value::Set(seq(xs, budget, &mut conv)?),
-            Obj::Dict(d) => {
-                let mut items = Vec::with_capacity(d.items.len());
-                for (k, v) in &d.items {
-                    items.push((conv(k, budget)?, conv(v, budget)?));
-                }
-                Value::Dict(items)
+            Obj::List(xs) => Value::List(self.seq(xs, depth + 1)?),
+            Obj::Tuple(xs) => Value::Tuple(self.seq(xs, depth + 1)?),
+            Obj::Set(xs) => Value::Set(self.seq(xs, depth + 1)?),
+            Obj::Dict(d) => Value::Dict(self.pairs(&d.items, depth + 1)?),
+            Obj::Global(m, n) => {
+                self.charge(m.len() + n.len() + 1)?;
+                Value::Global(format!("{m}.{n}"))
             }
-            Obj::Global(m, n) => Value::Global(format!("{m}.{n}")),
             Obj::Object {
                 class,
                 args,
@@ -1304,34 +1469,46 @@ impl<Rd: Read> Machine<'_, Rd> {
                 items,
                 dict_items,
             } => {
-                let args = seq(args, budget, &mut conv)?;
+                self.charge(size_of::<Object>() + class.len())?;
+                let args = self.seq(args, depth + 1)?;
                 let state = match state {
-                    Some(s) => Some(conv(s, budget)?),
+                    Some(s) => Some(self.value(s, depth + 1)?),
                     None => None,
                 };
-                let items = seq(items, budget, &mut conv)?;
-                let mut pairs = Vec::with_capacity(dict_items.len());
-                for (k, v) in dict_items {
-                    pairs.push((conv(k, budget)?, conv(v, budget)?));
-                }
+                let items = self.seq(items, depth + 1)?;
+                let dict_items = self.pairs(dict_items, depth + 1)?;
                 Value::Object(Box::new(Object {
                     class: class.clone(),
                     args,
                     state,
                     items,
-                    dict_items: pairs,
+                    dict_items,
                 }))
             }
-            Obj::Storage(si, _) => match self.storages.get(*si) {
-                Some(s) => Value::Storage {
+            Obj::Storage(si, _) => {
+                let storages = self.storages;
+                let Some(s) = storages.get(*si) else {
+                    return Err(self.dangling("storage"));
+                };
+                let dtype_name = s.kind.name();
+                self.charge(s.key.len() + dtype_name.len())?;
+                Value::Storage {
                     key: s.key.clone(),
-                    dtype_name: s.kind.name(),
-                },
-                None => return Err(self.err("dangling storage reference")),
-            },
-            Obj::Tensor(t) => Value::Tensor(t.clone()),
+                    dtype_name,
+                }
+            }
+            Obj::Tensor(t) => {
+                self.charge(
+                    16 * t.shape.len()
+                        + t.dtype_name.len()
+                        + match &t.data {
+                            TensorData::Storage { key, .. } => key.len(),
+                        },
+                )?;
+                Value::Tensor(t.clone())
+            }
         };
-        if let Some(flag) = visiting.get_mut(i) {
+        if let Some(flag) = self.visiting.get_mut(i) {
             *flag = false;
         }
         Ok(out)
@@ -1342,9 +1519,19 @@ impl<Rd: Read> Machine<'_, Rd> {
 mod tests {
     use super::*;
 
+    use crate::checkpoint::ReadBudget;
+
+    /// Unpickles under a 64 MiB budget.
     fn run(bytes: &[u8]) -> R<Value> {
+        run_with(bytes, 64 << 20).map(|(v, _)| v)
+    }
+
+    /// Unpickles under `limit` bytes; returns the value and the bytes charged.
+    fn run_with(bytes: &[u8], limit: u64) -> R<(Value, u64)> {
         let mut cur = std::io::Cursor::new(bytes);
-        unpickle(&mut cur, bytes.len() as u64, "test.pkl").map(|u| u.root)
+        let mut meter = Meter::new(ReadBudget::Bytes(limit), 0, 0);
+        let root = unpickle(&mut cur, bytes.len() as u64, "test.pkl", &mut meter)?.root;
+        Ok((root, meter.used()))
     }
 
     #[test]
@@ -1371,7 +1558,10 @@ mod tests {
                 ),
                 (
                     Value::Str("b".into()),
-                    Value::Tuple(vec![Value::Bytes(b"xy".to_vec()), Value::Str("é".into())])
+                    Value::Tuple(vec![
+                        Value::Bytes(b"xy".to_vec().into()),
+                        Value::Str("é".into())
+                    ])
                 ),
             ])
         );
@@ -1453,6 +1643,75 @@ mod tests {
         assert!(matches!(run(&p), Err(ErrorKind::Limit(_))));
     }
 
+    /// `[s, s, ..., s]` with one memoised string `s` of `len` bytes referenced `refs` times.
+    fn memo_string_list(len: usize, refs: usize) -> Vec<u8> {
+        let mut p = vec![0x80, 4, b']', 0x94, b'(', 0x8d];
+        p.extend_from_slice(&(len as u64).to_le_bytes());
+        p.extend(std::iter::repeat_n(b'x', len));
+        p.push(0x94);
+        for _ in 0..refs {
+            p.extend_from_slice(&[b'h', 1]);
+        }
+        p.extend_from_slice(b"e.");
+        p
+    }
+
+    #[test]
+    fn memoised_strings_are_shared_not_copied() {
+        let (v, used) = run_with(&memo_string_list(1 << 20, 2000), 64 << 20).expect("parses");
+        let Value::List(items) = v else {
+            panic!("not a list")
+        };
+        assert_eq!(items.len(), 2001);
+        let (Value::Str(first), Value::Str(last)) = (&items[0], &items[2000]) else {
+            panic!("not strings")
+        };
+        assert_eq!(first.len(), 1 << 20);
+        assert!(Arc::ptr_eq(first, last), "references share one string");
+        // The string once, plus small per-reference costs: far from 2000 copies.
+        assert!(used < (1 << 20) + (1 << 20), "charged {used}");
+    }
+
+    #[test]
+    fn copies_of_shared_containers_are_charged() {
+        // t = (0, 1, ..., 999) memoised; [t] * 5000 copies 5 million values into the tree.
+        let mut p = vec![0x80, 4, b']', b'('];
+        for i in 0..1000u16 {
+            p.push(b'M');
+            p.extend_from_slice(&i.to_le_bytes());
+        }
+        p.extend_from_slice(&[b't', 0x94, 0x30, b'(']);
+        for _ in 0..5000 {
+            p.extend_from_slice(&[b'h', 0]);
+        }
+        p.extend_from_slice(b"e.");
+        let err = run_with(&p, 64 << 20).unwrap_err();
+        assert!(matches!(err, ErrorKind::Budget { .. }), "{err}");
+        assert!(err.to_string().contains("test.pkl"), "{err}");
+        // The same with few references fits.
+        let small: Vec<u8> = {
+            let mut q = p[..p.len() - 2 - 2 * 5000].to_vec();
+            q.extend_from_slice(&[b'h', 0, b'h', 0, b'e', b'.']);
+            q
+        };
+        let (v, _) = run_with(&small, 64 << 20).expect("parses");
+        assert!(matches!(v, Value::List(ref l) if l.len() == 2));
+    }
+
+    #[test]
+    fn copied_call_arguments_are_charged() {
+        // REDUCE of builtins.list(t) 20000 times with a 1000-item memoised tuple t.
+        let mut p = vec![0x80, 2, b'('];
+        p.extend(std::iter::repeat_n(b'N', 1000));
+        p.extend_from_slice(b"tq\x00\x85q\x01cbuiltins\nlist\nq\x02](");
+        for _ in 0..20000 {
+            p.extend_from_slice(b"h\x02h\x01R");
+        }
+        p.extend_from_slice(b"e.");
+        let err = run_with(&p, 32 << 20).unwrap_err();
+        assert!(matches!(err, ErrorKind::Budget { .. }), "{err}");
+    }
+
     #[test]
     fn exponential_sharing_is_bounded() {
         // x0 = []; x_{k+1} = [x_k, x_k]: 2^60 nodes when expanded.
@@ -1461,6 +1720,6 @@ mod tests {
             p.extend_from_slice(&[b'(', b'h', k, b'h', k, b'l', b'q', k + 1]);
         }
         p.push(b'.');
-        assert!(matches!(run(&p), Err(ErrorKind::Limit(_))));
+        assert!(matches!(run(&p), Err(ErrorKind::Budget { .. })));
     }
 }

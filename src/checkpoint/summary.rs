@@ -2,11 +2,13 @@
 //! tensors and parameters each part holds, and the configuration it carries (LlamaGen's `args`
 //! Namespace, `steps`, and other plain values).
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 
 use super::value::Value;
-use super::{flatten, Format};
+use super::{for_each_tensor, Format};
 
 /// Tensor counts of one top-level entry (or of the top level itself, for bare state dicts).
 #[derive(Debug, Clone, PartialEq)]
@@ -48,29 +50,40 @@ const VALUE_LEN: usize = 160;
 
 pub(crate) const TOP_LEVEL: &str = "(top level)";
 
+/// Longest key shown: keys come from the file and may be megabytes long.
+const KEY_LEN: usize = 80;
+
+/// `text` cut to about [`KEY_LEN`] characters.
+fn shown(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(KEY_LEN) {
+        Some((cut, _)) => Cow::Owned(format!("{}...", &text[..cut])),
+        None => Cow::Borrowed(text),
+    }
+}
+
+/// A key as shown: the string itself when short, else a cut rendering.
 fn key_text(k: &Value) -> String {
     match k {
-        Value::Str(s) => s.clone(),
-        other => other.render(40),
+        Value::Str(s) if s.len() <= KEY_LEN => s.to_string(),
+        other => other.render(KEY_LEN),
     }
 }
 
 pub(crate) fn section(key: &str, v: &Value) -> Section {
-    let mut metas = Vec::new();
-    flatten(v, String::new(), &mut metas);
-    let mut dtypes: Vec<(String, usize)> = Vec::new();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
     let mut parameters = 0u64;
-    for (_, m) in &metas {
+    let mut tensors = 0;
+    for_each_tensor(v, &mut |m| {
+        tensors += 1;
         parameters = parameters.saturating_add(m.numel().unwrap_or(0));
-        match dtypes.iter_mut().find(|(d, _)| *d == m.dtype_name) {
-            Some((_, n)) => *n += 1,
-            None => dtypes.push((m.dtype_name.clone(), 1)),
-        }
-    }
+        *counts.entry(m.dtype_name.as_str()).or_default() += 1;
+    });
+    let mut dtypes: Vec<(String, usize)> =
+        counts.into_iter().map(|(d, n)| (d.to_owned(), n)).collect();
     dtypes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     Section {
         key: key.to_owned(),
-        tensors: metas.len(),
+        tensors,
         parameters,
         dtypes,
     }
@@ -120,11 +133,21 @@ impl fmt::Display for Summary {
         writeln!(f, "file        {}", self.path.display())?;
         writeln!(f, "format      {}", self.format)?;
         let keys = &self.top_level_keys;
+        let listed = if keys.len() > KEYS_SHOWN {
+            KEYS_SHOWN - 4
+        } else {
+            keys.len()
+        };
+        let list: Vec<Cow<'_, str>> = keys[..listed].iter().map(|k| shown(k)).collect();
         if keys.len() > KEYS_SHOWN {
-            let shown = keys[..KEYS_SHOWN - 4].join(", ");
-            writeln!(f, "keys        {shown}, ... ({} in all)", keys.len())?;
+            writeln!(
+                f,
+                "keys        {}, ... ({} in all)",
+                list.join(", "),
+                keys.len()
+            )?;
         } else if !keys.is_empty() {
-            writeln!(f, "keys        {}", keys.join(", "))?;
+            writeln!(f, "keys        {}", list.join(", "))?;
         }
         for s in &self.sections {
             let dtypes: Vec<String> = s.dtypes.iter().map(|(d, n)| format!("{d} x{n}")).collect();

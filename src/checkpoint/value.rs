@@ -3,6 +3,7 @@
 //! classes this reader does not interpret, kept as class name plus pickled arguments and state.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// Element types of the tensors this reader builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -151,15 +152,15 @@ impl DType {
 /// Where a tensor's bytes come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TensorData {
-    /// A torch storage: a zip entry `data/<key>` or a legacy-format storage record.
+    /// A storage: a torch zip entry `data/<key>`, a legacy-format storage record, or a
+    /// safetensors tensor's byte range (keyed by the tensor's name).
     Storage {
         /// The storage key.
         key: String,
-        /// The storage's size in bytes, when its element type is known.
+        /// The storage's size in bytes; `None` when its element type is unknown or the size
+        /// overflows.
         nbytes: Option<u64>,
     },
-    /// Index into the tensors already read from a .safetensors file.
-    Loaded(usize),
 }
 
 /// A tensor as the checkpoint describes it, without its data.
@@ -188,6 +189,12 @@ impl TensorMeta {
     }
 }
 
+/// A shape or stride as Python prints a list: `[2, 3]`.
+pub(crate) fn shape_text(dims: &[i64]) -> String {
+    let parts: Vec<String> = dims.iter().map(i64::to_string).collect();
+    format!("[{}]", parts.join(", "))
+}
+
 /// Checks that a view (`shape`, `stride`, `offset`, in elements) stays inside a storage of `elems`
 /// elements; shapes, strides and offsets must be non-negative.
 pub(crate) fn check_view(
@@ -196,32 +203,63 @@ pub(crate) fn check_view(
     offset: i64,
     elems: u64,
 ) -> Result<(), String> {
-    if shape.len() != stride.len() {
+    let Some((_, end)) = view_span(shape, stride, offset)? else {
+        return Ok(());
+    };
+    if end > elems {
         return Err(format!(
-            "size {shape:?} and stride {stride:?} have different lengths"
+            "size {}, stride {}, offset {offset} reach element {} of a storage with {elems} \
+             elements",
+            shape_text(shape),
+            shape_text(stride),
+            end - 1
         ));
     }
-    let mut last =
-        u64::try_from(offset).map_err(|_| format!("negative storage offset {offset}"))?;
+    Ok(())
+}
+
+/// The storage elements a view covers, `first..end` (end exclusive), or `None` for a view with no
+/// elements; an error for negative or mismatched sizes and strides, or an overflow.
+pub(crate) fn view_span(
+    shape: &[i64],
+    stride: &[i64],
+    offset: i64,
+) -> Result<Option<(u64, u64)>, String> {
+    if shape.len() != stride.len() {
+        return Err(format!(
+            "size {} and stride {} have different lengths",
+            shape_text(shape),
+            shape_text(stride)
+        ));
+    }
+    let first = u64::try_from(offset).map_err(|_| format!("negative storage offset {offset}"))?;
     if shape.iter().chain(stride).any(|&x| x < 0) {
-        return Err(format!("negative size or stride: {shape:?} / {stride:?}"));
+        return Err(format!(
+            "negative size or stride: {} / {}",
+            shape_text(shape),
+            shape_text(stride)
+        ));
     }
     if shape.contains(&0) {
-        return Ok(());
+        return Ok(None);
     }
+    let mut last = first;
     for (&d, &s) in shape.iter().zip(stride) {
         last = ((d - 1) as u64)
             .checked_mul(s as u64)
             .and_then(|x| last.checked_add(x))
-            .ok_or_else(|| format!("size {shape:?} with stride {stride:?} overflows"))?;
+            .ok_or_else(|| {
+                format!(
+                    "size {} with stride {} overflows",
+                    shape_text(shape),
+                    shape_text(stride)
+                )
+            })?;
     }
-    if last >= elems {
-        return Err(format!(
-            "size {shape:?}, stride {stride:?}, offset {offset} reach element {last} of a storage \
-             with {elems} elements"
-        ));
-    }
-    Ok(())
+    let end = last
+        .checked_add(1)
+        .ok_or_else(|| format!("size {} overflows", shape_text(shape)))?;
+    Ok(Some((first, end)))
 }
 
 /// An object of a class this reader does not interpret: the class, the arguments it was built from,
@@ -253,11 +291,12 @@ pub enum Value {
     BigInt(String),
     /// A Python `float`.
     Float(f64),
-    /// A Python `str`, e.g. a state-dict key or an `args` string field.
-    Str(String),
+    /// A Python `str`, e.g. a state-dict key or an `args` string field. Shared: a string the
+    /// pickle references many times is held once.
+    Str(Arc<str>),
     /// Python `bytes` or `bytearray` (or a Python 2 `str` that is not UTF-8), e.g. the raw value
-    /// of a numpy scalar.
-    Bytes(Vec<u8>),
+    /// of a numpy scalar. Shared like [`Value::Str`].
+    Bytes(Arc<[u8]>),
     /// A Python `list`.
     List(Vec<Value>),
     /// A Python `tuple`.
@@ -401,7 +440,7 @@ fn numpy_scalar(o: &Object) -> Option<Value> {
         &dtype.state,
         Some(Value::Tuple(parts)) if parts.get(1).and_then(Value::as_str) == Some(">")
     );
-    let mut b = bytes.clone();
+    let mut b = bytes.to_vec();
     if big_endian {
         b.reverse();
     }
@@ -466,7 +505,12 @@ fn render_into(v: &Value, out: &mut String, max_len: usize) {
             let _ = write!(out, "{x:?}");
         }
         Value::Str(s) => {
-            let _ = write!(out, "'{}'", s.escape_debug());
+            // Only what can be shown: a key may be megabytes long.
+            out.push('\'');
+            for c in s.chars().take(max_len.saturating_sub(out.len()) + 1) {
+                out.extend(c.escape_debug());
+            }
+            out.push('\'');
         }
         Value::Bytes(b) => {
             out.push_str("b'");
@@ -495,7 +539,7 @@ fn render_into(v: &Value, out: &mut String, max_len: usize) {
             out.push('}');
         }
         Value::Tensor(t) => {
-            let _ = write!(out, "tensor({} {:?})", t.dtype_name, t.shape);
+            let _ = write!(out, "tensor({} {})", t.dtype_name, shape_text(&t.shape));
         }
         Value::Storage { key, dtype_name } => {
             let _ = write!(out, "storage({dtype_name}, key {key})");

@@ -2,19 +2,25 @@
 //! object, whose storages are persistent ids), `<name>/data/<key>` (the raw bytes of each storage),
 //! and `<name>/byteorder` (`little` or `big`; absent in files from before torch 1.10, which are
 //! little-endian). torch writes entries stored (uncompressed), but deflated entries are read too.
+//!
+//! Nothing is inflated whole: the pickle is unpickled as it streams out of its entry, and a storage
+//! is read only over the element range its tensors' views cover (a stored entry from that range's
+//! start, a deflated one inflated up to that range's end), so an entry whose size claim is a
+//! deflate bomb costs only what the tensors really use.
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
+use super::budget::{human_bytes, Meter};
 use super::error::ErrorKind;
-use super::pickle::{unpickle, StorageRef, Unpickled};
+use super::pickle::{unpickle, Unpickled};
+use super::{first_tensor_using, ReadRange};
 
-/// Largest data.pkl accepted.
-const MAX_PICKLE: u64 = 1 << 30;
-/// Deflate cannot expand data more than about 1032 times; a larger claim is a lie.
+/// Deflate cannot expand data more than about 1032 times; a larger size claim is a lie.
 const MAX_DEFLATE_RATIO: u64 = 1100;
+/// Longest `byteorder` entry read (`little` or `big`).
+const MAX_BYTEORDER: u64 = 16;
 
 /// Where the parts of a zip checkpoint are.
 #[derive(Debug, Clone)]
@@ -23,7 +29,13 @@ pub(crate) struct Layout {
     pub prefix: String,
     /// Storage bytes are big-endian.
     pub big_endian: bool,
-    file_len: u64,
+}
+
+impl Layout {
+    /// The entry holding storage `key`.
+    pub(crate) fn entry(&self, key: &str) -> String {
+        format!("{}/data/{key}", self.prefix)
+    }
 }
 
 fn zip_err(e: zip::result::ZipError) -> ErrorKind {
@@ -43,6 +55,16 @@ fn zip_err(e: zip::result::ZipError) -> ErrorKind {
     }
 }
 
+/// An error reading the bytes of entry `name`.
+fn entry_read_err(name: &str, e: std::io::Error) -> ErrorKind {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            ErrorKind::Truncated(format!("entry `{name}` ends early"))
+        }
+        _ => ErrorKind::Zip(format!("entry `{name}`: {e}")),
+    }
+}
+
 fn open_archive(path: &Path) -> Result<(zip::ZipArchive<BufReader<File>>, u64), ErrorKind> {
     let file = File::open(path).map_err(ErrorKind::Io)?;
     let file_len = file.metadata().map_err(ErrorKind::Io)?.len();
@@ -50,13 +72,13 @@ fn open_archive(path: &Path) -> Result<(zip::ZipArchive<BufReader<File>>, u64), 
     Ok((archive, file_len))
 }
 
-/// Reads exactly `n` bytes of the named entry, after checking that the entry can hold them.
-fn read_entry(
-    archive: &mut zip::ZipArchive<BufReader<File>>,
+/// Opens entry `name`, checking that its size claim is one its data can satisfy: no more than the
+/// file for a stored entry, no more than deflate can inflate its compressed bytes to otherwise.
+fn open_entry<'a>(
+    archive: &'a mut zip::ZipArchive<BufReader<File>>,
     name: &str,
-    n: Option<u64>,
     file_len: u64,
-) -> Result<Vec<u8>, ErrorKind> {
+) -> Result<zip::read::ZipFile<'a, BufReader<File>>, ErrorKind> {
     let entry = match archive.by_name(name) {
         Ok(e) => e,
         Err(zip::result::ZipError::FileNotFound) => {
@@ -64,46 +86,22 @@ fn read_entry(
         }
         Err(e) => return Err(zip_err(e)),
     };
-    let size = entry.size();
-    let want = n.unwrap_or(size);
-    if want > size {
-        return Err(ErrorKind::Zip(format!(
-            "entry `{name}` holds {size} bytes but {want} are needed"
-        )));
-    }
     let bound = match entry.compression() {
         zip::CompressionMethod::Stored => file_len,
         _ => entry.compressed_size().saturating_mul(MAX_DEFLATE_RATIO),
     };
-    if want > bound {
+    if entry.size() > bound {
         return Err(ErrorKind::Truncated(format!(
-            "entry `{name}` claims {want} bytes, more than the file can hold"
+            "entry `{name}` claims {} bytes, more than its data in the file can hold",
+            entry.size()
         )));
     }
-    let cap = usize::try_from(want)
-        .map_err(|_| ErrorKind::Limit(format!("entry `{name}` does not fit in memory")))?;
-    let mut buf = Vec::with_capacity(cap);
-    entry
-        .take(want)
-        .read_to_end(&mut buf)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                ErrorKind::Truncated(format!("entry `{name}` ends early"))
-            }
-            _ => ErrorKind::Zip(format!("entry `{name}`: {e}")),
-        })?;
-    if (buf.len() as u64) < want {
-        return Err(ErrorKind::Truncated(format!(
-            "entry `{name}` has {} of its {want} bytes",
-            buf.len()
-        )));
-    }
-    Ok(buf)
+    Ok(entry)
 }
 
 /// Reads the archive's directory and its pickle, and checks that every storage the pickle refers to
 /// has an entry large enough.
-pub(crate) fn open(path: &Path) -> Result<(Unpickled, Layout), ErrorKind> {
+pub(crate) fn open(path: &Path, meter: &mut Meter) -> Result<(Unpickled, Layout), ErrorKind> {
     let (mut archive, file_len) = open_archive(path)?;
     let pkl_name = archive
         .file_names()
@@ -115,55 +113,64 @@ pub(crate) fn open(path: &Path) -> Result<(Unpickled, Layout), ErrorKind> {
         .map(str::to_owned)
         .ok_or_else(|| ErrorKind::MissingEntry("<archive>/data.pkl".to_owned()))?;
     let prefix = pkl_name.trim_end_matches("/data.pkl").to_owned();
-    let size = archive.by_name(&pkl_name).map_err(zip_err)?.size();
-    if size > MAX_PICKLE {
-        return Err(ErrorKind::Limit(format!(
-            "`{pkl_name}` is {size} bytes, more than this reader accepts"
-        )));
-    }
-    let pkl = read_entry(&mut archive, &pkl_name, None, file_len)?;
-    let unpickled = unpickle(
-        &mut std::io::Cursor::new(&pkl[..]),
-        pkl.len() as u64,
-        &pkl_name,
-    )?;
+    let unpickled = {
+        let entry = open_entry(&mut archive, &pkl_name, file_len)?;
+        let size = entry.size();
+        // The pickle's bytes are charged as they stream; a claim beyond the budget fails before
+        // anything is inflated.
+        if size > meter.remaining() {
+            return Err(meter.over(format!(
+                "`{pkl_name}`, which inflates to {} (a state dict's pickle is small),",
+                human_bytes(size)
+            )));
+        }
+        let mut reader = BufReader::new(entry);
+        unpickle(&mut reader, size, &pkl_name, meter)?
+    };
     let byteorder_name = format!("{prefix}/byteorder");
-    let big_endian = match read_entry(&mut archive, &byteorder_name, None, file_len) {
-        Ok(b) => match b.as_slice() {
-            b"little" => false,
-            b"big" => true,
-            other => {
-                return Err(ErrorKind::Zip(format!(
-                    "`{byteorder_name}` says {:?}, not little or big",
-                    String::from_utf8_lossy(&other[..other.len().min(16)])
-                )))
+    let big_endian = match open_entry(&mut archive, &byteorder_name, file_len) {
+        Ok(entry) => {
+            let mut text = Vec::new();
+            entry
+                .take(MAX_BYTEORDER + 1)
+                .read_to_end(&mut text)
+                .map_err(|e| entry_read_err(&byteorder_name, e))?;
+            match text.as_slice() {
+                b"little" => false,
+                b"big" => true,
+                other => {
+                    let shown: String = String::from_utf8_lossy(other)
+                        .chars()
+                        .take(MAX_BYTEORDER as usize)
+                        .flat_map(char::escape_debug)
+                        .collect();
+                    return Err(ErrorKind::Zip(format!(
+                        "`{byteorder_name}` says \"{shown}\", not little or big"
+                    )));
+                }
             }
-        },
+        }
         Err(ErrorKind::MissingEntry(_)) => false,
         Err(e) => return Err(e),
     };
-    let layout = Layout {
-        prefix,
-        big_endian,
-        file_len,
-    };
-    check_storages(&mut archive, &layout, &unpickled.storages)?;
+    let layout = Layout { prefix, big_endian };
+    check_storages(&mut archive, &layout, &unpickled, file_len)?;
     Ok((unpickled, layout))
 }
 
+/// Checks that every storage has an entry, that its size is possible, and that the entry holds it.
 fn check_storages(
     archive: &mut zip::ZipArchive<BufReader<File>>,
     layout: &Layout,
-    storages: &[StorageRef],
+    unpickled: &Unpickled,
+    file_len: u64,
 ) -> Result<(), ErrorKind> {
-    let names: HashMap<&str, ()> = archive.file_names().map(|n| (n, ())).collect();
-    let mut missing = Vec::new();
-    for s in storages {
-        let name = format!("{}/data/{}", layout.prefix, s.key);
-        if !names.contains_key(name.as_str()) {
-            missing.push(name);
-        }
-    }
+    let storages = &unpickled.storages;
+    let missing: Vec<String> = storages
+        .iter()
+        .map(|s| layout.entry(&s.key))
+        .filter(|name| archive.index_for_name(name).is_none())
+        .collect();
     if let Some(first) = missing.first() {
         let more = if missing.len() > 1 {
             format!(
@@ -177,15 +184,31 @@ fn check_storages(
         return Err(ErrorKind::MissingEntry(format!("{first}{more}")));
     }
     for s in storages {
-        let name = format!("{}/data/{}", layout.prefix, s.key);
-        let entry = archive.by_name(&name).map_err(zip_err)?;
-        if let Some(nbytes) = s.nbytes() {
-            if entry.size() < nbytes {
-                return Err(ErrorKind::Zip(format!(
-                    "storage entry `{name}` holds {} bytes, but the pickle says {nbytes}",
-                    entry.size()
-                )));
-            }
+        let name = layout.entry(&s.key);
+        let bad = |detail: String| ErrorKind::BadStorage {
+            storage: name.clone(),
+            tensor: first_tensor_using(&unpickled.root, &s.key),
+            detail,
+        };
+        if s.kind.elem_size().is_none() {
+            // Reported when a tensor of it is read: the rest of the file may still be used.
+            continue;
+        }
+        let Some(nbytes) = s.nbytes() else {
+            return Err(bad(format!(
+                "claims {} {} elements, more bytes than any file can hold",
+                s.numel,
+                s.kind.name()
+            )));
+        };
+        let entry = open_entry(archive, &name, file_len)?;
+        if entry.size() < nbytes {
+            return Err(bad(format!(
+                "holds {} bytes, but the pickle says {} elements of {} ({nbytes} bytes)",
+                entry.size(),
+                s.numel,
+                s.kind.name()
+            )));
         }
     }
     Ok(())
@@ -195,14 +218,16 @@ fn check_storages(
 pub(crate) struct StorageReader {
     archive: zip::ZipArchive<BufReader<File>>,
     layout: Layout,
+    file_len: u64,
 }
 
 impl StorageReader {
     pub(crate) fn new(path: &Path, layout: &Layout) -> Result<Self, ErrorKind> {
-        let (archive, _) = open_archive(path)?;
+        let (archive, file_len) = open_archive(path)?;
         Ok(Self {
             archive,
             layout: layout.clone(),
+            file_len,
         })
     }
 
@@ -210,9 +235,56 @@ impl StorageReader {
         self.layout.big_endian
     }
 
-    /// The first `nbytes` bytes of storage `key`.
-    pub(crate) fn read(&mut self, key: &str, nbytes: u64) -> Result<Vec<u8>, ErrorKind> {
-        let name = format!("{}/data/{key}", self.layout.prefix);
-        read_entry(&mut self.archive, &name, Some(nbytes), self.layout.file_len)
+    /// The entry name of storage `key`, for messages.
+    pub(crate) fn name(&self, key: &str) -> String {
+        self.layout.entry(key)
+    }
+
+    /// The bytes a read of `range` materialises: the range for a stored entry, everything up to
+    /// its end for a deflated one (the bytes before the range are inflated too, then dropped).
+    pub(crate) fn cost(&mut self, key: &str, range: &ReadRange) -> Result<u64, ErrorKind> {
+        let name = self.layout.entry(key);
+        let entry = open_entry(&mut self.archive, &name, self.file_len)?;
+        Ok(match entry.compression() {
+            zip::CompressionMethod::Stored => range.len(),
+            _ => range.end,
+        })
+    }
+
+    /// Calls `fill` with a reader of bytes `range` of storage `key`.
+    pub(crate) fn read<T>(
+        &mut self,
+        key: &str,
+        range: &ReadRange,
+        fill: impl FnOnce(&mut dyn Read) -> Result<T, ErrorKind>,
+    ) -> Result<T, ErrorKind> {
+        let name = self.layout.entry(key);
+        let entry = open_entry(&mut self.archive, &name, self.file_len)?;
+        if range.end > entry.size() {
+            return Err(ErrorKind::BadStorage {
+                storage: name,
+                tensor: None,
+                detail: format!(
+                    "holds {} bytes, but the tensors need bytes up to {}",
+                    entry.size(),
+                    range.end
+                ),
+            });
+        }
+        if entry.compression() == zip::CompressionMethod::Stored {
+            drop(entry);
+            let mut entry = self.archive.by_name_seek(&name).map_err(zip_err)?;
+            entry
+                .seek(SeekFrom::Start(range.start))
+                .map_err(|e| entry_read_err(&name, e))?;
+            return fill(&mut entry.take(range.len()));
+        }
+        let mut entry = entry;
+        let skipped = std::io::copy(&mut (&mut entry).take(range.start), &mut std::io::sink())
+            .map_err(|e| entry_read_err(&name, e))?;
+        if skipped < range.start {
+            return Err(ErrorKind::Truncated(format!("entry `{name}` ends early")));
+        }
+        fill(&mut entry.take(range.len()))
     }
 }

@@ -10,6 +10,7 @@ mod distributed_images;
 mod doctor;
 mod feature_networks;
 mod fid;
+mod hostile_checkpoints;
 mod hostile_inputs;
 mod merge_features;
 mod metrics;

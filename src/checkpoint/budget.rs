@@ -1,0 +1,241 @@
+//! How much memory reading one checkpoint may take. Every byte the readers materialise (the pickle's
+//! bytes and the objects it builds, the tree of values, tensor names, the storage bytes read) is
+//! charged to a [`Meter`] before it is allocated, so a hostile file (a deflate bomb, a pickle that
+//! references one large object many times) ends in an error instead of exhausting memory.
+//!
+//! The limit is a [`ReadBudget`]: by default 4 x the file size + 512 MiB, which every file written by
+//! `torch.save` or safetensors fits (their tensor bytes are stored uncompressed, so they cannot
+//! exceed the file), or a number of bytes given by the user (the CLI's `--max-input-memory`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{PoisonError, RwLock};
+
+use super::error::ErrorKind;
+
+/// The automatic budget's multiple of the file size.
+const AUTO_FILE_MULTIPLE: u64 = 4;
+/// Bytes the automatic budget allows on top of that multiple (small files, compressed entries).
+const AUTO_SLACK: u64 = 512 << 20;
+
+/// How many bytes reading one checkpoint may materialise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadBudget {
+    /// 4 x the file size + 512 MiB.
+    #[default]
+    Auto,
+    /// At most this many bytes.
+    Bytes(u64),
+}
+
+/// The budget [`super::Checkpoint::open`] uses; set once by the CLI from `--max-input-memory`.
+static PROCESS_DEFAULT: RwLock<ReadBudget> = RwLock::new(ReadBudget::Auto);
+
+impl ReadBudget {
+    /// The limit in bytes for a file of `file_len` bytes.
+    pub fn limit(self, file_len: u64) -> u64 {
+        match self {
+            ReadBudget::Auto => file_len
+                .saturating_mul(AUTO_FILE_MULTIPLE)
+                .saturating_add(AUTO_SLACK),
+            ReadBudget::Bytes(n) => n,
+        }
+    }
+
+    /// Makes `self` the budget of every later [`super::Checkpoint::open`] in this process (the model
+    /// loaders open checkpoints through it).
+    pub fn set_process_default(self) {
+        *PROCESS_DEFAULT
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = self;
+    }
+
+    /// The budget [`super::Checkpoint::open`] uses: [`ReadBudget::Auto`] unless
+    /// [`ReadBudget::set_process_default`] said otherwise.
+    pub fn process_default() -> Self {
+        *PROCESS_DEFAULT
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn explain(self) -> String {
+        match self {
+            ReadBudget::Auto => format!(
+                "the default, {AUTO_FILE_MULTIPLE} x the file size + {}",
+                human_bytes(AUTO_SLACK)
+            ),
+            ReadBudget::Bytes(_) => "set by --max-input-memory".to_owned(),
+        }
+    }
+}
+
+/// Parses `auto`, or a byte count with an optional binary suffix: `800000000`, `512M`, `8G`,
+/// `8GiB`, `1T` (K, M, G and T are powers of 1024; a trailing `B` or `iB` is allowed).
+impl FromStr for ReadBudget {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t.eq_ignore_ascii_case("auto") {
+            return Ok(ReadBudget::Auto);
+        }
+        let bad = || {
+            format!(
+                "`{text}` is not a memory size: give `auto` or bytes with an optional K, M, G or T \
+                 suffix (e.g. 8G)"
+            )
+        };
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, suffix) = t.split_at(split);
+        let shift = match suffix.trim().to_ascii_uppercase().as_str() {
+            "" | "B" => 0,
+            "K" | "KB" | "KIB" => 10,
+            "M" | "MB" | "MIB" => 20,
+            "G" | "GB" | "GIB" => 30,
+            "T" | "TB" | "TIB" => 40,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let bytes = n
+            .checked_mul(1u64 << shift)
+            .ok_or_else(|| format!("`{text}` is more bytes than fit in 64 bits"))?;
+        if bytes == 0 {
+            return Err(format!(
+                "`{text}`: the memory budget must be more than 0 bytes"
+            ));
+        }
+        Ok(ReadBudget::Bytes(bytes))
+    }
+}
+
+impl fmt::Display for ReadBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadBudget::Auto => f.write_str("auto"),
+            ReadBudget::Bytes(n) => f.write_str(&human_bytes(*n)),
+        }
+    }
+}
+
+/// `1536` -> `1.5 KiB`; exact byte counts below 1 KiB.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let text = format!("{value:.1}");
+    let text = text.strip_suffix(".0").unwrap_or(&text);
+    format!("{text} {}", UNITS[unit])
+}
+
+/// Counts the bytes one read materialises against its budget. Charges only grow: what a step frees
+/// is not given back, so the count is an upper bound on what is held at once.
+#[derive(Debug, Clone)]
+pub(crate) struct Meter {
+    used: u64,
+    limit: u64,
+    budget: ReadBudget,
+}
+
+impl Meter {
+    /// A meter for a file of `file_len` bytes, with `used` bytes already held.
+    pub(crate) fn new(budget: ReadBudget, file_len: u64, used: u64) -> Self {
+        Self {
+            used,
+            limit: budget.limit(file_len),
+            budget,
+        }
+    }
+
+    /// Bytes charged so far.
+    pub(crate) fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// Bytes that may still be charged.
+    pub(crate) fn remaining(&self) -> u64 {
+        self.limit.saturating_sub(self.used)
+    }
+
+    /// Charges `bytes`, or fails naming `what` (lazily built: charges are frequent).
+    pub(crate) fn charge(
+        &mut self,
+        bytes: u64,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), ErrorKind> {
+        let used = self.used.saturating_add(bytes);
+        if used > self.limit {
+            return Err(self.over(what()));
+        }
+        self.used = used;
+        Ok(())
+    }
+
+    /// The error for `what` going past the budget.
+    pub(crate) fn over(&self, what: String) -> ErrorKind {
+        ErrorKind::Budget {
+            what,
+            limit: human_bytes(self.limit),
+            how: self.budget.explain(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!("auto".parse(), Ok(ReadBudget::Auto));
+        assert_eq!("1000".parse(), Ok(ReadBudget::Bytes(1000)));
+        assert_eq!("512M".parse(), Ok(ReadBudget::Bytes(512 << 20)));
+        assert_eq!("8g".parse(), Ok(ReadBudget::Bytes(8 << 30)));
+        assert_eq!("8GiB".parse(), Ok(ReadBudget::Bytes(8 << 30)));
+        assert_eq!("2KB".parse(), Ok(ReadBudget::Bytes(2048)));
+        assert_eq!("1T".parse(), Ok(ReadBudget::Bytes(1 << 40)));
+        for bad in [
+            "",
+            "G",
+            "1.5G",
+            "-1",
+            "12iB",
+            "0",
+            "99999999999T",
+            "8 apples",
+        ] {
+            assert!(bad.parse::<ReadBudget>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn automatic_limit_grows_with_the_file() {
+        assert_eq!(ReadBudget::Auto.limit(0), 512 << 20);
+        assert_eq!(ReadBudget::Auto.limit(1 << 30), (4 << 30) + (512 << 20));
+        assert_eq!(ReadBudget::Bytes(7).limit(1 << 30), 7);
+        assert_eq!(ReadBudget::Auto.limit(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn meter_refuses_past_the_limit_and_names_the_budget() {
+        let mut m = Meter::new(ReadBudget::Bytes(100), 10, 0);
+        m.charge(60, String::new).unwrap();
+        assert_eq!(m.remaining(), 40);
+        let err = m.charge(41, || "reading `x`".to_owned()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("reading `x`") && text.contains("100 bytes"),
+            "{text}"
+        );
+        assert!(text.contains("--max-input-memory"), "{text}");
+        assert_eq!(m.used(), 60);
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(512 << 20), "512 MiB");
+    }
+}
