@@ -7,18 +7,22 @@
 //! file costs a clean error instead of an abort or an exhausted machine.
 //!
 //! The limit is a process-wide setting (like libtorch's thread count): the command line sets it
-//! once at start, and the readers deep in the library read it.
+//! once at start, and the readers deep in the library read it (the checkpoint readers through
+//! [`crate::checkpoint::ReadBudget::process_default`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The default budget for what one input file may make us allocate: 1 GiB, or a small multiple of
-/// the file's own size when that is larger (see [`allowance`]).
+/// The default budget of one decoded image is a quarter of this (see [`image_allowance`]).
 pub const DEFAULT_MAX_INPUT_MEMORY: u64 = 1 << 30;
 
 /// How much more than its size on disk a file may expand into without an explicit budget.
 /// Real float arrays and weights barely compress; anything that inflates further is refused
 /// unless `--max-input-memory` allows it.
 pub const EXPANSION_ALLOWED: u64 = 4;
+
+/// What the default budget allows on top of [`EXPANSION_ALLOWED`] times the file size (small
+/// files, the objects a pickle builds, compressed entries).
+pub const SLACK: u64 = 512 << 20;
 
 /// 0 means "not set": the default applies.
 static MAX_INPUT_MEMORY: AtomicU64 = AtomicU64::new(0);
@@ -37,12 +41,18 @@ pub fn max_input_memory() -> Option<u64> {
 }
 
 /// The bytes reading a file of `file_size` bytes may materialise: the explicit budget when one is
-/// set, otherwise [`DEFAULT_MAX_INPUT_MEMORY`] or [`EXPANSION_ALLOWED`] times the file size,
-/// whichever is larger.
+/// set, otherwise [`default_allowance`].
 pub fn allowance(file_size: u64) -> u64 {
-    max_input_memory().unwrap_or_else(|| {
-        DEFAULT_MAX_INPUT_MEMORY.max(file_size.saturating_mul(EXPANSION_ALLOWED))
-    })
+    max_input_memory().unwrap_or_else(|| default_allowance(file_size))
+}
+
+/// The budget without `--max-input-memory`: [`EXPANSION_ALLOWED`] times the file size plus
+/// [`SLACK`]. Every file written by `torch.save`, safetensors or `np.savez` fits it: their arrays
+/// are stored whole (or deflated, which real weights and features barely shrink).
+pub fn default_allowance(file_size: u64) -> u64 {
+    file_size
+        .saturating_mul(EXPANSION_ALLOWED)
+        .saturating_add(SLACK)
 }
 
 /// The most bytes one decoded image may take (RGB, 8 bits): a quarter of the budget, since the
@@ -52,59 +62,63 @@ pub fn image_allowance() -> u64 {
     max_input_memory().unwrap_or(DEFAULT_MAX_INPUT_MEMORY) / 4
 }
 
-/// A sentence for error messages: what the limit is and how to raise it.
+/// A sentence for error messages: how to raise the limit.
 pub fn how_to_raise() -> String {
-    let limit = max_input_memory().unwrap_or(DEFAULT_MAX_INPUT_MEMORY);
-    format!(
-        "the input memory budget is {} (raise it with --max-input-memory BYTES, e.g. 8G, if the file is genuine)",
-        human_bytes(limit)
-    )
+    match max_input_memory() {
+        Some(limit) => format!(
+            "--max-input-memory is {}; raise it if the file is genuine",
+            human_bytes(limit)
+        ),
+        None => "raise the input memory budget with --max-input-memory BYTES (e.g. 8G) if the file is genuine".into(),
+    }
 }
 
-/// `1.5 GiB`-style sizes for messages.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
+/// `1.5 GiB`-style sizes for messages; exact byte counts below 1 KiB.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut value = n as f64 / 1024.0;
     let mut unit = 0;
     while value >= 1024.0 && unit + 1 < UNITS.len() {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    let text = format!("{value:.1}");
+    let text = text.strip_suffix(".0").unwrap_or(&text);
+    format!("{text} {}", UNITS[unit])
 }
 
-/// Parses `--max-input-memory` values: bytes, or a number with K, M, G or T (powers of 1024,
-/// optionally followed by `iB` or `B`).
+/// Parses `--max-input-memory` values: a byte count with an optional binary suffix (`800000000`,
+/// `512M`, `8G`, `8GiB`, `1T`; K, M, G and T are powers of 1024, a trailing `B` or `iB` allowed).
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+    let t = text.trim();
+    let bad = || {
+        format!(
+            "`{text}` is not a memory size: give bytes with an optional K, M, G or T suffix (e.g. 8G)"
+        )
+    };
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, suffix) = t.split_at(split);
+    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
-        other => {
-            return Err(format!(
-                "unknown size unit `{other}` in `{text}` (use K, M, G or T)"
-            ))
-        }
+        _ => return Err(bad()),
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (e.g. 4G, 512M or 1073741824)"))?;
-    let bytes = value * (1u64 << shift) as f64;
-    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
-        return Err(format!("`{text}` is not a usable memory budget"));
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("`{text}` is more bytes than fit in 64 bits"))?;
+    if bytes == 0 {
+        return Err(format!(
+            "`{text}`: the memory budget must be more than 0 bytes"
+        ));
     }
-    Ok(bytes as u64)
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -112,20 +126,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_sizes() {
-        assert_eq!(parse_bytes("4G").unwrap(), 4 << 30);
-        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
-        assert_eq!(parse_bytes("1.5g").unwrap(), 3 << 29);
-        assert_eq!(parse_bytes("1000").unwrap(), 1000);
-        assert!(parse_bytes("0").is_err());
-        assert!(parse_bytes("4X").unwrap_err().contains("unit"));
-        assert!(parse_bytes("lots").is_err());
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("8g"), Ok(8 << 30));
+        assert_eq!(parse_bytes("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_bytes("2KB"), Ok(2048));
+        assert_eq!(parse_bytes("1T"), Ok(1 << 40));
+        for bad in [
+            "",
+            "G",
+            "1.5G",
+            "-1",
+            "12iB",
+            "0",
+            "99999999999T",
+            "8 apples",
+        ] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} parsed");
+        }
     }
 
     #[test]
-    fn allowance_grows_with_the_file() {
-        assert_eq!(allowance(10), DEFAULT_MAX_INPUT_MEMORY);
-        assert_eq!(allowance(1 << 30), 4 << 30);
+    fn default_allowance_grows_with_the_file() {
+        assert_eq!(default_allowance(0), 512 << 20);
+        assert_eq!(default_allowance(1 << 30), (4 << 30) + (512 << 20));
         assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+        assert_eq!(human_bytes(1 << 30), "1 GiB");
+        assert_eq!(human_bytes(100), "100 bytes");
     }
 }

@@ -21,6 +21,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::npz::{read_npy_header, read_npy_strings, NpyHeader};
 use crate::models::gpt::left_pad_captions;
+use crate::models::t5::T5Embedder;
 
 /// Names of the embeddings entry of a caption npz: ours, then Hugging Face's T5 output name.
 pub const EMBEDDING_KEYS: [&str; 2] = ["caption_embs", "last_hidden_state"];
@@ -134,6 +135,9 @@ pub struct CaptionSet {
     embeddings: CaptionEmbeddings,
     texts: Option<Vec<String>>,
     source: PathBuf,
+    /// The text encoder that embedded the captions here (prompt files): its folder and dtype,
+    /// part of the fingerprint; `None` for embeddings read from a file.
+    encoder: Option<String>,
 }
 
 impl CaptionSet {
@@ -269,6 +273,54 @@ impl CaptionSet {
             },
             texts,
             source: source.to_path_buf(),
+            encoder: None,
+        })
+    }
+
+    /// Embeds the captions of a prompt file ([`read_prompts`]) with LlamaGen's T5 embedder
+    /// ([`T5Embedder`]: 120 tokens, right-padded), `chunk` captions at a time so that only the
+    /// valid rows of each are kept (a 30,000-caption set would be 30 GB as `[N, 120, 2048]`).
+    /// `on_chunk` is told how many captions each chunk embedded (for a progress bar).
+    pub fn from_prompts(
+        prompts: &Path,
+        embedder: &T5Embedder,
+        encoder: String,
+        chunk: usize,
+        mut on_chunk: impl FnMut(usize),
+    ) -> Result<Self, CaptionError> {
+        let texts: Vec<String> = read_prompts(prompts)?
+            .into_iter()
+            .map(|p| p.caption)
+            .collect();
+        let mut rows = Vec::new();
+        let mut spans = Vec::with_capacity(texts.len());
+        let mut offset = 0;
+        let mut shape = (0, 0);
+        for batch in texts.chunks(chunk.max(1)) {
+            let (embeddings, masks) = embedder
+                .embed(batch)
+                .map_err(|e| CaptionError::new(prompts, e.to_string()))?;
+            let part = Self::from_right_padded(&embeddings, &masks, None, prompts)?;
+            let part = part.embeddings;
+            shape = (part.tokens, part.dim);
+            spans.extend(part.spans.iter().map(|&(start, len)| (start + offset, len)));
+            offset += part.rows.size()[0];
+            rows.push(part.rows);
+            on_chunk(batch.len());
+        }
+        let rows = Tensor::f_cat(&rows, 0)
+            .map_err(|e| CaptionError::new(prompts, format!("libtorch: {e}")))?;
+        Ok(CaptionSet {
+            embeddings: CaptionEmbeddings {
+                rows,
+                spans,
+                tokens: shape.0,
+                dim: shape.1,
+                source: prompts.to_path_buf(),
+            },
+            texts: Some(texts),
+            source: prompts.to_path_buf(),
+            encoder: Some(encoder),
         })
     }
 
@@ -366,13 +418,17 @@ impl CaptionSet {
         let bytes = std::fs::metadata(&self.source)
             .map(|m| m.len())
             .unwrap_or(0);
-        json!({
+        let mut fingerprint = json!({
             "path": self.source.display().to_string(),
             "bytes": bytes,
             "count": self.len(),
             "tokens": self.embeddings.tokens,
             "dim": self.embeddings.dim,
-        })
+        });
+        if let Some(encoder) = &self.encoder {
+            fingerprint["encoder"] = json!(encoder);
+        }
+        fingerprint
     }
 }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::{bail, Context, Result};
+use llamagen_metrics::clip_score::clip_score;
 use llamagen_metrics::cmmd::cmmd_f32;
 use llamagen_metrics::frechet::frechet_distance;
 use llamagen_metrics::frechet_infinity::{
@@ -41,6 +42,8 @@ pub enum Metric {
     Dinov2Pr,
     /// CMMD: MMD of CLIP embeddings (Jayasumana et al. 2024).
     Cmmd,
+    /// CLIP score of each sample against its caption (text-to-image runs).
+    ClipScore,
 }
 
 impl std::fmt::Display for Metric {
@@ -56,13 +59,14 @@ impl std::fmt::Display for Metric {
             Metric::FdDinov2Inf => "fd-dinov2-inf",
             Metric::Dinov2Pr => "dinov2-pr",
             Metric::Cmmd => "cmmd",
+            Metric::ClipScore => "clip-score",
         })
     }
 }
 
 impl Metric {
     /// Every family, in table order: what is computed (when the inputs allow) without `--metrics`.
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 11] = [
         Metric::Fid,
         Metric::Sfid,
         Metric::Is,
@@ -73,6 +77,7 @@ impl Metric {
         Metric::FdDinov2Inf,
         Metric::Dinov2Pr,
         Metric::Cmmd,
+        Metric::ClipScore,
     ];
 }
 
@@ -158,6 +163,7 @@ impl Reference {
 pub fn plan(
     requested: Option<&[Metric]>,
     sample: &FeatureSet,
+    captions: Option<&ndarray::Array2<f32>>,
     reference: Option<&Reference>,
     options: &MetricOptions,
 ) -> Result<BTreeSet<Metric>> {
@@ -222,6 +228,14 @@ pub fn plan(
             Metric::Cmmd if reference.and_then(|r| r.features_named("clip")).is_none() => {
                 Some("the reference's CLIP embeddings (reference images or a feature file with `clip`)")
             }
+            Metric::ClipScore if sample.clip.is_none() => {
+                Some("the samples' CLIP embeddings (--features inception,clip)")
+            }
+            Metric::ClipScore if captions.is_none() => Some(
+                "each sample's caption text (a text-to-image run with --prompts, or \
+                 --caption-embeddings holding `captions`) and a CLIP text tower (--clip given a \
+                 CLIPModel file with its tokenizer.json beside it)",
+            ),
             _ => None,
         };
         match missing {
@@ -278,6 +292,7 @@ pub struct Computed {
 pub fn compute(
     metrics: &BTreeSet<Metric>,
     sample: &FeatureSet,
+    captions: Option<&ndarray::Array2<f32>>,
     sample_stats: &ReferenceStats,
     reference: Option<&Reference>,
     options: &MetricOptions,
@@ -378,6 +393,13 @@ pub fn compute(
                 )?;
                 values.insert(MetricKey::Cmmd, cmmd_f32(refs.view(), samples.view())?);
             }
+            Metric::ClipScore => {
+                let images = need(sample.clip.as_ref(), "sample CLIP embeddings")?;
+                let texts = need(captions, "caption CLIP text embeddings")?;
+                let score = clip_score(images.view(), texts.view())?;
+                values.insert(MetricKey::ClipScore, score.mean);
+                values.insert(MetricKey::ClipScoreStd, score.std);
+            }
         }
     }
     Ok(Computed { values, details })
@@ -406,8 +428,8 @@ mod tests {
             ..Default::default()
         };
         let options = MetricOptions::default();
-        let planned = plan(None, &sample, None, &options).unwrap();
+        let planned = plan(None, &sample, None, None, &options).unwrap();
         assert_eq!(planned.into_iter().collect::<Vec<_>>(), [Metric::Is]);
-        assert!(plan(Some(&[Metric::Fid]), &sample, None, &options).is_err());
+        assert!(plan(Some(&[Metric::Fid]), &sample, None, None, &options).is_err());
     }
 }

@@ -345,8 +345,9 @@ pub fn read_f64<D: ndarray::Dimension>(
 }
 
 /// Checks, before any long work, that `path` can be written as an output file: it is not a
-/// folder (nor written as one, `out/`), its folder exists (created now when missing) and a file
-/// can be created there. Without this, a run could do all its work and fail at the end.
+/// folder (nor written as one, `out/`), and its folder (or, when that does not exist yet, the
+/// nearest folder above it, where it will be created) is a folder a file can be created in.
+/// Without this, a run could do all its work and fail at the end. Creates nothing.
 pub fn check_output_file(path: &Path) -> Result<(), FileError> {
     let text = path.as_os_str().as_encoded_bytes();
     if path.is_dir() || text.ends_with(b"/") || path.file_name().is_none() {
@@ -359,22 +360,11 @@ pub fn check_output_file(path: &Path) -> Result<(), FileError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(parent).map_err(|e| {
-        FileError::new(
-            path,
-            format!("cannot create its folder {}: {e}", parent.display()),
-        )
-    })?;
-    probe_writable(parent).map_err(|e| {
-        FileError::new(
-            path,
-            format!("cannot write into its folder {}: {e}", parent.display()),
-        )
-    })
+    check_writable_folder(parent).map_err(|message| FileError::new(path, message))
 }
 
 /// Checks, before any long work, that `dir` can be a run's output folder: not an existing file,
-/// created now when missing, and writable.
+/// and writable (or creatable in the nearest existing folder above it). Creates nothing.
 pub fn check_output_dir(dir: &Path) -> Result<(), FileError> {
     if dir.exists() && !dir.is_dir() {
         return Err(FileError::new(
@@ -382,17 +372,32 @@ pub fn check_output_dir(dir: &Path) -> Result<(), FileError> {
             "is a file, but the output is a folder (metrics.json, metrics.csv, ...): give a folder name",
         ));
     }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| FileError::new(dir, format!("cannot create the output folder: {e}")))?;
-    probe_writable(dir)
-        .map_err(|e| FileError::new(dir, format!("cannot write into the output folder: {e}")))
+    check_writable_folder(dir).map_err(|message| FileError::new(dir, message))
 }
 
-/// Creates and removes a file in `dir`.
-fn probe_writable(dir: &Path) -> std::io::Result<()> {
-    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
-    File::create(&probe)?;
-    std::fs::remove_file(&probe)
+/// `dir`, or the nearest existing folder above it, is a folder where files can be created.
+fn check_writable_folder(dir: &Path) -> Result<(), String> {
+    let existing = dir
+        .ancestors()
+        .find(|a| a.as_os_str().is_empty() || a.exists())
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
+        .unwrap_or(Path::new("."));
+    if !existing.is_dir() {
+        return Err(format!(
+            "cannot be created: {} is a file, not a folder",
+            existing.display()
+        ));
+    }
+    let probe = existing.join(format!(".write-probe-{}", std::process::id()));
+    File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| format!("cannot write into {}: {e}", existing.display()))
 }
 
 /// Refuses an output path that is the input itself (writing it would destroy the input before

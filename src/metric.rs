@@ -62,6 +62,11 @@ pub enum MetricKey {
     Dinov2Coverage,
     /// CMMD: MMD of CLIP ViT-L/14@336 embeddings, x1000 (Jayasumana et al. 2024).
     Cmmd,
+    /// CLIP score: mean over samples of 100 x max(cos(image, caption), 0) (Hessel et al. 2021,
+    /// torchmetrics' definition).
+    ClipScore,
+    /// Standard deviation of the per-sample CLIP scores.
+    ClipScoreStd,
 }
 
 /// Which way a metric improves.
@@ -142,7 +147,7 @@ struct Info {
 
 impl MetricKey {
     /// Every metric, in registry order.
-    pub const ALL: [MetricKey; 24] = [
+    pub const ALL: [MetricKey; 26] = [
         MetricKey::Fid,
         MetricKey::Sfid,
         MetricKey::InceptionScore,
@@ -167,6 +172,8 @@ impl MetricKey {
         MetricKey::Dinov2Density,
         MetricKey::Dinov2Coverage,
         MetricKey::Cmmd,
+        MetricKey::ClipScore,
+        MetricKey::ClipScoreStd,
     ];
 
     /// The registry: one match, so the compiler sees that every metric has every property.
@@ -368,6 +375,22 @@ impl MetricKey {
                 Relative(0.05),
                 "CMMD",
                 "CMMD (MMD of CLIP embeddings x 1000, unitless)",
+                None,
+            ),
+            MetricKey::ClipScore => (
+                "clip_score",
+                HigherIsBetter,
+                Absolute(0.5),
+                "CLIP score",
+                "CLIP score (100 x cosine of image and caption, 0–100; whiskers: ± std)",
+                Some(MetricKey::ClipScoreStd),
+            ),
+            MetricKey::ClipScoreStd => (
+                "clip_score_std",
+                Informational,
+                Off,
+                "CLIP score std",
+                "CLIP score std over samples (0–100)",
                 None,
             ),
         };

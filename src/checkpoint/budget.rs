@@ -9,14 +9,9 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{PoisonError, RwLock};
 
 use super::error::ErrorKind;
-
-/// The automatic budget's multiple of the file size.
-const AUTO_FILE_MULTIPLE: u64 = 4;
-/// Bytes the automatic budget allows on top of that multiple (small files, compressed entries).
-const AUTO_SLACK: u64 = 512 << 20;
+use crate::budget::human_bytes;
 
 /// How many bytes reading one checkpoint may materialise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,41 +23,27 @@ pub enum ReadBudget {
     Bytes(u64),
 }
 
-/// The budget [`super::Checkpoint::open`] uses; set once by the CLI from `--max-input-memory`.
-static PROCESS_DEFAULT: RwLock<ReadBudget> = RwLock::new(ReadBudget::Auto);
-
 impl ReadBudget {
     /// The limit in bytes for a file of `file_len` bytes.
     pub fn limit(self, file_len: u64) -> u64 {
         match self {
-            ReadBudget::Auto => file_len
-                .saturating_mul(AUTO_FILE_MULTIPLE)
-                .saturating_add(AUTO_SLACK),
+            ReadBudget::Auto => crate::budget::default_allowance(file_len),
             ReadBudget::Bytes(n) => n,
         }
     }
 
-    /// Makes `self` the budget of every later [`super::Checkpoint::open`] in this process (the model
-    /// loaders open checkpoints through it).
-    pub fn set_process_default(self) {
-        *PROCESS_DEFAULT
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = self;
-    }
-
-    /// The budget [`super::Checkpoint::open`] uses: [`ReadBudget::Auto`] unless
-    /// [`ReadBudget::set_process_default`] said otherwise.
+    /// The budget [`super::Checkpoint::open`] uses: the process's `--max-input-memory`
+    /// ([`crate::budget::set_max_input_memory`]) when set, else [`ReadBudget::Auto`].
     pub fn process_default() -> Self {
-        *PROCESS_DEFAULT
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        crate::budget::max_input_memory().map_or(ReadBudget::Auto, ReadBudget::Bytes)
     }
 
     fn explain(self) -> String {
         match self {
             ReadBudget::Auto => format!(
-                "the default, {AUTO_FILE_MULTIPLE} x the file size + {}",
-                human_bytes(AUTO_SLACK)
+                "the default, {} x the file size + {}",
+                crate::budget::EXPANSION_ALLOWED,
+                human_bytes(crate::budget::SLACK)
             ),
             ReadBudget::Bytes(_) => "set by --max-input-memory".to_owned(),
         }
@@ -75,36 +56,10 @@ impl FromStr for ReadBudget {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let t = text.trim();
-        if t.eq_ignore_ascii_case("auto") {
+        if text.trim().eq_ignore_ascii_case("auto") {
             return Ok(ReadBudget::Auto);
         }
-        let bad = || {
-            format!(
-                "`{text}` is not a memory size: give `auto` or bytes with an optional K, M, G or T \
-                 suffix (e.g. 8G)"
-            )
-        };
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (digits, suffix) = t.split_at(split);
-        let shift = match suffix.trim().to_ascii_uppercase().as_str() {
-            "" | "B" => 0,
-            "K" | "KB" | "KIB" => 10,
-            "M" | "MB" | "MIB" => 20,
-            "G" | "GB" | "GIB" => 30,
-            "T" | "TB" | "TIB" => 40,
-            _ => return Err(bad()),
-        };
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        let bytes = n
-            .checked_mul(1u64 << shift)
-            .ok_or_else(|| format!("`{text}` is more bytes than fit in 64 bits"))?;
-        if bytes == 0 {
-            return Err(format!(
-                "`{text}`: the memory budget must be more than 0 bytes"
-            ));
-        }
-        Ok(ReadBudget::Bytes(bytes))
+        crate::budget::parse_bytes(text).map(ReadBudget::Bytes)
     }
 }
 
@@ -115,23 +70,6 @@ impl fmt::Display for ReadBudget {
             ReadBudget::Bytes(n) => f.write_str(&human_bytes(*n)),
         }
     }
-}
-
-/// `1536` -> `1.5 KiB`; exact byte counts below 1 KiB.
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} bytes");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    let text = format!("{value:.1}");
-    let text = text.strip_suffix(".0").unwrap_or(&text);
-    format!("{text} {}", UNITS[unit])
 }
 
 /// Counts the bytes one read materialises against its budget. Charges only grow: what a step frees

@@ -12,10 +12,11 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use super::budget::{human_bytes, Meter};
+use super::budget::Meter;
 use super::error::ErrorKind;
 use super::pickle::{unpickle, Unpickled};
 use super::{first_tensor_using, ReadRange};
+use crate::budget::human_bytes;
 
 /// Deflate cannot expand data more than about 1032 times; a larger size claim is a lie.
 const MAX_DEFLATE_RATIO: u64 = 1100;

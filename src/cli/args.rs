@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use llamagen_eval::captions::CaptionSet;
+use llamagen_eval::captions::{read_prompts, CaptionSet};
 use llamagen_eval::device::DeviceChoice;
 use llamagen_eval::evaluate::{Metric, MetricOptions};
 use llamagen_eval::features::Network;
 use llamagen_eval::launcher::World;
 use llamagen_eval::models::gpt::HeadChoice;
 use llamagen_eval::models::inception::Resize;
+use llamagen_eval::models::t5::T5Embedder;
 use llamagen_eval::models::vq::VqWeights;
 use llamagen_eval::pipeline::fid::journal_dir;
 use llamagen_eval::pipeline::gather::Distribution;
@@ -134,6 +135,9 @@ pub enum MetricArg {
     Dinov2Pr,
     /// CMMD on CLIP embeddings (needs --features ...,clip).
     Cmmd,
+    /// CLIP score of each sample against its caption (text-to-image runs; needs --features
+    /// ...,clip with a CLIPModel file).
+    ClipScore,
 }
 
 impl From<MetricArg> for Metric {
@@ -149,6 +153,7 @@ impl From<MetricArg> for Metric {
             MetricArg::FdDinov2Inf => Metric::FdDinov2Inf,
             MetricArg::Dinov2Pr => Metric::Dinov2Pr,
             MetricArg::Cmmd => Metric::Cmmd,
+            MetricArg::ClipScore => Metric::ClipScore,
         }
     }
 }
@@ -294,8 +299,48 @@ pub enum PrecisionArg {
     Fp16,
 }
 
+/// `--t5-precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum T5PrecisionArg {
+    /// bfloat16, as LlamaGen's T5Embedder runs.
+    Bf16,
+    /// float32.
+    Fp32,
+}
+
+/// Captions the T5 encoder embeds at once.
+const T5_CHUNK: usize = 64;
+
 /// The largest evaluated image side (`--image-size-eval`).
 pub const MAX_IMAGE_SIZE: i64 = 8192;
+
+/// The captions of `prompts` embedded by the T5 encoder in `t5` (checked before anything else is
+/// loaded: the prompt file, then the encoder folder).
+fn embed_prompts(
+    prompts: &Path,
+    t5: &Path,
+    precision: T5PrecisionArg,
+    device: DeviceChoice,
+    progress: Progress,
+) -> Result<CaptionSet> {
+    let count = read_prompts(prompts)?.len();
+    let device = device.resolve().map_err(anyhow::Error::msg)?;
+    let (kind, dtype) = match precision {
+        T5PrecisionArg::Bf16 => (tch::Kind::BFloat16, "bf16"),
+        T5PrecisionArg::Fp32 => (tch::Kind::Float, "fp32"),
+    };
+    let embedder = T5Embedder::load(t5, device, kind)?;
+    let bar = progress.bar(count, "t5", "caption");
+    let set = CaptionSet::from_prompts(
+        prompts,
+        &embedder,
+        format!("t5 {} {dtype}", t5.display()),
+        T5_CHUNK,
+        |n| bar.inc(n as u64),
+    )?;
+    bar.finish_and_clear();
+    Ok(set)
+}
 
 /// The most samples one run may ask for.
 pub const MAX_SAMPLES: usize = 100_000_000;
@@ -355,6 +400,23 @@ pub struct GenArgs {
     /// returns them, and optionally `captions`, the N texts; sample i takes caption i % N.
     #[arg(long, value_name = "FILE.npz", conflicts_with_all = ["labels", "class_balanced"])]
     pub caption_embeddings: Option<PathBuf>,
+    /// For a text-to-image (t2i) --gpt: the captions, one per line, or JSON lines with `caption`
+    /// (and an optional `image_id`); embedded with --t5 as LlamaGen's T5Embedder does (120
+    /// tokens); sample i takes caption i % N.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "t5",
+        conflicts_with_all = ["labels", "class_balanced", "caption_embeddings"]
+    )]
+    pub prompts: Option<PathBuf>,
+    /// The T5 encoder folder for --prompts (LlamaGen's flan-t5-xl: config.json, tokenizer.json and
+    /// model*.safetensors or pytorch_model*.bin).
+    #[arg(long, value_name = "DIR", requires = "prompts")]
+    pub t5: Option<PathBuf>,
+    /// The T5 encoder's dtype: bf16 (LlamaGen's T5Embedder) or fp32.
+    #[arg(long, value_enum, default_value_t = T5PrecisionArg::Bf16)]
+    pub t5_precision: T5PrecisionArg,
     /// The generator's dtype (the tokenizer runs in f32); recorded in the run record.
     #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
     pub precision: PrecisionArg,
@@ -385,13 +447,19 @@ impl GenArgs {
     /// The number of samples: `--samples`, else one per `--labels` entry; at least 1 and at most
     /// [`MAX_SAMPLES`], checked before anything is loaded.
     pub fn sample_count(&self) -> Result<usize> {
-        let n = match (self.samples, &self.labels, &self.caption_embeddings) {
-            (Some(n), _, _) => n,
-            (None, Some(l), _) => l.len(),
-            (None, None, Some(captions)) => CaptionSet::count_in_npz(captions)?,
-            (None, None, None) => bail!(
+        let n = match (
+            self.samples,
+            &self.labels,
+            &self.caption_embeddings,
+            &self.prompts,
+        ) {
+            (Some(n), ..) => n,
+            (None, Some(l), ..) => l.len(),
+            (None, None, Some(captions), _) => CaptionSet::count_in_npz(captions)?,
+            (None, None, None, Some(prompts)) => read_prompts(prompts)?.len(),
+            (None, None, None, None) => bail!(
                 "--samples N is required (or --labels, one sample per label; or \
-                 --caption-embeddings, one sample per caption)"
+                 --caption-embeddings or --prompts, one sample per caption)"
             ),
         };
         if n == 0 {
@@ -406,7 +474,12 @@ impl GenArgs {
     }
 
     /// The library's generator configuration at generation size `image_size`.
-    pub fn config(&self, image_size: i64, device: DeviceChoice) -> Result<GeneratorConfig> {
+    pub fn config(
+        &self,
+        image_size: i64,
+        device: DeviceChoice,
+        progress: Progress,
+    ) -> Result<GeneratorConfig> {
         let gpt = match &self.gpt {
             Some(p) => p.clone(),
             None => bail!("--gpt CKPT is required"),
@@ -428,9 +501,14 @@ impl GenArgs {
             (None, true) => LabelSpec::Balanced,
             (None, false) => LabelSpec::Uniform,
         };
-        let conditioning = match &self.caption_embeddings {
-            Some(path) => Conditioning::Captions(std::rc::Rc::new(CaptionSet::from_npz(path)?)),
-            None => Conditioning::Classes(labels),
+        let conditioning = match (&self.caption_embeddings, &self.prompts, &self.t5) {
+            (Some(path), ..) => {
+                Conditioning::Captions(std::rc::Rc::new(CaptionSet::from_npz(path)?))
+            }
+            (None, Some(prompts), Some(t5)) => Conditioning::Captions(std::rc::Rc::new(
+                embed_prompts(prompts, t5, self.t5_precision, device, progress)?,
+            )),
+            _ => Conditioning::Classes(labels),
         };
         Ok(GeneratorConfig {
             gpt,

@@ -25,7 +25,7 @@ pub fn run(cmd: &FidArgs, progress: Progress, distribution: Distribution) -> Res
             let plan = cmd.plan(&out_dir, progress, distribution)?;
             let generator = cmd
                 .gen
-                .config(cmd.generation_size(), config.inception.device)?;
+                .config(cmd.generation_size(), config.inception.device, progress)?;
             let mut evaluation = GeneratedEvaluation::open(
                 &config,
                 &generator,

@@ -68,7 +68,7 @@ pub fn run(cmd: &MetricsCommand, progress: Progress) -> Result<ExitCode> {
     }
     let out_dir = cmd.output.dir();
     RunRecord::remove_stale(&out_dir)?;
-    let record = evaluate(sample, reference.as_ref(), &request, run_info(fields))?;
+    let record = evaluate(sample, None, reference.as_ref(), &request, run_info(fields))?;
     record.write(&out_dir)?;
     print_record(&record, &out_dir, progress);
     Ok(ExitCode::SUCCESS)

@@ -61,9 +61,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 7200)]
     pub gather_timeout: u64,
 
-    /// The most memory reading one input file (checkpoint, npz, image) may take: sizes that
-    /// headers claim beyond it are refused before anything is allocated. Default 1G, or 4x the
-    /// file's size when larger; raise it (e.g. 8G) for genuine inputs that need more.
+    /// The most memory reading one input file (checkpoint, npz) may take: sizes that headers
+    /// claim beyond it are refused before anything is allocated. Default 4x the file's size +
+    /// 512M (one decoded image: 256M, or a quarter of this flag); raise it (e.g. 8G) for genuine
+    /// inputs that need more.
     #[arg(long, global = true, value_name = "BYTES", value_parser = llamagen_eval::budget::parse_bytes)]
     pub max_input_memory: Option<u64>,
 

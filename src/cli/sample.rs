@@ -54,7 +54,7 @@ pub fn run(
     let world = distribution.world;
     let shard = cmd.shard.unwrap_or(Shard::ALL);
     let device = world.device(cmd.device).map_err(anyhow::Error::msg)?;
-    let config = cmd.gen.config(cmd.image_size, device)?;
+    let config = cmd.gen.config(cmd.image_size, device, progress)?;
     let plan = GenerationPlan {
         samples: count,
         shard,

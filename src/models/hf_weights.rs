@@ -90,7 +90,7 @@ enum Source {
         path: PathBuf,
         entries: Vec<SafetensorsEntry>,
     },
-    Torch(Checkpoint),
+    Torch(Box<Checkpoint>),
 }
 
 impl Source {
@@ -282,7 +282,7 @@ fn open_file(path: &Path) -> Result<Source, WeightsError> {
             entries,
         });
     }
-    Ok(Source::Torch(Checkpoint::open(path)?))
+    Ok(Source::Torch(Box::new(Checkpoint::open(path)?)))
 }
 
 /// Parses a safetensors header: `u64` little-endian length, then JSON naming each tensor's dtype,

@@ -107,9 +107,11 @@ pub fn utc_timestamp() -> String {
 }
 
 /// Computes the requested metrics of `sample` (consumed: its arrays are freed as soon as no
-/// metric needs them) against `reference`; `run` describes the run.
+/// metric needs them) against `reference`; `captions`: row i the CLIP text embedding of sample
+/// i's caption, for the CLIP score of text-to-image runs; `run` describes the run.
 pub fn evaluate(
     mut sample: FeatureSet,
+    captions: Option<&ndarray::Array2<f32>>,
     reference: Option<&Reference>,
     request: &MetricRequest,
     run: Map<String, Value>,
@@ -117,6 +119,7 @@ pub fn evaluate(
     let planned = plan(
         request.metrics.as_deref(),
         &sample,
+        captions,
         reference,
         &request.options,
     )?;
@@ -133,6 +136,7 @@ pub fn evaluate(
     let computed = compute(
         &planned,
         &sample,
+        captions,
         &sample_stats,
         reference,
         &request.options,

@@ -23,11 +23,14 @@ use super::inception::InceptionConfig;
 use super::journal;
 use super::reference::ReferenceNeeds;
 use super::sinks::write_grid;
-use crate::evaluate::Reference;
+use crate::evaluate::{Metric, Reference};
 use crate::features::FeatureSet;
 use crate::io::write_atomically;
+use crate::models::clip::Heads;
+use crate::models::clip_text::ClipTextEmbedder;
 use crate::progress::Progress;
 use crate::record::RunRecord;
+use ndarray::Array2;
 
 /// The evaluation side of a `fid` run.
 #[derive(Debug, Clone)]
@@ -116,7 +119,13 @@ pub fn evaluate_sample_batch(
     // Inception is done with: release the network before the metrics need their memory.
     drop(cache);
     fields.extend(config.metrics.record());
-    let record = evaluate(sample, Some(&reference), &config.metrics, run_info(fields))?;
+    let record = evaluate(
+        sample,
+        None,
+        Some(&reference),
+        &config.metrics,
+        run_info(fields),
+    )?;
     record.write(out_dir)?;
     Ok(FidOutcome {
         record,
@@ -275,8 +284,15 @@ impl GeneratedEvaluation {
             object.insert("resumed_samples".into(), json!(generated.resumed));
         }
         fields.push(("throughput", throughput));
+        let captions = caption_clip_embeddings(
+            &self.generator,
+            &self.cache,
+            &self.config,
+            &generated.indices,
+        )?;
         let record = evaluate(
             sample,
+            captions.as_ref(),
             Some(reference),
             &self.config.metrics,
             run_info(fields),
@@ -366,10 +382,14 @@ impl GeneratedEvaluation {
         )?;
         check_parts(&dir, &parts)?;
         let reference = self.reference.as_ref().context("the reference")?;
+        let every_sample: Vec<u64> = (0..run.plan.samples as u64).collect();
+        let captions =
+            caption_clip_embeddings(&self.generator, &self.cache, &self.config, &every_sample)?;
         let mut outcome = gather_run(
             &self.config,
             &self.cache,
             reference,
+            captions.as_ref(),
             &run.out_dir,
             &parts,
             run.plan.save_samples.as_deref(),
@@ -380,6 +400,71 @@ impl GeneratedEvaluation {
         outcome.timing = timing;
         Ok(Some(outcome))
     }
+}
+
+/// Row k: the CLIP text embedding of the caption of sample `indices[k]`, for the CLIP score of a
+/// text-to-image run — when its captions' texts are known, the run computes CLIP image features,
+/// and the CLIP weights hold a text tower (a `CLIPModel` file) with a `tokenizer.json` beside them.
+/// Otherwise `None` (the CLIP score is then left out, or refused when asked for).
+fn caption_clip_embeddings(
+    generator: &Generator,
+    cache: &FeatureCache,
+    config: &FidConfig,
+    indices: &[u64],
+) -> Result<Option<Array2<f32>>> {
+    let wanted = config
+        .metrics
+        .metrics
+        .as_ref()
+        .is_none_or(|m| m.contains(&Metric::ClipScore));
+    let (Some(captions), Some(clip)) = (generator.captions(), cache.weights().clip.as_ref()) else {
+        return Ok(None);
+    };
+    let Some(texts) = captions.texts() else {
+        tracing::info!(
+            "no CLIP score: {} holds no caption texts",
+            captions.source().display()
+        );
+        return Ok(None);
+    };
+    if !wanted {
+        return Ok(None);
+    }
+    let device = config
+        .inception
+        .device
+        .resolve()
+        .map_err(anyhow::Error::msg)?;
+    let heads = clip.heads.map_or(Heads::Auto, Heads::Explicit);
+    let embedder = match ClipTextEmbedder::load(&clip.path, None, device, heads) {
+        Ok(embedder) => embedder,
+        Err(e) if config.metrics.metrics.is_none() => {
+            tracing::info!("no CLIP score: {e}");
+            return Ok(None);
+        }
+        Err(e) => return Err(e).context("the CLIP score's text tower"),
+    };
+    // Each distinct caption once, in chunks; then one row per sample.
+    let mut embeddings = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(256) {
+        let batch = embedder
+            .embed(chunk)?
+            .to_device(tch::Device::Cpu)
+            .to_kind(tch::Kind::Float);
+        embeddings.push(batch);
+    }
+    let all = tch::Tensor::cat(&embeddings, 0);
+    let rows: Vec<i64> = indices
+        .iter()
+        .map(|&i| captions.caption_of(i) as i64)
+        .collect();
+    let per_sample = all.index_select(0, &tch::Tensor::from_slice(&rows));
+    let (n, d) = per_sample.size2()?;
+    let values = Vec::<f32>::try_from(per_sample.contiguous().view([-1]))?;
+    Ok(Some(Array2::from_shape_vec(
+        (n as usize, d as usize),
+        values,
+    )?))
 }
 
 fn resolve_reference(config: &FidConfig, cache: &mut FeatureCache) -> Result<Reference> {
@@ -411,6 +496,7 @@ fn gather_run(
     config: &FidConfig,
     cache: &FeatureCache,
     reference: &Reference,
+    captions: Option<&Array2<f32>>,
     out_dir: &Path,
     parts: &[Part],
     save_samples: Option<&Path>,
@@ -435,7 +521,7 @@ fn gather_run(
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v)),
     );
-    let record = evaluate(sample, Some(reference), &config.metrics, run)?;
+    let record = evaluate(sample, captions, Some(reference), &config.metrics, run)?;
     record.write(out_dir)?;
     let grid = join_part_grids(parts)?;
     if !grid.images.is_empty() {
@@ -466,7 +552,17 @@ pub fn gather_offline(
     Reference::check(&config.reference)?;
     let mut cache = FeatureCache::new(cache_dir, config.inception.clone(), config.progress)?;
     let reference = resolve_reference(config, &mut cache)?;
-    let outcome = gather_run(config, &cache, &reference, out_dir, &parts, save_samples)?;
+    // The captions live in the generator's configuration, which an offline gather does not
+    // rebuild (it would mean embedding every prompt again): no CLIP score here.
+    let outcome = gather_run(
+        config,
+        &cache,
+        &reference,
+        None,
+        out_dir,
+        &parts,
+        save_samples,
+    )?;
     write_marker(&out_dir.join(COMPLETE), parts[0].manifest.settings.clone())?;
     remove_parts(&dir)?;
     remove_journals_folder(&journal_dir(out_dir));

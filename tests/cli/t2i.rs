@@ -479,3 +479,167 @@ fn bad_caption_inputs_fail_before_sampling() {
     assert!(!fid_out.join("metrics.json").exists());
     assert!(!fid_out.join(".journal").exists());
 }
+
+/// A T5 folder (the golden tiny encoder, its config and a tiny tokenizer trained by
+/// `fixtures/tiny_tokenizers.py`) and a whole-`CLIPModel` folder (the golden tiny vision and text
+/// towers in one file, a `CLIPConfig` and the tiny CLIP tokenizer), as users download them.
+fn text_model_folders(root: &Path) -> (PathBuf, PathBuf) {
+    let tokenizers = root.join("tokenizers");
+    support::run_reference("fixtures/tiny_tokenizers.py", &[tokenizers.as_path()]);
+    let t5 = root.join("flan-t5-tiny");
+    std::fs::create_dir(&t5).unwrap();
+    std::fs::copy(
+        golden("t5_tiny_public.safetensors"),
+        t5.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(golden("t5_tiny_public_config.json"), t5.join("config.json")).unwrap();
+    std::fs::copy(
+        tokenizers.join("t5/tokenizer.json"),
+        t5.join("tokenizer.json"),
+    )
+    .unwrap();
+    let clip = root.join("clip-tiny");
+    std::fs::create_dir(&clip).unwrap();
+    let mut tensors =
+        Tensor::read_safetensors(golden("clip_vision_tiny_public.safetensors")).unwrap();
+    tensors.extend(Tensor::read_safetensors(golden("clip_text_tiny_public.safetensors")).unwrap());
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    Tensor::write_safetensors(&named, clip.join("model.safetensors")).unwrap();
+    let config = |name: &str| -> serde_json::Value {
+        serde_json::from_reader(File::open(golden(name)).unwrap()).unwrap()
+    };
+    let combined = serde_json::json!({
+        "model_type": "clip",
+        "projection_dim": 32,
+        "vision_config": config("clip_vision_tiny_public_config.json"),
+        "text_config": config("clip_text_tiny_public_config.json"),
+    });
+    std::fs::write(clip.join("config.json"), combined.to_string()).unwrap();
+    std::fs::copy(
+        tokenizers.join("clip/tokenizer.json"),
+        clip.join("tokenizer.json"),
+    )
+    .unwrap();
+    (t5, clip)
+}
+
+#[test]
+fn t2i_from_prompts_with_t5_and_clip_score() {
+    let _cores = one_core();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (t5, clip) = text_model_folders(root);
+    let prompts = root.join("captions.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"caption\": \"Two cats sleeping on a red sofa.\", \"image_id\": 7}\n\
+         {\"caption\": \"A blue Porsche parked in front of a yellow wall.\", \"image_id\": 9}\n\
+         {\"caption\": \"A bowl of fruit on a wooden kitchen table.\"}\n",
+    )
+    .unwrap();
+    let texts = [
+        "Two cats sleeping on a red sofa.",
+        "A blue Porsche parked in front of a yellow wall.",
+        "A bowl of fruit on a wooden kitchen table.",
+    ];
+    let (weights, reference) = random_inception_and_reference(root, 10);
+    let (gpt, vq) = (golden("gpt_t2i_public.pt"), golden("vq_public.pt"));
+    let out = root.join("fid");
+    let clip_weights = clip.join("model.safetensors");
+    let mut args = vec!["fid"];
+    args.extend(generator_args(&gpt, &vq));
+    args.extend([
+        "--prompts",
+        s(&prompts),
+        "--t5",
+        s(&t5),
+        "--t5-precision",
+        "fp32",
+        "--samples",
+        "4",
+        "--cfg-scale",
+        "7.5",
+        "--ref",
+        s(&reference),
+        "--inception",
+        s(&weights),
+        "--features",
+        "inception,clip",
+        "--clip",
+        s(&clip_weights),
+        "--metrics",
+        "fid,clip-score",
+        "--quiet",
+        "--out",
+        s(&out),
+    ]);
+    llamagen_eval(&args).success();
+    let record = metrics_json(&out);
+    let metrics = &record["metrics"];
+    assert!(metrics["fid"].as_f64().unwrap().is_finite(), "{record}");
+    let score = metrics["clip_score"].as_f64().unwrap();
+    let spread = metrics["clip_score_std"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&score) && spread >= 0.0, "{record}");
+    assert_eq!(record["run"]["captions"], serde_json::json!(texts));
+    assert_eq!(record["run"]["n_captions"], 3);
+    // The grid carries the captions: taller than a plain 2 x 2 grid of 64-px images.
+    let (w, h) = png_size(&out.join("grid.png"));
+    let plain = plain_grid(2, 2);
+    assert!(w == plain.0 && h > plain.1, "{w}x{h}");
+
+    // `sample` embeds the same captions the same way: identical images run after run, the texts
+    // stored beside them.
+    let samples = |name: &str| {
+        let path = root.join(name);
+        let mut args = vec!["sample"];
+        args.extend(generator_args(&gpt, &vq));
+        args.extend([
+            "--prompts",
+            s(&prompts),
+            "--t5",
+            s(&t5),
+            "--t5-precision",
+            "fp32",
+            "--quiet",
+            "--out",
+            s(&path),
+        ]);
+        llamagen_eval(&args).success();
+        read(&path)
+    };
+    let (a, b) = (samples("a.npz"), samples("b.npz"));
+    assert_eq!(a.images, b.images);
+    assert_eq!(a.caption_indices.to_vec(), vec![0, 1, 2]);
+    assert_eq!(a.captions, Some(texts.map(String::from).to_vec()));
+
+    // Bad inputs fail before any sampling, each naming the problem.
+    let empty = root.join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    let no_tokenizer = root.join("t5-without-tokenizer");
+    std::fs::create_dir(&no_tokenizer).unwrap();
+    std::fs::copy(
+        t5.join("model.safetensors"),
+        no_tokenizer.join("model.safetensors"),
+    )
+    .unwrap();
+    let c2i = golden("gpt_public.pt");
+    for (gpt, prompts, t5, words) in [
+        (&gpt, &empty, &t5, "empty"),
+        (&gpt, &prompts, &no_tokenizer, "tokenizer.json"),
+        (&c2i, &prompts, &t5, "class-conditional"),
+    ] {
+        let mut args = vec!["sample"];
+        args.extend(generator_args(gpt, &vq));
+        args.extend(["--prompts", s(prompts), "--t5", s(t5), "--quiet", "--out"]);
+        let never = root.join("never.npz");
+        args.push(s(&never));
+        let run = llamagen_eval(&args).failure();
+        assert!(
+            run.stderr_text().to_lowercase().contains(words),
+            "{words}: {}",
+            run.stderr_text()
+        );
+        assert!(!never.exists());
+    }
+}
