@@ -151,12 +151,17 @@ pub fn f64_vector(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Array1<f64>> {
 
 /// A 2-D array of float64 values (a copy).
 pub fn f64_matrix(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Array2<f64>> {
+    let py = obj.py();
     let array = ndarray_of(what, obj)?;
     ensure_ndim(what, &array, 2, "a matrix")?;
-    if !is_real_kind(array.dtype().kind()) {
+    let descr = array.dtype();
+    if descr.is_equiv_to(&dtype::<f64>(py)) {
+        // Copied once, straight from the caller's buffer.
+        return Ok(array.cast::<PyArray2<f64>>()?.to_owned_array());
+    }
+    if !is_real_kind(descr.kind()) {
         return Err(PyTypeError::new_err(format!(
-            "{what}: expected real numbers, got an array of dtype {}",
-            array.dtype()
+            "{what}: expected real numbers, got an array of dtype {descr}"
         )));
     }
     let wide = array
