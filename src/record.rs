@@ -311,7 +311,7 @@ mod tests {
         assert_eq!(header, expected);
         assert_eq!(
             lines.next().unwrap(),
-            "3.5,,,,,,,,0.0125,,,inf,,,,,,,,,,,,,0.1.0,0,false"
+            "3.5,,,,,,,,0.0125,,,inf,,,,,,,,,,,,,,,0.1.0,0,false"
         );
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2, "no leftovers");
     }

@@ -470,3 +470,88 @@ fn check_refuses_incomplete_run_folders() {
         );
     }
 }
+
+#[test]
+fn loops_odd_paths_and_absurd_sizes_fail_fast_or_work() {
+    use std::os::unix::ffi::OsStrExt;
+    let _cores = crate::harness::one_core();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (weights, reference) = crate::harness::random_inception_and_reference(root, 4);
+    let inception = ["--inception", s(&weights), "--device", "cpu"];
+    let out = root.join("out");
+    std::fs::create_dir(&out).unwrap();
+
+    // Two symlink loops beside real images: refused at once, naming the link.
+    let folder = root.join("folder");
+    std::fs::create_dir_all(folder.join("sub")).unwrap();
+    for i in 0..4 {
+        let image =
+            image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, i]));
+        image.save(folder.join(format!("{i}.png"))).unwrap();
+    }
+    std::os::unix::fs::symlink(".", folder.join("loop")).unwrap();
+    std::os::unix::fs::symlink("..", folder.join("sub/up")).unwrap();
+    let run = Cli::new()
+        .args([
+            "features",
+            "--images",
+            s(&folder),
+            "--out",
+            s(&out.join("f.npz")),
+        ])
+        .args(inception)
+        .quiet()
+        .run_measured()
+        .within(GB, LIMIT);
+    clean_error(run, &["symlink loop"]);
+    assert_eq!(files_in(&out), Vec::<PathBuf>::new());
+
+    // Paths that are not UTF-8 are paths like any other.
+    let odd = root.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::create_dir(&odd).unwrap();
+    let samples = odd.join("samples.npz");
+    std::fs::copy(&reference, &samples).unwrap();
+    let mut odd_args: Vec<std::ffi::OsString> = vec!["fid".into(), "--sample-batch".into()];
+    odd_args.extend([
+        samples.into_os_string(),
+        "--ref".into(),
+        reference.clone().into(),
+    ]);
+    odd_args.extend(["--out".into(), odd.join("run").into_os_string()]);
+    Cli::new()
+        .args(&odd_args)
+        .args(inception)
+        .quiet()
+        .env("OMP_NUM_THREADS", "1")
+        .run_measured()
+        .within(GB, LIMIT)
+        .success();
+    assert!(odd.join("run/metrics.json").is_file());
+
+    // Sizes are checked before models load or memory is taken.
+    for (extra, words) in [
+        (
+            &["--samples", "18446744073709551615"][..],
+            "at most 100000000 samples",
+        ),
+        (&["--samples", "0"][..], "ask for at least one sample"),
+        (&["--image-size", "1048576"][..], "was trained at 64 px"),
+        (&["--labels", "99999999999"][..], "out of range"),
+    ] {
+        // The flag under test replaces the default's value.
+        let mut args = sample_args(&out.join("s.npz"));
+        let at = args.iter().position(|a| a == extra[0]);
+        if let Some(at) = at {
+            args.drain(at..at + 2);
+        }
+        let run = Cli::new()
+            .args(&args)
+            .args(extra)
+            .quiet()
+            .run_measured()
+            .within(GB, LIMIT);
+        clean_error(run, &[words]);
+    }
+    assert_eq!(files_in(&out), Vec::<PathBuf>::new());
+}

@@ -43,6 +43,8 @@ const COLUMNS: [&str; 37] = [
     "dinov2_density",
     "dinov2_coverage",
     "cmmd",
+    "clip_score",
+    "clip_score_std",
     "n_samples",
     "n_reference",
     "tool_version",
