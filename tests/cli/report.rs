@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::harness::{Cli, Run};
 
 /// The documented columns of `summary.csv`, in order.
-const COLUMNS: [&str; 37] = [
+const COLUMNS: [&str; 39] = [
     "run",
     "baseline",
     "checkpoint",
