@@ -133,17 +133,7 @@ impl ClipConfig {
                 "`{POSITION_EMBEDDING}` has shape {positions:?}, expected [g² + 1, {hidden}]"
             )));
         }
-        let layers = tensors
-            .iter()
-            .filter_map(|(n, _)| {
-                n.strip_prefix(LAYERS)?
-                    .split('.')
-                    .next()?
-                    .parse::<i64>()
-                    .ok()
-            })
-            .max()
-            .map_or(0, |m| m + 1);
+        let layers = super::numbered_children(tensors.iter().map(|(n, _)| n.as_str()), LAYERS);
         if layers == 0 {
             return Err(not_clip(format!("no `{LAYERS}*` tensors")));
         }

@@ -167,17 +167,7 @@ impl ClipTextConfig {
                 "`{POSITION_EMBEDDING}` is {width} wide but the token embeddings {hidden}"
             )));
         }
-        let layers = tensors
-            .iter()
-            .filter_map(|(n, _)| {
-                n.strip_prefix(LAYERS)?
-                    .split('.')
-                    .next()?
-                    .parse::<i64>()
-                    .ok()
-            })
-            .max()
-            .map_or(0, |m| m + 1);
+        let layers = super::numbered_children(tensors.iter().map(|(n, _)| n.as_str()), LAYERS);
         if layers == 0 {
             return Err(not_text(format!("no `{LAYERS}*` tensors")));
         }

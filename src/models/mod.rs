@@ -9,3 +9,19 @@ pub mod inception;
 pub mod t5;
 pub mod tokenizer;
 pub mod vq;
+
+/// How many numbered children `prefix{i}.` the tensor names have: one past the largest `i`, 0 when
+/// there are none (a checkpoint's layer or block count, read from its names).
+pub(crate) fn numbered_children<'a>(names: impl IntoIterator<Item = &'a str>, prefix: &str) -> i64 {
+    names
+        .into_iter()
+        .filter_map(|n| {
+            n.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<i64>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |m| m + 1)
+}

@@ -251,17 +251,7 @@ impl T5Config {
         };
         let embed = if find(EMBED).is_some() { EMBED } else { SHARED };
         let (vocab_size, d_model) = matrix(embed)?;
-        let num_layers = tensors
-            .iter()
-            .filter_map(|(n, _)| {
-                n.strip_prefix(BLOCKS)?
-                    .split('.')
-                    .next()?
-                    .parse::<i64>()
-                    .ok()
-            })
-            .max()
-            .map_or(0, |m| m + 1);
+        let num_layers = super::numbered_children(tensors.iter().map(|(n, _)| n.as_str()), BLOCKS);
         let (buckets, num_heads) = matrix(RELATIVE_BIAS)?;
         let (inner, _) = matrix(&format!("{BLOCKS}0.layer.0.SelfAttention.q.weight"))?;
         if num_heads <= 0 || inner % num_heads != 0 {

@@ -136,17 +136,10 @@ impl VqConfig {
                 "encoder.conv_blocks levels are {levels:?}, expected 0..n"
             )));
         }
-        let num_res_blocks = tensors
-            .iter()
-            .filter_map(|(n, _)| {
-                n.strip_prefix("encoder.conv_blocks.0.res.")?
-                    .split('.')
-                    .next()?
-                    .parse::<i64>()
-                    .ok()
-            })
-            .max()
-            .map_or(0, |m| m + 1);
+        let num_res_blocks = super::numbered_children(
+            tensors.iter().map(|(n, _)| n.as_str()),
+            "encoder.conv_blocks.0.res.",
+        );
         if num_res_blocks == 0 {
             return Err(not_vq("no encoder.conv_blocks.0.res.* tensors".into()));
         }
