@@ -779,13 +779,7 @@ mod tests {
     fn shapes(config: &ClipConfig) -> Vec<(String, Vec<i64>)> {
         let vs = nn::VarStore::new(Device::Cpu);
         let _model = ClipVisionModel::new(&vs.root(), config);
-        let mut out: Vec<(String, Vec<i64>)> = vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (n, t.size()))
-            .collect();
-        out.sort();
-        out
+        super::super::variable_shapes(&vs)
     }
 
     fn tiny() -> ClipConfig {

@@ -594,13 +594,7 @@ mod tests {
     fn shapes(config: &ClipTextConfig) -> Vec<(String, Vec<i64>)> {
         let vs = nn::VarStore::new(Device::Cpu);
         let _model = ClipTextModel::new(&vs.root(), config);
-        let mut out: Vec<_> = vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (n, t.size()))
-            .collect();
-        out.sort();
-        out
+        super::super::variable_shapes(&vs)
     }
 
     #[test]

@@ -699,11 +699,7 @@ mod tests {
     fn shapes(config: &Dinov2Config) -> Vec<(String, Vec<i64>)> {
         let vs = nn::VarStore::new(Device::Cpu);
         let _model = Dinov2::new(&vs.root(), config);
-        let mut out: Vec<(String, Vec<i64>)> = vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (n, t.size()))
-            .collect();
+        let mut out = super::super::variable_shapes(&vs);
         out.push((MASK_TOKEN_KEY.to_owned(), vec![1, config.embed_dim]));
         out.sort();
         out

@@ -25,3 +25,16 @@ pub(crate) fn numbered_children<'a>(names: impl IntoIterator<Item = &'a str>, pr
         .max()
         .map_or(0, |m| m + 1)
 }
+
+/// The variables of a model built in `vs`, as sorted (name, shape) pairs: what a checkpoint of it
+/// would hold, for the tests that infer configurations back from shapes.
+#[cfg(test)]
+pub(crate) fn variable_shapes(vs: &tch::nn::VarStore) -> Vec<(String, Vec<i64>)> {
+    let mut out: Vec<(String, Vec<i64>)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.size()))
+        .collect();
+    out.sort();
+    out
+}

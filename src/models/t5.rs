@@ -820,13 +820,7 @@ mod tests {
     fn shapes(config: &T5Config) -> Vec<(String, Vec<i64>)> {
         let vs = nn::VarStore::new(Device::Cpu);
         let _model = T5Encoder::new(&vs.root(), config, Kind::Float);
-        let mut out: Vec<_> = vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (n, t.size()))
-            .collect();
-        out.sort();
-        out
+        super::super::variable_shapes(&vs)
     }
 
     #[test]

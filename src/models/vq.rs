@@ -815,13 +815,7 @@ mod tests {
     fn shapes(config: &VqConfig) -> Vec<(String, Vec<i64>)> {
         let vs = nn::VarStore::new(Device::Cpu);
         let _model = VqModel::new(&vs.root(), config);
-        let mut out: Vec<(String, Vec<i64>)> = vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (n, t.size()))
-            .collect();
-        out.sort();
-        out
+        super::super::variable_shapes(&vs)
     }
 
     #[test]
