@@ -58,8 +58,9 @@ fn gpt_config() -> GptConfig {
 const IMAGE_SIZE: usize = 64;
 const CFG_SCALES: [f64; 2] = [1.5, 4.0];
 
-/// Writes seeded random weights for the three models as safetensors files in `dir`.
-fn make_models(dir: &Path) -> Result<[PathBuf; 3]> {
+/// Writes seeded random weights for the demo's three models as safetensors files in `dir`:
+/// the tokenizer, the generator (4 heads) and the FID Inception network, in that order.
+pub fn make_models(dir: &Path) -> Result<[PathBuf; 3]> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     tch::manual_seed(0);
     let paths = [
@@ -103,8 +104,9 @@ fn make_models(dir: &Path) -> Result<[PathBuf; 3]> {
     Ok(paths)
 }
 
-/// Smooth colour gradients with noise: a synthetic "dataset" for the reference batch.
-fn make_reference_images(path: &Path, count: usize) -> Result<()> {
+/// Smooth colour gradients with noise, `count` 64x64 images as an image npz: a synthetic
+/// "dataset" for the reference batch.
+pub fn make_reference_images(path: &Path, count: usize) -> Result<()> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut writer = ImageNpzWriter::create(path, count, IMAGE_SIZE, IMAGE_SIZE)?;
     for _ in 0..count {

@@ -432,7 +432,8 @@ pub struct GenArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub decode_batch_size: Option<u64>,
     /// Sample, decode and evaluate one batch after another on one thread, instead of sampling
-    /// the next batch on a second thread meanwhile (results are identical either way).
+    /// and decoding the next batches on two more threads meanwhile (results are identical either
+    /// way).
     #[arg(long)]
     pub no_overlap: bool,
     /// Continue an interrupted run (its journal) with the same settings.

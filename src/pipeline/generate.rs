@@ -89,8 +89,8 @@ pub struct GenerationPlan {
     pub shard: Shard,
     /// Samples generated together (results do not depend on it): a number, or `auto`.
     pub batch_size: BatchSize,
-    /// Sample the next batch on a second thread while the current one is decoded and evaluated
-    /// (results do not depend on it).
+    /// Sample and decode the next batches on two more threads while the current one is
+    /// evaluated (results do not depend on it).
     pub overlap: bool,
     /// Also (or only) write the images as an ADM/LlamaGen npz.
     pub save_samples: Option<PathBuf>,

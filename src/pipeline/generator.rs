@@ -15,34 +15,35 @@
 //! depend on the other rows.
 //!
 //! # Overlap
-//! With `overlap`, the GPT half of the generator ([`Sampler`]) moves to a sampling thread that
-//! samples batch b+1 while the pass's thread decodes batch b and runs the stages (Inception, the
-//! npz writer) on it. Batches go through a channel of capacity 1, so the sampler is at most one
-//! batch ahead and holds at most two batches' tokens. tch tensors are `Send` but not `Sync`, so
-//! the network cannot be shared: it is moved into the thread and handed back when the thread ends
-//! (dropping the source stops the thread after its current batch and takes the network back).
-//! Tokens are journaled per committed batch exactly as without overlap, and the `sampled` crash
-//! point fires when the pass's thread takes a sampled batch, in both modes, so a killed run
-//! resumes the same way.
+//! With `overlap`, generation runs as a three-stage pipeline: the GPT half of the generator
+//! ([`Sampler`]) moves to a sampling thread that samples batch b+2 while the tokenizer half
+//! ([`Decoder`]) decodes batch b+1 on a decoding thread and the pass's thread runs the stages
+//! (Inception, the npz writer) on batch b. Batches go through channels of capacity 1, so each
+//! thread is at most one batch ahead of the next stage. tch tensors are `Send` but not `Sync`, so
+//! the networks cannot be shared: each is moved into its thread and handed back when the thread
+//! ends (dropping the source stops both threads after their current batches and takes the
+//! networks back). Tokens are journaled per committed batch exactly as without overlap, and the
+//! `sampled` and `decoded` crash points fire when the pass's thread takes a batch, in both
+//! modes, so a killed run resumes the same way.
 //!
-//! On CUDA, tch exposes no stream API: both threads enqueue their kernels on the device's default
+//! On CUDA, tch exposes no stream API: the threads enqueue their kernels on the device's default
 //! stream, where they run one after another, never concurrently. The overlap still pays on a GPU
 //! because sampling is launch-bound: a token step is dozens of small kernels (a layer's worth of
 //! matrix-vector products, then the filters and the draw), whose host-side launch and dispatch
 //! cost leaves the device idle between them, and the decoder's and Inception's large kernels,
-//! queued by the other thread, fill those gaps.
+//! queued by the other threads, fill those gaps.
 //!
-//! On the CPU both threads share the cores: each thread that runs tensor work gets its own
-//! OpenMP team of `tch::get_num_threads()` workers. `tch::set_num_threads` is per thread (it
-//! sizes the calling thread's team, and sets the default of threads that start tensor work
-//! later), so the sampling thread runs with the count of the thread that created it and
+//! On the CPU the threads share the cores: each thread that runs tensor work gets its own OpenMP
+//! team of `tch::get_num_threads()` workers. `tch::set_num_threads` is per thread (it sizes the
+//! calling thread's team, and sets the default of threads that start tensor work later), so the
+//! sampling and decoding threads run with the count of the thread that created them, and
 //! overlapped and sequential runs compute every token, pixel and feature with the same
-//! arithmetic: identical results. Giving the sampling thread one libtorch thread instead was
-//! measured slower (fid on the demo models, 128 samples, loaded 2-core machine: 63-73 s against
-//! 37-40 s) and the decoder's and Inception's arithmetic depends on their thread count, so both
-//! keep the default. Much of what the overlap gains on a loaded CPU comes from libgomp: with two
-//! teams in the process it throttles its spin-waiting, which otherwise burns the cores other
-//! processes need (`OMP_WAIT_POLICY=passive` has the same effect without overlap).
+//! arithmetic: identical results (the decoder's and Inception's arithmetic depends on their
+//! thread count). What the pipeline gains on the CPU is the cores' idle time: each stage leaves
+//! some (serial stretches between parallel regions, small operations the OpenMP team cannot
+//! split), and with more teams than cores libgomp throttles its spin-waiting, so another stage's
+//! work fills it. Decoding on the sampling thread instead (two stages) gained less: on the demo
+//! models Inception is 90% of the work, and the decoder is what runs beside it.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -64,7 +65,7 @@ use crate::captions::{CaptionEmbeddings, CaptionSet};
 use crate::data::{DataError, ImageSource};
 use crate::device::DeviceChoice;
 use crate::models::gpt::{Condition, Gpt, GptConfig, GptError, HeadChoice};
-use crate::models::vq::{self, VqModel, VqWeights};
+use crate::models::vq::{self, VqConfig, VqModel, VqWeights};
 use crate::sampling::{self, Conditioning, Conditions, LabelSpec, SamplingParams};
 
 /// The dtype the generator runs in (the tokenizer runs in f32).
@@ -217,11 +218,11 @@ pub struct Batches {
 pub struct Timing {
     /// Token sampling (with overlap: the busy time of the sampling thread).
     pub sampling: Duration,
-    /// Tokenizer decoding (and the resize).
+    /// Tokenizer decoding and the resize (with overlap: the busy time of the decoding thread).
     pub decoding: Duration,
     /// Inception features of the generated images.
     pub inception: Duration,
-    /// Time the pass's thread waited for sampled tokens.
+    /// Time the pass's thread waited for generated images (with overlap).
     pub waiting: Duration,
     /// Wall time of the generation pass.
     pub wall: Duration,
@@ -241,7 +242,7 @@ pub struct Timing {
     pub batches: Option<Batches>,
     /// Images per Inception forward pass, when Inception ran.
     pub inception_batch: Option<usize>,
-    /// Whether sampling overlapped decoding and Inception.
+    /// Whether sampling, decoding and Inception overlapped.
     pub overlap: bool,
 }
 
@@ -312,7 +313,7 @@ impl Timing {
         }
         if self.overlap {
             text.push_str(&format!(
-                "busy time of the wall time: {} (sampling on its own thread; waiting for tokens {:.1} s)\n",
+                "busy time of the wall time: {} (sampling and decoding on their own threads; waiting for images {:.1} s)\n",
                 parts.join(", "),
                 self.waiting.as_secs_f64()
             ));
@@ -332,7 +333,7 @@ impl Timing {
             "sampling_s": self.sampling.as_secs_f64(),
             "decoding_s": self.decoding.as_secs_f64(),
             "inception_s": self.inception.as_secs_f64(),
-            "waiting_for_tokens_s": self.waiting.as_secs_f64(),
+            "waiting_for_images_s": self.waiting.as_secs_f64(),
             "wall_s": self.wall.as_secs_f64(),
             "device": self.device,
             "device_name": self.device_name,
@@ -348,11 +349,28 @@ impl Timing {
 }
 
 /// The GPT half of a generator: the network and its weights, and the caption embeddings of a t2i
-/// run. It moves to the sampling thread while a run overlaps sampling with decoding.
+/// run.
 struct Sampler {
     _vs: nn::VarStore,
     gpt: Gpt,
     captions: Option<CaptionEmbeddings>,
+}
+
+/// The tokenizer half of a generator: token grids to u8 images at the evaluated size.
+struct Decoder {
+    _vs: nn::VarStore,
+    vq: VqModel,
+    /// Token grid side.
+    grid: i64,
+    image_size: i64,
+    eval_size: i64,
+}
+
+/// Both networks of a generator. While a run overlaps, each moves to its own thread, and they
+/// come back when the run ends.
+struct Networks {
+    sampler: Sampler,
+    decoder: Decoder,
 }
 
 /// One generation batch, padded to the batch size by repeating its last sample; the first `real`
@@ -380,15 +398,17 @@ impl Batch {
     }
 }
 
-/// A sampled batch: its real samples' tokens and how long the sampling took.
-struct Sampled {
+/// A generated batch: its real samples' tokens and images, and how long each half took.
+struct Produced {
     tokens: Vec<Vec<i64>>,
-    elapsed: Duration,
+    images: Array4<u8>,
+    sampling: Duration,
+    decoding: Duration,
 }
 
 impl Sampler {
-    fn sample(&self, batch: &Batch, params: &SamplingParams, seed: u64) -> Result<Sampled> {
-        let start = Instant::now();
+    /// The real samples' tokens of one batch.
+    fn sample(&self, batch: &Batch, params: &SamplingParams, seed: u64) -> Result<Vec<Vec<i64>>> {
         let generated = match &self.captions {
             None => sampling::generate(
                 &self.gpt,
@@ -425,62 +445,147 @@ impl Sampler {
             )
         })?;
         out.tokens.truncate(batch.real);
+        Ok(out.tokens)
+    }
+}
+
+impl Decoder {
+    /// Decoded u8 NHWC images (at the evaluated size) of token sequences, `decode` at a time; a
+    /// short chunk is padded to the full decode batch with copies of its last sequence.
+    fn images(&self, tokens: &[Vec<i64>], decode: usize) -> Result<Array4<u8>> {
+        let s = self.eval_size as usize;
+        let mut data = Vec::with_capacity(tokens.len() * s * s * 3);
+        for chunk in tokens.chunks(decode) {
+            let mut flat: Vec<i64> = chunk.concat();
+            if let Some(last) = chunk.last() {
+                for _ in chunk.len()..decode {
+                    flat.extend_from_slice(last);
+                }
+            }
+            let indices = Tensor::from_slice(&flat).view([decode as i64, self.grid, self.grid]);
+            let pixels = tch::no_grad(|| {
+                let decoded = self
+                    .vq
+                    .decode_code(&indices)
+                    .narrow(0, 0, chunk.len() as i64);
+                let decoded = if self.eval_size != self.image_size {
+                    decoded.upsample_bicubic2d([self.eval_size, self.eval_size], false, None, None)
+                } else {
+                    decoded
+                };
+                vq::to_pixels(&decoded)
+            });
+            data.extend(Vec::<u8>::try_from(pixels.to_kind(Kind::Uint8).view([-1]))?);
+        }
+        Ok(Array4::from_shape_vec((tokens.len(), s, s, 3), data)?)
+    }
+}
+
+/// A sampled batch on its way to the decoder.
+struct Sampled {
+    tokens: Vec<Vec<i64>>,
+    elapsed: Duration,
+}
+
+impl Sampled {
+    /// Samples one batch, timed.
+    fn sample(
+        sampler: &Sampler,
+        batch: &Batch,
+        params: &SamplingParams,
+        seed: u64,
+    ) -> Result<Self> {
+        let start = Instant::now();
+        let tokens = sampler.sample(batch, params, seed)?;
         Ok(Sampled {
-            tokens: out.tokens,
+            tokens,
             elapsed: start.elapsed(),
         })
     }
+
+    /// Decodes the batch, timed.
+    fn decode(self, decoder: &Decoder, decode: usize) -> Result<Produced> {
+        let start = Instant::now();
+        let images = decoder.images(&self.tokens, decode)?;
+        Ok(Produced {
+            tokens: self.tokens,
+            images,
+            sampling: self.elapsed,
+            decoding: start.elapsed(),
+        })
+    }
 }
 
-/// The sampling thread of an overlapped run: it owns the [`Sampler`] until it ends.
-struct SamplingThread {
-    receiver: Receiver<Result<Sampled>>,
+/// The two threads of an overlapped run: one samples, one decodes, each at most one batch ahead
+/// of the next stage. They own the networks until they end.
+struct GenerationThreads {
+    receiver: Receiver<Result<Produced>>,
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<Sampler>,
+    sampler: JoinHandle<Sampler>,
+    decoder: JoinHandle<Decoder>,
 }
 
-impl SamplingThread {
+impl GenerationThreads {
     fn spawn(
-        sampler: Sampler,
+        networks: Networks,
         batches: VecDeque<Batch>,
         params: SamplingParams,
         seed: u64,
+        decode: usize,
     ) -> std::io::Result<Self> {
-        // Capacity 1: the sampler runs at most one batch ahead of the decoder.
-        let (sender, receiver) = mpsc::sync_channel(1);
+        let Networks { sampler, decoder } = networks;
+        // Capacity 1: each thread runs at most one batch ahead of the next stage.
+        let (token_sender, token_receiver) = mpsc::sync_channel(1);
+        let (image_sender, receiver) = mpsc::sync_channel(1);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
-        let handle = std::thread::Builder::new()
+        let sampler = std::thread::Builder::new()
             .name("sampler".into())
             .spawn(move || {
-                sample_all(&sampler, batches, &params, seed, &sender, &stopped);
+                sample_all(&sampler, batches, &params, seed, &token_sender, &stopped);
                 sampler
             })?;
-        Ok(SamplingThread {
+        let decoder = std::thread::Builder::new()
+            .name("decoder".into())
+            .spawn(move || {
+                decode_all(&decoder, decode, &token_receiver, &image_sender);
+                decoder
+            })?;
+        Ok(GenerationThreads {
             receiver,
             stop,
-            handle,
+            sampler,
+            decoder,
         })
     }
 
-    /// Stops the thread after its current batch and takes the sampler back; the panic message
-    /// if the thread panicked.
-    fn finish(self) -> Result<Sampler, String> {
+    /// Stops the threads after their current batches and takes the networks back; the panic
+    /// messages if a thread panicked.
+    fn finish(self) -> Result<Networks, String> {
         self.stop.store(true, Ordering::Relaxed);
-        // A thread blocked on a full channel wakes up with an error once the receiver is gone.
+        // A thread blocked on a full channel wakes up with an error once its receiver is gone:
+        // the decoder's ends first, and the sampler's with it.
         drop(self.receiver);
-        self.handle.join().map_err(|panic| {
-            panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".into())
-        })
+        let decoder = self.decoder.join().map_err(panic_message);
+        let sampler = self.sampler.join().map_err(panic_message);
+        match (sampler, decoder) {
+            (Ok(sampler), Ok(decoder)) => Ok(Networks { sampler, decoder }),
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+            (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+        }
     }
 }
 
-/// The sampling thread's loop: samples each batch and sends it, until the batches run out, a
-/// batch fails (its error is sent), the receiver is dropped, or `stop` is set.
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
+/// The sampling thread's loop: samples each batch and sends its tokens, until the batches run
+/// out, a batch fails (its error is sent), the receiver is dropped, or `stop` is set.
 fn sample_all(
     sampler: &Sampler,
     batches: VecDeque<Batch>,
@@ -493,7 +598,7 @@ fn sample_all(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let result = sampler.sample(&batch, params, seed);
+        let result = Sampled::sample(sampler, &batch, params, seed);
         let failed = result.is_err();
         if sender.send(result).is_err() || failed {
             return;
@@ -501,23 +606,39 @@ fn sample_all(
     }
 }
 
-/// Where a source's tokens come from.
-enum TokenFeed {
-    /// Sampled on the pass's thread when needed.
+/// The decoding thread's loop: decodes each sampled batch and sends it on with its images, until
+/// the sampler stops, a batch fails (its error is passed on), or the receiver is dropped.
+fn decode_all(
+    decoder: &Decoder,
+    decode: usize,
+    receiver: &Receiver<Result<Sampled>>,
+    sender: &SyncSender<Result<Produced>>,
+) {
+    for sampled in receiver {
+        let result = sampled.and_then(|sampled| sampled.decode(decoder, decode));
+        let failed = result.is_err();
+        if sender.send(result).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Where a source's batches come from.
+enum Feed {
+    /// Generated on the pass's thread when needed.
     Inline(VecDeque<Batch>),
-    /// Sampled ahead on the sampling thread.
-    Thread(SamplingThread),
+    /// Generated ahead on the sampling and decoding threads.
+    Threads(GenerationThreads),
 }
 
 /// A loaded generator and tokenizer, checked against each other, with the sampling settings.
 pub struct Generator {
-    /// `None` only while a sampling thread holds it (or after that thread panicked).
-    sampler: Option<Sampler>,
-    _vq_vs: nn::VarStore,
-    vq: VqModel,
+    /// `None` only while the generation threads hold them (or after one of them panicked).
+    networks: Option<Networks>,
     config: GeneratorConfig,
-    /// The GPT's architecture and dtype, kept here while the sampler is away.
+    /// The networks' architectures and the GPT's dtype, kept here while the networks are away.
     gpt_config: GptConfig,
+    vq_config: VqConfig,
     gpt_kind: Kind,
     device: Device,
     /// Token grid side.
@@ -681,14 +802,22 @@ impl Generator {
         );
         Ok(Generator {
             gpt_config: gpt.config().clone(),
+            vq_config: vq.config().clone(),
             gpt_kind: gpt.kind(),
-            sampler: Some(Sampler {
-                _vs: gpt_vs,
-                gpt,
-                captions,
+            networks: Some(Networks {
+                sampler: Sampler {
+                    _vs: gpt_vs,
+                    gpt,
+                    captions,
+                },
+                decoder: Decoder {
+                    _vs: vq_vs,
+                    vq,
+                    grid,
+                    image_size,
+                    eval_size: config.eval_size(),
+                },
             }),
-            _vq_vs: vq_vs,
-            vq,
             config: GeneratorConfig {
                 precision,
                 ..config.clone()
@@ -759,7 +888,7 @@ impl Generator {
             self.gpt_kind,
             self.config.sampling.uses_cfg(),
         );
-        let decoding = batch::decode_bytes_per_image(self.vq.config(), self.config.image_size);
+        let decoding = batch::decode_bytes_per_image(&self.vq_config, self.config.image_size);
         sampling + if decode_follows { decoding } else { 0 }
     }
 
@@ -784,7 +913,7 @@ impl Generator {
                     inception_batch.unwrap_or(0) as u64 * batch::INCEPTION_BYTES_PER_IMAGE;
                 if let Some(decode) = explicit_decode {
                     reserved += decode as u64
-                        * batch::decode_bytes_per_image(self.vq.config(), self.config.image_size);
+                        * batch::decode_bytes_per_image(&self.vq_config, self.config.image_size);
                 }
                 let n = batch::auto_batch_size(
                     free_bytes,
@@ -820,39 +949,20 @@ impl Generator {
     }
 
     /// Decoded u8 NHWC images (at the evaluated size) of token sequences, a decode batch at a
-    /// time; a short chunk is padded to the full decode batch with copies of its last sequence.
+    /// time (see [`Decoder::images`]).
     pub fn images(&mut self, tokens: &[Vec<i64>]) -> Result<Array4<u8>> {
         let start = Instant::now();
         let decode = self.decode_batch()?;
-        let s = self.eval_size();
-        let (image_size, eval_size) = (self.config.image_size, self.config.eval_size());
-        let mut data = Vec::with_capacity(tokens.len() * s * s * 3);
-        for chunk in tokens.chunks(decode) {
-            let mut flat: Vec<i64> = chunk.concat();
-            if let Some(last) = chunk.last() {
-                for _ in chunk.len()..decode {
-                    flat.extend_from_slice(last);
-                }
-            }
-            let indices = Tensor::from_slice(&flat).view([decode as i64, self.grid, self.grid]);
-            let pixels = tch::no_grad(|| {
-                let decoded = self
-                    .vq
-                    .decode_code(&indices)
-                    .narrow(0, 0, chunk.len() as i64);
-                let decoded = if eval_size != image_size {
-                    decoded.upsample_bicubic2d([eval_size, eval_size], false, None, None)
-                } else {
-                    decoded
-                };
-                vq::to_pixels(&decoded)
-            });
-            data.extend(Vec::<u8>::try_from(pixels.to_kind(Kind::Uint8).view([-1]))?);
-        }
-        let images = Array4::from_shape_vec((tokens.len(), s, s, 3), data)?;
+        let images = self.networks()?.decoder.images(tokens, decode)?;
         self.timing.decoding += start.elapsed();
         self.timing.images += tokens.len() as u64;
         Ok(images)
+    }
+
+    fn networks(&self) -> Result<&Networks> {
+        self.networks
+            .as_ref()
+            .context("the generator's networks were lost when a generation thread panicked")
     }
 
     /// Starts a run's timing record: the device, dtype and batch sizes it uses.
@@ -873,7 +983,8 @@ impl Generator {
     }
 
     /// The samples with `indices` as an image source, generated a planned generation batch at a
-    /// time ([`Generator::plan_batches`]), with sampling on its own thread when `overlap`.
+    /// time ([`Generator::plan_batches`]), with sampling and decoding on their own threads when
+    /// `overlap`.
     pub fn source(&mut self, indices: Vec<u64>, overlap: bool) -> Result<GeneratedImages<'_>> {
         let batch = self
             .batches
@@ -905,7 +1016,7 @@ pub struct GeneratedImages<'g> {
     batch: usize,
     overlap: bool,
     /// Started at the first read, after the resumed samples are replayed or skipped.
-    feed: Option<TokenFeed>,
+    feed: Option<Feed>,
     /// Tokens and pixels of decoded samples not yet handed to the pass.
     ready_tokens: VecDeque<Vec<i64>>,
     ready_pixels: VecDeque<u8>,
@@ -956,90 +1067,95 @@ impl GeneratedImages<'_> {
             .collect()
     }
 
-    fn start_feed(&mut self) -> Result<TokenFeed> {
+    fn start_feed(&mut self) -> Result<Feed> {
         let batches = self.remaining_batches();
         if !self.overlap {
-            return Ok(TokenFeed::Inline(batches));
+            return Ok(Feed::Inline(batches));
         }
-        let sampler = self
+        let decode = self.generator.decode_batch()?;
+        let networks = self
             .generator
-            .sampler
+            .networks
             .take()
-            .context("the generator's network was lost when its sampling thread panicked")?;
+            .context("the generator's networks were lost when a generation thread panicked")?;
         let (params, seed) = (self.generator.config.sampling, self.generator.config.seed);
-        Ok(TokenFeed::Thread(
-            SamplingThread::spawn(sampler, batches, params, seed)
-                .context("cannot start the sampling thread")?,
+        Ok(Feed::Threads(
+            GenerationThreads::spawn(networks, batches, params, seed, decode)
+                .context("cannot start the sampling and decoding threads")?,
         ))
     }
 
-    /// The next sampled batch, from this thread or the sampling thread.
-    fn next_sampled(&mut self) -> Result<Sampled> {
+    /// The next generated batch, from this thread or the generation threads.
+    fn next_produced(&mut self) -> Result<Produced> {
         if self.feed.is_none() {
             self.feed = Some(self.start_feed()?);
         }
         let generator = &mut *self.generator;
-        let sampled = match self.feed.as_mut() {
-            Some(TokenFeed::Inline(batches)) => {
+        let produced = match self.feed.as_mut() {
+            Some(Feed::Inline(batches)) => {
                 let batch = batches
                     .pop_front()
                     .context("no generation batch left for the samples asked for")?;
-                let sampler = generator.sampler.as_ref().context(
-                    "the generator's network was lost when its sampling thread panicked",
-                )?;
-                sampler.sample(&batch, &generator.config.sampling, generator.config.seed)?
+                let decode = generator.decode_batch()?;
+                let (params, seed) = (&generator.config.sampling, generator.config.seed);
+                let networks = generator.networks()?;
+                Sampled::sample(&networks.sampler, &batch, params, seed)?
+                    .decode(&networks.decoder, decode)?
             }
-            Some(TokenFeed::Thread(thread)) => {
+            Some(Feed::Threads(thread)) => {
                 let start = Instant::now();
                 let received = thread.receiver.recv();
                 generator.timing.waiting += start.elapsed();
                 match received {
                     Ok(result) => result?,
-                    // The thread ended without a result: it panicked (or ran out of batches,
-                    // which the pass never asks beyond).
+                    // The threads ended without a result: one panicked (or the sampler ran out
+                    // of batches, which the pass never asks beyond).
                     Err(mpsc::RecvError) => {
-                        let Some(TokenFeed::Thread(thread)) = self.feed.take() else {
-                            bail!("the sampling thread's feed disappeared");
+                        let Some(Feed::Threads(thread)) = self.feed.take() else {
+                            bail!("the generation threads' feed disappeared");
                         };
                         match thread.finish() {
-                            Ok(sampler) => {
-                                self.generator.sampler = Some(sampler);
+                            Ok(networks) => {
+                                self.generator.networks = Some(networks);
                                 bail!("the sampling thread ran out of generation batches")
                             }
-                            Err(panic) => bail!("the sampling thread panicked: {panic}"),
+                            Err(panic) => bail!("a generation thread panicked: {panic}"),
                         }
                     }
                 }
             }
-            None => bail!("the token feed was not started"),
+            None => bail!("the batch feed was not started"),
         };
-        self.generator.timing.sampling += sampled.elapsed;
-        self.generator.timing.tokens +=
-            (sampled.tokens.len() * self.generator.tokens_per_sample()) as u64;
-        Ok(sampled)
+        let timing = &mut self.generator.timing;
+        timing.sampling += produced.sampling;
+        timing.decoding += produced.decoding;
+        timing.tokens +=
+            (produced.tokens.len() * (self.generator.grid * self.generator.grid) as usize) as u64;
+        timing.images += produced.tokens.len() as u64;
+        Ok(produced)
     }
 
-    /// Samples and decodes generation batches until `count` samples are ready.
+    /// Generates batches until `count` samples are ready. The crash points fire when the
+    /// pass's thread takes a batch, in both modes, so a killed run resumes the same way.
     fn fill(&mut self, count: usize) -> Result<()> {
         while self.ready_tokens.len() < count {
-            let sampled = self.next_sampled()?;
+            let produced = self.next_produced()?;
             crash_point("sampled");
-            let images = self.generator.images(&sampled.tokens)?;
             crash_point("decoded");
-            self.ready_pixels.extend(images.iter());
-            self.ready_tokens.extend(sampled.tokens);
+            self.ready_pixels.extend(produced.images.iter());
+            self.ready_tokens.extend(produced.tokens);
         }
         Ok(())
     }
 }
 
 impl Drop for GeneratedImages<'_> {
-    /// Stops a sampling thread (after its current batch) and gives the network back.
+    /// Stops the generation threads (after their current batches) and gives the networks back.
     fn drop(&mut self) {
-        if let Some(TokenFeed::Thread(thread)) = self.feed.take() {
+        if let Some(Feed::Threads(thread)) = self.feed.take() {
             match thread.finish() {
-                Ok(sampler) => self.generator.sampler = Some(sampler),
-                Err(panic) => tracing::error!("the sampling thread panicked: {panic}"),
+                Ok(networks) => self.generator.networks = Some(networks),
+                Err(panic) => tracing::error!("a generation thread panicked: {panic}"),
             }
         }
     }

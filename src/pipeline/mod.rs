@@ -7,8 +7,8 @@
 //! ```
 //!
 //! - [`generator`]: a LlamaGen generator (c2i, or t2i with captions) + tokenizer as an image
-//!   source, sampling on its own thread while the pass decodes and evaluates; [`batch`]: its batch
-//!   sizes (`auto` from free memory).
+//!   source, sampling and decoding on their own threads while the pass evaluates; [`batch`]:
+//!   its batch sizes (`auto` from free memory).
 //! - [`pass`]: the one batch loop, with [`journal`] for resuming after a kill.
 //! - [`features`], [`stats`], [`sinks`], [`recon`]: what a pass does with the images.
 //! - [`gather`], [`split`]: a job split over the ranks of a launcher, rank 0 joining the parts.
