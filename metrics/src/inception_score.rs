@@ -2,23 +2,31 @@
 //!
 //! ADM semantics by default (the numbers papers report): softmax over the 1008 logits
 //! (`pool @ W`, no bias), contiguous splits of 5000 samples with a partial last split, and the mean of
-//! the per-split `exp(mean KL(p(y|x) || p(y)))`. torch-fidelity's convention — a fixed number of
-//! equal splits, `i*N/splits` boundaries — is offered too. All arithmetic is in f64 on a
+//! the per-split `exp(mean KL(p(y|x) || p(y)))`. torch-fidelity's convention — the rows shuffled
+//! by NumPy's `RandomState(seed).permutation` (seed 2020 by default), then a fixed number of equal
+//! splits with `i*N/splits` boundaries — is offered too. All arithmetic is in f64 on a
 //! log-softmax, so no probability underflows to `log(0)`.
 
 use ndarray::{Array1, ArrayView2, Axis};
 use rayon::prelude::*;
 
 use crate::error::{ensure_finite_rows, ensure_min_samples, MetricsError, Result};
+use crate::kid::LegacyRandomState;
 
 /// How samples are grouped into splits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Splits {
     /// ADM evaluator: consecutive chunks of `split_size` rows, the last one possibly shorter.
     Adm { split_size: usize },
-    /// torch-fidelity: `splits` chunks with boundaries `i * N / splits`.
-    Equal { splits: usize },
+    /// torch-fidelity's `isc_features_to_metric`: with `shuffle: Some(seed)` (torch-fidelity's
+    /// default, `samples_shuffle=True` with `rng_seed=2020`) the rows in the order of NumPy's
+    /// `RandomState(seed).permutation(N)`, with `None` as given; then `splits` chunks with
+    /// boundaries `i * N / splits`.
+    Equal { splits: usize, shuffle: Option<u32> },
 }
+
+/// torch-fidelity's default seed (`rng_seed`) for the Inception Score's shuffle.
+pub const TORCH_FIDELITY_SEED: u32 = 2020;
 
 impl Default for Splits {
     fn default() -> Self {
@@ -51,7 +59,7 @@ pub fn inception_score(logits: ArrayView2<'_, f32>, splits: Splits) -> Result<In
                 .map(|s| (s, (s + split_size).min(n)))
                 .collect()
         }
-        Splits::Equal { splits } => {
+        Splits::Equal { splits, .. } => {
             if splits == 0 || splits > n {
                 return Err(MetricsError::InvalidArgument(format!(
                     "Inception Score needs 1 <= splits <= samples, got {splits} splits for {n} samples"
@@ -62,7 +70,15 @@ pub fn inception_score(logits: ArrayView2<'_, f32>, splits: Splits) -> Result<In
                 .collect()
         }
     };
-    let log_probs = log_softmax_rows(logits);
+    let mut log_probs = log_softmax_rows(logits);
+    if let Splits::Equal {
+        shuffle: Some(seed),
+        ..
+    } = splits
+    {
+        let order = LegacyRandomState::new(seed).permutation(n);
+        log_probs = log_probs.select(Axis(0), &order);
+    }
     let scores: Vec<f64> = bounds
         .par_iter()
         .map(|&(start, end)| split_score(log_probs.slice(ndarray::s![start..end, ..])))
@@ -127,7 +143,14 @@ mod tests {
     #[test]
     fn identical_predictions_score_one() {
         let logits = array![[1.0f32, 2.0, 3.0], [1.0, 2.0, 3.0]];
-        let score = inception_score(logits.view(), Splits::Equal { splits: 2 }).unwrap();
+        let score = inception_score(
+            logits.view(),
+            Splits::Equal {
+                splits: 2,
+                shuffle: None,
+            },
+        )
+        .unwrap();
         assert!((score.mean - 1.0).abs() < 1e-12);
         assert!(score.std.abs() < 1e-12);
     }
@@ -153,6 +176,13 @@ mod tests {
             Err(MetricsError::NonFinite { rows: 1, .. })
         ));
         let two = Array2::<f32>::zeros((2, 3));
-        assert!(inception_score(two.view(), Splits::Equal { splits: 3 }).is_err());
+        assert!(inception_score(
+            two.view(),
+            Splits::Equal {
+                splits: 3,
+                shuffle: None,
+            }
+        )
+        .is_err());
     }
 }

@@ -13,15 +13,15 @@ use metrics::codebook::codebook_usage as usage_of;
 use metrics::error::ensure_same_dim;
 use metrics::frechet;
 use metrics::image_quality::{self, SsimMode};
-use metrics::inception_score::{inception_score as score_of, Splits};
+use metrics::inception_score::{inception_score as score_of, Splits, TORCH_FIDELITY_SEED};
 use metrics::kid::{
-    kernel_inception_distance, kernel_inception_distance_f32, KidConfig, LegacyRandomState,
-    DEFAULT_SEED, DEFAULT_SUBSETS, DEFAULT_SUBSET_SIZE,
+    kernel_inception_distance, kernel_inception_distance_f32, KidConfig, DEFAULT_SEED,
+    DEFAULT_SUBSETS, DEFAULT_SUBSET_SIZE,
 };
 use metrics::manifold::{self, DistancePrecision, ManifoldConfig};
 use metrics::stats::GaussianStats;
 use metrics::MetricsError;
-use ndarray::{Array2, Axis, CowArray};
+use ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -167,7 +167,7 @@ fn inception_score(
     shuffle: Option<bool>,
     seed: Option<u32>,
 ) -> PyResult<(f64, f64)> {
-    let (mode, permute_seed) = match splits {
+    let mode = match splits {
         "adm" => {
             if num_splits.is_some() || shuffle.is_some() || seed.is_some() {
                 return Err(PyValueError::new_err(
@@ -175,7 +175,7 @@ fn inception_score(
                 ));
             }
             let split_size = split_size.unwrap_or(5000);
-            (Splits::Adm { split_size }, None)
+            Splits::Adm { split_size }
         }
         "torch-fidelity" => {
             if split_size.is_some() {
@@ -183,12 +183,12 @@ fn inception_score(
                     "inception_score: split_size belongs to splits=\"adm\"",
                 ));
             }
-            let splits = num_splits.unwrap_or(10);
-            let seed = seed.unwrap_or(DEFAULT_SEED);
-            (
-                Splits::Equal { splits },
-                shuffle.unwrap_or(true).then_some(seed),
-            )
+            Splits::Equal {
+                splits: num_splits.unwrap_or(10),
+                shuffle: shuffle
+                    .unwrap_or(true)
+                    .then_some(seed.unwrap_or(TORCH_FIDELITY_SEED)),
+            }
         }
         other => {
             return Err(PyValueError::new_err(format!(
@@ -198,20 +198,7 @@ fn inception_score(
     };
     let logits = float_matrix("logits", logits)?;
     let logits = logits.view_f32();
-    let score = py
-        .detach(|| {
-            let shuffled;
-            let rows = match permute_seed {
-                Some(seed) => {
-                    let order = LegacyRandomState::new(seed).permutation(logits.nrows());
-                    shuffled = CowArray::from(logits.select(Axis(0), &order));
-                    shuffled.view()
-                }
-                None => logits.view(),
-            };
-            score_of(rows, mode)
-        })
-        .map_err(to_py)?;
+    let score = py.detach(|| score_of(logits.view(), mode)).map_err(to_py)?;
     Ok((score.mean, score.std))
 }
 

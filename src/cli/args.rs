@@ -24,7 +24,7 @@ use llamagen_eval::pipeline::{
 use llamagen_eval::progress::Progress;
 use llamagen_eval::sampling::{Conditioning, LabelSpec, SamplingParams};
 use llamagen_metrics::frechet_infinity::InfinityConfig;
-use llamagen_metrics::inception_score::Splits;
+use llamagen_metrics::inception_score::{Splits, TORCH_FIDELITY_SEED};
 use llamagen_metrics::kid::KidConfig;
 use llamagen_metrics::manifold::{DistancePrecision, ManifoldConfig};
 
@@ -183,9 +183,14 @@ pub struct MetricArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     pub metrics: Option<Vec<MetricArg>>,
     /// Inception Score splits: `adm` (consecutive splits of 5000, partial last) or
-    /// `torch-fidelity` (10 equal splits, unshuffled).
+    /// `torch-fidelity` (the samples shuffled with `--is-seed`, then 10 equal splits, as
+    /// torch-fidelity's defaults).
     #[arg(long, value_enum, default_value_t = IsConvention::Adm)]
     pub is_splits: IsConvention,
+    /// Seed of the Inception Score's shuffle with `--is-splits torch-fidelity` (NumPy
+    /// RandomState-compatible, torch-fidelity's `rng_seed`).
+    #[arg(long, default_value_t = TORCH_FIDELITY_SEED)]
+    pub is_seed: u32,
     /// Arithmetic of precision/recall distances: `exact` (f64) or `adm-fp16` (ADM's float16
     /// rounding, reproducing its published figures).
     #[arg(long, value_enum, default_value_t = PrDistance::Exact)]
@@ -215,7 +220,10 @@ impl MetricArgs {
             options: MetricOptions {
                 is_splits: match self.is_splits {
                     IsConvention::Adm => Splits::default(),
-                    IsConvention::TorchFidelity => Splits::Equal { splits: 10 },
+                    IsConvention::TorchFidelity => Splits::Equal {
+                        splits: 10,
+                        shuffle: Some(self.is_seed),
+                    },
                 },
                 manifold: ManifoldConfig {
                     k: self.pr_k,

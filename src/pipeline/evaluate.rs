@@ -36,7 +36,7 @@ impl MetricRequest {
     /// Run-record fields describing these settings.
     pub fn record(&self) -> Vec<(&'static str, Value)> {
         let o = &self.options;
-        vec![
+        let mut fields = vec![
             (
                 "is_splits",
                 Value::from(match o.is_splits {
@@ -54,7 +54,16 @@ impl MetricRequest {
             ("pr_k", Value::from(o.manifold.k)),
             ("kid_subsets", Value::from(o.kid.subsets)),
             ("kid_subset_size", Value::from(o.kid.subset_size)),
-        ]
+            ("kid_seed", Value::from(o.kid.seed)),
+        ];
+        if let Splits::Equal {
+            shuffle: Some(seed),
+            ..
+        } = o.is_splits
+        {
+            fields.push(("is_seed", Value::from(seed)));
+        }
+        fields
     }
 }
 

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use llamagen_metrics::inception_score::{inception_score, Splits};
 use llamagen_test_support as support;
 use ndarray::Array2;
 use ndarray_npy::{NpzReader, NpzWriter};
@@ -162,6 +163,40 @@ fn reproduces_adm_precision_recall_and_inception_score() {
         "IS {is}"
     );
     assert!(json["metrics"]["inception_score_std"].is_number());
+
+    // torch-fidelity's convention: shuffled with the given seed (its parity with torch-fidelity
+    // is in the metrics crate's reference tests), recorded in the run record.
+    let out = fx.path("run-is-torch-fidelity");
+    metrics(&[
+        "--sample-features".as_ref(),
+        fx.path("logits.npz").as_os_str(),
+        "--is-splits".as_ref(),
+        "torch-fidelity".as_ref(),
+        "--is-seed".as_ref(),
+        "7".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ])
+    .success();
+    let json = metrics_json(&out);
+    let logits: Array2<f32> = NpzReader::new(File::open(fx.path("logits.npz")).unwrap())
+        .unwrap()
+        .by_name("logits")
+        .unwrap();
+    let expected = inception_score(
+        logits.view(),
+        Splits::Equal {
+            splits: 10,
+            shuffle: Some(7),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        json["metrics"]["inception_score"].as_f64(),
+        Some(expected.mean)
+    );
+    assert_eq!(json["run"]["is_splits"], "torchfidelity");
+    assert_eq!(json["run"]["is_seed"], 7);
 }
 
 #[test]

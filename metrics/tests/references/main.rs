@@ -7,3 +7,4 @@ mod frechet_infinity;
 mod frechet_parity;
 mod image_quality;
 mod manifold_kid;
+mod torch_fidelity_isc;
