@@ -19,9 +19,13 @@
 //!
 //! `GPU_CHECK_DEVICE=cpu` runs the same code on the CPU with small sizes (a smoke test of this
 //! program, not a benchmark).
+//!
+//! Golden files come from `$LLAMAGEN_GOLDEN`, else `../shared/golden`. `./x gpu-bundle` builds this
+//! program against another torch version with the golden files beside it, for a GPU machine that
+//! cannot build it.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -44,10 +48,10 @@ struct Check {
     detail: String,
 }
 
+/// A golden file: from `$LLAMAGEN_GOLDEN` (a `./x gpu-bundle` carries its own), else
+/// `../shared/golden`.
 fn golden(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/golden")
-        .join(name)
+    llamagen_test_support::golden_dir().join(name)
 }
 
 fn tensors(name: &str) -> HashMap<String, Tensor> {

@@ -38,15 +38,35 @@ impl FromStr for DeviceChoice {
     }
 }
 
-/// Loads libtorch's CUDA half (`libtorch_cuda.so` beside the libtorch the binary was built
-/// against) once, when the wheel has it, and says whether it is loaded. It must run before the
+/// The directory of the libtorch this process runs on: where `libtorch_cpu.so` was loaded from
+/// (`/proc/self/maps`), which is the build's libtorch unless `LD_LIBRARY_PATH` chose another
+/// (a binary built here and run on a machine with its own torch of the same version, see
+/// `./x gpu-bundle`); the build's directory when the maps cannot be read.
+pub fn libtorch_dir() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/maps")
+            .ok()
+            .and_then(|maps| {
+                maps.lines()
+                    .filter_map(|line| line.split_whitespace().nth(5))
+                    .find(|path| path.ends_with("/libtorch_cpu.so"))
+                    .and_then(|path| std::path::Path::new(path).parent().map(Into::into))
+            })
+            .unwrap_or_else(|| env!("LLAMAGEN_LIBTORCH_LIB").into())
+    })
+    .clone()
+}
+
+/// Loads libtorch's CUDA half (`libtorch_cuda.so` beside the libtorch the process runs on,
+/// [`libtorch_dir`]) once, when the wheel has it, and says whether it is loaded. It must run before the
 /// first CUDA query: its static initialisers register the CUDA hooks that libtorch consults on
 /// first use. Commands that never touch a device (metrics, report, check) skip it and start
 /// without its ~400 MB.
 pub fn load_cuda() -> bool {
     static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *LOADED.get_or_init(|| {
-        let path = std::path::Path::new(env!("LLAMAGEN_LIBTORCH_LIB")).join("libtorch_cuda.so");
+        let path = libtorch_dir().join("libtorch_cuda.so");
         if !path.is_file() {
             return false;
         }
@@ -183,7 +203,7 @@ pub fn cuda_problem() -> Option<String> {
             "an NVIDIA device is present but this libtorch ({}) has no CUDA support (a CPU-only \
              torch wheel?): reinstall the project venv with `./x setup` (CUDA wheels are the \
              default on Linux) and rebuild",
-            env!("LLAMAGEN_LIBTORCH_LIB")
+            libtorch_dir().display()
         ));
     }
     let runtime = cudart::version(false);

@@ -11,8 +11,9 @@ pub struct Report {
     pub tool_version: &'static str,
     /// The torch version of the libtorch built against, read from its `version.py` at build time.
     pub libtorch_version: &'static str,
-    /// The libtorch directory baked into the rpath at build time.
-    pub libtorch_lib: &'static str,
+    /// The directory of the libtorch the process runs on (the one baked into the rpath at build
+    /// time, unless `LD_LIBRARY_PATH` chose another).
+    pub libtorch_lib: std::path::PathBuf,
     /// Whether libtorch sees a usable CUDA runtime and GPU.
     pub cuda_available: bool,
     /// Number of CUDA devices (`--device cuda:N` needs `N` below it).
@@ -49,7 +50,7 @@ impl Report {
         Report {
             tool_version: env!("CARGO_PKG_VERSION"),
             libtorch_version: env!("LLAMAGEN_LIBTORCH_VERSION"),
-            libtorch_lib: env!("LLAMAGEN_LIBTORCH_LIB"),
+            libtorch_lib: device::libtorch_dir(),
             cuda_available: crate::device::load_cuda() && tch::Cuda::is_available(),
             cuda_devices: tch::Cuda::device_count(),
             cudnn_available: tch::Cuda::cudnn_is_available(),
@@ -88,7 +89,8 @@ impl Report {
         let _ = writeln!(
             out,
             "libtorch          {} ({})",
-            self.libtorch_version, self.libtorch_lib
+            self.libtorch_version,
+            self.libtorch_lib.display()
         );
         let _ = writeln!(
             out,
