@@ -45,17 +45,19 @@ impl FromStr for DeviceChoice {
 pub fn libtorch_dir() -> std::path::PathBuf {
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        std::fs::read_to_string("/proc/self/maps")
-            .ok()
-            .and_then(|maps| {
-                maps.lines()
-                    .filter_map(|line| line.split_whitespace().nth(5))
-                    .find(|path| path.ends_with("/libtorch_cpu.so"))
-                    .and_then(|path| std::path::Path::new(path).parent().map(Into::into))
-            })
-            .unwrap_or_else(|| env!("LLAMAGEN_LIBTORCH_LIB").into())
+        loaded_libtorch_dir().unwrap_or_else(|| env!("LLAMAGEN_LIBTORCH_LIB").into())
     })
     .clone()
+}
+
+/// The directory `libtorch_cpu.so` is mapped from, by `/proc/self/maps`.
+fn loaded_libtorch_dir() -> Option<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let path = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.ends_with("/libtorch_cpu.so"))?;
+    std::path::Path::new(path).parent().map(Into::into)
 }
 
 /// Loads libtorch's CUDA half (`libtorch_cuda.so` beside the libtorch the process runs on,
@@ -358,6 +360,20 @@ impl DeviceChoice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn libtorch_is_found_where_the_process_loaded_it() {
+        // Any tensor work has loaded libtorch_cpu by now; here that is the build's libtorch.
+        let _ = tch::Tensor::zeros([1], (tch::Kind::Float, Device::Cpu));
+        let dir = loaded_libtorch_dir().expect("libtorch_cpu.so in /proc/self/maps");
+        assert!(dir.join("libtorch_cpu.so").is_file(), "{}", dir.display());
+        assert_eq!(
+            dir.canonicalize().unwrap(),
+            std::path::Path::new(env!("LLAMAGEN_LIBTORCH_LIB"))
+                .canonicalize()
+                .unwrap()
+        );
+    }
 
     #[test]
     fn parses_device_names() {
