@@ -130,26 +130,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_parse_with_binary_suffixes() {
+    fn auto_or_a_size_as_budget_parses_it() {
+        // The sizes themselves: `crate::budget`'s tests.
         assert_eq!("auto".parse(), Ok(ReadBudget::Auto));
-        assert_eq!("1000".parse(), Ok(ReadBudget::Bytes(1000)));
+        assert_eq!(" AUTO ".parse(), Ok(ReadBudget::Auto));
         assert_eq!("512M".parse(), Ok(ReadBudget::Bytes(512 << 20)));
-        assert_eq!("8g".parse(), Ok(ReadBudget::Bytes(8 << 30)));
-        assert_eq!("8GiB".parse(), Ok(ReadBudget::Bytes(8 << 30)));
-        assert_eq!("2KB".parse(), Ok(ReadBudget::Bytes(2048)));
-        assert_eq!("1T".parse(), Ok(ReadBudget::Bytes(1 << 40)));
-        for bad in [
-            "",
-            "G",
-            "1.5G",
-            "-1",
-            "12iB",
-            "0",
-            "99999999999T",
-            "8 apples",
-        ] {
-            assert!(bad.parse::<ReadBudget>().is_err(), "{bad:?} parsed");
-        }
+        assert!("8 apples".parse::<ReadBudget>().is_err());
     }
 
     #[test]

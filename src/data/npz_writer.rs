@@ -153,27 +153,26 @@ impl ImageNpzWriter {
         S: Data<Elem = A>,
         D: Dimension,
     {
-        if self.remaining != 0 {
-            return Err(DataError::invalid(
-                &self.path,
-                format!("{} announced images were never written", self.remaining),
-            ));
-        }
         let path = self.path.clone();
-        let zip = self.zip()?;
-        zip.start_file(
-            format!("{name}.npy"),
-            SimpleFileOptions::default().compression_method(CompressionMethod::Stored),
-        )
-        .map_err(|e| DataError::invalid(&path, format!("cannot start {name}: {e}")))?;
         array
-            .write_npy(zip)
+            .write_npy(self.start_entry(name)?)
             .map_err(|e| DataError::invalid(&path, format!("cannot write {name}: {e}")))
     }
 
     /// Adds a numpy unicode array (`<U{n}`, `n` the longest string's characters) of `strings`
     /// (after all images), which numpy reads as `np.load(path)[name]`.
     pub fn add_strings(&mut self, name: &str, strings: &[String]) -> Result<(), DataError> {
+        let path = self.path.clone();
+        self.start_entry(name)?
+            .write_all(&npy_strings(strings))
+            .map_err(|source| DataError::Io { path, source })
+    }
+
+    /// Starts the stored entry `name.npy` after all images, for an array written into it.
+    fn start_entry(
+        &mut self,
+        name: &str,
+    ) -> Result<&mut ZipWriter<BufWriter<Abandonable>>, DataError> {
         if self.remaining != 0 {
             return Err(DataError::invalid(
                 &self.path,
@@ -187,8 +186,7 @@ impl ImageNpzWriter {
             SimpleFileOptions::default().compression_method(CompressionMethod::Stored),
         )
         .map_err(|e| DataError::invalid(&path, format!("cannot start {name}: {e}")))?;
-        zip.write_all(&npy_strings(strings))
-            .map_err(|source| DataError::Io { path, source })
+        Ok(zip)
     }
 
     /// Completes the archive and moves it into place.

@@ -1126,11 +1126,11 @@ impl GeneratedImages<'_> {
             }
             None => bail!("the batch feed was not started"),
         };
+        let tokens = produced.tokens.len() * self.generator.tokens_per_sample();
         let timing = &mut self.generator.timing;
         timing.sampling += produced.sampling;
         timing.decoding += produced.decoding;
-        timing.tokens +=
-            (produced.tokens.len() * (self.generator.grid * self.generator.grid) as usize) as u64;
+        timing.tokens += tokens as u64;
         timing.images += produced.tokens.len() as u64;
         Ok(produced)
     }

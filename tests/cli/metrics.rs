@@ -4,10 +4,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use llamagen_metrics::inception_score::{inception_score, Splits};
 use llamagen_test_support as support;
 use ndarray::Array2;
-use ndarray_npy::{NpzReader, NpzWriter};
+use ndarray_npy::{write_npy, NpzReader, NpzWriter};
 
 use crate::harness::{metrics_json, Cli, Run};
 
@@ -164,8 +163,8 @@ fn reproduces_adm_precision_recall_and_inception_score() {
     );
     assert!(json["metrics"]["inception_score_std"].is_number());
 
-    // torch-fidelity's convention: shuffled with the given seed (its parity with torch-fidelity
-    // is in the metrics crate's reference tests), recorded in the run record.
+    // torch-fidelity's convention, shuffled with the given seed: torch-fidelity's own value on the
+    // same logits, and the seed in the run record.
     let out = fx.path("run-is-torch-fidelity");
     metrics(&[
         "--sample-features".as_ref(),
@@ -183,17 +182,28 @@ fn reproduces_adm_precision_recall_and_inception_score() {
         .unwrap()
         .by_name("logits")
         .unwrap();
-    let expected = inception_score(
-        logits.view(),
-        Splits::Equal {
-            splits: 10,
-            shuffle: Some(7),
-        },
+    let logits_npy = fx.path("logits.npy");
+    write_npy(&logits_npy, &logits).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        support::run_reference(
+            "oracles/torch_fidelity_isc.py",
+            &[
+                logits_npy.as_path(),
+                Path::new("10"),
+                Path::new("1"),
+                Path::new("7"),
+            ],
+        )
+        .trim(),
     )
     .unwrap();
-    assert_eq!(
-        json["metrics"]["inception_score"].as_f64(),
-        Some(expected.mean)
+    let (ours, theirs) = (
+        json["metrics"]["inception_score"].as_f64().unwrap(),
+        reference["mean"].as_f64().unwrap(),
+    );
+    assert!(
+        support::rel_diff(ours, theirs) < 1e-10,
+        "IS {ours} vs torch-fidelity {theirs}"
     );
     assert_eq!(json["run"]["is_splits"], "torchfidelity");
     assert_eq!(json["run"]["is_seed"], 7);
