@@ -10,13 +10,9 @@ use std::process::{Child, Command, Stdio};
 use llamagen_test_support as support;
 use ndarray::{Array1, Array4};
 
-use crate::harness::{all_cores, metrics_json, random_inception_and_reference, Cli};
+use crate::harness::{all_cores, metrics_json, random_inception_and_reference, s, Cli};
 
 const SAMPLES: &str = "24";
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temporary path")
-}
 
 struct Setup {
     _dir: tempfile::TempDir,

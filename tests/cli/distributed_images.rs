@@ -12,14 +12,10 @@ use ndarray_npy::NpzReader;
 use serde_json::Value;
 
 use crate::distributed::{binary, spawn_ranks, srun_vars, torchrun, without_launcher_env};
-use crate::harness::{all_cores, metrics_json, random_inception_and_reference, Cli};
+use crate::harness::{all_cores, metrics_json, random_inception_and_reference, s, Cli};
 
 /// Images of the tests: few, small, in batches of 4 that fall differently on 3 ranks.
 const IMAGES: usize = 14;
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temporary path")
-}
 
 struct Setup {
     _dir: tempfile::TempDir,

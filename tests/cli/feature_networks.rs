@@ -3,21 +3,13 @@
 //! gives the same figures from the feature files, `check` and `report` carry them, and weights of
 //! the wrong network are refused naming the file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use llamagen_test_support as support;
 use ndarray::Array4;
 
 use crate::distributed::{spawn_ranks, srun_vars};
-use crate::harness::{metrics_json, one_core, random_inception_and_reference, Cli};
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temporary path")
-}
-
-fn golden(name: &str) -> PathBuf {
-    support::golden_dir().join(name)
-}
+use crate::harness::{golden, metrics_json, one_core, random_inception_and_reference, s, Cli};
 
 fn write_images(path: &Path, n: usize, seed: usize) {
     let images = Array4::from_shape_fn((n, 40, 40, 3), |(i, y, x, c)| {

@@ -11,7 +11,7 @@ use ndarray_npy::NpzWriter;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::harness::{all_cores, metrics_json, Cli, Run};
+use crate::harness::{all_cores, metrics_json, s, Cli, Run};
 
 fn image_batch(path: &Path, rng: &mut ChaCha8Rng, n: usize, size: usize, tint: usize) {
     let images = Array4::from_shape_fn((n, size, size, 3), |(i, y, x, c)| {
@@ -250,10 +250,6 @@ fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly(
         );
     }
     assert_eq!(std::fs::read(&reference).unwrap(), before);
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temporary path")
 }
 
 #[test]

@@ -270,3 +270,23 @@ pub fn metrics_json(dir: &Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{} not written: {e}", path.display()));
     serde_json::from_reader(file).unwrap()
 }
+
+/// A path as the `&str` argument vectors are built of (temporary paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary path")
+}
+
+/// A file of the golden fixtures.
+pub fn golden(name: &str) -> PathBuf {
+    llamagen_test_support::golden_dir().join(name)
+}
+
+/// The binary with `args`, info logs, and one libtorch thread (the tests run side by side, and
+/// one thread per process avoids oversubscription).
+pub fn llamagen_eval(args: &[&str]) -> Run {
+    Cli::new()
+        .args(args)
+        .info_log()
+        .env("OMP_NUM_THREADS", "1")
+        .run()
+}

@@ -6,20 +6,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use llamagen_test_support as support;
-
-use crate::harness::{measure, npy_header, Cli, Run};
+use crate::harness::{golden, measure, npy_header, s, Cli, Run};
 
 const GB: u64 = 1 << 30;
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn golden(name: &str) -> PathBuf {
-    support::golden_dir().join(name)
-}
 
 /// An npz whose entries are (name, leading bytes, count of zero bytes after them), stored or
 /// deflated; the zeros are streamed, never held.

@@ -5,16 +5,13 @@
 //! fails before any reference work.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use llamagen_test_support as support;
 use ndarray::Array4;
 
-use crate::harness::{all_cores, metrics_json, random_inception_and_reference, Cli, Run};
-
-fn golden(name: &str) -> PathBuf {
-    support::golden_dir().join(name)
-}
+use crate::harness::{
+    all_cores, golden, metrics_json, random_inception_and_reference, s, Cli, Run,
+};
 
 fn run(args: &[&str], crash_at: Option<&str>) -> Run {
     let mut cli = Cli::new()
@@ -35,10 +32,6 @@ fn killed(output: &Run) {
         output.code(),
         output.stderr_text()
     );
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temporary path")
 }
 
 fn metrics(dir: &Path) -> serde_json::Value {

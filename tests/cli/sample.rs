@@ -10,24 +10,9 @@ use ndarray::{Array1, Array4};
 use ndarray_npy::NpzReader;
 use tch::{Kind, Tensor};
 
-use crate::harness::{metrics_json, one_core, random_inception_and_reference, Cli, Run};
-
-fn golden(name: &str) -> PathBuf {
-    support::golden_dir().join(name)
-}
-
-fn llamagen_eval(args: &[&str]) -> Run {
-    Cli::new()
-        .args(args)
-        .info_log()
-        // The tests run side by side: one libtorch thread per process avoids oversubscription.
-        .env("OMP_NUM_THREADS", "1")
-        .run()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use crate::harness::{
+    golden, llamagen_eval, metrics_json, one_core, random_inception_and_reference, s, Run,
+};
 
 /// `sample` on the golden models with extra flags.
 fn sample(out: &Path, extra: &[&str]) -> Run {

@@ -13,24 +13,9 @@ use ndarray_npy::NpzReader;
 use tch::Tensor;
 
 use crate::distributed::{spawn_ranks, srun_vars};
-use crate::harness::{metrics_json, one_core, random_inception_and_reference, Cli, Run};
-
-fn golden(name: &str) -> PathBuf {
-    support::golden_dir().join(name)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn llamagen_eval(args: &[&str]) -> Run {
-    Cli::new()
-        .args(args)
-        .info_log()
-        // The tests run side by side: one libtorch thread per process avoids oversubscription.
-        .env("OMP_NUM_THREADS", "1")
-        .run()
-}
+use crate::harness::{
+    golden, llamagen_eval, metrics_json, one_core, random_inception_and_reference, s, Run,
+};
 
 /// The caption npz files of `fixtures/t2i_caption_npz.py` in `dir`, and the caption texts.
 fn caption_files(dir: &Path) -> Vec<String> {
