@@ -30,6 +30,10 @@ pub const MASK_KEYS: [&str; 2] = ["emb_masks", "attention_mask"];
 /// Name of the optional caption texts entry (and of the texts in a sample npz).
 pub const TEXT_KEY: &str = "captions";
 
+/// The entry of a t2i sample npz that says which caption of the set each sample shows (the
+/// caption texts, when known, are in `captions`); c2i samples have their labels in `arr_1`.
+pub const CAPTION_INDICES: &str = "caption_indices";
+
 /// Why captions could not be read or used. Always names the file.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {message}", path.display())]

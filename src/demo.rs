@@ -13,15 +13,17 @@ use tch::nn;
 
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::device::DeviceChoice;
+use crate::dist::Distribution;
 use crate::evaluate::MetricOptions;
+use crate::layout::RunLayout;
 use crate::models::gpt::{Gpt, GptConfig, HeadChoice};
 use crate::models::inception::{InceptionV3, Resize};
 use crate::models::vq::{VqConfig, VqModel, VqWeights};
-use crate::pipeline::gather::Distribution;
+use crate::partition::Shard;
 use crate::pipeline::stats::{self, StatsConfig};
 use crate::pipeline::{
     sweep, BatchSize, FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, MetricRequest,
-    Precision, Shard,
+    Precision,
 };
 use crate::progress::Progress;
 use crate::sampling::{Conditioning, LabelSpec, SamplingParams};
@@ -198,7 +200,7 @@ pub fn run(out: &Path, samples: usize, progress: Progress) -> Result<()> {
         batch_size: BatchSize::Auto,
         overlap: true,
         save_samples: Some(PathBuf::from("samples.npz")),
-        journal_dir: sweep_dir.join(".journal"),
+        layout: RunLayout::folder(&sweep_dir),
         resume: false,
         stop_after: None,
         progress,

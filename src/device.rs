@@ -261,6 +261,16 @@ pub fn free_memory(device: Device) -> Option<u64> {
     }
 }
 
+/// `cpu`, `cuda:0`, ...: the device as run records name it.
+pub fn name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(n) => format!("cuda:{n}"),
+        Device::Mps => "mps".into(),
+        Device::Vulkan => "vulkan".into(),
+    }
+}
+
 /// A device as run records and logs name it: `cuda:0 (NVIDIA H100 80GB HBM3)`,
 /// `cpu (AMD EPYC 7B13, 2 threads)`.
 pub fn describe(device: Device) -> String {

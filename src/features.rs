@@ -140,6 +140,91 @@ impl FeatureSet {
         ]
     }
 
+    /// The rows of `sets` (read from `files`) as one feature set, in sample-index order when
+    /// every set carries `indices`, else in the order given; the rows themselves are unchanged, so
+    /// statistics and every metric of the joined set equal those of the features of the joined
+    /// images.
+    pub fn join(sets: &[FeatureSet], files: &[PathBuf]) -> Result<FeatureSet, FeatureError> {
+        let (Some(first), Some(first_file)) = (sets.first(), files.first()) else {
+            return Err(file_error(Path::new("."), "no feature files to join"));
+        };
+        let present = |f: &FeatureSet| f.fields().map(|(_, a)| a.is_some());
+        for (set, path) in sets.iter().zip(files).skip(1) {
+            if present(set) != present(first) {
+                return Err(file_error(
+                    path,
+                    format!(
+                        "holds a different set of features (pool/spatial/logits/dinov2/clip) than {}",
+                        first_file.display()
+                    ),
+                ));
+            }
+        }
+        let with_indices = sets.iter().filter(|s| s.indices.is_some()).count();
+        if with_indices != 0 && with_indices != sets.len() {
+            return Err(file_error(
+                first_file,
+                "some feature files carry `indices` and some do not: join them all with or all without",
+            ));
+        }
+        // Without indices the rows follow each other in the order given.
+        let mut running = 0i64;
+        let indices: Vec<Vec<i64>> = sets
+            .iter()
+            .map(|set| match &set.indices {
+                Some(i) => i.to_vec(),
+                None => {
+                    let rows = (running..running + set.len() as i64).collect();
+                    running += set.len() as i64;
+                    rows
+                }
+            })
+            .collect();
+        let order = crate::partition::join_order(&indices, None).map_err(|e| match e {
+            crate::partition::JoinError::Duplicate {
+                index,
+                first,
+                second,
+            } => file_error(
+                &files[second],
+                format!(
+                    "sample index {index} is in more than one feature file (also in {})",
+                    files[first].display()
+                ),
+            ),
+            other => file_error(first_file, other.to_string()),
+        })?;
+        let mut joined = FeatureSet {
+            indices: (with_indices > 0).then(|| order.iter().map(|p| p.index).collect()),
+            ..FeatureSet::default()
+        };
+        for key in KEYS {
+            let Some(dim) = first.get(key).map(|a| a.ncols()) else {
+                continue;
+            };
+            let mut rows = Array2::<f32>::zeros((order.len(), dim));
+            for (out, placement) in order.iter().enumerate() {
+                let source = sets[placement.part]
+                    .get(key)
+                    .filter(|a| a.ncols() == dim)
+                    .ok_or_else(|| {
+                        file_error(
+                            &files[placement.part],
+                            format!(
+                                "`{key}` features of another width than {}'s {dim}",
+                                first_file.display()
+                            ),
+                        )
+                    })?;
+                rows.row_mut(out).assign(&source.row(placement.row));
+            }
+            if let Some(slot) = joined.slot(key) {
+                *slot = Some(rows);
+            }
+        }
+        Ok(joined)
+    }
+
     /// The array named `key` (`pool`, `spatial`, `logits`, `dinov2`, `clip`).
     pub fn get(&self, key: &str) -> Option<&Array2<f32>> {
         self.fields()

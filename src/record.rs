@@ -208,11 +208,14 @@ impl RunRecord {
     /// null. Errors name the file; see [`MetricValues`] for how the metrics are read.
     pub fn read(run: &Path) -> Result<RunRecord> {
         let path = metrics_path(run);
-        if run.is_dir() && run.join(".journal").exists() {
+        let journal = crate::layout::RunLayout::folder(run)
+            .journal()
+            .to_path_buf();
+        if run.is_dir() && journal.exists() {
             bail!(
                 "{} is incomplete: a run into it was interrupted or is still going (its journal {} is there); finish it with --resume, or rerun it",
                 run.display(),
-                run.join(".journal").display()
+                journal.display()
             );
         }
         if !path.is_file() {

@@ -7,19 +7,20 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use llamagen_eval::captions::{read_prompts, CaptionSet};
 use llamagen_eval::device::DeviceChoice;
+use llamagen_eval::dist::Distribution;
 use llamagen_eval::evaluate::{Metric, MetricOptions};
 use llamagen_eval::features::Network;
 use llamagen_eval::launcher::World;
+use llamagen_eval::layout::RunLayout;
 use llamagen_eval::models::gpt::HeadChoice;
 use llamagen_eval::models::inception::Resize;
 use llamagen_eval::models::t5::T5Embedder;
 use llamagen_eval::models::vq::VqWeights;
-use llamagen_eval::pipeline::fid::journal_dir;
-use llamagen_eval::pipeline::gather::Distribution;
+use llamagen_eval::partition::Shard;
 use llamagen_eval::pipeline::inception::ExtraNetwork;
 use llamagen_eval::pipeline::{
     BatchSize, FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, MetricRequest,
-    Precision, Shard,
+    Precision,
 };
 use llamagen_eval::progress::Progress;
 use llamagen_eval::sampling::{Conditioning, LabelSpec, SamplingParams};
@@ -635,7 +636,7 @@ impl FidArgs {
             batch_size: self.gen_batch_size,
             overlap: !self.gen.no_overlap,
             save_samples: self.save_samples.clone(),
-            journal_dir: journal_dir(out_dir),
+            layout: RunLayout::folder(out_dir),
             resume: self.gen.resume,
             stop_after: self.gen.stop_after,
             progress,

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use llamagen_eval::dist::Distribution;
 use llamagen_eval::launcher::World;
 use llamagen_eval::pipeline::features::extract_to_file;
-use llamagen_eval::pipeline::gather::Distribution;
 use llamagen_eval::pipeline::stats::{run_stats as run_stats_job, StatsConfig};
 use llamagen_eval::pipeline::InceptionConfig;
 use llamagen_eval::progress::Progress;

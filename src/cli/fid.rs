@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use llamagen_eval::dist::Distribution;
 use llamagen_eval::pipeline::fid::evaluate_sample_batch;
-use llamagen_eval::pipeline::gather::Distribution;
 use llamagen_eval::pipeline::{FeatureCache, GeneratedEvaluation, GeneratedRun};
 use llamagen_eval::progress::Progress;
 

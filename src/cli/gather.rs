@@ -4,16 +4,17 @@
 //! would have.
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use llamagen_eval::dist::manifest::present_parts;
+use llamagen_eval::dist::split_summary;
 use llamagen_eval::launcher::World;
+use llamagen_eval::layout::{RunLayout, MANIFEST_PATTERN};
 use llamagen_eval::pipeline::features::gather_features_offline;
-use llamagen_eval::pipeline::features::sibling;
 use llamagen_eval::pipeline::fid::gather_offline;
-use llamagen_eval::pipeline::gather::{parts_dir, present_parts, split_summary};
 use llamagen_eval::pipeline::generate::gather_samples_offline;
 use llamagen_eval::pipeline::recon::gather_recon_offline;
 use llamagen_eval::pipeline::stats::gather_stats_offline;
@@ -24,55 +25,36 @@ use llamagen_eval::progress::Progress;
 use super::output::{print_features, print_outcome, print_record, print_stats, print_sweep};
 use super::{Cli, Command};
 
-/// The parts folders `target` may mean: its own (a `sample` output's `<out>.parts`, or a run
-/// folder's `.parts`), the folder itself, or a sweep's run folders' `.parts`.
-fn parts_folders(target: &Path) -> Vec<PathBuf> {
-    let mut candidates = vec![
-        target.to_path_buf(),
-        parts_dir(target),
-        sibling(target, ".parts"),
-    ];
-    if let Ok(entries) = std::fs::read_dir(target) {
-        let mut runs: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("cfg-"))
-            })
-            .map(|p| parts_dir(&p))
-            .collect();
-        runs.sort();
-        candidates.extend(runs);
-    }
+/// The layouts `target` may mean: a parts folder itself, a run folder or output file with its
+/// parts, or a sweep folder whose scales' run folders hold parts.
+fn layouts_with_parts(target: &Path) -> Vec<RunLayout> {
+    let sweep = RunLayout::folder(target);
+    let mut candidates: Vec<RunLayout> = RunLayout::of_parts(target).into_iter().collect();
+    candidates.push(sweep.clone());
+    candidates.push(RunLayout::file(target));
+    candidates.extend(sweep.scale_runs());
     candidates
         .into_iter()
-        .filter(|dir| present_parts(dir).is_ok())
+        .filter(|layout| present_parts(layout.parts()).is_ok())
         .collect()
-}
-
-/// The output whose parts folder (`<out>.parts`) is `parts`; `out` when it is named otherwise.
-fn output_of(parts: &Path, out: &Path) -> PathBuf {
-    parts
-        .to_str()
-        .and_then(|s| s.strip_suffix(".parts"))
-        .map_or(out.to_path_buf(), PathBuf::from)
 }
 
 /// Finishes the gather of the launched job whose output is `target`.
 pub fn finish(target: &Path, progress: Progress) -> Result<ExitCode> {
-    let folders = parts_folders(target);
-    let Some(first) = folders.first() else {
+    let layouts = layouts_with_parts(target);
+    let Some(layout) = layouts.first() else {
         bail!(
-            "{}: no parts of a launched job (rank-<r>.json) here, in its .parts folder or in its cfg-* run folders; to join shard files, give them with --out ALL.npz",
+            "{}: no parts of a launched job ({MANIFEST_PATTERN}) here, in its parts folder or in its sweep's run folders; to join shard files, give them with --out ALL.npz",
             target.display()
         );
     };
-    let parts = present_parts(first)?;
+    let parts = present_parts(layout.parts())?;
     let job = parts[0].manifest.job.clone();
     let target = std::path::absolute(target)
         .with_context(|| format!("{}: cannot resolve", target.display()))?;
-    let first = std::path::absolute(first)?;
+    let layout = RunLayout::of_parts(&std::path::absolute(layout.parts())?)
+        .context("the parts folder's output")?;
+    let first = layout.parts().to_path_buf();
     // The command line's relative paths are relative to where the job ran.
     if Path::new(&job.cwd).is_dir() {
         std::env::set_current_dir(&job.cwd)
@@ -92,7 +74,7 @@ pub fn finish(target: &Path, progress: Progress) -> Result<ExitCode> {
     ));
     match cli.command {
         Command::Fid(args) => {
-            let run_dir = first.parent().context("the run folder")?.to_path_buf();
+            let run_dir = layout.output().to_path_buf();
             let config = args.fid_config(progress, &World::SINGLE)?;
             let outcome = gather_offline(
                 &config,
@@ -113,27 +95,27 @@ pub fn finish(target: &Path, progress: Progress) -> Result<ExitCode> {
             print_sweep(&outcome, progress);
         }
         Command::Sample(args) => {
-            let out = output_of(&first, &args.out);
-            let parts = gather_samples_offline(&first, &out, args.grid.as_deref(), progress)?;
+            let out = layout.output().to_path_buf();
+            let parts = gather_samples_offline(&out, args.grid.as_deref(), progress)?;
             progress.say(format!("wrote {}", out.display()));
             if progress == Progress::Shown {
                 eprint!("{}", split_summary(&parts));
             }
         }
         Command::Features(args) => {
-            let out = output_of(&first, &args.out);
+            let out = layout.output().to_path_buf();
             let features = gather_features_offline(&args.images, &out, progress)?;
             print_features(&features, &out, progress);
         }
         Command::Stats(args) => {
-            let out = output_of(&first, &args.out);
+            let out = layout.output().to_path_buf();
             let config = args.config(progress, &World::SINGLE)?;
             let counts = gather_stats_offline(&out, &config)?;
             print_stats(counts, &out, progress);
         }
         Command::Recon(args) => {
             let mut config = args.config(progress, &World::SINGLE)?;
-            config.out_dir = first.parent().context("the run folder")?.to_path_buf();
+            config.out_dir = layout.output().to_path_buf();
             let record = gather_recon_offline(&config)?;
             print_record(&record, &config.out_dir, progress);
         }

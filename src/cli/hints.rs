@@ -1,8 +1,8 @@
 //! The flag a user should reach for when a library error is about a setting: the library names
 //! the problem, the command line adds which flag changes it.
 
+use llamagen_eval::journal::JournalError;
 use llamagen_eval::models::gpt::GptError;
-use llamagen_eval::pipeline::JournalError;
 
 /// A line naming the flag to change, when one is known for the cause of `err`.
 pub fn flag_hint(err: &anyhow::Error) -> Option<String> {

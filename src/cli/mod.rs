@@ -22,8 +22,8 @@ use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
 use llamagen_eval::checkpoint::Checkpoint;
+use llamagen_eval::dist::{Distribution, Job};
 use llamagen_eval::launcher::{launch_id, LauncherChoice, World};
-use llamagen_eval::pipeline::gather::{Distribution, Job};
 use llamagen_eval::progress::Progress;
 
 pub use hints::flag_hint;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{ArgGroup, Args, ValueEnum};
+use llamagen_eval::dist::Distribution;
 use llamagen_eval::launcher::World;
-use llamagen_eval::pipeline::gather::Distribution;
 use llamagen_eval::pipeline::recon::{
     reconstruct, ReconConfig, ReconMetric, ReconPrecision, Reconstructions,
 };

@@ -7,11 +7,12 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use llamagen_eval::device::DeviceChoice;
-use llamagen_eval::pipeline::features::sibling;
-use llamagen_eval::pipeline::gather::{split_summary, Distribution};
+use llamagen_eval::dist::{split_summary, Distribution};
+use llamagen_eval::layout::RunLayout;
+use llamagen_eval::partition::Shard;
 use llamagen_eval::pipeline::generate::sample_to_npz;
 use llamagen_eval::pipeline::merge::merge;
-use llamagen_eval::pipeline::{BatchSize, GenerationPlan, Generator, Shard};
+use llamagen_eval::pipeline::{BatchSize, GenerationPlan, Generator};
 use llamagen_eval::progress::Progress;
 
 use super::args::GenArgs;
@@ -61,7 +62,7 @@ pub fn run(
         batch_size: cmd.batch_size,
         overlap: !cmd.gen.no_overlap,
         save_samples: Some(cmd.out.clone()),
-        journal_dir: sibling(&cmd.out, ".journal"),
+        layout: RunLayout::file(&cmd.out),
         resume: cmd.gen.resume,
         stop_after: cmd.gen.stop_after,
         progress,
@@ -75,14 +76,7 @@ pub fn run(
     let mut generator = Generator::new(&config)?;
     let sampled = sample_to_npz(&mut generator, &plan, cmd.grid.as_deref())?;
     let size = generator.eval_size();
-    if world.is_distributed() && world.rank != 0 {
-        progress.say(format!(
-            "rank {} of {}: done; rank 0 gathers the parts into {}",
-            world.rank,
-            world.size,
-            cmd.out.display()
-        ));
-    } else if sampled.gathered.is_empty() {
+    if sampled.gathered.is_empty() && world.rank == 0 {
         let written = sampled.generated.as_ref().map_or(0, |g| g.indices.len());
         progress.say(format!(
             "wrote {} ({written} images of {size}x{size}{})",

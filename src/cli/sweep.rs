@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{ensure, Result};
 use clap::Args;
-use llamagen_eval::pipeline::gather::Distribution;
+use llamagen_eval::dist::Distribution;
 use llamagen_eval::pipeline::sweep::sweep;
 use llamagen_eval::progress::Progress;
 

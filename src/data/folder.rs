@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::pil_resize::center_crop_arr;
 use super::{DataError, ImageSource};
-use crate::pipeline::Shard;
+use crate::partition::Shard;
 
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 

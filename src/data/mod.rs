@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use ndarray::Array4;
 
-use crate::pipeline::journal::StreamSpec;
-use crate::pipeline::Shard;
+use crate::journal::StreamSpec;
+use crate::partition::Shard;
 
 /// Why images could not be read. Always names the file.
 #[derive(Debug, thiserror::Error)]

@@ -159,16 +159,6 @@ pub fn benchmark_fixed_shapes(device: Device) {
     }
 }
 
-/// `cpu`, `cuda:0`, ...: the device as run records name it.
-pub fn device_name(device: Device) -> String {
-    match device {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(n) => format!("cuda:{n}"),
-        Device::Mps => "mps".into(),
-        Device::Vulkan => "vulkan".into(),
-    }
-}
-
 /// `float32`, `bfloat16`, ...: a dtype as run records name it.
 pub fn dtype_name(kind: Kind) -> String {
     match kind {
@@ -251,8 +241,8 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(device_name(Device::Cpu), "cpu");
-        assert_eq!(device_name(Device::Cuda(1)), "cuda:1");
+        assert_eq!(crate::device::name(Device::Cpu), "cpu");
+        assert_eq!(crate::device::name(Device::Cuda(1)), "cuda:1");
         assert_eq!(dtype_name(Kind::BFloat16), "bfloat16");
         assert_eq!(dtype_name(Kind::Float), "float32");
     }

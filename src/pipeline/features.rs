@@ -11,14 +11,15 @@ use anyhow::{Context, Result};
 use ndarray::{Array1, Array2, Array4};
 use serde_json::{json, Map, Value};
 
-use super::gather::parts_in;
-use super::gather::{join_part_features, Distribution, Part};
 use super::inception::{InceptionConfig, InceptionWeights};
-use super::journal::StreamSpec;
+use super::parts::{join_part_features, write_features_part};
 use super::pass::{crash_point, JournalConfig, PassConfig, PassOutcome, Stage};
-use super::split::{clean_up, RankPart};
 use crate::data::ImageSource;
+use crate::dist::part::PartReport;
+use crate::dist::{clean_up, parts_in, Distribution, Part, RankPart};
 use crate::features::{Extractor, FeatureSet, Network};
+use crate::journal::StreamSpec;
+use crate::layout::RunLayout;
 use crate::progress::Progress;
 
 /// Collects the features of `total` images from each of its networks.
@@ -161,7 +162,7 @@ pub fn extract_to_file(
     crate::io::check_output_file(out)?;
     let weights = inception.locate()?;
     let settings = feature_settings(images, crop, inception, &weights)?;
-    let journal = sibling(out, ".journal");
+    let layout = RunLayout::file(out);
     if !distribution.world.is_distributed() {
         let mut source = crate::data::open_images(images, crop, inception.batch_size)?;
         let input_indices = read_input_indices(images, source.len())?;
@@ -170,7 +171,13 @@ pub fn extract_to_file(
             source.as_mut(),
             &extractor,
             images,
-            pass_config(inception, progress, journal, settings, resume),
+            pass_config(
+                inception,
+                progress,
+                layout.journal().to_path_buf(),
+                settings,
+                resume,
+            ),
         )?;
         features.indices = input_indices;
         features.save(out)?;
@@ -178,41 +185,31 @@ pub fn extract_to_file(
         return Ok(Some(features));
     }
     let total = crate::data::open_images(images, crop, 1)?.len();
-    let part = RankPart::start(
-        distribution,
-        sibling(out, ".parts"),
-        total,
-        resume,
-        &settings,
-    )?;
+    let part = RankPart::start(distribution, layout, total, resume, &settings)?;
     if part.kept(progress).is_none() {
         let mut source = crate::data::open_shard(images, crop, inception.batch_size, part.shard())?;
         let extractor = inception.load(&weights)?;
-        let config = pass_config(
-            inception,
-            progress,
-            part.journal(&journal),
-            settings,
-            part.resuming,
-        );
+        let config = pass_config(inception, progress, part.journal(), settings, part.resuming);
         let (mut features, outcome) = extract(source.as_mut(), &extractor, images, config)?;
-        features.indices = Some(part.indices());
         let (name, path) = part.file("features");
-        features.save(&path)?;
+        write_features_part(&mut features, &part.indices(), &path)?;
+        let (rank_record, timing) = part.image_job_record(extractor.device(), outcome.resumed);
         part.write_manifest(
-            BTreeMap::from([("features".to_owned(), name)]),
-            extractor.device(),
-            outcome.resumed,
-            Map::new(),
+            PartReport {
+                files: BTreeMap::from([("features".to_owned(), name)]),
+                rank_record,
+                timing,
+                run_fields: Map::new(),
+            },
             progress,
         )?;
         outcome.finish()?;
     }
-    let Some(parts) = part.gather(out, progress)? else {
+    let Some(parts) = part.gather(progress)? else {
         return Ok(None);
     };
-    let features = gather_features(&parts, images, out)?;
-    clean_up(&part.dir, &journal)?;
+    let features = gather_features(&parts, images, &part.layout)?;
+    clean_up(&part.layout)?;
     Ok(Some(features))
 }
 
@@ -223,25 +220,26 @@ pub fn gather_features_offline(
     out: &Path,
     progress: Progress,
 ) -> Result<FeatureSet> {
-    let dir = sibling(out, ".parts");
-    let parts = parts_in(&dir, out, progress)?;
-    let features = gather_features(&parts, images, out)?;
-    clean_up(&dir, &sibling(out, ".journal"))?;
+    let layout = RunLayout::file(out);
+    let parts = parts_in(&layout, progress)?;
+    let features = gather_features(&parts, images, &layout)?;
+    clean_up(&layout)?;
     Ok(features)
 }
 
-/// The ranks' features joined in image order into `out`, with the input's own `indices`.
-fn gather_features(parts: &[Part], images: &Path, out: &Path) -> Result<FeatureSet> {
+/// The ranks' features joined in image order into the layout's output, with the input's own
+/// `indices`.
+fn gather_features(parts: &[Part], images: &Path, layout: &RunLayout) -> Result<FeatureSet> {
     let mut features = join_part_features(parts)?;
     let total = parts.first().map_or(0, |p| p.manifest.samples);
     anyhow::ensure!(
         features.len() == total,
         "{}: the parts hold features of {} of the {total} images",
-        sibling(out, ".parts").display(),
+        layout.parts().display(),
         features.len()
     );
     features.indices = read_input_indices(images, total)?;
-    features.save(out)?;
+    features.save(layout.output())?;
     Ok(features)
 }
 
@@ -313,11 +311,4 @@ fn extract(
     let outcome = super::pass::run(&config, source, &mut [&mut stage])
         .with_context(|| format!("features of {}", images.display()))?;
     Ok((stage.into_features(), outcome))
-}
-
-/// `path` with `suffix` appended to its file name (`out.npz` -> `out.npz.journal`).
-pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }

@@ -9,23 +9,21 @@ use serde_json::{json, Map, Value};
 
 use super::cache::FeatureCache;
 use super::evaluate::{evaluate, run_info, MetricRequest};
-use super::gather::{
-    check_parts, finished_part, join_part_features, join_part_grids, join_part_samples, keep_part,
-    part_file_name, parts_dir, parts_in, remove_journals_folder, remove_parts, split_record,
-    split_summary, wait_for_parts_of, Part,
-};
 use super::generate::{
-    add_generation_settings, generate, job_settings, plan_batches, recorded_decode_batch,
-    start_part, write_part, FeatureRequest, GenerationPlan,
+    add_generation_settings, generate, plan_batches, recorded_decode_batch, write_part,
+    FeatureRequest, GenerationPlan,
 };
 use super::generator::{Generator, GeneratorConfig, Timing};
 use super::inception::InceptionConfig;
-use super::journal;
+use super::parts::{join_part_features, join_part_grids, join_part_samples};
 use super::reference::ReferenceNeeds;
 use super::sinks::write_grid;
+use crate::dist::{clean_up, job_settings, parts_in, split_record, split_summary, Part, RankPart};
 use crate::evaluate::{Metric, Reference};
 use crate::features::FeatureSet;
 use crate::io::write_atomically;
+use crate::journal;
+use crate::layout::RunLayout;
 use crate::models::clip::Heads;
 use crate::models::clip_text::ClipTextEmbedder;
 use crate::progress::Progress;
@@ -325,62 +323,45 @@ impl GeneratedEvaluation {
         complete: Map<String, Value>,
         release_inception: bool,
     ) -> Result<Option<FidOutcome>> {
-        let world = run.plan.distribution.world;
-        let dir = parts_dir(&run.out_dir);
-        let kept = run
-            .plan
-            .resuming()
-            .then(|| finished_part(&dir, world.rank, world.size, &complete))
-            .flatten();
+        let progress = self.config.progress;
+        let part = RankPart::start(
+            &run.plan.distribution,
+            run.plan.layout.clone(),
+            run.plan.samples,
+            run.plan.resume,
+            &complete,
+        )?
+        .with_shard(run.plan.partition());
         let mut timing = None;
-        match kept {
-            Some(part) => {
-                self.config.progress.say(format!(
-                    "rank {}: its part {} is already complete: keeping it",
-                    world.rank,
-                    part.path.display()
-                ));
-                keep_part(part, run.plan.distribution.launch.as_deref())?;
-            }
-            None => {
-                let mut rank_plan = start_part(&dir, &run.plan)?;
-                rank_plan.save_samples = run
-                    .plan
-                    .save_samples
-                    .as_ref()
-                    .map(|_| dir.join(part_file_name(world.rank, "samples")));
-                let features = FeatureRequest {
-                    extractor: self.cache.extractor()?,
-                    batch_size: inception_batch,
-                };
-                let mut generated =
-                    generate(&mut self.generator, Some(features), &rank_plan, settings)?;
-                write_part(
-                    &dir,
-                    &rank_plan,
-                    &mut generated,
-                    complete.clone(),
-                    &self.generator,
-                )?;
-                generated.pass.finish()?;
-                timing = Some(generated.timing);
-            }
+        if part.kept(progress).is_none() {
+            let mut rank_plan = run.plan.clone();
+            rank_plan.save_samples = run
+                .plan
+                .save_samples
+                .as_ref()
+                .map(|_| part.file("samples").1);
+            let features = FeatureRequest {
+                extractor: self.cache.extractor()?,
+                batch_size: inception_batch,
+            };
+            let mut generated =
+                generate(&mut self.generator, Some(features), &rank_plan, settings)?;
+            write_part(
+                &part,
+                &mut generated,
+                &self.generator,
+                rank_plan.save_samples.is_some(),
+                progress,
+            )?;
+            generated.pass.finish()?;
+            timing = Some(generated.timing);
         }
         if release_inception {
             self.cache.release();
         }
-        if world.rank != 0 {
+        let Some(parts) = part.gather(progress)? else {
             return Ok(None);
-        }
-        let parts = wait_for_parts_of(
-            run.plan.distribution.launch.as_deref(),
-            &dir,
-            world.size,
-            run.plan.distribution.gather_timeout,
-            &run.out_dir,
-            self.config.progress,
-        )?;
-        check_parts(&dir, &parts)?;
+        };
         let reference = self.reference.as_ref().context("the reference")?;
         let every_sample: Vec<u64> = (0..run.plan.samples as u64).collect();
         let captions =
@@ -395,8 +376,7 @@ impl GeneratedEvaluation {
             run.plan.save_samples.as_deref(),
         )?;
         write_marker(&run.out_dir.join(COMPLETE), complete)?;
-        remove_parts(&dir)?;
-        remove_journals_folder(&run.plan.journal_dir);
+        clean_up(&part.layout)?;
         outcome.timing = timing;
         Ok(Some(outcome))
     }
@@ -547,8 +527,8 @@ pub fn gather_offline(
     cache_dir: PathBuf,
     save_samples: Option<&Path>,
 ) -> Result<FidOutcome> {
-    let dir = parts_dir(out_dir);
-    let parts = parts_in(&dir, out_dir, config.progress)?;
+    let layout = RunLayout::folder(out_dir);
+    let parts = parts_in(&layout, config.progress)?;
     Reference::check(&config.reference)?;
     let mut cache = FeatureCache::new(cache_dir, config.inception.clone(), config.progress)?;
     let reference = resolve_reference(config, &mut cache)?;
@@ -564,8 +544,7 @@ pub fn gather_offline(
         save_samples,
     )?;
     write_marker(&out_dir.join(COMPLETE), parts[0].manifest.settings.clone())?;
-    remove_parts(&dir)?;
-    remove_journals_folder(&journal_dir(out_dir));
+    clean_up(&layout)?;
     Ok(outcome)
 }
 
@@ -588,9 +567,4 @@ fn finished_run(marker: &Path, settings: &Map<String, Value>, out_dir: &Path) ->
         return None;
     }
     RunRecord::read(out_dir).ok()
-}
-
-/// The journal folder of a generated run written to `out_dir`.
-pub fn journal_dir(out_dir: &Path) -> PathBuf {
-    out_dir.join(".journal")
 }

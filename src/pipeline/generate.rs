@@ -3,82 +3,29 @@
 //! journaled pass over the generator as an image source, so both resume after a kill.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Instant;
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ndarray::{Array1, Array3};
 use serde_json::{json, Map, Value};
 
 use super::batch::{self, BatchSize};
-use super::features::{sibling, FeatureStage};
-use super::gather::{
-    check_parts, finished_part, join_part_grids, join_part_samples, keep_part, part_file_name,
-    rank_record, remove_journals_folder, remove_part, remove_parts, wait_for_parts_of,
-    write_grid_part, write_manifest, Distribution, Manifest, Part,
-};
+use super::features::FeatureStage;
 use super::generator::{Batches, Generator, Timing};
-use super::journal;
+use super::parts::{join_part_grids, join_part_samples, write_features_part, write_grid_part};
 use super::pass::{self, JournalConfig, PassConfig, PassOutcome, Stage};
-use super::sinks::{write_grid, GridStage, NpzStage};
-use crate::captions::TEXT_KEY;
+use super::sinks::{write_grid, GridStage, NpzStage, GRID_IMAGES};
+use crate::captions::{CAPTION_INDICES, TEXT_KEY};
 use crate::data::npz_writer::ImageNpzWriter;
+use crate::dist::part::PartReport;
+use crate::dist::{clean_up, parts_in, Distribution, Part, RankPart};
 use crate::features::{Extractor, FeatureSet};
+use crate::journal;
+use crate::layout::RunLayout;
+use crate::partition::Shard;
 use crate::progress::Progress;
-
-/// Images kept for the grid of a run.
-pub const GRID_IMAGES: usize = 64;
-
-/// The entry of a t2i sample npz that says which caption of the set each sample shows (the
-/// caption texts, when known, are in `captions`); c2i samples have their labels in `arr_1`.
-pub const CAPTION_INDICES: &str = "caption_indices";
-
-/// Shard `index` of `count`: sample indices `index`, `index + count`, ...
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    /// K, from 0.
-    pub index: usize,
-    /// N.
-    pub count: usize,
-}
-
-impl Shard {
-    /// The whole run.
-    pub const ALL: Shard = Shard { index: 0, count: 1 };
-
-    /// This shard's sample indices among `total`.
-    pub fn indices(self, total: usize) -> Vec<u64> {
-        (self.index..total)
-            .step_by(self.count)
-            .map(|i| i as u64)
-            .collect()
-    }
-}
-
-impl FromStr for Shard {
-    type Err = String;
-
-    /// `K/N` with 0 <= K < N.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (k, n) = s
-            .split_once('/')
-            .ok_or_else(|| format!("`{s}`: write the shard as K/N, e.g. 0/4"))?;
-        let index: usize = k
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{s}`: K is not a number"))?;
-        let count: usize = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{s}`: N is not a number"))?;
-        if count == 0 || index >= count {
-            return Err(format!("`{s}`: need 0 <= K < N"));
-        }
-        Ok(Shard { index, count })
-    }
-}
 
 /// How generated samples are produced and where they go.
 #[derive(Debug, Clone)]
@@ -94,8 +41,8 @@ pub struct GenerationPlan {
     pub overlap: bool,
     /// Also (or only) write the images as an ADM/LlamaGen npz.
     pub save_samples: Option<PathBuf>,
-    /// The journal folder.
-    pub journal_dir: PathBuf,
+    /// Where the run's output, journal and (in a launched job) parts go.
+    pub layout: RunLayout,
     /// Continue an interrupted run.
     pub resume: bool,
     /// Testing aid: stop with an error after this many new samples.
@@ -128,11 +75,7 @@ impl GenerationPlan {
     /// This process's journal folder (one per rank in a launched job).
     pub fn journal(&self) -> PathBuf {
         let world = &self.distribution.world;
-        if world.is_distributed() {
-            self.journal_dir.join(format!("rank-{}", world.rank))
-        } else {
-            self.journal_dir.clone()
-        }
+        self.layout.rank_journal(world.rank, world.size)
     }
 
     /// Refuses a plan that leaves this process, or any rank of its job, without samples (checked
@@ -167,17 +110,6 @@ impl GenerationPlan {
     pub fn is_distributed(&self) -> bool {
         self.distribution.world.is_distributed()
     }
-}
-
-/// The settings every rank of a job must share: a run's fingerprint without what differs
-/// between ranks (the partition, and the decode batch that `auto` may choose per device), with
-/// the world size, which decides how Inception's batches fall.
-pub fn job_settings(settings: &Map<String, Value>, world_size: usize) -> Map<String, Value> {
-    let mut job = settings.clone();
-    job.remove("shard");
-    job.remove("decode_batch_size");
-    job.insert("world_size".into(), json!(world_size));
-    job
 }
 
 /// What a generation pass produced.
@@ -230,7 +162,7 @@ pub fn plan_batches(
             Some(bytes) => format!(
                 "{:.1} GiB free on {}, about {:.0} MiB per sample, at most {}",
                 bytes as f64 / f64::from(1 << 30),
-                batch::device_name(device),
+                crate::device::name(device),
                 generator
                     .bytes_per_sample(generator.config().decode_batch_size.or(recorded).is_none())
                     as f64
@@ -239,7 +171,7 @@ pub fn plan_batches(
             ),
             None => format!(
                 "free memory of {} unknown: {} (capped at {})",
-                batch::device_name(device),
+                crate::device::name(device),
                 batch::UNKNOWN_MEMORY_BATCH,
                 batch::cap_for(device)
             ),
@@ -263,7 +195,7 @@ pub fn recorded_decode_batch(settings: &Map<String, Value>) -> Option<usize> {
 }
 
 /// Generates this shard's samples through `features` (if given) and into `plan.save_samples`
-/// (if given), journaled under `plan.journal_dir`; `settings` are the fingerprint of everything
+/// (if given), journaled in `plan.journal()`; `settings` are the fingerprint of everything
 /// else that decides the result (the generator's own settings are added here). The batch sizes
 /// must have been fixed with [`plan_batches`].
 pub fn generate(
@@ -394,10 +326,7 @@ pub fn sample_to_npz(
     plan: &GenerationPlan,
     grid: Option<&Path>,
 ) -> Result<Sampled> {
-    let out = plan
-        .save_samples
-        .clone()
-        .context("sample needs an output npz")?;
+    anyhow::ensure!(plan.save_samples.is_some(), "sample needs an output npz");
     let recorded = if plan.resuming() {
         journal::recorded_settings(&plan.journal()).and_then(|s| recorded_decode_batch(&s))
     } else {
@@ -417,176 +346,125 @@ pub fn sample_to_npz(
             gathered: Vec::new(),
         });
     }
-    let world = plan.distribution.world;
-    let dir = sibling(&out, ".parts");
     let mut fingerprint = Map::new();
     add_generation_settings(&mut fingerprint, generator, plan)?;
-    let settings = job_settings(&fingerprint, world.size);
-    let kept = plan
-        .resuming()
-        .then(|| finished_part(&dir, world.rank, world.size, &settings))
-        .flatten();
-    let (generated, part) = match kept {
-        Some(part) => {
-            plan.progress.say(format!(
-                "rank {}: its part {} is already complete: keeping it",
-                world.rank,
-                part.path.display()
-            ));
-            (
-                None,
-                keep_part(part, plan.distribution.launch.as_deref())?.path,
-            )
-        }
+    let part = RankPart::start(
+        &plan.distribution,
+        plan.layout.clone(),
+        plan.samples,
+        plan.resume,
+        &fingerprint,
+    )?
+    .with_shard(plan.partition());
+    let (generated, part_path) = match part.kept(plan.progress) {
+        Some(kept) => (None, kept.path),
         None => {
-            let mut rank_plan = start_part(&dir, plan)?;
-            rank_plan.save_samples = Some(dir.join(part_file_name(world.rank, "samples")));
+            let mut rank_plan = plan.clone();
+            rank_plan.save_samples = Some(part.file("samples").1);
             let mut generated = generate(generator, None, &rank_plan, Map::new())?;
-            let part = write_part(&dir, &rank_plan, &mut generated, settings, generator)?;
+            let path = write_part(&part, &mut generated, generator, true, plan.progress)?;
             let pass = std::mem::replace(&mut generated.pass, PassOutcome::done());
             pass.finish()?;
-            (Some(generated), part)
+            (Some(generated), path)
         }
     };
-    if world.rank != 0 {
+    let Some(parts) = part.gather(plan.progress)? else {
         return Ok(Sampled {
             generated,
-            part: Some(part),
+            part: Some(part_path),
             gathered: Vec::new(),
         });
-    }
-    let parts = wait_for_parts_of(
-        plan.distribution.launch.as_deref(),
-        &dir,
-        world.size,
-        plan.distribution.gather_timeout,
-        &out,
-        plan.progress,
-    )?;
-    check_parts(&dir, &parts)?;
-    gather_samples(&dir, &parts, &out, grid, plan.progress)?;
+    };
+    gather_samples(&part.layout, &parts, grid, plan.progress)?;
     Ok(Sampled {
         generated,
-        part: Some(part),
+        part: Some(part_path),
         gathered: parts,
     })
 }
 
-/// `merge OUT` for a launched `sample` whose rank 0 did not finish: every rank's part in `dir`
-/// joined into `out` (and the `grid` PNG); returns the parts, for the printout.
+/// `merge OUT` for a launched `sample` whose rank 0 did not finish: every rank's part joined
+/// into `out` (and the `grid` PNG); returns the parts, for the printout.
 pub fn gather_samples_offline(
-    dir: &Path,
     out: &Path,
     grid: Option<&Path>,
     progress: Progress,
 ) -> Result<Vec<Part>> {
-    let parts = super::gather::parts_in(dir, out, progress)?;
-    gather_samples(dir, &parts, out, grid, progress)?;
+    let layout = RunLayout::file(out);
+    let parts = parts_in(&layout, progress)?;
+    gather_samples(&layout, &parts, grid, progress)?;
     Ok(parts)
 }
 
 /// Rank 0's (or `merge`'s) last step of a launched `sample`: joins the checked parts' samples
-/// in `dir` into `out` (and the first ones into the `grid` PNG), and removes the parts.
+/// into the layout's output (and the first ones into the `grid` PNG), and removes the parts.
 fn gather_samples(
-    dir: &Path,
+    layout: &RunLayout,
     parts: &[Part],
-    out: &Path,
     grid: Option<&Path>,
     progress: Progress,
 ) -> Result<()> {
-    join_part_samples(parts, out, progress)?;
+    join_part_samples(parts, layout.output(), progress)?;
     if let Some(path) = grid {
         let grid = join_part_grids(parts)?;
         write_grid(path, &grid.images, grid.captions.as_deref())?;
     }
-    remove_parts(dir)?;
-    remove_journals_folder(&sibling(out, ".journal"));
+    clean_up(layout)?;
     Ok(())
 }
 
-/// Makes room for this rank's part in `dir` (a new run replaces its old part) and returns the
-/// plan of its generation.
-pub fn start_part(dir: &Path, plan: &GenerationPlan) -> Result<GenerationPlan> {
-    let rank = plan.distribution.world.rank;
-    if !plan.resuming() {
-        remove_part(dir, rank)?;
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(plan.clone())
-}
-
-/// Writes this rank's part of a generated run into `dir`: its features (with their sample
-/// indices) when it has them, its grid images, and last the manifest naming them and its samples
-/// file (already written by the pass, when `plan.save_samples` is set).
+/// Writes this rank's part of a generated run: its features (with their sample indices) when it
+/// has them, its grid images, and last the manifest naming them and, with `samples`, its samples
+/// file (already written by the pass).
 pub fn write_part(
-    dir: &Path,
-    plan: &GenerationPlan,
+    part: &RankPart<'_>,
     generated: &mut Generated,
-    settings: Map<String, Value>,
     generator: &Generator,
+    samples: bool,
+    progress: Progress,
 ) -> Result<PathBuf> {
-    let world = plan.distribution.world;
     let mut files = BTreeMap::new();
     if let Some(features) = generated.features.as_mut() {
-        let name = part_file_name(world.rank, "features");
-        features.indices = Some(generated.indices.iter().map(|&i| i as i64).collect());
-        features.save(&dir.join(&name))?;
-        features.indices = None;
+        let (name, path) = part.file("features");
+        write_features_part(features, &generated.indices, &path)?;
         files.insert("features".to_owned(), name);
     }
-    if let Some(samples) = &plan.save_samples {
-        let name = samples
-            .file_name()
-            .context("samples file name")?
-            .to_string_lossy()
-            .into_owned();
-        files.insert("samples".to_owned(), name);
+    if samples {
+        files.insert("samples".to_owned(), part.file("samples").0);
     }
     if !generated.grid.is_empty() {
-        let name = part_file_name(world.rank, "grid");
+        let (name, path) = part.file("grid");
         write_grid_part(
-            &dir.join(&name),
+            &path,
             &generated.grid,
             &generated.indices,
             generated.grid_captions.as_deref(),
         )?;
         files.insert("grid".to_owned(), name);
     }
-    let shard = plan.partition();
-    let mut rank = rank_record(
-        &world,
-        &generated.timing,
-        generated.indices.len(),
+    let timing = &generated.timing;
+    let mut rank_record = part.rank_record(
+        timing.device.clone(),
+        timing.device_name.clone(),
         generated.resumed,
+        timing.images_per_s(),
+        timing.tokens_per_s(),
+        timing.wall.as_secs_f64(),
     );
-    if let (Some(object), Some(batches)) = (rank.as_object_mut(), generated.timing.batches) {
-        object.insert("decode_batch_size".into(), json!(batches.decode));
-    }
-    let manifest = Manifest {
-        rank: world.rank,
-        world_size: world.size,
-        launcher: world.launcher.name().to_owned(),
-        shard: format!("{}/{}", shard.index, shard.count),
-        samples: plan.samples,
-        settings,
-        run_fields: generator
-            .config()
-            .record()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-        rank_record: rank,
-        timing: generated.timing.record(),
-        files,
-        job: plan.distribution.job.clone(),
-        launch: plan.distribution.launch.clone(),
-    };
-    let path = write_manifest(dir, &manifest)?;
-    plan.progress.say(format!(
-        "rank {} of {}: part written to {}",
-        world.rank,
-        world.size,
-        path.display()
-    ));
-    Ok(path)
+    rank_record.decode_batch_size = timing.batches.map(|b| b.decode);
+    let run_fields = generator
+        .config()
+        .record()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    Ok(part.write_manifest(
+        PartReport {
+            files,
+            rank_record,
+            timing: timing.record(),
+            run_fields,
+        },
+        progress,
+    )?)
 }

@@ -59,11 +59,11 @@ use serde_json::{json, Map, Value};
 use tch::{nn, Device, Kind, Tensor};
 
 use super::batch::{self, BatchSize};
-use super::journal::StreamSpec;
 use super::pass::crash_point;
 use crate::captions::{CaptionEmbeddings, CaptionSet};
 use crate::data::{DataError, ImageSource};
 use crate::device::DeviceChoice;
+use crate::journal::StreamSpec;
 use crate::models::gpt::{Condition, Gpt, GptConfig, GptError, HeadChoice};
 use crate::models::vq::{self, VqConfig, VqModel, VqWeights};
 use crate::sampling::{self, Conditioning, Conditions, LabelSpec, SamplingParams};
@@ -968,7 +968,7 @@ impl Generator {
     /// Starts a run's timing record: the device, dtype and batch sizes it uses.
     pub fn start_timing(&mut self, inception_batch: Option<usize>, overlap: bool) {
         self.timing = Timing {
-            device: batch::device_name(self.device),
+            device: crate::device::name(self.device),
             device_name: crate::device::describe(self.device),
             tf32: {
                 let (matmul, conv) = crate::device::tf32_state();

@@ -7,15 +7,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use ndarray::{Array1, Array2, Array4, Axis};
+use ndarray::{Array1, Array4, Axis};
 
-use super::generate::CAPTION_INDICES;
-use crate::captions::TEXT_KEY;
+use crate::captions::{CAPTION_INDICES, TEXT_KEY};
 use crate::data::npz::NpzImages;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::data::ImageSource;
 use crate::features::FeatureSet;
 use crate::io::{npz_entry_names, read_i64, read_strings};
+use crate::partition::{join_order, JoinError};
 use crate::progress::Progress;
 
 struct ShardReader {
@@ -56,7 +56,7 @@ fn merge_features(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<
         .iter()
         .map(|p| FeatureSet::load(p).with_context(|| format!("feature shard {}", p.display())))
         .collect::<Result<_>>()?;
-    let merged = join_features(&sets, shards)?;
+    let merged = FeatureSet::join(&sets, shards)?;
     merged.save(out)?;
     progress.say(format!(
         "merged features of {} samples into {}",
@@ -64,85 +64,6 @@ fn merge_features(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<
         out.display()
     ));
     Ok(())
-}
-
-/// The rows of `sets` (read from `shards`) as one feature set, in sample-index order when every
-/// set carries `indices`, else in the order given; the rows themselves are unchanged.
-pub fn join_features(sets: &[FeatureSet], shards: &[PathBuf]) -> Result<FeatureSet> {
-    if sets.is_empty() {
-        bail!("no feature shards to join");
-    }
-    let keys = |f: &FeatureSet| {
-        [
-            f.pool.is_some(),
-            f.spatial.is_some(),
-            f.logits.is_some(),
-            f.dinov2.is_some(),
-            f.clip.is_some(),
-        ]
-    };
-    for (set, path) in sets.iter().zip(shards).skip(1) {
-        if keys(set) != keys(&sets[0]) {
-            bail!(
-                "{}: holds a different set of features (pool/spatial/logits/dinov2/clip) than {}",
-                path.display(),
-                shards[0].display()
-            );
-        }
-    }
-    let with_indices = sets.iter().filter(|s| s.indices.is_some()).count();
-    if with_indices != 0 && with_indices != sets.len() {
-        bail!("some feature shards carry `indices` and some do not: merge them all with or all without");
-    }
-    // (sample index, shard, row) in output order.
-    let mut order: Vec<(i64, usize, usize)> = Vec::new();
-    let mut running = 0i64;
-    for (k, set) in sets.iter().enumerate() {
-        for row in 0..set.len() {
-            let index = set.indices.as_ref().map_or(running, |i| i[row]);
-            order.push((index, k, row));
-            running += 1;
-        }
-    }
-    if with_indices > 0 {
-        order.sort_unstable();
-        if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
-            bail!(
-                "sample index {} is in more than one feature shard ({} and {})",
-                w[0].0,
-                shards[w[0].1].display(),
-                shards[w[1].1].display()
-            );
-        }
-    }
-    let gather = |pick: fn(&FeatureSet) -> Option<&Array2<f32>>| -> Result<Option<Array2<f32>>> {
-        let Some(first) = pick(&sets[0]) else {
-            return Ok(None);
-        };
-        let dim = first.ncols();
-        let mut out = Array2::<f32>::zeros((order.len(), dim));
-        for (row_out, &(_, k, row)) in order.iter().enumerate() {
-            let source = pick(&sets[k]).context("feature present in every shard")?;
-            if source.ncols() != dim {
-                bail!(
-                    "{}: features of width {}, the first shard has {dim}",
-                    shards[k].display(),
-                    source.ncols()
-                );
-            }
-            out.row_mut(row_out).assign(&source.row(row));
-        }
-        Ok(Some(out))
-    };
-    let merged = FeatureSet {
-        pool: gather(|f| f.pool.as_ref())?,
-        spatial: gather(|f| f.spatial.as_ref())?,
-        logits: gather(|f| f.logits.as_ref())?,
-        dinov2: gather(|f| f.dinov2.as_ref())?,
-        clip: gather(|f| f.clip.as_ref())?,
-        indices: (with_indices > 0).then(|| order.iter().map(|&(i, _, _)| i).collect()),
-    };
-    Ok(merged)
 }
 
 /// Joins `shards` (sample npz files, or feature files made of them) into `out` in sample order.
@@ -220,11 +141,26 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
     let with_labels = readers.iter().all(|s| s.labels.is_some());
     let with_caption_indices = readers.iter().all(|s| s.caption_indices.is_some());
     let with_captions = readers.iter().all(|s| s.captions.is_some());
-    let mut all: Vec<i64> = readers.iter().flat_map(|s| s.indices.clone()).collect();
-    all.sort_unstable();
-    if let Some(w) = all.windows(2).find(|w| w[0] == w[1]) {
-        bail!("sample index {} is in more than one shard", w[0]);
-    }
+    let order = join_order(
+        &readers
+            .iter()
+            .map(|r| r.indices.as_slice())
+            .collect::<Vec<_>>(),
+        None,
+    )
+    .map_err(|e| match e {
+        JoinError::Duplicate {
+            index,
+            first,
+            second,
+        } => anyhow::anyhow!(
+            "sample index {index} is in more than one shard ({} and {})",
+            shards[first].display(),
+            shards[second].display()
+        ),
+        other => other.into(),
+    })?;
+    let all: Vec<i64> = order.iter().map(|p| p.index).collect();
     let total = all.len();
     let complete = all.iter().enumerate().all(|(i, &v)| v == i as i64);
     if !complete {
@@ -238,13 +174,9 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
     let mut caption_indices = Vec::new();
     let mut captions = Vec::new();
     let bar = progress.bar(total, "merge", "img");
-    for _ in 0..total {
-        let (k, _) = readers
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.next < s.indices.len())
-            .min_by_key(|(_, s)| s.indices[s.next])
-            .context("shards ended early")?;
+    for placement in &order {
+        // Each shard's indices increase, so its rows are taken in file order.
+        let k = placement.part;
         let shard = &mut readers[k];
         if let Some(l) = &shard.labels {
             labels.push(l[shard.next]);

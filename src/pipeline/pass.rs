@@ -15,8 +15,8 @@ use anyhow::{bail, Context, Result};
 use ndarray::Array4;
 use serde_json::{Map, Value};
 
-use super::journal::{Journal, StreamSpec};
 use crate::data::ImageSource;
+use crate::journal::{Journal, StreamSpec};
 use crate::progress::Progress;
 
 /// What a pass does with each batch of images.

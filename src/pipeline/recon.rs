@@ -28,21 +28,22 @@ use tch::{Kind, Tensor};
 use super::cache::FeatureCache;
 use super::evaluate::run_info;
 use super::features::{rows_from_record, rows_to_record};
-use super::gather::parts_in;
-use super::gather::{parts_dir, split_record, Distribution, Part};
-use super::generate::Shard;
 use super::inception::InceptionConfig;
-use super::journal::{Journal, StreamSpec};
 use super::merge::merge;
 use super::pass::{self, JournalConfig, PassConfig, PassOutcome, Stage};
-use super::split::{clean_up, part_file, row_order, RankPart};
 use crate::data::{DataError, ImageSource};
+use crate::dist::part::PartReport;
+use crate::dist::{clean_up, parts_in, split_record, Distribution, Part, RankPart};
 use crate::evaluate::Reference;
 use crate::features::{Extractor, FeatureSet, Network};
 use crate::io::{write_npz_atomically, FileError};
+use crate::journal::{Journal, StreamSpec};
+use crate::layout::RunLayout;
 use crate::metric::MetricKey;
 use crate::models::inception::POOL_DIM;
 use crate::models::vq::{images_to_input, to_pixels, VqModel, VqWeights};
+use crate::partition::Shard;
+use crate::partition::{join_order, JoinError};
 use crate::progress::Progress;
 use crate::record::{MetricValues, RunRecord};
 
@@ -895,7 +896,7 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
         record.push(("training_codebook_usage", Value::from(training)));
     }
 
-    let journal_base = out_dir.join(".journal");
+    let layout = RunLayout::folder(out_dir);
     if !config.resume && world.restarts == 0 && gathers {
         RunRecord::remove_stale(out_dir)?;
     }
@@ -904,23 +905,17 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
         batch_size,
         progress: config.progress,
         journal: Some(JournalConfig {
-            dir: journal_base.clone(),
+            dir: layout.journal().to_path_buf(),
             settings: settings.clone(),
             resume: config.resume,
         }),
         stop_after_new: config.stop_after_batches.map(|b| b * batch_size),
     };
     if split {
-        let part = RankPart::start(
-            distribution,
-            parts_dir(out_dir),
-            total,
-            config.resume,
-            &settings,
-        )?;
+        let part = RankPart::start(distribution, layout, total, config.resume, &settings)?;
         if part.kept(config.progress).is_none() {
             pass_config.journal = Some(JournalConfig {
-                dir: part.journal(&journal_base),
+                dir: part.journal(),
                 settings,
                 resume: part.resuming,
             });
@@ -936,11 +931,11 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
             )?;
             outcome.finish()?;
         }
-        let Some(parts) = part.gather(out_dir, config.progress)? else {
+        let Some(parts) = part.gather(config.progress)? else {
             return Ok(None);
         };
         let run = gather_recon(config, &parts, reference.as_ref())?;
-        clean_up(&part.dir, &journal_base)?;
+        clean_up(&part.layout)?;
         return Ok(Some(run));
     }
     let mut outcome = pass::run(&pass_config, data.as_mut(), &mut [&mut stage])?;
@@ -1006,7 +1001,7 @@ fn write_part(
         .journal
         .as_mut()
         .context("the journal of the rank's pass")?;
-    let indices = part.indices();
+    let indices: Array1<i64> = part.indices().into_iter().map(|i| i as i64).collect();
     let n = indices.len();
     let totals = &stage.totals;
     let scores: Vec<f64> = journal
@@ -1059,7 +1054,16 @@ fn write_part(
         )?;
         files.insert("recon_pixels".to_owned(), name);
     }
-    part.write_manifest(files, device, outcome.resumed, run_fields, progress)?;
+    let (rank_record, timing) = part.image_job_record(device, outcome.resumed);
+    part.write_manifest(
+        PartReport {
+            files,
+            rank_record,
+            timing,
+            run_fields,
+        },
+        progress,
+    )?;
     Ok(())
 }
 
@@ -1120,14 +1124,33 @@ fn gather_recon(
     let total = first.manifest.samples;
     let files: Vec<PathBuf> = parts
         .iter()
-        .map(|p| part_file(p, "recon"))
-        .collect::<Result<_>>()?;
+        .map(|p| p.require_file("recon"))
+        .collect::<Result<_, _>>()?;
     let ranks: Vec<RankScores> = files
         .iter()
         .map(|f| RankScores::read(f))
         .collect::<Result<_>>()?;
     let indices: Vec<Vec<i64>> = ranks.iter().map(|r| r.indices.clone()).collect();
-    let order = row_order(&indices, total, &files)?;
+    let order: Vec<(usize, usize)> = join_order(&indices, Some(total))
+        .map_err(|e| match e {
+            JoinError::Duplicate {
+                index,
+                first,
+                second,
+            } => anyhow::anyhow!(
+                "{}: image index {index} is in another part too ({})",
+                files[second].display(),
+                files[first].display()
+            ),
+            JoinError::OutOfRange { part, index, total } => anyhow::anyhow!(
+                "{}: image index {index} outside 0..{total}",
+                files[part].display()
+            ),
+            JoinError::Missing { index, .. } => anyhow::anyhow!("no part holds image {index}"),
+        })?
+        .into_iter()
+        .map(|p| (p.part, p.row))
+        .collect();
     let codes_per_image = ranks[0].codes.as_ref().map_or(0, |c| c.ncols());
     let codebook_size = match codes_per_image {
         0 => 0,
@@ -1206,12 +1229,9 @@ fn gather_recon(
     let (values, fields) = totals.figures(reference)?;
     let mut run = run_info(fields);
     run.extend(first.manifest.run_fields.clone());
-    let resumed = parts.iter().any(|p| {
-        p.manifest.rank_record["resumed_samples"]
-            .as_u64()
-            .unwrap_or(0)
-            > 0
-    });
+    let resumed = parts
+        .iter()
+        .any(|p| p.manifest.rank_record.resumed_samples > 0);
     run.insert("resumed".into(), Value::from(resumed));
     run.extend(
         split_record(parts)
@@ -1224,8 +1244,8 @@ fn gather_recon(
     {
         let pixels: Vec<PathBuf> = parts
             .iter()
-            .map(|p| part_file(p, "recon_pixels"))
-            .collect::<Result<_>>()?;
+            .map(|p| p.require_file("recon_pixels"))
+            .collect::<Result<_, _>>()?;
         merge(&pixels, path, config.progress)?;
         run.insert(
             "saved_recon".into(),
@@ -1244,8 +1264,8 @@ fn gather_recon(
 /// the parts in `<out>/.parts/` (the rFID reference resolved through the run folder's feature
 /// cache, as the run did), written into the run folder.
 pub fn gather_recon_offline(config: &ReconConfig) -> Result<RunRecord> {
-    let dir = parts_dir(&config.out_dir);
-    let parts = parts_in(&dir, &config.out_dir, config.progress)?;
+    let layout = RunLayout::folder(&config.out_dir);
+    let parts = parts_in(&layout, config.progress)?;
     let reference = match &config.reference {
         Some(r) if wanted_metrics(config)?.contains(&ReconMetric::Rfid) => {
             let mut cache = FeatureCache::new(
@@ -1258,7 +1278,7 @@ pub fn gather_recon_offline(config: &ReconConfig) -> Result<RunRecord> {
         _ => None,
     };
     let record = gather_recon(config, &parts, reference.as_ref())?;
-    clean_up(&dir, &config.out_dir.join(".journal"))?;
+    clean_up(&layout)?;
     Ok(record)
 }
 

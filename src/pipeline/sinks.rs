@@ -79,6 +79,9 @@ impl Stage for NpzStage {
     }
 }
 
+/// Images kept for the grid of a run.
+pub const GRID_IMAGES: usize = 64;
+
 /// Keeps the first `max` images for a grid.
 pub struct GridStage {
     max: usize,

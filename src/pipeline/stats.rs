@@ -1,7 +1,7 @@
 //! `stats`: an ADM-compatible reference batch from a set of images — `mu`, `sigma`, `mu_s`,
 //! `sigma_s` over all of them (and `mu_dinov2`/`sigma_dinov2` with `--features inception,dinov2`),
 //! plus `arr_0` with a seeded random subset for precision/recall — in one journaled pass; under a
-//! launcher, split over the ranks (see [`super::split`]). CLIP embeddings are not stored: CMMD's
+//! launcher, split over the ranks (see [`crate::dist`]). CLIP embeddings are not stored: CMMD's
 //! reference embeddings come from `arr_0` when a run evaluates against the batch.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,19 +14,21 @@ use ndarray::{Array1, Array4, Axis};
 use rand::SeedableRng;
 use serde_json::{json, Map, Value};
 
-use super::features::{rows_from_record, rows_to_record, sibling, FeatureStage};
-use super::gather::parts_in;
-use super::gather::{join_part_features, Distribution, Part};
+use super::features::{rows_from_record, rows_to_record, FeatureStage};
 use super::inception::{InceptionConfig, InceptionWeights};
-use super::journal::StreamSpec;
+use super::parts::{join_part_features, write_features_part};
 use super::pass::{self, crash_point, JournalConfig, PassConfig, Stage};
 use super::sinks::NpzStage;
-use super::split::{clean_up, part_file, RankPart};
 use crate::data::npz::NpzImages;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::data::ImageSource;
+use crate::dist::part::PartReport;
+use crate::dist::{clean_up, parts_in, Distribution, Part, RankPart};
 use crate::features::{Extractor, Network};
 use crate::io::read_i64;
+use crate::journal::StreamSpec;
+use crate::layout::RunLayout;
+use crate::partition::join_order;
 use crate::progress::Progress;
 
 /// What a reference batch is made of.
@@ -248,7 +250,8 @@ pub fn reference_batch(data: &Path, out: &Path, config: &StatsConfig) -> Result<
     let mut stats = StatsStage::new(&extractor);
     let mut images = NpzStage::subset(ImageNpzWriter::create(out, keep, height, width)?, kept);
     let settings = stats_settings(data, config, keep, &weights)?;
-    let pass_config = pass_config(config, sibling(out, ".journal"), settings, config.resume);
+    let journal = RunLayout::file(out).journal().to_path_buf();
+    let pass_config = pass_config(config, journal, settings, config.resume);
     let outcome = pass::run(
         &pass_config,
         source.as_mut(),
@@ -279,10 +282,9 @@ pub fn run_stats(
     let keep = config.keep_images.min(total);
     let weights = config.inception.locate()?;
     let settings = stats_settings(data, config, keep, &weights)?;
-    let journal = sibling(out, ".journal");
     let part = RankPart::start(
         distribution,
-        sibling(out, ".parts"),
+        RunLayout::file(out),
         total,
         config.resume,
         &settings,
@@ -304,7 +306,7 @@ pub fn run_stats(
             ImageNpzWriter::create(&kept_path, mine.len(), height, width)?,
             positions,
         );
-        let pass_config = pass_config(config, part.journal(&journal), settings, part.resuming);
+        let pass_config = pass_config(config, part.journal(), settings, part.resuming);
         let outcome = pass::run(
             &pass_config,
             source.as_mut(),
@@ -316,50 +318,57 @@ pub fn run_stats(
         writer.finish()?;
         let mut features = features.into_features();
         features.logits = None;
-        features.indices = Some(part.indices());
         let (features_name, features_path) = part.file("features");
-        features.save(&features_path)?;
+        write_features_part(&mut features, &part.indices(), &features_path)?;
         let mut run_fields = Map::new();
         run_fields.insert("image_size".into(), json!([height, width]));
+        let (rank_record, timing) = part.image_job_record(extractor.device(), outcome.resumed);
         part.write_manifest(
-            BTreeMap::from([
-                ("features".to_owned(), features_name),
-                ("kept".to_owned(), kept_name),
-            ]),
-            extractor.device(),
-            outcome.resumed,
-            run_fields,
+            PartReport {
+                files: BTreeMap::from([
+                    ("features".to_owned(), features_name),
+                    ("kept".to_owned(), kept_name),
+                ]),
+                rank_record,
+                timing,
+                run_fields,
+            },
             config.progress,
         )?;
         outcome.finish()?;
     }
-    let Some(parts) = part.gather(out, config.progress)? else {
+    let Some(parts) = part.gather(config.progress)? else {
         return Ok(None);
     };
-    gather_stats(&parts, out, config)?;
-    clean_up(&part.dir, &journal)?;
+    gather_stats(&parts, &part.layout, config)?;
+    clean_up(&part.layout)?;
     Ok(Some((total, keep)))
 }
 
 /// `merge OUT` for a launched `stats` job whose rank 0 did not finish the gather: writes the
 /// reference batch `out` from the parts in `<out>.parts/`; returns (images, kept).
 pub fn gather_stats_offline(out: &Path, config: &StatsConfig) -> Result<(usize, usize)> {
-    let dir = sibling(out, ".parts");
-    let parts = parts_in(&dir, out, config.progress)?;
-    let counts = gather_stats(&parts, out, config)?;
-    clean_up(&dir, &sibling(out, ".journal"))?;
+    let layout = RunLayout::file(out);
+    let parts = parts_in(&layout, config.progress)?;
+    let counts = gather_stats(&parts, &layout, config)?;
+    clean_up(&layout)?;
     Ok(counts)
 }
 
 /// Writes the reference batch `out` from the ranks' `parts`: the statistics of their features
 /// in image order, accumulated over the batches one process would have used, and the kept
 /// images in image order. Returns (images, kept).
-fn gather_stats(parts: &[Part], out: &Path, config: &StatsConfig) -> Result<(usize, usize)> {
+fn gather_stats(
+    parts: &[Part],
+    layout: &RunLayout,
+    config: &StatsConfig,
+) -> Result<(usize, usize)> {
+    let out = layout.output();
     let first = parts.first().context("no parts to gather")?;
     let total = first.manifest.samples;
     let keep = config.keep_images.min(total);
     let features = join_part_features(parts)?;
-    let dir = sibling(out, ".parts");
+    let dir = layout.parts();
     let complete = |name: &str| features.get(name).is_some_and(|f| f.nrows() == total);
     if !complete("pool") || !complete("spatial") {
         bail!(
@@ -376,35 +385,36 @@ fn gather_stats(parts: &[Part], out: &Path, config: &StatsConfig) -> Result<(usi
     };
     let (height, width) = (dimension(0)?, dimension(1)?);
 
-    // The kept images: each part's in image order, merged.
+    // The kept images: each part's in image order, joined.
     let mut readers = Vec::with_capacity(parts.len());
-    let mut order: Vec<(i64, usize)> = Vec::new();
-    for (k, part) in parts.iter().enumerate() {
-        let path = part_file(part, "kept")?;
-        let indices = read_i64(&path, "indices")?
+    let mut indices = Vec::with_capacity(parts.len());
+    for part in parts {
+        let path = part.require_file("kept")?;
+        let kept = read_i64(&path, "indices")?
             .with_context(|| format!("{}: no `indices`", path.display()))?;
-        let images = if indices.is_empty() {
+        let images = if kept.is_empty() {
             None
         } else {
             let images = NpzImages::open(&path, 16)?;
             anyhow::ensure!(
-                images.len() == indices.len(),
+                images.len() == kept.len(),
                 "{}: {} images for {} indices",
                 path.display(),
                 images.len(),
-                indices.len()
+                kept.len()
             );
             Some(images)
         };
-        order.extend(indices.iter().map(|&i| (i, k)));
+        indices.push(kept);
         readers.push(images);
     }
-    order.sort_unstable();
+    let order = join_order(&indices, None)
+        .with_context(|| format!("{}: the parts' kept images", dir.display()))?;
     let expected: Vec<i64> = kept_indices(total, keep, config.seed)
         .into_iter()
         .map(|i| i as i64)
         .collect();
-    let got: Vec<i64> = order.iter().map(|&(i, _)| i).collect();
+    let got: Vec<i64> = order.iter().map(|p| p.index).collect();
     anyhow::ensure!(
         got == expected,
         "{}: the parts keep {} images, not the {keep} of the seeded subset (--keep-images {}, --seed {})",
@@ -414,13 +424,18 @@ fn gather_stats(parts: &[Part], out: &Path, config: &StatsConfig) -> Result<(usi
         config.seed
     );
     let mut writer = ImageNpzWriter::create(out, keep, height, width)?;
-    for &(index, k) in &order {
-        let images = readers[k]
+    for placement in &order {
+        // Each part's kept indices increase, so its images are read in file order.
+        let images = readers[placement.part]
             .as_mut()
             .context("kept images of a part without any")?;
-        let image = images
-            .next_batch(1)?
-            .with_context(|| format!("{}: ended before image {index}", images.describe()))?;
+        let image = images.next_batch(1)?.with_context(|| {
+            format!(
+                "{}: ended before image {}",
+                images.describe(),
+                placement.index
+            )
+        })?;
         writer.push(image.index_axis(Axis(0), 0))?;
     }
 

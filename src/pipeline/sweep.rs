@@ -7,12 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::cache::FeatureCache;
-use super::fid::{
-    gather_offline, journal_dir, FidConfig, FidOutcome, GeneratedEvaluation, GeneratedRun,
-};
-use super::gather::parts_dir;
+use super::fid::{gather_offline, FidConfig, FidOutcome, GeneratedEvaluation, GeneratedRun};
 use super::generate::GenerationPlan;
 use super::generator::GeneratorConfig;
+use crate::layout::RunLayout;
 use crate::record::RunRecord;
 use crate::report;
 
@@ -41,9 +39,10 @@ pub fn sweep(
     let mut runs = Vec::with_capacity(scales.len());
     for (i, &scale) in scales.iter().enumerate() {
         evaluation.generator_mut().set_cfg_scale(scale)?;
-        let run_dir = run_dir(out_dir, scale);
+        let run_layout = RunLayout::folder(out_dir).scale_run(scale);
+        let run_dir = run_layout.output().to_path_buf();
         let mut run_plan = plan.clone();
-        run_plan.journal_dir = journal_dir(&run_dir);
+        run_plan.layout = run_layout;
         run_plan.save_samples = plan
             .save_samples
             .as_ref()
@@ -81,11 +80,6 @@ fn check_scales(scales: &[f64]) -> Result<()> {
     Ok(())
 }
 
-/// The run folder of `scale` in a sweep folder.
-pub fn run_dir(out_dir: &Path, scale: f64) -> PathBuf {
-    out_dir.join(format!("cfg-{scale}"))
-}
-
 fn cache_dir(out_dir: &Path) -> PathBuf {
     FeatureCache::dir_for(&out_dir.join("cfg"))
 }
@@ -112,8 +106,9 @@ pub fn gather_sweep_offline(
     check_scales(scales)?;
     let mut runs = Vec::with_capacity(scales.len());
     for &scale in scales {
-        let dir = run_dir(out_dir, scale);
-        let outcome = if parts_dir(&dir).is_dir() {
+        let run_layout = RunLayout::folder(out_dir).scale_run(scale);
+        let dir = run_layout.output().to_path_buf();
+        let outcome = if run_layout.parts().is_dir() {
             let save = save_samples
                 .and_then(|p| p.file_name())
                 .map(|name| dir.join(name));

@@ -1,0 +1,108 @@
+//! The one distribution layer: every job runs as a world of ranks — one process is a world of
+//! size one on the same path — and a launched job (torchrun, Slurm, MPI) splits its samples over
+//! the ranks with the partition of `--shard r/N` ([`crate::partition`]), so rank r's samples are
+//! exactly the samples r, r+N, ... of a single-process run.
+//!
+//! In a world of several ranks every rank writes its part into the output's parts folder
+//! ([`crate::layout::RunLayout::parts`]): its files, and last, atomically, its [`Manifest`] —
+//! the part is complete once the manifest is there. Rank 0 waits for every rank's manifest
+//! ([`gather`]), checks that the parts belong to one job (the same world size and settings, every
+//! sample exactly once), and the job joins them, in sample-index order, into the outputs one
+//! process would have written. `merge OUT_DIR` does the same gather offline, from the manifests
+//! alone. A job's side of this is [`RankPart`]: start, keep a finished part, write files and the
+//! manifest, gather.
+//!
+//! - [`manifest`]: the manifest (with its typed [`RankRecord`]), reading and writing parts, and
+//!   [`GatherError`], what a gather refuses and what to do about it;
+//! - [`gather`]: waiting for the parts, checking them, and the split's record;
+//! - [`part`]: [`RankPart`], a rank's share of a job.
+
+pub mod gather;
+pub mod manifest;
+pub mod part;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::launcher::World;
+
+pub use gather::{clean_up, parts_in, split_record, split_summary};
+pub use manifest::{GatherError, Manifest, Part, RankRecord};
+pub use part::RankPart;
+
+/// How this process takes part in a job.
+#[derive(Debug, Clone)]
+pub struct Distribution {
+    /// Its rank among the job's processes.
+    pub world: World,
+    /// How long rank 0 waits for the other ranks' parts.
+    pub gather_timeout: Duration,
+    /// The command line, for `merge OUT_DIR` to redo the gather offline.
+    pub job: Job,
+    /// This launch of the job ([`crate::launcher::launch_id`]): rank 0 gathers only parts of its
+    /// own launch, so a part left by an earlier launch is never taken for a new one.
+    pub launch: Option<String>,
+}
+
+impl Distribution {
+    /// One process on its own.
+    pub fn single() -> Self {
+        Distribution {
+            world: World::SINGLE,
+            gather_timeout: Duration::ZERO,
+            job: Job::default(),
+            launch: None,
+        }
+    }
+}
+
+/// The command that made a part: what `merge OUT_DIR` re-reads to finish the gather.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    /// The subcommand (`fid`, `sample`, `sweep`).
+    pub command: String,
+    /// The whole command line.
+    pub argv: Vec<String>,
+    /// The working directory it ran in (relative paths of the command line are relative to it).
+    pub cwd: String,
+}
+
+impl Job {
+    /// This process's command line as `command`.
+    pub fn current(command: &str) -> Self {
+        Job {
+            command: command.to_owned(),
+            argv: std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            cwd: std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The settings every rank of a job must share: a run's fingerprint without what differs
+/// between ranks (the partition, and the decode batch that `auto` may choose per device), with
+/// the world size, which decides how Inception's batches fall.
+pub fn job_settings(settings: &Map<String, Value>, world_size: usize) -> Map<String, Value> {
+    let mut job = settings.clone();
+    job.remove("shard");
+    job.remove("decode_batch_size");
+    job.insert("world_size".into(), json!(world_size));
+    job
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length, which is what we pass.
+    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
