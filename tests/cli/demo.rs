@@ -3,14 +3,14 @@
 
 use std::fs::File;
 
-use crate::harness::{all_cores, metrics_json, Cli};
+use crate::harness::{all_cores, cli, metrics_json};
 
 #[test]
 fn demo_writes_runs_and_report() {
     let _cores = all_cores();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let stderr = Cli::new()
+    let stderr = cli()
         .args(["demo", "--samples", "8", "--out"])
         .arg(&out)
         .run()
@@ -62,7 +62,7 @@ fn demo_writes_runs_and_report() {
 #[test]
 fn sweep_needs_a_generator_and_usable_scales() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| Cli::new().args(args).current_dir(dir.path()).run();
+    let run = |args: &[&str]| cli().args(args).current_dir(dir.path()).run();
     let output = run(&[
         "sweep",
         "--cfg-scales",
