@@ -25,5 +25,8 @@ fn doctor_runs_without_ld_library_path() {
 
 #[test]
 fn unknown_subcommand_fails() {
-    assert!(!cli().arg("no-such-command").run().succeeded());
+    cli()
+        .arg("no-such-command")
+        .run()
+        .refused_with(&["unrecognized subcommand 'no-such-command'"]);
 }

@@ -94,6 +94,6 @@ fn merged_shard_features_equal_the_unsharded_run() {
             root.join("bad.npz"),
         ])
         .run()
-        .failure();
+        .refused_with(&["some feature shards carry `indices` and some do not"]);
     assert!(!root.join("bad.npz").exists());
 }
