@@ -135,15 +135,24 @@ pub fn one_core() -> RwLockReadGuard<'static, ()> {
 }
 
 /// The random Inception weights of the support crate (seeded, FID architecture), made once and
-/// kept in this target's test folder: the one Inception fixture of the tests.
+/// kept in this target's test folder (the parity tests' and benchmarks' fixture).
 pub fn random_inception_weights() -> PathBuf {
     support::random_inception_weights(Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
-/// The random Inception weights ([`random_inception_weights`]) and a fixed reference batch of
-/// `n_images` 32x32 images (`root/ref.npz`): for the tests that compare runs with one another,
-/// not with published numbers.
+/// Random Inception weights of our own architecture (seeded by tch, uncalibrated, written as
+/// `root/inception.safetensors`) and a fixed reference batch of `n_images` 32x32 images
+/// (`root/ref.npz`): for the tests that compare runs with one another, not with published
+/// numbers. Not [`random_inception_weights`]: those calibrated weights give features (and an
+/// FID near 2e5) whose rounding across ranks exceeds the distributed tests' 1e-5 tolerance.
 pub fn random_inception_and_reference(root: &Path, n_images: usize) -> (PathBuf, PathBuf) {
+    let weights = root.join("inception.safetensors");
+    tch::manual_seed(1);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _net = llamagen_eval::models::inception::InceptionV3::new(&vs.root());
+    let vars = vs.variables();
+    let named: Vec<(&str, &tch::Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    tch::Tensor::write_safetensors(&named, &weights).unwrap();
     let reference = root.join("ref.npz");
     let images = ndarray::Array4::from_shape_fn((n_images, 32, 32, 3), |(i, y, x, c)| {
         ((x * 7 + y * 3 + i * 31 + c * 50) % 256) as u8
@@ -151,7 +160,7 @@ pub fn random_inception_and_reference(root: &Path, n_images: usize) -> (PathBuf,
     let mut npz = ndarray_npy::NpzWriter::new(std::fs::File::create(&reference).unwrap());
     npz.add_array("arr_0", &images).unwrap();
     npz.finish().unwrap();
-    (random_inception_weights(), reference)
+    (weights, reference)
 }
 
 /// numpy's npy v1 header for `descr` and `shape`, padded to 64 bytes, for hand-made npz files.
