@@ -5,6 +5,13 @@
 //! `tests/python/` holds the scripts by role: `fixtures/` write inputs for the tests (checkpoints,
 //! random weights), `oracles/` compute what the reference implementations give on the tests'
 //! inputs, `bench/` time the reference implementations for `benches/versus_reference.rs`.
+//!
+//! [`process`] starts every other process of the tests: the binary under test, its launchers,
+//! and the measured runs (peak memory and wall time).
+
+pub mod process;
+
+pub use process::{array_vars, run_together, srun_vars, Cli, LauncherVars, Measured, Run};
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -30,6 +37,11 @@ pub fn golden_dir() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// A file of the golden fixtures (`golden_dir()/name`).
+pub fn golden(name: &str) -> PathBuf {
+    golden_dir().join(name)
 }
 
 /// The project venv's Python (or `$LLAMAGEN_PYTHON`), which has the reference packages installed.
@@ -70,6 +82,18 @@ pub fn run_reference<S: AsRef<OsStr>>(script: &str, args: &[S]) -> String {
     let mut command = Command::new(python());
     command.arg(&path).args(args).env("OMP_NUM_THREADS", "2");
     run(command, &path)
+}
+
+/// Runs the Python one-liner `code` (`python -c code args...`) with two BLAS / OpenMP threads.
+/// Returns stdout; panics with stderr on failure.
+pub fn run_python_code<S: AsRef<OsStr>>(code: &str, args: &[S]) -> String {
+    let mut command = Command::new(python());
+    command
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .env("OMP_NUM_THREADS", "2");
+    run(command, Path::new(code))
 }
 
 /// Runs `tests/python/<script>` with `args` in the environment as it is (the benchmarks time the

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::harness::{Cli, Run};
+use crate::harness::{cli, Run};
 
 fn check(args: &[&std::ffi::OsStr]) -> Run {
-    Cli::new().arg("check").args(args).quiet().run()
+    cli().arg("check").args(args).quiet().run()
 }
 
 fn write_run(root: &Path, name: &str, metrics: serde_json::Value) -> PathBuf {

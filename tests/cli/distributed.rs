@@ -5,14 +5,20 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 use llamagen_test_support as support;
 use ndarray::{Array1, Array4};
 
-use crate::harness::{all_cores, metrics_json, random_inception_and_reference, s, Cli};
+use crate::harness::{
+    all_cores, all_succeed, array_vars, cli, metrics_json, random_inception_and_reference, ranks,
+    s, srun_tasks, srun_vars, strings, tiny_gpt, torchrun,
+};
 
 const SAMPLES: &str = "24";
+
+/// A shell for `torchrun`'s ranks that kills rank 1 with SIGKILL right after its first commit
+/// (`LLAMAGEN_EVAL_CRASH_AT`), on the first start only.
+pub(crate) const CRASH_RANK_1: &str = r#"if [ "$RANK" = 1 ] && [ "$TORCHELASTIC_RESTART_COUNT" = 0 ]; then export LLAMAGEN_EVAL_CRASH_AT=committed:1; fi; exec "$@""#;
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -35,17 +41,9 @@ fn setup() -> Setup {
 
 /// `fid --gpt` on the golden demo-size models into `out`, saving the samples there.
 fn fid_args(setup: &Setup, out: &Path, cfg: &str) -> Vec<String> {
-    let golden = support::golden_dir();
-    [
-        "fid",
-        "--gpt",
-        s(&golden.join("gpt_public.pt")),
-        "--vq",
-        s(&golden.join("vq_public.pt")),
-        "--n-head",
-        "4",
-        "--image-size",
-        "64",
+    let saved = out.join("samples.npz");
+    let mut args = tiny_gpt("fid");
+    args.extend([
         "--samples",
         SAMPLES,
         "--cfg-scale",
@@ -60,20 +58,16 @@ fn fid_args(setup: &Setup, out: &Path, cfg: &str) -> Vec<String> {
         s(&setup.reference),
         "--inception",
         s(&setup.weights),
-        "--device",
-        "cpu",
         "--kid-subsets",
         "5",
         "--kid-subset-size",
         "5",
         "--save-samples",
-        s(&out.join("samples.npz")),
+        s(&saved),
         "--out",
         s(out),
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect()
+    ]);
+    strings(&args)
 }
 
 fn read_samples(path: &Path) -> (Array4<u8>, Array1<i64>) {
@@ -84,51 +78,14 @@ fn read_samples(path: &Path) -> (Array4<u8>, Array1<i64>) {
     (npz.by_name("arr_0").unwrap(), npz.by_name("arr_1").unwrap())
 }
 
-/// The launcher variables of a test process are its own: none leak in from the machine.
-pub(crate) fn without_launcher_env(command: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        let launcher = ["SLURM_", "OMPI_", "TORCHELASTIC_"]
-            .iter()
-            .any(|p| key.starts_with(p))
-            || ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"].contains(&key.as_str());
-        if launcher {
-            command.env_remove(&key);
-        }
-    }
-    command.env_remove("LLAMAGEN_EVAL_INCEPTION");
-    command.env_remove("LLAMAGEN_EVAL_CRASH_AT");
-}
-
-pub(crate) fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_llamagen-eval")
-}
-
-pub(crate) fn torchrun() -> PathBuf {
-    let torchrun = support::python().with_file_name("torchrun");
-    assert!(
-        torchrun.is_file(),
-        "torchrun not found at {}: run ./x setup",
-        torchrun.display()
-    );
-    torchrun
-}
-
 /// The single-process run every launched run is compared with.
 fn single_process(setup: &Setup) -> PathBuf {
     let out = setup.root.join("single");
-    let mut command = Command::new(binary());
-    without_launcher_env(&mut command);
-    let output = command
+    cli()
         .args(fid_args(setup, &out, "2.0"))
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .quiet()
+        .run()
+        .success();
     out
 }
 
@@ -197,30 +154,13 @@ fn assert_same_as_single(single: &Path, launched: &Path, launcher: &str, world: 
     assert!(launched.join("grid.png").is_file());
 }
 
-fn torchrun_fid(setup: &Setup, out: &Path, wrapper: Option<&str>, restarts: u32) -> String {
-    let mut command = Command::new(torchrun());
-    without_launcher_env(&mut command);
-    command.args([
-        "--standalone",
-        "--nproc-per-node",
-        "3",
-        "--max-restarts",
-        &restarts.to_string(),
-        "--no-python",
-    ]);
-    match wrapper {
-        // A shell that decides per rank what to export, then runs the binary.
-        Some(script) => command.args(["sh", "-c", script, "sh", binary()]),
-        None => command.arg(binary()),
-    };
-    let output = command
+fn torchrun_fid(setup: &Setup, out: &Path, script: Option<&str>, restarts: u32) -> String {
+    torchrun(3, restarts, script)
         .args(fid_args(setup, out, "2.0"))
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "torchrun failed:\n{stderr}");
-    stderr
+        .quiet()
+        .run()
+        .success()
+        .stderr_text()
 }
 
 #[test]
@@ -236,8 +176,7 @@ fn torchrun_ranks_give_one_process_results_also_after_a_restart() {
     // Rank 1 is killed with SIGKILL right after its first commit; torchrun restarts the job
     // once, and every rank resumes from its own journal (or keeps its finished part).
     let restarted = setup.root.join("restarted");
-    let crash_rank_1 = r#"if [ "$RANK" = 1 ] && [ "$TORCHELASTIC_RESTART_COUNT" = 0 ]; then export LLAMAGEN_EVAL_CRASH_AT=committed:1; fi; exec "$@""#;
-    let stderr = torchrun_fid(&setup, &restarted, Some(crash_rank_1), 1);
+    let stderr = torchrun_fid(&setup, &restarted, Some(CRASH_RANK_1), 1);
     assert!(
         stderr.contains("Signals.SIGKILL")
             || stderr.contains("SIGKILL")
@@ -245,70 +184,6 @@ fn torchrun_ranks_give_one_process_results_also_after_a_restart() {
         "rank 1 was not killed:\n{stderr}"
     );
     assert_same_as_single(&single, &restarted, "torchrun", 3);
-}
-
-/// The launcher variables of one process.
-pub(crate) type LauncherVars = Vec<(&'static str, String)>;
-
-/// Starts the binary once per entry of `ranks` (each with its own launcher variables), waits for
-/// all of them, and returns their exit status and stderr by rank.
-pub(crate) fn spawn_ranks(args: &[String], ranks: &[LauncherVars]) -> Vec<(bool, String)> {
-    let runs: Vec<_> = ranks.iter().map(|vars| (args, vars)).collect();
-    spawn(&runs)
-}
-
-/// Like [`spawn_ranks`], each process with its own command line.
-fn spawn(runs: &[(&[String], &LauncherVars)]) -> Vec<(bool, String)> {
-    let children: Vec<Child> = runs
-        .iter()
-        .map(|(args, vars)| {
-            let mut command = Command::new(binary());
-            without_launcher_env(&mut command);
-            command
-                .args(args.iter())
-                .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-                .env("OMP_NUM_THREADS", "1")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            command.spawn().unwrap()
-        })
-        .collect();
-    children
-        .into_iter()
-        .map(|child| {
-            let output = child.wait_with_output().unwrap();
-            (
-                output.status.success(),
-                String::from_utf8_lossy(&output.stderr).into_owned(),
-            )
-        })
-        .collect()
-}
-
-pub(crate) fn srun_vars(rank: usize, size: usize) -> Vec<(&'static str, String)> {
-    vec![
-        ("SLURM_JOB_ID", "4242".into()),
-        ("SLURM_STEP_ID", "0".into()),
-        ("SLURM_PROCID", rank.to_string()),
-        ("SLURM_NTASKS", size.to_string()),
-        ("SLURM_LOCALID", rank.to_string()),
-        ("SLURM_NODEID", "0".into()),
-        ("SLURM_NTASKS_PER_NODE", size.to_string()),
-    ]
-}
-
-fn array_vars(task: usize, count: usize) -> Vec<(&'static str, String)> {
-    vec![
-        ("SLURM_JOB_ID", (5000 + task).to_string()),
-        ("SLURM_ARRAY_JOB_ID", "5000".into()),
-        ("SLURM_ARRAY_TASK_ID", (10 + task).to_string()),
-        ("SLURM_ARRAY_TASK_MIN", "10".into()),
-        ("SLURM_ARRAY_TASK_MAX", (10 + count - 1).to_string()),
-        ("SLURM_ARRAY_TASK_COUNT", count.to_string()),
-        ("SLURM_PROCID", "0".into()),
-        ("SLURM_NTASKS", "1".into()),
-        ("SLURM_LOCALID", "0".into()),
-    ]
 }
 
 #[test]
@@ -320,10 +195,7 @@ fn slurm_tasks_and_job_arrays_give_one_process_results() {
     let tasks = setup.root.join("srun");
     let mut args = fid_args(&setup, &tasks, "2.0");
     args.push("--quiet".into());
-    let ranks: Vec<_> = (0..3).map(|r| srun_vars(r, 3)).collect();
-    for (rank, (ok, stderr)) in spawn_ranks(&args, &ranks).iter().enumerate() {
-        assert!(ok, "srun task {rank}:\n{stderr}");
-    }
+    all_succeed(ranks(&args, &srun_tasks(3)));
     assert_same_as_single(&single, &tasks, "slurm", 3);
 
     // A job array whose tasks run one after another: rank 0 runs last here, and the tasks
@@ -332,8 +204,7 @@ fn slurm_tasks_and_job_arrays_give_one_process_results() {
     let mut args = fid_args(&setup, &array, "2.0");
     args.push("--quiet".into());
     for task in [2, 1, 0] {
-        let (ok, stderr) = &spawn_ranks(&args, &[array_vars(task, 3)])[0];
-        assert!(ok, "array task {task}:\n{stderr}");
+        all_succeed(ranks(&args, &[array_vars(task, 3)]));
     }
     assert_same_as_single(&single, &array, "slurm-array", 3);
 }
@@ -347,18 +218,15 @@ fn merge_finishes_a_gather_that_rank_0_did_not() {
     let mut args = fid_args(&setup, &out, "2.0");
     args.extend(["--quiet".into(), "--gather-timeout".into(), "1".into()]);
     // Rank 0 finishes first and gives up waiting, naming the missing ranks and the way out.
-    let (ok, stderr) = &spawn_ranks(&args, &[srun_vars(0, 3)])[0];
-    assert!(!ok);
-    assert!(
-        stderr.contains("no part from rank 1, 2 after 1 s") && stderr.contains("merge"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("rank-1.json"), "{stderr}");
+    ranks(&args, &[srun_vars(0, 3)])[0].refused_with(&[
+        "no part from rank 1, 2 after 1 s",
+        "merge",
+        "rank-1.json",
+    ]);
     assert!(!out.join("metrics.json").exists());
-    let results = spawn_ranks(&args, &[srun_vars(1, 3), srun_vars(2, 3)]);
-    assert!(results.iter().all(|(ok, _)| *ok), "{results:?}");
+    all_succeed(ranks(&args, &[srun_vars(1, 3), srun_vars(2, 3)]));
     assert!(!out.join("metrics.json").exists());
-    Cli::new().args(["merge", s(&out)]).quiet().run().success();
+    cli().args(["merge", s(&out)]).quiet().run().success();
     assert_same_as_single(&single, &out, "slurm", 3);
 }
 
@@ -374,16 +242,10 @@ fn parts_that_do_not_belong_together_are_refused_naming_rank_and_file() {
     let out = setup.root.join("world");
     let mut args = fid_args(&setup, &out, "2.0");
     quiet_timeout(&mut args);
-    let mut ranks: Vec<_> = (0..3).map(|r| srun_vars(r, 3)).collect();
-    ranks[1] = srun_vars(1, 4);
-    let results = spawn_ranks(&args, &ranks);
-    let stderr = &results[0].1;
-    assert!(!results[0].0);
-    assert!(
-        stderr.contains("rank 1 ran in a job of 4 processes, rank 0's job has 3")
-            && stderr.contains("rank-1.json"),
-        "{stderr}"
-    );
+    ranks(&args, &[srun_vars(0, 3), srun_vars(1, 4), srun_vars(2, 3)])[0].refused_with(&[
+        "rank 1 ran in a job of 4 processes, rank 0's job has 3",
+        "rank-1.json",
+    ]);
     assert!(!out.join("metrics.json").exists());
 
     // A rank run with another command line.
@@ -392,16 +254,15 @@ fn parts_that_do_not_belong_together_are_refused_naming_rank_and_file() {
     quiet_timeout(&mut args);
     let mut other = fid_args(&setup, &out, "3.0");
     quiet_timeout(&mut other);
-    let (vars0, vars1) = (srun_vars(0, 2), srun_vars(1, 2));
-    let results = spawn(&[(&args, &vars0), (&other, &vars1)]);
-    let stderr = &results[0].1;
-    assert!(!results[0].0);
-    assert!(
-        stderr.contains("rank 1 was run with another command line than rank 0")
-            && stderr.contains("`cfg_scale` was 2.0, here 3.0")
-            && stderr.contains("rank-1.json"),
-        "{stderr}"
-    );
+    let results = support::run_together(vec![
+        cli().args(&args).rank(&srun_vars(0, 2)),
+        cli().args(&other).rank(&srun_vars(1, 2)),
+    ]);
+    results[0].refused_with(&[
+        "rank 1 was run with another command line than rank 0",
+        "`cfg_scale` was 2.0, here 3.0",
+        "rank-1.json",
+    ]);
     assert!(!out.join("metrics.json").exists());
 
     // A part left by an earlier launch (another Slurm job) is not taken for this launch's: rank 0
@@ -411,83 +272,51 @@ fn parts_that_do_not_belong_together_are_refused_naming_rank_and_file() {
     quiet_timeout(&mut earlier);
     let mut rank1 = srun_vars(1, 2);
     rank1[0].1 = "1000".into();
-    assert!(spawn_ranks(&earlier, &[rank1])[0].0);
+    all_succeed(ranks(&earlier, &[rank1]));
     assert!(out.join(".parts/rank-1.json").is_file());
     let mut now = fid_args(&setup, &out, "2.0");
     now.extend(["--quiet".into(), "--gather-timeout".into(), "1".into()]);
-    let (ok, stderr) = &spawn_ranks(&now, &[srun_vars(0, 2)])[0];
-    assert!(!ok);
-    assert!(stderr.contains("no part from rank 1 after 1 s"), "{stderr}");
+    ranks(&now, &[srun_vars(0, 2)])[0].refused_with(&["no part from rank 1 after 1 s"]);
 
     // Two ranks claiming the same samples (an explicit --shard wins over the environment).
-    let golden = support::golden_dir();
     let npz = setup.root.join("twice.npz");
-    let sample: Vec<String> = [
-        "sample",
-        "--gpt",
-        s(&golden.join("gpt_public.pt")),
-        "--vq",
-        s(&golden.join("vq_public.pt")),
-        "--n-head",
-        "4",
-        "--image-size",
-        "64",
+    let mut sample = tiny_gpt("sample");
+    sample.extend([
         "--samples",
         "6",
         "--shard",
         "1/2",
-        "--device",
-        "cpu",
         "--out",
         s(&npz),
         "--quiet",
         "--gather-timeout",
         "30",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    let results = spawn_ranks(&sample, &[srun_vars(0, 2), srun_vars(1, 2)]);
-    let stderr = &results[0].1;
-    assert!(!results[0].0);
-    assert!(
-        stderr.contains("sample index 1 is claimed by rank 0")
-            && stderr.contains("and by rank 1")
-            && stderr.contains("rank-1.json"),
-        "{stderr}"
-    );
+    ]);
+    ranks(&sample, &srun_tasks(2))[0].refused_with(&[
+        "sample index 1 is claimed by rank 0",
+        "and by rank 1",
+        "rank-1.json",
+    ]);
     assert!(!npz.exists());
 }
 
 fn sample_args(out: &Path) -> Vec<String> {
-    let golden = support::golden_dir();
-    [
-        "sample",
-        "--gpt",
-        s(&golden.join("gpt_public.pt")),
-        "--vq",
-        s(&golden.join("vq_public.pt")),
-        "--n-head",
-        "4",
-        "--image-size",
-        "64",
+    let grid = out.with_extension("png");
+    let mut args = tiny_gpt("sample");
+    args.extend([
         "--samples",
         "10",
         "--seed",
         "3",
         "--batch-size",
         "2",
-        "--device",
-        "cpu",
         "--grid",
-        s(&out.with_extension("png")),
+        s(&grid),
         "--out",
         s(out),
         "--quiet",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect()
+    ]);
+    strings(&args)
 }
 
 #[test]
@@ -497,22 +326,9 @@ fn sample_and_sweep_split_over_ranks() {
 
     // `sample` over 3 Slurm tasks writes the npz one process writes.
     let single = setup.root.join("single.npz");
-    let mut command = Command::new(binary());
-    without_launcher_env(&mut command);
-    let output = command.args(sample_args(&single)).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    cli().args(sample_args(&single)).run().success();
     let launched = setup.root.join("launched.npz");
-    let ranks: Vec<_> = (0..3).map(|r| srun_vars(r, 3)).collect();
-    for (rank, (ok, stderr)) in spawn_ranks(&sample_args(&launched), &ranks)
-        .iter()
-        .enumerate()
-    {
-        assert!(ok, "task {rank}:\n{stderr}");
-    }
+    all_succeed(ranks(&sample_args(&launched), &srun_tasks(3)));
     let (expected_images, expected_labels) = read_samples(&single);
     let (images, labels) = read_samples(&launched);
     assert_eq!(labels, expected_labels);
@@ -549,10 +365,7 @@ fn sample_and_sweep_split_over_ranks() {
         ["sweep".to_string(), "--cfg-scales".into(), "1.5,3".into()],
     );
     args.push("--quiet".into());
-    let ranks: Vec<_> = (0..2).map(|r| srun_vars(r, 2)).collect();
-    for (rank, (ok, stderr)) in spawn_ranks(&args, &ranks).iter().enumerate() {
-        assert!(ok, "task {rank}:\n{stderr}");
-    }
+    all_succeed(ranks(&args, &srun_tasks(2)));
     for scale in ["1.5", "3"] {
         let run = sweep.join(format!("cfg-{scale}"));
         let record = metrics_json(&run);

@@ -4,15 +4,16 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use llamagen_test_support as support;
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::NpzReader;
 use serde_json::Value;
 
-use crate::distributed::{binary, spawn_ranks, srun_vars, torchrun, without_launcher_env};
-use crate::harness::{all_cores, metrics_json, random_inception_and_reference, s, Cli};
+use crate::distributed::CRASH_RANK_1;
+use crate::harness::{
+    all_cores, all_succeed, cli, golden, metrics_json, random_inception_and_reference, ranks, s,
+    srun_tasks, srun_vars, strings, torchrun,
+};
 
 /// Images of the tests: few, small, in batches of 4 that fall differently on 3 ranks.
 const IMAGES: usize = 14;
@@ -34,10 +35,6 @@ fn setup() -> Setup {
         weights,
         images,
     }
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|a| a.to_string()).collect()
 }
 
 fn features_args(setup: &Setup, out: &Path) -> Vec<String> {
@@ -80,7 +77,7 @@ fn stats_args(setup: &Setup, out: &Path) -> Vec<String> {
 
 /// The golden tokenizer on the test images, every figure, its reconstructions saved.
 fn recon_args(setup: &Setup, out: &Path) -> Vec<String> {
-    let vq = support::golden_dir().join("vq_public.pt");
+    let vq = golden("vq_public.pt");
     strings(&[
         "recon",
         "--vq",
@@ -103,22 +100,12 @@ fn recon_args(setup: &Setup, out: &Path) -> Vec<String> {
 
 /// One process, without any launcher variables.
 fn single(args: &[String]) {
-    let mut command = Command::new(binary());
-    without_launcher_env(&mut command);
-    let output = command.args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    cli().args(args).run().success();
 }
 
 /// Three Slurm tasks started together.
 fn three_tasks(args: &[String]) {
-    let ranks: Vec<_> = (0..3).map(|r| srun_vars(r, 3)).collect();
-    for (rank, (ok, stderr)) in spawn_ranks(args, &ranks).iter().enumerate() {
-        assert!(ok, "task {rank}:\n{stderr}");
-    }
+    all_succeed(ranks(args, &srun_tasks(3)));
 }
 
 fn arrays(path: &Path) -> Vec<(String, ArrayD<f64>)> {
@@ -288,19 +275,10 @@ fn features_through_torchrun_and_stats_through_merge_equal_one_process() {
         root.join("features-torchrun.npz"),
     );
     single(&features_args(&setup, &one));
-    let mut command = Command::new(torchrun());
-    without_launcher_env(&mut command);
-    let output = command
-        .args(["--standalone", "--nproc-per-node", "3", "--no-python"])
-        .arg(binary())
+    torchrun(3, 0, None)
         .args(features_args(&setup, &launched))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "torchrun failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .run()
+        .success();
     assert_same_npz(&one, &launched, &[]);
     assert_no_leftovers(&launched);
 
@@ -309,20 +287,10 @@ fn features_through_torchrun_and_stats_through_merge_equal_one_process() {
     single(&stats_args(&setup, &one));
     let mut args = stats_args(&setup, &merged);
     args.extend(strings(&["--gather-timeout", "1"]));
-    let (ok, stderr) = &spawn_ranks(&args, &[srun_vars(0, 3)])[0];
-    assert!(!ok);
-    assert!(
-        stderr.contains("no part from rank 1, 2") && stderr.contains("merge"),
-        "{stderr}"
-    );
+    ranks(&args, &[srun_vars(0, 3)])[0].refused_with(&["no part from rank 1, 2", "merge"]);
     assert!(!merged.exists());
-    let results = spawn_ranks(&args, &[srun_vars(1, 3), srun_vars(2, 3)]);
-    assert!(results.iter().all(|(ok, _)| *ok), "{results:?}");
-    Cli::new()
-        .args(["merge", s(&merged)])
-        .quiet()
-        .run()
-        .success();
+    all_succeed(ranks(&args, &[srun_vars(1, 3), srun_vars(2, 3)]));
+    cli().args(["merge", s(&merged)]).quiet().run().success();
     assert_same_npz(&one, &merged, &["arr_0"]);
     assert_no_leftovers(&merged);
 }
@@ -330,28 +298,11 @@ fn features_through_torchrun_and_stats_through_merge_equal_one_process() {
 /// `args` through the real torchrun with 3 processes, rank 1 killed with SIGKILL after its first
 /// commit and the job restarted once: every rank resumes from its own journal.
 fn torchrun_with_a_restart(args: &[String]) -> String {
-    let mut command = Command::new(torchrun());
-    without_launcher_env(&mut command);
-    let crash_rank_1 = r#"if [ "$RANK" = 1 ] && [ "$TORCHELASTIC_RESTART_COUNT" = 0 ]; then export LLAMAGEN_EVAL_CRASH_AT=committed:1; fi; exec "$@""#;
-    let output = command
-        .args([
-            "--standalone",
-            "--nproc-per-node",
-            "3",
-            "--max-restarts",
-            "1",
-            "--no-python",
-            "sh",
-            "-c",
-            crash_rank_1,
-            "sh",
-            binary(),
-        ])
+    let stderr = torchrun(3, 1, Some(CRASH_RANK_1))
         .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "torchrun failed:\n{stderr}");
+        .run()
+        .success()
+        .stderr_text();
     assert!(
         stderr.contains("exitcode: -9"),
         "rank 1 was not killed:\n{stderr}"

@@ -1,10 +1,10 @@
 //! `llamagen-eval doctor` runs from the built binary with no LD_LIBRARY_PATH and reports libtorch.
 
-use crate::harness::Cli;
+use crate::harness::cli;
 
 #[test]
 fn doctor_runs_without_ld_library_path() {
-    let run = Cli::new()
+    let run = cli()
         .arg("doctor")
         .env_remove("LD_LIBRARY_PATH")
         .env("LLAMAGEN_EVAL_INCEPTION", "/nonexistent/inception.pth")
@@ -25,5 +25,8 @@ fn doctor_runs_without_ld_library_path() {
 
 #[test]
 fn unknown_subcommand_fails() {
-    assert!(!Cli::new().arg("no-such-command").run().succeeded());
+    cli()
+        .arg("no-such-command")
+        .run()
+        .refused_with(&["unrecognized subcommand 'no-such-command'"]);
 }

@@ -8,8 +8,10 @@ use std::path::Path;
 use llamagen_test_support as support;
 use ndarray::Array4;
 
-use crate::distributed::{spawn_ranks, srun_vars};
-use crate::harness::{golden, metrics_json, one_core, random_inception_and_reference, s, Cli};
+use crate::harness::{
+    all_succeed, cli, golden, metrics_json, one_core, random_inception_and_reference, ranks, s,
+    srun_tasks,
+};
 
 fn write_images(path: &Path, n: usize, seed: usize) {
     let images = Array4::from_shape_fn((n, 40, 40, 3), |(i, y, x, c)| {
@@ -79,7 +81,7 @@ fn fid_feeds_every_network_in_one_pass_and_metrics_agree() {
         ]
         .map(String::from),
     );
-    let run = Cli::new()
+    let run = cli()
         .args(&args)
         .env("OMP_NUM_THREADS", "1")
         .info_log()
@@ -118,7 +120,7 @@ fn fid_feeds_every_network_in_one_pass_and_metrics_agree() {
             .map(|a| a.to_string())
             .collect();
         args.extend(network_flags(&weights));
-        Cli::new()
+        cli()
             .args(&args)
             .env("OMP_NUM_THREADS", "1")
             .quiet()
@@ -129,7 +131,7 @@ fn fid_feeds_every_network_in_one_pass_and_metrics_agree() {
     let sample_features = features(&samples, "samples-features.npz");
     let reference_features = features(&reference, "reference-features.npz");
     let from_files = root.join("from-files");
-    Cli::new()
+    cli()
         .args([
             "metrics",
             "--sample-features",
@@ -159,12 +161,12 @@ fn fid_feeds_every_network_in_one_pass_and_metrics_agree() {
 
     // `check` gates on them and `report` tabulates them.
     let baseline = root.join("baseline.json");
-    Cli::new()
+    cli()
         .args(["check", "--run", s(&out), "--write-baseline", s(&baseline)])
         .quiet()
         .run()
         .success();
-    let checked = Cli::new()
+    let checked = cli()
         .args(["check", "--run", s(&from_files), "--baseline", s(&baseline)])
         .run()
         .success();
@@ -176,7 +178,7 @@ fn fid_feeds_every_network_in_one_pass_and_metrics_agree() {
         );
     }
     let report = root.join("report");
-    Cli::new()
+    cli()
         .args(["report", s(&out), "--out", s(&report)])
         .quiet()
         .run()
@@ -211,7 +213,7 @@ fn weights_of_the_wrong_network_are_refused_naming_the_file() {
         let out = s(&out).to_owned();
         args.push(&out);
         args.extend_from_slice(extra);
-        let run = Cli::new().args(&args).quiet().run().failure();
+        let run = cli().args(&args).quiet().run().failure();
         assert!(!Path::new(&out).join("metrics.json").exists());
         run.stderr_text()
     };
@@ -234,7 +236,8 @@ fn weights_of_the_wrong_network_are_refused_naming_the_file() {
         "4",
     ]);
     assert!(
-        stderr.contains("inception.safetensors") && stderr.contains("DINOv2"),
+        stderr.contains(&*weights.file_name().unwrap().to_string_lossy())
+            && stderr.contains("DINOv2"),
         "{stderr}"
     );
     // CLIP's text tower as the CLIP vision weights.
@@ -279,7 +282,7 @@ fn stats_writes_dinov2_statistics_that_fid_uses() {
         .map(String::from)
         .to_vec();
     dinov2_flags(&mut args);
-    Cli::new().args(&args).quiet().run().success();
+    cli().args(&args).quiet().run().success();
     let features = root.join("ref-features.npz");
     let mut args: Vec<String> = [
         "features",
@@ -291,7 +294,7 @@ fn stats_writes_dinov2_statistics_that_fid_uses() {
     .map(String::from)
     .to_vec();
     dinov2_flags(&mut args);
-    Cli::new().args(&args).quiet().run().success();
+    cli().args(&args).quiet().run().success();
 
     // mu_dinov2/sigma_dinov2 are the mean and covariance (N-1) of the images' DINOv2 features.
     let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(&stats).unwrap()).unwrap();
@@ -325,7 +328,7 @@ fn stats_writes_dinov2_statistics_that_fid_uses() {
         .map(String::from)
         .to_vec();
         dinov2_flags(&mut args);
-        Cli::new().args(&args).quiet().run().success();
+        cli().args(&args).quiet().run().success();
         metrics_json(&out)["metrics"]["fd_dinov2"].as_f64().unwrap()
     };
     let (from_stats, from_images) = (fd(&stats, "vs-stats"), fd(&reference_images, "vs-images"));
@@ -357,7 +360,7 @@ fn recon_scores_reconstructions_with_dinov2_and_clip_against_the_originals() {
     .map(String::from)
     .to_vec();
     args.extend(network_flags(&weights));
-    Cli::new()
+    cli()
         .args(&args)
         .env("OMP_NUM_THREADS", "1")
         .quiet()
@@ -375,7 +378,7 @@ fn recon_scores_reconstructions_with_dinov2_and_clip_against_the_originals() {
             .map(String::from)
             .to_vec();
         args.extend(network_flags(&weights));
-        Cli::new()
+        cli()
             .args(&args)
             .env("OMP_NUM_THREADS", "1")
             .quiet()
@@ -388,7 +391,7 @@ fn recon_scores_reconstructions_with_dinov2_and_clip_against_the_originals() {
         features(&originals, "original-features.npz"),
     );
     let from_files = root.join("from-files");
-    Cli::new()
+    cli()
         .args([
             "metrics",
             "--sample-features",
@@ -430,10 +433,7 @@ fn recon_scores_reconstructions_with_dinov2_and_clip_against_the_originals() {
     .map(String::from)
     .to_vec();
     args.extend(network_flags(&weights));
-    let ranks: Vec<_> = (0..3).map(|r| srun_vars(r, 3)).collect();
-    for (rank, (ok, stderr)) in spawn_ranks(&args, &ranks).iter().enumerate() {
-        assert!(ok, "task {rank}:\n{stderr}");
-    }
+    all_succeed(ranks(&args, &srun_tasks(3)));
     let split = metrics_json(&launched);
     assert_eq!(split["run"]["world_size"], 3);
     for key in ["fd_dinov2", "cmmd", "rfid"] {

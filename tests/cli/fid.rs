@@ -11,7 +11,9 @@ use ndarray_npy::NpzWriter;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::harness::{all_cores, metrics_json, s, Cli, Run};
+use crate::harness::{
+    all_cores, cli, metrics_json, random_inception_and_reference, random_inception_weights, s, Run,
+};
 
 fn image_batch(path: &Path, rng: &mut ChaCha8Rng, n: usize, size: usize, tint: usize) {
     let images = Array4::from_shape_fn((n, size, size, 3), |(i, y, x, c)| {
@@ -24,7 +26,7 @@ fn image_batch(path: &Path, rng: &mut ChaCha8Rng, n: usize, size: usize, tint: u
 }
 
 fn fid_run(weights: &Path, samples: &Path, reference: &Path, out: &Path) -> Run {
-    Cli::new()
+    cli()
         .info_log()
         .arg("fid")
         .arg("--sample-batch")
@@ -59,8 +61,7 @@ fn fid_matches_torch_fidelity_features_and_caches_samples() {
     let _cores = all_cores();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    support::run_reference("fixtures/random_inception_weights.py", &[root]);
-    let weights = root.join("inception.pth");
+    let weights = random_inception_weights();
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let (samples, ref_a, ref_b) = (
         root.join("samples.npz"),
@@ -118,7 +119,7 @@ fn bad_sample_batches_fail_cleanly() {
     // Weights are never loaded: the input check comes first, so any file will do here.
     let weights = root.join("weights.pth");
     std::fs::write(&weights, b"not used").unwrap();
-    let reference = support::golden_dir().join("adm_ref_public.npz");
+    let reference = support::golden("adm_ref_public.npz");
     let write = |name: &str, key: &str, array: ndarray::ArrayD<u8>| {
         let path = root.join(name);
         let mut npz = NpzWriter::new(File::create(&path).unwrap());
@@ -191,7 +192,7 @@ fn header_bomb(path: &Path, count: u64) {
 fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let (weights, reference) = crate::harness::random_inception_and_reference(root, 4);
+    let (weights, reference) = random_inception_and_reference(root, 4);
     let bomb = root.join("bomb.npz");
     header_bomb(&bomb, 1_000_000_000);
     let out = root.join("out");
@@ -208,7 +209,7 @@ fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly(
         ],
         vec!["features", "--images", s(&bomb), "--out", s(&features)],
     ] {
-        let run = Cli::new()
+        let run = cli()
             .args(&args)
             .args(["--inception", s(&weights), "--device", "cpu"])
             .quiet()
@@ -237,7 +238,7 @@ fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly(
         ],
         ["stats", "--data", s(&reference), "--out", s(&reference)],
     ] {
-        let run = Cli::new()
+        let run = cli()
             .args(command)
             .args(["--inception", s(&weights), "--device", "cpu"])
             .quiet()
@@ -256,7 +257,7 @@ fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly(
 fn no_stale_or_partial_result_looks_like_a_finished_run() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let (weights, reference) = crate::harness::random_inception_and_reference(root, 4);
+    let (weights, reference) = random_inception_and_reference(root, 4);
     let out = root.join("run");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(
@@ -266,7 +267,7 @@ fn no_stale_or_partial_result_looks_like_a_finished_run() {
     .unwrap();
     std::fs::write(out.join("metrics.csv"), b"fid\n1.0\n").unwrap();
     // A rerun into the folder, killed inside Inception: the earlier result is gone.
-    let run = Cli::new()
+    let run = cli()
         .args([
             "fid",
             "--sample-batch",
@@ -286,7 +287,7 @@ fn no_stale_or_partial_result_looks_like_a_finished_run() {
     assert_eq!(run.signal(), Some(9), "{}", run.stderr_text());
     assert!(!out.join("metrics.json").exists());
     assert!(!out.join("metrics.csv").exists());
-    let check = Cli::new()
+    let check = cli()
         .args([
             "check",
             "--run",
@@ -300,7 +301,7 @@ fn no_stale_or_partial_result_looks_like_a_finished_run() {
     // A folder whose metrics.csv cannot be replaced (here a directory) gets no metrics.json that
     // `check` would trust.
     let features = root.join("features.npz");
-    Cli::new()
+    cli()
         .args([
             "features",
             "--images",
@@ -317,7 +318,7 @@ fn no_stale_or_partial_result_looks_like_a_finished_run() {
         .success();
     let blocked = root.join("blocked");
     std::fs::create_dir_all(blocked.join("metrics.csv")).unwrap();
-    Cli::new()
+    cli()
         .args([
             "metrics",
             "--sample-features",

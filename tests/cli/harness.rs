@@ -1,205 +1,121 @@
-//! Running the built `llamagen-eval` binary: [`Cli`] builds one invocation, [`Run`] is its outcome.
+//! Running the built `llamagen-eval` binary: [`cli`] builds one invocation (a [`Cli`] of the
+//! support crate, which starts every process of the tests), [`Run`] is its outcome; the launches
+//! of several ranks ([`ranks`], [`torchrun`]); the golden tiny generator's flags ([`tiny_gpt`],
+//! [`tiny_t2i`]); the fixtures the tests share.
 
-use std::ffi::{OsStr, OsString};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// One invocation of the binary under test. It never sees the developer's Inception weights
-/// (`$LLAMAGEN_EVAL_INCEPTION` is removed unless a test sets it with [`Cli::env`]).
-pub struct Cli {
-    command: Command,
-    args: Vec<OsString>,
+use llamagen_test_support as support;
+pub use support::{array_vars, srun_vars, Cli, LauncherVars, Measured, Run};
+
+/// The binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_llamagen-eval")
 }
 
-impl Cli {
-    pub fn new() -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_llamagen-eval"));
-        command.env_remove("LLAMAGEN_EVAL_INCEPTION");
-        Cli {
-            command,
-            args: Vec::new(),
-        }
-    }
+/// One invocation of the binary under test, without the machine's launcher variables and the
+/// developer's Inception weights (see [`Cli`]).
+pub fn cli() -> Cli {
+    Cli::new(binary())
+}
 
-    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
-        self.args.push(arg.as_ref().to_owned());
-        self
-    }
+/// The binary run by `sh -c script sh BINARY ARGS` (the script sets limits, then `exec "$@"`).
+pub fn cli_in_shell(script: &str) -> Cli {
+    Cli::in_shell(binary(), script)
+}
 
-    pub fn args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        self
-    }
+/// The binary launched by the real `torchrun` with `nproc` ranks and `max_restarts` restarts,
+/// each rank through `sh -c script` when one is given.
+pub fn torchrun(nproc: usize, max_restarts: u32, script: Option<&str>) -> Cli {
+    Cli::torchrun(binary(), nproc, max_restarts, script)
+}
 
-    /// Appends `--quiet`.
-    pub fn quiet(self) -> Self {
-        self.arg("--quiet")
-    }
+/// The binary with `args` once per entry of `vars` (each rank with its own launcher variables
+/// and one thread), all at once; their runs by rank.
+pub fn ranks<S: AsRef<std::ffi::OsStr>>(args: &[S], vars: &[LauncherVars]) -> Vec<Run> {
+    support::run_together(vars.iter().map(|v| cli().args(args).rank(v)).collect())
+}
 
-    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
-        self.command.env(key, value);
-        self
-    }
+/// The variables of all `size` tasks of one `srun`.
+pub fn srun_tasks(size: usize) -> Vec<LauncherVars> {
+    (0..size).map(|rank| srun_vars(rank, size)).collect()
+}
 
-    pub fn env_remove(mut self, key: &str) -> Self {
-        self.command.env_remove(key);
-        self
-    }
-
-    /// `RUST_LOG=llamagen_eval=info`: stderr carries the info lines (cache hits, resumption).
-    pub fn info_log(self) -> Self {
-        self.env("RUST_LOG", "llamagen_eval=info")
-    }
-
-    pub fn current_dir(mut self, dir: &Path) -> Self {
-        self.command.current_dir(dir);
-        self
-    }
-
-    pub fn run(mut self) -> Run {
-        let output = self.command.args(&self.args).output().expect("binary runs");
-        Run {
-            args: self.args,
-            output,
-        }
-    }
-
-    /// Runs the invocation and measures it: [`Measured`] holds the outcome, the process's peak
-    /// resident memory and its wall time.
-    pub fn run_measured(mut self) -> Measured {
-        self.command.args(&self.args);
-        measure(self.command, self.args)
+/// Panics unless every run succeeded.
+#[track_caller]
+pub fn all_succeed(runs: Vec<Run>) {
+    for (rank, run) in runs.into_iter().enumerate() {
+        assert!(run.succeeded(), "rank {rank}: {run:?}");
     }
 }
 
-/// A run with what it cost.
-pub struct Measured {
-    pub run: Run,
-    /// Peak resident set of the process, in bytes (its own, from `wait4`'s rusage).
-    pub peak_rss: u64,
-    pub wall: std::time::Duration,
+/// A golden file's path as a `&'static str` (kept for the whole test process).
+fn golden_str(name: &'static str) -> &'static str {
+    static PATHS: OnceLock<std::sync::Mutex<Vec<(&'static str, &'static str)>>> = OnceLock::new();
+    let mut paths = PATHS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, path)) = paths.iter().find(|(n, _)| *n == name) {
+        return path;
+    }
+    let path: &'static str = Box::leak(s(&golden(name)).to_owned().into_boxed_str());
+    paths.push((name, path));
+    path
 }
 
-impl Measured {
-    /// Panics unless the run stayed below `max_rss` bytes and `max_wall`.
-    #[track_caller]
-    pub fn within(self, max_rss: u64, max_wall: std::time::Duration) -> Run {
-        assert!(
-            self.peak_rss < max_rss && self.wall < max_wall,
-            "{:?} took {} MiB and {:.1} s (limits {} MiB, {:.0} s):\n{}",
-            self.run.args,
-            self.peak_rss >> 20,
-            self.wall.as_secs_f64(),
-            max_rss >> 20,
-            max_wall.as_secs_f64(),
-            self.run.stderr_text()
-        );
-        self.run
-    }
+/// `command` on a golden generator (`gpt`) with the golden tokenizer, at 64 px on the CPU with 4
+/// heads: the command line every tiny-GPT run starts with. Extend it with the run's own flags.
+pub fn generator(command: &'static str, gpt: &'static str) -> Vec<&'static str> {
+    vec![
+        command,
+        "--gpt",
+        golden_str(gpt),
+        "--vq",
+        golden_str("vq_public.pt"),
+        "--n-head",
+        "4",
+        "--image-size",
+        "64",
+        "--device",
+        "cpu",
+    ]
 }
 
-/// Runs `command` (arguments already added; `args` only for messages), waiting for it with
-/// `wait4` to read that one process's peak memory (tests run in parallel, so the rusage of all
-/// children would mix other tests' processes in).
-pub fn measure(mut command: Command, args: Vec<OsString>) -> Measured {
-    use std::io::Read;
-    use std::process::{ExitStatus, Stdio};
-    let start = std::time::Instant::now();
-    // Reaped by wait4 below, which std's `wait` would hide the rusage of.
-    #[allow(clippy::zombie_processes)]
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary runs");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            pipe.read_to_end(&mut bytes).expect("child output");
-            bytes
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
-    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data, filled in by wait4.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child, which std has not reaped (we never call its wait).
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
-    let wall = start.elapsed();
-    let output = Output {
-        status: ExitStatus::from_raw(status),
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-    };
-    Measured {
-        run: Run { args, output },
-        peak_rss: usage.ru_maxrss as u64 * 1024,
-        wall,
-    }
+/// `command` on the golden class-conditional generator `gpt_public.pt` (see [`generator`]).
+pub fn tiny_gpt(command: &'static str) -> Vec<&'static str> {
+    generator(command, "gpt_public.pt")
 }
 
-/// What a [`Cli`] run did.
-pub struct Run {
-    args: Vec<OsString>,
-    output: Output,
+/// `command` on the golden text-to-image generator `gpt_t2i_public.pt` (see [`generator`]).
+pub fn tiny_t2i(command: &'static str) -> Vec<&'static str> {
+    generator(command, "gpt_t2i_public.pt")
 }
 
-impl Run {
-    pub fn succeeded(&self) -> bool {
-        self.output.status.success()
-    }
+/// Sets the value of `flag` in `args` (a command line with `flag VALUE` in it).
+#[track_caller]
+pub fn set_flag<'a>(args: &mut [&'a str], flag: &str, value: &'a str) {
+    let at = args
+        .iter()
+        .position(|a| *a == flag)
+        .expect("the flag is there");
+    args[at + 1] = value;
+}
 
-    /// The exit code (`None` when a signal ended the process).
-    pub fn code(&self) -> Option<i32> {
-        self.output.status.code()
-    }
+/// Removes `flag` and its value from `args`.
+#[track_caller]
+pub fn remove_flag(args: &mut Vec<&str>, flag: &str) {
+    let at = args
+        .iter()
+        .position(|a| *a == flag)
+        .expect("the flag is there");
+    args.drain(at..at + 2);
+}
 
-    /// The signal that ended the process, if one did.
-    pub fn signal(&self) -> Option<i32> {
-        self.output.status.signal()
-    }
-
-    pub fn stdout_text(&self) -> String {
-        String::from_utf8_lossy(&self.output.stdout).into_owned()
-    }
-
-    pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.output.stderr).into_owned()
-    }
-
-    /// Panics, with the arguments and stderr, unless the run succeeded.
-    #[track_caller]
-    pub fn success(self) -> Self {
-        assert!(
-            self.succeeded(),
-            "{:?} failed:\n{}",
-            self.args,
-            self.stderr_text()
-        );
-        self
-    }
-
-    /// Panics, with the arguments and stderr, if the run succeeded.
-    #[track_caller]
-    pub fn failure(self) -> Self {
-        assert!(
-            !self.succeeded(),
-            "{:?} should have failed:\n{}",
-            self.args,
-            self.stderr_text()
-        );
-        self
-    }
+/// `args` as owned strings (for argument lists that are extended with built paths).
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
 }
 
 /// How the tests of this binary share the cores. Oversubscribed cores slow every process down
@@ -218,14 +134,17 @@ pub fn one_core() -> RwLockReadGuard<'static, ()> {
     CORES.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The random Inception weights of the support crate, kept in this target's test folder.
+/// The random Inception weights of the support crate (seeded, FID architecture), made once and
+/// kept in this target's test folder (the parity tests' and benchmarks' fixture).
 pub fn random_inception_weights() -> PathBuf {
-    llamagen_test_support::random_inception_weights(Path::new(env!("CARGO_TARGET_TMPDIR")))
+    support::random_inception_weights(Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
-/// Random Inception weights of our own architecture (seeded, written as `root/inception.safetensors`)
-/// and a fixed reference batch of `n_images` 32x32 images (`root/ref.npz`): for the tests that compare
-/// runs with one another, not with published numbers.
+/// Random Inception weights of our own architecture (seeded by tch, uncalibrated, written as
+/// `root/inception.safetensors`) and a fixed reference batch of `n_images` 32x32 images
+/// (`root/ref.npz`): for the tests that compare runs with one another, not with published
+/// numbers. Not [`random_inception_weights`]: those calibrated weights give features (and an
+/// FID near 2e5) whose rounding across ranks exceeds the distributed tests' 1e-5 tolerance.
 pub fn random_inception_and_reference(root: &Path, n_images: usize) -> (PathBuf, PathBuf) {
     let weights = root.join("inception.safetensors");
     tch::manual_seed(1);
@@ -276,17 +195,10 @@ pub fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 temporary path")
 }
 
-/// A file of the golden fixtures.
-pub fn golden(name: &str) -> PathBuf {
-    llamagen_test_support::golden_dir().join(name)
-}
+pub use support::golden;
 
 /// The binary with `args`, info logs, and one libtorch thread (the tests run side by side, and
 /// one thread per process avoids oversubscription).
 pub fn llamagen_eval(args: &[&str]) -> Run {
-    Cli::new()
-        .args(args)
-        .info_log()
-        .env("OMP_NUM_THREADS", "1")
-        .run()
+    cli().args(args).info_log().one_thread().run()
 }

@@ -5,19 +5,17 @@
 //! right result or a clear error naming the file, with the process's peak memory (its own
 //! `wait4` rusage) below 1 GB and its wall time below 30 s.
 
-use std::ffi::OsStr;
 use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use llamagen_test_support as support;
 use ndarray::{Array1, Array4};
 use ndarray_npy::NpzReader;
 
-use crate::harness::one_core;
+use crate::harness::{cli, golden, one_core, s, set_flag, tiny_gpt, Measured, Run};
 
 /// Peak resident memory every run must stay below.
 const MAX_RSS: u64 = 1_000_000_000;
@@ -51,132 +49,39 @@ fn hostile(name: &str) -> PathBuf {
     path
 }
 
-/// One finished run of the binary and what it cost.
-struct Measured {
-    args: Vec<String>,
-    success: bool,
-    stdout: String,
-    stderr: String,
-    max_rss: u64,
-    wall: Duration,
-}
-
-impl Measured {
-    /// Panics unless the run stayed within [`MAX_RSS`] and [`MAX_WALL`].
-    #[track_caller]
-    fn within_limits(self) -> Self {
-        assert!(
-            self.max_rss < MAX_RSS,
-            "{:?} peaked at {} MB",
-            self.args,
-            self.max_rss / 1_000_000
-        );
-        assert!(self.wall < MAX_WALL, "{:?} took {:?}", self.args, self.wall);
-        self
-    }
-
-    #[track_caller]
-    fn success(self) -> Self {
-        assert!(self.success, "{:?} failed:\n{}", self.args, self.stderr);
-        self
-    }
-
-    /// Panics unless the run failed with a message naming `file` and holding every needle.
-    #[track_caller]
-    fn error_naming(self, file: &Path, needles: &[&str]) -> Self {
-        assert!(
-            !self.success,
-            "{:?} should have failed:\n{}",
-            self.args, self.stdout
-        );
-        let name = file.file_name().unwrap().to_string_lossy();
-        assert!(
-            self.stderr.contains(&*name),
-            "no file name in:\n{}",
-            self.stderr
-        );
-        for needle in needles {
-            assert!(
-                self.stderr.contains(needle),
-                "{needle:?} not in:\n{}",
-                self.stderr
-            );
-        }
-        self
-    }
-}
-
 /// Runs the binary with `args` (one libtorch thread: the tests run side by side), measuring its
-/// peak resident memory from its own rusage and its wall time.
-fn measured<S: AsRef<OsStr>>(args: &[S]) -> Measured {
-    let out = tempfile::tempdir().unwrap();
-    let (stdout_path, stderr_path) = (out.path().join("stdout"), out.path().join("stderr"));
-    let start = Instant::now();
-    // Waited for below with wait4, which gives its rusage, rather than Child::wait.
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new(env!("CARGO_BIN_EXE_llamagen-eval"))
-        .args(args)
-        .env_remove("LLAMAGEN_EVAL_INCEPTION")
-        .env("OMP_NUM_THREADS", "1")
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).unwrap())
-        .stderr(File::create(&stderr_path).unwrap())
-        .spawn()
-        .expect("binary runs");
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value; wait4 fills it for this child only (not for the
-    // Python fixtures other tests run meanwhile, as RUSAGE_CHILDREN would).
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    // SAFETY: `pid` is our own unwaited child; `status` and `usage` are valid for writes.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4 failed");
-    let wall = start.elapsed();
-    Measured {
-        args: args
-            .iter()
-            .map(|a| a.as_ref().to_string_lossy().into_owned())
-            .collect(),
-        success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        stdout: std::fs::read_to_string(&stdout_path).unwrap(),
-        stderr: std::fs::read_to_string(&stderr_path).unwrap(),
-        // Linux reports kilobytes.
-        max_rss: usage.ru_maxrss as u64 * 1024,
-        wall,
-    }
+/// peak resident memory (its own rusage) and its wall time.
+fn measured<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Measured {
+    cli().args(args).one_thread().run_measured()
 }
 
-fn inspect(file: &Path) -> Measured {
-    measured(&[OsStr::new("inspect"), file.as_os_str()])
+/// `inspect FILE`; panics unless it stayed within [`MAX_RSS`] and [`MAX_WALL`].
+#[track_caller]
+fn inspect(file: &Path) -> Run {
+    measured(&[Path::new("inspect"), file]).within(MAX_RSS, MAX_WALL)
+}
+
+/// Panics unless the run failed with a message naming `file` and holding every needle; returns
+/// its stderr.
+#[track_caller]
+fn error_naming(run: &Run, file: &Path, needles: &[&str]) -> String {
+    let name = file.file_name().unwrap().to_string_lossy();
+    let stderr = run.refused_with(&[&name]);
+    run.refused_with(needles);
+    stderr
 }
 
 /// The images and labels of a sample npz.
 type Samples = (Array4<u8>, Array1<i64>);
 
-/// `sample` of 4 images from the golden tokenizer and generator `gpt`; returns the run and the
-/// images and labels written.
+/// `sample` of 4 images from the golden tokenizer and generator `gpt` (the golden one, or a
+/// hostile file beside it); returns the run and the images and labels written.
 fn sample(gpt: &Path, out: &Path) -> (Measured, Option<Samples>) {
-    let vq = support::golden_dir().join("vq_public.pt");
-    let args: Vec<&OsStr> = vec![
-        "sample".as_ref(),
-        "--gpt".as_ref(),
-        gpt.as_os_str(),
-        "--vq".as_ref(),
-        vq.as_os_str(),
-        "--n-head".as_ref(),
-        "4".as_ref(),
-        "--image-size".as_ref(),
-        "64".as_ref(),
-        "--samples".as_ref(),
-        "4".as_ref(),
-        "--device".as_ref(),
-        "cpu".as_ref(),
-        "--quiet".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ];
+    let mut args = tiny_gpt("sample");
+    set_flag(&mut args, "--gpt", s(gpt));
+    args.extend(["--samples", "4", "--quiet", "--out", s(out)]);
     let run = measured(&args);
-    let written = run.success.then(|| {
+    let written = run.run.succeeded().then(|| {
         let mut npz = NpzReader::new(File::open(out).unwrap()).unwrap();
         (npz.by_name("arr_0").unwrap(), npz.by_name("arr_1").unwrap())
     });
@@ -186,28 +91,22 @@ fn sample(gpt: &Path, out: &Path) -> (Measured, Option<Samples>) {
 #[test]
 fn memoised_string_references_are_shared_not_copied() {
     let _cores = one_core();
-    let run = inspect(&hostile("memo_strings.pt"))
-        .success()
-        .within_limits();
+    let stdout = inspect(&hostile("memo_strings.pt")).success().stdout_text();
     assert!(
-        run.stdout.contains("model: 1 tensors, 4 parameters"),
-        "{}",
-        run.stdout
+        stdout.contains("model: 1 tensors, 4 parameters"),
+        "{stdout}"
     );
-    assert!(run.stdout.contains("notes = ['xxxx"), "{}", run.stdout);
+    assert!(stdout.contains("notes = ['xxxx"), "{stdout}");
 
     // The same notes beside a real generator: it samples exactly as the original file does.
     let dir = tempfile::tempdir().unwrap();
-    let (original, want) = sample(
-        &support::golden_dir().join("gpt_public.pt"),
-        &dir.path().join("original.npz"),
-    );
-    original.success();
+    let (original, want) = sample(&golden("gpt_public.pt"), &dir.path().join("original.npz"));
+    original.run.success();
     let (run, got) = sample(
         &hostile("gpt_memo_strings.pt"),
         &dir.path().join("memo.npz"),
     );
-    run.success().within_limits();
+    run.within(MAX_RSS, MAX_WALL).success();
     assert_eq!(got, want, "images differ from the original checkpoint's");
 }
 
@@ -215,7 +114,8 @@ fn memoised_string_references_are_shared_not_copied() {
 fn a_pickle_that_inflates_to_a_gibibyte_is_refused_before_inflating() {
     let _cores = one_core();
     let file = hostile("pickle_bomb.pt");
-    inspect(&file).within_limits().error_naming(
+    error_naming(
+        &inspect(&file),
         &file,
         &[
             "`archive/data.pkl`",
@@ -231,15 +131,12 @@ fn a_storage_that_inflates_to_ten_gibibytes_is_read_only_where_the_tensor_is() {
     let _cores = one_core();
     let bomb = hostile("gpt_zip_bomb.pt");
     assert!(std::fs::metadata(&bomb).unwrap().len() < 20_000_000);
-    inspect(&bomb).success().within_limits();
+    inspect(&bomb).success();
     let dir = tempfile::tempdir().unwrap();
-    let (original, want) = sample(
-        &support::golden_dir().join("gpt_public.pt"),
-        &dir.path().join("original.npz"),
-    );
-    original.success();
+    let (original, want) = sample(&golden("gpt_public.pt"), &dir.path().join("original.npz"));
+    original.run.success();
     let (run, got) = sample(&bomb, &dir.path().join("bomb.npz"));
-    run.success().within_limits();
+    run.within(MAX_RSS, MAX_WALL).success();
     assert_eq!(got, want, "images differ from the original checkpoint's");
 }
 
@@ -247,7 +144,8 @@ fn a_storage_that_inflates_to_ten_gibibytes_is_read_only_where_the_tensor_is() {
 fn impossible_and_quantized_storages_are_named() {
     let _cores = one_core();
     let huge = hostile("huge_storage.pt");
-    let run = inspect(&huge).within_limits().error_naming(
+    let stderr = error_naming(
+        &inspect(&huge),
         &huge,
         &[
             "tensor `model.w`",
@@ -256,10 +154,11 @@ fn impossible_and_quantized_storages_are_named() {
             "more bytes than any file can hold",
         ],
     );
-    assert!(!run.stderr.contains("dtype"), "{}", run.stderr);
+    assert!(!stderr.contains("dtype"), "{stderr}");
 
     let legacy = hostile("qint8_legacy.pt");
-    inspect(&legacy).within_limits().error_naming(
+    error_naming(
+        &inspect(&legacy),
         &legacy,
         &[
             "tensor `model.q`",
@@ -267,8 +166,9 @@ fn impossible_and_quantized_storages_are_named() {
         ],
     );
     // The zip format describes the tensor; reading it is the error (see the library tests).
-    let run = inspect(&hostile("qint8_zip.pt")).success().within_limits();
-    assert!(run.stdout.contains("torch.QInt8Storage"), "{}", run.stdout);
+    let run = inspect(&hostile("qint8_zip.pt")).success();
+    let stdout = run.stdout_text();
+    assert!(stdout.contains("torch.QInt8Storage"), "{stdout}");
 }
 
 #[test]
@@ -289,13 +189,13 @@ fn damaged_safetensors_get_sentences_not_enum_names() {
         ),
     ] {
         let file = hostile(name);
-        let run = inspect(&file).within_limits().error_naming(&file, needles);
+        let stderr = error_naming(&inspect(&file), &file, needles);
         for enum_name in [
             "InvalidHeader",
             "MetadataIncompleteBuffer",
             "Deserialization",
         ] {
-            assert!(!run.stderr.contains(enum_name), "{}", run.stderr);
+            assert!(!stderr.contains(enum_name), "{stderr}");
         }
     }
 }

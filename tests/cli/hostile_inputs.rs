@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::harness::{golden, measure, npy_header, s, Cli, Run};
+use crate::harness::{cli, cli_in_shell, npy_header, s, strings, tiny_gpt, Cli, Run};
 
 const GB: u64 = 1 << 30;
 const LIMIT: Duration = Duration::from_secs(30);
@@ -186,7 +186,7 @@ fn header_and_image_bombs_are_refused_before_allocating() {
         ),
     ];
     for (args, words) in cases {
-        let run = Cli::new()
+        let run = cli()
             .args(&args)
             .quiet()
             .env("OMP_NUM_THREADS", "1")
@@ -197,7 +197,7 @@ fn header_and_image_bombs_are_refused_before_allocating() {
     }
     // The budget is the user's to raise: with the default 1G the same statistics are read (and
     // then refused for what they are, 6000-d against 2048-d features, not for their size).
-    let run = Cli::new()
+    let run = cli()
         .args([
             "metrics",
             "--sample-features",
@@ -252,37 +252,18 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
 
 /// The arguments of `sample` on the golden models, 24 samples in batches of 8, into `out`.
 fn sample_args(out: &Path) -> Vec<String> {
-    let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
-    [
-        "sample",
-        "--gpt",
-        s(&gpt),
-        "--vq",
-        s(&vq),
-        "--n-head",
-        "4",
-        "--image-size",
-        "64",
-        "--samples",
-        "24",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "--out",
-        s(out),
-    ]
-    .map(String::from)
-    .to_vec()
+    let mut args = tiny_gpt("sample");
+    args.extend(["--samples", "24", "--batch-size", "8", "--out", s(out)]);
+    strings(&args)
 }
 
 /// `sample_args` with `extra` flags, quiet and single-threaded.
 fn sample(out: &Path, extra: &[&str]) -> Cli {
-    Cli::new()
+    cli()
         .args(sample_args(out))
         .args(extra)
         .quiet()
-        .env("OMP_NUM_THREADS", "1")
+        .one_thread()
 }
 
 #[test]
@@ -354,22 +335,12 @@ fn outputs_are_checked_first_and_a_full_disk_leaves_nothing() {
 
     // A full disk, as a file size limit (the same ENOSPC-like failure for any user): the run
     // fails naming the file, keeps its journal for --resume, and leaves no temporary behind.
-    let mut command = std::process::Command::new("sh");
-    let shell = [
-        "-c",
-        "trap '' XFSZ; ulimit -f 64; exec \"$@\"",
-        "sh",
-        env!("CARGO_BIN_EXE_llamagen-eval"),
-        "-q",
-    ];
-    let args: Vec<std::ffi::OsString> = shell
-        .map(String::from)
-        .into_iter()
-        .chain(sample_args(&out))
-        .map(Into::into)
-        .collect();
-    command.args(&args).env("OMP_NUM_THREADS", "1");
-    let run = measure(command, args).within(GB, LIMIT);
+    let run = cli_in_shell("trap '' XFSZ; ulimit -f 64; exec \"$@\"")
+        .arg("-q")
+        .args(sample_args(&out))
+        .one_thread()
+        .run_measured()
+        .within(GB, LIMIT);
     clean_error(run, &["s.npz", "File too large", "hint: the disk"]);
     let left: Vec<PathBuf> = files_in(&folder)
         .into_iter()
@@ -399,7 +370,7 @@ fn tiny_sets_leave_out_precision_and_a_failed_cache_write_only_warns() {
     std::fs::create_dir(&runs).unwrap();
     std::fs::write(runs.join(".feature-cache"), b"not a folder").unwrap();
     let out = runs.join("tiny");
-    let run = Cli::new()
+    let run = cli()
         .args(["fid", "--sample-batch", s(&three), "--ref", s(&reference)])
         .args([
             "--inception",
@@ -421,7 +392,7 @@ fn tiny_sets_leave_out_precision_and_a_failed_cache_write_only_warns() {
     assert!(metrics["metrics"]["fid"].is_number());
     assert!(metrics["metrics"].get("precision").is_none(), "{metrics}");
     // Asked for explicitly, it is an error that says why.
-    let asked = Cli::new()
+    let asked = cli()
         .args(["fid", "--sample-batch", s(&three), "--ref", s(&reference)])
         .args(["--inception", s(&weights), "--device", "cpu"])
         .args(["--out", s(&root.join("asked")), "--metrics", "pr"])
@@ -449,7 +420,7 @@ fn check_refuses_incomplete_run_folders() {
     )
     .unwrap();
     for run_dir in [&csv_only, &interrupted] {
-        let run = Cli::new()
+        let run = cli()
             .args(["check", "--run", s(run_dir), "--baseline", s(&baseline)])
             .run();
         assert_eq!(run.code(), Some(2), "{}", run.stderr_text());
@@ -482,7 +453,7 @@ fn loops_odd_paths_and_absurd_sizes_fail_fast_or_work() {
     }
     std::os::unix::fs::symlink(".", folder.join("loop")).unwrap();
     std::os::unix::fs::symlink("..", folder.join("sub/up")).unwrap();
-    let run = Cli::new()
+    let run = cli()
         .args([
             "features",
             "--images",
@@ -509,7 +480,7 @@ fn loops_odd_paths_and_absurd_sizes_fail_fast_or_work() {
         reference.clone().into(),
     ]);
     odd_args.extend(["--out".into(), odd.join("run").into_os_string()]);
-    Cli::new()
+    cli()
         .args(&odd_args)
         .args(inception)
         .quiet()
@@ -535,7 +506,7 @@ fn loops_odd_paths_and_absurd_sizes_fail_fast_or_work() {
         if let Some(at) = at {
             args.drain(at..at + 2);
         }
-        let run = Cli::new()
+        let run = cli()
             .args(&args)
             .args(extra)
             .quiet()

@@ -1,5 +1,5 @@
 //! The command-line tests: one binary, one module per command (and `resume` for runs killed and
-//! resumed), all running the built `llamagen-eval` through [`harness::Cli`].
+//! resumed), all running the built `llamagen-eval` through [`harness::cli`].
 
 mod harness;
 

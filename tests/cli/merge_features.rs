@@ -8,29 +8,12 @@ use llamagen_test_support as support;
 use ndarray::{Array1, Array2};
 use ndarray_npy::NpzReader;
 
-use crate::harness::{all_cores, random_inception_weights, Cli};
+use crate::harness::{all_cores, cli, random_inception_weights, tiny_gpt};
 
 fn sample(out: &Path, shard: Option<&str>) {
-    let golden = support::golden_dir();
-    let mut cli = Cli::new()
-        .arg("sample")
-        .arg("--gpt")
-        .arg(golden.join("gpt_public.pt"))
-        .arg("--vq")
-        .arg(golden.join("vq_public.pt"))
-        .args([
-            "--n-head",
-            "4",
-            "--image-size",
-            "64",
-            "--samples",
-            "5",
-            "--seed",
-            "3",
-            "--device",
-            "cpu",
-            "--out",
-        ])
+    let mut cli = cli()
+        .args(tiny_gpt("sample"))
+        .args(["--samples", "5", "--seed", "3", "--out"])
         .arg(out);
     if let Some(shard) = shard {
         cli = cli.args(["--shard", shard]);
@@ -39,7 +22,7 @@ fn sample(out: &Path, shard: Option<&str>) {
 }
 
 fn features(weights: &Path, images: &Path, out: &Path) {
-    Cli::new()
+    cli()
         .args(["features", "--images"])
         .arg(images)
         .arg("--out")
@@ -77,7 +60,7 @@ fn merged_shard_features_equal_the_unsharded_run() {
     }
     let merged = root.join("f_merged.npz");
     // Shards in reverse order: merge restores sample order from their `indices`.
-    Cli::new()
+    cli()
         .arg("merge")
         .arg(root.join("f_s1.npz"))
         .arg(root.join("f_s0.npz"))
@@ -102,7 +85,7 @@ fn merged_shard_features_equal_the_unsharded_run() {
     }
 
     // Shards with and without indices do not mix.
-    Cli::new()
+    cli()
         .arg("merge")
         .args([
             root.join("f_s0.npz"),
@@ -111,6 +94,6 @@ fn merged_shard_features_equal_the_unsharded_run() {
             root.join("bad.npz"),
         ])
         .run()
-        .failure();
+        .refused_with(&["some feature shards carry `indices` and some do not"]);
     assert!(!root.join("bad.npz").exists());
 }

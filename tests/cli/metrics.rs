@@ -8,16 +8,16 @@ use llamagen_test_support as support;
 use ndarray::Array2;
 use ndarray_npy::{write_npy, NpzReader, NpzWriter};
 
-use crate::harness::{metrics_json, Cli, Run};
+use crate::harness::{cli, metrics_json, Run};
 
 fn golden(key: &str) -> Array2<f32> {
-    let path = support::golden_dir().join("metrics_public.npz");
+    let path = support::golden("metrics_public.npz");
     let mut npz = NpzReader::new(File::open(path).unwrap()).unwrap();
     npz.by_name(key).unwrap()
 }
 
 fn manifest(metric: &str) -> f64 {
-    let path = support::golden_dir().join("manifest_public.json");
+    let path = support::golden("manifest_public.json");
     let value: serde_json::Value = serde_json::from_reader(File::open(path).unwrap()).unwrap();
     value["adm_metrics"][metric].as_f64().unwrap()
 }
@@ -32,7 +32,7 @@ fn write_features(path: &Path, entries: &[(&str, &Array2<f32>)]) {
 
 /// `metrics` with `args`, quiet.
 fn metrics(args: &[&std::ffi::OsStr]) -> Run {
-    Cli::new().arg("metrics").args(args).quiet().run()
+    cli().arg("metrics").args(args).quiet().run()
 }
 
 struct Fixture {
@@ -71,7 +71,7 @@ impl Fixture {
 fn reproduces_adm_fid_sfid_against_a_reference_batch() {
     let fx = Fixture::new();
     let out = fx.path("run-stats");
-    let adm_ref = support::golden_dir().join("adm_ref_public.npz");
+    let adm_ref = support::golden("adm_ref_public.npz");
     metrics(&[
         "--sample-features".as_ref(),
         fx.path("sample.npz").as_os_str(),
@@ -214,7 +214,7 @@ fn bad_inputs_fail_cleanly_without_outputs() {
     let fx = Fixture::new();
     let narrow = golden("ref").slice(ndarray::s![.., ..128]).to_owned();
     write_features(&fx.path("narrow.npz"), &[("pool", &narrow)]);
-    let adm_ref = support::golden_dir().join("adm_ref_public.npz");
+    let adm_ref = support::golden("adm_ref_public.npz");
     let cases: Vec<(Vec<PathBuf>, &str)> = vec![
         (
             vec![fx.path("narrow.npz"), adm_ref.clone()],

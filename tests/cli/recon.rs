@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use tch::Tensor;
 
-use crate::harness::{all_cores, metrics_json, random_inception_weights, Cli, Run};
+use crate::harness::{all_cores, cli, metrics_json, random_inception_weights, Run};
 
 fn write_images(path: &Path, images: &Array4<u8>) {
     let mut npz = NpzWriter::new(File::create(path).unwrap());
@@ -66,7 +66,7 @@ fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
     recons.write_npy(File::create(&recon_npy).unwrap()).unwrap();
 
     let run = |out: &Path, extra: &[&str]| {
-        Cli::new()
+        cli()
             .args(["recon", "--recon-batch"])
             .arg(&recon)
             .arg("--data")
@@ -108,7 +108,7 @@ fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
 
     // rFID against our own `fid` of the two sets.
     let fid_out = root.join("runs/fid");
-    Cli::new()
+    cli()
         .args(["fid", "--sample-batch"])
         .arg(&recon)
         .arg("--ref")
@@ -144,7 +144,7 @@ fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
 }
 
 fn golden_io() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(support::golden_dir().join("vq_public_io.safetensors"))
+    Tensor::read_safetensors(support::golden("vq_public_io.safetensors"))
         .unwrap()
         .into_iter()
         .collect()
@@ -157,7 +157,7 @@ fn tensor_images(t: &Tensor) -> Array4<u8> {
 }
 
 fn vq_run(vq: &Path, data: &Path, out: &Path, extra: &[&OsStr]) -> Run {
-    Cli::new()
+    cli()
         .args(["recon", "--vq"])
         .arg(vq)
         .arg("--data")
@@ -185,7 +185,7 @@ fn golden_tokenizer_run() {
     let golden_recon = tensor_images(&io["recon_uint8_nhwc"]);
     let data = root.join("golden_images.npz");
     write_images(&data, &images);
-    let vq = support::golden_dir().join("vq_public.pt");
+    let vq = support::golden("vq_public.pt");
 
     let out = root.join("whole");
     let saved = root.join("recon.npz");
@@ -341,7 +341,7 @@ fn bad_inputs_fail_cleanly() {
     let small = root.join("small.npz");
     write_images(&small, &Array4::from_elem((2, 32, 32, 3), 1u8));
     let out = root.join("shape");
-    let output = Cli::new()
+    let output = cli()
         .args(["recon", "--recon-batch"])
         .arg(&small)
         .arg("--data")

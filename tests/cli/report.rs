@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::harness::{Cli, Run};
+use crate::harness::{cli, Run};
 
 /// The documented columns of `summary.csv`, in order.
 const COLUMNS: [&str; 39] = [
@@ -52,7 +52,7 @@ const COLUMNS: [&str; 39] = [
 
 /// `report` with `args`, quiet.
 fn report(args: &[&std::ffi::OsStr]) -> Run {
-    Cli::new().arg("report").args(args).quiet().run()
+    cli().arg("report").args(args).quiet().run()
 }
 
 fn write_run(dir: &Path, metrics: serde_json::Value, run: serde_json::Value) -> PathBuf {

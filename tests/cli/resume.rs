@@ -10,11 +10,12 @@ use std::path::Path;
 use ndarray::Array4;
 
 use crate::harness::{
-    all_cores, golden, metrics_json, random_inception_and_reference, s, Cli, Run,
+    all_cores, cli, golden, metrics_json, random_inception_and_reference, remove_flag, s, tiny_gpt,
+    Run,
 };
 
 fn run(args: &[&str], crash_at: Option<&str>) -> Run {
-    let mut cli = Cli::new()
+    let mut cli = cli()
         .args(args)
         .info_log()
         .env_remove("LLAMAGEN_EVAL_CRASH_AT");
@@ -49,19 +50,10 @@ fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (weights, reference) = random_inception_and_reference(root, 12);
-    let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
     let fid_at = |cfg: &str, out: &Path, extra: &[&str], crash_at: Option<&str>| {
         let saved = out.join("samples.npz");
-        let mut args = vec![
-            "fid",
-            "--gpt",
-            s(&gpt),
-            "--vq",
-            s(&vq),
-            "--n-head",
-            "4",
-            "--image-size",
-            "64",
+        let mut args = tiny_gpt("fid");
+        args.extend([
             "--samples",
             "10",
             "--cfg-scale",
@@ -76,8 +68,6 @@ fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
             s(&reference),
             "--inception",
             s(&weights),
-            "--device",
-            "cpu",
             "--kid-subsets",
             "5",
             "--kid-subset-size",
@@ -86,7 +76,7 @@ fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
             s(&saved),
             "--out",
             s(out),
-        ];
+        ]);
         args.extend_from_slice(extra);
         run(&args, crash_at)
     };
@@ -132,29 +122,19 @@ fn sample_and_recon_resume_after_sigkill() {
     let _cores = all_cores();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
+    let vq = golden("vq_public.pt");
     let sample = |out: &Path, extra: &[&str], crash_at: Option<&str>| {
-        let mut args = vec![
-            "sample",
-            "--gpt",
-            s(&gpt),
-            "--vq",
-            s(&vq),
-            "--n-head",
-            "4",
-            "--image-size",
-            "64",
+        let mut args = tiny_gpt("sample");
+        args.extend([
             "--samples",
             "7",
             "--seed",
             "9",
             "--batch-size",
             "2",
-            "--device",
-            "cpu",
             "--out",
             s(out),
-        ];
+        ]);
         args.extend_from_slice(extra);
         run(&args, crash_at)
     };
@@ -200,35 +180,19 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (weights, reference) = random_inception_and_reference(root, 12);
-    let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
     let common = [
-        "--vq",
-        s(&vq),
-        "--image-size",
-        "64",
         "--samples",
         "3",
         "--ref",
         s(&reference),
         "--inception",
         s(&weights),
-        "--device",
-        "cpu",
         "--metrics",
         "fid,is",
     ];
     let out = root.join("sweep");
-    let mut args = vec![
-        "sweep",
-        "--cfg-scales",
-        "1.0,1.5,3.0",
-        "--gpt",
-        s(&gpt),
-        "--n-head",
-        "4",
-        "--out",
-        s(&out),
-    ];
+    let mut args = tiny_gpt("sweep");
+    args.extend(["--cfg-scales", "1.0,1.5,3.0", "--out", s(&out)]);
     args.extend_from_slice(&common);
     let stderr = run(&args, None).success().stderr_text();
     let count = |needle: &str| stderr.matches(needle).count();
@@ -250,12 +214,11 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
     let cache = root.join(".feature-cache");
     let _ = std::fs::remove_dir_all(&cache);
     let bad = root.join("bad");
-    let mut args = vec!["fid", "--gpt", s(&gpt), "--out", s(&bad)];
+    let mut args = tiny_gpt("fid");
+    remove_flag(&mut args, "--n-head");
+    args.extend(["--out", s(&bad)]);
     args.extend_from_slice(&common);
-    let output = run(&args, None);
-    let stderr = output.stderr_text();
-    assert!(!output.succeeded());
-    assert!(stderr.contains("--n-head"), "{stderr}");
+    let stderr = run(&args, None).refused_with(&["--n-head"]);
     assert!(!stderr.contains("Inception-V3 loaded"), "{stderr}");
     assert!(
         !cache.exists(),

@@ -11,28 +11,14 @@ use ndarray_npy::NpzReader;
 use tch::{Kind, Tensor};
 
 use crate::harness::{
-    golden, llamagen_eval, metrics_json, one_core, random_inception_and_reference, s, Run,
+    golden, llamagen_eval, metrics_json, one_core, random_inception_and_reference, remove_flag, s,
+    set_flag, tiny_gpt, Run,
 };
 
 /// `sample` on the golden models with extra flags.
 fn sample(out: &Path, extra: &[&str]) -> Run {
-    let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
-    let mut args = vec![
-        "sample",
-        "--gpt",
-        s(&gpt),
-        "--vq",
-        s(&vq),
-        "--n-head",
-        "4",
-        "--image-size",
-        "64",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--out",
-        s(out),
-    ];
+    let mut args = tiny_gpt("sample");
+    args.extend(["--quiet", "--out", s(out)]);
     args.extend_from_slice(extra);
     llamagen_eval(&args)
 }
@@ -256,52 +242,25 @@ fn bad_inputs_fail_before_sampling() {
             "at most 100000000 samples per run",
         );
     }
-    let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
-    let wrong_size_args = vec![
-        "sample",
-        "--gpt",
-        s(&gpt),
-        "--vq",
-        s(&vq),
-        "--n-head",
-        "4",
-        "--image-size",
-        "128",
-        "--samples",
-        "2",
-        "--device",
-        "cpu",
-        "--out",
-        s(&out),
-    ];
-    let wrong_size = llamagen_eval(&wrong_size_args);
-    fails(wrong_size, "trained at 64 px");
-    let mut not_multiple = wrong_size_args.clone();
-    not_multiple[8] = "72";
+    // The generation size: the golden models' 64 px replaced.
+    let at_size = |size: &'static str| {
+        let mut args = tiny_gpt("sample");
+        set_flag(&mut args, "--image-size", size);
+        args.extend(["--samples", "2", "--out", s(&out)]);
+        llamagen_eval(&args)
+    };
+    fails(at_size("128"), "trained at 64 px");
     fails(
-        llamagen_eval(&not_multiple),
+        at_size("72"),
         "multiple of the tokenizer's downsampling factor 16",
     );
     let small_vocab = dir.path().join("vocab512.safetensors");
     fake_gpt(&small_vocab, 512, "cls_embedding.embedding_table.weight");
     let run = |gpt: &Path| {
-        llamagen_eval(&[
-            "sample",
-            "--gpt",
-            s(gpt),
-            "--vq",
-            s(&golden("vq_public.pt")),
-            "--n-head",
-            "4",
-            "--image-size",
-            "64",
-            "--samples",
-            "2",
-            "--device",
-            "cpu",
-            "--out",
-            s(&out),
-        ])
+        let mut args = tiny_gpt("sample");
+        set_flag(&mut args, "--gpt", s(gpt));
+        args.extend(["--samples", "2", "--out", s(&out)]);
+        llamagen_eval(&args)
     };
     fails(
         run(&small_vocab),
@@ -310,20 +269,11 @@ fn bad_inputs_fail_before_sampling() {
     let t2i = dir.path().join("t2i.safetensors");
     fake_gpt(&t2i, 1024, "cls_embedding.cap_proj.fc1.weight");
     fails(run(&t2i), "text-to-image (t2i) checkpoint");
-    let without_heads = llamagen_eval(&[
-        "sample",
-        "--gpt",
-        s(&golden("gpt_public.pt")),
-        "--vq",
-        s(&golden("vq_public.pt")),
-        "--image-size",
-        "64",
-        "--samples",
-        "2",
-        "--out",
-        s(&out),
-    ]);
-    fails(without_heads, "--n-head");
+    // The golden command line without its `--n-head 4` (and nothing else missing).
+    let mut without_heads = tiny_gpt("sample");
+    remove_flag(&mut without_heads, "--n-head");
+    without_heads.extend(["--samples", "2", "--out", s(&out)]);
+    fails(llamagen_eval(&without_heads), "--n-head");
 }
 
 #[test]
@@ -335,29 +285,18 @@ fn fid_with_a_generator_streams_the_sampled_images() {
     // published numbers) and a fixed reference batch.
     let (weights, reference) = random_inception_and_reference(root, 10);
     let saved = root.join("saved.npz");
-    let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
     let (gen_out, file_out) = (root.join("gen"), root.join("file"));
     let common_args = [
         "--ref",
         s(&reference),
         "--inception",
         s(&weights),
-        "--device",
-        "cpu",
         "--metrics",
         "is",
         "--quiet",
     ];
-    let mut args = vec![
-        "fid",
-        "--gpt",
-        s(&gpt),
-        "--vq",
-        s(&vq),
-        "--n-head",
-        "4",
-        "--image-size",
-        "64",
+    let mut generate = tiny_gpt("fid");
+    generate.extend([
         "--samples",
         "4",
         "--seed",
@@ -366,16 +305,22 @@ fn fid_with_a_generator_streams_the_sampled_images() {
         "4",
         "--batch-size",
         "4",
-        "--save-samples",
-        s(&saved),
-        "--out",
-        s(&gen_out),
-    ];
-    args.extend_from_slice(&common_args);
+    ]);
+    generate.extend_from_slice(&common_args);
+    let mut args = generate.clone();
+    args.extend(["--save-samples", s(&saved), "--out", s(&gen_out)]);
     llamagen_eval(&args).success();
     let (images, _) = read(&saved);
     assert_eq!(images.dim(), (4, 64, 64, 3));
-    let mut args = vec!["fid", "--sample-batch", s(&saved), "--out", s(&file_out)];
+    let mut args = vec![
+        "fid",
+        "--sample-batch",
+        s(&saved),
+        "--device",
+        "cpu",
+        "--out",
+        s(&file_out),
+    ];
     args.extend_from_slice(&common_args);
     llamagen_eval(&args).success();
     let fid = |dir: &str| metrics_json(&root.join(dir));
@@ -393,17 +338,13 @@ fn fid_with_a_generator_streams_the_sampled_images() {
     assert_eq!(a["run"]["n_samples"], 4);
     assert!(gen_out.join("grid.png").is_file());
     assert!(a["run"]["throughput"]["tokens_per_s"].as_f64().unwrap() > 0.0);
-    // Both sample sources at once are refused.
-    let both = llamagen_eval(&[
-        "fid",
-        "--sample-batch",
-        s(&saved),
-        "--gpt",
-        s(&gpt),
-        "--ref",
-        s(&reference),
-    ]);
-    assert!(!both.succeeded());
+    // Both sample sources at once are refused: the generator run above, complete, with
+    // `--sample-batch` added, and nothing written.
+    let both_out = root.join("both");
+    let mut args = generate;
+    args.extend(["--out", s(&both_out), "--sample-batch", s(&saved)]);
+    llamagen_eval(&args).refused_with(&["--sample-batch", "cannot be used with", "--gpt"]);
+    assert!(!both_out.exists());
 }
 
 /// Sampling on its own thread (the default) and `--no-overlap` give the same tokens (journaled
@@ -414,20 +355,11 @@ fn fid_with_a_generator_is_identical_with_and_without_overlap() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (weights, reference) = random_inception_and_reference(root, 10);
-    let (gpt, vq) = (golden("gpt_public.pt"), golden("vq_public.pt"));
     let run = |name: &str, extra: &[&str]| {
         let out = root.join(name);
         let saved = out.join("samples.npz");
-        let mut args = vec![
-            "fid",
-            "--gpt",
-            s(&gpt),
-            "--vq",
-            s(&vq),
-            "--n-head",
-            "4",
-            "--image-size",
-            "64",
+        let mut args = tiny_gpt("fid");
+        args.extend([
             "--samples",
             "7",
             "--seed",
@@ -443,8 +375,6 @@ fn fid_with_a_generator_is_identical_with_and_without_overlap() {
             s(&reference),
             "--inception",
             s(&weights),
-            "--device",
-            "cpu",
             "--metrics",
             "fid,is",
             "--quiet",
@@ -452,7 +382,7 @@ fn fid_with_a_generator_is_identical_with_and_without_overlap() {
             s(&saved),
             "--out",
             s(&out),
-        ];
+        ]);
         args.extend_from_slice(extra);
         (llamagen_eval(&args), out)
     };

@@ -12,9 +12,9 @@ use ndarray::{Array1, Array4};
 use ndarray_npy::NpzReader;
 use tch::Tensor;
 
-use crate::distributed::{spawn_ranks, srun_vars};
 use crate::harness::{
-    golden, llamagen_eval, metrics_json, one_core, random_inception_and_reference, s, Run,
+    all_succeed, generator, golden, llamagen_eval, metrics_json, one_core,
+    random_inception_and_reference, ranks, s, srun_tasks, tiny_t2i, Run,
 };
 
 /// The caption npz files of `fixtures/t2i_caption_npz.py` in `dir`, and the caption texts.
@@ -26,26 +26,8 @@ fn caption_files(dir: &Path) -> Vec<String> {
     serde_json::from_str(out.trim()).unwrap()
 }
 
-/// The generator flags of every run: the golden t2i checkpoint and tokenizer at 64 px on the CPU.
-fn generator_args<'a>(gpt: &'a Path, vq: &'a Path) -> Vec<&'a str> {
-    vec![
-        "--gpt",
-        s(gpt),
-        "--vq",
-        s(vq),
-        "--n-head",
-        "4",
-        "--image-size",
-        "64",
-        "--device",
-        "cpu",
-    ]
-}
-
 fn sample(out: &Path, captions: &Path, extra: &[&str]) -> Run {
-    let (gpt, vq) = (golden("gpt_t2i_public.pt"), golden("vq_public.pt"));
-    let mut args = vec!["sample"];
-    args.extend(generator_args(&gpt, &vq));
+    let mut args = tiny_t2i("sample");
     args.extend([
         "--caption-embeddings",
         s(captions),
@@ -69,21 +51,12 @@ fn read(path: &Path) -> Samples {
     let names = npz.names().unwrap();
     assert!(!names.iter().any(|n| n.starts_with("arr_1")), "{names:?}");
     let captions = names.iter().any(|n| n.starts_with("captions")).then(|| {
-        let out = std::process::Command::new(support::python())
-            .args([
-                "-c",
-                "import json, sys, numpy as np; \
-                 print(json.dumps(np.load(sys.argv[1])['captions'].tolist()))",
-                s(path),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = support::run_python_code(
+            "import json, sys, numpy as np; \
+             print(json.dumps(np.load(sys.argv[1])['captions'].tolist()))",
+            &[path],
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_str(out.trim()).unwrap()
     });
     Samples {
         images: npz.by_name("arr_0").unwrap(),
@@ -130,13 +103,11 @@ fn t2i_fid_and_sample_reproduce_llamagen_with_captions() {
     let texts = caption_files(root);
     let captions = root.join("captions.npz");
     let (weights, reference) = random_inception_and_reference(root, 10);
-    let (gpt, vq) = (golden("gpt_t2i_public.pt"), golden("vq_public.pt"));
 
     // fid --gpt: 6 greedy samples with guidance 4, captions cycled (sample i shows caption i % 3).
     let out = root.join("fid");
     let saved = root.join("fid_samples.npz");
-    let mut args = vec!["fid"];
-    args.extend(generator_args(&gpt, &vq));
+    let mut args = tiny_t2i("fid");
     args.extend([
         "--caption-embeddings",
         s(&captions),
@@ -316,12 +287,10 @@ fn t2i_samples_do_not_depend_on_batching_shards_interruption_or_ranks() {
     same(&read(&out), "resumed");
 
     // Two ranks of a Slurm job: rank 0 gathers one process's samples, and the captioned grid.
-    let (gpt, vq) = (golden("gpt_t2i_public.pt"), golden("vq_public.pt"));
     let gathered = p("ranks.npz");
     let grid = p("ranks_grid.png");
-    let args: Vec<String> = ["sample"]
+    let args: Vec<String> = tiny_t2i("sample")
         .into_iter()
-        .chain(generator_args(&gpt, &vq))
         .chain(RANDOM)
         .chain([
             "--caption-embeddings",
@@ -336,10 +305,7 @@ fn t2i_samples_do_not_depend_on_batching_shards_interruption_or_ranks() {
         ])
         .map(str::to_owned)
         .collect();
-    let ranks: Vec<_> = (0..2).map(|r| srun_vars(r, 2)).collect();
-    for (rank, (ok, stderr)) in spawn_ranks(&args, &ranks).iter().enumerate() {
-        assert!(ok, "rank {rank}:\n{stderr}");
-    }
+    all_succeed(ranks(&args, &srun_tasks(2)));
     same(&read(&gathered), "two ranks");
     let (w, h) = png_size(&grid);
     assert_eq!(w, plain_grid(2, 2).0);
@@ -365,50 +331,45 @@ fn bad_caption_inputs_fail_before_sampling() {
             "a journal was started: {stderr}"
         );
     };
-    let (t2i, c2i, vq) = (
-        golden("gpt_t2i_public.pt"),
-        golden("gpt_public.pt"),
-        golden("vq_public.pt"),
-    );
-    let run = |gpt: &Path, extra: &[&str]| {
-        let mut args = vec!["sample"];
-        args.extend(generator_args(gpt, &vq));
+    let (t2i, c2i) = ("gpt_t2i_public.pt", "gpt_public.pt");
+    let run = |gpt: &'static str, extra: &[&str]| {
+        let mut args = generator("sample", gpt);
         args.extend(["--samples", "2", "--out", s(&out)]);
         args.extend_from_slice(extra);
         llamagen_eval(&args)
     };
     let captions = root.join("captions.npz");
-    let with = |name: &str| run(&t2i, &["--caption-embeddings", s(&root.join(name))]);
+    let with = |name: &str| run(t2i, &["--caption-embeddings", s(&root.join(name))]);
 
     // Captions for a class-conditional checkpoint, and the reverse.
     fails(
-        run(&c2i, &["--caption-embeddings", s(&captions)]),
+        run(c2i, &["--caption-embeddings", s(&captions)]),
         &[
             "a class-conditional (c2i) generator",
             "drop --caption-embeddings",
         ],
     );
     fails(
-        run(&t2i, &[]),
+        run(t2i, &[]),
         &[
             "is a text-to-image (t2i) generator",
             "--caption-embeddings FILE.npz",
         ],
     );
     fails(
-        run(&t2i, &["--labels", "1,2"]),
+        run(t2i, &["--labels", "1,2"]),
         &["is a text-to-image (t2i) generator"],
     );
     fails(
         run(
-            &t2i,
+            t2i,
             &["--labels", "1", "--caption-embeddings", s(&captions)],
         ),
         &["--caption-embeddings", "cannot be used with", "--labels"],
     );
     fails(
         run(
-            &t2i,
+            t2i,
             &["--class-balanced", "--caption-embeddings", s(&captions)],
         ),
         &["cannot be used with", "--class-balanced"],
@@ -441,8 +402,7 @@ fn bad_caption_inputs_fail_before_sampling() {
     fails(with("missing.npz"), &["missing.npz: cannot open"]);
     // The same checks in `fid --gpt`.
     let (weights, reference) = random_inception_and_reference(root, 4);
-    let mut args = vec!["fid"];
-    args.extend(generator_args(&t2i, &vq));
+    let mut args = tiny_t2i("fid");
     let wide = root.join("wide.npz");
     let fid_out = root.join("fid");
     args.extend([
@@ -529,11 +489,9 @@ fn t2i_from_prompts_with_t5_and_clip_score() {
         "A bowl of fruit on a wooden kitchen table.",
     ];
     let (weights, reference) = random_inception_and_reference(root, 10);
-    let (gpt, vq) = (golden("gpt_t2i_public.pt"), golden("vq_public.pt"));
     let out = root.join("fid");
     let clip_weights = clip.join("model.safetensors");
-    let mut args = vec!["fid"];
-    args.extend(generator_args(&gpt, &vq));
+    let mut args = tiny_t2i("fid");
     args.extend([
         "--prompts",
         s(&prompts),
@@ -577,8 +535,7 @@ fn t2i_from_prompts_with_t5_and_clip_score() {
     // stored beside them.
     let samples = |name: &str| {
         let path = root.join(name);
-        let mut args = vec!["sample"];
-        args.extend(generator_args(&gpt, &vq));
+        let mut args = tiny_t2i("sample");
         args.extend([
             "--prompts",
             s(&prompts),
@@ -608,14 +565,17 @@ fn t2i_from_prompts_with_t5_and_clip_score() {
         no_tokenizer.join("model.safetensors"),
     )
     .unwrap();
-    let c2i = golden("gpt_public.pt");
     for (gpt, prompts, t5, words) in [
-        (&gpt, &empty, &t5, "empty"),
-        (&gpt, &prompts, &no_tokenizer, "tokenizer.json"),
-        (&c2i, &prompts, &t5, "class-conditional"),
+        ("gpt_t2i_public.pt", &empty, &t5, "empty"),
+        (
+            "gpt_t2i_public.pt",
+            &prompts,
+            &no_tokenizer,
+            "tokenizer.json",
+        ),
+        ("gpt_public.pt", &prompts, &t5, "class-conditional"),
     ] {
-        let mut args = vec!["sample"];
-        args.extend(generator_args(gpt, &vq));
+        let mut args = generator("sample", gpt);
         args.extend(["--prompts", s(prompts), "--t5", s(t5), "--quiet", "--out"]);
         let never = root.join("never.npz");
         args.push(s(&never));

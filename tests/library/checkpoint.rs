@@ -4,15 +4,12 @@
 //! error messages. Damaged and hostile files are fuzzed in `fuzz_readers`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use crate::harness::golden;
 use llamagen_eval::checkpoint::{load_into, Checkpoint, ErrorKind, Format, LoadOptions, Value};
 use llamagen_test_support as support;
 use tch::{Kind, Tensor};
-
-fn golden(name: &str) -> PathBuf {
-    support::golden_dir().join(name)
-}
 
 /// Runs make_checkpoints.py into a fresh temporary directory.
 fn generate(with_golden: bool) -> tempfile::TempDir {

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use crate::harness::{golden, golden_tensors};
 use llamagen_eval::models::clip::{preprocess, ClipError, ClipVisionModel, Heads, CLIP_STD};
 use llamagen_test_support as support;
 use ndarray::Array4;
@@ -17,12 +18,7 @@ struct Io(HashMap<String, Tensor>);
 
 impl Io {
     fn read() -> Self {
-        Io(Tensor::read_safetensors(
-            support::golden_dir().join("feature_nets_public_io.safetensors"),
-        )
-        .expect("feature_nets_public_io.safetensors")
-        .into_iter()
-        .collect())
+        Io(golden_tensors("feature_nets_public_io.safetensors"))
     }
 
     fn get(&self, name: &str) -> &Tensor {
@@ -40,7 +36,7 @@ impl Io {
 }
 
 fn golden_clip() -> PathBuf {
-    support::golden_dir().join("clip_vision_tiny_public.safetensors")
+    golden("clip_vision_tiny_public.safetensors")
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {

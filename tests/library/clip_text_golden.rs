@@ -16,17 +16,15 @@ use llamagen_test_support as support;
 use ndarray::Array2;
 use tch::{Device, Kind, Tensor};
 
+use crate::harness::{golden, golden_json, golden_tensors};
 use crate::t5_golden::{add_tokens, captions, python_tokens};
 
 fn read(name: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(support::golden_dir().join(name))
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-        .into_iter()
-        .collect()
+    golden_tensors(name)
 }
 
 fn golden_text() -> PathBuf {
-    support::golden_dir().join("clip_text_tiny_public.safetensors")
+    golden("clip_text_tiny_public.safetensors")
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
@@ -74,10 +72,7 @@ fn clip_text_tower_loads_from_a_whole_clip_model() {
     let io = read("t2i_public_io.safetensors");
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut all: Vec<(String, Tensor)> = Tensor::read_safetensors(golden_text()).unwrap();
-    all.extend(
-        Tensor::read_safetensors(support::golden_dir().join("clip_vision_tiny_public.safetensors"))
-            .unwrap(),
-    );
+    all.extend(Tensor::read_safetensors(golden("clip_vision_tiny_public.safetensors")).unwrap());
     all.push(("logit_scale".to_owned(), Tensor::from(2.6592f32)));
     all.push((
         "text_model.embeddings.position_ids".to_owned(),
@@ -85,10 +80,7 @@ fn clip_text_tower_loads_from_a_whole_clip_model() {
     ));
     let file = dir.path().join("model.safetensors");
     Tensor::write_safetensors(&all, &file).unwrap();
-    let config = |name: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(support::golden_dir().join(name)).unwrap())
-            .unwrap()
-    };
+    let config = |name: &str| -> serde_json::Value { golden_json(name) };
     let clip_config = serde_json::json!({
         "model_type": "clip",
         "projection_dim": 32,
@@ -105,11 +97,7 @@ fn clip_text_tower_loads_from_a_whole_clip_model() {
 fn clip_score_matches_the_golden_pairs() {
     let io = read("t2i_public_io.safetensors");
     let features = read("feature_nets_public_io.safetensors");
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(support::golden_dir().join("t2i_public.json"))
-            .expect("t2i_public.json"),
-    )
-    .unwrap();
+    let manifest = golden_json("t2i_public.json");
     let mean = manifest["clip_text"]["clip_score"]
         .as_f64()
         .expect("clip_text.clip_score in t2i_public.json");

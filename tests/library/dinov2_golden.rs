@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use crate::harness::{golden, golden_tensors};
 use llamagen_eval::checkpoint::Checkpoint;
 use llamagen_eval::models::dinov2::{self, Dinov2, Dinov2Error, IMAGENET_STD};
 use llamagen_test_support as support;
@@ -18,14 +19,11 @@ const TINY_HEADS: i64 = 4;
 const SIZES: [&str; 2] = ["256x256", "64x64"];
 
 fn golden_io() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(support::golden_dir().join("feature_nets_public_io.safetensors"))
-        .expect("feature_nets_public_io.safetensors")
-        .into_iter()
-        .collect()
+    golden_tensors("feature_nets_public_io.safetensors")
 }
 
 fn golden_weights() -> PathBuf {
-    support::golden_dir().join("dinov2_tiny_public_pretrain.pth")
+    golden("dinov2_tiny_public_pretrain.pth")
 }
 
 fn load_tiny() -> (tch::nn::VarStore, Dinov2) {
@@ -122,7 +120,7 @@ fn assert_names_file(e: &Dinov2Error, file: &str) {
 #[test]
 fn dinov2_refuses_other_networks_naming_the_file() {
     for file in ["vq_public.pt", "clip_vision_tiny_public.safetensors"] {
-        let path = support::golden_dir().join(file);
+        let path = golden(file);
         let e = Dinov2::load(&path, Device::Cpu, None).unwrap_err();
         assert!(matches!(e, Dinov2Error::NotDinov2 { .. }), "{file}: {e}");
         assert!(e.to_string().contains("not a DINOv2"), "{e}");

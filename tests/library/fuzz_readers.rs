@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::io::{Cursor, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use llamagen_eval::checkpoint::{Checkpoint, ErrorKind, ReadBudget};
@@ -64,32 +63,15 @@ fn readers_survive_hostile_and_mutated_inputs() {
         fuzz();
         return;
     }
-    let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("fuzz.log");
-    // Waited for below with wait4, which gives its rusage, rather than Child::wait.
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new(std::env::current_exe().unwrap())
+    // This test binary again, on this test alone, measured: its own peak memory from wait4.
+    let measured = support::Cli::new(std::env::current_exe().unwrap())
         .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(logs.path().join("stderr")).unwrap())
-        .spawn()
-        .expect("the test binary runs");
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value; wait4 fills it for this child alone.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    // SAFETY: `pid` is our own unwaited child; `status` and `usage` are valid for writes.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4 failed");
-    let output = std::fs::read_to_string(&log).unwrap()
-        + &std::fs::read_to_string(logs.path().join("stderr")).unwrap();
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "the fuzzing process failed:\n{output}"
-    );
-    let max_rss = usage.ru_maxrss as u64 * 1024;
+        .run_measured();
+    let run = &measured.run;
+    let output = run.stdout_text() + &run.stderr_text();
+    assert!(run.succeeded(), "the fuzzing process failed:\n{output}");
+    let max_rss = measured.peak_rss;
     eprintln!(
         "{output}fuzzing process peaked at {} MB",
         max_rss / 1_000_000

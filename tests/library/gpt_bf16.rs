@@ -6,13 +6,11 @@ use llamagen_eval::sampling::{generate, SamplingParams};
 use llamagen_test_support as support;
 use tch::{Device, Kind, Tensor};
 
-use crate::gpt_golden::{floats, four_heads, golden, io, longs, one_thread};
+use crate::gpt_golden::{floats, four_heads, io, longs, one_thread};
+use crate::harness::{golden, golden_tensors};
 
 fn bf16_io() -> std::collections::HashMap<String, Tensor> {
-    Tensor::read_safetensors(golden("gpt_public_bf16_io.safetensors"))
-        .expect("gpt_public_bf16_io.safetensors")
-        .into_iter()
-        .collect()
+    golden_tensors("gpt_public_bf16_io.safetensors")
 }
 
 /// The golden checkpoint with its weights converted to bf16 after loading, as LlamaGen's

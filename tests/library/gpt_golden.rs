@@ -2,26 +2,19 @@
 //! (`../shared/golden/gpt_public*`), and the sampler's statistics.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
+use crate::harness::{golden, golden_json, golden_tensors};
 use llamagen_eval::models::gpt::{Condition, Gpt, GptConfig, GptError, HeadChoice};
 use llamagen_eval::sampling::{self, generate, logits_to_probs, SamplingParams};
 use llamagen_test_support as support;
 use tch::{nn, Device, Kind, Tensor};
 
-pub(crate) fn golden(name: &str) -> PathBuf {
-    support::golden_dir().join(name)
-}
-
 pub(crate) fn io() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(golden("gpt_public_io.safetensors"))
-        .expect("gpt_public_io.safetensors")
-        .into_iter()
-        .collect()
+    golden_tensors("gpt_public_io.safetensors")
 }
 
 fn manifest() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(golden("manifest_public.json")).unwrap()).unwrap()
+    golden_json("manifest_public.json")
 }
 
 pub(crate) fn four_heads() -> HeadChoice {

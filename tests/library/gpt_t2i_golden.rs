@@ -16,17 +16,15 @@ use llamagen_eval::pipeline::{BatchSize, Generator, GeneratorConfig, Precision};
 use llamagen_eval::sampling::{generate_conditioned, Conditioning, Conditions, SamplingParams};
 use tch::{Device, Tensor};
 
-use crate::gpt_golden::{floats, four_heads, golden, longs, one_thread};
+use crate::gpt_golden::{floats, four_heads, longs, one_thread};
+use crate::harness::{golden, golden_json, golden_tensors};
 
 fn io() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(golden("t2i_public_io.safetensors"))
-        .expect("t2i_public_io.safetensors")
-        .into_iter()
-        .collect()
+    golden_tensors("t2i_public_io.safetensors")
 }
 
 fn manifest() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(golden("t2i_public.json")).unwrap()).unwrap()
+    golden_json("t2i_public.json")
 }
 
 /// The golden captions as the caption set `--caption-embeddings` makes (T5's right-padded output).

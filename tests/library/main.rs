@@ -6,6 +6,8 @@
 //! fuzzed. One binary: the modules share one libtorch process, so settings such as
 //! `tch::set_num_threads` hold for all of them.
 
+mod harness;
+
 mod checkpoint;
 mod clip_golden;
 mod clip_text_golden;

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::harness::{golden, golden_tensors};
 use llamagen_eval::models::t5::{T5Activation, T5Embedder, T5Encoder, T5Error, T5_MAX_LENGTH};
 use llamagen_eval::models::tokenizer::TokenizerError;
 use llamagen_test_support as support;
@@ -23,14 +24,11 @@ use tch::{Device, Kind, Tensor};
 const BF16_TOLERANCE: f64 = 0.15;
 
 fn io() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(support::golden_dir().join("t2i_public_io.safetensors"))
-        .expect("t2i_public_io.safetensors")
-        .into_iter()
-        .collect()
+    golden_tensors("t2i_public_io.safetensors")
 }
 
 fn golden_t5() -> PathBuf {
-    support::golden_dir().join("t5_tiny_public.safetensors")
+    golden("t5_tiny_public.safetensors")
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
@@ -52,7 +50,7 @@ fn golden_folder(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&folder).unwrap();
     std::fs::copy(golden_t5(), folder.join("model.safetensors")).unwrap();
     std::fs::copy(
-        support::golden_dir().join("t5_tiny_public_config.json"),
+        golden("t5_tiny_public_config.json"),
         folder.join("config.json"),
     )
     .unwrap();
@@ -319,7 +317,7 @@ fn t5_refuses_bad_inputs() {
     );
     // Other models' files.
     for other in ["clip_text_tiny_public.safetensors", "gpt_public.pt"] {
-        let path = support::golden_dir().join(other);
+        let path = golden(other);
         let e = T5Encoder::load(&path, Device::Cpu, Kind::Float).unwrap_err();
         let message = e.to_string();
         eprintln!("{message}");

@@ -5,19 +5,17 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::harness::{golden, golden_tensors};
 use llamagen_eval::models::vq::{images_to_input, to_pixels, VqError, VqModel, VqWeights};
 use llamagen_test_support as support;
 use tch::{Device, Kind, Tensor};
 
 fn golden_io() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(support::golden_dir().join("vq_public_io.safetensors"))
-        .expect("vq_public_io.safetensors")
-        .into_iter()
-        .collect()
+    golden_tensors("vq_public_io.safetensors")
 }
 
 fn golden_vq() -> PathBuf {
-    support::golden_dir().join("vq_public.pt")
+    golden("vq_public.pt")
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
@@ -192,7 +190,7 @@ fn checkpoint_forms_load_and_bad_ones_are_named() {
     assert!(e.to_string().contains("ema"), "{e}");
 
     // Bad checkpoints are named, with the reason.
-    let gpt = support::golden_dir().join("gpt_public.pt");
+    let gpt = golden("gpt_public.pt");
     let e = load(&gpt, VqWeights::Auto).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, VqError::GptCheckpoint { .. }), "{msg}");
@@ -207,7 +205,7 @@ fn checkpoint_forms_load_and_bad_ones_are_named() {
         "{msg}"
     );
 
-    let metrics = support::golden_dir().join("metrics_public.npz");
+    let metrics = golden("metrics_public.npz");
     assert!(load(&metrics, VqWeights::Auto).is_err());
 }
 
@@ -216,7 +214,7 @@ fn checkpoint_forms_load_and_bad_ones_are_named() {
 fn decoded(tokens: &[Vec<i64>], decode_batch: usize) -> Vec<u8> {
     use llamagen_eval::pipeline::{Generator, GeneratorConfig};
     let config = GeneratorConfig {
-        gpt: support::golden_dir().join("gpt_public.pt"),
+        gpt: golden("gpt_public.pt"),
         vq: golden_vq(),
         vq_weights: VqWeights::Auto,
         image_size: 64,

@@ -1,0 +1,24 @@
+//! What the library tests share, over the support crate (which also starts their processes): the
+//! golden files, read as tensors or JSON.
+
+use std::collections::HashMap;
+
+use tch::Tensor;
+
+pub use llamagen_test_support::golden;
+
+/// The tensors of the golden safetensors file `name`, by name.
+#[track_caller]
+pub fn golden_tensors(name: &str) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(golden(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .into_iter()
+        .collect()
+}
+
+/// The golden JSON file `name`, parsed.
+#[track_caller]
+pub fn golden_json(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(golden(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
