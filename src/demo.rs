@@ -146,7 +146,7 @@ pub fn run(out: &Path, samples: usize, progress: Progress) -> Result<()> {
         clip: None,
     };
     say("building the reference batch (statistics + kept images) with `stats`");
-    stats::reference_batch(
+    stats::run_stats(
         &reference_images,
         &reference,
         &StatsConfig {
@@ -157,6 +157,7 @@ pub fn run(out: &Path, samples: usize, progress: Progress) -> Result<()> {
             resume: false,
             progress,
         },
+        &Distribution::single(),
     )?;
 
     say(&format!(

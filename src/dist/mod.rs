@@ -15,9 +15,12 @@
 //! - [`manifest`]: the manifest (with its typed [`RankRecord`]), reading and writing parts, and
 //!   [`GatherError`], what a gather refuses and what to do about it;
 //! - [`gather`]: waiting for the parts, checking them, and the split's record;
-//! - [`part`]: [`RankPart`], a rank's share of a job.
+//! - [`part`]: [`RankPart`], a rank's share of a job;
+//! - [`job`]: [`ShardedJob`], the contract every such job implements, and the one driver that
+//!   runs it.
 
 pub mod gather;
+pub mod job;
 pub mod manifest;
 pub mod part;
 
@@ -29,6 +32,7 @@ use serde_json::{json, Map, Value};
 use crate::launcher::World;
 
 pub use gather::{clean_up, parts_in, split_record, split_summary};
+pub use job::{JobRun, ShardedJob};
 pub use manifest::{GatherError, Manifest, Part, RankRecord};
 pub use part::RankPart;
 

@@ -1,5 +1,5 @@
-//! A rank's share of a launched job, the one lifecycle every job follows: [`RankPart::start`]
-//! makes room for the part (a new run replaces the rank's old part; a resumed or restarted one
+//! A rank's share of a job, the one lifecycle every job follows (a process on its own is a world
+//! of one, which writes its outputs instead of a part): [`RankPart::start`] makes room for the part (a new run replaces the rank's old part; a resumed or restarted one
 //! keeps it), [`RankPart::kept`] finds a part the rank already finished with the same settings,
 //! the job writes its files ([`RankPart::file`]) and then the manifest that completes the part
 //! ([`RankPart::write_manifest`]), and [`RankPart::gather`] hands rank 0 every rank's checked
@@ -81,20 +81,22 @@ impl<'d> RankPart<'d> {
         fingerprint: &Map<String, Value>,
     ) -> Result<Self, PartError> {
         let world = distribution.world;
-        if total < world.size {
-            return Err(PartError::TooFewSamples {
-                total,
-                ranks: world.size,
-                last: world.size - 1,
-            });
-        }
         let resuming = resume || world.restarts > 0;
-        if !resuming {
-            remove_part(&layout, world.rank)?;
+        if world.size > 1 {
+            if total < world.size {
+                return Err(PartError::TooFewSamples {
+                    total,
+                    ranks: world.size,
+                    last: world.size - 1,
+                });
+            }
+            if !resuming {
+                remove_part(&layout, world.rank)?;
+            }
+            let dir = layout.parts();
+            std::fs::create_dir_all(dir)
+                .map_err(|e| FileError::new(dir, format!("cannot create: {e}")))?;
         }
-        let dir = layout.parts();
-        std::fs::create_dir_all(dir)
-            .map_err(|e| FileError::new(dir, format!("cannot create: {e}")))?;
         Ok(RankPart {
             distribution,
             layout,
@@ -114,6 +116,12 @@ impl<'d> RankPart<'d> {
     pub fn with_shard(mut self, shard: Shard) -> Self {
         self.shard = shard;
         self
+    }
+
+    /// Whether this process is a world of one: its outputs come from its own shard, and it
+    /// writes no part.
+    pub fn is_alone(&self) -> bool {
+        self.distribution.world.size == 1
     }
 
     /// This rank's samples: r, r+N, ... (or the shard given by hand).

@@ -129,7 +129,7 @@ impl FeatureCache {
                 false
             }
         };
-        let journal_dir = crate::layout::entry_journal(&first_entry);
+        let journal_dir = crate::layout::entry_journal(first_entry);
         let networks: Vec<Network> = missing.iter().map(|(n, _)| *n).collect();
         let names: Vec<&str> = networks.iter().map(|n| n.name()).collect();
         let progress = self.progress;

@@ -16,7 +16,7 @@ use super::parts::{join_part_features, write_features_part};
 use super::pass::{crash_point, JournalConfig, PassConfig, PassOutcome, Stage};
 use crate::data::ImageSource;
 use crate::dist::part::PartReport;
-use crate::dist::{clean_up, parts_in, Distribution, Part, RankPart};
+use crate::dist::{Distribution, JobRun, Part, RankPart, ShardedJob};
 use crate::features::{Extractor, FeatureSet, Network};
 use crate::journal::StreamSpec;
 use crate::layout::RunLayout;
@@ -162,55 +162,25 @@ pub fn extract_to_file(
     crate::io::check_output_file(out)?;
     let weights = inception.locate()?;
     let settings = feature_settings(images, crop, inception, &weights)?;
-    let layout = RunLayout::file(out);
-    if !distribution.world.is_distributed() {
-        let mut source = crate::data::open_images(images, crop, inception.batch_size)?;
-        let input_indices = read_input_indices(images, source.len())?;
-        let extractor = inception.load(&weights)?;
-        let (mut features, outcome) = extract(
-            source.as_mut(),
-            &extractor,
-            images,
-            pass_config(
-                inception,
-                progress,
-                layout.journal().to_path_buf(),
-                settings,
-                resume,
-            ),
-        )?;
-        features.indices = input_indices;
-        features.save(out)?;
-        outcome.finish()?;
-        return Ok(Some(features));
-    }
     let total = crate::data::open_images(images, crop, 1)?.len();
-    let part = RankPart::start(distribution, layout, total, resume, &settings)?;
-    if part.kept(progress).is_none() {
-        let mut source = crate::data::open_shard(images, crop, inception.batch_size, part.shard())?;
-        let extractor = inception.load(&weights)?;
-        let config = pass_config(inception, progress, part.journal(), settings, part.resuming);
-        let (mut features, outcome) = extract(source.as_mut(), &extractor, images, config)?;
-        let (name, path) = part.file("features");
-        write_features_part(&mut features, &part.indices(), &path)?;
-        let (rank_record, timing) = part.image_job_record(extractor.device(), outcome.resumed);
-        part.write_manifest(
-            PartReport {
-                files: BTreeMap::from([("features".to_owned(), name)]),
-                rank_record,
-                timing,
-                run_fields: Map::new(),
-            },
-            progress,
-        )?;
-        outcome.finish()?;
-    }
-    let Some(parts) = part.gather(progress)? else {
-        return Ok(None);
+    read_input_indices(images, total)?;
+    let mut job = FeatureJob {
+        images,
+        crop,
+        network: Some((inception, &weights)),
+        settings: settings.clone(),
+        progress,
     };
-    let features = gather_features(&parts, images, &part.layout)?;
-    clean_up(&part.layout)?;
-    Ok(Some(features))
+    let run = JobRun {
+        distribution,
+        layout: RunLayout::file(out),
+        total,
+        shard: None,
+        resume,
+        settings,
+        progress,
+    };
+    crate::dist::job::run(&mut job, run)
 }
 
 /// `merge OUT` for a launched `features` job whose rank 0 did not finish the gather: joins the
@@ -220,27 +190,93 @@ pub fn gather_features_offline(
     out: &Path,
     progress: Progress,
 ) -> Result<FeatureSet> {
-    let layout = RunLayout::file(out);
-    let parts = parts_in(&layout, progress)?;
-    let features = gather_features(&parts, images, &layout)?;
-    clean_up(&layout)?;
+    let mut job = FeatureJob {
+        images,
+        crop: None,
+        network: None,
+        settings: Map::new(),
+        progress,
+    };
+    let (features, _) =
+        crate::dist::job::gather_offline(&mut job, &RunLayout::file(out), progress)?;
     Ok(features)
 }
 
-/// The ranks' features joined in image order into the layout's output, with the input's own
-/// `indices`.
-fn gather_features(parts: &[Part], images: &Path, layout: &RunLayout) -> Result<FeatureSet> {
-    let mut features = join_part_features(parts)?;
-    let total = parts.first().map_or(0, |p| p.manifest.samples);
-    anyhow::ensure!(
-        features.len() == total,
-        "{}: the parts hold features of {} of the {total} images",
-        layout.parts().display(),
-        features.len()
-    );
-    features.indices = read_input_indices(images, total)?;
-    features.save(layout.output())?;
-    Ok(features)
+/// The `features` job: the features of a set of images into one file.
+struct FeatureJob<'a> {
+    images: &'a Path,
+    crop: Option<usize>,
+    /// The network and its weights, located before any long work (none for a gather offline,
+    /// which runs no network).
+    network: Option<(&'a InceptionConfig, &'a InceptionWeights)>,
+    settings: Map<String, Value>,
+    progress: Progress,
+}
+
+impl FeatureJob<'_> {
+    /// The features of this rank's images, the pass (whose journal goes once they are written)
+    /// and the device they were computed on.
+    fn run_shard(&self, rank: &RankPart<'_>) -> Result<(FeatureSet, PassOutcome, tch::Device)> {
+        let (inception, weights) = self.network.context("the feature network")?;
+        let mut source =
+            crate::data::open_shard(self.images, self.crop, inception.batch_size, rank.shard())?;
+        let extractor = inception.load(weights)?;
+        let config = pass_config(
+            inception,
+            self.progress,
+            rank.journal(),
+            self.settings.clone(),
+            rank.resuming,
+        );
+        let (features, outcome) = extract(source.as_mut(), &extractor, self.images, config)?;
+        Ok((features, outcome, extractor.device()))
+    }
+}
+
+impl ShardedJob for FeatureJob<'_> {
+    type Output = FeatureSet;
+
+    fn write_output(&mut self, rank: &RankPart<'_>) -> Result<FeatureSet> {
+        let (mut features, outcome, _) = self.run_shard(rank)?;
+        features.indices = read_input_indices(self.images, features.len())?;
+        features.save(rank.layout.output())?;
+        outcome.finish()?;
+        Ok(features)
+    }
+
+    fn write_part(&mut self, rank: &RankPart<'_>) -> Result<()> {
+        let (mut features, outcome, device) = self.run_shard(rank)?;
+        let (name, path) = rank.file("features");
+        write_features_part(&mut features, &rank.indices(), &path)?;
+        let (rank_record, timing) = rank.image_job_record(device, outcome.resumed);
+        rank.write_manifest(
+            PartReport {
+                files: BTreeMap::from([("features".to_owned(), name)]),
+                rank_record,
+                timing,
+                run_fields: Map::new(),
+            },
+            self.progress,
+        )?;
+        outcome.finish()?;
+        Ok(())
+    }
+
+    /// The ranks' features joined in image order into the output, with the input's own
+    /// `indices`.
+    fn join_parts(&mut self, parts: &[Part], layout: &RunLayout) -> Result<FeatureSet> {
+        let mut features = join_part_features(parts)?;
+        let total = parts.first().map_or(0, |p| p.manifest.samples);
+        anyhow::ensure!(
+            features.len() == total,
+            "{}: the parts hold features of {} of the {total} images",
+            layout.parts().display(),
+            features.len()
+        );
+        features.indices = read_input_indices(self.images, total)?;
+        features.save(layout.output())?;
+        Ok(features)
+    }
 }
 
 /// The `indices` of a sharded sample npz (none for folders and whole sets), checked against its

@@ -18,7 +18,10 @@ use super::inception::InceptionConfig;
 use super::parts::{join_part_features, join_part_grids, join_part_samples};
 use super::reference::ReferenceNeeds;
 use super::sinks::write_grid;
-use crate::dist::{clean_up, job_settings, parts_in, split_record, split_summary, Part, RankPart};
+use crate::dist::{
+    clean_up, job_settings, parts_in, split_record, split_summary, JobRun, Part, RankPart,
+    ShardedJob,
+};
 use crate::evaluate::{Metric, Reference};
 use crate::features::FeatureSet;
 use crate::io::write_atomically;
@@ -257,42 +260,105 @@ impl GeneratedEvaluation {
         if world.rank == 0 {
             RunRecord::remove_stale(&run.out_dir)?;
         }
-        if world.is_distributed() {
-            return self.run_rank(run, inception_batch, settings, complete, release_inception);
-        }
-        let features = FeatureRequest {
-            extractor: self.cache.extractor()?,
-            batch_size: inception_batch,
+        let layout = run.plan.layout.clone();
+        let total = run.plan.samples;
+        let shard = run.plan.partition();
+        let progress = self.config.progress;
+        let distribution = run.plan.distribution.clone();
+        let mut job = GeneratedRunJob {
+            evaluation: self,
+            run,
+            settings,
+            complete: complete.clone(),
+            inception_batch,
+            release_inception,
+            timing: None,
         };
-        let mut generated = generate(&mut self.generator, Some(features), &run.plan, settings)?;
+        let job_run = JobRun {
+            distribution: &distribution,
+            layout,
+            total,
+            shard: Some(shard),
+            resume: run.plan.resume,
+            settings: complete,
+            progress,
+        };
+        crate::dist::job::run(&mut job, job_run)
+    }
+}
+
+/// One generated run of an evaluation as a job over the ranks.
+struct GeneratedRunJob<'e> {
+    evaluation: &'e mut GeneratedEvaluation,
+    run: &'e GeneratedRun,
+    /// The fingerprint of the evaluation's own settings (the generator's are added by the pass).
+    settings: Map<String, Value>,
+    /// Everything that decides the finished run, kept beside its record.
+    complete: Map<String, Value>,
+    inception_batch: usize,
+    release_inception: bool,
+    /// This rank's throughput, when it generated.
+    timing: Option<Timing>,
+}
+
+impl GeneratedRunJob<'_> {
+    /// Generates the samples of `plan` through Inception.
+    fn generate(&mut self, plan: &GenerationPlan) -> Result<super::generate::Generated> {
+        let evaluation = &mut *self.evaluation;
+        let features = FeatureRequest {
+            extractor: evaluation.cache.extractor()?,
+            batch_size: self.inception_batch,
+        };
+        generate(
+            &mut evaluation.generator,
+            Some(features),
+            plan,
+            self.settings.clone(),
+        )
+    }
+}
+
+impl ShardedJob for GeneratedRunJob<'_> {
+    type Output = FidOutcome;
+
+    fn write_output(&mut self, _rank: &RankPart<'_>) -> Result<FidOutcome> {
+        let run = self.run;
+        let mut generated = self.generate(&run.plan)?;
+        let evaluation = &mut *self.evaluation;
         let sample = generated
             .features
             .take()
             .context("features of the generated samples")?;
         let source = sample_source(run.plan.save_samples.as_deref());
-        let reference = self.reference.as_ref().context("the reference")?;
-        let mut fields = common_fields(&sample, reference, &self.cache, source, &self.config);
-        if release_inception {
-            self.cache.release();
+        let reference = evaluation.reference.as_ref().context("the reference")?;
+        let mut fields = common_fields(
+            &sample,
+            reference,
+            &evaluation.cache,
+            source,
+            &evaluation.config,
+        );
+        if self.release_inception {
+            evaluation.cache.release();
         }
-        fields.extend(self.config.metrics.record());
-        fields.extend(self.generator.config().record());
+        fields.extend(evaluation.config.metrics.record());
+        fields.extend(evaluation.generator.config().record());
         let mut throughput = generated.timing.record();
         if let Some(object) = throughput.as_object_mut() {
             object.insert("resumed_samples".into(), json!(generated.resumed));
         }
         fields.push(("throughput", throughput));
         let captions = caption_clip_embeddings(
-            &self.generator,
-            &self.cache,
-            &self.config,
+            &evaluation.generator,
+            &evaluation.cache,
+            &evaluation.config,
             &generated.indices,
         )?;
         let record = evaluate(
             sample,
             captions.as_ref(),
             Some(reference),
-            &self.config.metrics,
+            &evaluation.config.metrics,
             run_info(fields),
         )?;
         record.write(&run.out_dir)?;
@@ -304,81 +370,62 @@ impl GeneratedEvaluation {
                 generated.grid_captions.as_deref(),
             )?;
         }
-        write_marker(&marker, complete)?;
+        write_marker(&run.out_dir.join(COMPLETE), self.complete.clone())?;
         generated.pass.finish()?;
-        Ok(Some(FidOutcome {
+        Ok(FidOutcome {
             record,
             timing: Some(generated.timing),
             split: None,
-        }))
+        })
     }
 
-    /// One rank's share of a launched run: its part into `<out>/.parts/`, then, on rank 0, the
-    /// gather.
-    fn run_rank(
-        &mut self,
-        run: &GeneratedRun,
-        inception_batch: usize,
-        settings: Map<String, Value>,
-        complete: Map<String, Value>,
-        release_inception: bool,
-    ) -> Result<Option<FidOutcome>> {
-        let progress = self.config.progress;
-        let part = RankPart::start(
-            &run.plan.distribution,
-            run.plan.layout.clone(),
-            run.plan.samples,
-            run.plan.resume,
-            &complete,
-        )?
-        .with_shard(run.plan.partition());
-        let mut timing = None;
-        if part.kept(progress).is_none() {
-            let mut rank_plan = run.plan.clone();
-            rank_plan.save_samples = run
-                .plan
-                .save_samples
-                .as_ref()
-                .map(|_| part.file("samples").1);
-            let features = FeatureRequest {
-                extractor: self.cache.extractor()?,
-                batch_size: inception_batch,
-            };
-            let mut generated =
-                generate(&mut self.generator, Some(features), &rank_plan, settings)?;
-            write_part(
-                &part,
-                &mut generated,
-                &self.generator,
-                rank_plan.save_samples.is_some(),
-                progress,
-            )?;
-            generated.pass.finish()?;
-            timing = Some(generated.timing);
+    fn write_part(&mut self, rank: &RankPart<'_>) -> Result<()> {
+        let mut rank_plan = self.run.plan.clone();
+        rank_plan.save_samples = rank_plan
+            .save_samples
+            .as_ref()
+            .map(|_| rank.file("samples").1);
+        let mut generated = self.generate(&rank_plan)?;
+        write_part(
+            rank,
+            &mut generated,
+            &self.evaluation.generator,
+            rank_plan.save_samples.is_some(),
+            self.evaluation.config.progress,
+        )?;
+        generated.pass.finish()?;
+        self.timing = Some(generated.timing);
+        if self.release_inception {
+            self.evaluation.cache.release();
         }
-        if release_inception {
-            self.cache.release();
+        Ok(())
+    }
+
+    fn join_parts(&mut self, parts: &[Part], _layout: &RunLayout) -> Result<FidOutcome> {
+        let evaluation = &mut *self.evaluation;
+        if self.release_inception {
+            evaluation.cache.release();
         }
-        let Some(parts) = part.gather(progress)? else {
-            return Ok(None);
-        };
-        let reference = self.reference.as_ref().context("the reference")?;
-        let every_sample: Vec<u64> = (0..run.plan.samples as u64).collect();
-        let captions =
-            caption_clip_embeddings(&self.generator, &self.cache, &self.config, &every_sample)?;
+        let reference = evaluation.reference.as_ref().context("the reference")?;
+        let every_sample: Vec<u64> = (0..self.run.plan.samples as u64).collect();
+        let captions = caption_clip_embeddings(
+            &evaluation.generator,
+            &evaluation.cache,
+            &evaluation.config,
+            &every_sample,
+        )?;
         let mut outcome = gather_run(
-            &self.config,
-            &self.cache,
+            &evaluation.config,
+            &evaluation.cache,
             reference,
             captions.as_ref(),
-            &run.out_dir,
-            &parts,
-            run.plan.save_samples.as_deref(),
+            &self.run.out_dir,
+            parts,
+            self.run.plan.save_samples.as_deref(),
         )?;
-        write_marker(&run.out_dir.join(COMPLETE), complete)?;
-        clean_up(&part.layout)?;
-        outcome.timing = timing;
-        Ok(Some(outcome))
+        write_marker(&self.run.out_dir.join(COMPLETE), self.complete.clone())?;
+        outcome.timing = self.timing.take();
+        Ok(outcome)
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use ndarray::{Array1, Array3};
 use serde_json::{json, Map, Value};
 
@@ -20,7 +20,7 @@ use super::sinks::{write_grid, GridStage, NpzStage, GRID_IMAGES};
 use crate::captions::{CAPTION_INDICES, TEXT_KEY};
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::dist::part::PartReport;
-use crate::dist::{clean_up, parts_in, Distribution, Part, RankPart};
+use crate::dist::{Distribution, JobRun, Part, RankPart, ShardedJob};
 use crate::features::{Extractor, FeatureSet};
 use crate::journal;
 use crate::layout::RunLayout;
@@ -312,8 +312,6 @@ pub fn add_generation_settings(
 pub struct Sampled {
     /// This process's own generation (none when a restarted rank kept the part it had finished).
     pub generated: Option<Generated>,
-    /// In a launched job, this rank's part manifest.
-    pub part: Option<PathBuf>,
     /// The parts rank 0 gathered into the output (none for one process and the other ranks).
     pub gathered: Vec<Part>,
 }
@@ -333,53 +331,27 @@ pub fn sample_to_npz(
         None
     };
     plan_batches(generator, plan, None, recorded);
-    if !plan.is_distributed() {
-        let mut generated = generate(generator, None, plan, Map::new())?;
-        if let Some(path) = grid {
-            write_grid(path, &generated.grid, generated.grid_captions.as_deref())?;
-        }
-        let pass = std::mem::replace(&mut generated.pass, PassOutcome::done());
-        pass.finish()?;
-        return Ok(Sampled {
-            generated: Some(generated),
-            part: None,
-            gathered: Vec::new(),
-        });
-    }
-    let mut fingerprint = Map::new();
-    add_generation_settings(&mut fingerprint, generator, plan)?;
-    let part = RankPart::start(
-        &plan.distribution,
-        plan.layout.clone(),
-        plan.samples,
-        plan.resume,
-        &fingerprint,
-    )?
-    .with_shard(plan.partition());
-    let (generated, part_path) = match part.kept(plan.progress) {
-        Some(kept) => (None, kept.path),
-        None => {
-            let mut rank_plan = plan.clone();
-            rank_plan.save_samples = Some(part.file("samples").1);
-            let mut generated = generate(generator, None, &rank_plan, Map::new())?;
-            let path = write_part(&part, &mut generated, generator, true, plan.progress)?;
-            let pass = std::mem::replace(&mut generated.pass, PassOutcome::done());
-            pass.finish()?;
-            (Some(generated), path)
-        }
+    let mut settings = Map::new();
+    add_generation_settings(&mut settings, generator, plan)?;
+    let mut job = SampleJob {
+        generation: Some((generator, plan)),
+        grid,
+        progress: plan.progress,
+        generated: None,
     };
-    let Some(parts) = part.gather(plan.progress)? else {
-        return Ok(Sampled {
-            generated,
-            part: Some(part_path),
-            gathered: Vec::new(),
-        });
+    let run = JobRun {
+        distribution: &plan.distribution,
+        layout: plan.layout.clone(),
+        total: plan.samples,
+        shard: Some(plan.partition()),
+        resume: plan.resume,
+        settings,
+        progress: plan.progress,
     };
-    gather_samples(&part.layout, &parts, grid, plan.progress)?;
+    let gathered = crate::dist::job::run(&mut job, run)?.unwrap_or_default();
     Ok(Sampled {
-        generated,
-        part: Some(part_path),
-        gathered: parts,
+        generated: job.generated,
+        gathered,
     })
 }
 
@@ -390,27 +362,63 @@ pub fn gather_samples_offline(
     grid: Option<&Path>,
     progress: Progress,
 ) -> Result<Vec<Part>> {
-    let layout = RunLayout::file(out);
-    let parts = parts_in(&layout, progress)?;
-    gather_samples(&layout, &parts, grid, progress)?;
+    let mut job = SampleJob {
+        generation: None,
+        grid,
+        progress,
+        generated: None,
+    };
+    let (parts, _) = crate::dist::job::gather_offline(&mut job, &RunLayout::file(out), progress)?;
     Ok(parts)
 }
 
-/// Rank 0's (or `merge`'s) last step of a launched `sample`: joins the checked parts' samples
-/// into the layout's output (and the first ones into the `grid` PNG), and removes the parts.
-fn gather_samples(
-    layout: &RunLayout,
-    parts: &[Part],
-    grid: Option<&Path>,
+/// The `sample` job.
+struct SampleJob<'a> {
+    /// The generator and the plan (none for a gather offline, which generates nothing).
+    generation: Option<(&'a mut Generator, &'a GenerationPlan)>,
+    grid: Option<&'a Path>,
     progress: Progress,
-) -> Result<()> {
-    join_part_samples(parts, layout.output(), progress)?;
-    if let Some(path) = grid {
-        let grid = join_part_grids(parts)?;
-        write_grid(path, &grid.images, grid.captions.as_deref())?;
+    /// This process's own generation, once done.
+    generated: Option<Generated>,
+}
+
+impl ShardedJob for SampleJob<'_> {
+    /// The parts gathered (none for a process on its own).
+    type Output = Vec<Part>;
+
+    fn write_output(&mut self, _rank: &RankPart<'_>) -> Result<Vec<Part>> {
+        let (generator, plan) = self.generation.as_mut().context("the generator")?;
+        let mut generated = generate(generator, None, plan, Map::new())?;
+        if let Some(path) = self.grid {
+            write_grid(path, &generated.grid, generated.grid_captions.as_deref())?;
+        }
+        let pass = std::mem::replace(&mut generated.pass, PassOutcome::done());
+        pass.finish()?;
+        self.generated = Some(generated);
+        Ok(Vec::new())
     }
-    clean_up(layout)?;
-    Ok(())
+
+    fn write_part(&mut self, rank: &RankPart<'_>) -> Result<()> {
+        let (generator, plan) = self.generation.as_mut().context("the generator")?;
+        let mut rank_plan = (*plan).clone();
+        rank_plan.save_samples = Some(rank.file("samples").1);
+        let mut generated = generate(generator, None, &rank_plan, Map::new())?;
+        write_part(rank, &mut generated, generator, true, self.progress)?;
+        let pass = std::mem::replace(&mut generated.pass, PassOutcome::done());
+        pass.finish()?;
+        self.generated = Some(generated);
+        Ok(())
+    }
+
+    /// The parts' samples joined into the output (and the first ones into the grid PNG).
+    fn join_parts(&mut self, parts: &[Part], layout: &RunLayout) -> Result<Vec<Part>> {
+        join_part_samples(parts, layout.output(), self.progress)?;
+        if let Some(path) = self.grid {
+            let grid = join_part_grids(parts)?;
+            write_grid(path, &grid.images, grid.captions.as_deref())?;
+        }
+        Ok(parts.to_vec())
+    }
 }
 
 /// Writes this rank's part of a generated run: its features (with their sample indices) when it

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use llamagen_metrics::stats::GaussianAccumulator;
@@ -23,7 +23,7 @@ use crate::data::npz::NpzImages;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::data::ImageSource;
 use crate::dist::part::PartReport;
-use crate::dist::{clean_up, parts_in, Distribution, Part, RankPart};
+use crate::dist::{Distribution, JobRun, Part, RankPart, ShardedJob};
 use crate::features::{Extractor, Network};
 use crate::io::read_i64;
 use crate::journal::StreamSpec;
@@ -186,25 +186,6 @@ fn stats_settings(
     Ok(settings)
 }
 
-fn pass_config(
-    config: &StatsConfig,
-    journal: PathBuf,
-    settings: Map<String, Value>,
-    resume: bool,
-) -> PassConfig {
-    PassConfig {
-        label: "stats",
-        batch_size: config.inception.batch_size,
-        progress: config.progress,
-        journal: Some(JournalConfig {
-            dir: journal,
-            settings,
-            resume,
-        }),
-        stop_after_new: None,
-    }
-}
-
 /// Adds the statistics to a reference batch whose kept images are written, and completes it.
 fn finish_reference(mut writer: ImageNpzWriter, accumulators: &Accumulators) -> Result<()> {
     for (name, mu_key, sigma_key) in [
@@ -237,36 +218,11 @@ fn count_images(data: &Path, crop: Option<usize>) -> Result<usize> {
     Ok(total)
 }
 
-/// Writes the reference batch of the images at `data` to `out`; returns (images, kept).
-pub fn reference_batch(data: &Path, out: &Path, config: &StatsConfig) -> Result<(usize, usize)> {
-    let batch_size = config.inception.batch_size;
-    let total = count_images(data, config.crop)?;
-    let mut source = crate::data::open_images(data, config.crop, batch_size)?;
-    let (height, width) = source.image_size();
-    let keep = config.keep_images.min(total);
-    let kept = kept_indices(total, keep, config.seed);
-    let weights = config.inception.locate()?;
-    let extractor = config.inception.load(&weights)?;
-    let mut stats = StatsStage::new(&extractor);
-    let mut images = NpzStage::subset(ImageNpzWriter::create(out, keep, height, width)?, kept);
-    let settings = stats_settings(data, config, keep, &weights)?;
-    let journal = RunLayout::file(out).journal().to_path_buf();
-    let pass_config = pass_config(config, journal, settings, config.resume);
-    let outcome = pass::run(
-        &pass_config,
-        source.as_mut(),
-        &mut [&mut stats, &mut images],
-    )?;
-    let writer = images.into_writer().context("the reference batch writer")?;
-    finish_reference(writer, &stats.accumulators)?;
-    outcome.finish()?;
-    Ok((total, keep))
-}
-
-/// `stats` in this process: [`reference_batch`] on its own; in a launched job, this rank's part
-/// (the features of its images, and those of its images that are in the kept subset, with their
-/// indices) into `<out>.parts/`, and on rank 0 the reference batch one process would have
-/// written, from every rank's part. Returns (images, kept), `None` on the ranks other than 0.
+/// `stats`: the reference batch of the images at `data` written to `out`. On its own, one
+/// streamed pass accumulates the statistics; in a launched job, each rank's part holds the
+/// features of its images and those of its images that are in the kept subset (with their
+/// indices) in `<out>.parts/`, and rank 0 writes the reference batch one process would have
+/// written from every rank's part. Returns (images, kept), `None` on the ranks other than 0.
 pub fn run_stats(
     data: &Path,
     out: &Path,
@@ -275,40 +231,119 @@ pub fn run_stats(
 ) -> Result<Option<(usize, usize)>> {
     crate::io::ensure_distinct(data, out)?;
     crate::io::check_output_file(out)?;
-    if !distribution.world.is_distributed() {
-        return reference_batch(data, out, config).map(Some);
-    }
     let total = count_images(data, config.crop)?;
     let keep = config.keep_images.min(total);
     let weights = config.inception.locate()?;
     let settings = stats_settings(data, config, keep, &weights)?;
-    let part = RankPart::start(
+    let mut job = StatsJob {
+        data,
+        config,
+        weights: Some(&weights),
+        settings: settings.clone(),
+    };
+    let run = JobRun {
         distribution,
-        RunLayout::file(out),
+        layout: RunLayout::file(out),
         total,
-        config.resume,
-        &settings,
-    )?;
-    if part.kept(config.progress).is_none() {
-        let shard = part.shard();
+        shard: None,
+        resume: config.resume,
+        settings,
+        progress: config.progress,
+    };
+    crate::dist::job::run(&mut job, run)
+}
+
+/// `merge OUT` for a launched `stats` job whose rank 0 did not finish the gather: writes the
+/// reference batch `out` from the parts in `<out>.parts/`; returns (images, kept).
+pub fn gather_stats_offline(out: &Path, config: &StatsConfig) -> Result<(usize, usize)> {
+    let mut job = StatsJob {
+        data: Path::new(""),
+        config,
+        weights: None,
+        settings: Map::new(),
+    };
+    let (counts, _) =
+        crate::dist::job::gather_offline(&mut job, &RunLayout::file(out), config.progress)?;
+    Ok(counts)
+}
+
+/// The `stats` job.
+struct StatsJob<'a> {
+    data: &'a Path,
+    config: &'a StatsConfig,
+    /// Located before any long work (none for a gather offline, which runs no network).
+    weights: Option<&'a InceptionWeights>,
+    settings: Map<String, Value>,
+}
+
+impl StatsJob<'_> {
+    fn pass_config(&self, rank: &RankPart<'_>) -> PassConfig {
+        PassConfig {
+            label: "stats",
+            batch_size: self.config.inception.batch_size,
+            progress: self.config.progress,
+            journal: Some(JournalConfig {
+                dir: rank.journal(),
+                settings: self.settings.clone(),
+                resume: rank.resuming,
+            }),
+            stop_after_new: None,
+        }
+    }
+}
+
+impl ShardedJob for StatsJob<'_> {
+    type Output = (usize, usize);
+
+    /// One pass accumulates the statistics and writes the kept images.
+    fn write_output(&mut self, rank: &RankPart<'_>) -> Result<(usize, usize)> {
+        let config = self.config;
+        let weights = self.weights.context("the feature network's weights")?;
+        let total = rank.total;
         let mut source =
-            crate::data::open_shard(data, config.crop, config.inception.batch_size, shard)?;
+            crate::data::open_images(self.data, config.crop, config.inception.batch_size)?;
+        let (height, width) = source.image_size();
+        let keep = config.keep_images.min(total);
+        let kept = kept_indices(total, keep, config.seed);
+        let extractor = config.inception.load(weights)?;
+        let mut stats = StatsStage::new(&extractor);
+        let out = rank.layout.output();
+        let mut images = NpzStage::subset(ImageNpzWriter::create(out, keep, height, width)?, kept);
+        let outcome = pass::run(
+            &self.pass_config(rank),
+            source.as_mut(),
+            &mut [&mut stats, &mut images],
+        )?;
+        let writer = images.into_writer().context("the reference batch writer")?;
+        finish_reference(writer, &stats.accumulators)?;
+        outcome.finish()?;
+        Ok((total, keep))
+    }
+
+    /// The rank's features and its share of the kept images, with their indices.
+    fn write_part(&mut self, rank: &RankPart<'_>) -> Result<()> {
+        let config = self.config;
+        let weights = self.weights.context("the feature network's weights")?;
+        let total = rank.total;
+        let keep = config.keep_images.min(total);
+        let shard = rank.shard();
+        let mut source =
+            crate::data::open_shard(self.data, config.crop, config.inception.batch_size, shard)?;
         let (height, width) = source.image_size();
         let mine: Vec<usize> = kept_indices(total, keep, config.seed)
             .into_iter()
             .filter(|i| i % shard.count == shard.index)
             .collect();
         let positions = mine.iter().map(|i| i / shard.count).collect();
-        let extractor = config.inception.load(&weights)?;
+        let extractor = config.inception.load(weights)?;
         let mut features = FeatureStage::new(&extractor, source.len());
-        let (kept_name, kept_path) = part.file("kept");
+        let (kept_name, kept_path) = rank.file("kept");
         let mut images = NpzStage::subset(
             ImageNpzWriter::create(&kept_path, mine.len(), height, width)?,
             positions,
         );
-        let pass_config = pass_config(config, part.journal(), settings, part.resuming);
         let outcome = pass::run(
-            &pass_config,
+            &self.pass_config(rank),
             source.as_mut(),
             &mut [&mut features, &mut images],
         )?;
@@ -318,12 +353,12 @@ pub fn run_stats(
         writer.finish()?;
         let mut features = features.into_features();
         features.logits = None;
-        let (features_name, features_path) = part.file("features");
-        write_features_part(&mut features, &part.indices(), &features_path)?;
+        let (features_name, features_path) = rank.file("features");
+        write_features_part(&mut features, &rank.indices(), &features_path)?;
         let mut run_fields = Map::new();
         run_fields.insert("image_size".into(), json!([height, width]));
-        let (rank_record, timing) = part.image_job_record(extractor.device(), outcome.resumed);
-        part.write_manifest(
+        let (rank_record, timing) = rank.image_job_record(extractor.device(), outcome.resumed);
+        rank.write_manifest(
             PartReport {
                 files: BTreeMap::from([
                     ("features".to_owned(), features_name),
@@ -336,23 +371,12 @@ pub fn run_stats(
             config.progress,
         )?;
         outcome.finish()?;
+        Ok(())
     }
-    let Some(parts) = part.gather(config.progress)? else {
-        return Ok(None);
-    };
-    gather_stats(&parts, &part.layout, config)?;
-    clean_up(&part.layout)?;
-    Ok(Some((total, keep)))
-}
 
-/// `merge OUT` for a launched `stats` job whose rank 0 did not finish the gather: writes the
-/// reference batch `out` from the parts in `<out>.parts/`; returns (images, kept).
-pub fn gather_stats_offline(out: &Path, config: &StatsConfig) -> Result<(usize, usize)> {
-    let layout = RunLayout::file(out);
-    let parts = parts_in(&layout, config.progress)?;
-    let counts = gather_stats(&parts, &layout, config)?;
-    clean_up(&layout)?;
-    Ok(counts)
+    fn join_parts(&mut self, parts: &[Part], layout: &RunLayout) -> Result<(usize, usize)> {
+        gather_stats(parts, layout, self.config)
+    }
 }
 
 /// Writes the reference batch `out` from the ranks' `parts`: the statistics of their features
