@@ -21,7 +21,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::npz::{read_npy_header, read_npy_strings, NpyHeader};
 use crate::models::gpt::left_pad_captions;
-use crate::models::t5::T5Embedder;
+use crate::models::t5::{T5Embedder, T5Precision};
+use crate::progress::Progress;
 
 /// Names of the embeddings entry of a caption npz: ours, then Hugging Face's T5 output name.
 pub const EMBEDDING_KEYS: [&str; 2] = ["caption_embs", "last_hidden_state"];
@@ -544,6 +545,43 @@ pub struct Prompt {
     pub caption: String,
     /// The image it describes (JSON lines' `image_id`, a number or a string), when given.
     pub image_id: Option<String>,
+}
+
+/// Captions the T5 encoder embeds at once.
+pub const T5_CHUNK: usize = 64;
+
+/// A prompt file the run embeds with a T5 encoder when it starts (`--prompts`, `--t5`): the
+/// job runs the encoder ([`PromptSource::embed`], called by the generator as it loads), not
+/// whoever builds the configuration.
+#[derive(Debug, Clone)]
+pub struct PromptSource {
+    /// The captions, one per line, or JSON lines with `caption` ([`read_prompts`]).
+    pub prompts: PathBuf,
+    /// The T5 encoder folder (config.json, tokenizer.json, weights).
+    pub t5: PathBuf,
+    /// The encoder's dtype.
+    pub precision: T5Precision,
+    /// Bars or none.
+    pub progress: Progress,
+}
+
+impl PromptSource {
+    /// The prompts embedded by the T5 encoder on `device` (checked before anything else is
+    /// loaded: the prompt file, then the encoder folder).
+    pub fn embed(&self, device: Device) -> anyhow::Result<CaptionSet> {
+        let count = read_prompts(&self.prompts)?.len();
+        let embedder = T5Embedder::load(&self.t5, device, self.precision.kind())?;
+        let bar = self.progress.bar(count, "t5", "caption");
+        let set = CaptionSet::from_prompts(
+            &self.prompts,
+            &embedder,
+            format!("t5 {} {}", self.t5.display(), self.precision),
+            T5_CHUNK,
+            |n| bar.inc(n as u64),
+        )?;
+        bar.finish_and_clear();
+        Ok(set)
+    }
 }
 
 /// Reads a prompt file: one caption per line (blank lines skipped), or, when the first non-blank

@@ -15,69 +15,63 @@ use llamagen_metrics::kid::{kernel_inception_distance_f32, KidConfig};
 use llamagen_metrics::manifold::{manifold_metrics_f32, DistancePrecision, ManifoldConfig};
 use llamagen_metrics::stats::{GaussianStats, ReferenceStats};
 
+use crate::choice::{choice_str, Choice};
 use crate::features::FeatureSet;
 use crate::metric::MetricKey;
 use crate::record::MetricValues;
 
-/// A metric family the user can ask for with `--metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Metric {
-    /// Fréchet Inception Distance on pool features.
-    Fid,
-    /// Spatial FID on ADM's mixed_6/conv features.
-    Sfid,
-    /// Inception Score (and its std over splits).
-    Is,
-    /// Precision, recall, density and coverage.
-    Pr,
-    /// Kernel Inception Distance (and its std over subsets).
-    Kid,
-    /// FID extrapolated to infinitely many samples (the fit in the run record).
-    FidInf,
-    /// Fréchet distance of DINOv2 features (dgm-eval's FD_DINOv2).
-    FdDinov2,
-    /// FD_DINOv2 extrapolated to infinitely many samples.
-    FdDinov2Inf,
-    /// Precision, recall, density and coverage on DINOv2 features.
-    Dinov2Pr,
-    /// CMMD: MMD of CLIP embeddings (Jayasumana et al. 2024).
-    Cmmd,
-    /// CLIP score of each sample against its caption (text-to-image runs).
-    ClipScore,
+pub use crate::metric::{Metric, Need};
+
+/// How the Inception Score groups the samples (`--is-splits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IsSplits {
+    /// ADM's: consecutive splits of 5000, the last one partial.
+    #[default]
+    Adm,
+    /// torch-fidelity's defaults: the samples shuffled with a seed, then 10 equal splits.
+    TorchFidelity,
 }
 
-impl std::fmt::Display for Metric {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Metric::Fid => "fid",
-            Metric::Sfid => "sfid",
-            Metric::Is => "is",
-            Metric::Pr => "pr",
-            Metric::Kid => "kid",
-            Metric::FidInf => "fid-inf",
-            Metric::FdDinov2 => "fd-dinov2",
-            Metric::FdDinov2Inf => "fd-dinov2-inf",
-            Metric::Dinov2Pr => "dinov2-pr",
-            Metric::Cmmd => "cmmd",
-            Metric::ClipScore => "clip-score",
-        })
+impl Choice for IsSplits {
+    const WHAT: &'static str = "Inception Score split convention";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            IsSplits::Adm,
+            "adm",
+            "Consecutive splits of 5000, partial last",
+        ),
+        (
+            IsSplits::TorchFidelity,
+            "torch-fidelity",
+            "The samples shuffled with --is-seed, then 10 equal splits",
+        ),
+    ];
+}
+choice_str!(IsSplits);
+
+impl IsSplits {
+    /// The splits of this convention; `seed` shuffles torch-fidelity's.
+    pub fn splits(self, seed: u32) -> Splits {
+        match self {
+            IsSplits::Adm => Splits::default(),
+            IsSplits::TorchFidelity => Splits::Equal {
+                splits: 10,
+                shuffle: Some(seed),
+            },
+        }
     }
 }
 
-impl Metric {
-    /// Every family, in table order: what is computed (when the inputs allow) without `--metrics`.
-    pub const ALL: [Metric; 11] = [
-        Metric::Fid,
-        Metric::Sfid,
-        Metric::Is,
-        Metric::Pr,
-        Metric::Kid,
-        Metric::FidInf,
-        Metric::FdDinov2,
-        Metric::FdDinov2Inf,
-        Metric::Dinov2Pr,
-        Metric::Cmmd,
-        Metric::ClipScore,
+/// `--pr-distance`: the arithmetic of precision/recall distances.
+impl Choice for DistancePrecision {
+    const WHAT: &'static str = "distance precision";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (DistancePrecision::Exact, "exact", "float64"),
+        (
+            DistancePrecision::AdmFp16,
+            "adm-fp16",
+            "ADM's float16 rounding",
+        ),
     ];
 }
 
@@ -177,67 +171,62 @@ pub fn plan(
         [a, b].into_iter().flatten().any(|f| f.nrows() <= k)
     };
     let neighbours = &*format!("more than k = {k} samples and reference images");
-    for metric in wanted {
-        let missing = match metric {
-            Metric::FidInf | Metric::FdDinov2Inf
-                if !explicit && sample.len() < extrapolation_samples =>
-            {
-                Some("at least 10,000 samples unless asked for with --metrics")
+    let reference_dinov2 =
+        "the reference's DINOv2 features (reference images or a feature file with `dinov2`)";
+    let unmet = |need: Need| -> Option<&str> {
+        let lacks = |f: Option<&ndarray::Array2<f32>>| f.is_none();
+        let dinov2 = reference.and_then(|r| r.features_named("dinov2"));
+        match need {
+            Need::ManySamples => (!explicit && sample.len() < extrapolation_samples)
+                .then_some("at least 10,000 samples unless asked for with --metrics"),
+            Need::SamplePool | Need::SamplePoolStats => {
+                lacks(sample.pool.as_ref()).then_some("the samples' pool features")
             }
-            Metric::Fid | Metric::FidInf if sample.pool.is_none() => {
-                Some("the samples' pool features")
+            Need::SampleSpatialStats => {
+                lacks(sample.spatial.as_ref()).then_some("the samples' spatial features")
             }
-            Metric::Fid | Metric::FidInf
-                if reference.and_then(|r| r.stats.pool.as_ref()).is_none() =>
-            {
-                Some("reference pool statistics (mu/sigma) or features")
-            }
-            Metric::Sfid if sample.spatial.is_none() => Some("the samples' spatial features"),
-            Metric::Sfid if reference.and_then(|r| r.stats.spatial.as_ref()).is_none() => {
-                Some("reference spatial statistics (mu_s/sigma_s) or features")
-            }
-            Metric::Is if sample.logits.is_none() => Some("the samples' logits"),
-            Metric::Pr | Metric::Kid if sample.pool.is_none() => Some("the samples' pool features"),
-            Metric::Pr | Metric::Kid if reference.and_then(Reference::pool_features).is_none() => {
-                Some("reference pool features (reference images or a feature file, not statistics alone)")
-            }
-            Metric::Pr if too_few(sample.pool.as_ref(), reference.and_then(Reference::pool_features)) => {
-                Some(neighbours)
-            }
-            Metric::FdDinov2 | Metric::FdDinov2Inf | Metric::Dinov2Pr
-                if sample.dinov2.is_none() =>
-            {
-                Some("the samples' DINOv2 features (--features inception,dinov2)")
-            }
-            Metric::FdDinov2 | Metric::FdDinov2Inf
-                if reference.and_then(|r| r.dinov2_stats.as_ref()).is_none() =>
-            {
-                Some("the reference's DINOv2 features (reference images or a feature file with `dinov2`)")
-            }
-            Metric::Dinov2Pr if reference.and_then(|r| r.features_named("dinov2")).is_none() => {
-                Some("the reference's DINOv2 features (reference images or a feature file with `dinov2`)")
-            }
-            Metric::Dinov2Pr
-                if too_few(sample.dinov2.as_ref(), reference.and_then(|r| r.features_named("dinov2"))) =>
-            {
-                Some(neighbours)
-            }
-            Metric::Cmmd if sample.clip.is_none() => {
-                Some("the samples' CLIP embeddings (--features inception,clip)")
-            }
-            Metric::Cmmd if reference.and_then(|r| r.features_named("clip")).is_none() => {
-                Some("the reference's CLIP embeddings (reference images or a feature file with `clip`)")
-            }
-            Metric::ClipScore if sample.clip.is_none() => {
-                Some("the samples' CLIP embeddings (--features inception,clip)")
-            }
-            Metric::ClipScore if captions.is_none() => Some(
+            Need::SampleLogits => lacks(sample.logits.as_ref()).then_some("the samples' logits"),
+            Need::SampleDinov2 | Need::SampleDinov2Stats => lacks(sample.dinov2.as_ref())
+                .then_some("the samples' DINOv2 features (--features inception,dinov2)"),
+            Need::SampleClip => lacks(sample.clip.as_ref())
+                .then_some("the samples' CLIP embeddings (--features inception,clip)"),
+            Need::Captions => captions.is_none().then_some(
                 "each sample's caption text (a text-to-image run with --prompts, or \
                  --caption-embeddings holding `captions`) and a CLIP text tower (--clip given a \
                  CLIPModel file with its tokenizer.json beside it)",
             ),
-            _ => None,
-        };
+            Need::ReferencePoolStats => reference
+                .and_then(|r| r.stats.pool.as_ref())
+                .is_none()
+                .then_some("reference pool statistics (mu/sigma) or features"),
+            Need::ReferenceSpatialStats => reference
+                .and_then(|r| r.stats.spatial.as_ref())
+                .is_none()
+                .then_some("reference spatial statistics (mu_s/sigma_s) or features"),
+            Need::ReferencePoolFeatures => lacks(reference.and_then(Reference::pool_features))
+                .then_some(
+                    "reference pool features (reference images or a feature file, not statistics alone)",
+                ),
+            Need::ReferenceDinov2Stats => reference
+                .and_then(|r| r.dinov2_stats.as_ref())
+                .is_none()
+                .then_some(reference_dinov2),
+            Need::ReferenceDinov2Features => lacks(dinov2).then_some(reference_dinov2),
+            Need::ReferenceClip => lacks(reference.and_then(|r| r.features_named("clip")))
+                .then_some(
+                    "the reference's CLIP embeddings (reference images or a feature file with `clip`)",
+                ),
+            Need::PoolNeighbours => {
+                too_few(sample.pool.as_ref(), reference.and_then(Reference::pool_features))
+                    .then_some(neighbours)
+            }
+            Need::Dinov2Neighbours => {
+                too_few(sample.dinov2.as_ref(), dinov2).then_some(neighbours)
+            }
+        }
+    };
+    for metric in wanted {
+        let missing = metric.needs().iter().find_map(|&need| unmet(need));
         match missing {
             None => {
                 planned.insert(metric);
@@ -259,23 +248,38 @@ fn need<'a>(
     what.with_context(|| format!("missing {name}"))
 }
 
-/// The samples' Gaussian statistics the planned FID/sFID need (computed before the metrics, so
+/// Whether some of `metrics` needs `need`.
+pub fn needed(metrics: &BTreeSet<Metric>, need: Need) -> bool {
+    metrics.iter().any(|m| m.needs().contains(&need))
+}
+
+/// The samples' Gaussian statistics the planned metrics read ([`Need::SamplePoolStats`] and the
+/// like).
+#[derive(Debug, Clone, Default)]
+pub struct SampleStats {
+    /// Of the pool features (FID).
+    pub pool: Option<GaussianStats>,
+    /// Of the spatial features (sFID).
+    pub spatial: Option<GaussianStats>,
+    /// Of the DINOv2 features (FD_DINOv2).
+    pub dinov2: Option<GaussianStats>,
+}
+
+/// The samples' Gaussian statistics the planned metrics need (computed before the metrics, so
 /// that feature arrays no later metric reads can be freed first).
-pub fn sample_statistics(
-    metrics: &BTreeSet<Metric>,
-    sample: &FeatureSet,
-) -> Result<ReferenceStats> {
+pub fn sample_statistics(metrics: &BTreeSet<Metric>, sample: &FeatureSet) -> Result<SampleStats> {
     let stats =
-        |wanted: bool, features: &Option<ndarray::Array2<f32>>| -> Result<Option<GaussianStats>> {
-            match (wanted, features) {
+        |need: Need, features: &Option<ndarray::Array2<f32>>| -> Result<Option<GaussianStats>> {
+            match (needed(metrics, need), features) {
                 (true, Some(f)) => Ok(Some(GaussianStats::from_features_f32(f.view())?)),
                 (true, None) => bail!("missing sample features"),
                 (false, _) => Ok(None),
             }
         };
-    Ok(ReferenceStats {
-        pool: stats(metrics.contains(&Metric::Fid), &sample.pool)?,
-        spatial: stats(metrics.contains(&Metric::Sfid), &sample.spatial)?,
+    Ok(SampleStats {
+        pool: stats(Need::SamplePoolStats, &sample.pool)?,
+        spatial: stats(Need::SampleSpatialStats, &sample.spatial)?,
+        dinov2: stats(Need::SampleDinov2Stats, &sample.dinov2)?,
     })
 }
 
@@ -288,12 +292,13 @@ pub struct Computed {
     pub details: Vec<(&'static str, serde_json::Value)>,
 }
 
-/// Computes the planned metrics (FID/sFID from `sample_stats`).
+/// Computes the planned metrics: each family's kernel is its arm here (FID, sFID and FD_DINOv2
+/// from `sample_stats`).
 pub fn compute(
     metrics: &BTreeSet<Metric>,
     sample: &FeatureSet,
     captions: Option<&ndarray::Array2<f32>>,
-    sample_stats: &ReferenceStats,
+    sample_stats: &SampleStats,
     reference: Option<&Reference>,
     options: &MetricOptions,
 ) -> Result<Computed> {
@@ -357,12 +362,14 @@ pub fn compute(
                 details.push(("fid_inf_fit", fit_record(&fit, &options.infinity)));
             }
             Metric::FdDinov2 => {
-                let samples = need(sample.dinov2.as_ref(), "sample DINOv2 features")?;
+                let ours = sample_stats
+                    .dinov2
+                    .as_ref()
+                    .context("missing sample DINOv2 statistics")?;
                 let stats_ref = reference
                     .and_then(|r| r.dinov2_stats.as_ref())
                     .context("missing reference DINOv2 statistics")?;
-                let ours = GaussianStats::from_features_f32(samples.view())?;
-                values.insert(MetricKey::FdDinov2, frechet_distance(&ours, stats_ref)?);
+                values.insert(MetricKey::FdDinov2, frechet_distance(ours, stats_ref)?);
             }
             Metric::FdDinov2Inf => {
                 let samples = need(sample.dinov2.as_ref(), "sample DINOv2 features")?;

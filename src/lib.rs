@@ -19,6 +19,7 @@ pub mod cache;
 pub mod captions;
 pub mod check;
 pub mod checkpoint;
+pub mod choice;
 pub mod data;
 pub mod demo;
 pub mod device;

@@ -36,7 +36,7 @@ use std::rc::Rc;
 
 use tch::{Device, Kind, TchError, Tensor};
 
-use crate::captions::CaptionSet;
+use crate::captions::{CaptionSet, PromptSource};
 use crate::models::gpt::{Gpt, GptError};
 
 /// Sampling settings (LlamaGen's names and defaults of `sample_c2i_ddp.py`).
@@ -165,6 +165,25 @@ pub enum Conditioning {
     Classes(LabelSpec),
     /// Captions (t2i): sample i takes caption `i % count`.
     Captions(Rc<CaptionSet>),
+    /// Captions still to be embedded (t2i from a prompt file): the generator embeds them as it
+    /// loads ([`Conditioning::resolve`]) and then holds [`Conditioning::Captions`].
+    Prompts(PromptSource),
+}
+
+/// The most samples one run may ask for.
+pub const MAX_SAMPLES: usize = 100_000_000;
+
+/// Checks a run's sample count: at least 1 and at most [`MAX_SAMPLES`].
+pub fn check_sample_count(n: usize) -> anyhow::Result<usize> {
+    if n == 0 {
+        anyhow::bail!("--samples 0: ask for at least one sample");
+    }
+    if n > MAX_SAMPLES {
+        anyhow::bail!(
+            "--samples {n}: at most {MAX_SAMPLES} samples per run (a run keeps a few bytes per sample in memory and its journal); evaluations use 50,000"
+        );
+    }
+    Ok(n)
 }
 
 impl Conditioning {
@@ -174,13 +193,24 @@ impl Conditioning {
         match self {
             Conditioning::Classes(labels) => labels.label(seed, index, num_classes),
             Conditioning::Captions(captions) => captions.caption_of(index) as i64,
+            // Not embedded yet: the generator resolves prompts before it samples.
+            Conditioning::Prompts(_) => 0,
         }
+    }
+
+    /// Captions embedded: [`Conditioning::Prompts`] run through their T5 encoder on `device`,
+    /// the others as they are.
+    pub fn resolve(&self, device: Device) -> anyhow::Result<Conditioning> {
+        Ok(match self {
+            Conditioning::Prompts(source) => Conditioning::Captions(Rc::new(source.embed(device)?)),
+            other => other.clone(),
+        })
     }
 
     /// The caption set, when the samples are captioned.
     pub fn captions(&self) -> Option<&CaptionSet> {
         match self {
-            Conditioning::Classes(_) => None,
+            Conditioning::Classes(_) | Conditioning::Prompts(_) => None,
             Conditioning::Captions(captions) => Some(captions),
         }
     }
@@ -190,7 +220,7 @@ impl Conditioning {
     pub fn name(&self) -> String {
         match self {
             Conditioning::Classes(labels) => labels.name(),
-            Conditioning::Captions(_) => "captions".to_owned(),
+            Conditioning::Captions(_) | Conditioning::Prompts(_) => "captions".to_owned(),
         }
     }
 }

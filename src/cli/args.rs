@@ -4,17 +4,18 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use clap::{Args, ValueEnum};
-use llamagen_eval::captions::{read_prompts, CaptionSet};
+use clap::Args;
+use llamagen_eval::captions::{read_prompts, CaptionSet, PromptSource};
+use llamagen_eval::choice::Choice;
 use llamagen_eval::device::DeviceChoice;
 use llamagen_eval::dist::Distribution;
-use llamagen_eval::evaluate::{Metric, MetricOptions};
+use llamagen_eval::evaluate::{IsSplits, Metric, MetricOptions};
 use llamagen_eval::features::Network;
 use llamagen_eval::launcher::World;
 use llamagen_eval::layout::RunLayout;
 use llamagen_eval::models::gpt::HeadChoice;
 use llamagen_eval::models::inception::Resize;
-use llamagen_eval::models::t5::T5Embedder;
+use llamagen_eval::models::t5::T5Precision;
 use llamagen_eval::models::vq::VqWeights;
 use llamagen_eval::partition::Shard;
 use llamagen_eval::pipeline::inception::ExtraNetwork;
@@ -23,29 +24,13 @@ use llamagen_eval::pipeline::{
     Precision,
 };
 use llamagen_eval::progress::Progress;
-use llamagen_eval::sampling::{Conditioning, LabelSpec, SamplingParams};
+use llamagen_eval::sampling::{check_sample_count, Conditioning, LabelSpec, SamplingParams};
 use llamagen_metrics::frechet_infinity::InfinityConfig;
-use llamagen_metrics::inception_score::{Splits, TORCH_FIDELITY_SEED};
-use llamagen_metrics::kid::KidConfig;
-use llamagen_metrics::manifold::{DistancePrecision, ManifoldConfig};
+use llamagen_metrics::inception_score::TORCH_FIDELITY_SEED;
+use llamagen_metrics::kid::{self, KidConfig};
+use llamagen_metrics::manifold::{self, DistancePrecision, ManifoldConfig};
 
-/// `--resize`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ResizeArg {
-    /// TF1 bilinear resize (the numbers papers report).
-    Adm,
-    /// pytorch-fid's preprocessing.
-    PytorchFid,
-}
-
-impl From<ResizeArg> for Resize {
-    fn from(r: ResizeArg) -> Self {
-        match r {
-            ResizeArg::Adm => Resize::Adm,
-            ResizeArg::PytorchFid => Resize::PytorchFid,
-        }
-    }
-}
+use super::choice::choice;
 
 /// Flags shared by every command that runs Inception.
 #[derive(Args, Debug, Clone)]
@@ -55,8 +40,8 @@ pub struct InceptionArgs {
     #[arg(long, value_name = "FILE")]
     pub inception: Option<PathBuf>,
     /// Preprocessing: `adm` (TF1 bilinear resize; the numbers papers report) or `pytorch-fid`.
-    #[arg(long, value_enum, default_value_t = ResizeArg::Adm)]
-    pub resize: ResizeArg,
+    #[arg(long, value_parser = choice::<Resize>(), default_value_t = Resize::Adm)]
+    pub resize: Resize,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
@@ -98,7 +83,7 @@ impl InceptionArgs {
         };
         Ok(InceptionConfig {
             weights: self.inception.clone(),
-            resize: self.resize.into(),
+            resize: self.resize,
             device: self.device,
             batch_size: usize::try_from(self.batch_size).unwrap_or(usize::MAX),
             dinov2: wants(Network::Dinov2, &self.dinov2).then(|| ExtraNetwork {
@@ -113,100 +98,40 @@ impl InceptionArgs {
     }
 }
 
-/// `--metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum MetricArg {
-    /// Fréchet Inception Distance on pool features.
-    Fid,
-    /// Spatial FID on ADM's mixed_6/conv features.
-    Sfid,
-    /// Inception Score (and its std over splits).
-    Is,
-    /// Precision, recall, density and coverage.
-    Pr,
-    /// Kernel Inception Distance (and its std over subsets).
-    Kid,
-    /// FID extrapolated to infinitely many samples (Chong & Forsyth 2020).
-    FidInf,
-    /// Fréchet distance of DINOv2 features (needs --features ...,dinov2).
-    FdDinov2,
-    /// FD_DINOv2 extrapolated to infinitely many samples.
-    FdDinov2Inf,
-    /// Precision, recall, density and coverage on DINOv2 features.
-    Dinov2Pr,
-    /// CMMD on CLIP embeddings (needs --features ...,clip).
-    Cmmd,
-    /// CLIP score of each sample against its caption (text-to-image runs; needs --features
-    /// ...,clip with a CLIPModel file).
-    ClipScore,
-}
-
-impl From<MetricArg> for Metric {
-    fn from(m: MetricArg) -> Self {
-        match m {
-            MetricArg::Fid => Metric::Fid,
-            MetricArg::Sfid => Metric::Sfid,
-            MetricArg::Is => Metric::Is,
-            MetricArg::Pr => Metric::Pr,
-            MetricArg::Kid => Metric::Kid,
-            MetricArg::FidInf => Metric::FidInf,
-            MetricArg::FdDinov2 => Metric::FdDinov2,
-            MetricArg::FdDinov2Inf => Metric::FdDinov2Inf,
-            MetricArg::Dinov2Pr => Metric::Dinov2Pr,
-            MetricArg::Cmmd => Metric::Cmmd,
-            MetricArg::ClipScore => Metric::ClipScore,
-        }
-    }
-}
-
-/// `--is-splits`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum IsConvention {
-    /// Consecutive splits of 5000, partial last.
-    Adm,
-    /// 10 equal splits, unshuffled.
-    TorchFidelity,
-}
-
-/// `--pr-distance`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PrDistance {
-    /// float64.
-    Exact,
-    /// ADM's float16 rounding.
-    AdmFp16,
-}
-
 /// Which metrics, and their settings (shared by `fid`, `metrics` and `sweep`).
 #[derive(Args, Debug, Clone)]
 pub struct MetricArgs {
     /// Metrics to compute, comma-separated (default: every one the inputs allow).
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub metrics: Option<Vec<MetricArg>>,
+    #[arg(long, value_parser = choice::<Metric>(), value_delimiter = ',')]
+    pub metrics: Option<Vec<Metric>>,
     /// Inception Score splits: `adm` (consecutive splits of 5000, partial last) or
     /// `torch-fidelity` (the samples shuffled with `--is-seed`, then 10 equal splits, as
     /// torch-fidelity's defaults).
-    #[arg(long, value_enum, default_value_t = IsConvention::Adm)]
-    pub is_splits: IsConvention,
+    #[arg(long, value_parser = choice::<IsSplits>(), default_value_t = IsSplits::default())]
+    pub is_splits: IsSplits,
     /// Seed of the Inception Score's shuffle with `--is-splits torch-fidelity` (NumPy
     /// RandomState-compatible, torch-fidelity's `rng_seed`).
     #[arg(long, default_value_t = TORCH_FIDELITY_SEED)]
     pub is_seed: u32,
     /// Arithmetic of precision/recall distances: `exact` (f64) or `adm-fp16` (ADM's float16
     /// rounding, reproducing its published figures).
-    #[arg(long, value_enum, default_value_t = PrDistance::Exact)]
-    pub pr_distance: PrDistance,
+    #[arg(
+        long,
+        value_parser = choice::<DistancePrecision>(),
+        default_value = DistancePrecision::default().choice_name()
+    )]
+    pub pr_distance: DistancePrecision,
     /// Neighbourhood size k of precision/recall/density/coverage.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = manifold::DEFAULT_K)]
     pub pr_k: usize,
     /// KID: number of random subsets.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = kid::DEFAULT_SUBSETS)]
     pub kid_subsets: usize,
     /// KID: rows per subset (capped at the smaller set's size).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = kid::DEFAULT_SUBSET_SIZE)]
     pub kid_subset_size: usize,
     /// Seed of the KID subsets (NumPy RandomState-compatible, as torch-fidelity).
-    #[arg(long, default_value_t = 2020)]
+    #[arg(long, default_value_t = kid::DEFAULT_SEED)]
     pub kid_seed: u32,
 }
 
@@ -214,24 +139,12 @@ impl MetricArgs {
     /// The library's metric request.
     pub fn request(&self) -> MetricRequest {
         MetricRequest {
-            metrics: self
-                .metrics
-                .as_ref()
-                .map(|m| m.iter().copied().map(Metric::from).collect()),
+            metrics: self.metrics.clone(),
             options: MetricOptions {
-                is_splits: match self.is_splits {
-                    IsConvention::Adm => Splits::default(),
-                    IsConvention::TorchFidelity => Splits::Equal {
-                        splits: 10,
-                        shuffle: Some(self.is_seed),
-                    },
-                },
+                is_splits: self.is_splits.splits(self.is_seed),
                 manifold: ManifoldConfig {
                     k: self.pr_k,
-                    precision: match self.pr_distance {
-                        PrDistance::Exact => DistancePrecision::Exact,
-                        PrDistance::AdmFp16 => DistancePrecision::AdmFp16,
-                    },
+                    precision: self.pr_distance,
                     ..Default::default()
                 },
                 kid: KidConfig {
@@ -274,86 +187,6 @@ pub fn output_dir(out: Option<&Path>, name: Option<&str>) -> PathBuf {
     }
 }
 
-/// `--vq-weights`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum VqWeightsArg {
-    /// `ema` when the checkpoint has it, else `model`.
-    Auto,
-    /// The exponential moving average; an error when absent.
-    Ema,
-    /// The trained weights.
-    Model,
-}
-
-impl From<VqWeightsArg> for VqWeights {
-    fn from(w: VqWeightsArg) -> Self {
-        match w {
-            VqWeightsArg::Auto => VqWeights::Auto,
-            VqWeightsArg::Ema => VqWeights::Ema,
-            VqWeightsArg::Model => VqWeights::Model,
-        }
-    }
-}
-
-/// `--precision` of the generator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PrecisionArg {
-    /// bf16 on CUDA (LlamaGen's sampling dtype), fp32 on the CPU.
-    Auto,
-    /// float32.
-    Fp32,
-    /// bfloat16.
-    Bf16,
-    /// float16.
-    Fp16,
-}
-
-/// `--t5-precision`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum T5PrecisionArg {
-    /// bfloat16, as LlamaGen's T5Embedder runs.
-    Bf16,
-    /// float32.
-    Fp32,
-}
-
-/// Captions the T5 encoder embeds at once.
-const T5_CHUNK: usize = 64;
-
-/// The largest evaluated image side (`--image-size-eval`).
-pub const MAX_IMAGE_SIZE: i64 = 8192;
-
-/// The captions of `prompts` embedded by the T5 encoder in `t5` (checked before anything else is
-/// loaded: the prompt file, then the encoder folder).
-fn embed_prompts(
-    prompts: &Path,
-    t5: &Path,
-    precision: T5PrecisionArg,
-    device: DeviceChoice,
-    progress: Progress,
-) -> Result<CaptionSet> {
-    let count = read_prompts(prompts)?.len();
-    let device = device.resolve().map_err(anyhow::Error::msg)?;
-    let (kind, dtype) = match precision {
-        T5PrecisionArg::Bf16 => (tch::Kind::BFloat16, "bf16"),
-        T5PrecisionArg::Fp32 => (tch::Kind::Float, "fp32"),
-    };
-    let embedder = T5Embedder::load(t5, device, kind)?;
-    let bar = progress.bar(count, "t5", "caption");
-    let set = CaptionSet::from_prompts(
-        prompts,
-        &embedder,
-        format!("t5 {} {dtype}", t5.display()),
-        T5_CHUNK,
-        |n| bar.inc(n as u64),
-    )?;
-    bar.finish_and_clear();
-    Ok(set)
-}
-
-/// The most samples one run may ask for.
-pub const MAX_SAMPLES: usize = 100_000_000;
-
 /// Generation flags shared by `sample`, `fid --gpt` and `sweep`.
 #[derive(Args, Debug, Clone)]
 pub struct GenArgs {
@@ -365,8 +198,8 @@ pub struct GenArgs {
     #[arg(long, value_name = "CKPT")]
     pub vq: Option<PathBuf>,
     /// Which tokenizer weights: auto (ema when present), ema or model.
-    #[arg(long, value_enum, default_value_t = VqWeightsArg::Auto)]
-    pub vq_weights: VqWeightsArg,
+    #[arg(long, value_parser = choice::<VqWeights>(), default_value_t = VqWeights::Auto)]
+    pub vq_weights: VqWeights,
     /// Number of images (default with --labels: one per label; with --caption-embeddings: one
     /// per caption).
     #[arg(long, value_name = "N")]
@@ -424,11 +257,11 @@ pub struct GenArgs {
     #[arg(long, value_name = "DIR", requires = "prompts")]
     pub t5: Option<PathBuf>,
     /// The T5 encoder's dtype: bf16 (LlamaGen's T5Embedder) or fp32.
-    #[arg(long, value_enum, default_value_t = T5PrecisionArg::Bf16)]
-    pub t5_precision: T5PrecisionArg,
+    #[arg(long, value_parser = choice::<T5Precision>(), default_value_t = T5Precision::Bf16)]
+    pub t5_precision: T5Precision,
     /// The generator's dtype (the tokenizer runs in f32); recorded in the run record.
-    #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
-    pub precision: PrecisionArg,
+    #[arg(long, value_parser = choice::<Precision>(), default_value_t = Precision::Auto)]
+    pub precision: Precision,
     /// Registry name (GPT-B, L, XL, XXL, XXXL, 1B, 3B, 7B) fixing the head count.
     #[arg(long, value_name = "NAME")]
     pub gpt_model: Option<String>,
@@ -455,7 +288,7 @@ pub struct GenArgs {
 
 impl GenArgs {
     /// The number of samples: `--samples`, else one per `--labels` entry; at least 1 and at most
-    /// [`MAX_SAMPLES`], checked before anything is loaded.
+    /// `llamagen_eval::sampling::MAX_SAMPLES`, checked before anything is loaded.
     pub fn sample_count(&self) -> Result<usize> {
         let n = match (
             self.samples,
@@ -472,18 +305,11 @@ impl GenArgs {
                  --caption-embeddings or --prompts, one sample per caption)"
             ),
         };
-        if n == 0 {
-            bail!("--samples 0: ask for at least one sample");
-        }
-        if n > MAX_SAMPLES {
-            bail!(
-                "--samples {n}: at most {MAX_SAMPLES} samples per run (a run keeps a few bytes per sample in memory and its journal); evaluations use 50,000"
-            );
-        }
-        Ok(n)
+        check_sample_count(n)
     }
 
-    /// The library's generator configuration at generation size `image_size`.
+    /// The library's generator configuration at generation size `image_size` (a prompt file is
+    /// embedded by the generator as it loads).
     pub fn config(
         &self,
         image_size: i64,
@@ -498,13 +324,6 @@ impl GenArgs {
             Some(p) => p.clone(),
             None => bail!("--vq CKPT is required"),
         };
-        if let Some(size) = self.image_size_eval {
-            if !(1..=MAX_IMAGE_SIZE).contains(&size) {
-                bail!(
-                    "--image-size-eval {size}: the evaluated size must be between 1 and {MAX_IMAGE_SIZE} pixels (LlamaGen evaluates at 256)"
-                );
-            }
-        }
         let labels = match (&self.labels, self.class_balanced) {
             (Some(l), _) if l.is_empty() => bail!("--labels is empty"),
             (Some(l), _) => LabelSpec::Explicit(l.clone()),
@@ -515,15 +334,18 @@ impl GenArgs {
             (Some(path), ..) => {
                 Conditioning::Captions(std::rc::Rc::new(CaptionSet::from_npz(path)?))
             }
-            (None, Some(prompts), Some(t5)) => Conditioning::Captions(std::rc::Rc::new(
-                embed_prompts(prompts, t5, self.t5_precision, device, progress)?,
-            )),
+            (None, Some(prompts), Some(t5)) => Conditioning::Prompts(PromptSource {
+                prompts: prompts.clone(),
+                t5: t5.clone(),
+                precision: self.t5_precision,
+                progress,
+            }),
             _ => Conditioning::Classes(labels),
         };
-        Ok(GeneratorConfig {
+        let config = GeneratorConfig {
             gpt,
             vq,
-            vq_weights: self.vq_weights.into(),
+            vq_weights: self.vq_weights,
             image_size,
             image_size_eval: self.image_size_eval,
             sampling: SamplingParams {
@@ -535,12 +357,7 @@ impl GenArgs {
             },
             seed: self.seed,
             conditioning,
-            precision: match self.precision {
-                PrecisionArg::Auto => Precision::Auto,
-                PrecisionArg::Fp32 => Precision::Fp32,
-                PrecisionArg::Bf16 => Precision::Bf16,
-                PrecisionArg::Fp16 => Precision::Fp16,
-            },
+            precision: self.precision,
             heads: HeadChoice {
                 model_name: self.gpt_model.clone(),
                 n_head: self.n_head,
@@ -549,7 +366,9 @@ impl GenArgs {
                 .decode_batch_size
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             device,
-        })
+        };
+        config.check()?;
+        Ok(config)
     }
 }
 

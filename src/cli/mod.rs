@@ -3,6 +3,7 @@
 
 mod args;
 mod check;
+mod choice;
 mod features;
 mod fid;
 mod gather;

@@ -4,42 +4,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{ArgGroup, Args, ValueEnum};
+use clap::{ArgGroup, Args};
 use llamagen_eval::dist::Distribution;
 use llamagen_eval::launcher::World;
+use llamagen_eval::models::vq::VqWeights;
 use llamagen_eval::pipeline::recon::{
     reconstruct, ReconConfig, ReconMetric, ReconPrecision, Reconstructions,
 };
 use llamagen_eval::progress::Progress;
 
-use super::args::{InceptionArgs, OutputArgs, VqWeightsArg};
+use super::args::{InceptionArgs, OutputArgs};
+use super::choice::choice;
 use super::output::print_record;
-
-/// `--metrics` of `recon`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ReconMetricArg {
-    /// Fréchet distance of the reconstructions' Inception pool features to the reference's.
-    Rfid,
-    /// Peak signal-to-noise ratio (data range 255).
-    Psnr,
-    /// SSIM, both the standard (Gaussian window) and the LlamaGen-compatible figure.
-    Ssim,
-    /// Codebook usage and perplexity over the set (needs --vq).
-    Codebook,
-    /// FD_DINOv2 of the reconstructions to the originals (needs --features ...,dinov2).
-    FdDinov2,
-    /// CMMD of the reconstructions to the originals (needs --features ...,clip).
-    Cmmd,
-}
-
-/// `--precision` of the tokenizer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ReconPrecisionArg {
-    /// float32.
-    Fp32,
-    /// bfloat16.
-    Bf16,
-}
 
 /// `recon` flags.
 #[derive(Args, Debug)]
@@ -68,14 +44,14 @@ pub struct ReconCommand {
     #[arg(long, value_name = "R.npz", requires = "vq")]
     pub save_recon: Option<PathBuf>,
     /// Precision of the tokenizer.
-    #[arg(long, value_enum, default_value_t = ReconPrecisionArg::Fp32)]
-    pub precision: ReconPrecisionArg,
+    #[arg(long, value_parser = choice::<ReconPrecision>(), default_value_t = ReconPrecision::Fp32)]
+    pub precision: ReconPrecision,
     /// Which weights of a training checkpoint: `ema` when present (auto), `ema`, or `model`.
-    #[arg(long, value_enum, default_value_t = VqWeightsArg::Auto)]
-    pub vq_weights: VqWeightsArg,
+    #[arg(long, value_parser = choice::<VqWeights>(), default_value_t = VqWeights::Auto)]
+    pub vq_weights: VqWeights,
     /// Figures to compute (comma-separated); default: all that the inputs allow.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub metrics: Option<Vec<ReconMetricArg>>,
+    #[arg(long, value_parser = choice::<ReconMetric>(), value_delimiter = ',')]
+    pub metrics: Option<Vec<ReconMetric>>,
     /// Continue an interrupted run in the same output folder.
     #[arg(long)]
     pub resume: bool,
@@ -97,28 +73,13 @@ impl ReconCommand {
         let reconstructions = match (&self.vq, &self.recon_batch) {
             (Some(vq), _) => Reconstructions::Tokenizer {
                 vq: vq.clone(),
-                weights: self.vq_weights.into(),
-                precision: match self.precision {
-                    ReconPrecisionArg::Fp32 => ReconPrecision::Fp32,
-                    ReconPrecisionArg::Bf16 => ReconPrecision::Bf16,
-                },
+                weights: self.vq_weights,
+                precision: self.precision,
                 save: self.save_recon.clone(),
             },
             (None, Some(batch)) => Reconstructions::Batch(batch.clone()),
             (None, None) => anyhow::bail!("give --vq CKPT or --recon-batch R.npz"),
         };
-        let metrics = self.metrics.as_ref().map(|m| {
-            m.iter()
-                .map(|m| match m {
-                    ReconMetricArg::Rfid => ReconMetric::Rfid,
-                    ReconMetricArg::Psnr => ReconMetric::Psnr,
-                    ReconMetricArg::Ssim => ReconMetric::Ssim,
-                    ReconMetricArg::Codebook => ReconMetric::Codebook,
-                    ReconMetricArg::FdDinov2 => ReconMetric::FdDinov2,
-                    ReconMetricArg::Cmmd => ReconMetric::Cmmd,
-                })
-                .collect()
-        });
         let mut inception = self.inception.config()?;
         inception.device = world.device(inception.device).map_err(anyhow::Error::msg)?;
         Ok(ReconConfig {
@@ -126,7 +87,7 @@ impl ReconCommand {
             image_size: self.image_size,
             reconstructions,
             reference: self.reference.clone(),
-            metrics,
+            metrics: self.metrics.clone(),
             inception,
             out_dir: self.output.dir(),
             resume: self.resume,

@@ -10,6 +10,7 @@
 //! `Mixed_6d.branch1x1`, first 7 channels, flattened in H, W, C order) and `logits`
 //! (1008, unbiased: `pool @ fc.weightᵀ`, no bias).
 
+use crate::choice::{choice_str, Choice};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
@@ -40,12 +41,26 @@ pub enum Resize {
 impl Resize {
     /// The name written in run records and feature-cache keys (`adm`, `pytorch-fid`).
     pub fn name(self) -> &'static str {
-        match self {
-            Resize::Adm => "adm",
-            Resize::PytorchFid => "pytorch-fid",
-        }
+        self.choice_name()
     }
 }
+
+impl Choice for Resize {
+    const WHAT: &'static str = "resize";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            Resize::Adm,
+            "adm",
+            "TF1 bilinear resize (the numbers papers report)",
+        ),
+        (
+            Resize::PytorchFid,
+            "pytorch-fid",
+            "pytorch-fid's preprocessing",
+        ),
+    ];
+}
+choice_str!(Resize);
 
 /// Features of one batch, all f32 on the model's device.
 pub struct Features {

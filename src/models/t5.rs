@@ -47,6 +47,7 @@ use tch::{Device, Kind, Tensor};
 use super::clip::config_beside;
 use super::hf_weights::{WeightSet, WeightsError};
 use super::tokenizer::{CaptionTokenizer, TokenizerError};
+use crate::choice::{choice_str, Choice};
 
 /// Caption length of LlamaGen's T5Embedder (`--t5-feature-max-len`, `model_max_length=120`).
 pub const T5_MAX_LENGTH: usize = 120;
@@ -736,6 +737,39 @@ fn config_file(path: &Path) -> Option<PathBuf> {
     }
     config_beside(path)
 }
+
+/// The T5 encoder's dtype (`--t5-precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum T5Precision {
+    /// bfloat16, as LlamaGen's T5Embedder runs.
+    #[default]
+    Bf16,
+    /// float32.
+    Fp32,
+}
+
+impl T5Precision {
+    /// Its libtorch dtype.
+    pub fn kind(self) -> Kind {
+        match self {
+            T5Precision::Bf16 => Kind::BFloat16,
+            T5Precision::Fp32 => Kind::Float,
+        }
+    }
+}
+
+impl Choice for T5Precision {
+    const WHAT: &'static str = "T5 precision";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            T5Precision::Bf16,
+            "bf16",
+            "bfloat16, as LlamaGen's T5Embedder runs",
+        ),
+        (T5Precision::Fp32, "fp32", "float32"),
+    ];
+}
+choice_str!(T5Precision);
 
 /// LlamaGen's T5Embedder: the caption tokenizer of a model folder and its T5 encoder.
 #[derive(Debug)]

@@ -6,7 +6,9 @@ use llamagen_metrics::inception_score::Splits;
 use llamagen_metrics::manifold::DistancePrecision;
 use serde_json::{Map, Value};
 
-use crate::evaluate::{compute, plan, sample_statistics, Metric, MetricOptions, Reference};
+use crate::evaluate::{
+    compute, needed, plan, sample_statistics, Metric, MetricOptions, Need, Reference,
+};
 use crate::features::FeatureSet;
 use crate::record::RunRecord;
 
@@ -25,10 +27,14 @@ impl MetricRequest {
     pub fn needs_reference_features(&self) -> bool {
         self.metrics.as_ref().is_none_or(|m| {
             m.iter().any(|m| {
-                matches!(
-                    m,
-                    Metric::Pr | Metric::Kid | Metric::Dinov2Pr | Metric::Cmmd
-                )
+                m.needs().iter().any(|n| {
+                    matches!(
+                        n,
+                        Need::ReferencePoolFeatures
+                            | Need::ReferenceDinov2Features
+                            | Need::ReferenceClip
+                    )
+                })
             })
         })
     }
@@ -135,10 +141,7 @@ pub fn evaluate(
     let sample_stats = sample_statistics(&planned, &sample)?;
     // Feature arrays no later metric reads are freed before the metrics allocate their own
     // matrices (50,000 x 2048 pool features are 400 MB).
-    if ![Metric::Pr, Metric::Kid, Metric::FidInf]
-        .iter()
-        .any(|m| planned.contains(m))
-    {
+    if !needed(&planned, Need::SamplePool) {
         sample.pool = None;
     }
     sample.spatial = None;

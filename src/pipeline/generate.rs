@@ -81,6 +81,7 @@ impl GenerationPlan {
     /// Refuses a plan that leaves this process, or any rank of its job, without samples (checked
     /// on every rank alike, so no rank waits for a part that will never come).
     pub fn check(&self) -> Result<()> {
+        crate::sampling::check_sample_count(self.samples)?;
         let world = &self.distribution.world;
         if world.is_distributed() && self.shard == Shard::ALL && self.samples < world.size {
             bail!(

@@ -45,6 +45,7 @@
 //! work fills it. Decoding on the sampling thread instead (two stages) gained less: on the demo
 //! models Inception is 90% of the work, and the decoder is what runs beside it.
 
+use crate::choice::{choice_str, Choice};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,14 +96,24 @@ impl Precision {
 
     /// The name used in run records (`fp32`, `bf16`, `fp16`; `auto` before it is resolved).
     pub fn name(self) -> &'static str {
-        match self {
-            Precision::Auto => "auto",
-            Precision::Fp32 => "fp32",
-            Precision::Bf16 => "bf16",
-            Precision::Fp16 => "fp16",
-        }
+        self.choice_name()
     }
 }
+
+impl Choice for Precision {
+    const WHAT: &'static str = "precision";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            Precision::Auto,
+            "auto",
+            "bf16 on CUDA (LlamaGen's sampling dtype), fp32 on the CPU",
+        ),
+        (Precision::Fp32, "fp32", "float32"),
+        (Precision::Bf16, "bf16", "bfloat16"),
+        (Precision::Fp16, "fp16", "float16"),
+    ];
+}
+choice_str!(Precision);
 
 /// Everything that defines a generator and how it samples.
 #[derive(Debug, Clone)]
@@ -134,7 +145,23 @@ pub struct GeneratorConfig {
     pub device: DeviceChoice,
 }
 
+/// The largest evaluated image side ([`GeneratorConfig::image_size_eval`]).
+pub const MAX_IMAGE_SIZE: i64 = 8192;
+
 impl GeneratorConfig {
+    /// Checks what can be checked without loading anything: the evaluated size is between 1 and
+    /// [`MAX_IMAGE_SIZE`]. [`Generator::new`] checks it too.
+    pub fn check(&self) -> Result<()> {
+        if let Some(size) = self.image_size_eval {
+            if !(1..=MAX_IMAGE_SIZE).contains(&size) {
+                bail!(
+                    "--image-size-eval {size}: the evaluated size must be between 1 and {MAX_IMAGE_SIZE} pixels (LlamaGen evaluates at 256)"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The evaluated (output) image size.
     pub fn eval_size(&self) -> i64 {
         self.image_size_eval.unwrap_or(self.image_size)
@@ -667,6 +694,10 @@ fn check_conditioning(
 ) -> Result<Option<CaptionEmbeddings>> {
     let config = gpt.config();
     match (conditioning, config.condition) {
+        (Conditioning::Prompts(source), _) => bail!(
+            "the prompts of {} are not embedded yet",
+            source.prompts.display()
+        ),
         (Conditioning::Classes(labels), Condition::Class) => {
             if let LabelSpec::Explicit(labels) = labels {
                 if labels.is_empty() {
@@ -723,6 +754,12 @@ impl Generator {
     }
 
     fn on(config: &GeneratorConfig, device: Device) -> Result<Self> {
+        config.check()?;
+        // A prompt file is embedded first (its errors before any model is loaded).
+        let config = &GeneratorConfig {
+            conditioning: config.conditioning.resolve(device)?,
+            ..config.clone()
+        };
         let (gpt_path, vq_path) = (config.gpt.as_path(), config.vq.as_path());
         let image_size = config.image_size;
         config

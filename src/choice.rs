@@ -1,0 +1,106 @@
+//! Settings named by a word (`--resize adm`, `--metrics fid,kid`): each such enum lists its values
+//! once, with their names and one-line help ([`Choice::VALUES`]), and parsing, printing and the
+//! command line's lists of possible values all read that list. The command line wraps it once,
+//! generically, for every enum (`src/cli/choice.rs`); it mirrors none of them.
+
+/// An enum whose values have names.
+pub trait Choice: Copy + PartialEq + Send + Sync + 'static {
+    /// What a value is, in error messages (`resize`, `metric`).
+    const WHAT: &'static str;
+
+    /// Every value with its name and a one-line help, in the order help texts list them.
+    const VALUES: &'static [(Self, &'static str, &'static str)];
+
+    /// The value's name (`pytorch-fid`).
+    fn choice_name(self) -> &'static str {
+        Self::VALUES
+            .iter()
+            .find(|(v, ..)| *v == self)
+            .map(|(_, name, _)| *name)
+            .expect("every value of a Choice is listed in VALUES")
+    }
+
+    /// The value's one-line help.
+    fn choice_help(self) -> &'static str {
+        Self::VALUES
+            .iter()
+            .find(|(v, ..)| *v == self)
+            .map(|(.., help)| *help)
+            .expect("every value of a Choice is listed in VALUES")
+    }
+
+    /// The value named `name` (surrounding spaces ignored); else an error listing the names.
+    fn from_choice_name(name: &str) -> Result<Self, String> {
+        let wanted = name.trim();
+        Self::VALUES
+            .iter()
+            .find(|(_, n, _)| *n == wanted)
+            .map(|(v, ..)| *v)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::VALUES.iter().map(|(_, n, _)| *n).collect();
+                format!("unknown {} `{name}`: use {}", Self::WHAT, or_list(&names))
+            })
+    }
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn or_list(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// `FromStr` and `Display` of a [`Choice`] through its names.
+macro_rules! choice_str {
+    ($($t:ty),* $(,)?) => {$(
+        impl std::str::FromStr for $t {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                <$t as $crate::choice::Choice>::from_choice_name(s)
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str($crate::choice::Choice::choice_name(*self))
+            }
+        }
+    )*};
+}
+pub(crate) use choice_str;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Colour {
+        Red,
+        Dark,
+    }
+
+    impl Choice for Colour {
+        const WHAT: &'static str = "colour";
+        const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+            (Colour::Red, "red", "Red"),
+            (Colour::Dark, "dark-blue", "Blue"),
+        ];
+    }
+    choice_str!(Colour);
+
+    #[test]
+    fn names_parse_and_print() {
+        for (value, name, _) in Colour::VALUES {
+            assert_eq!(name.parse::<Colour>().unwrap(), *value);
+            assert_eq!(value.to_string(), *name);
+        }
+        assert_eq!(Colour::Dark.choice_help(), "Blue");
+        assert_eq!(
+            "green".parse::<Colour>().unwrap_err(),
+            "unknown colour `green`: use red or dark-blue"
+        );
+    }
+}

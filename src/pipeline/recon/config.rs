@@ -1,0 +1,118 @@
+//! `recon`'s configuration: the inputs, where the reconstructions come from, which figures, and
+//! which of those the inputs allow ([`wanted_metrics`]).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+use crate::choice::{choice_str, Choice};
+use crate::features::Network;
+use crate::metric::{ReconMetric, ReconNeed};
+use crate::models::vq::VqWeights;
+use crate::pipeline::inception::InceptionConfig;
+use crate::progress::Progress;
+
+/// Default side for folders of images (ADM centre crop), as LlamaGen evaluates at 256.
+pub const FOLDER_IMAGE_SIZE: usize = 256;
+
+/// Precision the tokenizer runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReconPrecision {
+    /// float32.
+    #[default]
+    Fp32,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Choice for ReconPrecision {
+    const WHAT: &'static str = "tokenizer precision";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (ReconPrecision::Fp32, "fp32", "float32"),
+        (ReconPrecision::Bf16, "bf16", "bfloat16"),
+    ];
+}
+choice_str!(ReconPrecision);
+
+/// Where reconstructions come from.
+#[derive(Debug, Clone)]
+pub enum Reconstructions {
+    /// A LlamaGen VQ checkpoint, run here.
+    Tokenizer {
+        /// The checkpoint.
+        vq: PathBuf,
+        /// Which weights of a training checkpoint.
+        weights: VqWeights,
+        /// Its dtype.
+        precision: ReconPrecision,
+        /// Also write the reconstructions as an npz.
+        save: Option<PathBuf>,
+    },
+    /// Reconstructions made elsewhere (npz `arr_0`, same order and shape as the originals).
+    Batch(PathBuf),
+}
+
+/// A `recon` run.
+#[derive(Debug, Clone)]
+pub struct ReconConfig {
+    /// Original images (npz or folder).
+    pub data: PathBuf,
+    /// Centre-crop size of the originals (default: npz images as they are, folders at 256).
+    pub image_size: Option<usize>,
+    /// The reconstructions.
+    pub reconstructions: Reconstructions,
+    /// rFID reference; `None`: the originals themselves (LlamaGen's protocol).
+    pub reference: Option<PathBuf>,
+    /// `None`: every figure the inputs allow.
+    pub metrics: Option<Vec<ReconMetric>>,
+    /// Feature network (and batch size, and the device the tokenizer runs on).
+    pub inception: InceptionConfig,
+    /// Output folder (metrics.json, metrics.csv, the journal).
+    pub out_dir: PathBuf,
+    /// Continue an interrupted run.
+    pub resume: bool,
+    /// Testing aid: stop with an error after this many batches.
+    pub stop_after_batches: Option<usize>,
+    /// Bars or none.
+    pub progress: Progress,
+}
+
+/// Whether `config` runs `network`.
+pub(super) fn loaded(config: &ReconConfig, network: Network) -> bool {
+    match network {
+        Network::Inception => true,
+        Network::Dinov2 => config.inception.dinov2.is_some(),
+        Network::Clip => config.inception.clip.is_some(),
+    }
+}
+
+/// The figures `config` asks for, as far as its inputs allow.
+pub(super) fn wanted_metrics(config: &ReconConfig) -> Result<BTreeSet<ReconMetric>> {
+    let explicit = config.metrics.is_some();
+    let mut wanted: BTreeSet<ReconMetric> = config
+        .metrics
+        .clone()
+        .unwrap_or_else(|| ReconMetric::ALL.to_vec())
+        .into_iter()
+        .collect();
+    let tokenizer = matches!(config.reconstructions, Reconstructions::Tokenizer { .. });
+    for metric in ReconMetric::ALL {
+        for need in metric.needs() {
+            let why = match need {
+                ReconNeed::Tokenizer if !tokenizer => format!(
+                    "`{metric}` needs the tokenizer; reconstructions made elsewhere have no token indices"
+                ),
+                ReconNeed::Features(network) if !loaded(config, *network) => format!(
+                    "`{metric}` needs the {network} network: add --features inception,{network}",
+                    network = network.name()
+                ),
+                _ => continue,
+            };
+            if wanted.remove(&metric) && explicit {
+                bail!("{why}");
+            }
+        }
+    }
+    Ok(wanted)
+}
