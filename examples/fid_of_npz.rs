@@ -12,9 +12,11 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use llamagen_eval::evaluate::MetricRequest;
 use llamagen_eval::metric::MetricKey;
-use llamagen_eval::pipeline::fid::{evaluate_sample_batch, FidConfig};
-use llamagen_eval::pipeline::{InceptionConfig, MetricRequest};
+use llamagen_eval::pipeline::jobs::fid::evaluate_sample_batch;
+use llamagen_eval::pipeline::FidConfig;
+use llamagen_eval::pipeline::InceptionConfig;
 use llamagen_eval::progress::Progress;
 
 fn main() -> Result<()> {

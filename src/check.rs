@@ -237,7 +237,7 @@ pub fn write_baseline(record: &RunRecord, file: &Path, target: &Path) -> Result<
     );
     about.insert(
         "written_at_utc".into(),
-        Value::from(crate::pipeline::evaluate::utc_timestamp()),
+        Value::from(crate::record::utc_timestamp()),
     );
     let mut doc = Map::new();
     doc.insert("metrics".into(), serde_json::to_value(&record.metrics)?);

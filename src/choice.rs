@@ -52,9 +52,12 @@ fn or_list(names: &[&str]) -> String {
     }
 }
 
-/// `FromStr` and `Display` of a [`Choice`] through its names.
+/// `FromStr` and `Display` of a [`Choice`] through its names, and serde through them (so a job
+/// description stores `"pytorch-fid"`, as the command line spells it).
 macro_rules! choice_str {
     ($($t:ty),* $(,)?) => {$(
+        $crate::choice::serde_by_name!($t);
+
         impl std::str::FromStr for $t {
             type Err = String;
 
@@ -71,6 +74,25 @@ macro_rules! choice_str {
     )*};
 }
 pub(crate) use choice_str;
+
+/// Serde through a type's `Display` and `FromStr`.
+macro_rules! serde_by_name {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let name = <String as serde::Deserialize>::deserialize(deserializer)?;
+                name.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_by_name;
 
 #[cfg(test)]
 mod tests {

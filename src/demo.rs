@@ -15,15 +15,17 @@ use crate::data::npz_writer::ImageNpzWriter;
 use crate::device::DeviceChoice;
 use crate::dist::Distribution;
 use crate::evaluate::MetricOptions;
+use crate::evaluate::MetricRequest;
 use crate::layout::RunLayout;
 use crate::models::gpt::{Gpt, GptConfig, HeadChoice};
 use crate::models::inception::{InceptionV3, Resize};
 use crate::models::vq::{VqConfig, VqModel, VqWeights};
 use crate::partition::Shard;
-use crate::pipeline::stats::{self, StatsConfig};
+use crate::pipeline::jobs::settings::StatsConfig;
+use crate::pipeline::jobs::stats;
+use crate::pipeline::jobs::sweep;
 use crate::pipeline::{
-    sweep, BatchSize, FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, MetricRequest,
-    Precision,
+    BatchSize, FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, Precision,
 };
 use crate::progress::Progress;
 use crate::sampling::{Conditioning, LabelSpec, SamplingParams};

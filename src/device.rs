@@ -38,6 +38,19 @@ impl FromStr for DeviceChoice {
     }
 }
 
+impl std::fmt::Display for DeviceChoice {
+    /// As `--device` spells it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+crate::choice::serde_by_name!(DeviceChoice);
+
 /// The directory of the libtorch this process runs on: where `libtorch_cpu.so` was loaded from
 /// (`/proc/self/maps`), which is the build's libtorch unless `LD_LIBRARY_PATH` chose another
 /// (a binary built here and run on a machine with its own torch of the same version, see

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{cache, device};
+use crate::{device, weight_files};
 
 /// Facts about the runtime, gathered once so they can be printed or tested.
 #[derive(Debug, Clone)]
@@ -36,12 +36,12 @@ pub struct Report {
     pub blas_threads: usize,
     /// OpenBLAS threads of one call inside the rayon-parallel metric kernels.
     pub kernel_blas_threads: usize,
-    /// Where weights and cached features are looked for ([`cache::cache_dir`]).
+    /// Where weights and cached features are looked for ([`weight_files::cache_dir`]).
     pub cache_dir: std::path::PathBuf,
     /// Where the FID Inception weights would be taken from.
-    pub inception: cache::WeightsSource,
+    pub inception: weight_files::WeightsSource,
     /// Where DINOv2's and CLIP's weights would be taken from (`--features dinov2,clip`).
-    pub extra_networks: [cache::WeightsSource; 2],
+    pub extra_networks: [weight_files::WeightsSource; 2],
 }
 
 impl Report {
@@ -67,11 +67,11 @@ impl Report {
             blas_backend: llamagen_metrics::blas::backend_description(),
             blas_threads: llamagen_metrics::linalg::thread_counts().2,
             kernel_blas_threads: llamagen_metrics::linalg::thread_counts().1,
-            cache_dir: cache::cache_dir(),
-            inception: cache::inception_weights(inception_flag),
+            cache_dir: weight_files::cache_dir(),
+            inception: weight_files::inception_weights(inception_flag),
             extra_networks: [
-                cache::network_weights(cache::DINOV2_FILE, None),
-                cache::network_weights(cache::CLIP_FILE, None),
+                weight_files::network_weights(weight_files::DINOV2_FILE, None),
+                weight_files::network_weights(weight_files::CLIP_FILE, None),
             ],
         }
     }
@@ -138,7 +138,7 @@ impl Report {
             out,
             "cache dir         {} (override with ${})",
             self.cache_dir.display(),
-            cache::CACHE_DIR_ENV
+            weight_files::CACHE_DIR_ENV
         );
         let _ = writeln!(
             out,
@@ -149,8 +149,8 @@ impl Report {
             let _ = writeln!(
                 out,
                 "                  download {} there, set ${}, or pass --inception FILE",
-                cache::INCEPTION_WEIGHTS_URL,
-                cache::INCEPTION_WEIGHTS_ENV
+                weight_files::INCEPTION_WEIGHTS_URL,
+                weight_files::INCEPTION_WEIGHTS_ENV
             );
         }
         for (name, source) in ["DINOv2", "CLIP"].iter().zip(&self.extra_networks) {

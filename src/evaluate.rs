@@ -1,5 +1,7 @@
-//! From feature sets to the table every paper prints: which metrics to compute, and computing them
-//! from sample and reference features (the run record in [`crate::record`] writes them).
+//! From feature sets to the table every paper prints: which metrics to compute ([`MetricRequest`],
+//! planned against what the inputs hold), computing them from sample and reference features, and
+//! the last step of every evaluation, [`evaluate`]: sample features and a reference in, the run
+//! record (`{"metrics": ..., "run": ...}`) out.
 
 use std::collections::BTreeSet;
 
@@ -15,10 +17,12 @@ use llamagen_metrics::kid::{kernel_inception_distance_f32, KidConfig};
 use llamagen_metrics::manifold::{manifold_metrics_f32, DistancePrecision, ManifoldConfig};
 use llamagen_metrics::stats::{GaussianStats, ReferenceStats};
 
+use serde_json::{Map, Value};
+
 use crate::choice::{choice_str, Choice};
-use crate::features::FeatureSet;
+use crate::feature_set::FeatureSet;
 use crate::metric::MetricKey;
-use crate::record::MetricValues;
+use crate::record::{MetricValues, RunRecord};
 
 pub use crate::metric::{Metric, Need};
 
@@ -76,7 +80,7 @@ impl Choice for DistancePrecision {
 }
 
 /// Options of the metric computations.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct MetricOptions {
     /// How samples are grouped for the Inception Score (default: ADM's chunks of 5,000).
     pub is_splits: Splits,
@@ -420,6 +424,130 @@ fn fit_record(fit: &InfinityResult, config: &InfinityConfig) -> serde_json::Valu
         "sizes": fit.sizes,
         "distances": fit.distances,
         "seed": config.seed,
+    })
+}
+
+/// Which metrics to compute, and their settings.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct MetricRequest {
+    /// `None`: every metric the inputs allow (explicitly asked-for metrics that cannot be
+    /// computed are errors).
+    pub metrics: Option<Vec<Metric>>,
+    /// Splits, distances, subsets.
+    pub options: MetricOptions,
+}
+
+impl MetricRequest {
+    /// Whether the reference's features themselves (not only its statistics) are needed.
+    pub fn needs_reference_features(&self) -> bool {
+        self.metrics.as_ref().is_none_or(|m| {
+            m.iter().any(|m| {
+                m.needs().iter().any(|n| {
+                    matches!(
+                        n,
+                        Need::ReferencePoolFeatures
+                            | Need::ReferenceDinov2Features
+                            | Need::ReferenceClip
+                    )
+                })
+            })
+        })
+    }
+
+    /// Run-record fields describing these settings.
+    pub fn record(&self) -> Vec<(&'static str, Value)> {
+        let o = &self.options;
+        let mut fields = vec![
+            (
+                "is_splits",
+                Value::from(match o.is_splits {
+                    Splits::Adm { .. } => "adm",
+                    Splits::Equal { .. } => "torchfidelity",
+                }),
+            ),
+            (
+                "pr_distance",
+                Value::from(match o.manifold.precision {
+                    DistancePrecision::Exact => "exact",
+                    DistancePrecision::AdmFp16 => "admfp16",
+                }),
+            ),
+            ("pr_k", Value::from(o.manifold.k)),
+            ("kid_subsets", Value::from(o.kid.subsets)),
+            ("kid_subset_size", Value::from(o.kid.subset_size)),
+            ("kid_seed", Value::from(o.kid.seed)),
+        ];
+        if let Splits::Equal {
+            shuffle: Some(seed),
+            ..
+        } = o.is_splits
+        {
+            fields.push(("is_seed", Value::from(seed)));
+        }
+        fields
+    }
+}
+
+/// The `run` object every record starts with: the tool version and the command line.
+pub fn run_info(fields: impl IntoIterator<Item = (&'static str, Value)>) -> Map<String, Value> {
+    let mut run = Map::new();
+    run.insert(
+        "tool_version".into(),
+        Value::from(env!("CARGO_PKG_VERSION")),
+    );
+    run.insert(
+        "command_line".into(),
+        // Lossy: a non-UTF-8 argument must not fail a finished run at its last step.
+        Value::from(
+            std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+    );
+    for (key, value) in fields {
+        run.insert(key.into(), value);
+    }
+    run
+}
+
+/// Computes the requested metrics of `sample` (consumed: its arrays are freed as soon as no
+/// metric needs them) against `reference`; `captions`: row i the CLIP text embedding of sample
+/// i's caption, for the CLIP score of text-to-image runs; `run` describes the run.
+pub fn evaluate(
+    mut sample: FeatureSet,
+    captions: Option<&ndarray::Array2<f32>>,
+    reference: Option<&Reference>,
+    request: &MetricRequest,
+    run: Map<String, Value>,
+) -> Result<RunRecord> {
+    let planned = plan(
+        request.metrics.as_deref(),
+        &sample,
+        captions,
+        reference,
+        &request.options,
+    )?;
+    let sample_stats = sample_statistics(&planned, &sample)?;
+    // Feature arrays no later metric reads are freed before the metrics allocate their own
+    // matrices (50,000 x 2048 pool features are 400 MB).
+    if !needed(&planned, Need::SamplePool) {
+        sample.pool = None;
+    }
+    sample.spatial = None;
+    let computed = compute(
+        &planned,
+        &sample,
+        captions,
+        &sample_stats,
+        reference,
+        &request.options,
+    )?;
+    let mut run = run;
+    run.extend(computed.details.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    Ok(RunRecord {
+        metrics: computed.values,
+        run,
     })
 }
 

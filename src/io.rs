@@ -363,6 +363,12 @@ pub fn check_output_file(path: &Path) -> Result<(), FileError> {
     check_writable_folder(parent).map_err(|message| FileError::new(path, message))
 }
 
+/// `path` from the filesystem root (relative to the working directory as it is now), so that it
+/// names the same file from another working directory; `path` itself when that cannot be told.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// Checks, before any long work, that `dir` can be a run's output folder: not an existing file,
 /// and writable (or creatable in the nearest existing folder above it). Creates nothing.
 pub fn check_output_dir(dir: &Path) -> Result<(), FileError> {

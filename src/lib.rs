@@ -15,7 +15,6 @@
 #![warn(missing_docs)]
 
 pub mod budget;
-pub mod cache;
 pub mod captions;
 pub mod check;
 pub mod checkpoint;
@@ -26,7 +25,7 @@ pub mod device;
 pub mod dist;
 pub mod doctor;
 pub mod evaluate;
-pub mod features;
+pub mod feature_set;
 pub mod io;
 pub mod journal;
 pub mod launcher;
@@ -39,3 +38,4 @@ pub mod progress;
 pub mod record;
 pub mod report;
 pub mod sampling;
+pub mod weight_files;

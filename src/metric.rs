@@ -19,7 +19,7 @@
 use anyhow::{bail, Result};
 
 use crate::choice::Choice;
-use crate::features::Network;
+use crate::feature_set::Network;
 use Direction::{HigherIsBetter, Informational, LowerIsBetter};
 use Tolerance::{Absolute, Off, Relative};
 

@@ -29,7 +29,7 @@ pub const DEFAULT_MIN_SIZE: usize = 5000;
 const GATHER_ROWS: usize = 1024;
 
 /// Settings of [`frechet_distance_infinity`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InfinityConfig {
     /// Subset sizes fitted.
     pub points: usize,

@@ -14,7 +14,7 @@ use crate::error::{ensure_finite_rows, ensure_min_samples, MetricsError, Result}
 use crate::kid::LegacyRandomState;
 
 /// How samples are grouped into splits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Splits {
     /// ADM evaluator: consecutive chunks of `split_size` rows, the last one possibly shorter.
     Adm { split_size: usize },

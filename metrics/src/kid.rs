@@ -40,7 +40,7 @@ pub const DEFAULT_SUBSET_SIZE: usize = 1000;
 pub const DEFAULT_SEED: u32 = 2020;
 
 /// Settings of [`kernel_inception_distance`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KidConfig {
     /// Number of random subset pairs averaged.
     pub subsets: usize,

@@ -43,7 +43,7 @@ pub const DEFAULT_BLOCK_SIZE: usize = 1024;
 pub const ADM_BATCH_SIZE: usize = 10_000;
 
 /// Arithmetic of the pairwise distances.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DistancePrecision {
     /// Float64 throughout (f32 inputs are promoted); the mathematically intended metric.
     #[default]
@@ -55,7 +55,7 @@ pub enum DistancePrecision {
 }
 
 /// Settings of [`manifold_metrics`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ManifoldConfig {
     /// Neighbourhood size k (the radius is the distance to the k-th nearest other point).
     pub k: usize,

@@ -9,8 +9,9 @@ use llamagen_eval::captions::{read_prompts, CaptionSet, PromptSource};
 use llamagen_eval::choice::Choice;
 use llamagen_eval::device::DeviceChoice;
 use llamagen_eval::dist::Distribution;
+use llamagen_eval::evaluate::MetricRequest;
 use llamagen_eval::evaluate::{IsSplits, Metric, MetricOptions};
-use llamagen_eval::features::Network;
+use llamagen_eval::feature_set::Network;
 use llamagen_eval::launcher::World;
 use llamagen_eval::layout::RunLayout;
 use llamagen_eval::models::gpt::HeadChoice;
@@ -20,8 +21,7 @@ use llamagen_eval::models::vq::VqWeights;
 use llamagen_eval::partition::Shard;
 use llamagen_eval::pipeline::inception::ExtraNetwork;
 use llamagen_eval::pipeline::{
-    BatchSize, FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, MetricRequest,
-    Precision,
+    BatchSize, FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, Precision,
 };
 use llamagen_eval::progress::Progress;
 use llamagen_eval::sampling::{check_sample_count, Conditioning, LabelSpec, SamplingParams};
@@ -181,9 +181,7 @@ pub fn output_dir(out: Option<&Path>, name: Option<&str>) -> PathBuf {
     match (out, name) {
         (Some(out), _) => out.to_path_buf(),
         (None, Some(name)) => Path::new("reports").join(name),
-        (None, None) => {
-            Path::new("reports").join(llamagen_eval::pipeline::evaluate::utc_timestamp())
-        }
+        (None, None) => Path::new("reports").join(llamagen_eval::record::utc_timestamp()),
     }
 }
 

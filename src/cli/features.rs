@@ -1,5 +1,5 @@
-//! `features` and `stats`: flags and printing; the work is `pipeline::features` and
-//! `pipeline::stats`.
+//! `features` and `stats`: flags and printing; the work is `pipeline::jobs::features` and
+//! `pipeline::jobs::stats`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +8,9 @@ use anyhow::Result;
 use clap::Args;
 use llamagen_eval::dist::Distribution;
 use llamagen_eval::launcher::World;
-use llamagen_eval::pipeline::features::extract_to_file;
-use llamagen_eval::pipeline::stats::{run_stats as run_stats_job, StatsConfig};
+use llamagen_eval::pipeline::jobs::features::extract_to_file;
+use llamagen_eval::pipeline::jobs::settings::StatsConfig;
+use llamagen_eval::pipeline::jobs::stats::run_stats as run_stats_job;
 use llamagen_eval::pipeline::InceptionConfig;
 use llamagen_eval::progress::Progress;
 

@@ -1,10 +1,10 @@
-//! `fid`: flags and printing; the work is `pipeline::fid`.
+//! `fid`: flags and printing; the work is `pipeline::jobs::fid`.
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use llamagen_eval::dist::Distribution;
-use llamagen_eval::pipeline::fid::evaluate_sample_batch;
+use llamagen_eval::pipeline::jobs::fid::evaluate_sample_batch;
 use llamagen_eval::pipeline::{FeatureCache, GeneratedEvaluation, GeneratedRun};
 use llamagen_eval::progress::Progress;
 
@@ -35,6 +35,7 @@ pub fn run(cmd: &FidArgs, progress: Progress, distribution: Distribution) -> Res
             let run = GeneratedRun {
                 out_dir: out_dir.clone(),
                 plan,
+                sweep_scales: None,
             };
             let outcome = evaluation
                 .run(&run, true)

@@ -1,4 +1,4 @@
-//! `metrics`: flags and printing; the work is `pipeline::evaluate`.
+//! `metrics`: flags and printing; the work is `evaluate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use llamagen_eval::evaluate::Reference;
-use llamagen_eval::features::FeatureSet;
-use llamagen_eval::pipeline::evaluate::{evaluate, run_info};
+use llamagen_eval::evaluate::{evaluate, run_info};
+use llamagen_eval::feature_set::FeatureSet;
 use llamagen_eval::progress::Progress;
 use llamagen_eval::record::RunRecord;
 use serde_json::Value;

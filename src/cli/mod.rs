@@ -23,7 +23,7 @@ use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
 use llamagen_eval::checkpoint::Checkpoint;
-use llamagen_eval::dist::{Distribution, Job};
+use llamagen_eval::dist::Distribution;
 use llamagen_eval::launcher::{launch_id, LauncherChoice, World};
 use llamagen_eval::progress::Progress;
 
@@ -185,10 +185,9 @@ impl Cli {
                 );
             }
         }
-        let distribution = |command: &str| Distribution {
+        let distribution = Distribution {
             world,
             gather_timeout: Duration::from_secs(self.gather_timeout),
-            job: Job::current(command),
             launch: launch_id(world.launcher, &|name| std::env::var(name).ok()),
         };
         match self.command {
@@ -201,18 +200,18 @@ impl Cli {
                 print!("{}", report.render());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Fid(cmd) => fid::run(&cmd, progress, distribution("fid")),
+            Command::Fid(cmd) => fid::run(&cmd, progress, distribution),
             Command::Metrics(cmd) => metrics::run(&cmd, progress),
-            Command::Features(cmd) => features::run(&cmd, progress, distribution("features")),
-            Command::Stats(cmd) => features::run_stats(&cmd, progress, distribution("stats")),
+            Command::Features(cmd) => features::run(&cmd, progress, distribution),
+            Command::Stats(cmd) => features::run_stats(&cmd, progress, distribution),
             Command::Inspect { file } => {
                 print!("{}", Checkpoint::open(&file)?.summary());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Sample(cmd) => sample::run(&cmd, progress, distribution("sample")),
+            Command::Sample(cmd) => sample::run(&cmd, progress, distribution),
             Command::Merge(cmd) => sample::run_merge(&cmd, progress),
-            Command::Recon(cmd) => recon::run(&cmd, progress, distribution("recon")),
-            Command::Sweep(cmd) => sweep::run(&cmd, progress, distribution("sweep")),
+            Command::Recon(cmd) => recon::run(&cmd, progress, distribution),
+            Command::Sweep(cmd) => sweep::run(&cmd, progress, distribution),
             Command::Report(cmd) => report::run(&cmd, progress),
             Command::Check(cmd) => check::run(&cmd, progress),
         }

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use llamagen_eval::features::FeatureSet;
-use llamagen_eval::pipeline::fid::FidOutcome;
-use llamagen_eval::pipeline::sweep::SweepOutcome;
+use llamagen_eval::feature_set::FeatureSet;
+use llamagen_eval::pipeline::jobs::fid::FidOutcome;
+use llamagen_eval::pipeline::jobs::sweep::SweepOutcome;
 use llamagen_eval::progress::Progress;
 use llamagen_eval::record::RunRecord;
 

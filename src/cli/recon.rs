@@ -1,4 +1,4 @@
-//! `recon`: flags and printing; the work is `pipeline::recon`.
+//! `recon`: flags and printing; the work is `pipeline::jobs::recon`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use clap::{ArgGroup, Args};
 use llamagen_eval::dist::Distribution;
 use llamagen_eval::launcher::World;
 use llamagen_eval::models::vq::VqWeights;
-use llamagen_eval::pipeline::recon::{
+use llamagen_eval::pipeline::jobs::recon::{
     reconstruct, ReconConfig, ReconMetric, ReconPrecision, Reconstructions,
 };
 use llamagen_eval::progress::Progress;

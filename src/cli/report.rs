@@ -33,7 +33,7 @@ pub fn run(cmd: &ReportCommand, progress: Progress) -> Result<ExitCode> {
             None,
             Some(&format!(
                 "report-{}",
-                llamagen_eval::pipeline::evaluate::utc_timestamp()
+                llamagen_eval::record::utc_timestamp()
             )),
         )
     });

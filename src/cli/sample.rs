@@ -1,5 +1,5 @@
-//! `sample` and `merge`: flags and printing; the work is `pipeline::generate` and
-//! `pipeline::merge`.
+//! `sample` and `merge`: flags and printing; the work is `pipeline::jobs::generate` and
+//! `pipeline::jobs::merge`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,8 +10,8 @@ use llamagen_eval::device::DeviceChoice;
 use llamagen_eval::dist::{split_summary, Distribution};
 use llamagen_eval::layout::RunLayout;
 use llamagen_eval::partition::Shard;
-use llamagen_eval::pipeline::generate::sample_to_npz;
-use llamagen_eval::pipeline::merge::merge;
+use llamagen_eval::pipeline::jobs::generate::sample_to_npz;
+use llamagen_eval::pipeline::jobs::merge::merge;
 use llamagen_eval::pipeline::{BatchSize, GenerationPlan, Generator};
 use llamagen_eval::progress::Progress;
 

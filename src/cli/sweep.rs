@@ -1,11 +1,11 @@
-//! `sweep`: flags and printing; the work is `pipeline::sweep`.
+//! `sweep`: flags and printing; the work is `pipeline::jobs::sweep`.
 
 use std::process::ExitCode;
 
 use anyhow::{ensure, Result};
 use clap::Args;
 use llamagen_eval::dist::Distribution;
-use llamagen_eval::pipeline::sweep::sweep;
+use llamagen_eval::pipeline::jobs::sweep::sweep;
 use llamagen_eval::progress::Progress;
 
 use super::args::FidArgs;

@@ -49,6 +49,8 @@ pub struct JobRun<'d> {
     pub resume: bool,
     /// Everything that decides the result.
     pub settings: Map<String, Value>,
+    /// The job as the parts' manifests keep it for `merge OUT_DIR`.
+    pub description: Value,
     /// Bars or none.
     pub progress: Progress,
 }
@@ -62,6 +64,7 @@ pub fn run<J: ShardedJob>(job: &mut J, run: JobRun<'_>) -> Result<Option<J::Outp
         run.total,
         run.resume,
         &run.settings,
+        run.description,
     )?;
     if let Some(shard) = run.shard {
         rank = rank.with_shard(shard);

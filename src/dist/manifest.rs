@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::Job;
 use crate::io::{write_atomically, FileError};
 use crate::layout::{is_rank_file, manifest_rank, RunLayout, MANIFEST_PATTERN};
 use crate::partition::Shard;
@@ -143,8 +142,9 @@ pub struct Manifest {
     pub timing: Value,
     /// The part's files in the parts folder, by kind (`features`, `samples`, `grid`).
     pub files: BTreeMap<String, String>,
-    /// The command line.
-    pub job: Job,
+    /// The job's description, in the job's own serde form: what `merge OUT_DIR` rebuilds the
+    /// job from to finish the gather (with every path from the filesystem root).
+    pub job: Value,
     /// The launch that wrote it (see [`super::Distribution::launch`]).
     #[serde(default)]
     pub launch: Option<String>,

@@ -26,7 +26,6 @@ pub mod part;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::launcher::World;
@@ -43,8 +42,6 @@ pub struct Distribution {
     pub world: World,
     /// How long rank 0 waits for the other ranks' parts.
     pub gather_timeout: Duration,
-    /// The command line, for `merge OUT_DIR` to redo the gather offline.
-    pub job: Job,
     /// This launch of the job ([`crate::launcher::launch_id`]): rank 0 gathers only parts of its
     /// own launch, so a part left by an earlier launch is never taken for a new one.
     pub launch: Option<String>,
@@ -56,34 +53,7 @@ impl Distribution {
         Distribution {
             world: World::SINGLE,
             gather_timeout: Duration::ZERO,
-            job: Job::default(),
             launch: None,
-        }
-    }
-}
-
-/// The command that made a part: what `merge OUT_DIR` re-reads to finish the gather.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Job {
-    /// The subcommand (`fid`, `sample`, `sweep`).
-    pub command: String,
-    /// The whole command line.
-    pub argv: Vec<String>,
-    /// The working directory it ran in (relative paths of the command line are relative to it).
-    pub cwd: String,
-}
-
-impl Job {
-    /// This process's command line as `command`.
-    pub fn current(command: &str) -> Self {
-        Job {
-            command: command.to_owned(),
-            argv: std::env::args_os()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect(),
-            cwd: std::env::current_dir()
-                .map(|d| d.display().to_string())
-                .unwrap_or_default(),
         }
     }
 }

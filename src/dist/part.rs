@@ -54,6 +54,7 @@ pub struct RankPart<'d> {
     /// The job's settings (the run's fingerprint and the world size), equal on every rank.
     pub settings: Map<String, Value>,
     shard: Shard,
+    description: Value,
     start: Instant,
 }
 
@@ -70,15 +71,16 @@ pub struct PartReport {
 }
 
 impl<'d> RankPart<'d> {
-    /// Makes room for this rank's part of a job of `total` samples in `layout` with
-    /// `partition` (the rank's own, or a `--shard` given by hand). `fingerprint`: everything
-    /// that decides the result.
+    /// Makes room for this rank's part of a job of `total` samples in `layout`. `fingerprint`:
+    /// everything that decides the result; `description`: the job as its manifest keeps it for
+    /// `merge OUT_DIR`.
     pub fn start(
         distribution: &'d Distribution,
         layout: RunLayout,
         total: usize,
         resume: bool,
         fingerprint: &Map<String, Value>,
+        description: Value,
     ) -> Result<Self, PartError> {
         let world = distribution.world;
         let resuming = resume || world.restarts > 0;
@@ -107,6 +109,7 @@ impl<'d> RankPart<'d> {
                 index: world.rank,
                 count: world.size,
             },
+            description,
             start: Instant::now(),
         })
     }
@@ -244,7 +247,7 @@ impl<'d> RankPart<'d> {
             rank_record: report.rank_record,
             timing: report.timing,
             files: report.files,
-            job: self.distribution.job.clone(),
+            job: self.description.clone(),
             launch: self.distribution.launch.clone(),
         };
         let path = write_manifest(&self.layout, &manifest)?;

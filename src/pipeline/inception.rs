@@ -6,14 +6,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::cache;
 use crate::device::DeviceChoice;
-use crate::features::{sha256_file, Extractor, Network, RELEASED_WEIGHTS_SHA256_PREFIX};
+use crate::feature_set::{sha256_file, Extractor, Network, RELEASED_WEIGHTS_SHA256_PREFIX};
 use crate::models::inception::{self, Resize};
 use crate::models::{clip, dinov2};
+use crate::weight_files;
 
 /// The Inception side of a run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct InceptionConfig {
     /// The weights file; `None`: `$LLAMAGEN_EVAL_INCEPTION`, else the cache directory.
     pub weights: Option<PathBuf>,
@@ -44,7 +44,7 @@ impl Default for InceptionConfig {
 
 /// A feature network beyond Inception: where its weights are and, for widths the released
 /// files do not have, its head count.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ExtraNetwork {
     /// The weights file; `None`: the network's environment variable, else the cache directory.
     pub weights: Option<PathBuf>,
@@ -114,13 +114,13 @@ impl InceptionWeights {
 }
 
 fn locate_extra(
-    file: cache::NetworkFile,
+    file: weight_files::NetworkFile,
     choice: Option<&ExtraNetwork>,
 ) -> Result<Option<LocatedWeights>> {
     let Some(choice) = choice else {
         return Ok(None);
     };
-    let source = cache::network_weights(file, choice.weights.clone());
+    let source = weight_files::network_weights(file, choice.weights.clone());
     let path = source.path();
     if !path.is_file() {
         anyhow::bail!("{}", source.missing());
@@ -134,9 +134,25 @@ fn locate_extra(
 }
 
 impl InceptionConfig {
+    /// The same settings with every weights file named from the filesystem root.
+    pub fn with_absolute_paths(&self) -> Self {
+        let absolute = |network: &Option<ExtraNetwork>| {
+            network.as_ref().map(|n| ExtraNetwork {
+                weights: n.weights.as_deref().map(crate::io::absolute),
+                ..n.clone()
+            })
+        };
+        InceptionConfig {
+            weights: self.weights.as_deref().map(crate::io::absolute),
+            dinov2: absolute(&self.dinov2),
+            clip: absolute(&self.clip),
+            ..self.clone()
+        }
+    }
+
     /// Finds the weights file and hashes it, or says where to get it.
     pub fn locate(&self) -> Result<InceptionWeights> {
-        let source = cache::inception_weights(self.weights.clone());
+        let source = weight_files::inception_weights(self.weights.clone());
         let path = source.path();
         if !path.is_file() {
             anyhow::bail!("{}", source.missing());
@@ -153,8 +169,8 @@ impl InceptionConfig {
         Ok(InceptionWeights {
             path: path.clone(),
             sha256,
-            dinov2: locate_extra(cache::DINOV2_FILE, self.dinov2.as_ref())?,
-            clip: locate_extra(cache::CLIP_FILE, self.clip.as_ref())?,
+            dinov2: locate_extra(weight_files::DINOV2_FILE, self.dinov2.as_ref())?,
+            clip: locate_extra(weight_files::CLIP_FILE, self.clip.as_ref())?,
         })
     }
 

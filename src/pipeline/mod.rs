@@ -8,42 +8,37 @@
 //!
 //! - [`generator`]: a LlamaGen generator (c2i, or t2i with captions) + tokenizer as an image
 //!   source, sampling and decoding on their own threads while the pass evaluates; [`batch`]:
-//!   its batch sizes (`auto` from free memory).
-//! - [`pass`]: the one batch loop, with [`journal`] for resuming after a kill.
-//! - [`features`], [`stats`], [`sinks`], [`recon`]: what a pass does with the images.
-//! - [`gather`], [`split`]: a job split over the ranks of a launcher, rank 0 joining the parts.
-//! - [`cache`]: features of image files cached by content; [`reference`]: every reference kind.
-//! - [`evaluate`]: features in, run record out; [`fid`], [`generate`], [`sweep`], [`merge`]:
-//!   the jobs the commands run.
+//!   its batch sizes (`auto` from free memory); [`timing`]: where a generation's time went.
+//! - [`pass`]: the one batch loop, with [`crate::journal`] for resuming after a kill.
+//! - [`stages`]: what a pass does with the images.
+//! - [`inception`]: which feature networks a run uses; [`feature_cache`]: features of image
+//!   files cached by content; [`reference`]: every reference kind.
+//! - [`parts`]: the part files of a job's ranks and their joins (how parts are gathered is
+//!   [`crate::dist`]'s).
+//! - [`jobs`]: the jobs the commands run.
 //!
 //! Nothing here parses flags or prints results: the CLI does that.
 
 #![warn(missing_docs)]
 
 pub mod batch;
-pub mod cache;
-pub mod evaluate;
-pub mod features;
-pub mod fid;
-pub mod generate;
+pub mod feature_cache;
 pub mod generator;
 pub mod inception;
-pub mod merge;
+pub mod jobs;
 pub mod parts;
 pub mod pass;
-pub mod recon;
 pub mod reference;
-pub mod sinks;
-pub mod stats;
-pub mod sweep;
+pub mod stages;
+pub mod timing;
 
 pub use batch::BatchSize;
-pub use cache::FeatureCache;
-pub use evaluate::{evaluate, MetricRequest};
-pub use features::FeatureStage;
-pub use fid::{FidConfig, GeneratedEvaluation, GeneratedRun};
-pub use generate::GenerationPlan;
-pub use generator::{Batches, Generator, GeneratorConfig, Precision, Timing};
+pub use feature_cache::FeatureCache;
+pub use generator::{Generator, GeneratorConfig, Precision};
 pub use inception::{InceptionConfig, InceptionWeights};
+pub use jobs::fid::{GeneratedEvaluation, GeneratedRun};
+pub use jobs::generate::GenerationPlan;
+pub use jobs::settings::{FidConfig, StatsConfig};
 pub use pass::{JournalConfig, PassConfig, Stage};
 pub use reference::ReferenceNeeds;
+pub use timing::{Batches, Timing};

@@ -7,16 +7,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use ndarray::{Array1, Array3, Axis};
 
-use super::merge::merge;
-use super::sinks::GRID_IMAGES;
 use crate::captions::TEXT_KEY;
 use crate::data::npz::NpzImages;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::data::ImageSource;
 use crate::dist::Part;
-use crate::features::FeatureSet;
+use crate::feature_set::FeatureSet;
 use crate::io::{read_i64, read_strings};
 use crate::partition::join_order;
+use crate::pipeline::jobs::merge::merge;
+use crate::pipeline::stages::sinks::GRID_IMAGES;
 
 /// Writes `features` of the samples `indices` as a part file at `path`.
 pub fn write_features_part(features: &mut FeatureSet, indices: &[u64], path: &Path) -> Result<()> {

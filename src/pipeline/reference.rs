@@ -7,9 +7,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use llamagen_metrics::stats::GaussianStats;
 
-use super::cache::FeatureCache;
+use super::feature_cache::FeatureCache;
 use crate::evaluate::Reference;
-use crate::features::FeatureSet;
+use crate::feature_set::FeatureSet;
 use crate::io::{npz_entry_names, read_reference_stats, read_stats_pairs};
 
 /// What the metrics need of the reference.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 use crate::choice::{choice_str, Choice};
-use crate::features::Network;
+use crate::feature_set::Network;
 use crate::metric::{ReconMetric, ReconNeed};
 use crate::models::vq::VqWeights;
 use crate::pipeline::inception::InceptionConfig;
@@ -36,7 +36,7 @@ impl Choice for ReconPrecision {
 choice_str!(ReconPrecision);
 
 /// Where reconstructions come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Reconstructions {
     /// A LlamaGen VQ checkpoint, run here.
     Tokenizer {
@@ -54,7 +54,7 @@ pub enum Reconstructions {
 }
 
 /// A `recon` run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ReconConfig {
     /// Original images (npz or folder).
     pub data: PathBuf,
@@ -75,7 +75,36 @@ pub struct ReconConfig {
     /// Testing aid: stop with an error after this many batches.
     pub stop_after_batches: Option<usize>,
     /// Bars or none.
+    #[serde(skip)]
     pub progress: Progress,
+}
+
+impl ReconConfig {
+    /// The same settings with every file and folder named from the filesystem root.
+    pub fn with_absolute_paths(&self) -> Self {
+        let absolute = crate::io::absolute;
+        ReconConfig {
+            data: absolute(&self.data),
+            reconstructions: match &self.reconstructions {
+                Reconstructions::Tokenizer {
+                    vq,
+                    weights,
+                    precision,
+                    save,
+                } => Reconstructions::Tokenizer {
+                    vq: absolute(vq),
+                    weights: *weights,
+                    precision: *precision,
+                    save: save.as_deref().map(absolute),
+                },
+                Reconstructions::Batch(batch) => Reconstructions::Batch(absolute(batch)),
+            },
+            reference: self.reference.as_deref().map(absolute),
+            inception: self.inception.with_absolute_paths(),
+            out_dir: absolute(&self.out_dir),
+            ..self.clone()
+        }
+    }
 }
 
 /// Whether `config` runs `network`.

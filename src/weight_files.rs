@@ -1,4 +1,6 @@
-//! Where llamagen-eval keeps downloaded-by-hand weights and cached features.
+//! Where llamagen-eval looks for the feature networks' weight files (downloaded by hand: flag, environment
+//! variable, then the cache folder) and where that cache folder is; the features cached by content
+//! live in [`crate::pipeline::feature_cache`].
 
 use std::path::PathBuf;
 

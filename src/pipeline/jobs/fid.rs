@@ -7,46 +7,32 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
-use super::cache::FeatureCache;
-use super::evaluate::{evaluate, run_info, MetricRequest};
 use super::generate::{
     add_generation_settings, generate, plan_batches, recorded_decode_batch, write_part,
     FeatureRequest, GenerationPlan,
 };
-use super::generator::{Generator, GeneratorConfig, Timing};
-use super::inception::InceptionConfig;
-use super::parts::{join_part_features, join_part_grids, join_part_samples};
-use super::reference::ReferenceNeeds;
-use super::sinks::write_grid;
 use crate::dist::{
     clean_up, job_settings, parts_in, split_record, split_summary, JobRun, Part, RankPart,
     ShardedJob,
 };
+use crate::evaluate::{evaluate, run_info};
 use crate::evaluate::{Metric, Reference};
-use crate::features::FeatureSet;
+use crate::feature_set::FeatureSet;
 use crate::io::write_atomically;
 use crate::journal;
 use crate::layout::RunLayout;
 use crate::models::clip::Heads;
 use crate::models::clip_text::ClipTextEmbedder;
-use crate::progress::Progress;
+use crate::pipeline::feature_cache::FeatureCache;
+use crate::pipeline::generator::{Generator, GeneratorConfig};
+use crate::pipeline::parts::{join_part_features, join_part_grids, join_part_samples};
+use crate::pipeline::reference::ReferenceNeeds;
+use crate::pipeline::stages::sinks::write_grid;
+use crate::pipeline::timing::Timing;
 use crate::record::RunRecord;
 use ndarray::Array2;
 
-/// The evaluation side of a `fid` run.
-#[derive(Debug, Clone)]
-pub struct FidConfig {
-    /// The reference (ADM batch, stats file, feature file, image npz or folder).
-    pub reference: PathBuf,
-    /// Centre-crop size for reference images (ADM's `center_crop_arr`).
-    pub reference_crop: Option<usize>,
-    /// The feature network.
-    pub inception: InceptionConfig,
-    /// Which metrics.
-    pub metrics: MetricRequest,
-    /// Bars or none.
-    pub progress: Progress,
-}
+use super::settings::{FidConfig, JobDescription};
 
 /// A finished `fid` run.
 pub struct FidOutcome {
@@ -142,6 +128,8 @@ pub struct GeneratedRun {
     pub out_dir: PathBuf,
     /// Samples, batch size, npz output, resume.
     pub plan: GenerationPlan,
+    /// The CFG scales of the sweep this run is one of (`None`: a run on its own).
+    pub sweep_scales: Option<Vec<f64>>,
 }
 
 /// A generator, Inception and a reference, loaded and checked once, for one or many generated
@@ -265,6 +253,12 @@ impl GeneratedEvaluation {
         let shard = run.plan.partition();
         let progress = self.config.progress;
         let distribution = run.plan.distribution.clone();
+        let description = JobDescription::Fid {
+            config: self.config.with_absolute_paths(),
+            save_samples: run.plan.save_samples.as_deref().map(crate::io::absolute),
+            sweep_scales: run.sweep_scales.clone(),
+        }
+        .to_value();
         let mut job = GeneratedRunJob {
             evaluation: self,
             run,
@@ -282,6 +276,7 @@ impl GeneratedEvaluation {
             resume: run.plan.resume,
             settings: complete,
             progress,
+            description,
         };
         crate::dist::job::run(&mut job, job_run)
     }

@@ -5,151 +5,29 @@
 //! reference embeddings come from `arr_0` when a run evaluates against the batch.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use llamagen_metrics::stats::GaussianAccumulator;
-use ndarray::{Array1, Array4, Axis};
+use ndarray::{Array1, Axis};
 use rand::SeedableRng;
 use serde_json::{json, Map, Value};
 
-use super::features::{rows_from_record, rows_to_record, FeatureStage};
-use super::inception::{InceptionConfig, InceptionWeights};
-use super::parts::{join_part_features, write_features_part};
-use super::pass::{self, crash_point, JournalConfig, PassConfig, Stage};
-use super::sinks::NpzStage;
 use crate::data::npz::NpzImages;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::data::ImageSource;
 use crate::dist::part::PartReport;
 use crate::dist::{Distribution, JobRun, Part, RankPart, ShardedJob};
-use crate::features::{Extractor, Network};
 use crate::io::read_i64;
-use crate::journal::StreamSpec;
 use crate::layout::RunLayout;
 use crate::partition::join_order;
-use crate::progress::Progress;
+use crate::pipeline::inception::InceptionWeights;
+use crate::pipeline::parts::{join_part_features, write_features_part};
+use crate::pipeline::pass::{self, JournalConfig, PassConfig};
+use crate::pipeline::stages::features::FeatureStage;
+use crate::pipeline::stages::sinks::NpzStage;
+use crate::pipeline::stages::stats::{Accumulators, StatsStage};
 
-/// What a reference batch is made of.
-#[derive(Debug, Clone)]
-pub struct StatsConfig {
-    /// Centre-crop every image to this square size.
-    pub crop: Option<usize>,
-    /// Images kept in `arr_0` (a seeded random subset; ADM keeps 10,000).
-    pub keep_images: usize,
-    /// Seed of the kept subset.
-    pub seed: u64,
-    /// The feature network.
-    pub inception: InceptionConfig,
-    /// Continue an interrupted run.
-    pub resume: bool,
-    /// Bars or none.
-    pub progress: Progress,
-}
-
-/// The statistics a reference batch holds, accumulated batch by batch: pool and spatial always,
-/// DINOv2 when the run has it.
-struct Accumulators {
-    /// `(feature name, statistics)`, in the order of the journal streams.
-    stats: Vec<(&'static str, GaussianAccumulator)>,
-}
-
-impl Accumulators {
-    /// For the features `extractor` gives (its CLIP embeddings are not kept).
-    fn for_extractor(extractor: &Extractor) -> Self {
-        let mut stats = Vec::new();
-        for network in extractor.networks() {
-            for (name, dim) in extractor.outputs(network) {
-                if matches!(name, "pool" | "spatial" | "dinov2") {
-                    stats.push((name, GaussianAccumulator::new(dim)));
-                }
-            }
-        }
-        Accumulators { stats }
-    }
-
-    /// The same statistics for features named as in `features` (a gather's joined parts).
-    fn for_features(features: &crate::features::FeatureSet) -> Self {
-        let stats = ["pool", "spatial", "dinov2"]
-            .into_iter()
-            .filter_map(|name| Some((name, GaussianAccumulator::new(features.get(name)?.ncols()))))
-            .collect();
-        Accumulators { stats }
-    }
-
-    fn add(&mut self, name: &str, rows: ndarray::ArrayView2<'_, f32>) -> Result<()> {
-        let (_, acc) = self
-            .stats
-            .iter_mut()
-            .find(|(n, _)| *n == name)
-            .with_context(|| format!("no `{name}` statistics"))?;
-        acc.add_batch_f32(rows)?;
-        Ok(())
-    }
-
-    fn get(&self, name: &str) -> Option<&GaussianAccumulator> {
-        self.stats.iter().find(|(n, _)| *n == name).map(|(_, a)| a)
-    }
-}
-
-/// Streams every image's features into the reference batch's statistics.
-struct StatsStage<'e> {
-    extractor: &'e Extractor,
-    networks: Vec<Network>,
-    accumulators: Accumulators,
-}
-
-impl<'e> StatsStage<'e> {
-    fn new(extractor: &'e Extractor) -> Self {
-        StatsStage {
-            extractor,
-            networks: extractor
-                .networks()
-                .into_iter()
-                .filter(|n| *n != Network::Clip)
-                .collect(),
-            accumulators: Accumulators::for_extractor(extractor),
-        }
-    }
-}
-
-impl Stage for StatsStage<'_> {
-    fn streams(&self) -> Vec<StreamSpec> {
-        self.accumulators
-            .stats
-            .iter()
-            .map(|(name, acc)| StreamSpec::new(*name, acc.dim() * 4))
-            .collect()
-    }
-
-    fn process(&mut self, _positions: Range<usize>, images: &Array4<u8>) -> Result<Vec<Vec<u8>>> {
-        let batch = self.extractor.extract(images, &self.networks)?;
-        crash_point("features");
-        let mut records = Vec::with_capacity(self.accumulators.stats.len());
-        for (name, acc) in &mut self.accumulators.stats {
-            let rows = batch
-                .get(name)
-                .with_context(|| format!("the network gave no `{name}` features"))?;
-            acc.add_batch_f32(rows.view())?;
-            records.push(rows_to_record(rows));
-        }
-        Ok(records)
-    }
-
-    fn restore(
-        &mut self,
-        positions: Range<usize>,
-        _images: Option<&Array4<u8>>,
-        records: &[Vec<u8>],
-    ) -> Result<()> {
-        for ((_, acc), bytes) in self.accumulators.stats.iter_mut().zip(records) {
-            let rows = rows_from_record(bytes, positions.len(), acc.dim())?;
-            acc.add_batch_f32(rows.view())?;
-        }
-        Ok(())
-    }
-}
+use super::settings::{JobDescription, StatsConfig};
 
 /// The seeded random subset of the `total` images kept in `arr_0`.
 fn kept_indices(total: usize, keep: usize, seed: u64) -> BTreeSet<usize> {
@@ -169,7 +47,7 @@ fn stats_settings(
     let mut settings = Map::new();
     settings.insert(
         "images".into(),
-        json!(super::cache::content_fingerprint(data)?),
+        json!(crate::pipeline::feature_cache::content_fingerprint(data)?),
     );
     settings.insert("crop".into(), json!(config.crop));
     settings.insert("keep_images".into(), json!(keep));
@@ -249,6 +127,10 @@ pub fn run_stats(
         resume: config.resume,
         settings,
         progress: config.progress,
+        description: JobDescription::Stats {
+            config: config.with_absolute_paths(),
+        }
+        .to_value(),
     };
     crate::dist::job::run(&mut job, run)
 }
@@ -315,7 +197,7 @@ impl ShardedJob for StatsJob<'_> {
             &mut [&mut stats, &mut images],
         )?;
         let writer = images.into_writer().context("the reference batch writer")?;
-        finish_reference(writer, &stats.accumulators)?;
+        finish_reference(writer, stats.accumulators())?;
         outcome.finish()?;
         Ok((total, keep))
     }
@@ -465,7 +347,7 @@ fn gather_stats(
 
     let batch = config.inception.batch_size.max(1);
     let mut accumulators = Accumulators::for_features(&features);
-    let names: Vec<&'static str> = accumulators.stats.iter().map(|(n, _)| *n).collect();
+    let names = accumulators.names();
     for name in names {
         let rows = features.get(name).context("joined features")?;
         for chunk in rows.axis_chunks_iter(Axis(0), batch) {

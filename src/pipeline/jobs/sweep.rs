@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::cache::FeatureCache;
-use super::fid::{gather_offline, FidConfig, FidOutcome, GeneratedEvaluation, GeneratedRun};
+use super::fid::{gather_offline, FidOutcome, GeneratedEvaluation, GeneratedRun};
 use super::generate::GenerationPlan;
-use super::generator::GeneratorConfig;
+use super::settings::FidConfig;
 use crate::layout::RunLayout;
+use crate::pipeline::feature_cache::FeatureCache;
+use crate::pipeline::generator::GeneratorConfig;
 use crate::record::RunRecord;
 use crate::report;
 
@@ -53,6 +54,7 @@ pub fn sweep(
         let run = GeneratedRun {
             out_dir: run_dir.clone(),
             plan: run_plan,
+            sweep_scales: Some(scales.to_vec()),
         };
         let last = i + 1 == scales.len();
         let outcome = evaluation

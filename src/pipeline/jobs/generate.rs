@@ -11,21 +11,26 @@ use anyhow::{bail, Context, Result};
 use ndarray::{Array1, Array3};
 use serde_json::{json, Map, Value};
 
-use super::batch::{self, BatchSize};
-use super::features::FeatureStage;
-use super::generator::{Batches, Generator, Timing};
-use super::parts::{join_part_grids, join_part_samples, write_features_part, write_grid_part};
-use super::pass::{self, JournalConfig, PassConfig, PassOutcome, Stage};
-use super::sinks::{write_grid, GridStage, NpzStage, GRID_IMAGES};
 use crate::captions::{CAPTION_INDICES, TEXT_KEY};
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::dist::part::PartReport;
 use crate::dist::{Distribution, JobRun, Part, RankPart, ShardedJob};
-use crate::features::{Extractor, FeatureSet};
+use crate::feature_set::{Extractor, FeatureSet};
 use crate::journal;
 use crate::layout::RunLayout;
 use crate::partition::Shard;
+use crate::pipeline::batch::{self, BatchSize};
+use crate::pipeline::generator::Generator;
+use crate::pipeline::parts::{
+    join_part_grids, join_part_samples, write_features_part, write_grid_part,
+};
+use crate::pipeline::pass::{self, JournalConfig, PassConfig, PassOutcome, Stage};
+use crate::pipeline::stages::features::FeatureStage;
+use crate::pipeline::stages::sinks::{write_grid, GridStage, NpzStage, GRID_IMAGES};
+use crate::pipeline::timing::{Batches, Timing};
 use crate::progress::Progress;
+
+use super::settings::JobDescription;
 
 /// How generated samples are produced and where they go.
 #[derive(Debug, Clone)]
@@ -348,6 +353,10 @@ pub fn sample_to_npz(
         resume: plan.resume,
         settings,
         progress: plan.progress,
+        description: JobDescription::Sample {
+            grid: grid.map(crate::io::absolute),
+        }
+        .to_value(),
     };
     let gathered = crate::dist::job::run(&mut job, run)?.unwrap_or_default();
     Ok(Sampled {

@@ -14,12 +14,12 @@ use tch::{Kind, Tensor};
 
 use super::ReconMetric;
 use crate::data::{DataError, ImageSource};
-use crate::features::{Extractor, FeatureSet, Network};
+use crate::feature_set::{Extractor, FeatureSet, Network};
 use crate::journal::StreamSpec;
 use crate::models::inception::POOL_DIM;
 use crate::models::vq::{images_to_input, to_pixels, VqModel};
-use crate::pipeline::features::{rows_from_record, rows_to_record};
 use crate::pipeline::pass::Stage;
+use crate::pipeline::stages::features::{rows_from_record, rows_to_record};
 
 /// Where reconstructions come from, opened.
 pub(super) enum Source {

@@ -13,7 +13,7 @@ use crate::captions::{CAPTION_INDICES, TEXT_KEY};
 use crate::data::npz::NpzImages;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::data::ImageSource;
-use crate::features::FeatureSet;
+use crate::feature_set::FeatureSet;
 use crate::io::{npz_entry_names, read_i64, read_strings};
 use crate::partition::{join_order, JoinError};
 use crate::progress::Progress;

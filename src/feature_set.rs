@@ -164,7 +164,7 @@ impl FeatureSet {
         if with_indices != 0 && with_indices != sets.len() {
             return Err(file_error(
                 first_file,
-                "some feature files carry `indices` and some do not: join them all with or all without",
+                "some feature shards carry `indices` and some do not: merge them all with or all without",
             ));
         }
         // Without indices the rows follow each other in the order given.

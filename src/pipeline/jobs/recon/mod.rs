@@ -8,20 +8,21 @@
 //! they are to be saved, the reconstructed pixels; a resumed run rebuilds every accumulator from
 //! them with the same batch boundaries, so its figures equal an uninterrupted run's. Under a
 //! launcher the images are split over the ranks and rank 0 accumulates every rank's per-image
-//! values in image order, over the same batches (see [`super::split`]).
+//! values in image order, over the same batches (see [`crate::dist`]).
 //!
 //! The parts: [`config`] (what a run asks for), [`stage`] (the per-batch work and accumulators),
 //! [`figures`] (the figures from the accumulators), [`gather`] (a launched job's parts), and
 //! here the job itself, [`reconstruct`].
 
-mod config;
+pub mod config;
 mod figures;
 mod gather;
 mod stage;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use llamagen_metrics::stats::GaussianStats;
 use serde_json::{json, Map, Value};
 
 pub use self::config::{ReconConfig, ReconPrecision, Reconstructions, FOLDER_IMAGE_SIZE};
@@ -32,15 +33,17 @@ pub use crate::metric::ReconMetric;
 use self::config::wanted_metrics;
 use self::gather::{gather_recon, write_part, write_pixels};
 use self::stage::{ExtraDims, ReconStage, Source, Totals};
-use super::cache::FeatureCache;
-use super::evaluate::run_info;
-use super::pass::{self, JournalConfig, PassConfig};
-use crate::dist::{clean_up, Distribution, RankPart};
+use super::settings::JobDescription;
+use crate::data::ImageSource;
+use crate::dist::{Distribution, JobRun, Part, RankPart, ShardedJob};
+use crate::evaluate::run_info;
 use crate::evaluate::Reference;
-use crate::features::Network;
+use crate::feature_set::Network;
 use crate::layout::RunLayout;
 use crate::models::vq::VqModel;
 use crate::partition::Shard;
+use crate::pipeline::feature_cache::FeatureCache;
+use crate::pipeline::pass::{self, JournalConfig, PassConfig, PassOutcome};
 use crate::record::RunRecord;
 
 fn path_value(p: Option<&Path>) -> Value {
@@ -54,7 +57,6 @@ fn path_value(p: Option<&Path>) -> Value {
 pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<Option<RunRecord>> {
     let batch_size = config.inception.batch_size;
     let world = distribution.world;
-    let split = world.is_distributed();
     let shard = Shard {
         index: world.rank,
         count: world.size,
@@ -69,11 +71,12 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
     anyhow::ensure!(total > 0, "{}: no images", config.data.display());
     let (height, width) = whole.image_size();
     let data_name = whole.describe();
-    let mut data = if split {
+    // The opened set serves a world of one as it is.
+    let data = if shard == Shard::ALL {
+        whole
+    } else {
         drop(whole);
         crate::data::open_shard(&config.data, image_size, batch_size, shard)?
-    } else {
-        whole
     };
     let (source, save) = match &config.reconstructions {
         Reconstructions::Tokenizer {
@@ -114,11 +117,11 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
                     data_name
                 );
             }
-            let recon = if split {
+            let recon = if shard == Shard::ALL {
+                recon
+            } else {
                 drop(recon);
                 crate::data::open_shard(batch, None, batch_size, shard)?
-            } else {
-                recon
             };
             (Source::Batch(recon), None)
         }
@@ -152,7 +155,7 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
     let rfid = wanted.contains(&ReconMetric::Rfid);
     let features_needed = wanted.iter().any(|m| m.network().is_some());
     // Only the process that computes the figures needs the reference.
-    let gathers = !split || world.rank == 0;
+    let gathers = world.rank == 0;
     let mut cache = None;
     let mut reference = None;
     if features_needed {
@@ -229,7 +232,7 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone())),
     );
-    let mut stage = ReconStage {
+    let stage = ReconStage {
         source,
         extractor,
         image_shape: (height, width),
@@ -296,63 +299,120 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
     if !config.resume && world.restarts == 0 && gathers {
         RunRecord::remove_stale(out_dir)?;
     }
-    let mut pass_config = PassConfig {
+    let pass_config = PassConfig {
         label: "recon",
         batch_size,
         progress: config.progress,
-        journal: Some(JournalConfig {
-            dir: layout.journal().to_path_buf(),
-            settings: settings.clone(),
-            resume: config.resume,
-        }),
+        journal: None,
         stop_after_new: config.stop_after_batches.map(|b| b * batch_size),
     };
-    if split {
-        let part = RankPart::start(distribution, layout, total, config.resume, &settings)?;
-        if part.kept(config.progress).is_none() {
-            pass_config.journal = Some(JournalConfig {
-                dir: part.journal(),
-                settings,
-                resume: part.resuming,
-            });
-            let mut outcome = pass::run(&pass_config, data.as_mut(), &mut [&mut stage])?;
-            let run_fields = record.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            write_part(
-                &part,
-                &mut outcome,
-                &stage,
-                run_fields,
-                rank_device,
-                config.progress,
-            )?;
-            outcome.finish()?;
-        }
-        let Some(parts) = part.gather(config.progress)? else {
-            return Ok(None);
-        };
-        let run = gather_recon(config, &parts, reference.as_ref())?;
-        clean_up(&part.layout)?;
-        return Ok(Some(run));
-    }
-    let mut outcome = pass::run(&pass_config, data.as_mut(), &mut [&mut stage])?;
-    record.push(("resumed", Value::from(outcome.resumed > 0)));
-
-    // 3. Figures and outputs.
-    let (values, fields) = stage.totals.figures(reference.as_ref())?;
-    record.extend(fields);
-    if let Some(path) = &save {
-        let journal = outcome
-            .journal
-            .as_mut()
-            .context("the journal of reconstructed pixels")?;
-        write_pixels(journal, path, total, (height, width), batch_size, None)?;
-        record.push(("saved_recon", Value::from(path.display().to_string())));
-    }
-    let run = RunRecord {
-        metrics: values,
-        run: run_info(record),
+    let mut job = ReconJob {
+        config,
+        data,
+        stage,
+        record,
+        pass_config,
+        settings: settings.clone(),
+        save,
+        reference,
+        rank_device,
     };
-    run.write(out_dir)?;
-    outcome.finish()?;
-    Ok(Some(run))
+    let run = JobRun {
+        distribution,
+        layout,
+        total,
+        shard: None,
+        resume: config.resume,
+        settings,
+        progress: config.progress,
+        description: JobDescription::Recon {
+            config: config.with_absolute_paths(),
+        }
+        .to_value(),
+    };
+    crate::dist::job::run(&mut job, run)
+}
+
+/// `recon`'s pass and figures, once everything is loaded and checked.
+struct ReconJob<'a> {
+    config: &'a ReconConfig,
+    /// This rank's originals.
+    data: Box<dyn ImageSource + Send>,
+    stage: ReconStage<'a>,
+    /// What the run record says besides the figures.
+    record: Vec<(&'static str, Value)>,
+    /// The pass, but for its journal (the rank's).
+    pass_config: PassConfig,
+    settings: Map<String, Value>,
+    save: Option<PathBuf>,
+    reference: Option<GaussianStats>,
+    rank_device: tch::Device,
+}
+
+impl ReconJob<'_> {
+    fn run_pass(&mut self, rank: &RankPart<'_>) -> Result<PassOutcome> {
+        let mut config = self.pass_config.clone();
+        config.journal = Some(JournalConfig {
+            dir: rank.journal(),
+            settings: self.settings.clone(),
+            resume: rank.resuming,
+        });
+        pass::run(&config, self.data.as_mut(), &mut [&mut self.stage])
+    }
+}
+
+impl ShardedJob for ReconJob<'_> {
+    type Output = RunRecord;
+
+    fn write_output(&mut self, rank: &RankPart<'_>) -> Result<RunRecord> {
+        let mut outcome = self.run_pass(rank)?;
+        let mut record = std::mem::take(&mut self.record);
+        record.push(("resumed", Value::from(outcome.resumed > 0)));
+        let (values, fields) = self.stage.totals.figures(self.reference.as_ref())?;
+        record.extend(fields);
+        if let Some(path) = &self.save {
+            let journal = outcome
+                .journal
+                .as_mut()
+                .context("the journal of reconstructed pixels")?;
+            write_pixels(
+                journal,
+                path,
+                rank.total,
+                self.stage.image_shape,
+                self.pass_config.batch_size,
+                None,
+            )?;
+            record.push(("saved_recon", Value::from(path.display().to_string())));
+        }
+        let run = RunRecord {
+            metrics: values,
+            run: run_info(record),
+        };
+        run.write(rank.layout.output())?;
+        outcome.finish()?;
+        Ok(run)
+    }
+
+    fn write_part(&mut self, rank: &RankPart<'_>) -> Result<()> {
+        let mut outcome = self.run_pass(rank)?;
+        let run_fields = std::mem::take(&mut self.record)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        write_part(
+            rank,
+            &mut outcome,
+            &self.stage,
+            run_fields,
+            self.rank_device,
+            self.config.progress,
+        )?;
+        outcome.finish()?;
+        Ok(())
+    }
+
+    fn join_parts(&mut self, parts: &[Part], _layout: &RunLayout) -> Result<RunRecord> {
+        gather_recon(self.config, parts, self.reference.as_ref())
+    }
 }

@@ -11,8 +11,8 @@ use serde_json::{json, Map};
 
 use super::inception::{InceptionConfig, InceptionWeights};
 use super::pass::{self, JournalConfig, PassConfig};
-use super::FeatureStage;
-use crate::features::{sha256_file, Extractor, FeatureSet, Network};
+use super::stages::features::FeatureStage;
+use crate::feature_set::{sha256_file, Extractor, FeatureSet, Network};
 use crate::progress::Progress;
 
 /// The feature cache of a run, with the network loaded on first need and kept for the run.

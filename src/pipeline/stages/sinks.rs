@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use ndarray::{Array3, Array4};
 
-use super::pass::Stage;
 use crate::data::npz_writer::ImageNpzWriter;
+use crate::pipeline::pass::Stage;
 
 /// Writes the images (or those at the `keep` positions) into an npz `arr_0`, in order.
 pub struct NpzStage {

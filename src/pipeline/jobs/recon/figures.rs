@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::stage::{usage_from_counts, Totals, Track};
 use super::ReconMetric;
 use crate::evaluate::{compute, Metric, MetricOptions, Reference, SampleStats};
-use crate::features::FeatureSet;
+use crate::feature_set::FeatureSet;
 use crate::metric::MetricKey;
 use crate::record::MetricValues;
 
