@@ -180,19 +180,9 @@ impl FeatureSet {
                 }
             })
             .collect();
-        let order = crate::partition::join_order(&indices, None).map_err(|e| match e {
-            crate::partition::JoinError::Duplicate {
-                index,
-                first,
-                second,
-            } => file_error(
-                &files[second],
-                format!(
-                    "sample index {index} is in more than one feature file (also in {})",
-                    files[first].display()
-                ),
-            ),
-            other => file_error(first_file, other.to_string()),
+        let order = crate::partition::join_order(&indices, None).map_err(|e| {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            file_error(first_file, e.naming(&names))
         })?;
         let mut joined = FeatureSet {
             indices: (with_indices > 0).then(|| order.iter().map(|p| p.index).collect()),

@@ -105,6 +105,26 @@ pub enum JoinError {
     },
 }
 
+impl JoinError {
+    /// The error with each part named by `names[k]` (its file) rather than by its number.
+    pub fn naming<N: std::fmt::Display>(&self, names: &[N]) -> String {
+        match *self {
+            JoinError::Duplicate {
+                index,
+                first,
+                second,
+            } => format!(
+                "sample index {index} is in more than one part ({} and {})",
+                names[first], names[second]
+            ),
+            JoinError::OutOfRange { part, index, total } => {
+                format!("{}: sample index {index} outside 0..{total}", names[part])
+            }
+            JoinError::Missing { .. } => self.to_string(),
+        }
+    }
+}
+
 /// The rows of parts whose sample indices are `indices[k]` (part k, row by row), in sample-index
 /// order. With `total`, the parts must hold every sample of `0..total` exactly once; without,
 /// any set of distinct indices joins.

@@ -168,6 +168,22 @@ impl GeneratorConfig {
         self.image_size_eval.unwrap_or(self.image_size)
     }
 
+    /// The sampling settings, as both the fingerprint and the run record name them (one list,
+    /// so the two cannot drift apart).
+    fn sampling_fields(&self) -> [(&'static str, Value); 9] {
+        [
+            ("image_size", json!(self.image_size)),
+            ("image_size_eval", json!(self.eval_size())),
+            ("cfg_scale", json!(self.sampling.cfg_scale)),
+            ("cfg_interval", json!(self.sampling.cfg_interval)),
+            ("temperature", json!(self.sampling.temperature)),
+            ("top_k", json!(self.sampling.top_k)),
+            ("top_p", json!(self.sampling.top_p)),
+            ("seed", json!(self.seed)),
+            ("labels", json!(self.conditioning.name())),
+        ]
+    }
+
     /// The settings that decide the samples, for run records and resume fingerprints (the
     /// checkpoints by path and size; the effective `decode_batch`, whose shape changes the
     /// decoder's rounding; the generation batch size and the device do not change the tokens).
@@ -180,15 +196,7 @@ impl GeneratorConfig {
         m.insert("gpt".into(), file(&self.gpt));
         m.insert("vq".into(), file(&self.vq));
         m.insert("vq_weights".into(), json!(format!("{:?}", self.vq_weights)));
-        m.insert("image_size".into(), json!(self.image_size));
-        m.insert("image_size_eval".into(), json!(self.eval_size()));
-        m.insert("cfg_scale".into(), json!(self.sampling.cfg_scale));
-        m.insert("cfg_interval".into(), json!(self.sampling.cfg_interval));
-        m.insert("temperature".into(), json!(self.sampling.temperature));
-        m.insert("top_k".into(), json!(self.sampling.top_k));
-        m.insert("top_p".into(), json!(self.sampling.top_p));
-        m.insert("seed".into(), json!(self.seed));
-        m.insert("labels".into(), json!(self.conditioning.name()));
+        m.extend(self.sampling_fields().map(|(k, v)| (k.to_owned(), v)));
         if let Some(captions) = self.conditioning.captions() {
             m.insert("caption_embeddings".into(), captions.fingerprint());
         }
@@ -205,17 +213,9 @@ impl GeneratorConfig {
         let mut fields = vec![
             ("gpt", Value::from(self.gpt.display().to_string())),
             ("vq", Value::from(self.vq.display().to_string())),
-            ("image_size", Value::from(self.image_size)),
-            ("image_size_eval", Value::from(self.eval_size())),
-            ("cfg_scale", Value::from(self.sampling.cfg_scale)),
-            ("cfg_interval", Value::from(self.sampling.cfg_interval)),
-            ("temperature", Value::from(self.sampling.temperature)),
-            ("top_k", Value::from(self.sampling.top_k)),
-            ("top_p", Value::from(self.sampling.top_p)),
-            ("seed", Value::from(self.seed)),
-            ("labels", Value::from(self.conditioning.name())),
-            ("precision", Value::from(self.precision.name())),
         ];
+        fields.extend(self.sampling_fields());
+        fields.push(("precision", Value::from(self.precision.name())));
         if let Some(captions) = self.conditioning.captions() {
             fields.push((
                 "captions_file",

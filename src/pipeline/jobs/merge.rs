@@ -15,7 +15,7 @@ use crate::data::npz_writer::ImageNpzWriter;
 use crate::data::ImageSource;
 use crate::feature_set::FeatureSet;
 use crate::io::{npz_entry_names, read_i64, read_strings};
-use crate::partition::{join_order, JoinError};
+use crate::partition::join_order;
 use crate::progress::Progress;
 
 struct ShardReader {
@@ -148,18 +148,7 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
             .collect::<Vec<_>>(),
         None,
     )
-    .map_err(|e| match e {
-        JoinError::Duplicate {
-            index,
-            first,
-            second,
-        } => anyhow::anyhow!(
-            "sample index {index} is in more than one shard ({} and {})",
-            shards[first].display(),
-            shards[second].display()
-        ),
-        other => other.into(),
-    })?;
+    .map_err(|e| anyhow::anyhow!(e.naming(&shard_names(shards))))?;
     let all: Vec<i64> = order.iter().map(|p| p.index).collect();
     let total = all.len();
     let complete = all.iter().enumerate().all(|(i, &v)| v == i as i64);
@@ -211,4 +200,9 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
         shards.len()
     ));
     Ok(())
+}
+
+/// The shard files' names, for messages.
+fn shard_names(shards: &[PathBuf]) -> Vec<String> {
+    shards.iter().map(|p| p.display().to_string()).collect()
 }

@@ -21,7 +21,7 @@ use crate::evaluate::Reference;
 use crate::io::{write_npz_atomically, FileError};
 use crate::journal::Journal;
 use crate::layout::RunLayout;
-use crate::partition::{join_order, JoinError};
+use crate::partition::join_order;
 use crate::pipeline::feature_cache::FeatureCache;
 use crate::pipeline::jobs::merge::merge;
 use crate::pipeline::pass::PassOutcome;
@@ -199,23 +199,9 @@ pub(super) fn gather_recon(
         .map(|f| RankScores::read(f))
         .collect::<Result<_>>()?;
     let indices: Vec<Vec<i64>> = ranks.iter().map(|r| r.indices.clone()).collect();
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     let order: Vec<(usize, usize)> = join_order(&indices, Some(total))
-        .map_err(|e| match e {
-            JoinError::Duplicate {
-                index,
-                first,
-                second,
-            } => anyhow::anyhow!(
-                "{}: image index {index} is in another part too ({})",
-                files[second].display(),
-                files[first].display()
-            ),
-            JoinError::OutOfRange { part, index, total } => anyhow::anyhow!(
-                "{}: image index {index} outside 0..{total}",
-                files[part].display()
-            ),
-            JoinError::Missing { index, .. } => anyhow::anyhow!("no part holds image {index}"),
-        })?
+        .map_err(|e| anyhow::anyhow!(e.naming(&names)))?
         .into_iter()
         .map(|p| (p.part, p.row))
         .collect();
