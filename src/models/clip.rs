@@ -495,6 +495,32 @@ pub(crate) fn layer_norm(p: nn::Path, width: i64) -> nn::LayerNorm {
     )
 }
 
+/// A linear map without bias: each tower's final projection to the shared embedding space.
+pub(crate) fn projection(p: nn::Path, input: i64, output: i64) -> nn::Linear {
+    nn::linear(
+        p,
+        input,
+        output,
+        nn::LinearConfig {
+            bias: false,
+            ..Default::default()
+        },
+    )
+}
+
+/// The widths and activation of a CLIP tower's transformer blocks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockShape {
+    /// Token width.
+    pub(crate) hidden: i64,
+    /// Attention heads.
+    pub(crate) heads: i64,
+    /// MLP width.
+    pub(crate) intermediate: i64,
+    /// MLP activation.
+    pub(crate) activation: ClipActivation,
+}
+
 /// A pre-LN transformer block of either CLIP tower (`encoder.layers.{i}`).
 #[derive(Debug)]
 pub(crate) struct Block {
@@ -511,13 +537,20 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    pub(crate) fn new(
-        p: nn::Path,
-        hidden: i64,
-        heads: i64,
-        intermediate: i64,
-        activation: ClipActivation,
-    ) -> Self {
+    /// The `layers` blocks `layers.{i}` under `encoder`.
+    pub(crate) fn stack(encoder: nn::Path, layers: i64, shape: BlockShape) -> Vec<Block> {
+        (0..layers)
+            .map(|i| Block::new(&encoder / "layers" / i, shape))
+            .collect()
+    }
+
+    fn new(p: nn::Path, shape: BlockShape) -> Self {
+        let BlockShape {
+            hidden,
+            heads,
+            intermediate,
+            activation,
+        } = shape;
         let attn = &p / "self_attn";
         let linear = |p: nn::Path, i, o| nn::linear(p, i, o, Default::default());
         Block {
@@ -621,26 +654,21 @@ impl ClipVisionModel {
             class_embedding,
             position_embedding,
             pre_layrnorm: layer_norm(&vision / "pre_layrnorm", config.hidden),
-            layers: (0..config.layers)
-                .map(|i| {
-                    Block::new(
-                        &vision / "encoder" / "layers" / i,
-                        config.hidden,
-                        config.heads,
-                        config.intermediate,
-                        ClipActivation::QuickGelu,
-                    )
-                })
-                .collect(),
+            layers: Block::stack(
+                &vision / "encoder",
+                config.layers,
+                BlockShape {
+                    hidden: config.hidden,
+                    heads: config.heads,
+                    intermediate: config.intermediate,
+                    activation: ClipActivation::QuickGelu,
+                },
+            ),
             post_layernorm: layer_norm(&vision / "post_layernorm", config.hidden),
-            visual_projection: nn::linear(
+            visual_projection: projection(
                 p / "visual_projection",
                 config.hidden,
                 config.projection_dim,
-                nn::LinearConfig {
-                    bias: false,
-                    ..Default::default()
-                },
             ),
         }
     }
@@ -657,18 +685,15 @@ impl ClipVisionModel {
         let all = read_all(path)?;
         check_is_vision(path, all.iter().map(|(n, _)| n.as_str()))?;
         let tensors = vision_tensors(path, all);
-        let shapes: Vec<(String, Vec<i64>)> =
-            tensors.iter().map(|(n, t)| (n.clone(), t.size())).collect();
-        let config = ClipConfig::infer(path, &shapes, heads)?;
-        let mut vs = nn::VarStore::new(device);
-        let model = ClipVisionModel::new(&vs.root(), &config);
-        let report = checkpoint::load_into(&mut vs, &tensors, path, &LoadOptions::default())?;
+        let config = ClipConfig::infer(path, &super::tensor_shapes(&tensors), heads)?;
+        let (vs, model, loaded) =
+            super::build_loaded(device, &tensors, path, &LoadOptions::default(), |p| {
+                ClipVisionModel::new(p, &config)
+            })?;
         tracing::info!(
-            "CLIP vision model {} ({} tensors): {config:?}",
-            path.display(),
-            report.loaded
+            "CLIP vision model {} ({loaded} tensors): {config:?}",
+            path.display()
         );
-        vs.freeze();
         Ok((vs, model))
     }
 

@@ -26,6 +26,38 @@ pub(crate) fn numbered_children<'a>(names: impl IntoIterator<Item = &'a str>, pr
         .map_or(0, |m| m + 1)
 }
 
+/// The (name, shape) pairs of loaded tensors: what the configurations are inferred from.
+pub(crate) fn tensor_shapes(tensors: &[(String, tch::Tensor)]) -> Vec<(String, Vec<i64>)> {
+    tensors.iter().map(|(n, t)| (n.clone(), t.size())).collect()
+}
+
+/// The (name, shape) pairs of a checkpoint's tensor records, before any tensor is read.
+pub(crate) fn meta_shapes(
+    metas: &[(String, &crate::checkpoint::TensorMeta)],
+) -> Vec<(String, Vec<i64>)> {
+    metas
+        .iter()
+        .map(|(n, m)| (n.clone(), m.shape.clone()))
+        .collect()
+}
+
+/// A model with a checkpoint's weights, in eval mode: `build` makes it in a fresh store on
+/// `device`, `tensors` are copied in under `opts` (see [`crate::checkpoint::load_into`]), then the
+/// store is frozen. Returns the store, the model and how many tensors were loaded.
+pub(crate) fn build_loaded<M>(
+    device: tch::Device,
+    tensors: &[(String, tch::Tensor)],
+    path: &std::path::Path,
+    opts: &crate::checkpoint::LoadOptions,
+    build: impl FnOnce(&tch::nn::Path) -> M,
+) -> Result<(tch::nn::VarStore, M, usize), crate::checkpoint::CheckpointError> {
+    let mut vs = tch::nn::VarStore::new(device);
+    let model = build(&vs.root());
+    let report = crate::checkpoint::load_into(&mut vs, tensors, path, opts)?;
+    vs.freeze();
+    Ok((vs, model, report.loaded))
+}
+
 /// The variables of a model built in `vs`, as sorted (name, shape) pairs: what a checkpoint of it
 /// would hold, for the tests that infer configurations back from shapes.
 #[cfg(test)]

@@ -627,30 +627,23 @@ impl VqModel {
         };
         let mut metas: Vec<(String, &TensorMeta)> = ck.tensor_metas_at(key.as_deref())?;
         checkpoint::strip_wrapper_prefixes(&mut metas);
-        let shapes: Vec<(String, Vec<i64>)> = metas
-            .iter()
-            .map(|(n, m)| (n.clone(), m.shape.clone()))
-            .collect();
-        let config = VqConfig::infer(path, &shapes)?;
+        let config = VqConfig::infer(path, &super::meta_shapes(&metas))?;
         let mut tensors = ck.read_tensors(&metas)?;
         let codebook_used = tensors
             .iter()
             .position(|(n, _)| n == CODEBOOK_USED_KEY)
             .map(|i| tensors.remove(i).1);
-        let mut vs = nn::VarStore::new(device);
-        let model = VqModel::new(&vs.root(), &config);
         let opts = LoadOptions {
             ignore: vec![CODEBOOK_USED_KEY.to_owned()],
             ..Default::default()
         };
-        let report = checkpoint::load_into(&mut vs, &tensors, path, &opts)?;
+        let (vs, model, loaded) =
+            super::build_loaded(device, &tensors, path, &opts, |p| VqModel::new(p, &config))?;
         tracing::info!(
-            "VQ tokenizer {} ({} tensors{}): {config:?}",
+            "VQ tokenizer {} ({loaded} tensors{}): {config:?}",
             path.display(),
-            report.loaded,
             key.map(|k| format!(" from `{k}`")).unwrap_or_default()
         );
-        vs.freeze();
         Ok((
             vs,
             VqModel {
