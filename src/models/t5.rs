@@ -71,6 +71,16 @@ pub enum T5Activation {
 }
 
 impl T5Activation {
+    /// The activation assumed where only the weights are known: `gelu_new` for a gated
+    /// feed-forward (T5 v1.1, FLAN-T5), `relu` for the original T5's.
+    fn default_for(gated: bool) -> Self {
+        if gated {
+            T5Activation::GeluNew
+        } else {
+            T5Activation::Relu
+        }
+    }
+
     fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "relu" => T5Activation::Relu,
@@ -275,11 +285,7 @@ impl T5Config {
             relative_attention_max_distance: 128,
             layer_norm_epsilon: 1e-6,
             gated,
-            activation: if gated {
-                T5Activation::GeluNew
-            } else {
-                T5Activation::Relu
-            },
+            activation: T5Activation::default_for(gated),
         })
     }
 
@@ -843,11 +849,7 @@ mod tests {
             relative_attention_max_distance: 128,
             layer_norm_epsilon: 1e-6,
             gated,
-            activation: if gated {
-                T5Activation::GeluNew
-            } else {
-                T5Activation::Relu
-            },
+            activation: T5Activation::default_for(gated),
         }
     }
 
