@@ -170,39 +170,30 @@ pub fn triangular_congruence(u: &Array2<f64>, s: &Array2<f64>) -> Result<Array2<
     if n == 0 {
         return Ok(b);
     }
-    // SAFETY: all three matrices are n x n contiguous row-major; BLAS writes only `b`.
-    unsafe {
-        // B ← U S
-        cblas_dtrmm(
-            ROW_MAJOR,
-            LEFT,
-            UPPER,
-            NO_TRANS,
-            NON_UNIT,
-            n_int,
-            n_int,
-            1.0,
-            u.as_ptr(),
-            n_int,
-            b.as_mut_ptr(),
-            n_int,
-        );
-        // B ← (U S) Uᵀ
-        cblas_dtrmm(
-            ROW_MAJOR,
-            RIGHT,
-            UPPER,
-            TRANS,
-            NON_UNIT,
-            n_int,
-            n_int,
-            1.0,
-            u.as_ptr(),
-            n_int,
-            b.as_mut_ptr(),
-            n_int,
-        );
-    }
+    // B ← op(U) B from `side`, op(U) being U or Uᵀ as `transpose` says.
+    let mut multiply_by_u = |side: c_int, transpose: c_int| {
+        // SAFETY: both matrices are n x n contiguous row-major; BLAS writes only `b`.
+        unsafe {
+            cblas_dtrmm(
+                ROW_MAJOR,
+                side,
+                UPPER,
+                transpose,
+                NON_UNIT,
+                n_int,
+                n_int,
+                1.0,
+                u.as_ptr(),
+                n_int,
+                b.as_mut_ptr(),
+                n_int,
+            );
+        }
+    };
+    // B ← U S
+    multiply_by_u(LEFT, NO_TRANS);
+    // B ← (U S) Uᵀ
+    multiply_by_u(RIGHT, TRANS);
     Ok(b)
 }
 
