@@ -32,6 +32,7 @@ use rayon::prelude::*;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
+use super::shapes;
 use crate::checkpoint::{self, Checkpoint, CheckpointError, LoadOptions};
 use crate::data::pil_resize::{resize_rgb8, Filter};
 
@@ -105,19 +106,7 @@ impl ClipConfig {
             path: path.to_path_buf(),
             detail,
         };
-        let dims = |name: &str, rank: usize| -> Result<&[i64], ClipError> {
-            match tensors.iter().find(|(n, _)| n == name) {
-                Some((_, s)) if s.len() == rank => Ok(s.as_slice()),
-                Some((_, s)) => Err(not_clip(format!(
-                    "`{name}` has shape {s:?}, expected {rank} dimensions"
-                ))),
-                None => Err(not_clip(format!(
-                    "no `{name}` among its {} tensors{}",
-                    tensors.len(),
-                    first_names(tensors)
-                ))),
-            }
-        };
+        let dims = |name: &str, rank: usize| shapes::dims(tensors, name, rank).map_err(not_clip);
         let hidden = dims(CLASS_EMBEDDING, 1)?[0];
         let patch = dims(PATCH_EMBEDDING, 4)?;
         if patch[0] != hidden || patch[1] != 3 || patch[2] != patch[3] || patch[2] <= 0 {
@@ -250,14 +239,6 @@ fn heads_from_config(config: &Path, hidden: i64) -> Result<i64, ClipError> {
         }
     }
     Ok(heads)
-}
-
-pub(crate) fn first_names(tensors: &[(String, Vec<i64>)]) -> String {
-    if tensors.is_empty() {
-        return String::new();
-    }
-    let names: Vec<&str> = tensors.iter().take(4).map(|(n, _)| n.as_str()).collect();
-    format!(" (first: {})", names.join(", "))
 }
 
 /// Tells a CLIP text tower (Hugging Face `text_model.*` or OpenAI's `token_embedding`) without any

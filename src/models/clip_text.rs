@@ -28,9 +28,10 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use super::clip::{
-    config_beside, first_names, layer_norm, projection, read_all, Block, BlockShape,
-    ClipActivation, ClipError, Heads,
+    config_beside, layer_norm, projection, read_all, Block, BlockShape, ClipActivation, ClipError,
+    Heads,
 };
+use super::shapes::{self, first_names};
 use super::tokenizer::{ClipTokenizer, TokenizerError};
 use crate::checkpoint::{CheckpointError, LoadOptions};
 
@@ -148,19 +149,7 @@ impl ClipTextConfig {
             path: path.to_path_buf(),
             detail,
         };
-        let matrix = |name: &str| -> Result<(i64, i64), ClipTextError> {
-            match tensors.iter().find(|(n, _)| n == name) {
-                Some((_, s)) if s.len() == 2 => Ok((s[0], s[1])),
-                Some((_, s)) => Err(not_text(format!(
-                    "`{name}` has shape {s:?}, expected a matrix"
-                ))),
-                None => Err(not_text(format!(
-                    "no `{name}` among its {} tensors{}",
-                    tensors.len(),
-                    first_names(tensors)
-                ))),
-            }
-        };
+        let matrix = |name: &str| shapes::matrix(tensors, name).map_err(not_text);
         let (vocab_size, hidden) = matrix(TOKEN_EMBEDDING)?;
         let (context, width) = matrix(POSITION_EMBEDDING)?;
         if width != hidden {

@@ -6,9 +6,12 @@ pub mod dinov2;
 pub mod gpt;
 pub mod hf_weights;
 pub mod inception;
+mod shapes;
 pub mod t5;
 pub mod tokenizer;
 pub mod vq;
+
+pub(crate) use shapes::{meta_shapes, tensor_shapes};
 
 /// How many numbered children `prefix{i}.` the tensor names have: one past the largest `i`, 0 when
 /// there are none (a checkpoint's layer or block count, read from its names).
@@ -24,21 +27,6 @@ pub(crate) fn numbered_children<'a>(names: impl IntoIterator<Item = &'a str>, pr
         })
         .max()
         .map_or(0, |m| m + 1)
-}
-
-/// The (name, shape) pairs of loaded tensors: what the configurations are inferred from.
-pub(crate) fn tensor_shapes(tensors: &[(String, tch::Tensor)]) -> Vec<(String, Vec<i64>)> {
-    tensors.iter().map(|(n, t)| (n.clone(), t.size())).collect()
-}
-
-/// The (name, shape) pairs of a checkpoint's tensor records, before any tensor is read.
-pub(crate) fn meta_shapes(
-    metas: &[(String, &crate::checkpoint::TensorMeta)],
-) -> Vec<(String, Vec<i64>)> {
-    metas
-        .iter()
-        .map(|(n, m)| (n.clone(), m.shape.clone()))
-        .collect()
 }
 
 /// A model with a checkpoint's weights, in eval mode: `build` makes it in a fresh store on

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
+use super::shapes;
 use crate::checkpoint::{self, Checkpoint, CheckpointError, LoadOptions, TensorMeta};
 
 /// Name of LlamaGen's training-time usage queue, which is not a model parameter.
@@ -108,19 +109,7 @@ impl VqConfig {
                 key: name.clone(),
             });
         }
-        let dims = |name: &str, rank: usize| -> Result<&[i64], VqError> {
-            match shape(name) {
-                Some(s) if s.len() == rank => Ok(s),
-                Some(s) => Err(not_vq(format!(
-                    "`{name}` has shape {s:?}, expected {rank} dimensions"
-                ))),
-                None => Err(not_vq(format!(
-                    "no `{name}` among its {} tensors{}",
-                    tensors.len(),
-                    first_names(tensors)
-                ))),
-            }
-        };
+        let dims = |name: &str, rank: usize| shapes::dims(tensors, name, rank).map_err(not_vq);
         let ch = dims("encoder.conv_in.weight", 4)?[0];
         let levels: BTreeSet<usize> = tensors
             .iter()
@@ -185,14 +174,6 @@ impl VqConfig {
             num_res_blocks,
         })
     }
-}
-
-fn first_names(tensors: &[(String, Vec<i64>)]) -> String {
-    if tensors.is_empty() {
-        return String::new();
-    }
-    let names: Vec<&str> = tensors.iter().take(4).map(|(n, _)| n.as_str()).collect();
-    format!(" (first: {})", names.join(", "))
 }
 
 /// Which weights of a training checkpoint to use.
