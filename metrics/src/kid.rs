@@ -284,6 +284,22 @@ fn block_pairs(rows_i: usize, rows_j: usize, triangle: bool) -> Vec<(usize, usiz
         .collect()
 }
 
+/// A group's per-subset sums computed by one thread: `block`'s contributions of the block
+/// `pairs`, added element-wise in the order of `pairs`.
+fn summed_over_blocks(
+    pairs: Vec<(usize, usize)>,
+    group: &Group,
+    block: impl Fn(usize, usize) -> Vec<f64>,
+) -> Vec<f64> {
+    let mut sums = vec![0.0; group.subsets.len()];
+    for (bi, bj) in pairs {
+        for (s, v) in sums.iter_mut().zip(block(bi, bj)) {
+            *s += v;
+        }
+    }
+    sums
+}
+
 /// For each subset, the sum of `k(x_i, x_j)` over ordered pairs `i ≠ j` of its rows.
 fn within_sums<T: Element>(
     x: ArrayView2<'_, T>,
@@ -317,15 +333,9 @@ fn within_sums<T: Element>(
             .map(|(g, group)| {
                 let rows = Gathered::new(x, &group.rows);
                 let n = group.rows.len();
-                let mut sums = vec![0.0; group.subsets.len()];
-                for (bi, bj) in block_pairs(n, n, true) {
-                    for (s, v) in sums
-                        .iter_mut()
-                        .zip(within_block(&rows, group, bi, bj, kernel))
-                    {
-                        *s += v;
-                    }
-                }
+                let sums = summed_over_blocks(block_pairs(n, n, true), group, |bi, bj| {
+                    within_block(&rows, group, bi, bj, kernel)
+                });
                 (g, sums)
             })
             .collect();
@@ -403,15 +413,10 @@ fn cross_sums<T: Element>(
             .enumerate()
             .map(|(g, (gx, gy))| {
                 let (rows_x, rows_y) = (Gathered::new(x, &gx.rows), Gathered::new(y, &gy.rows));
-                let mut sums = vec![0.0; gx.subsets.len()];
-                for (bi, bj) in block_pairs(gx.rows.len(), gy.rows.len(), false) {
-                    for (s, v) in sums
-                        .iter_mut()
-                        .zip(cross_block(&rows_x, gx, &rows_y, gy, bi, bj, kernel))
-                    {
-                        *s += v;
-                    }
-                }
+                let pairs = block_pairs(gx.rows.len(), gy.rows.len(), false);
+                let sums = summed_over_blocks(pairs, gx, |bi, bj| {
+                    cross_block(&rows_x, gx, &rows_y, gy, bi, bj, kernel)
+                });
                 (g, sums)
             })
             .collect();

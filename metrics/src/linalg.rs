@@ -170,39 +170,30 @@ pub fn triangular_congruence(u: &Array2<f64>, s: &Array2<f64>) -> Result<Array2<
     if n == 0 {
         return Ok(b);
     }
-    // SAFETY: all three matrices are n x n contiguous row-major; BLAS writes only `b`.
-    unsafe {
-        // B ← U S
-        cblas_dtrmm(
-            ROW_MAJOR,
-            LEFT,
-            UPPER,
-            NO_TRANS,
-            NON_UNIT,
-            n_int,
-            n_int,
-            1.0,
-            u.as_ptr(),
-            n_int,
-            b.as_mut_ptr(),
-            n_int,
-        );
-        // B ← (U S) Uᵀ
-        cblas_dtrmm(
-            ROW_MAJOR,
-            RIGHT,
-            UPPER,
-            TRANS,
-            NON_UNIT,
-            n_int,
-            n_int,
-            1.0,
-            u.as_ptr(),
-            n_int,
-            b.as_mut_ptr(),
-            n_int,
-        );
-    }
+    // B ← op(U) B from `side`, op(U) being U or Uᵀ as `transpose` says.
+    let mut multiply_by_u = |side: c_int, transpose: c_int| {
+        // SAFETY: both matrices are n x n contiguous row-major; BLAS writes only `b`.
+        unsafe {
+            cblas_dtrmm(
+                ROW_MAJOR,
+                side,
+                UPPER,
+                transpose,
+                NON_UNIT,
+                n_int,
+                n_int,
+                1.0,
+                u.as_ptr(),
+                n_int,
+                b.as_mut_ptr(),
+                n_int,
+            );
+        }
+    };
+    // B ← U S
+    multiply_by_u(LEFT, NO_TRANS);
+    // B ← (U S) Uᵀ
+    multiply_by_u(RIGHT, TRANS);
     Ok(b)
 }
 
@@ -363,50 +354,43 @@ pub fn symmetric_eigen(
     let jobz = if vectors { b'V' } else { b'N' } as std::os::raw::c_char;
     let uplo = b'U' as std::os::raw::c_char;
     let lda = n.max(1);
-    let mut info = 0;
-    let mut work_query = 0.0f64;
-    let mut iwork_query = 0i32;
-    // SAFETY: workspace query (lwork = liwork = -1) writes only the two query outputs.
-    unsafe {
-        lapack_sys::dsyevd_(
-            &jobz,
-            &uplo,
-            &n,
-            a.as_mut_ptr(),
-            &lda,
-            w.as_mut_ptr(),
-            &mut work_query,
-            &-1,
-            &mut iwork_query,
-            &-1,
-            &mut info,
-        );
-    }
+    // `dsyevd` on `a` (eigenvectors written over it) and `w`, with workspaces `work` of `lwork`
+    // and `iwork` of `liwork` elements (both -1: a query of the sizes, written to their first
+    // elements). Returns LAPACK's `info`.
+    let mut dsyevd = |work: &mut [f64], lwork: i32, iwork: &mut [i32], liwork: i32| {
+        let mut info = 0;
+        // SAFETY: `a` is n x n contiguous and `w` holds n values; `work` and `iwork` are as long
+        // as LAPACK asked for, or one element each for the query.
+        unsafe {
+            lapack_sys::dsyevd_(
+                &jobz,
+                &uplo,
+                &n,
+                a.as_mut_ptr(),
+                &lda,
+                w.as_mut_ptr(),
+                work.as_mut_ptr(),
+                &lwork,
+                iwork.as_mut_ptr(),
+                &liwork,
+                &mut info,
+            );
+        }
+        info
+    };
+    let mut work_query = [0.0f64];
+    let mut iwork_query = [0i32];
+    let info = dsyevd(&mut work_query, -1, &mut iwork_query, -1);
     if info != 0 {
         return Err(MetricsError::Linalg(format!(
             "dsyevd workspace query failed (info {info})"
         )));
     }
-    let lwork = work_query.ceil() as i32;
-    let liwork = iwork_query.max(1);
+    let lwork = work_query[0].ceil() as i32;
+    let liwork = iwork_query[0].max(1);
     let mut work = vec![0.0f64; lwork.max(1) as usize];
     let mut iwork = vec![0i32; liwork as usize];
-    // SAFETY: buffers sized as LAPACK asked for; `a` is n x n contiguous.
-    unsafe {
-        lapack_sys::dsyevd_(
-            &jobz,
-            &uplo,
-            &n,
-            a.as_mut_ptr(),
-            &lda,
-            w.as_mut_ptr(),
-            work.as_mut_ptr(),
-            &lwork,
-            iwork.as_mut_ptr(),
-            &liwork,
-            &mut info,
-        );
-    }
+    let info = dsyevd(&mut work, lwork, &mut iwork, liwork);
     if info != 0 {
         return Err(MetricsError::Linalg(format!(
             "dsyevd did not converge (info {info})"

@@ -1166,9 +1166,32 @@ mod tests {
     fn matches_brute_force_for_any_block_size() {
         let reference = pseudo_random(70, 5, 1, 0.0);
         let samples = pseudo_random(90, 5, 2, 0.15);
-        for k in [1, 3, 5] {
-            let (expected, expected_radii) = brute_force(&reference, &samples, k);
-            for block_size in [1, 7, 64, 1000] {
+        let radii_agree = |radii: &Array1<f64>, expected: &Array1<f64>| {
+            for (a, b) in radii.iter().zip(expected) {
+                assert!((a - b).abs() <= 1e-12 * b.max(1.0));
+            }
+        };
+        assert_matches_brute_force(
+            &reference,
+            &samples,
+            &[1, 3, 5],
+            &[1, 7, 64, 1000],
+            radii_agree,
+        );
+    }
+
+    /// Checks the metrics (exactly) and the radii (with `radii_agree`) of every `k` and block
+    /// size against [`brute_force`].
+    fn assert_matches_brute_force(
+        reference: &Array2<f64>,
+        samples: &Array2<f64>,
+        ks: &[usize],
+        block_sizes: &[usize],
+        radii_agree: impl Fn(&Array1<f64>, &Array1<f64>),
+    ) {
+        for &k in ks {
+            let (expected, expected_radii) = brute_force(reference, samples, k);
+            for &block_size in block_sizes {
                 let config = ManifoldConfig {
                     k,
                     block_size,
@@ -1177,9 +1200,7 @@ mod tests {
                 let got = manifold_metrics(reference.view(), samples.view(), &config).unwrap();
                 assert_eq!(got, expected, "k={k} block_size={block_size}");
                 let radii = manifold_radii(reference.view(), &config).unwrap();
-                for (a, b) in radii.iter().zip(&expected_radii) {
-                    assert!((a - b).abs() <= 1e-12 * b.max(1.0));
-                }
+                radii_agree(&radii, &expected_radii);
             }
         }
     }
@@ -1199,20 +1220,13 @@ mod tests {
         };
         let reference = lattice(120, 11);
         let samples = lattice(100, 12);
-        for k in [1, 3] {
-            let (expected, expected_radii) = brute_force(&reference, &samples, k);
-            for block_size in [7, 1024] {
-                let config = ManifoldConfig {
-                    k,
-                    block_size,
-                    ..Default::default()
-                };
-                let got = manifold_metrics(reference.view(), samples.view(), &config).unwrap();
-                assert_eq!(got, expected, "k={k} block_size={block_size}");
-                let radii = manifold_radii(reference.view(), &config).unwrap();
-                assert_eq!(radii, expected_radii);
-            }
-        }
+        assert_matches_brute_force(
+            &reference,
+            &samples,
+            &[1, 3],
+            &[7, 1024],
+            |radii, expected| assert_eq!(radii, expected),
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::Path;
 use super::budget::Meter;
 use super::error::ErrorKind;
 use super::pickle::{unpickle, unpickle_value, Counting, Unpickled};
+use super::spans::SpanReader;
 use super::value::Value;
 use super::{first_tensor_using, ReadRange};
 
@@ -166,19 +167,9 @@ pub(crate) fn open(path: &Path, meter: &mut Meter) -> Result<(Unpickled, Layout)
 }
 
 /// Reads storages out of a legacy checkpoint.
-pub(crate) struct StorageReader {
-    file: BufReader<File>,
-    layout: Layout,
-}
+pub(crate) type StorageReader = SpanReader<Layout>;
 
 impl StorageReader {
-    pub(crate) fn new(path: &Path, layout: &Layout) -> Result<Self, ErrorKind> {
-        Ok(Self {
-            file: BufReader::new(File::open(path).map_err(ErrorKind::Io)?),
-            layout: layout.clone(),
-        })
-    }
-
     /// Calls `fill` with a reader of bytes `range` of storage `key`.
     pub(crate) fn read<T>(
         &mut self,
@@ -201,9 +192,6 @@ impl StorageReader {
                 ),
             });
         }
-        self.file
-            .seek(SeekFrom::Start(start + range.start))
-            .map_err(ErrorKind::Io)?;
-        fill(&mut (&mut self.file).take(range.len()))
+        self.read_span(start, range, fill)
     }
 }

@@ -18,6 +18,7 @@ mod legacy;
 mod load;
 mod pickle;
 mod safetensors;
+mod spans;
 mod summary;
 mod value;
 mod zipfmt;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::budget::Meter;
 use super::error::ErrorKind;
+use super::spans::SpanReader;
 use super::value::{shape_text, DType, TensorData, TensorMeta, Value};
 use super::ReadRange;
 
@@ -234,19 +235,9 @@ pub(crate) fn open(
 }
 
 /// Reads tensor bytes out of a safetensors file.
-pub(crate) struct StorageReader {
-    file: BufReader<File>,
-    layout: Layout,
-}
+pub(crate) type StorageReader = SpanReader<Layout>;
 
 impl StorageReader {
-    pub(crate) fn new(path: &Path, layout: &Layout) -> Result<Self, ErrorKind> {
-        Ok(Self {
-            file: BufReader::new(File::open(path).map_err(ErrorKind::Io)?),
-            layout: layout.clone(),
-        })
-    }
-
     /// Calls `fill` with a reader of bytes `range` of tensor `name`'s data.
     pub(crate) fn read<T>(
         &mut self,
@@ -272,11 +263,6 @@ impl StorageReader {
                 ),
             });
         }
-        self.file
-            .seek(SeekFrom::Start(
-                self.layout.data_start + start + range.start,
-            ))
-            .map_err(ErrorKind::Io)?;
-        fill(&mut (&mut self.file).take(range.len()))
+        self.read_span(self.layout.data_start + start, range, fill)
     }
 }

@@ -32,6 +32,7 @@ use rayon::prelude::*;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
+use super::shapes;
 use crate::checkpoint::{self, Checkpoint, CheckpointError, LoadOptions};
 use crate::data::pil_resize::{resize_rgb8, Filter};
 
@@ -105,19 +106,7 @@ impl ClipConfig {
             path: path.to_path_buf(),
             detail,
         };
-        let dims = |name: &str, rank: usize| -> Result<&[i64], ClipError> {
-            match tensors.iter().find(|(n, _)| n == name) {
-                Some((_, s)) if s.len() == rank => Ok(s.as_slice()),
-                Some((_, s)) => Err(not_clip(format!(
-                    "`{name}` has shape {s:?}, expected {rank} dimensions"
-                ))),
-                None => Err(not_clip(format!(
-                    "no `{name}` among its {} tensors{}",
-                    tensors.len(),
-                    first_names(tensors)
-                ))),
-            }
-        };
+        let dims = |name: &str, rank: usize| shapes::dims(tensors, name, rank).map_err(not_clip);
         let hidden = dims(CLASS_EMBEDDING, 1)?[0];
         let patch = dims(PATCH_EMBEDDING, 4)?;
         if patch[0] != hidden || patch[1] != 3 || patch[2] != patch[3] || patch[2] <= 0 {
@@ -250,14 +239,6 @@ fn heads_from_config(config: &Path, hidden: i64) -> Result<i64, ClipError> {
         }
     }
     Ok(heads)
-}
-
-pub(crate) fn first_names(tensors: &[(String, Vec<i64>)]) -> String {
-    if tensors.is_empty() {
-        return String::new();
-    }
-    let names: Vec<&str> = tensors.iter().take(4).map(|(n, _)| n.as_str()).collect();
-    format!(" (first: {})", names.join(", "))
 }
 
 /// Tells a CLIP text tower (Hugging Face `text_model.*` or OpenAI's `token_embedding`) without any
@@ -495,6 +476,32 @@ pub(crate) fn layer_norm(p: nn::Path, width: i64) -> nn::LayerNorm {
     )
 }
 
+/// A linear map without bias: each tower's final projection to the shared embedding space.
+pub(crate) fn projection(p: nn::Path, input: i64, output: i64) -> nn::Linear {
+    nn::linear(
+        p,
+        input,
+        output,
+        nn::LinearConfig {
+            bias: false,
+            ..Default::default()
+        },
+    )
+}
+
+/// The widths and activation of a CLIP tower's transformer blocks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockShape {
+    /// Token width.
+    pub(crate) hidden: i64,
+    /// Attention heads.
+    pub(crate) heads: i64,
+    /// MLP width.
+    pub(crate) intermediate: i64,
+    /// MLP activation.
+    pub(crate) activation: ClipActivation,
+}
+
 /// A pre-LN transformer block of either CLIP tower (`encoder.layers.{i}`).
 #[derive(Debug)]
 pub(crate) struct Block {
@@ -511,13 +518,20 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    pub(crate) fn new(
-        p: nn::Path,
-        hidden: i64,
-        heads: i64,
-        intermediate: i64,
-        activation: ClipActivation,
-    ) -> Self {
+    /// The `layers` blocks `layers.{i}` under `encoder`.
+    pub(crate) fn stack(encoder: nn::Path, layers: i64, shape: BlockShape) -> Vec<Block> {
+        (0..layers)
+            .map(|i| Block::new(&encoder / "layers" / i, shape))
+            .collect()
+    }
+
+    fn new(p: nn::Path, shape: BlockShape) -> Self {
+        let BlockShape {
+            hidden,
+            heads,
+            intermediate,
+            activation,
+        } = shape;
         let attn = &p / "self_attn";
         let linear = |p: nn::Path, i, o| nn::linear(p, i, o, Default::default());
         Block {
@@ -621,26 +635,21 @@ impl ClipVisionModel {
             class_embedding,
             position_embedding,
             pre_layrnorm: layer_norm(&vision / "pre_layrnorm", config.hidden),
-            layers: (0..config.layers)
-                .map(|i| {
-                    Block::new(
-                        &vision / "encoder" / "layers" / i,
-                        config.hidden,
-                        config.heads,
-                        config.intermediate,
-                        ClipActivation::QuickGelu,
-                    )
-                })
-                .collect(),
+            layers: Block::stack(
+                &vision / "encoder",
+                config.layers,
+                BlockShape {
+                    hidden: config.hidden,
+                    heads: config.heads,
+                    intermediate: config.intermediate,
+                    activation: ClipActivation::QuickGelu,
+                },
+            ),
             post_layernorm: layer_norm(&vision / "post_layernorm", config.hidden),
-            visual_projection: nn::linear(
+            visual_projection: projection(
                 p / "visual_projection",
                 config.hidden,
                 config.projection_dim,
-                nn::LinearConfig {
-                    bias: false,
-                    ..Default::default()
-                },
             ),
         }
     }
@@ -657,18 +666,15 @@ impl ClipVisionModel {
         let all = read_all(path)?;
         check_is_vision(path, all.iter().map(|(n, _)| n.as_str()))?;
         let tensors = vision_tensors(path, all);
-        let shapes: Vec<(String, Vec<i64>)> =
-            tensors.iter().map(|(n, t)| (n.clone(), t.size())).collect();
-        let config = ClipConfig::infer(path, &shapes, heads)?;
-        let mut vs = nn::VarStore::new(device);
-        let model = ClipVisionModel::new(&vs.root(), &config);
-        let report = checkpoint::load_into(&mut vs, &tensors, path, &LoadOptions::default())?;
+        let config = ClipConfig::infer(path, &super::tensor_shapes(&tensors), heads)?;
+        let (vs, model, loaded) =
+            super::build_loaded(device, &tensors, path, &LoadOptions::default(), |p| {
+                ClipVisionModel::new(p, &config)
+            })?;
         tracing::info!(
-            "CLIP vision model {} ({} tensors): {config:?}",
-            path.display(),
-            report.loaded
+            "CLIP vision model {} ({loaded} tensors): {config:?}",
+            path.display()
         );
-        vs.freeze();
         Ok((vs, model))
     }
 

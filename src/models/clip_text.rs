@@ -28,10 +28,12 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use super::clip::{
-    config_beside, first_names, layer_norm, read_all, Block, ClipActivation, ClipError, Heads,
+    config_beside, layer_norm, projection, read_all, Block, BlockShape, ClipActivation, ClipError,
+    Heads,
 };
+use super::shapes::{self, first_names};
 use super::tokenizer::{ClipTokenizer, TokenizerError};
-use crate::checkpoint::{self, CheckpointError, LoadOptions};
+use crate::checkpoint::{CheckpointError, LoadOptions};
 
 /// The `eos_token_id` of configurations written before transformers' fix (PR #24773): pooled at
 /// the largest id instead.
@@ -147,19 +149,7 @@ impl ClipTextConfig {
             path: path.to_path_buf(),
             detail,
         };
-        let matrix = |name: &str| -> Result<(i64, i64), ClipTextError> {
-            match tensors.iter().find(|(n, _)| n == name) {
-                Some((_, s)) if s.len() == 2 => Ok((s[0], s[1])),
-                Some((_, s)) => Err(not_text(format!(
-                    "`{name}` has shape {s:?}, expected a matrix"
-                ))),
-                None => Err(not_text(format!(
-                    "no `{name}` among its {} tensors{}",
-                    tensors.len(),
-                    first_names(tensors)
-                ))),
-            }
-        };
+        let matrix = |name: &str| shapes::matrix(tensors, name).map_err(not_text);
         let (vocab_size, hidden) = matrix(TOKEN_EMBEDDING)?;
         let (context, width) = matrix(POSITION_EMBEDDING)?;
         if width != hidden {
@@ -357,7 +347,7 @@ fn text_tensors(
     if !text.is_empty() {
         return Ok(text);
     }
-    let names: Vec<(String, Vec<i64>)> = other.iter().map(|(n, t)| (n.clone(), t.size())).collect();
+    let names = super::tensor_shapes(&other);
     let detail = if names.iter().any(|(n, _)| n.starts_with("vision_model.")) {
         "it holds a CLIP vision tower only (CLIPVisionModel); the CLIP score needs the text tower \
          too: pass a whole CLIPModel or CLIPTextModelWithProjection"
@@ -416,26 +406,21 @@ impl ClipTextModel {
                 &[config.context, config.hidden],
                 init,
             ),
-            layers: (0..config.layers)
-                .map(|i| {
-                    Block::new(
-                        &text / "encoder" / "layers" / i,
-                        config.hidden,
-                        config.heads,
-                        config.intermediate,
-                        config.activation,
-                    )
-                })
-                .collect(),
+            layers: Block::stack(
+                &text / "encoder",
+                config.layers,
+                BlockShape {
+                    hidden: config.hidden,
+                    heads: config.heads,
+                    intermediate: config.intermediate,
+                    activation: config.activation,
+                },
+            ),
             final_layer_norm: layer_norm(&text / "final_layer_norm", config.hidden),
-            text_projection: nn::linear(
+            text_projection: projection(
                 p / "text_projection",
                 config.hidden,
                 config.projection_dim,
-                nn::LinearConfig {
-                    bias: false,
-                    ..Default::default()
-                },
             ),
         }
     }
@@ -449,18 +434,15 @@ impl ClipTextModel {
         heads: Heads,
     ) -> Result<(nn::VarStore, ClipTextModel), ClipTextError> {
         let tensors = text_tensors(path, read_all(path)?)?;
-        let shapes: Vec<(String, Vec<i64>)> =
-            tensors.iter().map(|(n, t)| (n.clone(), t.size())).collect();
-        let config = ClipTextConfig::infer(path, &shapes, heads)?;
-        let mut vs = nn::VarStore::new(device);
-        let model = ClipTextModel::new(&vs.root(), &config);
-        let report = checkpoint::load_into(&mut vs, &tensors, path, &LoadOptions::default())?;
+        let config = ClipTextConfig::infer(path, &super::tensor_shapes(&tensors), heads)?;
+        let (vs, model, loaded) =
+            super::build_loaded(device, &tensors, path, &LoadOptions::default(), |p| {
+                ClipTextModel::new(p, &config)
+            })?;
         tracing::info!(
-            "CLIP text model {} ({} tensors): {config:?}",
-            path.display(),
-            report.loaded
+            "CLIP text model {} ({loaded} tensors): {config:?}",
+            path.display()
         );
-        vs.freeze();
         Ok((vs, model))
     }
 

@@ -516,25 +516,15 @@ impl Dinov2 {
         let mut metas: Vec<(String, &TensorMeta)> = ck.tensor_metas_at(key.as_deref())?;
         checkpoint::strip_wrapper_prefixes(&mut metas);
         unchunk_block_names(&mut metas);
-        let shapes: Vec<(String, Vec<i64>)> = metas
-            .iter()
-            .map(|(n, m)| (n.clone(), m.shape.clone()))
-            .collect();
-        let config = Dinov2Config::infer(path, &shapes, num_heads)?;
+        let config = Dinov2Config::infer(path, &super::meta_shapes(&metas), num_heads)?;
         let tensors = ck.read_tensors(&metas)?;
-        let mut vs = nn::VarStore::new(device);
-        let model = Dinov2::new(&vs.root(), &config);
         let opts = LoadOptions {
             ignore: vec![MASK_TOKEN_KEY.to_owned()],
             ..Default::default()
         };
-        let report = checkpoint::load_into(&mut vs, &tensors, path, &opts)?;
-        tracing::info!(
-            "DINOv2 {} ({} tensors): {config:?}",
-            path.display(),
-            report.loaded
-        );
-        vs.freeze();
+        let (vs, model, loaded) =
+            super::build_loaded(device, &tensors, path, &opts, |p| Dinov2::new(p, &config))?;
+        tracing::info!("DINOv2 {} ({loaded} tensors): {config:?}", path.display());
         Ok((vs, model))
     }
 

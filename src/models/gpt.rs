@@ -732,10 +732,7 @@ impl Gpt {
         checkpoint::strip_wrapper_prefixes(&mut metas);
         // Non-parameter buffers some versions save (RoPE tables, causal masks, caches).
         metas.retain(|(n, _)| !(n == "freqs_cis" || n == "causal_mask" || n.contains("kv_cache")));
-        let shapes: Vec<(String, Vec<i64>)> = metas
-            .iter()
-            .map(|(n, m)| (n.clone(), m.shape.clone()))
-            .collect();
+        let shapes = super::meta_shapes(&metas);
         let mut heads = heads.clone();
         if heads.n_head.is_none() && heads.model_name.is_none() {
             // LlamaGen's training checkpoints record `args.gpt_model` (e.g. "GPT-L").
@@ -751,16 +748,15 @@ impl Gpt {
         }
         let config = GptConfig::infer(path, &shapes, &heads, image_tokens)?;
         let tensors = ck.read_tensors(&metas)?;
-        let mut vs = nn::VarStore::new(device);
-        let model = Gpt::new(&vs.root(), &config);
-        let report = checkpoint::load_into(&mut vs, &tensors, path, &Default::default())?;
+        let (vs, model, loaded) =
+            super::build_loaded(device, &tensors, path, &Default::default(), |p| {
+                Gpt::new(p, &config)
+            })?;
         tracing::info!(
-            "GPT {} ({} tensors{}): {config:?}",
+            "GPT {} ({loaded} tensors{}): {config:?}",
             path.display(),
-            report.loaded,
             key.map(|k| format!(" from `{k}`")).unwrap_or_default()
         );
-        vs.freeze();
         Ok((vs, model))
     }
 

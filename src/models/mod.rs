@@ -6,9 +6,12 @@ pub mod dinov2;
 pub mod gpt;
 pub mod hf_weights;
 pub mod inception;
+mod shapes;
 pub mod t5;
 pub mod tokenizer;
 pub mod vq;
+
+pub(crate) use shapes::{meta_shapes, tensor_shapes};
 
 /// How many numbered children `prefix{i}.` the tensor names have: one past the largest `i`, 0 when
 /// there are none (a checkpoint's layer or block count, read from its names).
@@ -24,6 +27,23 @@ pub(crate) fn numbered_children<'a>(names: impl IntoIterator<Item = &'a str>, pr
         })
         .max()
         .map_or(0, |m| m + 1)
+}
+
+/// A model with a checkpoint's weights, in eval mode: `build` makes it in a fresh store on
+/// `device`, `tensors` are copied in under `opts` (see [`crate::checkpoint::load_into`]), then the
+/// store is frozen. Returns the store, the model and how many tensors were loaded.
+pub(crate) fn build_loaded<M>(
+    device: tch::Device,
+    tensors: &[(String, tch::Tensor)],
+    path: &std::path::Path,
+    opts: &crate::checkpoint::LoadOptions,
+    build: impl FnOnce(&tch::nn::Path) -> M,
+) -> Result<(tch::nn::VarStore, M, usize), crate::checkpoint::CheckpointError> {
+    let mut vs = tch::nn::VarStore::new(device);
+    let model = build(&vs.root());
+    let report = crate::checkpoint::load_into(&mut vs, tensors, path, opts)?;
+    vs.freeze();
+    Ok((vs, model, report.loaded))
 }
 
 /// The variables of a model built in `vs`, as sorted (name, shape) pairs: what a checkpoint of it

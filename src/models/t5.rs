@@ -46,6 +46,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::clip::config_beside;
 use super::hf_weights::{WeightSet, WeightsError};
+use super::shapes::{self, first_names};
 use super::tokenizer::{CaptionTokenizer, TokenizerError};
 use crate::choice::{choice_str, Choice};
 
@@ -71,6 +72,16 @@ pub enum T5Activation {
 }
 
 impl T5Activation {
+    /// The activation assumed where only the weights are known: `gelu_new` for a gated
+    /// feed-forward (T5 v1.1, FLAN-T5), `relu` for the original T5's.
+    fn default_for(gated: bool) -> Self {
+        if gated {
+            T5Activation::GeluNew
+        } else {
+            T5Activation::Relu
+        }
+    }
+
     fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "relu" => T5Activation::Relu,
@@ -237,19 +248,7 @@ impl T5Config {
             detail,
         };
         let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, s)| s);
-        let matrix = |name: &str| -> Result<(i64, i64), T5Error> {
-            match find(name) {
-                Some(s) if s.len() == 2 => Ok((s[0], s[1])),
-                Some(s) => Err(not_t5(format!(
-                    "`{name}` has shape {s:?}, expected a matrix"
-                ))),
-                None => Err(not_t5(format!(
-                    "no `{name}` among its {} tensors{}",
-                    tensors.len(),
-                    first_names(tensors)
-                ))),
-            }
-        };
+        let matrix = |name: &str| shapes::matrix(tensors, name).map_err(not_t5);
         let embed = if find(EMBED).is_some() { EMBED } else { SHARED };
         let (vocab_size, d_model) = matrix(embed)?;
         let num_layers = super::numbered_children(tensors.iter().map(|(n, _)| n.as_str()), BLOCKS);
@@ -275,11 +274,7 @@ impl T5Config {
             relative_attention_max_distance: 128,
             layer_norm_epsilon: 1e-6,
             gated,
-            activation: if gated {
-                T5Activation::GeluNew
-            } else {
-                T5Activation::Relu
-            },
+            activation: T5Activation::default_for(gated),
         })
     }
 
@@ -332,14 +327,6 @@ impl T5Config {
             ),
         })
     }
-}
-
-fn first_names(tensors: &[(String, Vec<i64>)]) -> String {
-    if tensors.is_empty() {
-        return String::new();
-    }
-    let names: Vec<&str> = tensors.iter().take(4).map(|(n, _)| n.as_str()).collect();
-    format!(" (first: {})", names.join(", "))
 }
 
 /// Why a T5 encoder could not be loaded or run. Names the file where there is one.
@@ -843,11 +830,7 @@ mod tests {
             relative_attention_max_distance: 128,
             layer_norm_epsilon: 1e-6,
             gated,
-            activation: if gated {
-                T5Activation::GeluNew
-            } else {
-                T5Activation::Relu
-            },
+            activation: T5Activation::default_for(gated),
         }
     }
 

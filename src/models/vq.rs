@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
+use super::shapes;
 use crate::checkpoint::{self, Checkpoint, CheckpointError, LoadOptions, TensorMeta};
 
 /// Name of LlamaGen's training-time usage queue, which is not a model parameter.
@@ -108,19 +109,7 @@ impl VqConfig {
                 key: name.clone(),
             });
         }
-        let dims = |name: &str, rank: usize| -> Result<&[i64], VqError> {
-            match shape(name) {
-                Some(s) if s.len() == rank => Ok(s),
-                Some(s) => Err(not_vq(format!(
-                    "`{name}` has shape {s:?}, expected {rank} dimensions"
-                ))),
-                None => Err(not_vq(format!(
-                    "no `{name}` among its {} tensors{}",
-                    tensors.len(),
-                    first_names(tensors)
-                ))),
-            }
-        };
+        let dims = |name: &str, rank: usize| shapes::dims(tensors, name, rank).map_err(not_vq);
         let ch = dims("encoder.conv_in.weight", 4)?[0];
         let levels: BTreeSet<usize> = tensors
             .iter()
@@ -185,14 +174,6 @@ impl VqConfig {
             num_res_blocks,
         })
     }
-}
-
-fn first_names(tensors: &[(String, Vec<i64>)]) -> String {
-    if tensors.is_empty() {
-        return String::new();
-    }
-    let names: Vec<&str> = tensors.iter().take(4).map(|(n, _)| n.as_str()).collect();
-    format!(" (first: {})", names.join(", "))
 }
 
 /// Which weights of a training checkpoint to use.
@@ -627,30 +608,23 @@ impl VqModel {
         };
         let mut metas: Vec<(String, &TensorMeta)> = ck.tensor_metas_at(key.as_deref())?;
         checkpoint::strip_wrapper_prefixes(&mut metas);
-        let shapes: Vec<(String, Vec<i64>)> = metas
-            .iter()
-            .map(|(n, m)| (n.clone(), m.shape.clone()))
-            .collect();
-        let config = VqConfig::infer(path, &shapes)?;
+        let config = VqConfig::infer(path, &super::meta_shapes(&metas))?;
         let mut tensors = ck.read_tensors(&metas)?;
         let codebook_used = tensors
             .iter()
             .position(|(n, _)| n == CODEBOOK_USED_KEY)
             .map(|i| tensors.remove(i).1);
-        let mut vs = nn::VarStore::new(device);
-        let model = VqModel::new(&vs.root(), &config);
         let opts = LoadOptions {
             ignore: vec![CODEBOOK_USED_KEY.to_owned()],
             ..Default::default()
         };
-        let report = checkpoint::load_into(&mut vs, &tensors, path, &opts)?;
+        let (vs, model, loaded) =
+            super::build_loaded(device, &tensors, path, &opts, |p| VqModel::new(p, &config))?;
         tracing::info!(
-            "VQ tokenizer {} ({} tensors{}): {config:?}",
+            "VQ tokenizer {} ({loaded} tensors{}): {config:?}",
             path.display(),
-            report.loaded,
             key.map(|k| format!(" from `{k}`")).unwrap_or_default()
         );
-        vs.freeze();
         Ok((
             vs,
             VqModel {
