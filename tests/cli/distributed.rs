@@ -11,7 +11,7 @@ use ndarray::{Array1, Array4};
 
 use crate::harness::{
     all_cores, all_succeed, array_vars, cli, metrics_json, random_inception_and_reference, ranks,
-    s, srun_tasks, srun_vars, strings, tiny_gpt, torchrun,
+    s, srun_tasks, srun_vars, strings, tiny_gpt, tiny_gpt_fid_with_kid, torchrun,
 };
 
 const SAMPLES: &str = "24";
@@ -41,33 +41,7 @@ fn setup() -> Setup {
 
 /// `fid --gpt` on the golden demo-size models into `out`, saving the samples there.
 fn fid_args(setup: &Setup, out: &Path, cfg: &str) -> Vec<String> {
-    let saved = out.join("samples.npz");
-    let mut args = tiny_gpt("fid");
-    args.extend([
-        "--samples",
-        SAMPLES,
-        "--cfg-scale",
-        cfg,
-        "--seed",
-        "5",
-        "--gen-batch-size",
-        "4",
-        "--batch-size",
-        "4",
-        "--ref",
-        s(&setup.reference),
-        "--inception",
-        s(&setup.weights),
-        "--kid-subsets",
-        "5",
-        "--kid-subset-size",
-        "5",
-        "--save-samples",
-        s(&saved),
-        "--out",
-        s(out),
-    ]);
-    strings(&args)
+    tiny_gpt_fid_with_kid((SAMPLES, cfg, "4"), (&setup.reference, &setup.weights), out)
 }
 
 fn read_samples(path: &Path) -> (Array4<u8>, Array1<i64>) {

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::harness::{
-    all_cores, cli, metrics_json, random_inception_and_reference, random_inception_weights, s, Run,
+    all_cores, cli, metrics_json, random_inception_weights, s, scratch_with_inception, Run,
 };
 
 fn image_batch(path: &Path, rng: &mut ChaCha8Rng, n: usize, size: usize, tint: usize) {
@@ -190,9 +190,8 @@ fn header_bomb(path: &Path, count: u64) {
 
 #[test]
 fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference) = scratch_with_inception(4);
     let root = dir.path();
-    let (weights, reference) = random_inception_and_reference(root, 4);
     let bomb = root.join("bomb.npz");
     header_bomb(&bomb, 1_000_000_000);
     let out = root.join("out");
@@ -255,9 +254,8 @@ fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly(
 
 #[test]
 fn no_stale_or_partial_result_looks_like_a_finished_run() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference) = scratch_with_inception(4);
     let root = dir.path();
-    let (weights, reference) = random_inception_and_reference(root, 4);
     let out = root.join("run");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(

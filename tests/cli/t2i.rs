@@ -14,7 +14,7 @@ use tch::Tensor;
 
 use crate::harness::{
     all_succeed, generator, golden, llamagen_eval, metrics_json, one_core,
-    random_inception_and_reference, ranks, s, srun_tasks, tiny_t2i, Run,
+    random_inception_and_reference, ranks, s, scored_against, srun_tasks, tiny_t2i, Run,
 };
 
 /// The caption npz files of `fixtures/t2i_caption_npz.py` in `dir`, and the caption texts.
@@ -121,10 +121,6 @@ fn t2i_fid_and_sample_reproduce_llamagen_with_captions() {
         "4",
         "--decode-batch-size",
         "6",
-        "--ref",
-        s(&reference),
-        "--inception",
-        s(&weights),
         "--metrics",
         "fid",
         "--save-samples",
@@ -133,6 +129,7 @@ fn t2i_fid_and_sample_reproduce_llamagen_with_captions() {
         "--out",
         s(&out),
     ]);
+    args.extend(scored_against(&reference, &weights));
     llamagen_eval(&args).success();
     let record = metrics_json(&out);
     let fid = record["metrics"]["fid"].as_f64().unwrap();
@@ -410,13 +407,10 @@ fn bad_caption_inputs_fail_before_sampling() {
         s(&wide),
         "--samples",
         "2",
-        "--ref",
-        s(&reference),
-        "--inception",
-        s(&weights),
         "--out",
         s(&fid_out),
     ]);
+    args.extend(scored_against(&reference, &weights));
     let fid = llamagen_eval(&args);
     assert!(!fid.succeeded());
     let stderr = fid.stderr_text();
@@ -503,10 +497,6 @@ fn t2i_from_prompts_with_t5_and_clip_score() {
         "4",
         "--cfg-scale",
         "7.5",
-        "--ref",
-        s(&reference),
-        "--inception",
-        s(&weights),
         "--features",
         "inception,clip",
         "--clip",
@@ -517,6 +507,7 @@ fn t2i_from_prompts_with_t5_and_clip_score() {
         "--out",
         s(&out),
     ]);
+    args.extend(scored_against(&reference, &weights));
     llamagen_eval(&args).success();
     let record = metrics_json(&out);
     let metrics = &record["metrics"];
