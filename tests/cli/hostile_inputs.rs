@@ -53,6 +53,19 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// `metrics` of the feature file `features` against `reference`, into `out`.
+fn metrics_args<'a>(features: &'a Path, reference: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "metrics",
+        "--sample-features",
+        s(features),
+        "--ref-features",
+        s(reference),
+        "--out",
+        s(out),
+    ]
+}
+
 #[track_caller]
 fn clean_error(run: Run, words: &[&str]) {
     assert_eq!(run.code(), Some(1), "{}", run.stderr_text());
@@ -126,29 +139,15 @@ fn header_and_image_bombs_are_refused_before_allocating() {
     let features_out = out.join("f.npz");
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         (
-            vec![
-                "metrics",
-                "--sample-features",
-                s(&features),
-                "--ref-features",
-                s(&stats_bomb),
-                "--out",
-                s(&out),
-            ],
+            metrics_args(&features, &stats_bomb, &out),
             vec!["stats_bomb.npz", "`sigma`", "truncated or corrupt"],
         ),
         (
-            vec![
-                "metrics",
-                "--sample-features",
-                s(&features),
-                "--ref-features",
-                s(&deflate_bomb),
-                "--out",
-                s(&out),
-                "--max-input-memory",
-                "256M",
-            ],
+            [
+                metrics_args(&features, &deflate_bomb, &out),
+                vec!["--max-input-memory", "256M"],
+            ]
+            .concat(),
             vec!["deflate_bomb.npz", "`sigma`", "--max-input-memory"],
         ),
         (
@@ -197,15 +196,7 @@ fn header_and_image_bombs_are_refused_before_allocating() {
     // The budget is the user's to raise: with the default 1G the same statistics are read (and
     // then refused for what they are, 6000-d against 2048-d features, not for their size).
     let run = cli()
-        .args([
-            "metrics",
-            "--sample-features",
-            s(&features),
-            "--ref-features",
-            s(&deflate_bomb),
-            "--out",
-            s(&out),
-        ])
+        .args(metrics_args(&features, &deflate_bomb, &out))
         .quiet()
         .run_measured()
         .within(GB, LIMIT);
