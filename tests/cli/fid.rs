@@ -56,6 +56,28 @@ fn python_fid(weights: &Path, samples: &Path, reference: &Path) -> f64 {
         .unwrap()
 }
 
+/// [`fid_run`] into `out`, which must succeed with the FID that torch-fidelity's features give;
+/// its `metrics.json` and its log.
+#[track_caller]
+fn fid_as_torch_fidelity(
+    weights: &Path,
+    samples: &Path,
+    reference: &Path,
+    out: &Path,
+) -> (serde_json::Value, String) {
+    let stderr = fid_run(weights, samples, reference, out)
+        .success()
+        .stderr_text();
+    let json = metrics_json(out);
+    let ours = json["metrics"]["fid"].as_f64().unwrap();
+    let theirs = python_fid(weights, samples, reference);
+    assert!(
+        support::rel_diff(ours, theirs) < 1e-4,
+        "fid ours {ours}, torch-fidelity features {theirs}"
+    );
+    (json, stderr)
+}
+
 #[test]
 fn fid_matches_torch_fidelity_features_and_caches_samples() {
     let _cores = all_cores();
@@ -73,19 +95,10 @@ fn fid_matches_torch_fidelity_features_and_caches_samples() {
     image_batch(&ref_b, &mut rng, 20, 32, 10);
     let runs: PathBuf = root.join("reports");
 
-    let stderr = fid_run(&weights, &samples, &ref_a, &runs.join("a"))
-        .success()
-        .stderr_text();
+    let (json, stderr) = fid_as_torch_fidelity(&weights, &samples, &ref_a, &runs.join("a"));
     assert!(
         !stderr.contains("from the cache"),
         "nothing is cached yet: {stderr}"
-    );
-    let json = metrics_json(&runs.join("a"));
-    let ours = json["metrics"]["fid"].as_f64().unwrap();
-    let reference = python_fid(&weights, &samples, &ref_a);
-    assert!(
-        support::rel_diff(ours, reference) < 1e-4,
-        "fid ours {ours}, torch-fidelity features {reference}"
     );
     assert!(json["metrics"]["inception_score"].is_number());
     assert_eq!(json["run"]["n_samples"], 24);
@@ -96,19 +109,10 @@ fn fid_matches_torch_fidelity_features_and_caches_samples() {
         Some(64)
     );
 
-    let stderr = fid_run(&weights, &samples, &ref_b, &runs.join("b"))
-        .success()
-        .stderr_text();
+    let (_, stderr) = fid_as_torch_fidelity(&weights, &samples, &ref_b, &runs.join("b"));
     assert!(
         stderr.contains(&format!("features of {} from the cache", samples.display())),
         "the sample features should come from the cache: {stderr}"
-    );
-    let json = metrics_json(&runs.join("b"));
-    let ours = json["metrics"]["fid"].as_f64().unwrap();
-    let reference = python_fid(&weights, &samples, &ref_b);
-    assert!(
-        support::rel_diff(ours, reference) < 1e-4,
-        "fid ours {ours}, torch-fidelity features {reference}"
     );
 }
 
