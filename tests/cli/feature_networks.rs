@@ -51,6 +51,16 @@ fn with_networks(command: &[&str], inception: &Path) -> Vec<String> {
     args
 }
 
+/// The binary with `args`, quiet and single-threaded, which must succeed.
+fn run_single_threaded(args: &[String]) {
+    cli()
+        .args(args)
+        .env("OMP_NUM_THREADS", "1")
+        .quiet()
+        .run()
+        .success();
+}
+
 /// `features` of `images` through every network into `root/name`, single-threaded; its path.
 fn write_features(root: &Path, inception: &Path, images: &Path, name: &str) -> PathBuf {
     let file = root.join(name);
@@ -58,12 +68,7 @@ fn write_features(root: &Path, inception: &Path, images: &Path, name: &str) -> P
         &["features", "--images", s(images), "--out", s(&file)],
         inception,
     );
-    cli()
-        .args(&args)
-        .env("OMP_NUM_THREADS", "1")
-        .quiet()
-        .run()
-        .success();
+    run_single_threaded(&args);
     file
 }
 
@@ -373,26 +378,22 @@ fn recon_scores_reconstructions_with_dinov2_and_clip_against_the_originals() {
     let out = root.join("recon");
     let saved = root.join("recon.npz");
     let vq = golden("vq_public.pt");
-    let args = with_networks(
-        &[
+    // `recon` of the originals into `out` through every network, with `extra` flags.
+    let recon_args = |out: &Path, extra: &[&str]| {
+        let mut command = vec![
             "recon",
             "--vq",
             s(&vq),
             "--data",
             s(&originals),
-            "--save-recon",
-            s(&saved),
             "--out",
-            s(&out),
-        ],
-        &weights,
-    );
-    cli()
-        .args(&args)
-        .env("OMP_NUM_THREADS", "1")
-        .quiet()
-        .run()
-        .success();
+            s(out),
+        ];
+        command.extend_from_slice(extra);
+        with_networks(&command, &weights)
+    };
+    let args = recon_args(&out, &["--save-recon", s(&saved)]);
+    run_single_threaded(&args);
     let record = metrics_json(&out);
     for key in ["rfid", "fd_dinov2", "cmmd", "psnr"] {
         assert!(record["metrics"][key].is_number(), "{key}: {record}");
@@ -419,19 +420,7 @@ fn recon_scores_reconstructions_with_dinov2_and_clip_against_the_originals() {
 
     // Split over 3 Slurm tasks, rank 0 gathers the same figures (the decoder's rounding aside).
     let launched = root.join("recon-3");
-    let args = with_networks(
-        &[
-            "recon",
-            "--vq",
-            s(&vq),
-            "--data",
-            s(&originals),
-            "--out",
-            s(&launched),
-            "--quiet",
-        ],
-        &weights,
-    );
+    let args = recon_args(&launched, &["--quiet"]);
     all_succeed(ranks(&args, &srun_tasks(3)));
     let split = metrics_json(&launched);
     assert_eq!(split["run"]["world_size"], 3);
