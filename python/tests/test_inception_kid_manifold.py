@@ -97,18 +97,17 @@ def test_kid_equals_torch_fidelity_with_its_defaults():
     rng = np.random.default_rng(13)
     reference = pool_like_features(rng, 1100, 64, 0.2)
     samples = pool_like_features(rng, 1050, 64, 0.3)
-    theirs = kid_features_to_metric(torch.from_numpy(samples), torch.from_numpy(reference), verbose=False)
-    mean, std = m.kid(samples, reference)
-    assert rel_diff(mean, theirs["kernel_inception_distance_mean"]) < 1e-9
-    assert rel_diff(std, theirs["kernel_inception_distance_std"]) < 1e-9
-    theirs = kid_features_to_metric(
-        torch.from_numpy(samples),
-        torch.from_numpy(reference),
-        kid_subsets=20,
-        kid_subset_size=300,
-        rng_seed=5,
-        verbose=False,
-    )
-    mean, std = m.kid(samples, reference, subsets=20, subset_size=300, seed=5)
-    assert rel_diff(mean, theirs["kernel_inception_distance_mean"]) < 1e-9
-    assert rel_diff(std, theirs["kernel_inception_distance_std"]) < 1e-9
+    # Each setting as torch-fidelity's keywords and ours: the defaults, then explicit ones.
+    for their_settings, our_settings in [
+        ({}, {}),
+        (
+            {"kid_subsets": 20, "kid_subset_size": 300, "rng_seed": 5},
+            {"subsets": 20, "subset_size": 300, "seed": 5},
+        ),
+    ]:
+        theirs = kid_features_to_metric(
+            torch.from_numpy(samples), torch.from_numpy(reference), verbose=False, **their_settings
+        )
+        mean, std = m.kid(samples, reference, **our_settings)
+        assert rel_diff(mean, theirs["kernel_inception_distance_mean"]) < 1e-9, our_settings
+        assert rel_diff(std, theirs["kernel_inception_distance_std"]) < 1e-9, our_settings

@@ -11,7 +11,7 @@ use ndarray::{Array1, Array4};
 
 use crate::harness::{
     all_cores, all_succeed, array_vars, cli, metrics_json, random_inception_and_reference, ranks,
-    s, srun_tasks, srun_vars, strings, tiny_gpt, torchrun,
+    s, srun_tasks, srun_vars, strings, tiny_gpt, tiny_gpt_fid_with_kid, torchrun,
 };
 
 const SAMPLES: &str = "24";
@@ -41,33 +41,23 @@ fn setup() -> Setup {
 
 /// `fid --gpt` on the golden demo-size models into `out`, saving the samples there.
 fn fid_args(setup: &Setup, out: &Path, cfg: &str) -> Vec<String> {
-    let saved = out.join("samples.npz");
-    let mut args = tiny_gpt("fid");
-    args.extend([
-        "--samples",
-        SAMPLES,
-        "--cfg-scale",
-        cfg,
-        "--seed",
-        "5",
-        "--gen-batch-size",
-        "4",
-        "--batch-size",
-        "4",
-        "--ref",
-        s(&setup.reference),
-        "--inception",
-        s(&setup.weights),
-        "--kid-subsets",
-        "5",
-        "--kid-subset-size",
-        "5",
-        "--save-samples",
-        s(&saved),
-        "--out",
-        s(out),
-    ]);
-    strings(&args)
+    tiny_gpt_fid_with_kid((SAMPLES, cfg, "4"), (&setup.reference, &setup.weights), out)
+}
+
+/// [`fid_args`] for ranks that are launched: quiet, and with `--gather-timeout SECONDS` where
+/// given.
+fn launched_fid_args(
+    setup: &Setup,
+    out: &Path,
+    cfg: &str,
+    gather_timeout: Option<&str>,
+) -> Vec<String> {
+    let mut args = fid_args(setup, out, cfg);
+    args.push("--quiet".into());
+    if let Some(seconds) = gather_timeout {
+        args.extend(["--gather-timeout".into(), seconds.into()]);
+    }
+    args
 }
 
 fn read_samples(path: &Path) -> (Array4<u8>, Array1<i64>) {
@@ -193,16 +183,14 @@ fn slurm_tasks_and_job_arrays_give_one_process_results() {
     let single = single_process(&setup);
 
     let tasks = setup.root.join("srun");
-    let mut args = fid_args(&setup, &tasks, "2.0");
-    args.push("--quiet".into());
+    let args = launched_fid_args(&setup, &tasks, "2.0", None);
     all_succeed(ranks(&args, &srun_tasks(3)));
     assert_same_as_single(&single, &tasks, "slurm", 3);
 
     // A job array whose tasks run one after another: rank 0 runs last here, and the tasks
     // before it leave their parts.
     let array = setup.root.join("array");
-    let mut args = fid_args(&setup, &array, "2.0");
-    args.push("--quiet".into());
+    let args = launched_fid_args(&setup, &array, "2.0", None);
     for task in [2, 1, 0] {
         all_succeed(ranks(&args, &[array_vars(task, 3)]));
     }
@@ -215,8 +203,7 @@ fn merge_finishes_a_gather_that_rank_0_did_not() {
     let setup = setup();
     let single = single_process(&setup);
     let out = setup.root.join("merged");
-    let mut args = fid_args(&setup, &out, "2.0");
-    args.extend(["--quiet".into(), "--gather-timeout".into(), "1".into()]);
+    let args = launched_fid_args(&setup, &out, "2.0", Some("1"));
     // Rank 0 finishes first and gives up waiting, naming the missing ranks and the way out.
     ranks(&args, &[srun_vars(0, 3)])[0].refused_with(&[
         "no part from rank 1, 2 after 1 s",
@@ -234,14 +221,10 @@ fn merge_finishes_a_gather_that_rank_0_did_not() {
 fn parts_that_do_not_belong_together_are_refused_naming_rank_and_file() {
     let _cores = all_cores();
     let setup = setup();
-    let quiet_timeout = |args: &mut Vec<String>| {
-        args.extend(["--quiet".into(), "--gather-timeout".into(), "30".into()]);
-    };
 
     // A rank launched with another world size.
     let out = setup.root.join("world");
-    let mut args = fid_args(&setup, &out, "2.0");
-    quiet_timeout(&mut args);
+    let args = launched_fid_args(&setup, &out, "2.0", Some("30"));
     ranks(&args, &[srun_vars(0, 3), srun_vars(1, 4), srun_vars(2, 3)])[0].refused_with(&[
         "rank 1 ran in a job of 4 processes, rank 0's job has 3",
         "rank-1.json",
@@ -250,10 +233,8 @@ fn parts_that_do_not_belong_together_are_refused_naming_rank_and_file() {
 
     // A rank run with another command line.
     let out = setup.root.join("settings");
-    let mut args = fid_args(&setup, &out, "2.0");
-    quiet_timeout(&mut args);
-    let mut other = fid_args(&setup, &out, "3.0");
-    quiet_timeout(&mut other);
+    let args = launched_fid_args(&setup, &out, "2.0", Some("30"));
+    let other = launched_fid_args(&setup, &out, "3.0", Some("30"));
     let results = support::run_together(vec![
         cli().args(&args).rank(&srun_vars(0, 2)),
         cli().args(&other).rank(&srun_vars(1, 2)),
@@ -268,14 +249,12 @@ fn parts_that_do_not_belong_together_are_refused_naming_rank_and_file() {
     // A part left by an earlier launch (another Slurm job) is not taken for this launch's: rank 0
     // of a new job with other flags waits for rank 1 instead of refusing the stale part.
     let out = setup.root.join("stale");
-    let mut earlier = fid_args(&setup, &out, "3.0");
-    quiet_timeout(&mut earlier);
+    let earlier = launched_fid_args(&setup, &out, "3.0", Some("30"));
     let mut rank1 = srun_vars(1, 2);
     rank1[0].1 = "1000".into();
     all_succeed(ranks(&earlier, &[rank1]));
     assert!(out.join(".parts/rank-1.json").is_file());
-    let mut now = fid_args(&setup, &out, "2.0");
-    now.extend(["--quiet".into(), "--gather-timeout".into(), "1".into()]);
+    let now = launched_fid_args(&setup, &out, "2.0", Some("1"));
     ranks(&now, &[srun_vars(0, 2)])[0].refused_with(&["no part from rank 1 after 1 s"]);
 
     // Two ranks claiming the same samples (an explicit --shard wins over the environment).
@@ -359,12 +338,11 @@ fn sample_and_sweep_split_over_ranks() {
 
     // A sweep over 2 ranks: rank 0 gathers every scale and writes the report.
     let sweep = setup.root.join("sweep");
-    let mut args = fid_args(&setup, &sweep, "1.0");
+    let mut args = launched_fid_args(&setup, &sweep, "1.0", None);
     args.splice(
         0..1,
         ["sweep".to_string(), "--cfg-scales".into(), "1.5,3".into()],
     );
-    args.push("--quiet".into());
     all_succeed(ranks(&args, &srun_tasks(2)));
     for scale in ["1.5", "3"] {
         let run = sweep.join(format!("cfg-{scale}"));

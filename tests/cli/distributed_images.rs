@@ -37,65 +37,71 @@ fn setup() -> Setup {
     }
 }
 
-fn features_args(setup: &Setup, out: &Path) -> Vec<String> {
-    strings(&[
-        "features",
-        "--images",
-        s(&setup.images),
-        "--out",
-        s(out),
+/// `command` (a subcommand and its own flags) on the test's Inception weights, on the CPU, in
+/// batches of 4.
+fn with_inception(setup: &Setup, command: &[&str]) -> Vec<String> {
+    let mut args = strings(command);
+    args.extend(strings(&[
         "--inception",
         s(&setup.weights),
         "--device",
         "cpu",
         "--batch-size",
         "4",
-        "--quiet",
-    ])
+    ]));
+    args
+}
+
+fn features_args(setup: &Setup, out: &Path) -> Vec<String> {
+    with_inception(
+        setup,
+        &[
+            "features",
+            "--images",
+            s(&setup.images),
+            "--out",
+            s(out),
+            "--quiet",
+        ],
+    )
 }
 
 fn stats_args(setup: &Setup, out: &Path) -> Vec<String> {
-    strings(&[
-        "stats",
-        "--data",
-        s(&setup.images),
-        "--out",
-        s(out),
-        "--keep-images",
-        "5",
-        "--seed",
-        "3",
-        "--inception",
-        s(&setup.weights),
-        "--device",
-        "cpu",
-        "--batch-size",
-        "4",
-        "--quiet",
-    ])
+    with_inception(
+        setup,
+        &[
+            "stats",
+            "--data",
+            s(&setup.images),
+            "--out",
+            s(out),
+            "--keep-images",
+            "5",
+            "--seed",
+            "3",
+            "--quiet",
+        ],
+    )
 }
 
 /// The golden tokenizer on the test images, every figure, its reconstructions saved.
 fn recon_args(setup: &Setup, out: &Path) -> Vec<String> {
     let vq = golden("vq_public.pt");
-    strings(&[
-        "recon",
-        "--vq",
-        s(&vq),
-        "--data",
-        s(&setup.images),
-        "--save-recon",
-        s(&out.join("recon.npz")),
-        "--inception",
-        s(&setup.weights),
-        "--device",
-        "cpu",
-        "--batch-size",
-        "4",
-        "--out",
-        s(out),
-        "--quiet",
-    ])
+    with_inception(
+        setup,
+        &[
+            "recon",
+            "--vq",
+            s(&vq),
+            "--data",
+            s(&setup.images),
+            "--save-recon",
+            s(&out.join("recon.npz")),
+            "--out",
+            s(out),
+            "--quiet",
+        ],
+    )
 }
 
 /// One process, without any launcher variables.
@@ -237,53 +243,91 @@ fn assert_no_leftovers(out: &Path) {
     }
 }
 
+/// The jobs that split their images over the ranks.
+#[derive(Clone, Copy, Debug)]
+enum Job {
+    Features,
+    Stats,
+    Recon,
+}
+
+impl Job {
+    fn args(self, setup: &Setup, out: &Path) -> Vec<String> {
+        match self {
+            Job::Features => features_args(setup, out),
+            Job::Stats => stats_args(setup, out),
+            Job::Recon => recon_args(setup, out),
+        }
+    }
+
+    /// Where the run named `tag` writes: a file for `features` and `stats`, a folder for `recon`.
+    fn output(self, setup: &Setup, tag: &str) -> PathBuf {
+        setup.root.join(match self {
+            Job::Features => format!("features-{tag}.npz"),
+            Job::Stats => format!("stats-{tag}.npz"),
+            Job::Recon => format!("recon-{tag}"),
+        })
+    }
+
+    /// Panics unless the output of the ranks started by `launcher` equals one process's.
+    fn assert_same_output(self, one: &Path, launched: &Path, launcher: &str) {
+        match self {
+            Job::Features | Job::Stats => {
+                // The kept images of `stats` are copied, not computed: they must be identical.
+                let exact: &[&str] = match self {
+                    Job::Stats => &["arr_0"],
+                    _ => &[],
+                };
+                assert_same_npz(one, launched, exact);
+                assert_no_leftovers(launched);
+            }
+            Job::Recon => {
+                // The tokenizer's decoder rounds differently with one thread and other batches: a
+                // pixel may move by a level, which moves the mean SSIM of these noisy
+                // reconstructions by ~1e-5.
+                assert_same_metrics(one, launched, launcher, 1e-4);
+                assert_close_pixels(&one.join("recon.npz"), &launched.join("recon.npz"));
+            }
+        }
+    }
+}
+
+/// `job` run by one process and by the ranks `launch` starts (as `launcher` names them, into the
+/// output tagged `tag`) gives the same output.
+fn assert_launched_equals_one_process(
+    setup: &Setup,
+    job: Job,
+    (tag, launcher): (&str, &str),
+    launch: impl FnOnce(&[String]),
+) {
+    let (one, launched) = (job.output(setup, "1"), job.output(setup, tag));
+    single(&job.args(setup, &one));
+    launch(&job.args(setup, &launched));
+    job.assert_same_output(&one, &launched, launcher);
+}
+
 #[test]
 fn features_stats_and_recon_over_slurm_tasks_equal_one_process() {
     let _cores = all_cores();
     let setup = setup();
-    let root = &setup.root;
-
-    let (one, three) = (root.join("features-1.npz"), root.join("features-3.npz"));
-    single(&features_args(&setup, &one));
-    three_tasks(&features_args(&setup, &three));
-    assert_same_npz(&one, &three, &[]);
-    assert_no_leftovers(&three);
-
-    let (one, three) = (root.join("stats-1.npz"), root.join("stats-3.npz"));
-    single(&stats_args(&setup, &one));
-    three_tasks(&stats_args(&setup, &three));
-    assert_same_npz(&one, &three, &["arr_0"]);
-    assert_no_leftovers(&three);
-
-    let (one, three) = (root.join("recon-1"), root.join("recon-3"));
-    single(&recon_args(&setup, &one));
-    three_tasks(&recon_args(&setup, &three));
-    // The tokenizer's decoder rounds differently with one thread and other batches: a pixel may
-    // move by a level, which moves the mean SSIM of these noisy reconstructions by ~1e-5.
-    assert_same_metrics(&one, &three, "slurm", 1e-4);
-    assert_close_pixels(&one.join("recon.npz"), &three.join("recon.npz"));
+    for job in [Job::Features, Job::Stats, Job::Recon] {
+        assert_launched_equals_one_process(&setup, job, ("3", "slurm"), three_tasks);
+    }
 }
 
 #[test]
 fn features_through_torchrun_and_stats_through_merge_equal_one_process() {
     let _cores = all_cores();
     let setup = setup();
-    let root = &setup.root;
-
-    let (one, launched) = (
-        root.join("features-1.npz"),
-        root.join("features-torchrun.npz"),
-    );
-    single(&features_args(&setup, &one));
-    torchrun(3, 0, None)
-        .args(features_args(&setup, &launched))
-        .run()
-        .success();
-    assert_same_npz(&one, &launched, &[]);
-    assert_no_leftovers(&launched);
+    assert_launched_equals_one_process(&setup, Job::Features, ("torchrun", "torchrun"), |args| {
+        torchrun(3, 0, None).args(args).run().success();
+    });
 
     // Rank 0 gives up waiting; the other ranks finish later; `merge OUT` gathers.
-    let (one, merged) = (root.join("stats-1.npz"), root.join("stats-merged.npz"));
+    let (one, merged) = (
+        Job::Stats.output(&setup, "1"),
+        Job::Stats.output(&setup, "merged"),
+    );
     single(&stats_args(&setup, &one));
     let mut args = stats_args(&setup, &merged);
     args.extend(strings(&["--gather-timeout", "1"]));
@@ -291,8 +335,7 @@ fn features_through_torchrun_and_stats_through_merge_equal_one_process() {
     assert!(!merged.exists());
     all_succeed(ranks(&args, &[srun_vars(1, 3), srun_vars(2, 3)]));
     cli().args(["merge", s(&merged)]).quiet().run().success();
-    assert_same_npz(&one, &merged, &["arr_0"]);
-    assert_no_leftovers(&merged);
+    Job::Stats.assert_same_output(&one, &merged, "merge");
 }
 
 /// `args` through the real torchrun with 3 processes, rank 1 killed with SIGKILL after its first
@@ -314,17 +357,9 @@ fn torchrun_with_a_restart(args: &[String]) -> String {
 fn stats_and_recon_ranks_killed_and_restarted_by_torchrun_give_one_process_results() {
     let _cores = all_cores();
     let setup = setup();
-    let root = &setup.root;
-
-    let (one, restarted) = (root.join("stats-1.npz"), root.join("stats-restarted.npz"));
-    single(&stats_args(&setup, &one));
-    torchrun_with_a_restart(&stats_args(&setup, &restarted));
-    assert_same_npz(&one, &restarted, &["arr_0"]);
-    assert_no_leftovers(&restarted);
-
-    let (one, restarted) = (root.join("recon-1"), root.join("recon-restarted"));
-    single(&recon_args(&setup, &one));
-    torchrun_with_a_restart(&recon_args(&setup, &restarted));
-    assert_same_metrics(&one, &restarted, "torchrun", 1e-4);
-    assert_close_pixels(&one.join("recon.npz"), &restarted.join("recon.npz"));
+    for job in [Job::Stats, Job::Recon] {
+        assert_launched_equals_one_process(&setup, job, ("restarted", "torchrun"), |args| {
+            torchrun_with_a_restart(args);
+        });
+    }
 }

@@ -3,14 +3,13 @@
 //! gives the same figures from the feature files, `check` and `report` carry them, and weights of
 //! the wrong network are refused naming the file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use llamagen_test_support as support;
 use ndarray::Array4;
 
 use crate::harness::{
-    all_succeed, cli, golden, metrics_json, one_core, random_inception_and_reference, ranks, s,
-    srun_tasks,
+    all_succeed, cli, golden, metrics_json, one_core, ranks, s, scratch_with_inception, srun_tasks,
 };
 
 fn write_images(path: &Path, n: usize, seed: usize) {
@@ -45,6 +44,84 @@ fn network_flags(inception: &Path) -> Vec<String> {
     .collect()
 }
 
+/// `command` (a subcommand and its own flags) followed by [`network_flags`].
+fn with_networks(command: &[&str], inception: &Path) -> Vec<String> {
+    let mut args: Vec<String> = command.iter().map(|a| a.to_string()).collect();
+    args.extend(network_flags(inception));
+    args
+}
+
+/// The binary with `args`, quiet and single-threaded, which must succeed.
+fn run_single_threaded(args: &[String]) {
+    cli()
+        .args(args)
+        .env("OMP_NUM_THREADS", "1")
+        .quiet()
+        .run()
+        .success();
+}
+
+/// `features` of `images` through every network into `root/name`, single-threaded; its path.
+fn write_features(root: &Path, inception: &Path, images: &Path, name: &str) -> PathBuf {
+    let file = root.join(name);
+    let args = with_networks(
+        &["features", "--images", s(images), "--out", s(&file)],
+        inception,
+    );
+    run_single_threaded(&args);
+    file
+}
+
+/// `metrics` of two feature files into `out`.
+fn metrics_from_features(samples: &Path, reference: &Path, metrics: &str, out: &Path) {
+    cli()
+        .args([
+            "metrics",
+            "--sample-features",
+            s(samples),
+            "--ref-features",
+            s(reference),
+            "--metrics",
+            metrics,
+            "--out",
+            s(out),
+        ])
+        .quiet()
+        .run()
+        .success();
+}
+
+/// Panics unless each of `keys` has the same value in the metrics of `a` and `b`: within
+/// `rel_tol` relatively, or `abs_tol` absolutely (for values near zero); `what` names the two.
+#[track_caller]
+fn assert_same_figures(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    keys: &[&str],
+    (rel_tol, abs_tol): (f64, f64),
+    what: (&str, &str),
+) {
+    for key in keys {
+        let (x, y) = (
+            a["metrics"][key].as_f64().unwrap(),
+            b["metrics"][key].as_f64().unwrap(),
+        );
+        assert!(
+            support::rel_diff(x, y) < rel_tol || (x - y).abs() < abs_tol,
+            "{key}: {} {x}, {} {y}",
+            what.0,
+            what.1
+        );
+    }
+}
+
+/// `root/samples.npz`: `n` 40x40 images, told apart by `seed`.
+fn write_samples(root: &Path, n: usize, seed: usize) -> PathBuf {
+    let samples = root.join("samples.npz");
+    write_images(&samples, n, seed);
+    samples
+}
+
 /// (`fid_inf` is left to the metric crate's tests: on 2048-d features of 20 images each of its
 /// 15 distances takes two 2048 x 2048 eigendecompositions.)
 const NEW_METRICS: [&str; 8] = [
@@ -61,17 +138,14 @@ const NEW_METRICS: [&str; 8] = [
 #[test]
 fn fid_feeds_every_network_in_one_pass_and_metrics_agree() {
     let _core = one_core();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference) = scratch_with_inception(12);
     let root = dir.path();
-    let (weights, reference) = random_inception_and_reference(root, 12);
-    let samples = root.join("samples.npz");
-    write_images(&samples, 20, 1);
+    let samples = write_samples(root, 20, 1);
     let out = root.join("run");
-    let mut args: Vec<String> = ["fid", "--sample-batch", s(&samples), "--ref", s(&reference)]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    args.extend(network_flags(&weights));
+    let mut args = with_networks(
+        &["fid", "--sample-batch", s(&samples), "--ref", s(&reference)],
+        &weights,
+    );
     args.extend(
         [
             "--metrics",
@@ -113,51 +187,24 @@ fn fid_feeds_every_network_in_one_pass_and_metrics_agree() {
     );
 
     // The same figures from feature files, which now carry `dinov2` and `clip`.
-    let features = |images: &Path, name: &str| {
-        let file = root.join(name);
-        let mut args: Vec<String> = ["features", "--images", s(images), "--out", s(&file)]
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
-        args.extend(network_flags(&weights));
-        cli()
-            .args(&args)
-            .env("OMP_NUM_THREADS", "1")
-            .quiet()
-            .run()
-            .success();
-        file
-    };
-    let sample_features = features(&samples, "samples-features.npz");
-    let reference_features = features(&reference, "reference-features.npz");
+    let sample_features = write_features(root, &weights, &samples, "samples-features.npz");
+    let reference_features = write_features(root, &weights, &reference, "reference-features.npz");
     let from_files = root.join("from-files");
-    cli()
-        .args([
-            "metrics",
-            "--sample-features",
-            s(&sample_features),
-            "--ref-features",
-            s(&reference_features),
-            "--metrics",
-            "fid,fd-dinov2,fd-dinov2-inf,dinov2-pr,cmmd",
-            "--out",
-            s(&from_files),
-        ])
-        .quiet()
-        .run()
-        .success();
+    metrics_from_features(
+        &sample_features,
+        &reference_features,
+        "fid,fd-dinov2,fd-dinov2-inf,dinov2-pr,cmmd",
+        &from_files,
+    );
     let again = metrics_json(&from_files);
-    for key in NEW_METRICS {
-        let (a, b) = (
-            record["metrics"][key].as_f64().unwrap(),
-            again["metrics"][key].as_f64().unwrap(),
-        );
-        // The same features; only BLAS threads differ (FID of these random weights is ~6e-9).
-        assert!(
-            support::rel_diff(a, b) < 1e-6 || (a - b).abs() < 1e-12,
-            "{key}: fid {a}, metrics from feature files {b}"
-        );
-    }
+    // The same features; only BLAS threads differ (FID of these random weights is ~6e-9).
+    assert_same_figures(
+        &record,
+        &again,
+        &NEW_METRICS,
+        (1e-6, 1e-12),
+        ("fid", "metrics from feature files"),
+    );
 
     // `check` gates on them and `report` tabulates them.
     let baseline = root.join("baseline.json");
@@ -193,11 +240,9 @@ fn fid_feeds_every_network_in_one_pass_and_metrics_agree() {
 #[test]
 fn weights_of_the_wrong_network_are_refused_naming_the_file() {
     let _core = one_core();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference) = scratch_with_inception(4);
     let root = dir.path();
-    let (weights, reference) = random_inception_and_reference(root, 4);
-    let samples = root.join("samples.npz");
-    write_images(&samples, 4, 2);
+    let samples = write_samples(root, 4, 2);
     let fid = |extra: &[&str]| {
         let mut args = vec![
             "fid",
@@ -265,36 +310,27 @@ fn weights_of_the_wrong_network_are_refused_naming_the_file() {
 #[test]
 fn stats_writes_dinov2_statistics_that_fid_uses() {
     let _core = one_core();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference_images) = scratch_with_inception(12);
     let root = dir.path();
-    let (weights, reference_images) = random_inception_and_reference(root, 12);
-    let samples = root.join("samples.npz");
-    write_images(&samples, 10, 3);
-    let dinov2_flags = |args: &mut Vec<String>| {
-        let mut flags = network_flags(&weights);
-        // DINOv2 only: drop `--features ...,clip` and `--clip FILE`.
-        flags[3] = "inception,dinov2".into();
-        flags.drain(8..10);
-        args.extend(flags);
+    let samples = write_samples(root, 10, 3);
+    // `command` with the networks but CLIP: drop `--features ...,clip` and `--clip FILE`.
+    let run_with_dinov2 = |command: &[&str]| {
+        let mut args = with_networks(command, &weights);
+        let first_flag = command.len();
+        args[first_flag + 3] = "inception,dinov2".into();
+        args.drain(first_flag + 8..first_flag + 10);
+        cli().args(&args).quiet().run().success();
     };
     let stats = root.join("ref-stats.npz");
-    let mut args: Vec<String> = ["stats", "--data", s(&reference_images), "--out", s(&stats)]
-        .map(String::from)
-        .to_vec();
-    dinov2_flags(&mut args);
-    cli().args(&args).quiet().run().success();
+    run_with_dinov2(&["stats", "--data", s(&reference_images), "--out", s(&stats)]);
     let features = root.join("ref-features.npz");
-    let mut args: Vec<String> = [
+    run_with_dinov2(&[
         "features",
         "--images",
         s(&reference_images),
         "--out",
         s(&features),
-    ]
-    .map(String::from)
-    .to_vec();
-    dinov2_flags(&mut args);
-    cli().args(&args).quiet().run().success();
+    ]);
 
     // mu_dinov2/sigma_dinov2 are the mean and covariance (N-1) of the images' DINOv2 features.
     let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(&stats).unwrap()).unwrap();
@@ -314,7 +350,7 @@ fn stats_writes_dinov2_statistics_that_fid_uses() {
     // FD_DINOv2 against the reference batch equals FD_DINOv2 against its images.
     let fd = |reference: &Path, name: &str| {
         let out = root.join(name);
-        let mut args: Vec<String> = [
+        run_with_dinov2(&[
             "fid",
             "--sample-batch",
             s(&samples),
@@ -324,11 +360,7 @@ fn stats_writes_dinov2_statistics_that_fid_uses() {
             "fid,fd-dinov2",
             "--out",
             s(&out),
-        ]
-        .map(String::from)
-        .to_vec();
-        dinov2_flags(&mut args);
-        cli().args(&args).quiet().run().success();
+        ]);
         metrics_json(&out)["metrics"]["fd_dinov2"].as_f64().unwrap()
     };
     let (from_stats, from_images) = (fd(&stats, "vs-stats"), fd(&reference_images, "vs-images"));
@@ -341,109 +373,62 @@ fn stats_writes_dinov2_statistics_that_fid_uses() {
 #[test]
 fn recon_scores_reconstructions_with_dinov2_and_clip_against_the_originals() {
     let _core = one_core();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, originals) = scratch_with_inception(12);
     let root = dir.path();
-    let (weights, originals) = random_inception_and_reference(root, 12);
     let out = root.join("recon");
     let saved = root.join("recon.npz");
-    let mut args: Vec<String> = [
-        "recon",
-        "--vq",
-        s(&golden("vq_public.pt")),
-        "--data",
-        s(&originals),
-        "--save-recon",
-        s(&saved),
-        "--out",
-        s(&out),
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(network_flags(&weights));
-    cli()
-        .args(&args)
-        .env("OMP_NUM_THREADS", "1")
-        .quiet()
-        .run()
-        .success();
+    let vq = golden("vq_public.pt");
+    // `recon` of the originals into `out` through every network, with `extra` flags.
+    let recon_args = |out: &Path, extra: &[&str]| {
+        let mut command = vec![
+            "recon",
+            "--vq",
+            s(&vq),
+            "--data",
+            s(&originals),
+            "--out",
+            s(out),
+        ];
+        command.extend_from_slice(extra);
+        with_networks(&command, &weights)
+    };
+    let args = recon_args(&out, &["--save-recon", s(&saved)]);
+    run_single_threaded(&args);
     let record = metrics_json(&out);
     for key in ["rfid", "fd_dinov2", "cmmd", "psnr"] {
         assert!(record["metrics"][key].is_number(), "{key}: {record}");
     }
 
     // The same FD_DINOv2 and CMMD from the saved reconstructions' and the originals' features.
-    let features = |images: &Path, name: &str| {
-        let file = root.join(name);
-        let mut args: Vec<String> = ["features", "--images", s(images), "--out", s(&file)]
-            .map(String::from)
-            .to_vec();
-        args.extend(network_flags(&weights));
-        cli()
-            .args(&args)
-            .env("OMP_NUM_THREADS", "1")
-            .quiet()
-            .run()
-            .success();
-        file
-    };
-    let (recon_features, original_features) = (
-        features(&saved, "recon-features.npz"),
-        features(&originals, "original-features.npz"),
-    );
+    let recon_features = write_features(root, &weights, &saved, "recon-features.npz");
+    let original_features = write_features(root, &weights, &originals, "original-features.npz");
     let from_files = root.join("from-files");
-    cli()
-        .args([
-            "metrics",
-            "--sample-features",
-            s(&recon_features),
-            "--ref-features",
-            s(&original_features),
-            "--metrics",
-            "fd-dinov2,cmmd",
-            "--out",
-            s(&from_files),
-        ])
-        .quiet()
-        .run()
-        .success();
+    metrics_from_features(
+        &recon_features,
+        &original_features,
+        "fd-dinov2,cmmd",
+        &from_files,
+    );
     let again = metrics_json(&from_files);
-    for key in ["fd_dinov2", "cmmd"] {
-        let (a, b) = (
-            record["metrics"][key].as_f64().unwrap(),
-            again["metrics"][key].as_f64().unwrap(),
-        );
-        assert!(
-            support::rel_diff(a, b) < 1e-6,
-            "{key}: recon {a}, metrics from feature files {b}"
-        );
-    }
+    assert_same_figures(
+        &record,
+        &again,
+        &["fd_dinov2", "cmmd"],
+        (1e-6, 0.0),
+        ("recon", "metrics from feature files"),
+    );
 
     // Split over 3 Slurm tasks, rank 0 gathers the same figures (the decoder's rounding aside).
     let launched = root.join("recon-3");
-    let mut args: Vec<String> = [
-        "recon",
-        "--vq",
-        s(&golden("vq_public.pt")),
-        "--data",
-        s(&originals),
-        "--out",
-        s(&launched),
-        "--quiet",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(network_flags(&weights));
+    let args = recon_args(&launched, &["--quiet"]);
     all_succeed(ranks(&args, &srun_tasks(3)));
     let split = metrics_json(&launched);
     assert_eq!(split["run"]["world_size"], 3);
-    for key in ["fd_dinov2", "cmmd", "rfid"] {
-        let (a, b) = (
-            record["metrics"][key].as_f64().unwrap(),
-            split["metrics"][key].as_f64().unwrap(),
-        );
-        assert!(
-            support::rel_diff(a, b) < 1e-3,
-            "{key}: one process {a}, 3 ranks {b}"
-        );
-    }
+    assert_same_figures(
+        &record,
+        &split,
+        &["fd_dinov2", "cmmd", "rfid"],
+        (1e-3, 0.0),
+        ("one process", "3 ranks"),
+    );
 }

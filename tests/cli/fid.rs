@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::harness::{
-    all_cores, cli, metrics_json, random_inception_and_reference, random_inception_weights, s, Run,
+    all_cores, cli, metrics_json, random_inception_weights, s, scratch_with_inception, Run,
 };
 
 fn image_batch(path: &Path, rng: &mut ChaCha8Rng, n: usize, size: usize, tint: usize) {
@@ -56,6 +56,28 @@ fn python_fid(weights: &Path, samples: &Path, reference: &Path) -> f64 {
         .unwrap()
 }
 
+/// [`fid_run`] into `out`, which must succeed with the FID that torch-fidelity's features give;
+/// its `metrics.json` and its log.
+#[track_caller]
+fn fid_as_torch_fidelity(
+    weights: &Path,
+    samples: &Path,
+    reference: &Path,
+    out: &Path,
+) -> (serde_json::Value, String) {
+    let stderr = fid_run(weights, samples, reference, out)
+        .success()
+        .stderr_text();
+    let json = metrics_json(out);
+    let ours = json["metrics"]["fid"].as_f64().unwrap();
+    let theirs = python_fid(weights, samples, reference);
+    assert!(
+        support::rel_diff(ours, theirs) < 1e-4,
+        "fid ours {ours}, torch-fidelity features {theirs}"
+    );
+    (json, stderr)
+}
+
 #[test]
 fn fid_matches_torch_fidelity_features_and_caches_samples() {
     let _cores = all_cores();
@@ -73,19 +95,10 @@ fn fid_matches_torch_fidelity_features_and_caches_samples() {
     image_batch(&ref_b, &mut rng, 20, 32, 10);
     let runs: PathBuf = root.join("reports");
 
-    let stderr = fid_run(&weights, &samples, &ref_a, &runs.join("a"))
-        .success()
-        .stderr_text();
+    let (json, stderr) = fid_as_torch_fidelity(&weights, &samples, &ref_a, &runs.join("a"));
     assert!(
         !stderr.contains("from the cache"),
         "nothing is cached yet: {stderr}"
-    );
-    let json = metrics_json(&runs.join("a"));
-    let ours = json["metrics"]["fid"].as_f64().unwrap();
-    let reference = python_fid(&weights, &samples, &ref_a);
-    assert!(
-        support::rel_diff(ours, reference) < 1e-4,
-        "fid ours {ours}, torch-fidelity features {reference}"
     );
     assert!(json["metrics"]["inception_score"].is_number());
     assert_eq!(json["run"]["n_samples"], 24);
@@ -96,19 +109,10 @@ fn fid_matches_torch_fidelity_features_and_caches_samples() {
         Some(64)
     );
 
-    let stderr = fid_run(&weights, &samples, &ref_b, &runs.join("b"))
-        .success()
-        .stderr_text();
+    let (_, stderr) = fid_as_torch_fidelity(&weights, &samples, &ref_b, &runs.join("b"));
     assert!(
         stderr.contains(&format!("features of {} from the cache", samples.display())),
         "the sample features should come from the cache: {stderr}"
-    );
-    let json = metrics_json(&runs.join("b"));
-    let ours = json["metrics"]["fid"].as_f64().unwrap();
-    let reference = python_fid(&weights, &samples, &ref_b);
-    assert!(
-        support::rel_diff(ours, reference) < 1e-4,
-        "fid ours {ours}, torch-fidelity features {reference}"
     );
 }
 
@@ -190,9 +194,8 @@ fn header_bomb(path: &Path, count: u64) {
 
 #[test]
 fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference) = scratch_with_inception(4);
     let root = dir.path();
-    let (weights, reference) = random_inception_and_reference(root, 4);
     let bomb = root.join("bomb.npz");
     header_bomb(&bomb, 1_000_000_000);
     let out = root.join("out");
@@ -255,9 +258,8 @@ fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly(
 
 #[test]
 fn no_stale_or_partial_result_looks_like_a_finished_run() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference) = scratch_with_inception(4);
     let root = dir.path();
-    let (weights, reference) = random_inception_and_reference(root, 4);
     let out = root.join("run");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(

@@ -93,6 +93,40 @@ pub fn tiny_t2i(command: &'static str) -> Vec<&'static str> {
     generator(command, "gpt_t2i_public.pt")
 }
 
+/// `fid` on the tiny class-conditional generator with seed 5: `samples` images at guidance `cfg`,
+/// generated `gen_batch_size` at a time, scored 4 at a time against `reference` with the
+/// Inception `weights` (KID over 5 subsets of 5), saved as `out/samples.npz`, the result in `out`.
+pub fn tiny_gpt_fid_with_kid(
+    (samples, cfg, gen_batch_size): (&str, &str, &str),
+    (reference, weights): (&Path, &Path),
+    out: &Path,
+) -> Vec<String> {
+    let saved = out.join("samples.npz");
+    let mut args = tiny_gpt("fid");
+    args.extend([
+        "--samples",
+        samples,
+        "--cfg-scale",
+        cfg,
+        "--seed",
+        "5",
+        "--gen-batch-size",
+        gen_batch_size,
+        "--batch-size",
+        "4",
+        "--kid-subsets",
+        "5",
+        "--kid-subset-size",
+        "5",
+        "--save-samples",
+        s(&saved),
+        "--out",
+        s(out),
+    ]);
+    args.extend(scored_against(reference, weights));
+    strings(&args)
+}
+
 /// Sets the value of `flag` in `args` (a command line with `flag VALUE` in it).
 #[track_caller]
 pub fn set_flag<'a>(args: &mut [&'a str], flag: &str, value: &'a str) {
@@ -161,6 +195,20 @@ pub fn random_inception_and_reference(root: &Path, n_images: usize) -> (PathBuf,
     npz.add_array("arr_0", &images).unwrap();
     npz.finish().unwrap();
     (weights, reference)
+}
+
+/// A fresh scratch folder (removed when dropped) holding [`random_inception_and_reference`] of
+/// `n_images` images: the folder, the weights and the reference batch.
+pub fn scratch_with_inception(n_images: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, reference) = random_inception_and_reference(dir.path(), n_images);
+    (dir, weights, reference)
+}
+
+/// The flags that score images against the `reference` batch (or statistics) with the Inception
+/// `weights`.
+pub fn scored_against<'a>(reference: &'a Path, weights: &'a Path) -> [&'a str; 4] {
+    ["--ref", s(reference), "--inception", s(weights)]
 }
 
 /// numpy's npy v1 header for `descr` and `shape`, padded to 64 bytes, for hand-made npz files.

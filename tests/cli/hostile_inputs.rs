@@ -53,6 +53,19 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// `metrics` of the feature file `features` against `reference`, into `out`.
+fn metrics_args<'a>(features: &'a Path, reference: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "metrics",
+        "--sample-features",
+        s(features),
+        "--ref-features",
+        s(reference),
+        "--out",
+        s(out),
+    ]
+}
+
 #[track_caller]
 fn clean_error(run: Run, words: &[&str]) {
     assert_eq!(run.code(), Some(1), "{}", run.stderr_text());
@@ -69,9 +82,8 @@ fn clean_error(run: Run, words: &[&str]) {
 #[test]
 fn header_and_image_bombs_are_refused_before_allocating() {
     let _cores = crate::harness::one_core();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference) = crate::harness::scratch_with_inception(4);
     let root = dir.path();
-    let (weights, reference) = crate::harness::random_inception_and_reference(root, 4);
     let out = root.join("out");
     std::fs::create_dir(&out).unwrap();
 
@@ -127,29 +139,15 @@ fn header_and_image_bombs_are_refused_before_allocating() {
     let features_out = out.join("f.npz");
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         (
-            vec![
-                "metrics",
-                "--sample-features",
-                s(&features),
-                "--ref-features",
-                s(&stats_bomb),
-                "--out",
-                s(&out),
-            ],
+            metrics_args(&features, &stats_bomb, &out),
             vec!["stats_bomb.npz", "`sigma`", "truncated or corrupt"],
         ),
         (
-            vec![
-                "metrics",
-                "--sample-features",
-                s(&features),
-                "--ref-features",
-                s(&deflate_bomb),
-                "--out",
-                s(&out),
-                "--max-input-memory",
-                "256M",
-            ],
+            [
+                metrics_args(&features, &deflate_bomb, &out),
+                vec!["--max-input-memory", "256M"],
+            ]
+            .concat(),
             vec!["deflate_bomb.npz", "`sigma`", "--max-input-memory"],
         ),
         (
@@ -198,15 +196,7 @@ fn header_and_image_bombs_are_refused_before_allocating() {
     // The budget is the user's to raise: with the default 1G the same statistics are read (and
     // then refused for what they are, 6000-d against 2048-d features, not for their size).
     let run = cli()
-        .args([
-            "metrics",
-            "--sample-features",
-            s(&features),
-            "--ref-features",
-            s(&deflate_bomb),
-            "--out",
-            s(&out),
-        ])
+        .args(metrics_args(&features, &deflate_bomb, &out))
         .quiet()
         .run_measured()
         .within(GB, LIMIT);
@@ -355,9 +345,8 @@ fn outputs_are_checked_first_and_a_full_disk_leaves_nothing() {
 #[test]
 fn tiny_sets_leave_out_precision_and_a_failed_cache_write_only_warns() {
     let _cores = crate::harness::one_core();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference) = crate::harness::scratch_with_inception(8);
     let root = dir.path();
-    let (weights, reference) = crate::harness::random_inception_and_reference(root, 8);
     let three = root.join("three.npz");
     let images = ndarray::Array4::from_shape_fn((3, 32, 32, 3), |(i, y, x, c)| {
         ((x * 5 + y * 11 + i * 17 + c * 40) % 256) as u8
@@ -436,9 +425,8 @@ fn check_refuses_incomplete_run_folders() {
 fn loops_odd_paths_and_absurd_sizes_fail_fast_or_work() {
     use std::os::unix::ffi::OsStrExt;
     let _cores = crate::harness::one_core();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference) = crate::harness::scratch_with_inception(4);
     let root = dir.path();
-    let (weights, reference) = crate::harness::random_inception_and_reference(root, 4);
     let inception = ["--inception", s(&weights), "--device", "cpu"];
     let out = root.join("out");
     std::fs::create_dir(&out).unwrap();

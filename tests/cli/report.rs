@@ -152,19 +152,23 @@ fn report_writes_the_documented_csv_charts_and_markdown() {
     let col = |row: &csv::StringRecord, name: &str| {
         row[COLUMNS.iter().position(|c| *c == name).unwrap()].to_string()
     };
-    assert_eq!(col(&rows[2], "run"), "b-cfg2.0");
-    assert_eq!(col(&rows[2], "baseline"), "true");
-    assert_eq!(col(&rows[0], "baseline"), "false");
-    assert_eq!(col(&rows[0], "checkpoint"), "/ckpt/c2i_B_256.pt");
-    assert_eq!(col(&rows[1], "cfg_scale"), "1.75");
-    assert_eq!(col(&rows[2], "fid"), "3.1");
-    assert_eq!(col(&rows[2], "rfid"), "");
-    assert_eq!(col(&rows[0], "n_samples"), "50");
-    assert_eq!(col(&rows[0], "n_reference"), "100");
-    assert_eq!(col(&rows[0], "tool_version"), "0.1.0");
-    assert_eq!(col(&rows[5], "checkpoint"), "/ckpt/vq_ds16_c2i.pt");
-    assert_eq!(col(&rows[5], "psnr"), "20.8");
-    assert_eq!(col(&rows[5], "cfg_scale"), "");
+    for (row, column, value) in [
+        (2, "run", "b-cfg2.0"),
+        (2, "baseline", "true"),
+        (0, "baseline", "false"),
+        (0, "checkpoint", "/ckpt/c2i_B_256.pt"),
+        (1, "cfg_scale", "1.75"),
+        (2, "fid", "3.1"),
+        (2, "rfid", ""),
+        (0, "n_samples", "50"),
+        (0, "n_reference", "100"),
+        (0, "tool_version", "0.1.0"),
+        (5, "checkpoint", "/ckpt/vq_ds16_c2i.pt"),
+        (5, "psnr", "20.8"),
+        (5, "cfg_scale", ""),
+    ] {
+        assert_eq!(col(&rows[row], column), value, "row {row}, column {column}");
+    }
 
     // Charts: every one a 1200x800 PNG.
     let mut charts = vec![

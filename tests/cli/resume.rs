@@ -10,11 +10,11 @@ use std::path::Path;
 use ndarray::Array4;
 
 use crate::harness::{
-    all_cores, cli, golden, metrics_json, random_inception_and_reference, remove_flag, s, tiny_gpt,
-    Run,
+    all_cores, cli, golden, metrics_json, remove_flag, s, scratch_with_inception, strings,
+    tiny_gpt, tiny_gpt_fid_with_kid, Run,
 };
 
-fn run(args: &[&str], crash_at: Option<&str>) -> Run {
+fn run<S: AsRef<std::ffi::OsStr>>(args: &[S], crash_at: Option<&str>) -> Run {
     let mut cli = cli()
         .args(args)
         .info_log()
@@ -47,37 +47,11 @@ fn images(path: &Path) -> Array4<u8> {
 #[test]
 fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
     let _cores = all_cores();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference) = scratch_with_inception(12);
     let root = dir.path();
-    let (weights, reference) = random_inception_and_reference(root, 12);
     let fid_at = |cfg: &str, out: &Path, extra: &[&str], crash_at: Option<&str>| {
-        let saved = out.join("samples.npz");
-        let mut args = tiny_gpt("fid");
-        args.extend([
-            "--samples",
-            "10",
-            "--cfg-scale",
-            cfg,
-            "--seed",
-            "5",
-            "--gen-batch-size",
-            "3",
-            "--batch-size",
-            "4",
-            "--ref",
-            s(&reference),
-            "--inception",
-            s(&weights),
-            "--kid-subsets",
-            "5",
-            "--kid-subset-size",
-            "5",
-            "--save-samples",
-            s(&saved),
-            "--out",
-            s(out),
-        ]);
-        args.extend_from_slice(extra);
+        let mut args = tiny_gpt_fid_with_kid(("10", cfg, "3"), (&reference, &weights), out);
+        args.extend(strings(extra));
         run(&args, crash_at)
     };
     let fid =
@@ -177,9 +151,8 @@ fn sample_and_recon_resume_after_sigkill() {
 #[test]
 fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
     let _cores = all_cores();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference) = scratch_with_inception(12);
     let root = dir.path();
-    let (weights, reference) = random_inception_and_reference(root, 12);
     let common = [
         "--samples",
         "3",
@@ -230,9 +203,8 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
 #[test]
 fn features_and_stats_resume_after_sigkill() {
     let _cores = all_cores();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, images_npz) = scratch_with_inception(12);
     let root = dir.path();
-    let (weights, images_npz) = random_inception_and_reference(root, 12);
     let common = [
         "--inception",
         s(&weights),

@@ -11,8 +11,8 @@ use ndarray_npy::NpzReader;
 use tch::{Kind, Tensor};
 
 use crate::harness::{
-    golden, llamagen_eval, metrics_json, one_core, random_inception_and_reference, remove_flag, s,
-    set_flag, tiny_gpt, Run,
+    golden, llamagen_eval, metrics_json, one_core, remove_flag, s, scored_against,
+    scratch_with_inception, set_flag, tiny_gpt, Run,
 };
 
 /// `sample` on the golden models with extra flags.
@@ -279,11 +279,10 @@ fn bad_inputs_fail_before_sampling() {
 #[test]
 fn fid_with_a_generator_streams_the_sampled_images() {
     let _cores = one_core();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
     // Random Inception weights (the comparison is streamed vs from a file, not against
     // published numbers) and a fixed reference batch.
-    let (weights, reference) = random_inception_and_reference(root, 10);
+    let (dir, weights, reference) = scratch_with_inception(10);
+    let root = dir.path();
     let saved = root.join("saved.npz");
     let (gen_out, file_out) = (root.join("gen"), root.join("file"));
     let common_args = [
@@ -352,9 +351,8 @@ fn fid_with_a_generator_streams_the_sampled_images() {
 #[test]
 fn fid_with_a_generator_is_identical_with_and_without_overlap() {
     let _cores = one_core();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference) = scratch_with_inception(10);
     let root = dir.path();
-    let (weights, reference) = random_inception_and_reference(root, 10);
     let run = |name: &str, extra: &[&str]| {
         let out = root.join(name);
         let saved = out.join("samples.npz");
@@ -371,10 +369,6 @@ fn fid_with_a_generator_is_identical_with_and_without_overlap() {
             "3",
             "--batch-size",
             "4",
-            "--ref",
-            s(&reference),
-            "--inception",
-            s(&weights),
             "--metrics",
             "fid,is",
             "--quiet",
@@ -383,6 +377,7 @@ fn fid_with_a_generator_is_identical_with_and_without_overlap() {
             "--out",
             s(&out),
         ]);
+        args.extend(scored_against(&reference, &weights));
         args.extend_from_slice(extra);
         (llamagen_eval(&args), out)
     };

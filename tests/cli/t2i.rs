@@ -14,7 +14,8 @@ use tch::Tensor;
 
 use crate::harness::{
     all_succeed, generator, golden, llamagen_eval, metrics_json, one_core,
-    random_inception_and_reference, ranks, s, srun_tasks, tiny_t2i, Run,
+    random_inception_and_reference, ranks, s, scored_against, scratch_with_inception, srun_tasks,
+    tiny_t2i, Run,
 };
 
 /// The caption npz files of `fixtures/t2i_caption_npz.py` in `dir`, and the caption texts.
@@ -90,6 +91,15 @@ fn assert_golden_images(images: &Array4<u8>, key: &str) {
     assert!(off * 1000 <= expected.len(), "{key}: {off} values differ");
 }
 
+/// Panics unless the PNG at `path` is a grid of `cols` x `rows` cells with a caption strip (of
+/// more than 20 pixels) under each row.
+#[track_caller]
+fn assert_captioned_grid(path: &Path, cols: u32, rows: u32) {
+    let (w, h) = png_size(path);
+    assert_eq!(w, plain_grid(cols, rows).0);
+    assert!(h > plain_grid(cols, rows).1 + rows * 20, "{h}");
+}
+
 /// A grid of 64-px images in `cols` x `rows` cells, without captions.
 fn plain_grid(cols: u32, rows: u32) -> (u32, u32) {
     (cols * 66 + 2, rows * 66 + 2)
@@ -98,11 +108,10 @@ fn plain_grid(cols: u32, rows: u32) -> (u32, u32) {
 #[test]
 fn t2i_fid_and_sample_reproduce_llamagen_with_captions() {
     let _cores = one_core();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference) = scratch_with_inception(10);
     let root = dir.path();
     let texts = caption_files(root);
     let captions = root.join("captions.npz");
-    let (weights, reference) = random_inception_and_reference(root, 10);
 
     // fid --gpt: 6 greedy samples with guidance 4, captions cycled (sample i shows caption i % 3).
     let out = root.join("fid");
@@ -121,10 +130,6 @@ fn t2i_fid_and_sample_reproduce_llamagen_with_captions() {
         "4",
         "--decode-batch-size",
         "6",
-        "--ref",
-        s(&reference),
-        "--inception",
-        s(&weights),
         "--metrics",
         "fid",
         "--save-samples",
@@ -133,6 +138,7 @@ fn t2i_fid_and_sample_reproduce_llamagen_with_captions() {
         "--out",
         s(&out),
     ]);
+    args.extend(scored_against(&reference, &weights));
     llamagen_eval(&args).success();
     let record = metrics_json(&out);
     let fid = record["metrics"]["fid"].as_f64().unwrap();
@@ -163,9 +169,7 @@ fn t2i_fid_and_sample_reproduce_llamagen_with_captions() {
     let cycled: Vec<String> = (0..6).map(|i| texts[i % 3].clone()).collect();
     assert_eq!(samples.captions.as_ref().unwrap(), &cycled);
     // The grid (3 x 2 cells) has a caption strip under each image.
-    let (w, h) = png_size(&out.join("grid.png"));
-    assert_eq!(w, plain_grid(3, 2).0);
-    assert!(h > plain_grid(3, 2).1 + 2 * 20, "{h}");
+    assert_captioned_grid(&out.join("grid.png"), 3, 2);
 
     // sample: guidance 7.5, one sample per caption by default.
     let npz = root.join("samples.npz");
@@ -179,9 +183,7 @@ fn t2i_fid_and_sample_reproduce_llamagen_with_captions() {
     let samples = read(&npz);
     assert_golden_images(&samples.images, "t2i_greedy_cfg7.5");
     assert_eq!(samples.captions.unwrap(), texts);
-    let (w, h) = png_size(&grid);
-    assert_eq!(w, plain_grid(2, 2).0);
-    assert!(h > plain_grid(2, 2).1 + 2 * 20, "{h}");
+    assert_captioned_grid(&grid, 2, 2);
 
     // Hugging Face's names, float16 embeddings and bool masks, without texts: no `captions`
     // entry, and a grid without caption strips.
@@ -307,9 +309,7 @@ fn t2i_samples_do_not_depend_on_batching_shards_interruption_or_ranks() {
         .collect();
     all_succeed(ranks(&args, &srun_tasks(2)));
     same(&read(&gathered), "two ranks");
-    let (w, h) = png_size(&grid);
-    assert_eq!(w, plain_grid(2, 2).0);
-    assert!(h > plain_grid(2, 2).1 + 2 * 20, "{h}");
+    assert_captioned_grid(&grid, 2, 2);
 }
 
 #[test]
@@ -410,13 +410,10 @@ fn bad_caption_inputs_fail_before_sampling() {
         s(&wide),
         "--samples",
         "2",
-        "--ref",
-        s(&reference),
-        "--inception",
-        s(&weights),
         "--out",
         s(&fid_out),
     ]);
+    args.extend(scored_against(&reference, &weights));
     let fid = llamagen_eval(&args);
     assert!(!fid.succeeded());
     let stderr = fid.stderr_text();
@@ -472,7 +469,7 @@ fn text_model_folders(root: &Path) -> (PathBuf, PathBuf) {
 #[test]
 fn t2i_from_prompts_with_t5_and_clip_score() {
     let _cores = one_core();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, weights, reference) = scratch_with_inception(10);
     let root = dir.path();
     let (t5, clip) = text_model_folders(root);
     let prompts = root.join("captions.jsonl");
@@ -488,7 +485,6 @@ fn t2i_from_prompts_with_t5_and_clip_score() {
         "A blue Porsche parked in front of a yellow wall.",
         "A bowl of fruit on a wooden kitchen table.",
     ];
-    let (weights, reference) = random_inception_and_reference(root, 10);
     let out = root.join("fid");
     let clip_weights = clip.join("model.safetensors");
     let mut args = tiny_t2i("fid");
@@ -503,10 +499,6 @@ fn t2i_from_prompts_with_t5_and_clip_score() {
         "4",
         "--cfg-scale",
         "7.5",
-        "--ref",
-        s(&reference),
-        "--inception",
-        s(&weights),
         "--features",
         "inception,clip",
         "--clip",
@@ -517,6 +509,7 @@ fn t2i_from_prompts_with_t5_and_clip_score() {
         "--out",
         s(&out),
     ]);
+    args.extend(scored_against(&reference, &weights));
     llamagen_eval(&args).success();
     let record = metrics_json(&out);
     let metrics = &record["metrics"];

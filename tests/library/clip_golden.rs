@@ -7,11 +7,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::harness::{golden, golden_tensors};
+use crate::harness::{f32s, golden, golden_tensors, rel_err};
 use llamagen_eval::models::clip::{preprocess, ClipError, ClipVisionModel, Heads, CLIP_STD};
 use llamagen_test_support as support;
 use ndarray::Array4;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// The golden inputs and outputs, by name.
 struct Io(HashMap<String, Tensor>);
@@ -39,10 +39,6 @@ fn golden_clip() -> PathBuf {
     golden("clip_vision_tiny_public.safetensors")
 }
 
-fn f32s(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().flatten(0, -1)).unwrap()
-}
-
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).fold(0f64, |m, (x, y)| {
@@ -60,7 +56,7 @@ fn check_embeddings(io: &Io, model: &ClipVisionModel, what: &str) {
         ] {
             let golden = io.get(&format!("clip_{set}_{name}"));
             assert_eq!(ours.size(), golden.size(), "{what} {set} {name}");
-            let err = support::max_rel_err(&f32s(ours), &f32s(golden));
+            let err = rel_err(ours, golden);
             eprintln!("{what}: set {set} {name} max rel err {err:.3e}");
             assert!(
                 err <= 1e-4,
@@ -122,8 +118,7 @@ fn clip_images_to_embeddings_end_to_end() {
             } else {
                 &out.image_embeds
             };
-            let err =
-                support::max_rel_err(&f32s(ours), &f32s(io.get(&format!("clip_{set}_{name}"))));
+            let err = rel_err(ours, io.get(&format!("clip_{set}_{name}")));
             eprintln!("u8 images to embeddings: set {set} {name} max rel err {err:.3e}");
             assert!(err <= 1e-4, "set {set} {name}: relative error {err:e}");
         }

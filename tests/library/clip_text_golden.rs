@@ -16,7 +16,7 @@ use llamagen_test_support as support;
 use ndarray::Array2;
 use tch::{Device, Kind, Tensor};
 
-use crate::harness::{golden, golden_json, golden_tensors};
+use crate::harness::{f32s, golden, golden_json, golden_tensors, rel_err};
 use crate::t5_golden::{add_tokens, captions, python_tokens};
 
 fn read(name: &str) -> HashMap<String, Tensor> {
@@ -25,10 +25,6 @@ fn read(name: &str) -> HashMap<String, Tensor> {
 
 fn golden_text() -> PathBuf {
     golden("clip_text_tiny_public.safetensors")
-}
-
-fn f32s(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().flatten(0, -1)).unwrap()
 }
 
 fn matrix(t: &Tensor) -> Array2<f32> {
@@ -40,7 +36,7 @@ fn check_model(model: &ClipTextModel, io: &HashMap<String, Tensor>, what: &str) 
     let out = model.embed_ids(&io["clip_text_input_ids"]);
     let golden = &io["clip_text_embeds"];
     assert_eq!(out.size(), golden.size(), "{what}");
-    let err = support::max_rel_err(&f32s(&out), &f32s(golden));
+    let err = rel_err(&out, golden);
     eprintln!("{what}: text_embeds max rel err {err:.3e}");
     assert!(err <= 1e-4, "{what}: relative error {err:e}");
 }

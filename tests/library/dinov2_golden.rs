@@ -7,10 +7,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::harness::{golden, golden_tensors};
+use crate::harness::{f32s, golden, golden_tensors, rel_err};
 use llamagen_eval::checkpoint::Checkpoint;
 use llamagen_eval::models::dinov2::{self, Dinov2, Dinov2Error, IMAGENET_STD};
-use llamagen_test_support as support;
 use ndarray::Array4;
 use tch::{Device, Kind, Tensor};
 
@@ -28,10 +27,6 @@ fn golden_weights() -> PathBuf {
 
 fn load_tiny() -> (tch::nn::VarStore, Dinov2) {
     Dinov2::load(&golden_weights(), Device::Cpu, Some(TINY_HEADS)).expect("golden DINOv2 loads")
-}
-
-fn f32s(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().flatten(0, -1)).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -88,7 +83,7 @@ fn dinov2_features_match_the_reference_at_224_and_518() {
         let ours = model.features(&io[input]);
         let reference = &io[cls];
         assert_eq!(ours.size(), reference.size());
-        let err = support::max_rel_err(&f32s(&ours), &f32s(reference));
+        let err = rel_err(&ours, reference);
         eprintln!("{cls} from the reference input: max rel err {err:.3e}");
         assert!(err <= 1e-4, "{cls}: relative error {err:e}");
     }
@@ -102,7 +97,7 @@ fn dinov2_features_from_u8_images_match_the_reference() {
         let images = to_array(&io[&format!("dinov2_{size}_images_uint8_nhwc")]);
         let ours = model.features(&dinov2::preprocess(images.view()));
         let reference = &io[&format!("dinov2_{size}_cls")];
-        let err = support::max_rel_err(&f32s(&ours), &f32s(reference));
+        let err = rel_err(&ours, reference);
         eprintln!("dinov2 {size} u8 images -> features: max rel err {err:.3e}");
         assert!(err <= 1e-4, "{size}: relative error {err:e}");
     }

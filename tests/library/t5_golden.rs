@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::harness::{golden, golden_tensors};
+use crate::harness::{golden, golden_tensors, rel_err};
 use llamagen_eval::models::t5::{T5Activation, T5Embedder, T5Encoder, T5Error, T5_MAX_LENGTH};
 use llamagen_eval::models::tokenizer::TokenizerError;
 use llamagen_test_support as support;
@@ -29,10 +29,6 @@ fn io() -> HashMap<String, Tensor> {
 
 fn golden_t5() -> PathBuf {
     golden("t5_tiny_public.safetensors")
-}
-
-fn f32s(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().flatten(0, -1)).unwrap()
 }
 
 /// The encoder's output on the golden ids and masks.
@@ -86,7 +82,7 @@ fn t5_hidden_states_match_hugging_face() {
     let golden = &io["t5_last_hidden_state"];
     assert_eq!(out.size(), golden.size());
     assert_eq!(out.kind(), Kind::Float);
-    let err = support::max_rel_err(&f32s(&out), &f32s(golden));
+    let err = rel_err(&out, golden);
     eprintln!("T5 float32: last_hidden_state max rel err {err:.3e}");
     assert!(err <= 1e-4, "relative error {err:e}");
 }
@@ -105,7 +101,7 @@ fn t5_bfloat16_follows_float32() {
         Kind::BFloat16,
         "the final norm returns its weight's dtype"
     );
-    let err = support::max_rel_err(&f32s(&out), &f32s(&io["t5_last_hidden_state"]));
+    let err = rel_err(&out, &io["t5_last_hidden_state"]);
     eprintln!("T5 bfloat16 vs float32: max rel err {err:.3e} (tolerance {BF16_TOLERANCE})");
     assert!(err <= BF16_TOLERANCE, "relative error {err:e}");
     assert!(

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::harness::{golden, golden_tensors};
+use crate::harness::{f32s, golden, golden_tensors, rel_err};
 use llamagen_eval::models::vq::{images_to_input, to_pixels, VqError, VqModel, VqWeights};
 use llamagen_test_support as support;
 use tch::{Device, Kind, Tensor};
@@ -16,10 +16,6 @@ fn golden_io() -> HashMap<String, Tensor> {
 
 fn golden_vq() -> PathBuf {
     golden("vq_public.pt")
-}
-
-fn f32s(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().flatten(0, -1)).unwrap()
 }
 
 fn u8s(t: &Tensor) -> Vec<u8> {
@@ -52,7 +48,7 @@ fn check_against_golden(model: &VqModel, io: &HashMap<String, Tensor>, tol: f64)
     assert_eq!(f32s(&input), f32s(&io["input"]), "input scaling");
 
     let pre_quant = model.pre_quant(&input);
-    let err = support::max_rel_err(&f32s(&pre_quant), &f32s(&io["pre_quant"]));
+    let err = rel_err(&pre_quant, &io["pre_quant"]);
     eprintln!("pre_quant max rel err {err:.3e}");
     assert!(err <= tol, "pre_quant relative error {err:e}");
 
@@ -70,11 +66,11 @@ fn check_against_golden(model: &VqModel, io: &HashMap<String, Tensor>, tol: f64)
     );
 
     let quant = model.codes_to_quant(&indices);
-    let err = support::max_rel_err(&f32s(&quant), &f32s(&io["quant"]));
+    let err = rel_err(&quant, &io["quant"]);
     assert!(err <= tol, "quant relative error {err:e}");
 
     let recon = model.decode(&quant);
-    let err = support::max_rel_err(&f32s(&recon), &f32s(&io["recon"]));
+    let err = rel_err(&recon, &io["recon"]);
     eprintln!("recon max rel err {err:.3e}");
     assert!(err <= tol, "recon relative error {err:e}");
     assert_pixels_match(&to_pixels(&recon), &io["recon_uint8_nhwc"], "recon pixels");
@@ -82,7 +78,7 @@ fn check_against_golden(model: &VqModel, io: &HashMap<String, Tensor>, tol: f64)
     // LlamaGen's forward pass (straight-through quant), as `recon` runs it.
     let (idx, recon) = model.reconstruct(&input);
     assert!(idx.equal(&indices));
-    let err = support::max_rel_err(&f32s(&recon), &f32s(&io["recon"]));
+    let err = rel_err(&recon, &io["recon"]);
     eprintln!("reconstruct max rel err {err:.3e}");
     assert!(err <= tol, "reconstruct relative error {err:e}");
     assert_pixels_match(
@@ -91,14 +87,14 @@ fn check_against_golden(model: &VqModel, io: &HashMap<String, Tensor>, tol: f64)
         "reconstruct pixels",
     );
     let (_, st) = model.quantize_straight_through(&pre_quant);
-    let err = support::max_rel_err(&f32s(&st), &f32s(&io["quant"]));
+    let err = rel_err(&st, &io["quant"]);
     assert!(err <= tol, "straight-through quant relative error {err:e}");
     // The pixel conversion itself is exact.
     assert!(to_pixels(&io["recon"]).equal(&io["recon_uint8_nhwc"]));
 
     let golden_idx = io["indices"].reshape([4, 4, 4]);
     let from_codes = model.decode_code(&golden_idx);
-    let err = support::max_rel_err(&f32s(&from_codes), &f32s(&io["recon_from_indices"]));
+    let err = rel_err(&from_codes, &io["recon_from_indices"]);
     eprintln!("decode_code max rel err {err:.3e}");
     assert!(err <= tol, "decode_code relative error {err:e}");
     assert_pixels_match(
@@ -142,11 +138,11 @@ fn bf16_runs_and_stays_close() {
     let golden_idx = io["indices"].reshape([4, 4, 4]);
     let recon = model.decode_code(&golden_idx);
     assert_eq!(recon.kind(), Kind::Float);
-    let err = support::max_rel_err(&f32s(&recon), &f32s(&io["recon_from_indices"]));
+    let err = rel_err(&recon, &io["recon_from_indices"]);
     eprintln!("bf16 decode_code max rel err {err:.3e}");
     assert!(err < 0.1, "bf16 decode relative error {err}");
     let pre = model.pre_quant(&images_to_input(&io["images_uint8_nhwc"]));
-    let err = support::max_rel_err(&f32s(&pre), &f32s(&io["pre_quant"]));
+    let err = rel_err(&pre, &io["pre_quant"]);
     eprintln!("bf16 pre_quant max rel err {err:.3e}");
     assert!(err < 0.1, "bf16 pre_quant relative error {err}");
 }

@@ -73,24 +73,25 @@ fn streamed_shards_equal_whole_set_statistics() {
     assert!(support::rel_diff(b, a) < 1e-12, "{a} vs {b}");
 }
 
+/// The golden entry `name` of `npz` as f64, whether it is stored as f64 or as f32.
+fn entry_f64<D: ndarray::Dimension>(
+    npz: &mut NpzReader<File>,
+    name: &str,
+) -> ndarray::Array<f64, D> {
+    npz.by_name(name)
+        .or_else(|_| {
+            npz.by_name::<ndarray::OwnedRepr<f32>, D>(name)
+                .map(|a| a.mapv(f64::from))
+        })
+        .unwrap_or_else(|e| panic!("golden entry {name}: {e}"))
+}
+
 /// `mu`/`sigma` (or `mu_s`/`sigma_s`) of the golden ADM reference batch, as f64.
 fn reference_stats(mu: &str, sigma: &str) -> GaussianStats {
     let path = support::golden_dir().join("adm_ref_public.npz");
     let mut npz = NpzReader::new(File::open(&path).expect("golden npz opens")).unwrap();
-    let mu: Array1<f64> = npz
-        .by_name(mu)
-        .or_else(|_| {
-            npz.by_name::<ndarray::OwnedRepr<f32>, _>(mu)
-                .map(|a| a.mapv(f64::from))
-        })
-        .unwrap_or_else(|e| panic!("golden entry {mu}: {e}"));
-    let sigma: Array2<f64> = npz
-        .by_name(sigma)
-        .or_else(|_| {
-            npz.by_name::<ndarray::OwnedRepr<f32>, _>(sigma)
-                .map(|a| a.mapv(f64::from))
-        })
-        .unwrap_or_else(|e| panic!("golden entry {sigma}: {e}"));
+    let mu: Array1<f64> = entry_f64(&mut npz, mu);
+    let sigma: Array2<f64> = entry_f64(&mut npz, sigma);
     GaussianStats::new(mu, sigma).unwrap()
 }
 

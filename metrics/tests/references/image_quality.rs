@@ -74,47 +74,24 @@ fn cases() -> Vec<Case> {
         reconstructions: r,
     });
 
-    let o = originals(&mut rng, 3, 37, 53, 3);
-    let r = add_noise(&mut rng, &o, 20);
-    cases.push(Case {
-        name: "37x53x3 noisy",
-        originals: o,
-        reconstructions: r,
-    });
-
-    let o = originals(&mut rng, 3, 256, 256, 3);
-    let r = add_noise(&mut rng, &o, 15);
-    cases.push(Case {
-        name: "256x256x3 noisy",
-        originals: o,
-        reconstructions: r,
-    });
-
-    let o = originals(&mut rng, 3, 48, 40, 1);
-    let r = add_noise(&mut rng, &o, 30);
-    cases.push(Case {
-        name: "48x40x1 grayscale",
-        originals: o,
-        reconstructions: r,
-    });
-
-    // Two channels take the path without a compile-time channel count.
-    let o = originals(&mut rng, 2, 24, 30, 2);
-    let r = add_noise(&mut rng, &o, 20);
-    cases.push(Case {
-        name: "24x30x2 noisy",
-        originals: o,
-        reconstructions: r,
-    });
-
-    // Window-sized extremes: 11x11 is the smallest image the Gaussian window accepts.
-    let o = originals(&mut rng, 2, 11, 11, 3);
-    let r = add_noise(&mut rng, &o, 8);
-    cases.push(Case {
-        name: "11x11x3 noisy",
-        originals: o,
-        reconstructions: r,
-    });
+    // Originals with noise of up to `amp` added, as (name, n, h, w, c, amp). Two channels take
+    // the path without a compile-time channel count; 11x11 is the smallest image the Gaussian
+    // window accepts.
+    for (name, n, h, w, c, amp) in [
+        ("37x53x3 noisy", 3, 37, 53, 3, 20),
+        ("256x256x3 noisy", 3, 256, 256, 3, 15),
+        ("48x40x1 grayscale", 3, 48, 40, 1, 30),
+        ("24x30x2 noisy", 2, 24, 30, 2, 20),
+        ("11x11x3 noisy", 2, 11, 11, 3, 8),
+    ] {
+        let o = originals(&mut rng, n, h, w, c);
+        let r = add_noise(&mut rng, &o, amp);
+        cases.push(Case {
+            name,
+            originals: o,
+            reconstructions: r,
+        });
+    }
 
     let o = noise(&mut rng, 3, 32, 32, 3);
     let r = noise(&mut rng, 3, 32, 32, 3);
