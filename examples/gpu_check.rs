@@ -298,8 +298,9 @@ fn invariance(device: Device) -> Check {
     // The tokens of `indices` (4 bytes each, as journaled) and their images, through the
     // pipeline's source: batches of `batch`, the last one padded.
     let mut run = |indices: Vec<u64>, batch: usize, overlap: bool| {
-        generator.plan_batches(indices.len(), BatchSize::Fixed(batch), None, None, None);
-        let mut source = generator.source(indices, overlap).expect("source");
+        let batches =
+            generator.plan_batches(indices.len(), BatchSize::Fixed(batch), None, None, None);
+        let mut source = generator.source(indices, overlap, batches, None);
         let (mut tokens, mut images) = (Vec::new(), Vec::new());
         while let Some(batch_images) = source.next_batch(batch).expect("batch") {
             tokens.extend(source.batch_records().concat());

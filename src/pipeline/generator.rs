@@ -525,10 +525,6 @@ pub struct Generator {
     device: Device,
     /// Token grid side.
     grid: i64,
-    /// The batch sizes of the current run ([`Generator::plan_batches`]).
-    batches: Option<Batches>,
-    /// Time spent so far.
-    pub timing: Timing,
 }
 
 /// `_256` / `_384` / `_512` at the end of a released checkpoint's file name.
@@ -716,8 +712,6 @@ impl Generator {
             },
             device,
             grid,
-            batches: None,
-            timing: Timing::default(),
         })
     }
 
@@ -784,13 +778,13 @@ impl Generator {
         sampling + if decode_follows { decoding } else { 0 }
     }
 
-    /// Fixes the batch sizes of the next run of `samples` samples: `generation` (a number, or
+    /// The batch sizes of a run of `samples` samples: `generation` (a number, or
     /// `auto`: from `free_bytes` of device memory, keeping room for an Inception batch of
     /// `inception_batch` images, and no more than the run's samples), and the decode batch: the
     /// configured one, else `recorded` (the interrupted run's, when resuming), else the
     /// generation batch.
     pub fn plan_batches(
-        &mut self,
+        &self,
         samples: usize,
         generation: BatchSize,
         free_bytes: Option<u64>,
@@ -817,38 +811,23 @@ impl Generator {
                 (n.min(samples.max(1)), true)
             }
         };
-        let batches = Batches {
+        Batches {
             generation,
             auto,
             decode: explicit_decode.unwrap_or(generation).max(1),
-        };
-        self.batches = Some(batches);
-        batches
+        }
     }
 
-    /// The decode batch: the configured one, else the planned run's.
-    fn decode_batch(&self) -> Result<usize> {
-        self.config
-            .decode_batch_size
-            .or(self.batches.map(|b| b.decode))
-            .context("the decode batch follows the generation batch: plan the run's batches first")
-    }
-
-    /// The settings that decide this generator's samples in the planned run (see
+    /// The settings that decide this generator's samples in a run with `batches` (see
     /// [`GeneratorConfig::fingerprint`]).
-    pub fn fingerprint(&self) -> Result<Map<String, Value>> {
-        Ok(self.config.fingerprint(self.decode_batch()?))
+    pub fn fingerprint(&self, batches: Batches) -> Map<String, Value> {
+        self.config.fingerprint(batches.decode)
     }
 
-    /// Decoded u8 NHWC images (at the evaluated size) of token sequences, a decode batch at a
-    /// time (see [`Decoder::images`]).
-    pub fn images(&mut self, tokens: &[Vec<i64>]) -> Result<Array4<u8>> {
-        let start = Instant::now();
-        let decode = self.decode_batch()?;
-        let images = self.networks()?.decoder.images(tokens, decode)?;
-        self.timing.decoding += start.elapsed();
-        self.timing.images += tokens.len() as u64;
-        Ok(images)
+    /// Decoded u8 NHWC images (at the evaluated size) of token sequences, `decode` at a time
+    /// (see [`Decoder::images`]).
+    pub fn images(&self, tokens: &[Vec<i64>], decode: usize) -> Result<Array4<u8>> {
+        self.networks()?.decoder.images(tokens, decode)
     }
 
     fn networks(&self) -> Result<&Networks> {
@@ -857,9 +836,14 @@ impl Generator {
             .context("the generator's networks were lost when a generation thread panicked")
     }
 
-    /// Starts a run's timing record: the device, dtype and batch sizes it uses.
-    pub fn start_timing(&mut self, inception_batch: Option<usize>, overlap: bool) {
-        self.timing = Timing {
+    /// A run's empty timing record: the device, dtype and batch sizes it uses.
+    fn timing_for(
+        &self,
+        batches: Batches,
+        inception_batch: Option<usize>,
+        overlap: bool,
+    ) -> Timing {
+        Timing {
             device: crate::device::name(self.device),
             device_name: crate::device::describe(self.device),
             tf32: {
@@ -867,32 +851,38 @@ impl Generator {
                 matmul || conv
             },
             dtype: batch::dtype_name(self.gpt_kind),
-            batches: self.batches,
+            batches: Some(batches),
             inception_batch,
             overlap,
             ..Timing::default()
-        };
+        }
     }
 
-    /// The samples with `indices` as an image source, generated a planned generation batch at a
-    /// time ([`Generator::plan_batches`]), with sampling and decoding on their own threads when
-    /// `overlap`.
-    pub fn source(&mut self, indices: Vec<u64>, overlap: bool) -> Result<GeneratedImages<'_>> {
-        let batch = self
-            .batches
-            .map(|b| b.generation)
-            .context("plan the run's batches before generating")?;
-        Ok(GeneratedImages {
+    /// The samples with `indices` as an image source, generated `batches.generation` at a time
+    /// ([`Generator::plan_batches`]), with sampling and decoding on their own threads when
+    /// `overlap`. The source keeps the run's timing ([`GeneratedImages::timing`]), with
+    /// `inception_batch` images per Inception pass when Inception runs on them; the generator
+    /// itself does not change.
+    pub fn source(
+        &mut self,
+        indices: Vec<u64>,
+        overlap: bool,
+        batches: Batches,
+        inception_batch: Option<usize>,
+    ) -> GeneratedImages<'_> {
+        let timing = self.timing_for(batches, inception_batch, overlap);
+        GeneratedImages {
             generator: self,
             indices,
             position: 0,
-            batch,
+            batches,
+            timing,
             overlap,
             feed: None,
             ready_tokens: VecDeque::new(),
             ready_pixels: VecDeque::new(),
             last_tokens: Vec::new(),
-        })
+        }
     }
 }
 
@@ -904,8 +894,10 @@ pub struct GeneratedImages<'g> {
     indices: Vec<u64>,
     /// Samples handed to the pass (returned, replayed or skipped).
     position: usize,
-    /// Samples per generation batch.
-    batch: usize,
+    /// The run's batch sizes.
+    batches: Batches,
+    /// Where the run's time went so far.
+    timing: Timing,
     overlap: bool,
     /// Started at the first read, after the resumed samples are replayed or skipped.
     feed: Option<Feed>,
@@ -916,6 +908,12 @@ pub struct GeneratedImages<'g> {
 }
 
 impl GeneratedImages<'_> {
+    /// Where the run's time went so far (sampling, decoding, waiting; the caller adds the wall
+    /// time and Inception's).
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
     fn tokens_from_records(&self, count: usize, records: &[Vec<u8>]) -> Result<Vec<Vec<i64>>> {
         let per = self.generator.tokens_per_sample();
         let bytes = records.first().context("journaled tokens")?;
@@ -950,11 +948,11 @@ impl GeneratedImages<'_> {
     /// The generation batches of the samples not yet handed out, padded to full size.
     fn remaining_batches(&self) -> VecDeque<Batch> {
         self.indices[self.position..]
-            .chunks(self.batch)
+            .chunks(self.batches.generation)
             .map(|chunk| {
                 let conditions: Vec<i64> =
                     chunk.iter().map(|&i| self.generator.condition(i)).collect();
-                Batch::padded(chunk, &conditions, self.batch)
+                Batch::padded(chunk, &conditions, self.batches.generation)
             })
             .collect()
     }
@@ -964,7 +962,7 @@ impl GeneratedImages<'_> {
         if !self.overlap {
             return Ok(Feed::Inline(batches));
         }
-        let decode = self.generator.decode_batch()?;
+        let decode = self.batches.decode;
         let networks = self
             .generator
             .networks
@@ -988,7 +986,7 @@ impl GeneratedImages<'_> {
                 let batch = batches
                     .pop_front()
                     .context("no generation batch left for the samples asked for")?;
-                let decode = generator.decode_batch()?;
+                let decode = self.batches.decode;
                 let (params, seed) = (&generator.config.sampling, generator.config.seed);
                 let networks = generator.networks()?;
                 Sampled::sample(&networks.sampler, &batch, params, seed)?
@@ -997,7 +995,7 @@ impl GeneratedImages<'_> {
             Some(Feed::Threads(thread)) => {
                 let start = Instant::now();
                 let received = thread.receiver.recv();
-                generator.timing.waiting += start.elapsed();
+                self.timing.waiting += start.elapsed();
                 match received {
                     Ok(result) => result?,
                     // The threads ended without a result: one panicked (or the sampler ran out
@@ -1019,7 +1017,7 @@ impl GeneratedImages<'_> {
             None => bail!("the batch feed was not started"),
         };
         let tokens = produced.tokens.len() * self.generator.tokens_per_sample();
-        let timing = &mut self.generator.timing;
+        let timing = &mut self.timing;
         timing.sampling += produced.sampling;
         timing.decoding += produced.decoding;
         timing.tokens += tokens as u64;
@@ -1106,10 +1104,13 @@ impl ImageSource for GeneratedImages<'_> {
         let tokens = self
             .tokens_from_records(count, records)
             .map_err(|e| self.data_error(e))?;
+        let start = Instant::now();
         let images = self
             .generator
-            .images(&tokens)
+            .images(&tokens, self.batches.decode)
             .map_err(|e| self.data_error(e))?;
+        self.timing.decoding += start.elapsed();
+        self.timing.images += tokens.len() as u64;
         self.position += count;
         Ok(images)
     }

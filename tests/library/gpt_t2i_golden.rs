@@ -106,8 +106,8 @@ fn generator(cfg_scale: f64, set: CaptionSet) -> Generator {
 /// Samples 0..n (sample i shows caption i % 3) generated `batch` at a time: their tokens (from
 /// the journal records) and decoded images.
 fn run(generator: &mut Generator, n: usize, batch: usize) -> (Vec<Vec<i64>>, Vec<u8>) {
-    generator.plan_batches(n, BatchSize::Fixed(batch), None, None, None);
-    let mut source = generator.source((0..n as u64).collect(), false).unwrap();
+    let batches = generator.plan_batches(n, BatchSize::Fixed(batch), None, None, None);
+    let mut source = generator.source((0..n as u64).collect(), false, batches, None);
     let images = source.next_batch(n).unwrap().unwrap();
     let records = source.batch_records();
     let tokens = records[0]

@@ -228,9 +228,9 @@ fn decoded(tokens: &[Vec<i64>], decode_batch: usize) -> Vec<u8> {
         decode_batch_size: Some(decode_batch),
         device: llamagen_eval::device::DeviceChoice::Cpu,
     };
-    let mut generator = Generator::new(&config).unwrap();
+    let generator = Generator::new(&config).unwrap();
     generator
-        .images(tokens)
+        .images(tokens, decode_batch)
         .unwrap()
         .into_raw_vec_and_offset()
         .0

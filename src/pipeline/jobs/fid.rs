@@ -28,7 +28,7 @@ use crate::pipeline::generator::{Generator, GeneratorConfig};
 use crate::pipeline::parts::{join_part_features, join_part_grids, join_part_samples};
 use crate::pipeline::reference::ReferenceNeeds;
 use crate::pipeline::stages::sinks::write_grid;
-use crate::pipeline::timing::Timing;
+use crate::pipeline::timing::{Batches, Timing};
 use crate::record::RunRecord;
 use ndarray::Array2;
 
@@ -195,12 +195,7 @@ impl GeneratedEvaluation {
         } else {
             None
         };
-        plan_batches(
-            &mut self.generator,
-            &run.plan,
-            Some(inception_batch),
-            recorded,
-        );
+        let batches = plan_batches(&self.generator, &run.plan, Some(inception_batch), recorded);
         let mut settings = Map::new();
         settings.insert(
             "inception_sha256".into(),
@@ -217,7 +212,7 @@ impl GeneratedEvaluation {
         // Inception's batch partition decides the features' rounding.
         settings.insert("batch_size".into(), json!(inception_batch));
         let mut complete = settings.clone();
-        add_generation_settings(&mut complete, &self.generator, &run.plan)?;
+        add_generation_settings(&mut complete, &self.generator, &run.plan, batches);
         complete.insert(
             "metrics".into(),
             json!(format!("{:?}", self.config.metrics)),
@@ -262,6 +257,7 @@ impl GeneratedEvaluation {
         let mut job = GeneratedRunJob {
             evaluation: self,
             run,
+            batches,
             settings,
             complete: complete.clone(),
             inception_batch,
@@ -286,6 +282,8 @@ impl GeneratedEvaluation {
 struct GeneratedRunJob<'e> {
     evaluation: &'e mut GeneratedEvaluation,
     run: &'e GeneratedRun,
+    /// The run's batch sizes.
+    batches: Batches,
     /// The fingerprint of the evaluation's own settings (the generator's are added by the pass).
     settings: Map<String, Value>,
     /// Everything that decides the finished run, kept beside its record.
@@ -308,6 +306,7 @@ impl GeneratedRunJob<'_> {
             &mut evaluation.generator,
             Some(features),
             plan,
+            self.batches,
             self.settings.clone(),
         )
     }

@@ -151,7 +151,7 @@ pub struct FeatureRequest<'e> {
 /// `inception_batch`: the images per Inception pass that will share the device; `recorded`: the
 /// decode batch of the run being resumed, which a resume keeps unless one is configured.
 pub fn plan_batches(
-    generator: &mut Generator,
+    generator: &Generator,
     plan: &GenerationPlan,
     inception_batch: Option<usize>,
     recorded: Option<usize>,
@@ -201,13 +201,14 @@ pub fn recorded_decode_batch(settings: &Map<String, Value>) -> Option<usize> {
 }
 
 /// Generates this shard's samples through `features` (if given) and into `plan.save_samples`
-/// (if given), journaled in `plan.journal()`; `settings` are the fingerprint of everything
-/// else that decides the result (the generator's own settings are added here). The batch sizes
-/// must have been fixed with [`plan_batches`].
+/// (if given), journaled in `plan.journal()`, `batches` at a time (from [`plan_batches`]);
+/// `settings` are the fingerprint of everything else that decides the result (the generator's
+/// own settings are added here).
 pub fn generate(
     generator: &mut Generator,
     features: Option<FeatureRequest<'_>>,
     plan: &GenerationPlan,
+    batches: Batches,
     mut settings: Map<String, Value>,
 ) -> Result<Generated> {
     let shard = plan.partition();
@@ -220,7 +221,7 @@ pub fn generate(
             plan.samples
         );
     }
-    add_generation_settings(&mut settings, generator, plan)?;
+    add_generation_settings(&mut settings, generator, plan, batches);
     let size = generator.eval_size();
     let mut writer = plan
         .save_samples
@@ -230,7 +231,6 @@ pub fn generate(
     let mut feature_stage = features.map(|f| FeatureStage::new(f.extractor, indices.len()));
     let mut grid = GridStage::new(GRID_IMAGES);
     let inception_batch = features.map(|f| f.batch_size);
-    generator.start_timing(inception_batch, plan.overlap);
     let config = PassConfig {
         label: if features.is_some() {
             "generate"
@@ -241,7 +241,7 @@ pub fn generate(
         // by the Inception batch size alone. Without it, commits follow the generation batches.
         batch_size: match inception_batch {
             Some(n) => n,
-            None => generator.timing.batches.map_or(1, |b| b.generation),
+            None => batches.generation,
         },
         progress: plan.progress,
         journal: Some(JournalConfig {
@@ -253,8 +253,8 @@ pub fn generate(
     };
     let conditions: Array1<i64> = indices.iter().map(|&i| generator.condition(i)).collect();
     let start = Instant::now();
-    let outcome = {
-        let mut source = generator.source(indices.clone(), plan.overlap)?;
+    let (outcome, mut timing) = {
+        let mut source = generator.source(indices.clone(), plan.overlap, batches, inception_batch);
         let mut stages: Vec<&mut dyn Stage> = vec![&mut grid];
         if let Some(f) = feature_stage.as_mut() {
             stages.push(f);
@@ -262,9 +262,9 @@ pub fn generate(
         if let Some(w) = writer.as_mut() {
             stages.push(w);
         }
-        pass::run(&config, &mut source, &mut stages)?
+        let outcome = pass::run(&config, &mut source, &mut stages)?;
+        (outcome, source.timing().clone())
     };
-    let mut timing = generator.timing.clone();
     timing.wall = start.elapsed();
     if let Some(f) = &feature_stage {
         timing.inception = f.elapsed;
@@ -298,20 +298,20 @@ pub fn generate(
     })
 }
 
-/// Adds the generator's settings and the sample range to a fingerprint.
+/// Adds the generator's settings (in a run with `batches`) and the sample range to a fingerprint.
 pub fn add_generation_settings(
     settings: &mut Map<String, Value>,
     generator: &Generator,
     plan: &GenerationPlan,
-) -> Result<()> {
-    settings.extend(generator.fingerprint()?);
+    batches: Batches,
+) {
+    settings.extend(generator.fingerprint(batches));
     settings.insert("samples".into(), json!(plan.samples));
     let shard = plan.partition();
     settings.insert(
         "shard".into(),
         json!(format!("{}/{}", shard.index, shard.count)),
     );
-    Ok(())
 }
 
 /// What `sample` did in this process.
@@ -336,11 +336,11 @@ pub fn sample_to_npz(
     } else {
         None
     };
-    plan_batches(generator, plan, None, recorded);
+    let batches = plan_batches(generator, plan, None, recorded);
     let mut settings = Map::new();
-    add_generation_settings(&mut settings, generator, plan)?;
+    add_generation_settings(&mut settings, generator, plan, batches);
     let mut job = SampleJob {
-        generation: Some((generator, plan)),
+        generation: Some((generator, plan, batches)),
         grid,
         progress: plan.progress,
         generated: None,
@@ -384,8 +384,9 @@ pub fn gather_samples_offline(
 
 /// The `sample` job.
 struct SampleJob<'a> {
-    /// The generator and the plan (none for a gather offline, which generates nothing).
-    generation: Option<(&'a mut Generator, &'a GenerationPlan)>,
+    /// The generator, the plan and its batches (none for a gather offline, which generates
+    /// nothing).
+    generation: Option<(&'a mut Generator, &'a GenerationPlan, Batches)>,
     grid: Option<&'a Path>,
     progress: Progress,
     /// This process's own generation, once done.
@@ -397,8 +398,8 @@ impl ShardedJob for SampleJob<'_> {
     type Output = Vec<Part>;
 
     fn write_output(&mut self, _rank: &RankPart<'_>) -> Result<Vec<Part>> {
-        let (generator, plan) = self.generation.as_mut().context("the generator")?;
-        let mut generated = generate(generator, None, plan, Map::new())?;
+        let (generator, plan, batches) = self.generation.as_mut().context("the generator")?;
+        let mut generated = generate(generator, None, plan, *batches, Map::new())?;
         if let Some(path) = self.grid {
             write_grid(path, &generated.grid, generated.grid_captions.as_deref())?;
         }
@@ -409,10 +410,10 @@ impl ShardedJob for SampleJob<'_> {
     }
 
     fn write_part(&mut self, rank: &RankPart<'_>) -> Result<()> {
-        let (generator, plan) = self.generation.as_mut().context("the generator")?;
+        let (generator, plan, batches) = self.generation.as_mut().context("the generator")?;
         let mut rank_plan = (*plan).clone();
         rank_plan.save_samples = Some(rank.file("samples").1);
-        let mut generated = generate(generator, None, &rank_plan, Map::new())?;
+        let mut generated = generate(generator, None, &rank_plan, *batches, Map::new())?;
         write_part(rank, &mut generated, generator, true, self.progress)?;
         let pass = std::mem::replace(&mut generated.pass, PassOutcome::done());
         pass.finish()?;
