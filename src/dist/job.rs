@@ -95,3 +95,116 @@ pub fn gather_offline<J: ShardedJob>(
     clean_up(layout)?;
     Ok((output, parts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::part::PartReport;
+    use crate::launcher::{Launcher, World};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    /// A job whose "samples" are their indices: its output is the list of indices it holds, in
+    /// the order it joined them; parts write theirs into a JSON file.
+    #[derive(Default)]
+    struct Indices {
+        outputs_written: usize,
+        parts_written: usize,
+    }
+
+    impl ShardedJob for Indices {
+        type Output = Vec<u64>;
+
+        fn write_output(&mut self, rank: &RankPart<'_>) -> Result<Vec<u64>> {
+            self.outputs_written += 1;
+            Ok(rank.indices())
+        }
+
+        fn write_part(&mut self, rank: &RankPart<'_>) -> Result<()> {
+            self.parts_written += 1;
+            let (name, path) = rank.file("indices");
+            std::fs::write(&path, serde_json::to_vec(&rank.indices())?)?;
+            let (rank_record, timing) = rank.image_job_record(tch::Device::Cpu, 0);
+            rank.write_manifest(
+                PartReport {
+                    files: BTreeMap::from([("indices".to_owned(), name)]),
+                    rank_record,
+                    timing,
+                    run_fields: Map::new(),
+                },
+                Progress::Hidden,
+            )?;
+            Ok(())
+        }
+
+        fn join_parts(&mut self, parts: &[Part], _layout: &RunLayout) -> Result<Vec<u64>> {
+            let mut all = Vec::new();
+            for part in parts {
+                let bytes = std::fs::read(part.require_file("indices")?)?;
+                all.extend(serde_json::from_slice::<Vec<u64>>(&bytes)?);
+            }
+            all.sort_unstable();
+            Ok(all)
+        }
+    }
+
+    fn run_as(world: World, layout: &RunLayout, job: &mut Indices) -> Result<Option<Vec<u64>>> {
+        let distribution = Distribution {
+            world,
+            gather_timeout: Duration::from_secs(5),
+            launch: None,
+        };
+        run(
+            job,
+            JobRun {
+                distribution: &distribution,
+                layout: layout.clone(),
+                total: 7,
+                shard: None,
+                resume: false,
+                settings: Map::from_iter([("seed".to_owned(), Value::from(3))]),
+                progress: Progress::Hidden,
+                description: Value::Null,
+            },
+        )
+    }
+
+    #[test]
+    fn a_world_of_one_writes_its_outputs_and_no_part() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let layout = RunLayout::folder(dir.path());
+        let mut job = Indices::default();
+        let output = run_as(World::SINGLE, &layout, &mut job).expect("the job runs");
+        assert_eq!(output, Some((0..7).collect()));
+        assert_eq!((job.outputs_written, job.parts_written), (1, 0));
+        assert!(!layout.parts().exists());
+    }
+
+    #[test]
+    fn ranks_write_parts_and_rank_0_joins_what_one_process_would_have() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let layout = RunLayout::folder(dir.path());
+        let world = |rank| World {
+            launcher: Launcher::Slurm,
+            rank,
+            size: 3,
+            local_rank: rank,
+            local_size: 3,
+            restarts: 0,
+        };
+        // The other ranks finish first; they return nothing and leave their parts.
+        for rank in [2, 1] {
+            let mut job = Indices::default();
+            assert_eq!(
+                run_as(world(rank), &layout, &mut job).expect("rank runs"),
+                None
+            );
+            assert_eq!((job.outputs_written, job.parts_written), (0, 1));
+        }
+        let mut job = Indices::default();
+        let joined = run_as(world(0), &layout, &mut job).expect("rank 0 gathers");
+        assert_eq!(joined, Some((0..7).collect()));
+        assert_eq!((job.outputs_written, job.parts_written), (0, 1));
+        assert!(!layout.parts().exists(), "the parts go once joined");
+    }
+}
