@@ -180,20 +180,14 @@ impl<'d> RankPart<'d> {
         let images = self.indices().len();
         let wall = self.start.elapsed().as_secs_f64();
         let images_per_s = (images - resumed.min(images)) as f64 / wall.max(1e-9);
-        let world = self.distribution.world;
-        let record = RankRecord {
-            rank: world.rank,
-            local_rank: world.local_rank,
-            host: host_name(),
-            device: crate::device::name(device),
-            device_name: crate::device::describe(device),
-            samples: images,
-            resumed_samples: resumed,
+        let record = self.rank_record(
+            crate::device::name(device),
+            crate::device::describe(device),
+            resumed,
             images_per_s,
-            tokens_per_s: 0.0,
-            wall_s: wall,
-            decode_batch_size: None,
-        };
+            0.0,
+            wall,
+        );
         let timing = json!({
             "images": images,
             "wall_s": wall,
