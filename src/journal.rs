@@ -117,7 +117,8 @@ impl Journal {
                 .ok_or_else(|| FileError::new(&progress_path, "bad `completed_indices`"))?;
         } else {
             if resume {
-                tracing::warn!(
+                // Not a warning: the feature cache always asks to resume its extraction.
+                tracing::info!(
                     "nothing to resume in {}: starting from the beginning",
                     dir.display()
                 );

@@ -373,13 +373,9 @@ impl GenArgs {
 /// The flags of `fid` (also every flag of `sweep`).
 #[derive(Args, Debug, Clone)]
 pub struct FidArgs {
-    /// Generated images: an npz with `arr_0` u8 N x H x W x 3 (stored or compressed).
-    #[arg(
-        long,
-        value_name = "SAMPLES.npz",
-        required_unless_present = "gpt",
-        conflicts_with = "gpt"
-    )]
+    /// Generated images: an npz with `arr_0` u8 N x H x W x 3 (stored or compressed), or a
+    /// folder of images.
+    #[arg(long, value_name = "SAMPLES", conflicts_with = "gpt")]
     pub sample_batch: Option<PathBuf>,
     /// Generation instead of --sample-batch: `--gpt CKPT --vq CKPT --samples N` and the sampling
     /// flags of `sample`.
@@ -395,7 +391,7 @@ pub struct FidArgs {
     /// Reference: an ADM reference batch (its mu/sigma/mu_s/sigma_s, and its `arr_0` images for
     /// precision/recall/KID), a `stats` file, a feature file, an image npz, or a folder of images.
     #[arg(long = "ref", value_name = "REF")]
-    pub reference: PathBuf,
+    pub reference: Option<PathBuf>,
     /// Centre-crop reference images from a folder to this size (ADM's `center_crop_arr`).
     /// With --gpt: the generation resolution (default 256); folder references are then cropped
     /// to --image-size-eval (default: the same).
@@ -431,8 +427,11 @@ impl FidArgs {
         };
         let mut inception = self.inception.config()?;
         inception.device = world.device(inception.device).map_err(anyhow::Error::msg)?;
+        let Some(reference) = self.reference.clone() else {
+            bail!("--ref REF is required: the reference batch the samples are compared with")
+        };
         Ok(FidConfig {
-            reference: self.reference.clone(),
+            reference,
             reference_crop,
             inception,
             metrics: self.metric.request(),

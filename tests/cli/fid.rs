@@ -337,3 +337,62 @@ fn no_stale_or_partial_result_looks_like_a_finished_run() {
         .failure();
     assert!(!blocked.join("metrics.json").exists());
 }
+
+/// `fid SAMPLES REF`, as pytorch-fid users type it, on a folder of PNG images: the same metrics as
+/// `fid --sample-batch SAMPLES --ref REF`; a clean fresh run's log has no warning and, captured to
+/// a file, no colour codes.
+#[test]
+fn fid_takes_samples_and_reference_as_pytorch_fid_does() {
+    let _cores = all_cores();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let weights = random_inception_weights();
+    let folder = root.join("samples");
+    std::fs::create_dir(&folder).unwrap();
+    for i in 0..12u32 {
+        let file = File::create(folder.join(format!("{i:02}.png"))).unwrap();
+        let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), 32, 32);
+        encoder.set_color(png::ColorType::Rgb);
+        let mut writer = encoder.write_header().unwrap();
+        let pixels: Vec<u8> = (0..32 * 32 * 3).map(|p| ((p * (i + 3)) % 253) as u8).collect();
+        writer.write_image_data(&pixels).unwrap();
+    }
+    let reference = root.join("ref.npz");
+    image_batch(&reference, &mut ChaCha8Rng::seed_from_u64(9), 16, 32, 30);
+    let settings = [
+        "--inception",
+        s(&weights),
+        "--device",
+        "cpu",
+        "--metrics",
+        "fid,is",
+    ];
+    let (positional, flags) = (root.join("positional"), root.join("flags"));
+    let stderr = cli()
+        .env_remove("RUST_LOG")
+        .args(["fid", s(&folder), s(&reference), "--out", s(&positional)])
+        .args(settings)
+        .run()
+        .success()
+        .stderr_text();
+    // The only warnings: weights that are not the released ones, and 12 samples in 2048
+    // dimensions; none about the feature cache's mechanics.
+    let expected = ["not pytorch-fid's released", "covariances are singular"];
+    for line in stderr.lines().filter(|line| line.contains("WARN")) {
+        assert!(expected.iter().any(|e| line.contains(e)), "{stderr}");
+    }
+    assert!(!stderr.contains('\x1b'), "colour codes in a captured log: {stderr}");
+    cli()
+        .args(["fid", "--sample-batch", s(&folder), "--ref", s(&reference)])
+        .args(["--out", s(&flags)])
+        .args(settings)
+        .run()
+        .success();
+    let metrics = |out: &Path| metrics_json(out)["metrics"].clone();
+    assert_eq!(metrics(&positional), metrics(&flags));
+    assert_eq!(metrics_json(&positional)["run"]["n_samples"], 12);
+    cli()
+        .args(["fid", s(&folder)])
+        .run()
+        .refused_with(&["<REF>"]);
+}
