@@ -9,7 +9,7 @@ use llamagen_eval::pipeline::jobs::sweep::sweep;
 use llamagen_eval::progress::Progress;
 
 use super::args::FidArgs;
-use super::output::print_sweep;
+use super::output::{print_scale, print_sweep_summary};
 
 /// `sweep` flags.
 #[derive(Args, Debug)]
@@ -37,8 +37,15 @@ pub fn run(cmd: &SweepCommand, progress: Progress, distribution: Distribution) -
             .gen
             .config(cmd.fid.generation_size(), config.inception.device, progress)?;
     let plan = cmd.fid.plan(&base, progress, distribution)?;
-    let outcome = sweep(&config, &generator, &cmd.cfg_scales, &plan, &base)?;
-    print_sweep(&outcome, progress);
+    let outcome = sweep(
+        &config,
+        &generator,
+        &cmd.cfg_scales,
+        &plan,
+        &base,
+        &mut |scale, dir, run| print_scale(scale, dir, run, progress),
+    )?;
+    print_sweep_summary(&outcome, progress);
     if outcome.report.is_none() {
         progress.say(format!(
             "rank {} of {}: done; rank 0 gathers the parts into {}",

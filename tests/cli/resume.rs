@@ -167,7 +167,20 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
     let mut args = tiny_gpt("sweep");
     args.extend(["--cfg-scales", "1.0,1.5,3.0", "--out", s(&out)]);
     args.extend_from_slice(&common);
-    let stderr = run(&args, None).success().stderr_text();
+    let output = run(&args, None).success();
+    let stderr = output.stderr_text();
+    // Each scale's table under its scale, then the closing table: one row per scale in the
+    // sweep's order, with its run folder.
+    let stdout = output.stdout_text();
+    let closing: Vec<&str> = stdout.lines().rev().take(3).collect();
+    for (row, scale) in closing.iter().rev().zip(["1", "1.5", "3"]) {
+        assert!(stdout.contains(&format!("CFG scale {scale} (")), "{stdout}");
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(fields[0], scale, "{stdout}");
+        assert!(fields[1].parse::<f64>().is_ok(), "fid of scale {scale}: {stdout}");
+        assert!(row.ends_with(&format!("cfg-{scale}")), "{stdout}");
+    }
+    assert!(stdout.contains("cfg_scale             fid inception_score"), "{stdout}");
     let count = |needle: &str| stderr.matches(needle).count();
     assert_eq!(count("and tokenizer"), 1, "{stderr}");
     assert_eq!(count("Inception-V3 loaded"), 1, "{stderr}");

@@ -26,13 +26,15 @@ pub struct SweepOutcome {
 
 /// Runs the generated evaluation at each of `scales` into `out_dir/cfg-<scale>/`, then the
 /// report into `out_dir/report/`. `plan.save_samples`, when given, names the npz written in each
-/// run folder (its file name is kept, its folder replaced).
+/// run folder (its file name is kept, its folder replaced). `finished` is told of each scale's
+/// outcome as soon as it is written, so a caller can show it before the next scale starts.
 pub fn sweep(
     fid: &FidConfig,
     generator: &GeneratorConfig,
     scales: &[f64],
     plan: &GenerationPlan,
     out_dir: &Path,
+    finished: &mut dyn FnMut(f64, &Path, &FidOutcome),
 ) -> Result<SweepOutcome> {
     check_scales(scales)?;
     let gathers = plan.distribution.world.rank == 0;
@@ -61,6 +63,7 @@ pub fn sweep(
             .run(&run, last)
             .with_context(|| format!("CFG scale {scale}"))?;
         if let Some(outcome) = outcome {
+            finished(scale, &run_dir, &outcome);
             runs.push((scale, run_dir, outcome));
         }
     }
