@@ -1,6 +1,7 @@
 //! The flag a user should reach for when a library error is about a setting: the library names
 //! the problem, the command line adds which flag changes it.
 
+use llamagen_eval::data::DataError;
 use llamagen_eval::journal::JournalError;
 use llamagen_eval::models::gpt::GptError;
 
@@ -25,6 +26,9 @@ pub fn flag_hint(err: &anyhow::Error) -> Option<String> {
                 ),
                 _ => None,
             };
+        }
+        if let Some(DataError::MixedSizes { .. }) = cause.downcast_ref::<DataError>() {
+            hint = Some("pass --image-size N to centre-crop every image to N x N".into());
         }
         if let Some(JournalError::SettingsChanged { changes, .. }) =
             cause.downcast_ref::<JournalError>()

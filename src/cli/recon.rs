@@ -32,8 +32,8 @@ pub struct ReconCommand {
     /// Original images: an npz with `arr_0` u8 N x H x W x 3, or a folder of PNG/JPEG files.
     #[arg(long, value_name = "IMAGES")]
     pub data: PathBuf,
-    /// Centre-crop the originals to this square size (ADM's center_crop_arr). Default: npz images
-    /// at their own size, folders at 256.
+    /// Centre-crop the originals to this square size (ADM's center_crop_arr; LlamaGen evaluates
+    /// ImageNet at 256). Default: the images' own size (a folder's images must then share one).
     #[arg(long, value_name = "N")]
     pub image_size: Option<usize>,
     /// rFID reference: an ADM reference batch or stats file (mu/sigma), a feature file, or images;

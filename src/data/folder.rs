@@ -159,13 +159,11 @@ impl FolderImages {
         match self.crop {
             Some(n) => Ok(center_crop_arr(&pixels, w, h, n)),
             None if (h, w) == self.size => Ok(pixels),
-            None => Err(DataError::invalid(
-                path,
-                format!(
-                    "is {w}x{h} but the first image is {}x{}; centre-crop all images to one size (an image size for the folder)",
-                    self.size.1, self.size.0
-                ),
-            )),
+            None => Err(DataError::MixedSizes {
+                path: path.to_path_buf(),
+                size: (h, w),
+                first: self.size,
+            }),
         }
     }
 }

@@ -24,6 +24,16 @@ pub enum DataError {
         /// What is wrong with it.
         message: String,
     },
+    /// A folder's images differ in size and no crop size was given.
+    #[error("{}: is {}x{} but the first image is {}x{}: the folder's images must share one size, or be centre-cropped to one", path.display(), size.1, size.0, first.1, first.0)]
+    MixedSizes {
+        /// The image whose size differs.
+        path: PathBuf,
+        /// Its (height, width).
+        size: (usize, usize),
+        /// The first image's (height, width).
+        first: (usize, usize),
+    },
     /// The file or directory could not be opened or read.
     #[error("{}", path.display())]
     Io {

@@ -351,3 +351,37 @@ fn bad_inputs_fail_cleanly() {
         .run();
     assert_fails_cleanly(&output, &out, &["small.npz", "do not match"]);
 }
+
+/// A folder is scored at its images' own size (80x80 here, never resized to 256 unasked); a
+/// folder of mixed sizes is refused with the flag that crops it.
+#[test]
+fn a_folder_is_scored_at_its_own_size() {
+    let _cores = all_cores();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("images");
+    std::fs::create_dir(&folder).unwrap();
+    let write_png = |name: &str, side: u32| {
+        let file = File::create(folder.join(name)).unwrap();
+        let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), side, side);
+        encoder.set_color(png::ColorType::Rgb);
+        let mut writer = encoder.write_header().unwrap();
+        let pixels: Vec<u8> = (0..side * side * 3).map(|p| (p % 241) as u8).collect();
+        writer.write_image_data(&pixels).unwrap();
+    };
+    write_png("a.png", 80);
+    write_png("b.png", 80);
+    let vq = support::golden("vq_public.pt");
+    let out = dir.path().join("own-size");
+    vq_run(&vq, &folder, &out, &[]).success();
+    let json = metrics_json(&out);
+    assert_eq!(json["run"]["image_size"], serde_json::json!([80, 80]));
+    assert_eq!(json["run"]["n_images"], 2, "{json}");
+
+    write_png("c.png", 64);
+    let refused = dir.path().join("mixed");
+    vq_run(&vq, &folder, &refused, &[]).refused_with(&[
+        "c.png: is 64x64 but the first image is 80x80",
+        "hint: pass --image-size N",
+    ]);
+    assert!(!refused.exists());
+}

@@ -13,9 +13,6 @@ use crate::models::vq::VqWeights;
 use crate::pipeline::inception::InceptionConfig;
 use crate::progress::Progress;
 
-/// Default side for folders of images (ADM centre crop), as LlamaGen evaluates at 256.
-pub const FOLDER_IMAGE_SIZE: usize = 256;
-
 /// Precision the tokenizer runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReconPrecision {
@@ -58,7 +55,7 @@ pub enum Reconstructions {
 pub struct ReconConfig {
     /// Original images (npz or folder).
     pub data: PathBuf,
-    /// Centre-crop size of the originals (default: npz images as they are, folders at 256).
+    /// Centre-crop size of the originals (default: the images as they are).
     pub image_size: Option<usize>,
     /// The reconstructions.
     pub reconstructions: Reconstructions,

@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use llamagen_metrics::stats::GaussianStats;
 use serde_json::{json, Map, Value};
 
-pub use self::config::{ReconConfig, ReconPrecision, Reconstructions, FOLDER_IMAGE_SIZE};
+pub use self::config::{ReconConfig, ReconPrecision, Reconstructions};
 pub use self::gather::gather_recon_offline;
 pub use self::stage::usage_from_counts;
 pub use crate::metric::ReconMetric;
@@ -63,9 +63,8 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
     };
     // 1. Inputs and the output folder, all checked before anything is written.
     crate::io::check_output_dir(&config.out_dir)?;
-    let image_size = config
-        .image_size
-        .or_else(|| config.data.is_dir().then_some(FOLDER_IMAGE_SIZE));
+    // Never resized unasked: without a crop, images are scored at their own size.
+    let image_size = config.image_size;
     let whole = crate::data::open_images(&config.data, image_size, batch_size)?;
     let total = whole.len();
     anyhow::ensure!(total > 0, "{}: no images", config.data.display());
