@@ -104,7 +104,7 @@ enum Command {
         inception: Option<PathBuf>,
     },
     /// FID, sFID, IS, precision/recall and KID of a sample batch against a reference batch.
-    Fid(args::FidArgs),
+    Fid(fid::FidCommand),
     /// The same metrics from feature files (no Inception run).
     Metrics(metrics::MetricsCommand),
     /// Inception features (pool, spatial, logits) of an image batch.
@@ -152,6 +152,27 @@ impl Command {
 }
 
 impl Cli {
+    /// The command line that continues this run after an interruption: the same arguments, with
+    /// `--resume` added for the commands that journal their work.
+    pub fn resume_command(&self) -> String {
+        let mut words: Vec<String> = std::env::args_os()
+            .map(|word| shell_quoted(&word.to_string_lossy()))
+            .collect();
+        let journaled = matches!(
+            self.command,
+            Command::Fid(_)
+                | Command::Sample(_)
+                | Command::Sweep(_)
+                | Command::Features(_)
+                | Command::Stats(_)
+                | Command::Recon(_)
+        );
+        if journaled && !words.iter().any(|word| word == "--resume") {
+            words.push("--resume".into());
+        }
+        words.join(" ")
+    }
+
     /// Runs the parsed command.
     pub fn run(self) -> Result<ExitCode> {
         let progress = Progress::quiet(self.quiet);
@@ -200,7 +221,7 @@ impl Cli {
                 print!("{}", report.render());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Fid(cmd) => fid::run(&cmd, progress, distribution),
+            Command::Fid(cmd) => fid::run(cmd, progress, distribution),
             Command::Metrics(cmd) => metrics::run(&cmd, progress),
             Command::Features(cmd) => features::run(&cmd, progress, distribution),
             Command::Stats(cmd) => features::run_stats(&cmd, progress, distribution),
@@ -216,4 +237,29 @@ impl Cli {
             Command::Check(cmd) => check::run(&cmd, progress),
         }
     }
+}
+
+/// `word` as a POSIX shell reads it back: as it is when it holds only safe characters, else in
+/// single quotes.
+fn shell_quoted(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The exit status and the lines to print when `err` is a run stopped by a signal: what was done
+/// and the command that continues it.
+pub fn interruption(err: &anyhow::Error, resume_command: &str) -> Option<(u8, String)> {
+    let interrupted = err
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<llamagen_eval::interrupt::Interrupted>())?;
+    let next = if interrupted.kept.is_empty() {
+        format!("to start again: {resume_command}")
+    } else {
+        format!("to continue where it stopped: {resume_command}")
+    };
+    Some((interrupted.signal.exit_status(), next))
 }

@@ -16,6 +16,7 @@ use ndarray::Array4;
 use serde_json::{Map, Value};
 
 use crate::data::ImageSource;
+use crate::interrupt::Interrupted;
 use crate::journal::{Journal, StreamSpec};
 use crate::progress::Progress;
 
@@ -184,7 +185,22 @@ fn run_batches(
         bar.inc(n as u64);
     }
 
+    let _signals = crate::interrupt::catch();
     while position < total {
+        if let Some(signal) = crate::interrupt::requested() {
+            bar.abandon();
+            return Err(Interrupted {
+                signal,
+                done: position,
+                total,
+                kept: if journal.is_some() {
+                    Interrupted::JOURNALED
+                } else {
+                    ""
+                },
+            }
+            .into());
+        }
         if let Some(limit) = config.stop_after_new {
             if position - done >= limit {
                 bar.abandon();
