@@ -783,9 +783,7 @@ mod tests {
     use super::*;
 
     fn shapes(config: &ClipConfig) -> Vec<(String, Vec<i64>)> {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let _model = ClipVisionModel::new(&vs.root(), config);
-        super::super::variable_shapes(&vs)
+        super::super::variable_shapes(|p| ClipVisionModel::new(p, config))
     }
 
     fn tiny() -> ClipConfig {

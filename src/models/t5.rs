@@ -47,7 +47,7 @@ use tch::{Device, Kind, Tensor};
 use super::clip::config_beside;
 use super::hf_weights::{WeightSet, WeightsError};
 use super::shapes::{self, first_names};
-use super::tokenizer::{CaptionTokenizer, TokenizerError};
+use super::tokenizer::{check_vocab, CaptionTokenizer, TokenizerError};
 use crate::choice::{choice_str, Choice};
 
 /// Caption length of LlamaGen's T5Embedder (`--t5-feature-max-len`, `model_max_length=120`).
@@ -357,20 +357,6 @@ pub enum T5Error {
     /// The caption tokenizer failed.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
-    /// Token ids the model has no embedding for (a tokenizer of another model?).
-    #[error(
-        "{}: token id {id} is out of range for the T5 encoder's {vocab} embeddings: the \
-         tokenizer does not belong to this model",
-        tokenizer.display()
-    )]
-    TokenOutOfRange {
-        /// The tokenizer file.
-        tokenizer: PathBuf,
-        /// The offending id.
-        id: i64,
-        /// The model's vocabulary size.
-        vocab: i64,
-    },
 }
 
 /// A linear map without bias.
@@ -798,13 +784,7 @@ impl T5Embedder {
     pub fn embed(&self, captions: &[String]) -> Result<(Tensor, Tensor), T5Error> {
         let (ids, mask) = self.tokenizer.encode(captions, self.max_length)?;
         let vocab = self.encoder.config().vocab_size;
-        if let Some(&id) = ids.iter().find(|&&id| id < 0 || id >= vocab) {
-            return Err(T5Error::TokenOutOfRange {
-                tokenizer: self.tokenizer.path().to_path_buf(),
-                id,
-                vocab,
-            });
-        }
+        check_vocab(&ids, vocab, self.tokenizer.path(), "T5 encoder")?;
         let shape = [captions.len() as i64, self.max_length as i64];
         let device = self.encoder.device();
         let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
@@ -835,9 +815,7 @@ mod tests {
     }
 
     fn shapes(config: &T5Config) -> Vec<(String, Vec<i64>)> {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let _model = T5Encoder::new(&vs.root(), config, Kind::Float);
-        super::super::variable_shapes(&vs)
+        super::super::variable_shapes(|p| T5Encoder::new(p, config, Kind::Float))
     }
 
     #[test]
