@@ -582,10 +582,9 @@ mod tests {
 
     #[test]
     fn a_config_beside_the_weights_is_read_and_checked() {
-        let dir = std::env::temp_dir().join(format!("clip-text-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let weights = dir.join("model.safetensors");
-        let config = dir.join("config.json");
+        let dir = tempfile::tempdir().unwrap();
+        let weights = dir.path().join("model.safetensors");
+        let config = dir.path().join("config.json");
         std::fs::write(
             &config,
             r#"{"text_config": {"hidden_size": 64, "num_attention_heads": 8,
@@ -610,7 +609,6 @@ mod tests {
                 && e.to_string().contains("num_hidden_layers is 12"),
             "{e}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

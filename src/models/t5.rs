@@ -846,9 +846,8 @@ mod tests {
 
     #[test]
     fn config_json_follows_hugging_face_and_is_checked() {
-        let dir = std::env::temp_dir().join(format!("t5-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("config.json");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
         std::fs::write(
             &file,
             r#"{"d_model": 16, "d_kv": 6, "d_ff": 24, "num_layers": 2, "num_heads": 3,
@@ -879,7 +878,6 @@ mod tests {
         std::fs::write(&file, r#"{"dense_act_fn": "mish"}"#).unwrap();
         let e = T5Config::from_json(&file).unwrap_err().to_string();
         assert!(e.contains("unsupported activation `mish`"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
