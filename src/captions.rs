@@ -160,6 +160,17 @@ impl CaptionSet {
     ) -> Result<Self, CaptionError> {
         let bad = |message: String| CaptionError::new(source, message);
         let torch = |e: tch::TchError| bad(format!("libtorch: {e}"));
+        // Fails with `message` unless every element of the boolean tensor `flags` is true.
+        let require_all = |flags: Result<Tensor, tch::TchError>, message: &str| {
+            let all = flags
+                .and_then(|f| f.f_all())
+                .and_then(|f| f.f_int64_value(&[]))
+                .map_err(torch)?;
+            if all == 0 {
+                return Err(bad(message.to_owned()));
+            }
+            Ok(())
+        };
         let size = embeddings.size();
         let [n, l, d] = size[..] else {
             return Err(bad(format!(
@@ -190,17 +201,12 @@ impl CaptionSet {
         let valid = if masks.kind() == Kind::Bool {
             masks.shallow_clone()
         } else {
-            let binary = masks
-                .f_eq(0)
-                .and_then(|zero| zero.f_logical_or(&masks.f_eq(1)?))
-                .and_then(|b| b.f_all())
-                .and_then(|b| b.f_int64_value(&[]))
-                .map_err(torch)?;
-            if binary == 0 {
-                return Err(bad(
-                    "caption masks hold values other than 0 and 1".to_owned()
-                ));
-            }
+            require_all(
+                masks
+                    .f_eq(0)
+                    .and_then(|zero| zero.f_logical_or(&masks.f_eq(1)?)),
+                "caption masks hold values other than 0 and 1",
+            )?;
             masks.f_ne(0).map_err(torch)?
         };
         let lengths = Vec::<i64>::try_from(
@@ -239,16 +245,10 @@ impl CaptionSet {
                 "caption {i} has no valid position (its mask is all 0)"
             )));
         }
-        let finite = embeddings
-            .f_isfinite()
-            .and_then(|f| f.f_all())
-            .and_then(|f| f.f_int64_value(&[]))
-            .map_err(torch)?;
-        if finite == 0 {
-            return Err(bad(
-                "caption embeddings hold NaN or infinite values".to_owned()
-            ));
-        }
+        require_all(
+            embeddings.f_isfinite(),
+            "caption embeddings hold NaN or infinite values",
+        )?;
         if let Some(texts) = &texts {
             if texts.len() as i64 != n {
                 return Err(bad(format!(

@@ -372,12 +372,19 @@ mod tests {
         m
     }
 
-    #[test]
-    fn commits_survive_reopening_and_uncommitted_records_are_dropped() {
+    /// A new journal of `streams` under `settings(1.5)`, at `j` in a fresh temporary directory
+    /// that lives as long as the returned guard.
+    fn new_journal(streams: &[StreamSpec]) -> (tempfile::TempDir, PathBuf, Journal) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
+        let journal = Journal::open(&path, &settings(1.5), streams, false).unwrap();
+        (dir, path, journal)
+    }
+
+    #[test]
+    fn commits_survive_reopening_and_uncommitted_records_are_dropped() {
         let streams = [StreamSpec::new("tokens", 2)];
-        let mut journal = Journal::open(&path, &settings(1.5), &streams, false).unwrap();
+        let (_dir, path, mut journal) = new_journal(&streams);
         journal.commit(&[0, 1], &[vec![1, 2, 3, 4]]).unwrap();
         journal.commit(&[2], &[vec![5, 6]]).unwrap();
         // A batch appended but not committed, as a kill between the two steps leaves it.
@@ -399,10 +406,8 @@ mod tests {
 
     #[test]
     fn changed_settings_refuse_to_resume_naming_the_setting() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j");
         let streams = [StreamSpec::new("tokens", 2)];
-        let mut journal = Journal::open(&path, &settings(1.5), &streams, false).unwrap();
+        let (_dir, path, mut journal) = new_journal(&streams);
         journal.commit(&[0], &[vec![1, 2]]).unwrap();
         drop(journal);
         let err = match Journal::open(&path, &settings(2.0), &streams, true) {

@@ -311,6 +311,18 @@ impl Reader<'_> {
             })
         }
     }
+
+    /// The rank within the node and the node's process count, from `rank` and `size` (rank 0 of
+    /// 1 when unset).
+    fn local(
+        &self,
+        rank: &'static str,
+        size: &'static str,
+    ) -> Result<(usize, usize), LauncherError> {
+        let local_size = self.number(size)?.unwrap_or(1).max(1);
+        let local_rank = self.below(rank, self.number(rank)?.unwrap_or(0), (size, local_size))?;
+        Ok((local_rank, local_size))
+    }
 }
 
 fn torchrun(env: &dyn Fn(&str) -> Option<String>) -> Result<World, LauncherError> {
@@ -320,12 +332,7 @@ fn torchrun(env: &dyn Fn(&str) -> Option<String>) -> Result<World, LauncherError
     };
     let size = r.positive("WORLD_SIZE")?;
     let rank = r.below("RANK", r.required("RANK")?, ("WORLD_SIZE", size))?;
-    let local_size = r.number("LOCAL_WORLD_SIZE")?.unwrap_or(1).max(1);
-    let local_rank = r.below(
-        "LOCAL_RANK",
-        r.number("LOCAL_RANK")?.unwrap_or(0),
-        ("LOCAL_WORLD_SIZE", local_size),
-    )?;
+    let (local_rank, local_size) = r.local("LOCAL_RANK", "LOCAL_WORLD_SIZE")?;
     Ok(World {
         launcher: Launcher::Torchrun,
         rank,
@@ -347,12 +354,8 @@ fn mpi(env: &dyn Fn(&str) -> Option<String>) -> Result<World, LauncherError> {
         r.required("OMPI_COMM_WORLD_RANK")?,
         ("OMPI_COMM_WORLD_SIZE", size),
     )?;
-    let local_size = r.number("OMPI_COMM_WORLD_LOCAL_SIZE")?.unwrap_or(1).max(1);
-    let local_rank = r.below(
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        r.number("OMPI_COMM_WORLD_LOCAL_RANK")?.unwrap_or(0),
-        ("OMPI_COMM_WORLD_LOCAL_SIZE", local_size),
-    )?;
+    let (local_rank, local_size) =
+        r.local("OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE")?;
     Ok(World {
         launcher: Launcher::Mpi,
         rank,

@@ -11,7 +11,7 @@ use std::path::Path;
 use super::budget::Meter;
 use super::error::ErrorKind;
 use super::pickle::{unpickle, unpickle_value, Counting, Unpickled};
-use super::spans::SpanReader;
+use super::spans::{SpanLayout, SpanReader};
 use super::value::Value;
 use super::{first_tensor_using, ReadRange};
 
@@ -169,16 +169,9 @@ pub(crate) fn open(path: &Path, meter: &mut Meter) -> Result<(Unpickled, Layout)
 /// Reads storages out of a legacy checkpoint.
 pub(crate) type StorageReader = SpanReader<Layout>;
 
-impl StorageReader {
-    /// Calls `fill` with a reader of bytes `range` of storage `key`.
-    pub(crate) fn read<T>(
-        &mut self,
-        key: &str,
-        range: &ReadRange,
-        fill: impl FnOnce(&mut dyn Read) -> Result<T, ErrorKind>,
-    ) -> Result<T, ErrorKind> {
+impl SpanLayout for Layout {
+    fn span_start(&self, key: &str, range: &ReadRange) -> Result<u64, ErrorKind> {
         let &(start, size) = self
-            .layout
             .storages
             .get(key)
             .ok_or_else(|| ErrorKind::Legacy(format!("no data for storage `{key}`")))?;
@@ -192,6 +185,6 @@ impl StorageReader {
                 ),
             });
         }
-        self.read_span(start, range, fill)
+        Ok(start)
     }
 }

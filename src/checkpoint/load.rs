@@ -1,7 +1,7 @@
 //! Copies named tensors into a `tch::nn::VarStore`, after checking names and shapes all at once so
 //! that a mismatch is reported in one error listing every missing, unexpected and mis-shaped name.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use tch::nn::VarStore;
@@ -44,6 +44,16 @@ pub struct LoadReport {
     pub missing: Vec<String>,
 }
 
+/// The names of the variables in `vars` that `filled` says got no tensor, sorted.
+pub(crate) fn missing_variables(
+    vars: &HashMap<String, Tensor>,
+    filled: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut missing: Vec<String> = vars.keys().filter(|k| !filled(k)).cloned().collect();
+    missing.sort();
+    missing
+}
+
 /// Copies `tensors` into the variables of `vs` with the same names (converting dtype and device as
 /// needed). `source` names the checkpoint in errors. Fails, changing nothing, when names or shapes
 /// disagree beyond what `opts` allows.
@@ -77,12 +87,7 @@ pub fn load_into(
             }
         }
     }
-    report.missing = vars
-        .keys()
-        .filter(|k| !seen.contains(k.as_str()))
-        .cloned()
-        .collect();
-    report.missing.sort();
+    report.missing = missing_variables(&vars, |name| seen.contains(name));
     if !opts.allow_missing {
         mismatch.missing = std::mem::take(&mut report.missing);
     }

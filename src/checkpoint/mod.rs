@@ -35,6 +35,7 @@ use tch::{Device, Tensor};
 use budget::Meter;
 pub use budget::ReadBudget;
 pub use error::{CheckpointError, ErrorKind, Mismatch};
+pub(crate) use load::missing_variables;
 pub use load::{load_into, LoadOptions, LoadReport};
 pub use summary::{Section, Summary};
 pub use value::{DType, Object, TensorData, TensorMeta, Value};
@@ -179,14 +180,7 @@ pub(crate) fn first_tensor_using(root: &Value, key: &str) -> Option<String> {
     let flow = walk(root, &mut Vec::new(), &mut |path, t| match &t.data {
         TensorData::Storage { key: k, .. } if k == key => {
             let mut name = path.join(".");
-            if name.len() > NAME_SHOWN {
-                let mut cut = NAME_SHOWN;
-                while !name.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                name.truncate(cut);
-                name.push_str("...");
-            }
+            value::shorten(&mut name, NAME_SHOWN);
             ControlFlow::Break(name)
         }
         _ => ControlFlow::Continue(()),

@@ -627,6 +627,20 @@ impl<Rd: Read> Machine<'_, Rd> {
         Ok(self.stack.split_off(mark))
     }
 
+    /// The memo index that PUT or GET opcode `op` carries: a decimal text line (`p`, `g`; `bad` is
+    /// the error when it is not a number), one byte (`q`, `h`) or four little-endian ones (`r`,
+    /// `j`).
+    fn memo_index(&mut self, op: u8, bad: &str) -> R<u64> {
+        match op {
+            b'p' | b'g' => {
+                let line = self.read_line_str()?;
+                line.parse::<u64>().map_err(|_| self.err(bad))
+            }
+            b'q' | b'h' => Ok(u64::from(self.read_u8()?)),
+            _ => Ok(u64::from(self.read_u32()?)),
+        }
+    }
+
     fn memo_put(&mut self, idx: u32) -> R<()> {
         let v = self.top()?.clone();
         if !self.memo.contains_key(&idx) {
@@ -950,35 +964,18 @@ impl<Rd: Read> Machine<'_, Rd> {
                     let target = self.top()?.clone();
                     self.set_items(&target, items)?;
                 }
-                b'p' => {
-                    let line = self.read_line_str()?;
-                    let idx = line.parse::<u32>().map_err(|_| self.err("bad PUT index"))?;
-                    self.memo_put(idx)?;
-                }
-                b'q' => {
-                    let idx = self.read_u8()?;
-                    self.memo_put(u32::from(idx))?;
-                }
-                b'r' => {
-                    let idx = self.read_u32()?;
+                b'p' | b'q' | b'r' => {
+                    let idx = self.memo_index(op, "bad PUT index")?;
+                    let idx = u32::try_from(idx).map_err(|_| self.err("bad PUT index"))?;
                     self.memo_put(idx)?;
                 }
                 0x94 => {
                     let idx = u32::try_from(self.memo.len()).map_err(|_| self.err("memo full"))?;
                     self.memo_put(idx)?;
                 }
-                b'g' => {
-                    let line = self.read_line_str()?;
-                    let idx = line.parse::<u64>().map_err(|_| self.err("bad GET index"))?;
+                b'g' | b'h' | b'j' => {
+                    let idx = self.memo_index(op, "bad GET index")?;
                     self.memo_get(idx)?;
-                }
-                b'h' => {
-                    let idx = self.read_u8()?;
-                    self.memo_get(u64::from(idx))?;
-                }
-                b'j' => {
-                    let idx = self.read_u32()?;
-                    self.memo_get(u64::from(idx))?;
                 }
                 b'c' => {
                     let module = self.read_line_str()?;

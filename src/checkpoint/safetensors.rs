@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::budget::Meter;
 use super::error::ErrorKind;
-use super::spans::SpanReader;
+use super::spans::{SpanLayout, SpanReader};
 use super::value::{shape_text, DType, TensorData, TensorMeta, Value};
 use super::ReadRange;
 
@@ -237,22 +237,13 @@ pub(crate) fn open(
 /// Reads tensor bytes out of a safetensors file.
 pub(crate) type StorageReader = SpanReader<Layout>;
 
-impl StorageReader {
-    /// Calls `fill` with a reader of bytes `range` of tensor `name`'s data.
-    pub(crate) fn read<T>(
-        &mut self,
-        name: &str,
-        range: &ReadRange,
-        fill: impl FnOnce(&mut dyn Read) -> Result<T, ErrorKind>,
-    ) -> Result<T, ErrorKind> {
-        let &(start, end) = self
-            .layout
-            .ranges
-            .get(name)
-            .ok_or_else(|| ErrorKind::BadTensor {
-                tensor: name.to_owned(),
-                detail: "no such tensor in the file".to_owned(),
-            })?;
+/// A tensor is its own storage: its name is the key.
+impl SpanLayout for Layout {
+    fn span_start(&self, name: &str, range: &ReadRange) -> Result<u64, ErrorKind> {
+        let &(start, end) = self.ranges.get(name).ok_or_else(|| ErrorKind::BadTensor {
+            tensor: name.to_owned(),
+            detail: "no such tensor in the file".to_owned(),
+        })?;
         if range.end > end - start {
             return Err(ErrorKind::BadTensor {
                 tensor: name.to_owned(),
@@ -263,6 +254,6 @@ impl StorageReader {
                 ),
             });
         }
-        self.read_span(self.layout.data_start + start, range, fill)
+        Ok(self.data_start + start)
     }
 }

@@ -413,15 +413,21 @@ impl Value {
     pub fn render(&self, max_len: usize) -> String {
         let mut out = String::new();
         render_into(self, &mut out, max_len);
-        if out.len() > max_len {
-            let mut cut = max_len;
-            while !out.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            out.truncate(cut);
-            out.push_str("...");
-        }
+        shorten(&mut out, max_len);
         out
+    }
+}
+
+/// Cuts `text` to at most `max_len` bytes (at a character boundary) followed by `...` when it is
+/// longer.
+pub(crate) fn shorten(text: &mut String, max_len: usize) {
+    if text.len() > max_len {
+        let mut cut = max_len;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
     }
 }
 
@@ -471,9 +477,15 @@ fn numpy_scalar(o: &Object) -> Option<Value> {
     })
 }
 
-fn render_seq(items: &[Value], open: &str, close: &str, out: &mut String, max_len: usize) {
-    out.push_str(open);
-    for (i, v) in items.iter().enumerate() {
+/// Writes each of `items` with `render_item`, separated by `, `; once `out` is past `max_len`, `...`
+/// stands for the rest.
+fn render_items<T>(
+    items: impl IntoIterator<Item = T>,
+    out: &mut String,
+    max_len: usize,
+    mut render_item: impl FnMut(T, &mut String),
+) {
+    for (i, item) in items.into_iter().enumerate() {
         if out.len() > max_len {
             out.push_str("...");
             break;
@@ -481,8 +493,13 @@ fn render_seq(items: &[Value], open: &str, close: &str, out: &mut String, max_le
         if i > 0 {
             out.push_str(", ");
         }
-        render_into(v, out, max_len);
+        render_item(item, out);
     }
+}
+
+fn render_seq(items: &[Value], open: &str, close: &str, out: &mut String, max_len: usize) {
+    out.push_str(open);
+    render_items(items, out, max_len, |v, out| render_into(v, out, max_len));
     if open == "(" && items.len() == 1 {
         out.push(',');
     }
@@ -524,18 +541,11 @@ fn render_into(v: &Value, out: &mut String, max_len: usize) {
         Value::Set(items) => render_seq(items, "{", "}", out, max_len),
         Value::Dict(items) => {
             out.push('{');
-            for (i, (k, v)) in items.iter().enumerate() {
-                if out.len() > max_len {
-                    out.push_str("...");
-                    break;
-                }
-                if i > 0 {
-                    out.push_str(", ");
-                }
+            render_items(items, out, max_len, |(k, v), out| {
                 render_into(k, out, max_len);
                 out.push_str(": ");
                 render_into(v, out, max_len);
-            }
+            });
             out.push('}');
         }
         Value::Tensor(t) => {
@@ -553,23 +563,14 @@ fn render_into(v: &Value, out: &mut String, max_len: usize) {
             out.push_str(short);
             out.push('(');
             match v.entries() {
-                Some(fields) => {
-                    for (i, (k, val)) in fields.iter().enumerate() {
-                        if out.len() > max_len {
-                            out.push_str("...");
-                            break;
-                        }
-                        if i > 0 {
-                            out.push_str(", ");
-                        }
-                        match k {
-                            Value::Str(s) => out.push_str(s),
-                            other => render_into(other, out, max_len),
-                        }
-                        out.push('=');
-                        render_into(val, out, max_len);
+                Some(fields) => render_items(fields, out, max_len, |(k, val), out| {
+                    match k {
+                        Value::Str(s) => out.push_str(s),
+                        other => render_into(other, out, max_len),
                     }
-                }
+                    out.push('=');
+                    render_into(val, out, max_len);
+                }),
                 None => {
                     for (i, a) in o.args.iter().enumerate() {
                         if i > 0 {

@@ -8,7 +8,7 @@ use ndarray::Array4;
 use rayon::prelude::*;
 
 use super::pil_resize::center_crop_arr;
-use super::{DataError, ImageSource};
+use super::{image_batch, DataError, ImageSource};
 use crate::partition::Shard;
 
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
@@ -189,9 +189,7 @@ impl ImageSource for FolderImages {
         let count = end - self.next;
         self.next = end;
         let (h, w) = self.size;
-        Array4::from_shape_vec((count, h, w, 3), images.concat())
-            .map(Some)
-            .map_err(|e| DataError::invalid(&self.dir, e.to_string()))
+        image_batch(&self.dir, (count, h, w), images.concat())
     }
 
     fn describe(&self) -> String {

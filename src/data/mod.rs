@@ -55,6 +55,18 @@ impl DataError {
     }
 }
 
+/// A batch of RGB images of `shape` (N, H, W) from their pixels in NHWC order; `source` names
+/// what they were read from when the pixels do not fill the shape.
+pub(crate) fn image_batch(
+    source: impl Into<PathBuf>,
+    (n, height, width): (usize, usize, usize),
+    pixels: Vec<u8>,
+) -> Result<Option<Array4<u8>>, DataError> {
+    Array4::from_shape_vec((n, height, width, 3), pixels)
+        .map(Some)
+        .map_err(|e| DataError::invalid(source, e.to_string()))
+}
+
 /// A finite sequence of u8 RGB images (N, H, W, 3), delivered in batches.
 pub trait ImageSource {
     /// Number of images in the whole source.
@@ -231,9 +243,7 @@ impl ImageSource for Strided {
             self.read += batch.dim().0;
         }
         self.delivered += want;
-        Array4::from_shape_vec((want, h, w, 3), data)
-            .map(Some)
-            .map_err(|e| DataError::invalid(self.inner.describe(), e.to_string()))
+        image_batch(self.inner.describe(), (want, h, w), data)
     }
 
     fn describe(&self) -> String {
@@ -278,9 +288,7 @@ impl ImageSource for CenterCropped {
             let slice = pixels.as_slice().expect("standard layout is contiguous");
             data.extend(pil_resize::center_crop_arr(slice, w, h, self.size));
         }
-        Array4::from_shape_vec((n, self.size, self.size, 3), data)
-            .map(Some)
-            .map_err(|e| DataError::invalid(self.inner.describe(), e.to_string()))
+        image_batch(self.inner.describe(), (n, self.size, self.size), data)
     }
 
     fn describe(&self) -> String {

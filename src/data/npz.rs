@@ -11,7 +11,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 
 use ndarray::Array4;
 
-use super::{DataError, ImageSource};
+use super::{image_batch, DataError, ImageSource};
 
 /// Shape of an npy array and whether its elements are u8 in C order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -462,9 +462,7 @@ impl ImageSource for NpzImages {
                 return Err(DataError::invalid(&self.path, message));
             }
         }
-        Array4::from_shape_vec((count, self.height, self.width, 3), data)
-            .map(Some)
-            .map_err(|e| DataError::invalid(&self.path, e.to_string()))
+        image_batch(&self.path, (count, self.height, self.width), data)
     }
 
     fn describe(&self) -> String {

@@ -783,9 +783,7 @@ mod tests {
     use super::*;
 
     fn shapes(config: &ClipConfig) -> Vec<(String, Vec<i64>)> {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let _model = ClipVisionModel::new(&vs.root(), config);
-        super::super::variable_shapes(&vs)
+        super::super::variable_shapes(|p| ClipVisionModel::new(p, config))
     }
 
     fn tiny() -> ClipConfig {
@@ -817,18 +815,17 @@ mod tests {
 
     #[test]
     fn heads_are_read_from_a_config_beside_the_weights() {
-        let dir = std::env::temp_dir().join(format!("clip-heads-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let weights = dir.join("model.safetensors");
+        let dir = tempfile::tempdir().unwrap();
+        let weights = dir.path().join("model.safetensors");
         std::fs::write(
-            dir.join("config.json"),
+            dir.path().join("config.json"),
             r#"{"vision_config": {"hidden_size": 64, "num_attention_heads": 8}}"#,
         )
         .unwrap();
         let got = ClipConfig::infer(&weights, &shapes(&tiny()), Heads::Auto).unwrap();
         assert_eq!(got.heads, 8);
         std::fs::write(
-            dir.join("model_config.json"),
+            dir.path().join("model_config.json"),
             r#"{"hidden_size": 128, "num_attention_heads": 2}"#,
         )
         .unwrap();
@@ -837,7 +834,6 @@ mod tests {
             matches!(e, ClipError::Config { .. }) && e.to_string().contains("model_config.json"),
             "{e}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -32,7 +32,7 @@ use super::clip::{
     Heads,
 };
 use super::shapes::{self, first_names};
-use super::tokenizer::{ClipTokenizer, TokenizerError};
+use super::tokenizer::{check_vocab, ClipTokenizer, TokenizerError};
 use crate::checkpoint::{CheckpointError, LoadOptions};
 
 /// The `eos_token_id` of configurations written before transformers' fix (PR #24773): pooled at
@@ -319,20 +319,6 @@ pub enum ClipTextError {
     /// The tokenizer failed.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
-    /// Token ids the model has no embedding for (the tokenizer of another model?).
-    #[error(
-        "{}: token id {id} is out of range for the CLIP text model's {vocab} embeddings: the \
-         tokenizer does not belong to this model",
-        tokenizer.display()
-    )]
-    TokenOutOfRange {
-        /// The tokenizer file.
-        tokenizer: PathBuf,
-        /// The offending id.
-        id: i64,
-        /// The model's vocabulary size.
-        vocab: i64,
-    },
 }
 
 /// The text tower's tensors of a checkpoint: `text_model.*` (without the `position_ids` buffer)
@@ -542,13 +528,7 @@ impl ClipTextEmbedder {
         let context = self.model.config().context as usize;
         let ids = self.tokenizer.encode(texts, context)?;
         let vocab = self.model.config().vocab_size;
-        if let Some(&id) = ids.iter().find(|&&id| id < 0 || id >= vocab) {
-            return Err(ClipTextError::TokenOutOfRange {
-                tokenizer: self.tokenizer.path().to_path_buf(),
-                id,
-                vocab,
-            });
-        }
+        check_vocab(&ids, vocab, self.tokenizer.path(), "CLIP text model")?;
         Ok(self
             .model
             .embed_ids(&Tensor::from_slice(&ids).view([texts.len() as i64, context as i64])))
@@ -574,9 +554,7 @@ mod tests {
     }
 
     fn shapes(config: &ClipTextConfig) -> Vec<(String, Vec<i64>)> {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let _model = ClipTextModel::new(&vs.root(), config);
-        super::super::variable_shapes(&vs)
+        super::super::variable_shapes(|p| ClipTextModel::new(p, config))
     }
 
     #[test]
@@ -604,10 +582,9 @@ mod tests {
 
     #[test]
     fn a_config_beside_the_weights_is_read_and_checked() {
-        let dir = std::env::temp_dir().join(format!("clip-text-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let weights = dir.join("model.safetensors");
-        let config = dir.join("config.json");
+        let dir = tempfile::tempdir().unwrap();
+        let weights = dir.path().join("model.safetensors");
+        let config = dir.path().join("config.json");
         std::fs::write(
             &config,
             r#"{"text_config": {"hidden_size": 64, "num_attention_heads": 8,
@@ -632,7 +609,6 @@ mod tests {
                 && e.to_string().contains("num_hidden_layers is 12"),
             "{e}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

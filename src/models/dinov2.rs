@@ -32,6 +32,7 @@ use rayon::prelude::*;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
+use super::shapes;
 use crate::checkpoint::{self, Checkpoint, CheckpointError, LoadOptions, TensorMeta};
 use crate::data::pil_resize::{self, Filter};
 
@@ -152,12 +153,7 @@ impl Dinov2Config {
         tensors: &[(String, Vec<i64>)],
         num_heads: Option<i64>,
     ) -> Result<Self, Dinov2Error> {
-        let shape = |name: &str| {
-            tensors
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, s)| s.as_slice())
-        };
+        let shape = |name: &str| shapes::find(tensors, name);
         let not_dinov2 = |detail: String| Dinov2Error::NotDinov2 {
             path: path.to_path_buf(),
             detail,
@@ -687,9 +683,7 @@ mod tests {
     use super::*;
 
     fn shapes(config: &Dinov2Config) -> Vec<(String, Vec<i64>)> {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let _model = Dinov2::new(&vs.root(), config);
-        let mut out = super::super::variable_shapes(&vs);
+        let mut out = super::super::variable_shapes(|p| Dinov2::new(p, config));
         out.push((MASK_TOKEN_KEY.to_owned(), vec![1, config.embed_dim]));
         out.sort();
         out

@@ -1369,14 +1369,49 @@ mod tests {
         (embs, masks)
     }
 
-    #[test]
-    fn caption_cached_decoding_equals_teacher_forcing() {
-        tch::manual_seed(1);
+    /// A random tiny t2i model with random captions and image tokens for them.
+    struct T2iBatch {
+        config: GptConfig,
+        vs: nn::VarStore,
+        model: Gpt,
+        embs: Tensor,
+        masks: Tensor,
+        tokens: Tensor,
+    }
+
+    /// A [`T2iBatch`] drawn after seeding with `seed`: row b's caption has `valid[b]` valid
+    /// positions (see [`captions`]), and 8 image tokens.
+    fn t2i_batch(seed: i64, valid: &[i64]) -> T2iBatch {
+        tch::manual_seed(seed);
         let config = tiny_t2i();
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Gpt::new(&vs.root(), &config);
-        let (embs, masks) = captions(&[2, 6, 1], &config);
-        let tokens = Tensor::randint(config.vocab_size, [3, 8], (Kind::Int64, Device::Cpu));
+        let (embs, masks) = captions(valid, &config);
+        let tokens = Tensor::randint(
+            config.vocab_size,
+            [valid.len() as i64, 8],
+            (Kind::Int64, Device::Cpu),
+        );
+        T2iBatch {
+            config,
+            vs,
+            model,
+            embs,
+            masks,
+            tokens,
+        }
+    }
+
+    #[test]
+    fn caption_cached_decoding_equals_teacher_forcing() {
+        let T2iBatch {
+            config,
+            vs: _vs,
+            model,
+            embs,
+            masks,
+            tokens,
+        } = t2i_batch(1, &[2, 6, 1]);
         let full = model
             .teacher_forced_captions(&embs, &masks, &tokens)
             .unwrap();
@@ -1398,12 +1433,14 @@ mod tests {
     fn padded_caption_positions_are_invisible() {
         // Whatever the padded positions hold (the null caption is not masked), no image token
         // sees them; a valid position does change the logits.
-        tch::manual_seed(2);
-        let config = tiny_t2i();
-        let vs = nn::VarStore::new(Device::Cpu);
-        let model = Gpt::new(&vs.root(), &config);
-        let (embs, masks) = captions(&[3, 3], &config);
-        let tokens = Tensor::randint(config.vocab_size, [2, 8], (Kind::Int64, Device::Cpu));
+        let T2iBatch {
+            vs: _vs,
+            model,
+            embs,
+            masks,
+            tokens,
+            ..
+        } = t2i_batch(2, &[3, 3]);
         let logits = |e: &Tensor| {
             model
                 .teacher_forced_captions(e, &masks, &tokens)

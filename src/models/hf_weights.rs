@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-use crate::checkpoint::{Checkpoint, CheckpointError, ErrorKind, Mismatch};
+use crate::checkpoint::{missing_variables, Checkpoint, CheckpointError, ErrorKind, Mismatch};
 
 /// The file names `from_pretrained` tries in a model folder, in its order of preference.
 pub const FOLDER_FILES: [&str; 4] = [
@@ -194,12 +194,7 @@ impl WeightSet {
             }
             filled.insert(var_name);
         }
-        mismatch.missing = vars
-            .keys()
-            .filter(|k| !filled.contains(k.as_str()))
-            .cloned()
-            .collect();
-        mismatch.missing.sort();
+        mismatch.missing = missing_variables(&vars, |name| filled.contains(name));
         if !mismatch.is_empty() {
             return Err(CheckpointError::new(&self.origin, ErrorKind::Mismatch(mismatch)).into());
         }

@@ -46,10 +46,14 @@ pub(crate) fn build_loaded<M>(
     Ok((vs, model, report.loaded))
 }
 
-/// The variables of a model built in `vs`, as sorted (name, shape) pairs: what a checkpoint of it
-/// would hold, for the tests that infer configurations back from shapes.
+/// The variables of the model `build` makes in a fresh CPU store, as sorted (name, shape) pairs:
+/// what a checkpoint of it would hold, for the tests that infer configurations back from shapes.
 #[cfg(test)]
-pub(crate) fn variable_shapes(vs: &tch::nn::VarStore) -> Vec<(String, Vec<i64>)> {
+pub(crate) fn variable_shapes<M>(
+    build: impl FnOnce(&tch::nn::Path) -> M,
+) -> Vec<(String, Vec<i64>)> {
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _model = build(&vs.root());
     let mut out: Vec<(String, Vec<i64>)> = vs
         .variables()
         .into_iter()

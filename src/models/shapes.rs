@@ -27,19 +27,23 @@ pub(crate) fn first_names(tensors: &[(String, Vec<i64>)]) -> String {
     format!(" (first: {})", names.join(", "))
 }
 
-/// The shape of tensor `name`, or a message saying it is not among `tensors`.
-fn shape<'a>(tensors: &'a [(String, Vec<i64>)], name: &str) -> Result<&'a [i64], String> {
+/// The shape of tensor `name`, if it is among `tensors`.
+pub(crate) fn find<'a>(tensors: &'a [(String, Vec<i64>)], name: &str) -> Option<&'a [i64]> {
     tensors
         .iter()
         .find(|(n, _)| n == name)
         .map(|(_, s)| s.as_slice())
-        .ok_or_else(|| {
-            format!(
-                "no `{name}` among its {} tensors{}",
-                tensors.len(),
-                first_names(tensors)
-            )
-        })
+}
+
+/// The shape of tensor `name`, or a message saying it is not among `tensors`.
+fn shape<'a>(tensors: &'a [(String, Vec<i64>)], name: &str) -> Result<&'a [i64], String> {
+    find(tensors, name).ok_or_else(|| {
+        format!(
+            "no `{name}` among its {} tensors{}",
+            tensors.len(),
+            first_names(tensors)
+        )
+    })
 }
 
 /// The shape of tensor `name` when it has `rank` dimensions; else a message saying why not.

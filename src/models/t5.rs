@@ -47,7 +47,7 @@ use tch::{Device, Kind, Tensor};
 use super::clip::config_beside;
 use super::hf_weights::{WeightSet, WeightsError};
 use super::shapes::{self, first_names};
-use super::tokenizer::{CaptionTokenizer, TokenizerError};
+use super::tokenizer::{check_vocab, CaptionTokenizer, TokenizerError};
 use crate::choice::{choice_str, Choice};
 
 /// Caption length of LlamaGen's T5Embedder (`--t5-feature-max-len`, `model_max_length=120`).
@@ -357,20 +357,6 @@ pub enum T5Error {
     /// The caption tokenizer failed.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
-    /// Token ids the model has no embedding for (a tokenizer of another model?).
-    #[error(
-        "{}: token id {id} is out of range for the T5 encoder's {vocab} embeddings: the \
-         tokenizer does not belong to this model",
-        tokenizer.display()
-    )]
-    TokenOutOfRange {
-        /// The tokenizer file.
-        tokenizer: PathBuf,
-        /// The offending id.
-        id: i64,
-        /// The model's vocabulary size.
-        vocab: i64,
-    },
 }
 
 /// A linear map without bias.
@@ -798,13 +784,7 @@ impl T5Embedder {
     pub fn embed(&self, captions: &[String]) -> Result<(Tensor, Tensor), T5Error> {
         let (ids, mask) = self.tokenizer.encode(captions, self.max_length)?;
         let vocab = self.encoder.config().vocab_size;
-        if let Some(&id) = ids.iter().find(|&&id| id < 0 || id >= vocab) {
-            return Err(T5Error::TokenOutOfRange {
-                tokenizer: self.tokenizer.path().to_path_buf(),
-                id,
-                vocab,
-            });
-        }
+        check_vocab(&ids, vocab, self.tokenizer.path(), "T5 encoder")?;
         let shape = [captions.len() as i64, self.max_length as i64];
         let device = self.encoder.device();
         let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
@@ -835,9 +815,7 @@ mod tests {
     }
 
     fn shapes(config: &T5Config) -> Vec<(String, Vec<i64>)> {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let _model = T5Encoder::new(&vs.root(), config, Kind::Float);
-        super::super::variable_shapes(&vs)
+        super::super::variable_shapes(|p| T5Encoder::new(p, config, Kind::Float))
     }
 
     #[test]
@@ -868,9 +846,8 @@ mod tests {
 
     #[test]
     fn config_json_follows_hugging_face_and_is_checked() {
-        let dir = std::env::temp_dir().join(format!("t5-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("config.json");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
         std::fs::write(
             &file,
             r#"{"d_model": 16, "d_kv": 6, "d_ff": 24, "num_layers": 2, "num_heads": 3,
@@ -901,7 +878,6 @@ mod tests {
         std::fs::write(&file, r#"{"dense_act_fn": "mish"}"#).unwrap();
         let e = T5Config::from_json(&file).unwrap_err().to_string();
         assert!(e.contains("unsupported activation `mish`"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -77,6 +77,41 @@ pub enum TokenizerError {
         /// The `tokenizers` crate's message.
         message: String,
     },
+    /// Token ids the model has no embedding for (the tokenizer of another model?).
+    #[error(
+        "{}: token id {id} is out of range for the {model}'s {vocab} embeddings: the tokenizer \
+         does not belong to this model",
+        tokenizer.display()
+    )]
+    TokenOutOfRange {
+        /// The tokenizer file.
+        tokenizer: PathBuf,
+        /// The offending id.
+        id: i64,
+        /// The model's vocabulary size.
+        vocab: i64,
+        /// The model the ids were made for (`T5 encoder`).
+        model: &'static str,
+    },
+}
+
+/// Checks that `model`'s `vocab` embeddings cover every one of `ids`, which the tokenizer file
+/// `tokenizer` made: else [`TokenizerError::TokenOutOfRange`] with the first id they do not.
+pub(crate) fn check_vocab(
+    ids: &[i64],
+    vocab: i64,
+    tokenizer: &Path,
+    model: &'static str,
+) -> Result<(), TokenizerError> {
+    match ids.iter().find(|&&id| id < 0 || id >= vocab) {
+        Some(&id) => Err(TokenizerError::TokenOutOfRange {
+            tokenizer: tokenizer.to_path_buf(),
+            id,
+            vocab,
+            model,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// `dir/tokenizer.json`, or [`TokenizerError::Missing`].

@@ -89,12 +89,7 @@ impl VqConfig {
     /// Reads the configuration from the shapes of a state dict's tensors (names without wrapper
     /// prefixes). `path` names the checkpoint in errors.
     pub fn infer(path: &Path, tensors: &[(String, Vec<i64>)]) -> Result<Self, VqError> {
-        let shape = |name: &str| {
-            tensors
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, s)| s.as_slice())
-        };
+        let shape = |name: &str| shapes::find(tensors, name);
         let not_vq = |detail: String| VqError::NotVq {
             path: path.to_path_buf(),
             detail,
@@ -806,9 +801,7 @@ mod tests {
     use super::*;
 
     fn shapes(config: &VqConfig) -> Vec<(String, Vec<i64>)> {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let _model = VqModel::new(&vs.root(), config);
-        super::super::variable_shapes(&vs)
+        super::super::variable_shapes(|p| VqModel::new(p, config))
     }
 
     #[test]

@@ -153,11 +153,11 @@ fn clip_text_embedder_embeds_caption_text() {
     assert!(
         matches!(
             e,
-            ClipTextError::TokenOutOfRange {
+            ClipTextError::Tokenizer(TokenizerError::TokenOutOfRange {
                 id: 309,
                 vocab: 300,
                 ..
-            }
+            })
         ) && e.to_string().contains("tokenizer.json"),
         "{e}"
     );
