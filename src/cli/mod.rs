@@ -8,6 +8,7 @@ mod features;
 mod fid;
 mod gather;
 mod hints;
+mod inspect;
 mod metrics;
 mod output;
 mod recon;
@@ -22,7 +23,6 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
-use llamagen_eval::checkpoint::Checkpoint;
 use llamagen_eval::dist::Distribution;
 use llamagen_eval::launcher::{launch_id, LauncherChoice, World};
 use llamagen_eval::progress::Progress;
@@ -111,9 +111,11 @@ enum Command {
     Features(features::FeaturesCommand),
     /// An ADM-compatible reference batch (statistics plus a kept image subset) from images.
     Stats(features::StatsCommand),
-    /// What a checkpoint file holds: keys, tensors, parameters, configuration.
+    /// What a file or run folder holds and how the tool reads it: a checkpoint's keys, tensors
+    /// and configuration; an npz's entries (sample batch, reference statistics, features, caption
+    /// embeddings) and content sha256; a run folder's metrics and settings.
     Inspect {
-        /// A torch.save file (zip or legacy format) or a .safetensors file.
+        /// A torch.save file (zip or legacy format), a .safetensors file, an .npz, or a run folder.
         file: PathBuf,
     },
     /// Images from a LlamaGen generator (c2i, or t2i with captions) and its tokenizer, as an
@@ -225,10 +227,7 @@ impl Cli {
             Command::Metrics(cmd) => metrics::run(&cmd, progress),
             Command::Features(cmd) => features::run(&cmd, progress, distribution),
             Command::Stats(cmd) => features::run_stats(&cmd, progress, distribution),
-            Command::Inspect { file } => {
-                print!("{}", Checkpoint::open(&file)?.summary());
-                Ok(ExitCode::SUCCESS)
-            }
+            Command::Inspect { file } => inspect::run(&file),
             Command::Sample(cmd) => sample::run(&cmd, progress, distribution),
             Command::Merge(cmd) => sample::run_merge(&cmd, progress),
             Command::Recon(cmd) => recon::run(&cmd, progress, distribution),

@@ -115,20 +115,18 @@ pub struct FolderImages {
 
 impl FolderImages {
     /// Lists `dir`; with `crop = Some(n)` every image is centre-cropped to n x n (ADM), otherwise all
-    /// images must share the first image's size.
+    /// images must share the first image's size (checked here, from the headers).
     pub fn open(dir: &Path, crop: Option<usize>) -> Result<Self, DataError> {
         let files = list_images(dir)?;
-        let first = files.first().ok_or_else(|| {
-            DataError::invalid(dir, "contains no PNG or JPEG images (searched recursively)")
-        })?;
+        if files.is_empty() {
+            return Err(DataError::invalid(
+                dir,
+                "contains no PNG or JPEG images (searched recursively)",
+            ));
+        }
         let size = match crop {
             Some(n) => (n, n),
-            None => {
-                let (w, h) = image::image_dimensions(first).map_err(|e| {
-                    DataError::invalid(first, format!("cannot read the image size: {e}"))
-                })?;
-                (h as usize, w as usize)
-            }
+            None => one_size(&files)?,
         };
         Ok(FolderImages {
             dir: dir.to_path_buf(),
@@ -165,6 +163,31 @@ impl FolderImages {
                 first: self.size,
             }),
         }
+    }
+}
+
+/// The (height, width) every image of `files` has, read from their headers before any pixel is
+/// decoded: a folder of mixed sizes is refused before a long run starts, not at its first odd
+/// image.
+fn one_size(files: &[PathBuf]) -> Result<(usize, usize), DataError> {
+    let size_of = |path: &PathBuf| {
+        image::image_dimensions(path)
+            .map(|(w, h)| (h as usize, w as usize))
+            .map_err(|e| DataError::invalid(path, format!("cannot read the image size: {e}")))
+    };
+    let first = size_of(&files[0])?;
+    let odd = files.par_iter().find_map_first(|path| match size_of(path) {
+        Ok(size) if size == first => None,
+        Ok(size) => Some(DataError::MixedSizes {
+            path: path.clone(),
+            size,
+            first,
+        }),
+        Err(e) => Some(e),
+    });
+    match odd {
+        Some(error) => Err(error),
+        None => Ok(first),
     }
 }
 

@@ -318,6 +318,29 @@ pub struct NpzImages {
     receiver: Receiver<Result<Vec<u8>, String>>,
 }
 
+/// Every entry of the npz at `path` with its npy header (name without `.npy`), in archive order;
+/// only the headers are read.
+pub fn npz_entries(path: &Path) -> Result<Vec<(String, NpyHeader)>, DataError> {
+    let file = File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut archive = zip::ZipArchive::new(BufReader::new(file))
+        .map_err(|e| DataError::invalid(path, format!("not a readable npz (zip) file: {e}")))?;
+    (0..archive.len())
+        .map(|i| {
+            let mut entry = archive
+                .by_index(i)
+                .map_err(|e| DataError::invalid(path, format!("cannot read entry {i}: {e}")))?;
+            let name = entry.name().to_string();
+            let header = read_npy_header(&mut entry)
+                .map_err(|m| DataError::invalid(path, format!("`{name}`: {m}")))?;
+            let name = name.strip_suffix(".npy").unwrap_or(&name).to_string();
+            Ok((name, header))
+        })
+        .collect()
+}
+
 /// Opens `reader`'s `arr_0` entry and returns it with its validated header.
 fn open_arr0(path: &Path) -> Result<(zip::ZipArchive<BufReader<File>>, NpyHeader, u64), DataError> {
     let file = File::open(path).map_err(|source| DataError::Io {

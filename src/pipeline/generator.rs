@@ -1110,12 +1110,13 @@ impl ImageSource for GeneratedImages<'_> {
             .images(&tokens, self.batches.decode)
             .map_err(|e| self.data_error(e))?;
         self.timing.decoding += start.elapsed();
-        self.timing.images += tokens.len() as u64;
+        self.timing.resumed += count as u64;
         self.position += count;
         Ok(images)
     }
 
     fn skip(&mut self, count: usize, _records: &[Vec<u8>]) -> Result<(), DataError> {
+        self.timing.resumed += count as u64;
         self.position += count;
         Ok(())
     }

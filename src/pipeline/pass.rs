@@ -244,22 +244,31 @@ fn run_batches(
 /// Testing aid for the resume tests: `LLAMAGEN_EVAL_CRASH_AT=<point>:<n>` kills the process with
 /// SIGKILL the n-th time it reaches `point` (`sampled`, `decoded`, `features`, `committed`), the
 /// way an out-of-memory kill or a lost node ends a run: no destructors, no flushing.
+/// `<point>:<n>:INT` (or `:TERM`) sends SIGINT (SIGTERM) instead, as Ctrl-C (`kill`) would.
 pub fn crash_point(point: &str) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::OnceLock;
-    static TARGET: OnceLock<Option<(String, usize)>> = OnceLock::new();
+    static TARGET: OnceLock<Option<(String, usize, libc::c_int)>> = OnceLock::new();
     static REACHED: AtomicUsize = AtomicUsize::new(0);
     let target = TARGET.get_or_init(|| {
         let spec = std::env::var("LLAMAGEN_EVAL_CRASH_AT").ok()?;
-        let (name, n) = spec.split_once(':')?;
-        Some((name.to_string(), n.parse().ok()?))
+        let mut fields = spec.split(':');
+        let name = fields.next()?.to_string();
+        let n = fields.next()?.parse().ok()?;
+        let signal = match fields.next() {
+            None | Some("KILL") => libc::SIGKILL,
+            Some("INT") => libc::SIGINT,
+            Some("TERM") => libc::SIGTERM,
+            Some(_) => return None,
+        };
+        Some((name, n, signal))
     });
-    if let Some((name, n)) = target {
+    if let Some((name, n, signal)) = target {
         if name == point && REACHED.fetch_add(1, Ordering::SeqCst) + 1 == *n {
-            tracing::warn!("LLAMAGEN_EVAL_CRASH_AT: killing the process at {point} #{n}");
+            tracing::warn!("LLAMAGEN_EVAL_CRASH_AT: signal {signal} to the process at {point} #{n}");
             // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
             unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
+                libc::kill(libc::getpid(), *signal);
             }
         }
     }

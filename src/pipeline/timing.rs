@@ -31,8 +31,10 @@ pub struct Timing {
     pub wall: Duration,
     /// Tokens sampled.
     pub tokens: u64,
-    /// Images decoded.
+    /// Images sampled and decoded by this process.
     pub images: u64,
+    /// Images a resumed run took from its journal: sampled by an earlier process.
+    pub resumed: u64,
     /// The generator's device (`cpu`, `cuda:0`).
     pub device: String,
     /// The device as [`crate::device::describe`] names it (`cuda:0 (NVIDIA H100 80GB HBM3)`).
@@ -64,14 +66,25 @@ impl Timing {
     pub fn report(&self) -> String {
         let wall = self.wall.as_secs_f64().max(1e-9);
         let share = |d: Duration| 100.0 * d.as_secs_f64() / wall;
-        let mut text = format!(
-            "throughput: {} images, {} tokens in {:.1} s: {:.1} tokens/s (sampling), {:.2} images/s\n",
-            self.images,
-            self.tokens,
-            wall,
-            self.tokens_per_s(),
-            self.images_per_s(),
-        );
+        let resumed = match self.resumed {
+            0 => String::new(),
+            n => format!(" ({n} more resumed from the journal)"),
+        };
+        let mut text = if self.images == 0 {
+            format!(
+                "throughput: nothing new to sample: all {} images were resumed from the journal\n",
+                self.resumed
+            )
+        } else {
+            format!(
+                "throughput: {} new images{resumed}, {} tokens in {:.1} s: {:.1} tokens/s (sampling), {:.2} images/s\n",
+                self.images,
+                self.tokens,
+                wall,
+                self.tokens_per_s(),
+                self.images_per_s(),
+            )
+        };
         let mut setup = vec![
             format!("device {}", self.device_name),
             format!("dtype {}", self.dtype),
@@ -130,6 +143,7 @@ impl Timing {
     pub fn record(&self) -> Value {
         json!({
             "images": self.images,
+            "resumed_images": self.resumed,
             "tokens": self.tokens,
             "tokens_per_s": self.tokens_per_s(),
             "images_per_s": self.images_per_s(),

@@ -80,6 +80,34 @@ fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
         assert!(out.join("grid.png").is_file());
     }
 
+    // Ctrl-C (SIGINT) right after the first batch's commit (4 images, the Inception batch): the run stops at that batch
+    // boundary, says what was done and the exact command that continues it, and exits 130; that
+    // command finishes with the uninterrupted run's metrics. SIGTERM exits 143.
+    let out = root.join("sigint");
+    let interrupted = fid(&out, &[], Some("committed:1:INT"));
+    let stderr = interrupted.stderr_text();
+    assert_eq!(interrupted.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGINT (Ctrl-C) after 4 of 10 images"),
+        "{stderr}"
+    );
+    let (_, command) = stderr
+        .split_once("to continue where it stopped: ")
+        .unwrap_or_else(|| panic!("no resume command: {stderr}"));
+    let words: Vec<&str> = command.lines().next().unwrap().split(' ').collect();
+    assert_eq!(words.last(), Some(&"--resume"), "{command}");
+    assert!(!out.join("metrics.json").exists());
+    let stderr = run(&words[1..], None).success().stderr_text();
+    assert!(stderr.contains("resuming after 4 of 10"), "{stderr}");
+    // Its throughput counts only this process's work.
+    assert!(
+        stderr.contains("throughput: 6 new images (4 more resumed from the journal)"),
+        "{stderr}"
+    );
+    assert_eq!(metrics(&out), expected, "after SIGINT: resumed vs uninterrupted");
+    let terminated = fid(&root.join("sigterm"), &[], Some("committed:2:TERM"));
+    assert_eq!(terminated.code(), Some(143), "{}", terminated.stderr_text());
+
     // A changed CFG scale refuses to resume, naming the setting and the flag.
     let out = root.join("changed");
     killed(&fid(&out, &[], Some("committed:1")));
