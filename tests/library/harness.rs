@@ -82,3 +82,11 @@ pub fn assert_pixels_within_one(ours: &[u8], golden: &[u8], what: &str) {
         golden.len()
     );
 }
+
+/// Panics unless `text` holds every one of `needles`.
+#[track_caller]
+pub fn assert_mentions(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+}
