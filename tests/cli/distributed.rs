@@ -10,8 +10,8 @@ use llamagen_test_support as support;
 use ndarray::{Array1, Array4};
 
 use crate::harness::{
-    all_cores, all_succeed, array_vars, cli, metrics_json, random_inception_and_reference, ranks,
-    s, srun_tasks, srun_vars, strings, tiny_gpt, tiny_gpt_fid_with_kid, torchrun,
+    all_cores, all_succeed, array_vars, cli, metrics_json, ranks, s, srun_tasks, srun_vars,
+    strings, tiny_gpt, tiny_gpt_fid_with_kid, torchrun, Scratch,
 };
 
 const SAMPLES: &str = "24";
@@ -20,44 +20,26 @@ const SAMPLES: &str = "24";
 /// (`LLAMAGEN_EVAL_CRASH_AT`), on the first start only.
 pub(crate) const CRASH_RANK_1: &str = r#"if [ "$RANK" = 1 ] && [ "$TORCHELASTIC_RESTART_COUNT" = 0 ]; then export LLAMAGEN_EVAL_CRASH_AT=committed:1; fi; exec "$@""#;
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    weights: PathBuf,
-    reference: PathBuf,
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let (weights, reference) = random_inception_and_reference(&root, 12);
-    Setup {
-        _dir: dir,
-        root,
-        weights,
-        reference,
-    }
-}
-
 /// `fid --gpt` on the golden demo-size models into `out`, saving the samples there.
-fn fid_args(setup: &Setup, out: &Path, cfg: &str) -> Vec<String> {
+fn fid_args(setup: &Scratch, out: &Path, cfg: &str) -> Vec<String> {
     tiny_gpt_fid_with_kid((SAMPLES, cfg, "4"), (&setup.reference, &setup.weights), out)
 }
 
-/// [`fid_args`] for ranks that are launched: quiet, and with `--gather-timeout SECONDS` where
-/// given.
+/// [`fid_args`] for ranks that are launched, into the folder `name` of the scratch folder: quiet,
+/// and with `--gather-timeout SECONDS` where given. The folder and the arguments.
 fn launched_fid_args(
-    setup: &Setup,
-    out: &Path,
+    setup: &Scratch,
+    name: &str,
     cfg: &str,
     gather_timeout: Option<&str>,
-) -> Vec<String> {
-    let mut args = fid_args(setup, out, cfg);
+) -> (PathBuf, Vec<String>) {
+    let out = setup.root.join(name);
+    let mut args = fid_args(setup, &out, cfg);
     args.push("--quiet".into());
     if let Some(seconds) = gather_timeout {
         args.extend(["--gather-timeout".into(), seconds.into()]);
     }
-    args
+    (out, args)
 }
 
 fn read_samples(path: &Path) -> (Array4<u8>, Array1<i64>) {
@@ -68,15 +50,17 @@ fn read_samples(path: &Path) -> (Array4<u8>, Array1<i64>) {
     (npz.by_name("arr_0").unwrap(), npz.by_name("arr_1").unwrap())
 }
 
-/// The single-process run every launched run is compared with.
-fn single_process(setup: &Setup) -> PathBuf {
+/// A scratch folder of the test's Inception weights and reference, and in it the single-process
+/// run every launched run is compared with.
+fn single_process() -> (Scratch, PathBuf) {
+    let setup = Scratch::new(12);
     let out = setup.root.join("single");
     cli()
-        .args(fid_args(setup, &out, "2.0"))
+        .args(fid_args(&setup, &out, "2.0"))
         .quiet()
         .run()
         .success();
-    out
+    (setup, out)
 }
 
 /// `launched` holds exactly what `single` holds, up to the rounding that the ranks' thread count
@@ -144,7 +128,7 @@ fn assert_same_as_single(single: &Path, launched: &Path, launcher: &str, world: 
     assert!(launched.join("grid.png").is_file());
 }
 
-fn torchrun_fid(setup: &Setup, out: &Path, script: Option<&str>, restarts: u32) -> String {
+fn torchrun_fid(setup: &Scratch, out: &Path, script: Option<&str>, restarts: u32) -> String {
     torchrun(3, restarts, script)
         .args(fid_args(setup, out, "2.0"))
         .quiet()
@@ -156,8 +140,7 @@ fn torchrun_fid(setup: &Setup, out: &Path, script: Option<&str>, restarts: u32) 
 #[test]
 fn torchrun_ranks_give_one_process_results_also_after_a_restart() {
     let _cores = all_cores();
-    let setup = setup();
-    let single = single_process(&setup);
+    let (setup, single) = single_process();
 
     let launched = setup.root.join("torchrun");
     torchrun_fid(&setup, &launched, None, 0);
@@ -179,18 +162,15 @@ fn torchrun_ranks_give_one_process_results_also_after_a_restart() {
 #[test]
 fn slurm_tasks_and_job_arrays_give_one_process_results() {
     let _cores = all_cores();
-    let setup = setup();
-    let single = single_process(&setup);
+    let (setup, single) = single_process();
 
-    let tasks = setup.root.join("srun");
-    let args = launched_fid_args(&setup, &tasks, "2.0", None);
+    let (tasks, args) = launched_fid_args(&setup, "srun", "2.0", None);
     all_succeed(ranks(&args, &srun_tasks(3)));
     assert_same_as_single(&single, &tasks, "slurm", 3);
 
     // A job array whose tasks run one after another: rank 0 runs last here, and the tasks
     // before it leave their parts.
-    let array = setup.root.join("array");
-    let args = launched_fid_args(&setup, &array, "2.0", None);
+    let (array, args) = launched_fid_args(&setup, "array", "2.0", None);
     for task in [2, 1, 0] {
         all_succeed(ranks(&args, &[array_vars(task, 3)]));
     }
@@ -200,10 +180,8 @@ fn slurm_tasks_and_job_arrays_give_one_process_results() {
 #[test]
 fn merge_finishes_a_gather_that_rank_0_did_not() {
     let _cores = all_cores();
-    let setup = setup();
-    let single = single_process(&setup);
-    let out = setup.root.join("merged");
-    let args = launched_fid_args(&setup, &out, "2.0", Some("1"));
+    let (setup, single) = single_process();
+    let (out, args) = launched_fid_args(&setup, "merged", "2.0", Some("1"));
     // Rank 0 finishes first and gives up waiting, naming the missing ranks and the way out.
     ranks(&args, &[srun_vars(0, 3)])[0].refused_with(&[
         "no part from rank 1, 2 after 1 s",
@@ -220,11 +198,10 @@ fn merge_finishes_a_gather_that_rank_0_did_not() {
 #[test]
 fn parts_that_do_not_belong_together_are_refused_naming_rank_and_file() {
     let _cores = all_cores();
-    let setup = setup();
+    let setup = Scratch::new(12);
 
     // A rank launched with another world size.
-    let out = setup.root.join("world");
-    let args = launched_fid_args(&setup, &out, "2.0", Some("30"));
+    let (out, args) = launched_fid_args(&setup, "world", "2.0", Some("30"));
     ranks(&args, &[srun_vars(0, 3), srun_vars(1, 4), srun_vars(2, 3)])[0].refused_with(&[
         "rank 1 ran in a job of 4 processes, rank 0's job has 3",
         "rank-1.json",
@@ -232,9 +209,8 @@ fn parts_that_do_not_belong_together_are_refused_naming_rank_and_file() {
     assert!(!out.join("metrics.json").exists());
 
     // A rank run with another command line.
-    let out = setup.root.join("settings");
-    let args = launched_fid_args(&setup, &out, "2.0", Some("30"));
-    let other = launched_fid_args(&setup, &out, "3.0", Some("30"));
+    let (out, args) = launched_fid_args(&setup, "settings", "2.0", Some("30"));
+    let (_, other) = launched_fid_args(&setup, "settings", "3.0", Some("30"));
     let results = support::run_together(vec![
         cli().args(&args).rank(&srun_vars(0, 2)),
         cli().args(&other).rank(&srun_vars(1, 2)),
@@ -248,13 +224,12 @@ fn parts_that_do_not_belong_together_are_refused_naming_rank_and_file() {
 
     // A part left by an earlier launch (another Slurm job) is not taken for this launch's: rank 0
     // of a new job with other flags waits for rank 1 instead of refusing the stale part.
-    let out = setup.root.join("stale");
-    let earlier = launched_fid_args(&setup, &out, "3.0", Some("30"));
+    let (out, earlier) = launched_fid_args(&setup, "stale", "3.0", Some("30"));
     let mut rank1 = srun_vars(1, 2);
     rank1[0].1 = "1000".into();
     all_succeed(ranks(&earlier, &[rank1]));
     assert!(out.join(".parts/rank-1.json").is_file());
-    let now = launched_fid_args(&setup, &out, "2.0", Some("1"));
+    let (_, now) = launched_fid_args(&setup, "stale", "2.0", Some("1"));
     ranks(&now, &[srun_vars(0, 2)])[0].refused_with(&["no part from rank 1 after 1 s"]);
 
     // Two ranks claiming the same samples (an explicit --shard wins over the environment).
@@ -301,7 +276,7 @@ fn sample_args(out: &Path) -> Vec<String> {
 #[test]
 fn sample_and_sweep_split_over_ranks() {
     let _cores = all_cores();
-    let setup = setup();
+    let setup = Scratch::new(12);
 
     // `sample` over 3 Slurm tasks writes the npz one process writes.
     let single = setup.root.join("single.npz");
@@ -337,8 +312,7 @@ fn sample_and_sweep_split_over_ranks() {
     assert!(!setup.root.join("launched.npz.journal").exists());
 
     // A sweep over 2 ranks: rank 0 gathers every scale and writes the report.
-    let sweep = setup.root.join("sweep");
-    let mut args = launched_fid_args(&setup, &sweep, "1.0", None);
+    let (sweep, mut args) = launched_fid_args(&setup, "sweep", "1.0", None);
     args.splice(
         0..1,
         ["sweep".to_string(), "--cfg-scales".into(), "1.5,3".into()],

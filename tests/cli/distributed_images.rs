@@ -11,37 +11,27 @@ use serde_json::Value;
 
 use crate::distributed::CRASH_RANK_1;
 use crate::harness::{
-    all_cores, all_succeed, cli, golden, metrics_json, random_inception_and_reference, ranks, s,
-    srun_tasks, srun_vars, strings, torchrun,
+    all_cores, all_succeed, cli, golden, metrics_json, ranks, s, srun_tasks, srun_vars, strings,
+    torchrun, Scratch,
 };
 
 /// Images of the tests: few, small, in batches of 4 that fall differently on 3 ranks.
 const IMAGES: usize = 14;
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    weights: PathBuf,
-    images: PathBuf,
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let (weights, images) = random_inception_and_reference(&root, IMAGES);
-    Setup {
-        _dir: dir,
-        root,
-        weights,
-        images,
-    }
-}
-
-/// `command` (a subcommand and its own flags) on the test's Inception weights, on the CPU, in
-/// batches of 4.
-fn with_inception(setup: &Setup, command: &[&str]) -> Vec<String> {
-    let mut args = strings(command);
+/// `command` on the test images (given with `input_flag`) and its own `flags`, writing `out`
+/// quietly, with the test's Inception weights, on the CPU, in batches of 4.
+fn job_args(
+    setup: &Scratch,
+    (command, input_flag): (&str, &str),
+    flags: &[&str],
+    out: &Path,
+) -> Vec<String> {
+    let mut args = strings(&[command, input_flag, s(&setup.reference)]);
+    args.extend(strings(flags));
     args.extend(strings(&[
+        "--out",
+        s(out),
+        "--quiet",
         "--inception",
         s(&setup.weights),
         "--device",
@@ -50,58 +40,6 @@ fn with_inception(setup: &Setup, command: &[&str]) -> Vec<String> {
         "4",
     ]));
     args
-}
-
-fn features_args(setup: &Setup, out: &Path) -> Vec<String> {
-    with_inception(
-        setup,
-        &[
-            "features",
-            "--images",
-            s(&setup.images),
-            "--out",
-            s(out),
-            "--quiet",
-        ],
-    )
-}
-
-fn stats_args(setup: &Setup, out: &Path) -> Vec<String> {
-    with_inception(
-        setup,
-        &[
-            "stats",
-            "--data",
-            s(&setup.images),
-            "--out",
-            s(out),
-            "--keep-images",
-            "5",
-            "--seed",
-            "3",
-            "--quiet",
-        ],
-    )
-}
-
-/// The golden tokenizer on the test images, every figure, its reconstructions saved.
-fn recon_args(setup: &Setup, out: &Path) -> Vec<String> {
-    let vq = golden("vq_public.pt");
-    with_inception(
-        setup,
-        &[
-            "recon",
-            "--vq",
-            s(&vq),
-            "--data",
-            s(&setup.images),
-            "--save-recon",
-            s(&out.join("recon.npz")),
-            "--out",
-            s(out),
-            "--quiet",
-        ],
-    )
 }
 
 /// One process, without any launcher variables.
@@ -252,16 +190,32 @@ enum Job {
 }
 
 impl Job {
-    fn args(self, setup: &Setup, out: &Path) -> Vec<String> {
+    fn args(self, setup: &Scratch, out: &Path) -> Vec<String> {
         match self {
-            Job::Features => features_args(setup, out),
-            Job::Stats => stats_args(setup, out),
-            Job::Recon => recon_args(setup, out),
+            Job::Features => job_args(setup, ("features", "--images"), &[], out),
+            Job::Stats => job_args(
+                setup,
+                ("stats", "--data"),
+                &["--keep-images", "5", "--seed", "3"],
+                out,
+            ),
+            // The golden tokenizer on the test images, every figure, its reconstructions saved.
+            Job::Recon => job_args(
+                setup,
+                ("recon", "--data"),
+                &[
+                    "--vq",
+                    s(&golden("vq_public.pt")),
+                    "--save-recon",
+                    s(&out.join("recon.npz")),
+                ],
+                out,
+            ),
         }
     }
 
     /// Where the run named `tag` writes: a file for `features` and `stats`, a folder for `recon`.
-    fn output(self, setup: &Setup, tag: &str) -> PathBuf {
+    fn output(self, setup: &Scratch, tag: &str) -> PathBuf {
         setup.root.join(match self {
             Job::Features => format!("features-{tag}.npz"),
             Job::Stats => format!("stats-{tag}.npz"),
@@ -295,7 +249,7 @@ impl Job {
 /// `job` run by one process and by the ranks `launch` starts (as `launcher` names them, into the
 /// output tagged `tag`) gives the same output.
 fn assert_launched_equals_one_process(
-    setup: &Setup,
+    setup: &Scratch,
     job: Job,
     (tag, launcher): (&str, &str),
     launch: impl FnOnce(&[String]),
@@ -309,7 +263,7 @@ fn assert_launched_equals_one_process(
 #[test]
 fn features_stats_and_recon_over_slurm_tasks_equal_one_process() {
     let _cores = all_cores();
-    let setup = setup();
+    let setup = Scratch::new(IMAGES);
     for job in [Job::Features, Job::Stats, Job::Recon] {
         assert_launched_equals_one_process(&setup, job, ("3", "slurm"), three_tasks);
     }
@@ -318,7 +272,7 @@ fn features_stats_and_recon_over_slurm_tasks_equal_one_process() {
 #[test]
 fn features_through_torchrun_and_stats_through_merge_equal_one_process() {
     let _cores = all_cores();
-    let setup = setup();
+    let setup = Scratch::new(IMAGES);
     assert_launched_equals_one_process(&setup, Job::Features, ("torchrun", "torchrun"), |args| {
         torchrun(3, 0, None).args(args).run().success();
     });
@@ -328,8 +282,8 @@ fn features_through_torchrun_and_stats_through_merge_equal_one_process() {
         Job::Stats.output(&setup, "1"),
         Job::Stats.output(&setup, "merged"),
     );
-    single(&stats_args(&setup, &one));
-    let mut args = stats_args(&setup, &merged);
+    single(&Job::Stats.args(&setup, &one));
+    let mut args = Job::Stats.args(&setup, &merged);
     args.extend(strings(&["--gather-timeout", "1"]));
     ranks(&args, &[srun_vars(0, 3)])[0].refused_with(&["no part from rank 1, 2", "merge"]);
     assert!(!merged.exists());
@@ -356,7 +310,7 @@ fn torchrun_with_a_restart(args: &[String]) -> String {
 #[test]
 fn stats_and_recon_ranks_killed_and_restarted_by_torchrun_give_one_process_results() {
     let _cores = all_cores();
-    let setup = setup();
+    let setup = Scratch::new(IMAGES);
     for job in [Job::Stats, Job::Recon] {
         assert_launched_equals_one_process(&setup, job, ("restarted", "torchrun"), |args| {
             torchrun_with_a_restart(args);

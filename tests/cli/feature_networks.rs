@@ -72,23 +72,34 @@ fn write_features(root: &Path, inception: &Path, images: &Path, name: &str) -> P
     file
 }
 
-/// `metrics` of two feature files into `out`.
-fn metrics_from_features(samples: &Path, reference: &Path, metrics: &str, out: &Path) {
+/// `metrics` into `root/from-files` of the feature files that [`write_features`] makes of the
+/// `samples` and `reference` images (`root/samples-features.npz`, `root/reference-features.npz`);
+/// that folder.
+fn metrics_from_feature_files(
+    root: &Path,
+    inception: &Path,
+    (samples, reference): (&Path, &Path),
+    metrics: &str,
+) -> PathBuf {
+    let samples = write_features(root, inception, samples, "samples-features.npz");
+    let reference = write_features(root, inception, reference, "reference-features.npz");
+    let out = root.join("from-files");
     cli()
         .args([
             "metrics",
             "--sample-features",
-            s(samples),
+            s(&samples),
             "--ref-features",
-            s(reference),
+            s(&reference),
             "--metrics",
             metrics,
             "--out",
-            s(out),
+            s(&out),
         ])
         .quiet()
         .run()
         .success();
+    out
 }
 
 /// Panics unless each of `keys` has the same value in the metrics of `a` and `b`: within
@@ -138,8 +149,7 @@ const NEW_METRICS: [&str; 8] = [
 #[test]
 fn fid_feeds_every_network_in_one_pass_and_metrics_agree() {
     let _core = one_core();
-    let (dir, weights, reference) = scratch_with_inception(12);
-    let root = dir.path();
+    let (root, weights, reference) = &scratch_with_inception(12);
     let samples = write_samples(root, 20, 1);
     let out = root.join("run");
     let mut args = with_networks(
@@ -187,14 +197,11 @@ fn fid_feeds_every_network_in_one_pass_and_metrics_agree() {
     );
 
     // The same figures from feature files, which now carry `dinov2` and `clip`.
-    let sample_features = write_features(root, &weights, &samples, "samples-features.npz");
-    let reference_features = write_features(root, &weights, &reference, "reference-features.npz");
-    let from_files = root.join("from-files");
-    metrics_from_features(
-        &sample_features,
-        &reference_features,
+    let from_files = metrics_from_feature_files(
+        root,
+        weights,
+        (&samples, reference),
         "fid,fd-dinov2,fd-dinov2-inf,dinov2-pr,cmmd",
-        &from_files,
     );
     let again = metrics_json(&from_files);
     // The same features; only BLAS threads differ (FID of these random weights is ~6e-9).
@@ -240,8 +247,7 @@ fn fid_feeds_every_network_in_one_pass_and_metrics_agree() {
 #[test]
 fn weights_of_the_wrong_network_are_refused_naming_the_file() {
     let _core = one_core();
-    let (dir, weights, reference) = scratch_with_inception(4);
-    let root = dir.path();
+    let (root, weights, reference) = &scratch_with_inception(4);
     let samples = write_samples(root, 4, 2);
     let fid = |extra: &[&str]| {
         let mut args = vec![
@@ -310,8 +316,7 @@ fn weights_of_the_wrong_network_are_refused_naming_the_file() {
 #[test]
 fn stats_writes_dinov2_statistics_that_fid_uses() {
     let _core = one_core();
-    let (dir, weights, reference_images) = scratch_with_inception(12);
-    let root = dir.path();
+    let (root, weights, reference_images) = &scratch_with_inception(12);
     let samples = write_samples(root, 10, 3);
     // `command` with the networks but CLIP: drop `--features ...,clip` and `--clip FILE`.
     let run_with_dinov2 = |command: &[&str]| {
@@ -373,8 +378,7 @@ fn stats_writes_dinov2_statistics_that_fid_uses() {
 #[test]
 fn recon_scores_reconstructions_with_dinov2_and_clip_against_the_originals() {
     let _core = one_core();
-    let (dir, weights, originals) = scratch_with_inception(12);
-    let root = dir.path();
+    let (root, weights, originals) = &scratch_with_inception(12);
     let out = root.join("recon");
     let saved = root.join("recon.npz");
     let vq = golden("vq_public.pt");
@@ -400,15 +404,8 @@ fn recon_scores_reconstructions_with_dinov2_and_clip_against_the_originals() {
     }
 
     // The same FD_DINOv2 and CMMD from the saved reconstructions' and the originals' features.
-    let recon_features = write_features(root, &weights, &saved, "recon-features.npz");
-    let original_features = write_features(root, &weights, &originals, "original-features.npz");
-    let from_files = root.join("from-files");
-    metrics_from_features(
-        &recon_features,
-        &original_features,
-        "fd-dinov2,cmmd",
-        &from_files,
-    );
+    let from_files =
+        metrics_from_feature_files(root, weights, (&saved, originals), "fd-dinov2,cmmd");
     let again = metrics_json(&from_files);
     assert_same_figures(
         &record,

@@ -12,7 +12,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::harness::{
-    all_cores, cli, metrics_json, random_inception_weights, s, scratch_with_inception, Run,
+    all_cores, cli, metrics_json, s, scratch_with_inception, scratch_with_random_inception, Run,
+    ScratchDir,
 };
 
 fn image_batch(path: &Path, rng: &mut ChaCha8Rng, n: usize, size: usize, tint: usize) {
@@ -81,9 +82,7 @@ fn fid_as_torch_fidelity(
 #[test]
 fn fid_matches_torch_fidelity_features_and_caches_samples() {
     let _cores = all_cores();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let weights = random_inception_weights();
+    let (root, weights) = &scratch_with_random_inception();
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let (samples, ref_a, ref_b) = (
         root.join("samples.npz"),
@@ -118,8 +117,7 @@ fn fid_matches_torch_fidelity_features_and_caches_samples() {
 
 #[test]
 fn bad_sample_batches_fail_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
+    let root = &ScratchDir::new();
     // Weights are never loaded: the input check comes first, so any file will do here.
     let weights = root.join("weights.pth");
     std::fs::write(&weights, b"not used").unwrap();
@@ -194,8 +192,7 @@ fn header_bomb(path: &Path, count: u64) {
 
 #[test]
 fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly() {
-    let (dir, weights, reference) = scratch_with_inception(4);
-    let root = dir.path();
+    let (root, weights, reference) = &scratch_with_inception(4);
     let bomb = root.join("bomb.npz");
     header_bomb(&bomb, 1_000_000_000);
     let out = root.join("out");
@@ -241,25 +238,19 @@ fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly(
         ],
         ["stats", "--data", s(&reference), "--out", s(&reference)],
     ] {
-        let run = cli()
+        cli()
             .args(command)
             .args(["--inception", s(&weights), "--device", "cpu"])
             .quiet()
             .run()
-            .failure();
-        assert!(
-            run.stderr_text().contains("is the input"),
-            "{}",
-            run.stderr_text()
-        );
+            .refused_with(&["is the input"]);
     }
     assert_eq!(std::fs::read(&reference).unwrap(), before);
 }
 
 #[test]
 fn no_stale_or_partial_result_looks_like_a_finished_run() {
-    let (dir, weights, reference) = scratch_with_inception(4);
-    let root = dir.path();
+    let (root, weights, reference) = &scratch_with_inception(4);
     let out = root.join("run");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(

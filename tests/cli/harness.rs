@@ -174,6 +174,11 @@ pub fn random_inception_weights() -> PathBuf {
     support::random_inception_weights(Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
+/// A fresh [`ScratchDir`] and the [`random_inception_weights`] (kept in the target's test folder).
+pub fn scratch_with_random_inception() -> (ScratchDir, PathBuf) {
+    (ScratchDir::new(), random_inception_weights())
+}
+
 /// Random Inception weights of our own architecture (seeded by tch, uncalibrated, written as
 /// `root/inception.safetensors`) and a fixed reference batch of `n_images` 32x32 images
 /// (`root/ref.npz`): for the tests that compare runs with one another, not with published
@@ -197,12 +202,53 @@ pub fn random_inception_and_reference(root: &Path, n_images: usize) -> (PathBuf,
     (weights, reference)
 }
 
-/// A fresh scratch folder (removed when dropped) holding [`random_inception_and_reference`] of
-/// `n_images` images: the folder, the weights and the reference batch.
-pub fn scratch_with_inception(n_images: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let (weights, reference) = random_inception_and_reference(dir.path(), n_images);
+/// A fresh scratch folder, removed when dropped; it derefs to its path.
+pub struct ScratchDir(tempfile::TempDir);
+
+impl ScratchDir {
+    pub fn new() -> Self {
+        ScratchDir(tempfile::tempdir().unwrap())
+    }
+}
+
+impl AsRef<Path> for ScratchDir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+/// A fresh [`ScratchDir`] holding [`random_inception_and_reference`] of `n_images` images: the
+/// folder, the weights and the reference batch.
+pub fn scratch_with_inception(n_images: usize) -> (ScratchDir, PathBuf, PathBuf) {
+    let dir = ScratchDir::new();
+    let (weights, reference) = random_inception_and_reference(&dir, n_images);
     (dir, weights, reference)
+}
+
+/// [`scratch_with_inception`] by name, for the tests that pass it around.
+pub struct Scratch {
+    pub root: ScratchDir,
+    pub weights: PathBuf,
+    pub reference: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(n_images: usize) -> Self {
+        let (root, weights, reference) = scratch_with_inception(n_images);
+        Scratch {
+            root,
+            weights,
+            reference,
+        }
+    }
 }
 
 /// The flags that score images against the `reference` batch (or statistics) with the Inception

@@ -88,6 +88,18 @@ fn sample(gpt: &Path, out: &Path) -> (Measured, Option<Samples>) {
     (run, written)
 }
 
+/// Panics unless `sample` of the generator `gpt` (a hostile file) succeeds within the limits and
+/// writes the images and labels of the golden generator's.
+#[track_caller]
+fn assert_samples_as_the_original(gpt: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let (original, want) = sample(&golden("gpt_public.pt"), &dir.path().join("original.npz"));
+    original.run.success();
+    let (run, got) = sample(gpt, &dir.path().join("hostile.npz"));
+    run.within(MAX_RSS, MAX_WALL).success();
+    assert_eq!(got, want, "images differ from the original checkpoint's");
+}
+
 #[test]
 fn memoised_string_references_are_shared_not_copied() {
     let _cores = one_core();
@@ -99,15 +111,7 @@ fn memoised_string_references_are_shared_not_copied() {
     assert!(stdout.contains("notes = ['xxxx"), "{stdout}");
 
     // The same notes beside a real generator: it samples exactly as the original file does.
-    let dir = tempfile::tempdir().unwrap();
-    let (original, want) = sample(&golden("gpt_public.pt"), &dir.path().join("original.npz"));
-    original.run.success();
-    let (run, got) = sample(
-        &hostile("gpt_memo_strings.pt"),
-        &dir.path().join("memo.npz"),
-    );
-    run.within(MAX_RSS, MAX_WALL).success();
-    assert_eq!(got, want, "images differ from the original checkpoint's");
+    assert_samples_as_the_original(&hostile("gpt_memo_strings.pt"));
 }
 
 #[test]
@@ -132,12 +136,7 @@ fn a_storage_that_inflates_to_ten_gibibytes_is_read_only_where_the_tensor_is() {
     let bomb = hostile("gpt_zip_bomb.pt");
     assert!(std::fs::metadata(&bomb).unwrap().len() < 20_000_000);
     inspect(&bomb).success();
-    let dir = tempfile::tempdir().unwrap();
-    let (original, want) = sample(&golden("gpt_public.pt"), &dir.path().join("original.npz"));
-    original.run.success();
-    let (run, got) = sample(&bomb, &dir.path().join("bomb.npz"));
-    run.within(MAX_RSS, MAX_WALL).success();
-    assert_eq!(got, want, "images differ from the original checkpoint's");
+    assert_samples_as_the_original(&bomb);
 }
 
 #[test]

@@ -82,8 +82,7 @@ fn clean_error(run: Run, words: &[&str]) {
 #[test]
 fn header_and_image_bombs_are_refused_before_allocating() {
     let _cores = crate::harness::one_core();
-    let (dir, weights, reference) = crate::harness::scratch_with_inception(4);
-    let root = dir.path();
+    let (root, weights, reference) = &crate::harness::scratch_with_inception(4);
     let out = root.join("out");
     std::fs::create_dir(&out).unwrap();
 
@@ -345,8 +344,7 @@ fn outputs_are_checked_first_and_a_full_disk_leaves_nothing() {
 #[test]
 fn tiny_sets_leave_out_precision_and_a_failed_cache_write_only_warns() {
     let _cores = crate::harness::one_core();
-    let (dir, weights, reference) = crate::harness::scratch_with_inception(8);
-    let root = dir.path();
+    let (root, weights, reference) = &crate::harness::scratch_with_inception(8);
     let three = root.join("three.npz");
     let images = ndarray::Array4::from_shape_fn((3, 32, 32, 3), |(i, y, x, c)| {
         ((x * 5 + y * 11 + i * 17 + c * 40) % 256) as u8
@@ -425,8 +423,7 @@ fn check_refuses_incomplete_run_folders() {
 fn loops_odd_paths_and_absurd_sizes_fail_fast_or_work() {
     use std::os::unix::ffi::OsStrExt;
     let _cores = crate::harness::one_core();
-    let (dir, weights, reference) = crate::harness::scratch_with_inception(4);
-    let root = dir.path();
+    let (root, weights, reference) = &crate::harness::scratch_with_inception(4);
     let inception = ["--inception", s(&weights), "--device", "cpu"];
     let out = root.join("out");
     std::fs::create_dir(&out).unwrap();

@@ -8,7 +8,7 @@ use llamagen_test_support as support;
 use ndarray::{Array1, Array2};
 use ndarray_npy::NpzReader;
 
-use crate::harness::{all_cores, cli, random_inception_weights, tiny_gpt};
+use crate::harness::{all_cores, cli, scratch_with_random_inception, tiny_gpt};
 
 fn sample(out: &Path, shard: Option<&str>) {
     let mut cli = cli()
@@ -45,9 +45,7 @@ fn read(path: &Path, key: &str) -> Array2<f32> {
 #[test]
 fn merged_shard_features_equal_the_unsharded_run() {
     let _cores = all_cores();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let weights = random_inception_weights();
+    let (root, weights) = &scratch_with_random_inception();
     sample(&root.join("all.npz"), None);
     sample(&root.join("s0.npz"), Some("0/2"));
     sample(&root.join("s1.npz"), Some("1/2"));

@@ -19,7 +19,9 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use tch::Tensor;
 
-use crate::harness::{all_cores, cli, metrics_json, random_inception_weights, Run};
+use crate::harness::{
+    all_cores, cli, metrics_json, scratch_with_random_inception, Run, ScratchDir,
+};
 
 fn write_images(path: &Path, images: &Array4<u8>) {
     let mut npz = NpzWriter::new(File::create(path).unwrap());
@@ -46,9 +48,7 @@ fn mean(values: &[Value]) -> f64 {
 #[test]
 fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
     let _cores = all_cores();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let weights = random_inception_weights();
+    let (root, weights) = &scratch_with_random_inception();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     // Three images in batches of two: a full batch, then a partial one.
     let originals = Array4::from_shape_fn((3, 32, 32, 3), |(i, y, x, c)| {
@@ -178,8 +178,7 @@ fn vq_run(vq: &Path, data: &Path, out: &Path, extra: &[&OsStr]) -> Run {
 #[test]
 fn golden_tokenizer_run() {
     let _cores = all_cores();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
+    let root = &ScratchDir::new();
     let io = golden_io();
     let images = tensor_images(&io["images_uint8_nhwc"]);
     let golden_recon = tensor_images(&io["recon_uint8_nhwc"]);
@@ -307,8 +306,7 @@ fn assert_fails_cleanly(output: &Run, out: &Path, expected: &[&str]) {
 #[test]
 fn bad_inputs_fail_cleanly() {
     let _cores = all_cores();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
+    let root = &ScratchDir::new();
     let golden = support::golden_dir();
     let vq = golden.join("vq_public.pt");
     let data = root.join("images64.npz");

@@ -10,13 +10,15 @@ use std::path::Path;
 use ndarray::Array4;
 
 use crate::harness::{
-    all_cores, cli, golden, metrics_json, remove_flag, s, scratch_with_inception, strings,
-    tiny_gpt, tiny_gpt_fid_with_kid, Run,
+    all_cores, cli, golden, metrics_json, remove_flag, s, scratch_with_inception, tiny_gpt,
+    tiny_gpt_fid_with_kid, Run,
 };
 
-fn run<S: AsRef<std::ffi::OsStr>>(args: &[S], crash_at: Option<&str>) -> Run {
+/// The binary with `args` and then `extra`, killed with SIGKILL at `crash_at` where given.
+fn run<S: AsRef<std::ffi::OsStr>>(args: &[S], extra: &[&str], crash_at: Option<&str>) -> Run {
     let mut cli = cli()
         .args(args)
+        .args(extra)
         .info_log()
         .env_remove("LLAMAGEN_EVAL_CRASH_AT");
     if let Some(point) = crash_at {
@@ -47,12 +49,10 @@ fn images(path: &Path) -> Array4<u8> {
 #[test]
 fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
     let _cores = all_cores();
-    let (dir, weights, reference) = scratch_with_inception(12);
-    let root = dir.path();
+    let (root, weights, reference) = &scratch_with_inception(12);
     let fid_at = |cfg: &str, out: &Path, extra: &[&str], crash_at: Option<&str>| {
-        let mut args = tiny_gpt_fid_with_kid(("10", cfg, "3"), (&reference, &weights), out);
-        args.extend(strings(extra));
-        run(&args, crash_at)
+        let args = tiny_gpt_fid_with_kid(("10", cfg, "3"), (&reference, &weights), out);
+        run(&args, extra, crash_at)
     };
     let fid =
         |out: &Path, extra: &[&str], crash_at: Option<&str>| fid_at("2.0", out, extra, crash_at);
@@ -80,9 +80,10 @@ fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
         assert!(out.join("grid.png").is_file());
     }
 
-    // Ctrl-C (SIGINT) right after the first batch's commit (4 images, the Inception batch): the run stops at that batch
-    // boundary, says what was done and the exact command that continues it, and exits 130; that
-    // command finishes with the uninterrupted run's metrics. SIGTERM exits 143.
+    // Ctrl-C (SIGINT) right after the first batch's commit (4 images, the Inception batch): the
+    // run stops at that batch boundary, says what was done and the exact command that continues
+    // it, and exits 130; that command finishes with the uninterrupted run's metrics. SIGTERM
+    // exits 143.
     let out = root.join("sigint");
     let interrupted = fid(&out, &[], Some("committed:1:INT"));
     let stderr = interrupted.stderr_text();
@@ -97,7 +98,7 @@ fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
     let words: Vec<&str> = command.lines().next().unwrap().split(' ').collect();
     assert_eq!(words.last(), Some(&"--resume"), "{command}");
     assert!(!out.join("metrics.json").exists());
-    let stderr = run(&words[1..], None).success().stderr_text();
+    let stderr = run(&words[1..], &[], None).success().stderr_text();
     assert!(stderr.contains("resuming after 4 of 10"), "{stderr}");
     // Its throughput counts only this process's work.
     assert!(
@@ -137,8 +138,7 @@ fn sample_and_recon_resume_after_sigkill() {
             "--out",
             s(out),
         ]);
-        args.extend_from_slice(extra);
-        run(&args, crash_at)
+        run(&args, extra, crash_at)
     };
     let whole = root.join("whole.npz");
     sample(&whole, &[], None).success();
@@ -150,7 +150,7 @@ fn sample_and_recon_resume_after_sigkill() {
 
     // recon of the samples through the golden tokenizer, killed after its first batch.
     let recon = |out: &Path, extra: &[&str], crash_at: Option<&str>| {
-        let mut args = vec![
+        let args = [
             "recon",
             "--vq",
             s(&vq),
@@ -165,8 +165,7 @@ fn sample_and_recon_resume_after_sigkill() {
             "--out",
             s(out),
         ];
-        args.extend_from_slice(extra);
-        run(&args, crash_at)
+        run(&args, extra, crash_at)
     };
     let recon_whole = root.join("recon-whole");
     recon(&recon_whole, &[], None).success();
@@ -179,8 +178,7 @@ fn sample_and_recon_resume_after_sigkill() {
 #[test]
 fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
     let _cores = all_cores();
-    let (dir, weights, reference) = scratch_with_inception(12);
-    let root = dir.path();
+    let (root, weights, reference) = &scratch_with_inception(12);
     let common = [
         "--samples",
         "3",
@@ -195,7 +193,7 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
     let mut args = tiny_gpt("sweep");
     args.extend(["--cfg-scales", "1.0,1.5,3.0", "--out", s(&out)]);
     args.extend_from_slice(&common);
-    let output = run(&args, None).success();
+    let output = run(&args, &[], None).success();
     let stderr = output.stderr_text();
     // Each scale's table under its scale, then the closing table: one row per scale in the
     // sweep's order, with its run folder.
@@ -219,7 +217,7 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
     // Resumed after it finished: every scale is kept as it is.
     let before = metrics(&out.join("cfg-1.5"));
     args.push("--resume");
-    let stderr = run(&args, None).success().stderr_text();
+    let stderr = run(&args, &[], None).success().stderr_text();
     assert_eq!(stderr.matches("already complete").count(), 3, "{stderr}");
     assert_eq!(metrics(&out.join("cfg-1.5")), before);
 
@@ -232,7 +230,7 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
     remove_flag(&mut args, "--n-head");
     args.extend(["--out", s(&bad)]);
     args.extend_from_slice(&common);
-    let stderr = run(&args, None).refused_with(&["--n-head"]);
+    let stderr = run(&args, &[], None).refused_with(&["--n-head"]);
     assert!(!stderr.contains("Inception-V3 loaded"), "{stderr}");
     assert!(
         !cache.exists(),
@@ -244,8 +242,7 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
 #[test]
 fn features_and_stats_resume_after_sigkill() {
     let _cores = all_cores();
-    let (dir, weights, images_npz) = scratch_with_inception(12);
-    let root = dir.path();
+    let (root, weights, images_npz) = &scratch_with_inception(12);
     let common = [
         "--inception",
         s(&weights),
@@ -263,10 +260,7 @@ fn features_and_stats_resume_after_sigkill() {
             let mut args = vec![command, input_flag, s(&images_npz), "--out", s(out)];
             args.extend_from_slice(&common);
             args.extend_from_slice(extra);
-            if resume {
-                args.push("--resume");
-            }
-            run(&args, crash_at)
+            run(&args, if resume { &["--resume"] } else { &[] }, crash_at)
         };
         let whole = root.join(format!("{command}-whole.npz"));
         job(&whole, false, None).success();

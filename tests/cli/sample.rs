@@ -281,8 +281,7 @@ fn fid_with_a_generator_streams_the_sampled_images() {
     let _cores = one_core();
     // Random Inception weights (the comparison is streamed vs from a file, not against
     // published numbers) and a fixed reference batch.
-    let (dir, weights, reference) = scratch_with_inception(10);
-    let root = dir.path();
+    let (root, weights, reference) = &scratch_with_inception(10);
     let saved = root.join("saved.npz");
     let (gen_out, file_out) = (root.join("gen"), root.join("file"));
     let common_args = [
@@ -351,8 +350,7 @@ fn fid_with_a_generator_streams_the_sampled_images() {
 #[test]
 fn fid_with_a_generator_is_identical_with_and_without_overlap() {
     let _cores = one_core();
-    let (dir, weights, reference) = scratch_with_inception(10);
-    let root = dir.path();
+    let (root, weights, reference) = &scratch_with_inception(10);
     let run = |name: &str, extra: &[&str]| {
         let out = root.join(name);
         let saved = out.join("samples.npz");

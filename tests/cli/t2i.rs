@@ -108,8 +108,7 @@ fn plain_grid(cols: u32, rows: u32) -> (u32, u32) {
 #[test]
 fn t2i_fid_and_sample_reproduce_llamagen_with_captions() {
     let _cores = one_core();
-    let (dir, weights, reference) = scratch_with_inception(10);
-    let root = dir.path();
+    let (root, weights, reference) = &scratch_with_inception(10);
     let texts = caption_files(root);
     let captions = root.join("captions.npz");
 
@@ -469,8 +468,7 @@ fn text_model_folders(root: &Path) -> (PathBuf, PathBuf) {
 #[test]
 fn t2i_from_prompts_with_t5_and_clip_score() {
     let _cores = one_core();
-    let (dir, weights, reference) = scratch_with_inception(10);
-    let root = dir.path();
+    let (root, weights, reference) = &scratch_with_inception(10);
     let (t5, clip) = text_model_folders(root);
     let prompts = root.join("captions.jsonl");
     std::fs::write(

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::harness::golden;
+use crate::harness::{assert_mentions, golden};
 use llamagen_eval::checkpoint::{load_into, Checkpoint, ErrorKind, Format, LoadOptions, Value};
 use llamagen_test_support as support;
 use tch::{Kind, Tensor};
@@ -70,15 +70,15 @@ fn golden_vq_checkpoint() {
     let summary = ck.summary();
     assert_eq!(summary.tensors, 344);
     assert_eq!(summary.parameters, 4_574_891);
-    let text = summary.to_string();
-    for needle in [
-        "args.vq_model = 'tiny'",
-        "args.codebook_size = 1024",
-        "steps = 4242",
-        "model: 344 tensors",
-    ] {
-        assert!(text.contains(needle), "summary lacks {needle:?}:\n{text}");
-    }
+    assert_mentions(
+        &summary.to_string(),
+        &[
+            "args.vq_model = 'tiny'",
+            "args.codebook_size = 1024",
+            "steps = 4242",
+            "model: 344 tensors",
+        ],
+    );
 }
 
 #[test]
@@ -178,14 +178,12 @@ fn golden_loads_into_var_store_and_mismatches_are_listed() {
         .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err.kind, ErrorKind::Mismatch(_)), "{msg}");
-    for needle in [
+    assert_mentions(&msg, &[
         "gpt_public_consolidated.pth",
         "1 missing from the checkpoint (extra.weight)",
         "1 unexpected in the checkpoint (cls_embedding.embedding_table.weight)",
         "1 with a different shape (tok_embeddings.weight: checkpoint [1024, 64] vs model [3, 3])",
-    ] {
-        assert!(msg.contains(needle), "{needle:?} not in {msg}");
-    }
+    ]);
     // Nothing was copied.
     assert_eq!(
         vs.variables()["layers.0.attention.wqkv.weight"]
@@ -222,9 +220,7 @@ fn assert_error(path: &Path, needles: &[&str]) -> ErrorKind {
     let msg = err.to_string();
     let file = path.file_name().unwrap().to_string_lossy();
     assert!(msg.contains(&*file), "error does not name the file: {msg}");
-    for needle in needles {
-        assert!(msg.contains(needle), "{needle:?} not in {msg}");
-    }
+    assert_mentions(&msg, needles);
     err.kind
 }
 

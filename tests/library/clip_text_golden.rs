@@ -16,7 +16,7 @@ use llamagen_test_support as support;
 use ndarray::Array2;
 use tch::{Device, Kind, Tensor};
 
-use crate::harness::{f32s, golden, golden_json, golden_tensors, rel_err};
+use crate::harness::{assert_close, f32s, golden, golden_json, golden_tensors, refusal};
 use crate::t5_golden::{add_tokens, captions, python_tokens};
 
 fn read(name: &str) -> HashMap<String, Tensor> {
@@ -34,11 +34,12 @@ fn matrix(t: &Tensor) -> Array2<f32> {
 
 fn check_model(model: &ClipTextModel, io: &HashMap<String, Tensor>, what: &str) {
     let out = model.embed_ids(&io["clip_text_input_ids"]);
-    let golden = &io["clip_text_embeds"];
-    assert_eq!(out.size(), golden.size(), "{what}");
-    let err = rel_err(&out, golden);
-    eprintln!("{what}: text_embeds max rel err {err:.3e}");
-    assert!(err <= 1e-4, "{what}: relative error {err:e}");
+    assert_close(
+        &out,
+        &io["clip_text_embeds"],
+        1e-4,
+        &format!("{what}: text_embeds"),
+    );
 }
 
 #[test]
@@ -174,9 +175,7 @@ fn clip_text_embedder_embeds_caption_text() {
 fn clip_text_refuses_other_files() {
     let dir = support::golden_dir();
     let vision = dir.join("clip_vision_tiny_public.safetensors");
-    let e = ClipTextModel::load(&vision, Device::Cpu, Heads::Auto).unwrap_err();
-    let message = e.to_string();
-    eprintln!("{message}");
+    let (e, message) = refusal(ClipTextModel::load(&vision, Device::Cpu, Heads::Auto));
     assert!(
         matches!(e, ClipTextError::NotClipText { .. })
             && message.contains("vision tower only")
@@ -190,15 +189,19 @@ fn clip_text_refuses_other_files() {
         "fixtures/openai_clip_torchscript.py",
         &[vision.as_os_str(), "4".as_ref(), archive.as_os_str()],
     );
-    let e = ClipTextModel::load(&archive, Device::Cpu, Heads::Explicit(4)).unwrap_err();
-    let message = e.to_string();
-    eprintln!("{message}");
+    let (_, message) = refusal(ClipTextModel::load(
+        &archive,
+        Device::Cpu,
+        Heads::Explicit(4),
+    ));
     assert!(message.contains("OpenAI's own CLIP format"), "{message}");
 
     for other in ["t5_tiny_public.safetensors", "gpt_public.pt"] {
-        let e = ClipTextModel::load(&dir.join(other), Device::Cpu, Heads::Auto).unwrap_err();
-        let message = e.to_string();
-        eprintln!("{message}");
+        let (e, message) = refusal(ClipTextModel::load(
+            &dir.join(other),
+            Device::Cpu,
+            Heads::Auto,
+        ));
         assert!(
             matches!(e, ClipTextError::NotClipText { .. }) && message.contains(other),
             "{message}"
@@ -212,10 +215,11 @@ fn clip_text_refuses_other_files() {
         r#"{"text_config": {"hidden_size": 768, "num_attention_heads": 12}}"#,
     )
     .unwrap();
-    let e =
-        ClipTextModel::load(&golden_text(), Device::Cpu, Heads::ConfigFile(config)).unwrap_err();
-    let message = e.to_string();
-    eprintln!("{message}");
+    let (e, message) = refusal(ClipTextModel::load(
+        &golden_text(),
+        Device::Cpu,
+        Heads::ConfigFile(config),
+    ));
     assert!(
         matches!(e, ClipTextError::Config { .. })
             && message.contains("other_config.json")

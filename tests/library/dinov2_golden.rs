@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::harness::{f32s, golden, golden_tensors, rel_err};
+use crate::harness::{assert_close, f32s, golden, golden_tensors};
 use llamagen_eval::checkpoint::Checkpoint;
 use llamagen_eval::models::dinov2::{self, Dinov2, Dinov2Error, IMAGENET_STD};
 use ndarray::Array4;
@@ -81,11 +81,12 @@ fn dinov2_features_match_the_reference_at_224_and_518() {
     ];
     for (input, cls) in cases {
         let ours = model.features(&io[input]);
-        let reference = &io[cls];
-        assert_eq!(ours.size(), reference.size());
-        let err = rel_err(&ours, reference);
-        eprintln!("{cls} from the reference input: max rel err {err:.3e}");
-        assert!(err <= 1e-4, "{cls}: relative error {err:e}");
+        assert_close(
+            &ours,
+            &io[cls],
+            1e-4,
+            &format!("{cls} from the reference input"),
+        );
     }
 }
 
@@ -97,9 +98,12 @@ fn dinov2_features_from_u8_images_match_the_reference() {
         let images = to_array(&io[&format!("dinov2_{size}_images_uint8_nhwc")]);
         let ours = model.features(&dinov2::preprocess(images.view()));
         let reference = &io[&format!("dinov2_{size}_cls")];
-        let err = rel_err(&ours, reference);
-        eprintln!("dinov2 {size} u8 images -> features: max rel err {err:.3e}");
-        assert!(err <= 1e-4, "{size}: relative error {err:e}");
+        assert_close(
+            &ours,
+            reference,
+            1e-4,
+            &format!("dinov2 {size} u8 images -> features"),
+        );
     }
 }
 

@@ -9,6 +9,8 @@ use llamagen_test_support as support;
 use ndarray::Array4;
 use ndarray_npy::NpzReader;
 
+use crate::harness::refusal;
+
 #[test]
 fn center_crop_matches_pillow() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,10 +60,7 @@ fn bad_folders_fail_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let err = FolderImages::open(&empty, Some(32))
-        .err()
-        .map(|e| e.to_string())
-        .expect("empty folder fails");
+    let (_, err) = refusal(FolderImages::open(&empty, Some(32)));
     assert!(
         err.contains("empty") && err.contains("no PNG or JPEG"),
         "{err}"
@@ -97,10 +96,7 @@ fn symlink_loops_and_duplicates_are_refused_naming_the_link() {
 
     // `ln -s . loop`: the folder again, below itself.
     std::os::unix::fs::symlink(".", images.join("loop")).unwrap();
-    let err = FolderImages::open(&images, None)
-        .err()
-        .map(|e| e.to_string())
-        .expect("a symlink loop is refused");
+    let (_, err) = refusal(FolderImages::open(&images, None));
     assert!(
         err.contains("loop") && err.contains("symlink loop"),
         "{err}"
@@ -109,10 +105,7 @@ fn symlink_loops_and_duplicates_are_refused_naming_the_link() {
 
     // A link to an image already listed would count it twice.
     std::os::unix::fs::symlink(images.join("0.png"), images.join("again.png")).unwrap();
-    let err = FolderImages::open(&images, None)
-        .err()
-        .map(|e| e.to_string())
-        .expect("a duplicate is refused");
+    let (_, err) = refusal(FolderImages::open(&images, None));
     assert!(
         err.contains(".png") && err.contains("already listed"),
         "{err}"

@@ -17,7 +17,7 @@ use llamagen_eval::sampling::{generate_conditioned, Conditioning, Conditions, Sa
 use tch::{Device, Tensor};
 
 use crate::gpt_golden::{floats, four_heads, longs, one_thread};
-use crate::harness::{golden, golden_json, golden_tensors};
+use crate::harness::{assert_pixels_within_one, golden, golden_json, golden_tensors};
 
 fn io() -> HashMap<String, Tensor> {
     golden_tensors("t2i_public_io.safetensors")
@@ -122,25 +122,10 @@ fn run(generator: &mut Generator, n: usize, batch: usize) -> (Vec<Vec<i64>>, Vec
     (tokens, images.into_raw_vec_and_offset().0)
 }
 
-/// The tokenizer rounding allowance of the VQ golden tests: every value within 1, at most 0.1%
-/// of them off.
+/// The tokenizer rounding allowance of the VQ golden tests.
 fn assert_pixels_match(ours: &[u8], golden: &Tensor, what: &str) {
     let golden = Vec::<u8>::try_from(golden.contiguous().view([-1])).unwrap();
-    assert_eq!(ours.len(), golden.len(), "{what}: sizes differ");
-    let off = ours.iter().zip(&golden).filter(|(a, b)| a != b).count();
-    let largest = ours
-        .iter()
-        .zip(&golden)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap_or(0);
-    eprintln!("{what}: {off} of {} pixel values off by one", golden.len());
-    assert!(largest <= 1, "{what}: a pixel value is off by {largest}");
-    assert!(
-        off * 1000 <= golden.len(),
-        "{what}: {off} of {} pixel values differ",
-        golden.len()
-    );
+    assert_pixels_within_one(ours, &golden, what);
 }
 
 #[test]

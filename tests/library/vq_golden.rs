@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::harness::{f32s, golden, golden_tensors, rel_err};
+use crate::harness::{
+    assert_close, assert_pixels_within_one, f32s, golden, golden_tensors, rel_err,
+};
 use llamagen_eval::models::vq::{images_to_input, to_pixels, VqError, VqModel, VqWeights};
 use llamagen_test_support as support;
 use tch::{Device, Kind, Tensor};
@@ -22,24 +24,9 @@ fn u8s(t: &Tensor) -> Vec<u8> {
     Vec::<u8>::try_from(t.contiguous().flatten(0, -1)).unwrap()
 }
 
-/// Pixels that differ, and whether every difference is at most 1.
-fn pixel_diffs(ours: &Tensor, golden: &Tensor) -> (usize, bool) {
-    assert_eq!(ours.size(), golden.size());
-    let (a, b) = (u8s(ours), u8s(golden));
-    let off = a.iter().zip(&b).filter(|(x, y)| x != y).count();
-    let small = a.iter().zip(&b).all(|(x, y)| x.abs_diff(*y) <= 1);
-    (off, small)
-}
-
 fn assert_pixels_match(ours: &Tensor, golden: &Tensor, what: &str) {
-    let (off, small) = pixel_diffs(ours, golden);
-    let total = golden.numel();
-    eprintln!("{what}: {off} of {total} pixel values off by one");
-    assert!(small, "{what}: a pixel value is off by more than 1");
-    assert!(
-        off as f64 <= 0.001 * total as f64,
-        "{what}: {off} of {total} pixel values differ (more than 0.1%)"
-    );
+    assert_eq!(ours.size(), golden.size(), "{what}");
+    assert_pixels_within_one(&u8s(ours), &u8s(golden), what);
 }
 
 fn check_against_golden(model: &VqModel, io: &HashMap<String, Tensor>, tol: f64) {
@@ -48,9 +35,7 @@ fn check_against_golden(model: &VqModel, io: &HashMap<String, Tensor>, tol: f64)
     assert_eq!(f32s(&input), f32s(&io["input"]), "input scaling");
 
     let pre_quant = model.pre_quant(&input);
-    let err = rel_err(&pre_quant, &io["pre_quant"]);
-    eprintln!("pre_quant max rel err {err:.3e}");
-    assert!(err <= tol, "pre_quant relative error {err:e}");
+    assert_close(&pre_quant, &io["pre_quant"], tol, "pre_quant");
 
     let indices = model.quantize(&pre_quant);
     assert_eq!(indices.size(), [4, 4, 4]);
@@ -66,37 +51,29 @@ fn check_against_golden(model: &VqModel, io: &HashMap<String, Tensor>, tol: f64)
     );
 
     let quant = model.codes_to_quant(&indices);
-    let err = rel_err(&quant, &io["quant"]);
-    assert!(err <= tol, "quant relative error {err:e}");
+    assert_close(&quant, &io["quant"], tol, "quant");
 
     let recon = model.decode(&quant);
-    let err = rel_err(&recon, &io["recon"]);
-    eprintln!("recon max rel err {err:.3e}");
-    assert!(err <= tol, "recon relative error {err:e}");
+    assert_close(&recon, &io["recon"], tol, "recon");
     assert_pixels_match(&to_pixels(&recon), &io["recon_uint8_nhwc"], "recon pixels");
 
     // LlamaGen's forward pass (straight-through quant), as `recon` runs it.
     let (idx, recon) = model.reconstruct(&input);
     assert!(idx.equal(&indices));
-    let err = rel_err(&recon, &io["recon"]);
-    eprintln!("reconstruct max rel err {err:.3e}");
-    assert!(err <= tol, "reconstruct relative error {err:e}");
+    assert_close(&recon, &io["recon"], tol, "reconstruct");
     assert_pixels_match(
         &to_pixels(&recon),
         &io["recon_uint8_nhwc"],
         "reconstruct pixels",
     );
     let (_, st) = model.quantize_straight_through(&pre_quant);
-    let err = rel_err(&st, &io["quant"]);
-    assert!(err <= tol, "straight-through quant relative error {err:e}");
+    assert_close(&st, &io["quant"], tol, "straight-through quant");
     // The pixel conversion itself is exact.
     assert!(to_pixels(&io["recon"]).equal(&io["recon_uint8_nhwc"]));
 
     let golden_idx = io["indices"].reshape([4, 4, 4]);
     let from_codes = model.decode_code(&golden_idx);
-    let err = rel_err(&from_codes, &io["recon_from_indices"]);
-    eprintln!("decode_code max rel err {err:.3e}");
-    assert!(err <= tol, "decode_code relative error {err:e}");
+    assert_close(&from_codes, &io["recon_from_indices"], tol, "decode_code");
     assert_pixels_match(
         &to_pixels(&from_codes),
         &io["recon_uint8_nhwc"],
@@ -252,23 +229,7 @@ fn batched_decoding_equals_one_at_a_time_within_one_unit() {
     let single = decoded(&tokens, 1);
     // 13 images in batches of 5: the last batch of 3 is padded to 5.
     let batched = decoded(&tokens, 5);
-    let off = single.iter().zip(&batched).filter(|(a, b)| a != b).count();
-    let largest = single
-        .iter()
-        .zip(&batched)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap_or(0);
-    eprintln!(
-        "decode batch 5 vs 1: {off} of {} values differ (largest difference {largest})",
-        single.len()
-    );
-    assert!(largest <= 1, "a pixel value moved by {largest}");
-    assert!(
-        off * 1000 <= single.len(),
-        "{off} of {} values differ (more than 0.1%)",
-        single.len()
-    );
+    assert_pixels_within_one(&batched, &single, "decode batch 5 vs 1");
     // The same images in reverse order: other companions in each batch, other padding.
     let reversed: Vec<Vec<i64>> = tokens.iter().rev().cloned().collect();
     let per_image = 64 * 64 * 3;
