@@ -335,9 +335,7 @@ fn no_stale_or_partial_result_looks_like_a_finished_run() {
 #[test]
 fn fid_takes_samples_and_reference_as_pytorch_fid_does() {
     let _cores = all_cores();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let weights = random_inception_weights();
+    let (root, weights) = &scratch_with_random_inception();
     let folder = root.join("samples");
     std::fs::create_dir(&folder).unwrap();
     for i in 0..12u32 {
@@ -352,7 +350,7 @@ fn fid_takes_samples_and_reference_as_pytorch_fid_does() {
     image_batch(&reference, &mut ChaCha8Rng::seed_from_u64(9), 16, 32, 30);
     let settings = [
         "--inception",
-        s(&weights),
+        s(weights),
         "--device",
         "cpu",
         "--metrics",

@@ -355,8 +355,8 @@ fn bad_inputs_fail_cleanly() {
 #[test]
 fn a_folder_is_scored_at_its_own_size() {
     let _cores = all_cores();
-    let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("images");
+    let root = &ScratchDir::new();
+    let folder = root.join("images");
     std::fs::create_dir(&folder).unwrap();
     let write_png = |name: &str, side: u32| {
         let file = File::create(folder.join(name)).unwrap();
@@ -369,14 +369,14 @@ fn a_folder_is_scored_at_its_own_size() {
     write_png("a.png", 80);
     write_png("b.png", 80);
     let vq = support::golden("vq_public.pt");
-    let out = dir.path().join("own-size");
+    let out = root.join("own-size");
     vq_run(&vq, &folder, &out, &[]).success();
     let json = metrics_json(&out);
     assert_eq!(json["run"]["image_size"], serde_json::json!([80, 80]));
     assert_eq!(json["run"]["n_images"], 2, "{json}");
 
     write_png("c.png", 64);
-    let refused = dir.path().join("mixed");
+    let refused = root.join("mixed");
     vq_run(&vq, &folder, &refused, &[]).refused_with(&[
         "c.png: is 64x64 but the first image is 80x80",
         "hint: pass --image-size N",
