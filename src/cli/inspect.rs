@@ -57,7 +57,8 @@ fn npz(path: &Path) -> Result<String> {
     let header = |name: &str| -> Option<&NpyHeader> {
         entries.iter().find(|(n, _)| n == name).map(|(_, h)| h)
     };
-    let mut text = format!("{}: npz, {} entries\n", path.display(), entries.len());
+    let plural = if entries.len() == 1 { "entry" } else { "entries" };
+    let mut text = format!("{}: npz, {} {plural}\n", path.display(), entries.len());
     for (name, header) in &entries {
         let _ = writeln!(text, "  {name:<16} {:<8} {:?}", dtype(&header.descr), header.shape);
     }

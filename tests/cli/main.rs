@@ -12,6 +12,7 @@ mod feature_networks;
 mod fid;
 mod hostile_checkpoints;
 mod hostile_inputs;
+mod inspect;
 mod merge_features;
 mod metrics;
 mod recon;
