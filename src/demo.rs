@@ -209,7 +209,14 @@ pub fn run(out: &Path, samples: usize, progress: Progress) -> Result<()> {
         progress,
         distribution: Distribution::single(),
     };
-    let outcome = sweep::sweep(&fid, &generator, &CFG_SCALES, &plan, &sweep_dir, &mut |_, _, _| {})?;
+    let outcome = sweep::sweep(
+        &fid,
+        &generator,
+        &CFG_SCALES,
+        &plan,
+        &sweep_dir,
+        &mut |_, _, _| {},
+    )?;
     for (scale, dir, run) in &outcome.runs {
         progress.say(format!("demo: CFG {scale} -> {}", dir.display()));
         if progress == Progress::Shown {

@@ -16,7 +16,10 @@ use llamagen_eval::record::RunRecord;
 pub fn run(path: &Path) -> Result<ExitCode> {
     let text = if path.is_dir() {
         run_folder(path)?
-    } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz")) {
+    } else if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
+    {
         npz(path)?
     } else {
         Checkpoint::open(path)?.summary().to_string()
@@ -57,10 +60,19 @@ fn npz(path: &Path) -> Result<String> {
     let header = |name: &str| -> Option<&NpyHeader> {
         entries.iter().find(|(n, _)| n == name).map(|(_, h)| h)
     };
-    let plural = if entries.len() == 1 { "entry" } else { "entries" };
+    let plural = if entries.len() == 1 {
+        "entry"
+    } else {
+        "entries"
+    };
     let mut text = format!("{}: npz, {} {plural}\n", path.display(), entries.len());
     for (name, header) in &entries {
-        let _ = writeln!(text, "  {name:<16} {:<8} {:?}", dtype(&header.descr), header.shape);
+        let _ = writeln!(
+            text,
+            "  {name:<16} {:<8} {:?}",
+            dtype(&header.descr),
+            header.shape
+        );
     }
     let mut reading = Vec::new();
     let images = header("arr_0")

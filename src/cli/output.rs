@@ -77,7 +77,10 @@ pub fn print_sweep_summary(outcome: &SweepOutcome, progress: Progress) {
 fn sweep_table(runs: &[(f64, PathBuf, FidOutcome)]) -> String {
     let columns: Vec<MetricKey> = SWEEP_COLUMNS
         .into_iter()
-        .filter(|&key| runs.iter().any(|(.., run)| run.record.metrics.get(key).is_some()))
+        .filter(|&key| {
+            runs.iter()
+                .any(|(.., run)| run.record.metrics.get(key).is_some())
+        })
         .collect();
     let mut table = format!("{:>9}", "cfg_scale");
     for key in &columns {

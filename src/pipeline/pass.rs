@@ -265,7 +265,9 @@ pub fn crash_point(point: &str) {
     });
     if let Some((name, n, signal)) = target {
         if name == point && REACHED.fetch_add(1, Ordering::SeqCst) + 1 == *n {
-            tracing::warn!("LLAMAGEN_EVAL_CRASH_AT: signal {signal} to the process at {point} #{n}");
+            tracing::warn!(
+                "LLAMAGEN_EVAL_CRASH_AT: signal {signal} to the process at {point} #{n}"
+            );
             // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
             unsafe {
                 libc::kill(libc::getpid(), *signal);

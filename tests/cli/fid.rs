@@ -343,7 +343,9 @@ fn fid_takes_samples_and_reference_as_pytorch_fid_does() {
         let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), 32, 32);
         encoder.set_color(png::ColorType::Rgb);
         let mut writer = encoder.write_header().unwrap();
-        let pixels: Vec<u8> = (0..32 * 32 * 3).map(|p| ((p * (i + 3)) % 253) as u8).collect();
+        let pixels: Vec<u8> = (0..32 * 32 * 3)
+            .map(|p| ((p * (i + 3)) % 253) as u8)
+            .collect();
         writer.write_image_data(&pixels).unwrap();
     }
     let reference = root.join("ref.npz");
@@ -370,7 +372,10 @@ fn fid_takes_samples_and_reference_as_pytorch_fid_does() {
     for line in stderr.lines().filter(|line| line.contains("WARN")) {
         assert!(expected.iter().any(|e| line.contains(e)), "{stderr}");
     }
-    assert!(!stderr.contains('\x1b'), "colour codes in a captured log: {stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes in a captured log: {stderr}"
+    );
     cli()
         .args(["fid", "--sample-batch", s(&folder), "--ref", s(&reference)])
         .args(["--out", s(&flags)])

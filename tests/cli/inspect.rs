@@ -13,7 +13,11 @@ use crate::harness::{cli, s, ScratchDir};
 #[test]
 fn inspect_reads_an_adm_reference_batch() {
     let reference = golden("adm_ref_public.npz");
-    let stdout = cli().args(["inspect", s(&reference)]).run().success().stdout_text();
+    let stdout = cli()
+        .args(["inspect", s(&reference)])
+        .run()
+        .success()
+        .stdout_text();
     let mut npz = ndarray_npy::NpzReader::new(File::open(&reference).unwrap()).unwrap();
     let images = npz.by_name::<OwnedRepr<u8>, Ix4>("arr_0").unwrap();
     let mu = npz.by_name::<OwnedRepr<f32>, Ix1>("mu").unwrap();

@@ -105,7 +105,11 @@ fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
         stderr.contains("throughput: 6 new images (4 more resumed from the journal)"),
         "{stderr}"
     );
-    assert_eq!(metrics(&out), expected, "after SIGINT: resumed vs uninterrupted");
+    assert_eq!(
+        metrics(&out),
+        expected,
+        "after SIGINT: resumed vs uninterrupted"
+    );
     let terminated = fid(&root.join("sigterm"), &[], Some("committed:2:TERM"));
     assert_eq!(terminated.code(), Some(143), "{}", terminated.stderr_text());
 
@@ -203,10 +207,16 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
         assert!(stdout.contains(&format!("CFG scale {scale} (")), "{stdout}");
         let fields: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(fields[0], scale, "{stdout}");
-        assert!(fields[1].parse::<f64>().is_ok(), "fid of scale {scale}: {stdout}");
+        assert!(
+            fields[1].parse::<f64>().is_ok(),
+            "fid of scale {scale}: {stdout}"
+        );
         assert!(row.ends_with(&format!("cfg-{scale}")), "{stdout}");
     }
-    assert!(stdout.contains("cfg_scale             fid inception_score"), "{stdout}");
+    assert!(
+        stdout.contains("cfg_scale             fid inception_score"),
+        "{stdout}"
+    );
     let count = |needle: &str| stderr.matches(needle).count();
     assert_eq!(count("and tokenizer"), 1, "{stderr}");
     assert_eq!(count("Inception-V3 loaded"), 1, "{stderr}");
