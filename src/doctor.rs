@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::feature_set::{sha256_file, RELEASED_WEIGHTS_SHA256_PREFIX};
 use crate::{device, weight_files};
 
 /// Facts about the runtime, gathered once so they can be printed or tested.
@@ -40,6 +41,8 @@ pub struct Report {
     pub cache_dir: std::path::PathBuf,
     /// Where the FID Inception weights would be taken from.
     pub inception: weight_files::WeightsSource,
+    /// The sha256 of that file, when it is there and readable.
+    pub inception_sha256: Option<String>,
     /// Where DINOv2's and CLIP's weights would be taken from (`--features dinov2,clip`).
     pub extra_networks: [weight_files::WeightsSource; 2],
 }
@@ -47,6 +50,8 @@ pub struct Report {
 impl Report {
     /// Collects the facts; `inception_flag` is `--inception`, which wins over the environment.
     pub fn gather(inception_flag: Option<std::path::PathBuf>) -> Self {
+        let inception = weight_files::inception_weights(inception_flag);
+        let inception_sha256 = sha256_file(inception.path()).ok();
         Report {
             tool_version: env!("CARGO_PKG_VERSION"),
             libtorch_version: env!("LLAMAGEN_LIBTORCH_VERSION"),
@@ -68,7 +73,8 @@ impl Report {
             blas_threads: llamagen_metrics::linalg::thread_counts().2,
             kernel_blas_threads: llamagen_metrics::linalg::thread_counts().1,
             cache_dir: weight_files::cache_dir(),
-            inception: weight_files::inception_weights(inception_flag),
+            inception,
+            inception_sha256,
             extra_networks: [
                 weight_files::network_weights(weight_files::DINOV2_FILE, None),
                 weight_files::network_weights(weight_files::CLIP_FILE, None),
@@ -79,10 +85,15 @@ impl Report {
     /// The text `doctor` prints, with a download hint when the Inception weights are missing.
     pub fn render(&self) -> String {
         let yes_no = |b: bool| if b { "yes" } else { "no" };
-        let inception_state = if self.inception.path().is_file() {
-            "found"
-        } else {
-            "not found"
+        let inception_state = match &self.inception_sha256 {
+            None => "not found".to_owned(),
+            Some(sha) if sha.starts_with(RELEASED_WEIGHTS_SHA256_PREFIX) => {
+                format!("found, pytorch-fid's released file (sha256 {}...)", &sha[..16])
+            }
+            Some(sha) => format!(
+                "found, but NOT pytorch-fid's released file (sha256 {}...): FID and the other Inception figures will not be comparable to published ones",
+                &sha[..16]
+            ),
         };
         let mut out = String::new();
         let _ = writeln!(out, "llamagen-eval     {}", self.tool_version);
@@ -145,7 +156,7 @@ impl Report {
             "Inception weights {}: {inception_state}",
             self.inception.describe()
         );
-        if inception_state == "not found" {
+        if self.inception_sha256.is_none() {
             let _ = writeln!(
                 out,
                 "                  download {} there, set ${}, or pass --inception FILE",

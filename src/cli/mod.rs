@@ -134,6 +134,20 @@ enum Command {
 }
 
 impl Command {
+    /// The jobs that split their work over the ranks of a launch and journal it, so that
+    /// `--resume` continues them.
+    fn is_sharded_job(&self) -> bool {
+        matches!(
+            self,
+            Command::Fid(_)
+                | Command::Sample(_)
+                | Command::Sweep(_)
+                | Command::Features(_)
+                | Command::Stats(_)
+                | Command::Recon(_)
+        )
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Command::Demo(_) => "demo",
@@ -160,16 +174,7 @@ impl Cli {
         let mut words: Vec<String> = std::env::args_os()
             .map(|word| shell_quoted(&word.to_string_lossy()))
             .collect();
-        let journaled = matches!(
-            self.command,
-            Command::Fid(_)
-                | Command::Sample(_)
-                | Command::Sweep(_)
-                | Command::Features(_)
-                | Command::Stats(_)
-                | Command::Recon(_)
-        );
-        if journaled && !words.iter().any(|word| word == "--resume") {
+        if self.command.is_sharded_job() && !words.iter().any(|word| word == "--resume") {
             words.push("--resume".into());
         }
         words.join(" ")
@@ -190,18 +195,12 @@ impl Cli {
             let line = format!("{world}; {torch} libtorch and {rayon} rayon threads");
             tracing::info!("{line}");
             progress.say(line);
-            let splits = matches!(
-                self.command,
-                Command::Fid(_)
-                    | Command::Sample(_)
-                    | Command::Sweep(_)
-                    | Command::Features(_)
-                    | Command::Stats(_)
-                    | Command::Recon(_)
-                    | Command::Doctor { .. }
-                    | Command::Inspect { .. }
-            );
-            if !splits {
+            let runs_under_a_launcher = self.command.is_sharded_job()
+                || matches!(
+                    self.command,
+                    Command::Doctor { .. } | Command::Inspect { .. }
+                );
+            if !runs_under_a_launcher {
                 anyhow::bail!(
                     "`{}` does not split its work over the ranks of a launched job ({world}): run it as one process (without the launcher, or with --launcher none)",
                     self.command.name()

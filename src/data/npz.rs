@@ -318,15 +318,19 @@ pub struct NpzImages {
     receiver: Receiver<Result<Vec<u8>, String>>,
 }
 
-/// Every entry of the npz at `path` with its npy header (name without `.npy`), in archive order;
-/// only the headers are read.
-pub fn npz_entries(path: &Path) -> Result<Vec<(String, NpyHeader)>, DataError> {
+fn open_archive(path: &Path) -> Result<zip::ZipArchive<BufReader<File>>, DataError> {
     let file = File::open(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut archive = zip::ZipArchive::new(BufReader::new(file))
-        .map_err(|e| DataError::invalid(path, format!("not a readable npz (zip) file: {e}")))?;
+    zip::ZipArchive::new(BufReader::new(file))
+        .map_err(|e| DataError::invalid(path, format!("not a readable npz (zip) file: {e}")))
+}
+
+/// Every entry of the npz at `path` with its npy header (name without `.npy`), in archive order;
+/// only the headers are read.
+pub fn npz_entries(path: &Path) -> Result<Vec<(String, NpyHeader)>, DataError> {
+    let mut archive = open_archive(path)?;
     (0..archive.len())
         .map(|i| {
             let mut entry = archive
@@ -343,12 +347,7 @@ pub fn npz_entries(path: &Path) -> Result<Vec<(String, NpyHeader)>, DataError> {
 
 /// Opens `reader`'s `arr_0` entry and returns it with its validated header.
 fn open_arr0(path: &Path) -> Result<(zip::ZipArchive<BufReader<File>>, NpyHeader, u64), DataError> {
-    let file = File::open(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut archive = zip::ZipArchive::new(BufReader::new(file))
-        .map_err(|e| DataError::invalid(path, format!("not a readable npz (zip) file: {e}")))?;
+    let mut archive = open_archive(path)?;
     let name = ["arr_0.npy", "arr_0"]
         .into_iter()
         .find(|n| archive.index_for_name(n).is_some())

@@ -30,3 +30,18 @@ fn unknown_subcommand_fails() {
         .run()
         .refused_with(&["unrecognized subcommand 'no-such-command'"]);
 }
+
+#[test]
+fn doctor_says_when_inception_weights_are_not_the_released_file() {
+    let weights = crate::harness::random_inception_weights();
+    let stdout = cli()
+        .args(["doctor", "--inception"])
+        .arg(&weights)
+        .run()
+        .success()
+        .stdout_text();
+    assert!(
+        stdout.contains("found, but NOT pytorch-fid's released file"),
+        "{stdout}"
+    );
+}
