@@ -153,8 +153,8 @@ fn fid_feeds_every_network_in_one_pass_and_metrics_agree() {
     let samples = write_samples(root, 20, 1);
     let out = root.join("run");
     let mut args = with_networks(
-        &["fid", "--sample-batch", s(&samples), "--ref", s(&reference)],
-        &weights,
+        &["fid", "--sample-batch", s(&samples), "--ref", s(reference)],
+        weights,
     );
     args.extend(
         [
@@ -174,7 +174,7 @@ fn fid_feeds_every_network_in_one_pass_and_metrics_agree() {
         .success();
     let log = run.stderr_text();
     // Each image set went through the networks once, all three together.
-    for set in [&samples, &reference] {
+    for set in [&samples, reference] {
         let passes: Vec<&str> = log
             .lines()
             .filter(|l| l.contains(&format!("features of {}", set.display())))
@@ -255,7 +255,7 @@ fn weights_of_the_wrong_network_are_refused_naming_the_file() {
             "--sample-batch",
             s(&samples),
             "--ref",
-            s(&reference),
+            s(reference),
             "--device",
             "cpu",
             "--out",
@@ -280,9 +280,9 @@ fn weights_of_the_wrong_network_are_refused_naming_the_file() {
     // The Inception weights as DINOv2.
     let stderr = fid(&[
         "--inception",
-        s(&weights),
+        s(weights),
         "--dinov2",
-        s(&weights),
+        s(weights),
         "--dinov2-heads",
         "4",
     ]);
@@ -292,7 +292,7 @@ fn weights_of_the_wrong_network_are_refused_naming_the_file() {
         "{stderr}"
     );
     // CLIP's text tower as the CLIP vision weights.
-    let stderr = fid(&["--inception", s(&weights), "--clip", s(&text)]);
+    let stderr = fid(&["--inception", s(weights), "--clip", s(&text)]);
     assert!(
         stderr.contains("clip_text_tiny_public.safetensors") && stderr.contains("text"),
         "{stderr}"
@@ -300,7 +300,7 @@ fn weights_of_the_wrong_network_are_refused_naming_the_file() {
     // Missing DINOv2 weights: where they were looked for and what to download.
     let stderr = fid(&[
         "--inception",
-        s(&weights),
+        s(weights),
         "--features",
         "inception,dinov2",
         "--clip",
@@ -320,19 +320,19 @@ fn stats_writes_dinov2_statistics_that_fid_uses() {
     let samples = write_samples(root, 10, 3);
     // `command` with the networks but CLIP: drop `--features ...,clip` and `--clip FILE`.
     let run_with_dinov2 = |command: &[&str]| {
-        let mut args = with_networks(command, &weights);
+        let mut args = with_networks(command, weights);
         let first_flag = command.len();
         args[first_flag + 3] = "inception,dinov2".into();
         args.drain(first_flag + 8..first_flag + 10);
         cli().args(&args).quiet().run().success();
     };
     let stats = root.join("ref-stats.npz");
-    run_with_dinov2(&["stats", "--data", s(&reference_images), "--out", s(&stats)]);
+    run_with_dinov2(&["stats", "--data", s(reference_images), "--out", s(&stats)]);
     let features = root.join("ref-features.npz");
     run_with_dinov2(&[
         "features",
         "--images",
-        s(&reference_images),
+        s(reference_images),
         "--out",
         s(&features),
     ]);
@@ -368,7 +368,7 @@ fn stats_writes_dinov2_statistics_that_fid_uses() {
         ]);
         metrics_json(&out)["metrics"]["fd_dinov2"].as_f64().unwrap()
     };
-    let (from_stats, from_images) = (fd(&stats, "vs-stats"), fd(&reference_images, "vs-images"));
+    let (from_stats, from_images) = (fd(&stats, "vs-stats"), fd(reference_images, "vs-images"));
     assert!(
         support::rel_diff(from_stats, from_images) < 1e-6,
         "reference batch {from_stats}, images {from_images}"
@@ -389,12 +389,12 @@ fn recon_scores_reconstructions_with_dinov2_and_clip_against_the_originals() {
             "--vq",
             s(&vq),
             "--data",
-            s(&originals),
+            s(originals),
             "--out",
             s(out),
         ];
         command.extend_from_slice(extra);
-        with_networks(&command, &weights)
+        with_networks(&command, weights)
     };
     let args = recon_args(&out, &["--save-recon", s(&saved)]);
     run_single_threaded(&args);

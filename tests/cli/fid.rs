@@ -94,7 +94,7 @@ fn fid_matches_torch_fidelity_features_and_caches_samples() {
     image_batch(&ref_b, &mut rng, 20, 32, 10);
     let runs: PathBuf = root.join("reports");
 
-    let (json, stderr) = fid_as_torch_fidelity(&weights, &samples, &ref_a, &runs.join("a"));
+    let (json, stderr) = fid_as_torch_fidelity(weights, &samples, &ref_a, &runs.join("a"));
     assert!(
         !stderr.contains("from the cache"),
         "nothing is cached yet: {stderr}"
@@ -108,7 +108,7 @@ fn fid_matches_torch_fidelity_features_and_caches_samples() {
         Some(64)
     );
 
-    let (_, stderr) = fid_as_torch_fidelity(&weights, &samples, &ref_b, &runs.join("b"));
+    let (_, stderr) = fid_as_torch_fidelity(weights, &samples, &ref_b, &runs.join("b"));
     assert!(
         stderr.contains(&format!("features of {} from the cache", samples.display())),
         "the sample features should come from the cache: {stderr}"
@@ -203,7 +203,7 @@ fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly(
             "--sample-batch",
             s(&bomb),
             "--ref",
-            s(&reference),
+            s(reference),
             "--out",
             s(&out),
         ],
@@ -211,7 +211,7 @@ fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly(
     ] {
         let run = cli()
             .args(&args)
-            .args(["--inception", s(&weights), "--device", "cpu"])
+            .args(["--inception", s(weights), "--device", "cpu"])
             .quiet()
             .run();
         // A clean error, not an allocation abort sized from the header.
@@ -227,25 +227,19 @@ fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly(
     assert!(!features.exists());
 
     // An output that is the input itself is refused before it could be overwritten.
-    let before = std::fs::read(&reference).unwrap();
+    let before = std::fs::read(reference).unwrap();
     for command in [
-        [
-            "features",
-            "--images",
-            s(&reference),
-            "--out",
-            s(&reference),
-        ],
-        ["stats", "--data", s(&reference), "--out", s(&reference)],
+        ["features", "--images", s(reference), "--out", s(reference)],
+        ["stats", "--data", s(reference), "--out", s(reference)],
     ] {
         cli()
             .args(command)
-            .args(["--inception", s(&weights), "--device", "cpu"])
+            .args(["--inception", s(weights), "--device", "cpu"])
             .quiet()
             .run()
             .refused_with(&["is the input"]);
     }
-    assert_eq!(std::fs::read(&reference).unwrap(), before);
+    assert_eq!(std::fs::read(reference).unwrap(), before);
 }
 
 #[test]
@@ -264,11 +258,11 @@ fn no_stale_or_partial_result_looks_like_a_finished_run() {
         .args([
             "fid",
             "--sample-batch",
-            s(&reference),
+            s(reference),
             "--ref",
-            s(&reference),
+            s(reference),
             "--inception",
-            s(&weights),
+            s(weights),
             "--device",
             "cpu",
             "--out",
@@ -298,11 +292,11 @@ fn no_stale_or_partial_result_looks_like_a_finished_run() {
         .args([
             "features",
             "--images",
-            s(&reference),
+            s(reference),
             "--out",
             s(&features),
             "--inception",
-            s(&weights),
+            s(weights),
             "--device",
             "cpu",
         ])

@@ -134,7 +134,7 @@ fn header_and_image_bombs_are_refused_before_allocating() {
     std::fs::create_dir(&folder).unwrap();
     std::fs::write(folder.join("a.png"), png_claiming(30_000, 30_000)).unwrap();
 
-    let inception = ["--inception", s(&weights), "--device", "cpu"];
+    let inception = ["--inception", s(weights), "--device", "cpu"];
     let features_out = out.join("f.npz");
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         (
@@ -156,7 +156,7 @@ fn header_and_image_bombs_are_refused_before_allocating() {
                     "--sample-batch",
                     s(&big_image),
                     "--ref",
-                    s(&reference),
+                    s(reference),
                     "--batch-size",
                     "1",
                     "--out",
@@ -358,10 +358,10 @@ fn tiny_sets_leave_out_precision_and_a_failed_cache_write_only_warns() {
     std::fs::write(runs.join(".feature-cache"), b"not a folder").unwrap();
     let out = runs.join("tiny");
     let run = cli()
-        .args(["fid", "--sample-batch", s(&three), "--ref", s(&reference)])
+        .args(["fid", "--sample-batch", s(&three), "--ref", s(reference)])
         .args([
             "--inception",
-            s(&weights),
+            s(weights),
             "--device",
             "cpu",
             "--out",
@@ -380,8 +380,8 @@ fn tiny_sets_leave_out_precision_and_a_failed_cache_write_only_warns() {
     assert!(metrics["metrics"].get("precision").is_none(), "{metrics}");
     // Asked for explicitly, it is an error that says why.
     let asked = cli()
-        .args(["fid", "--sample-batch", s(&three), "--ref", s(&reference)])
-        .args(["--inception", s(&weights), "--device", "cpu"])
+        .args(["fid", "--sample-batch", s(&three), "--ref", s(reference)])
+        .args(["--inception", s(weights), "--device", "cpu"])
         .args(["--out", s(&root.join("asked")), "--metrics", "pr"])
         .quiet()
         .env("OMP_NUM_THREADS", "1")
@@ -424,7 +424,7 @@ fn loops_odd_paths_and_absurd_sizes_fail_fast_or_work() {
     use std::os::unix::ffi::OsStrExt;
     let _cores = crate::harness::one_core();
     let (root, weights, reference) = &crate::harness::scratch_with_inception(4);
-    let inception = ["--inception", s(&weights), "--device", "cpu"];
+    let inception = ["--inception", s(weights), "--device", "cpu"];
     let out = root.join("out");
     std::fs::create_dir(&out).unwrap();
 
@@ -457,7 +457,7 @@ fn loops_odd_paths_and_absurd_sizes_fail_fast_or_work() {
     let odd = root.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
     std::fs::create_dir(&odd).unwrap();
     let samples = odd.join("samples.npz");
-    std::fs::copy(&reference, &samples).unwrap();
+    std::fs::copy(reference, &samples).unwrap();
     let mut odd_args: Vec<std::ffi::OsString> = vec!["fid".into(), "--sample-batch".into()];
     odd_args.extend([
         samples.into_os_string(),

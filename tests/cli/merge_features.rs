@@ -51,7 +51,7 @@ fn merged_shard_features_equal_the_unsharded_run() {
     sample(&root.join("s1.npz"), Some("1/2"));
     for name in ["all", "s0", "s1"] {
         features(
-            &weights,
+            weights,
             &root.join(format!("{name}.npz")),
             &root.join(format!("f_{name}.npz")),
         );

@@ -51,7 +51,7 @@ fn fid_with_a_generator_resumes_after_sigkill_with_identical_metrics() {
     let _cores = all_cores();
     let (root, weights, reference) = &scratch_with_inception(12);
     let fid_at = |cfg: &str, out: &Path, extra: &[&str], crash_at: Option<&str>| {
-        let args = tiny_gpt_fid_with_kid(("10", cfg, "3"), (&reference, &weights), out);
+        let args = tiny_gpt_fid_with_kid(("10", cfg, "3"), (reference, weights), out);
         run(&args, extra, crash_at)
     };
     let fid =
@@ -187,9 +187,9 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
         "--samples",
         "3",
         "--ref",
-        s(&reference),
+        s(reference),
         "--inception",
-        s(&weights),
+        s(weights),
         "--metrics",
         "fid,is",
     ];
@@ -255,7 +255,7 @@ fn features_and_stats_resume_after_sigkill() {
     let (root, weights, images_npz) = &scratch_with_inception(12);
     let common = [
         "--inception",
-        s(&weights),
+        s(weights),
         "--device",
         "cpu",
         "--batch-size",
@@ -267,7 +267,7 @@ fn features_and_stats_resume_after_sigkill() {
         ("stats", "--data", &["--keep-images", "5"][..]),
     ] {
         let job = |out: &Path, resume: bool, crash_at: Option<&str>| {
-            let mut args = vec![command, input_flag, s(&images_npz), "--out", s(out)];
+            let mut args = vec![command, input_flag, s(images_npz), "--out", s(out)];
             args.extend_from_slice(&common);
             args.extend_from_slice(extra);
             run(&args, if resume { &["--resume"] } else { &[] }, crash_at)

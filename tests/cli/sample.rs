@@ -286,9 +286,9 @@ fn fid_with_a_generator_streams_the_sampled_images() {
     let (gen_out, file_out) = (root.join("gen"), root.join("file"));
     let common_args = [
         "--ref",
-        s(&reference),
+        s(reference),
         "--inception",
-        s(&weights),
+        s(weights),
         "--metrics",
         "is",
         "--quiet",
@@ -375,7 +375,7 @@ fn fid_with_a_generator_is_identical_with_and_without_overlap() {
             "--out",
             s(&out),
         ]);
-        args.extend(scored_against(&reference, &weights));
+        args.extend(scored_against(reference, weights));
         args.extend_from_slice(extra);
         (llamagen_eval(&args), out)
     };

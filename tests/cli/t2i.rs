@@ -137,7 +137,7 @@ fn t2i_fid_and_sample_reproduce_llamagen_with_captions() {
         "--out",
         s(&out),
     ]);
-    args.extend(scored_against(&reference, &weights));
+    args.extend(scored_against(reference, weights));
     llamagen_eval(&args).success();
     let record = metrics_json(&out);
     let fid = record["metrics"]["fid"].as_f64().unwrap();
@@ -507,7 +507,7 @@ fn t2i_from_prompts_with_t5_and_clip_score() {
         "--out",
         s(&out),
     ]);
-    args.extend(scored_against(&reference, &weights));
+    args.extend(scored_against(reference, weights));
     llamagen_eval(&args).success();
     let record = metrics_json(&out);
     let metrics = &record["metrics"];
