@@ -1,48 +1,66 @@
-//! Ctrl-C and `kill`: SIGINT and SIGTERM ask a run to stop at the next batch boundary, where its
-//! journal holds every finished batch, instead of killing it mid-write. The batch loop asks
-//! [`requested`] between batches (holding [`catch`]) and stops with [`Interrupted`]; the command
-//! line says what was done and how to resume, and exits 128 + the signal's number, as a shell
-//! reports a killed process. A second signal while the run is stopping kills it at once (the
-//! default action).
+//! Ctrl-C and `kill`: SIGINT and SIGTERM never end a run silently. While a batch loop runs
+//! (holding [`catch`]) a signal asks it to stop at the next batch boundary, where its journal
+//! holds every finished batch: the loop asks [`requested`] between batches and stops with
+//! [`Interrupted`], and the command line says what was done and how to resume. Elsewhere (loading
+//! models, computing metrics, writing outputs atomically) the process prints the message given
+//! to [`install`] and exits at once. Either way the exit status is 128 + the signal's number, as a
+//! shell reports a killed process, and a second signal kills at once (the default action).
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 /// The signal received, or 0.
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
+/// How many batch loops are running (they check [`RECEIVED`] between batches).
+static LOOPS: AtomicUsize = AtomicUsize::new(0);
+/// What to print when a signal arrives outside a batch loop.
+static MESSAGE: OnceLock<Vec<u8>> = OnceLock::new();
 
 extern "C" fn record(signal: libc::c_int) {
     RECEIVED.store(signal, Ordering::SeqCst);
-    // Only async-signal-safe calls here: the next signal of this kind takes its default action.
+    // Only async-signal-safe calls here (atomics, signal, write, _exit).
+    // SAFETY: each call below is async-signal-safe and its arguments are valid: SIG_DFL, and a
+    // buffer that lives for the whole process.
     unsafe {
         libc::signal(signal, libc::SIG_DFL);
+        if LOOPS.load(Ordering::SeqCst) == 0 {
+            if let Some(message) = MESSAGE.get() {
+                libc::write(2, message.as_ptr().cast(), message.len());
+            }
+            libc::_exit(128 + signal);
+        }
     }
 }
 
-/// While the returned value lives, SIGINT and SIGTERM are recorded for [`requested`] instead of
-/// killing the process: held by the batch loop, which checks between batches. Outside it (loading
-/// models, computing metrics) a signal keeps its default action.
-#[must_use = "signals are caught only while the value lives"]
+/// Routes SIGINT and SIGTERM through this module for the rest of the process; `message` is
+/// printed when one arrives outside a batch loop (what was interrupted and how to continue).
+pub fn install(message: String) {
+    let _ = MESSAGE.set(message.into_bytes());
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `record` makes only async-signal-safe calls.
+        unsafe {
+            libc::signal(
+                signal,
+                record as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+    }
+}
+
+/// While the returned value lives, a signal asks the batch loop to stop at its next batch
+/// boundary ([`requested`]) instead of ending the process.
+#[must_use = "signals are left to the loop only while the value lives"]
 pub fn catch() -> Catching {
-    set_handler(record as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    LOOPS.fetch_add(1, Ordering::SeqCst);
     Catching(())
 }
 
-/// Signals caught for the batch loop; dropping it gives them back their default action.
+/// A batch loop's hold on signals; dropping it lets them end the process again.
 pub struct Catching(());
 
 impl Drop for Catching {
     fn drop(&mut self) {
-        set_handler(libc::SIG_DFL);
-    }
-}
-
-fn set_handler(handler: libc::sighandler_t) {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: `record` only stores an atomic and resets the disposition, both
-        // async-signal-safe; SIG_DFL is always valid.
-        unsafe {
-            libc::signal(signal, handler);
-        }
+        LOOPS.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

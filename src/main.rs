@@ -31,6 +31,9 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging(cli.quiet);
     let resume_command = cli.resume_command();
+    llamagen_eval::interrupt::install(format!(
+        "\ninterrupted: nothing half-written was kept\n  to continue: {resume_command}\n"
+    ));
     match cli.run() {
         Ok(code) => code,
         Err(err) => {
