@@ -764,27 +764,25 @@ mod tests {
         assert_eq!(p.identical, 0);
     }
 
+    /// The errors of PSNR and of SSIM (`mode`) on the same images.
+    fn both_errors(a: &Array4<u8>, b: &Array4<u8>, mode: SsimMode) -> [MetricsError; 2] {
+        [
+            psnr(a.view(), b.view()).unwrap_err(),
+            ssim(a.view(), b.view(), mode).unwrap_err(),
+        ]
+    }
+
     #[test]
     fn bad_input_is_an_error() {
         let a = Array4::<u8>::zeros((2, 16, 16, 3));
         let b = Array4::<u8>::zeros((2, 16, 15, 3));
-        assert!(matches!(
-            psnr(a.view(), b.view()),
-            Err(MetricsError::ShapeMismatch { .. })
-        ));
-        assert!(matches!(
-            ssim(a.view(), b.view(), SsimMode::Gaussian),
-            Err(MetricsError::ShapeMismatch { .. })
-        ));
+        for err in both_errors(&a, &b, SsimMode::Gaussian) {
+            assert!(matches!(err, MetricsError::ShapeMismatch { .. }), "{err}");
+        }
         let e = Array4::<u8>::zeros((0, 16, 16, 3));
-        assert!(matches!(
-            psnr(e.view(), e.view()),
-            Err(MetricsError::TooFewSamples { .. })
-        ));
-        assert!(matches!(
-            ssim(e.view(), e.view(), SsimMode::Uniform),
-            Err(MetricsError::TooFewSamples { .. })
-        ));
+        for err in both_errors(&e, &e, SsimMode::Uniform) {
+            assert!(matches!(err, MetricsError::TooFewSamples { .. }), "{err}");
+        }
         let small = Array4::<u8>::zeros((1, 10, 30, 3));
         assert!(matches!(
             ssim(small.view(), small.view(), SsimMode::Gaussian),
