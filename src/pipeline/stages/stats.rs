@@ -86,7 +86,10 @@ impl<'e> StatsStage<'e> {
 
 impl FeatureRows for Accumulators {
     fn arrays(&self) -> Vec<(&'static str, usize)> {
-        self.stats.iter().map(|(name, acc)| (*name, acc.dim())).collect()
+        self.stats
+            .iter()
+            .map(|(name, acc)| (*name, acc.dim()))
+            .collect()
     }
 
     fn take(&mut self, index: usize, _positions: &Range<usize>, rows: &Array2<f32>) -> Result<()> {
