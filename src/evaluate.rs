@@ -19,39 +19,27 @@ use llamagen_metrics::stats::{GaussianStats, ReferenceStats};
 
 use serde_json::{Map, Value};
 
-use crate::choice::{choice_str, Choice};
+use crate::choice::{choice_enum, Choice};
 use crate::feature_set::FeatureSet;
 use crate::metric::MetricKey;
 use crate::record::{MetricValues, RunRecord};
 
 pub use crate::metric::{Metric, Need};
 
-/// How the Inception Score groups the samples (`--is-splits`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum IsSplits {
-    /// ADM's: consecutive splits of 5000, the last one partial.
-    #[default]
-    Adm,
-    /// torch-fidelity's defaults: the samples shuffled with a seed, then 10 equal splits.
-    TorchFidelity,
-}
-
-impl Choice for IsSplits {
-    const WHAT: &'static str = "Inception Score split convention";
-    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
-        (
-            IsSplits::Adm,
-            "adm",
-            "Consecutive splits of 5000, partial last",
-        ),
-        (
-            IsSplits::TorchFidelity,
+choice_enum! {
+    /// How the Inception Score groups the samples (`--is-splits`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum IsSplits: "Inception Score split convention" {
+        /// ADM's: consecutive splits of 5000, the last one partial.
+        #[default]
+        Adm => ("adm", "Consecutive splits of 5000, partial last"),
+        /// torch-fidelity's defaults: the samples shuffled with a seed, then 10 equal splits.
+        TorchFidelity => (
             "torch-fidelity",
-            "The samples shuffled with --is-seed, then 10 equal splits",
+            "The samples shuffled with --is-seed, then 10 equal splits"
         ),
-    ];
+    }
 }
-choice_str!(IsSplits);
 
 impl IsSplits {
     /// The splits of this convention; `seed` shuffles torch-fidelity's.
