@@ -357,13 +357,7 @@ fn ssim_slices(
         }
         SsimMode::Uniform => {
             s.prepare(p, &identity, &identity, UNIFORM_RADIUS);
-            match p.c {
-                1 => uniform_sums::<false, 1>(p, s),
-                3 => uniform_sums::<false, 3>(p, s),
-                4 => uniform_sums::<false, 4>(p, s),
-                _ => uniform_sums::<false, 0>(p, s),
-            }
-            let count = ((p.h - 2 * UNIFORM_RADIUS) * (p.w - 2 * UNIFORM_RADIUS)) as f64;
+            let count = uniform_windows::<false>(p, s);
             mean_over_channels_f64(fold_channels(&s.acc, p.c).iter().map(|v| v / count))
         }
         SsimMode::LlamagenCompat => {
@@ -373,13 +367,7 @@ fn ssim_slices(
                 &llamagen_restored_lut(),
                 UNIFORM_RADIUS,
             );
-            match p.c {
-                1 => uniform_sums::<true, 1>(p, s),
-                3 => uniform_sums::<true, 3>(p, s),
-                4 => uniform_sums::<true, 4>(p, s),
-                _ => uniform_sums::<true, 0>(p, s),
-            }
-            let count = ((p.h - 2 * UNIFORM_RADIUS) * (p.w - 2 * UNIFORM_RADIUS)) as f64;
+            let count = uniform_windows::<true>(p, s);
             // scikit-image stores each channel's mean in a float32 array and numpy averages that
             // in float32, left to right.
             let mut total = 0.0f32;
@@ -389,6 +377,19 @@ fn ssim_slices(
             f64::from(total / p.c as f32)
         }
     }
+}
+
+/// The uniform-window sums of every channel ([`uniform_sums`], specialised for 1, 3 and 4
+/// channels) into `s.acc`; returns the number of windows each channel's sum covers.
+#[inline(always)]
+fn uniform_windows<const F32: bool>(p: Pair<'_>, s: &mut Scratch) -> f64 {
+    match p.c {
+        1 => uniform_sums::<F32, 1>(p, s),
+        3 => uniform_sums::<F32, 3>(p, s),
+        4 => uniform_sums::<F32, 4>(p, s),
+        _ => uniform_sums::<F32, 0>(p, s),
+    }
+    ((p.h - 2 * UNIFORM_RADIUS) * (p.w - 2 * UNIFORM_RADIUS)) as f64
 }
 
 /// numpy's mean of a short float64 array: left-to-right sum, then one division.
