@@ -15,36 +15,41 @@ fn random_features(rng: &mut ChaCha8Rng, n: usize, dim: usize) -> Array2<f32> {
     Array2::from_shape_fn((n, dim), |_| rng.random::<f32>())
 }
 
+/// Times `routine` as the one benchmark of `group`, over ten samples (each takes seconds).
+fn bench_alone<O>(c: &mut Criterion, group: &str, name: &str, mut routine: impl FnMut() -> O) {
+    let mut group = c.benchmark_group(group);
+    group.sample_size(10);
+    group.bench_function(name, |bench| bench.iter(&mut routine));
+    group.finish();
+}
+
 fn frechet(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let a = GaussianStats::from_features_f32(random_features(&mut rng, 4096, 2048).view())
         .expect("stats");
     let b = GaussianStats::from_features_f32(random_features(&mut rng, 4096, 2048).view())
         .expect("stats");
-    let mut group = c.benchmark_group("frechet");
-    group.sample_size(10);
-    group.bench_function("frechet_distance_2048", |bench| {
-        bench.iter(|| frechet_distance(&a, &b).expect("fid"))
+    bench_alone(c, "frechet", "frechet_distance_2048", || {
+        frechet_distance(&a, &b).expect("fid")
     });
-    group.finish();
 }
 
 fn statistics(c: &mut Criterion) {
     // 50k x 2048 costs ~5x this 10k x 2048 run: the work is one rank-k update per batch.
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let batch = random_features(&mut rng, 1000, 2048);
-    let mut group = c.benchmark_group("statistics");
-    group.sample_size(10);
-    group.bench_function("accumulate_10k_x_2048_in_batches_of_1000", |bench| {
-        bench.iter(|| {
+    bench_alone(
+        c,
+        "statistics",
+        "accumulate_10k_x_2048_in_batches_of_1000",
+        || {
             let mut acc = GaussianAccumulator::new(2048);
             for _ in 0..10 {
                 acc.add_batch_f32(batch.view()).expect("batch");
             }
             acc.finalize().expect("stats")
-        })
-    });
-    group.finish();
+        },
+    );
 }
 
 fn precision_recall(c: &mut Criterion) {
@@ -53,15 +58,15 @@ fn precision_recall(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let reference = random_features(&mut rng, 2000, 2048);
     let samples = random_features(&mut rng, 4000, 2048);
-    let mut group = c.benchmark_group("precision_recall");
-    group.sample_size(10);
-    group.bench_function("manifold_2k_ref_x_4k_samples_x_2048", |bench| {
-        bench.iter(|| {
+    bench_alone(
+        c,
+        "precision_recall",
+        "manifold_2k_ref_x_4k_samples_x_2048",
+        || {
             manifold_metrics_f32(reference.view(), samples.view(), &ManifoldConfig::default())
                 .expect("pr")
-        })
-    });
-    group.finish();
+        },
+    );
 }
 
 fn kid(c: &mut Criterion) {
@@ -70,15 +75,10 @@ fn kid(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let reference = random_features(&mut rng, 2000, 2048);
     let samples = random_features(&mut rng, 2000, 2048);
-    let mut group = c.benchmark_group("kid");
-    group.sample_size(10);
-    group.bench_function("kid_2k_x_2k_x_2048_100_subsets_of_1000", |bench| {
-        bench.iter(|| {
-            kernel_inception_distance_f32(reference.view(), samples.view(), &KidConfig::default())
-                .expect("kid")
-        })
+    bench_alone(c, "kid", "kid_2k_x_2k_x_2048_100_subsets_of_1000", || {
+        kernel_inception_distance_f32(reference.view(), samples.view(), &KidConfig::default())
+            .expect("kid")
     });
-    group.finish();
 }
 
 fn ssim_bench(c: &mut Criterion) {

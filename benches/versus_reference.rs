@@ -318,29 +318,90 @@ fn report_race(title: &str, contenders: &[Contender], results: &[(f64, f64, Stri
     let _ = our_mb;
 }
 
+/// Two feature files of `n` rows in a temporary folder (the samples' drawn with `seeds[0]` and
+/// shifted, the reference's with `seeds[1]`), and the folder our run writes to.
+struct FeatureFiles {
+    _dir: tempfile::TempDir,
+    sample: PathBuf,
+    reference: PathBuf,
+    out: PathBuf,
+}
+
+impl FeatureFiles {
+    fn write(n: usize, seeds: [u64; 2]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = FeatureFiles {
+            sample: dir.path().join("sample.npz"),
+            reference: dir.path().join("ref.npz"),
+            out: dir.path().join("ours"),
+            _dir: dir,
+        };
+        write_pool_features(&files.sample, n, seeds[0], 0.05);
+        write_pool_features(&files.reference, n, seeds[1], 0.0);
+        files
+    }
+
+    /// Races our `metrics` against one peer script (`label`, `what`), also on one BLAS thread,
+    /// on these files; reports the race under `title` and returns our values and the peer's.
+    fn race_peer(
+        &self,
+        metrics: &str,
+        (label, what): (&'static str, &str),
+        title: &str,
+    ) -> (serde_json::Value, serde_json::Value) {
+        let (a, b) = (&self.sample, &self.reference);
+        let contenders = [
+            ours(a, b, metrics, &self.out),
+            peer(label, what, a, b),
+            single_threaded(peer("  same, 1 thread", what, a, b)),
+        ];
+        let results = race_and_report(title, &contenders);
+        (our_values(&self.out), peer_values(&results[1].2))
+    }
+}
+
+/// Races the contenders (three repeats) and reports the race under `title`.
+fn race_and_report(title: &str, contenders: &[Contender]) -> Vec<(f64, f64, String)> {
+    let results = race(contenders, 3);
+    report_race(title, contenders, &results);
+    results
+}
+
+/// The JSON a peer script printed.
+fn peer_values(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.trim()).expect("JSON")
+}
+
+/// `(key, ours, theirs)` of every key.
+fn both_values<'k>(
+    ours: &serde_json::Value,
+    theirs: &serde_json::Value,
+    keys: &[&'k str],
+) -> Vec<(&'k str, f64, f64)> {
+    keys.iter()
+        .map(|&key| {
+            let o = ours[key].as_f64().expect("ours");
+            let t = theirs[key].as_f64().expect("theirs");
+            (key, o, t)
+        })
+        .collect()
+}
+
 fn process_fid() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (a, b, out) = (
-        dir.path().join("sample.npz"),
-        dir.path().join("ref.npz"),
-        dir.path().join("ours"),
-    );
-    write_pool_features(&a, 6000, 11, 0.05);
-    write_pool_features(&b, 6000, 12, 0.0);
+    let files = FeatureFiles::write(6000, [11, 12]);
+    let (a, b, out) = (&files.sample, &files.reference, &files.out);
     let contenders = [
-        ours(&a, &b, "fid", &out),
-        peer("NumPy np.cov + eigh", "numpy-fid", &a, &b),
-        peer("NumPy cov+cholesky+eigvalsh", "numpy-fid-cholesky", &a, &b),
+        ours(a, b, "fid", out),
+        peer("NumPy np.cov + eigh", "numpy-fid", a, b),
+        peer("NumPy cov+cholesky+eigvalsh", "numpy-fid-cholesky", a, b),
         // On a loaded machine NumPy's threaded LAPACK can be several times slower than its
         // single-threaded one: its best configuration too.
-        single_threaded(peer("  same, 1 BLAS thread", "numpy-fid-cholesky", &a, &b)),
-        peer("pytorch-fid", "pytorch-fid", &a, &b),
+        single_threaded(peer("  same, 1 BLAS thread", "numpy-fid-cholesky", a, b)),
+        peer("pytorch-fid", "pytorch-fid", a, b),
     ];
-    let results = race(&contenders, 3);
-    report_race(
+    let results = race_and_report(
         "FID, two feature files of 6,000 x 2048 f32 (whole process)",
         &contenders,
-        &results,
     );
     // Any llamagen-eval process first loads libtorch (and its CUDA libraries where the wheel has
     // them): the floor under every whole-process figure of ours.
@@ -357,10 +418,9 @@ fn process_fid() {
         "  startup floor (`llamagen-eval --help`): {:.2} s, {:.0} MB peak",
         startup[0].0, startup[0].1
     );
-    let fid = our_values(&out)["fid"].as_f64().expect("fid");
+    let fid = our_values(out)["fid"].as_f64().expect("fid");
     for (contender, (_, _, stdout)) in contenders.iter().zip(&results).skip(1) {
-        let theirs: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
-        let theirs = theirs["fid"].as_f64().expect("fid");
+        let theirs = peer_values(stdout)["fid"].as_f64().expect("fid");
         println!(
             "  FID ours {fid:.9} vs {} {theirs:.9} (rel diff {:.1e})",
             contender.label,
@@ -370,48 +430,27 @@ fn process_fid() {
 }
 
 fn process_kid() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (a, b, out) = (
-        dir.path().join("sample.npz"),
-        dir.path().join("ref.npz"),
-        dir.path().join("ours"),
-    );
-    write_pool_features(&a, 5000, 21, 0.05);
-    write_pool_features(&b, 5000, 22, 0.0);
-    let contenders = [
-        ours(&a, &b, "kid", &out),
-        peer("torch-fidelity KID", "torch-fidelity-kid", &a, &b),
-        single_threaded(peer("  same, 1 thread", "torch-fidelity-kid", &a, &b)),
-    ];
-    let results = race(&contenders, 3);
-    report_race(
+    let files = FeatureFiles::write(5000, [21, 22]);
+    let (ours, theirs) = files.race_peer(
+        "kid",
+        ("torch-fidelity KID", "torch-fidelity-kid"),
         "KID, 5,000 vs 5,000 x 2048 f32, 100 subsets of 1,000 (whole process)",
-        &contenders,
-        &results,
     );
-    let ours = our_values(&out);
-    let theirs: serde_json::Value = serde_json::from_str(results[1].2.trim()).expect("JSON");
-    for key in ["kid", "kid_std"] {
-        let (o, t) = (
-            ours[key].as_f64().expect("ours"),
-            theirs[key].as_f64().expect("theirs"),
-        );
+    for (key, o, t) in both_values(&ours, &theirs, &["kid", "kid_std"]) {
         println!(
             "  {key}: ours {o:.12e} vs torch-fidelity (float32 arithmetic) {t:.12e} (rel diff {:.1e})",
             (o - t).abs() / t.abs()
         );
     }
-    let f64_run = time_process(
-        &support::python(),
-        &peer("", "torch-fidelity-kid-float64", &a, &b).args,
-        &[],
+    let f64_peer = peer(
+        "",
+        "torch-fidelity-kid-float64",
+        &files.sample,
+        &files.reference,
     );
-    let theirs64: serde_json::Value = serde_json::from_str(f64_run.stdout.trim()).expect("JSON");
-    for key in ["kid", "kid_std"] {
-        let (o, t) = (
-            ours[key].as_f64().expect("ours"),
-            theirs64[key].as_f64().expect("theirs"),
-        );
+    let f64_run = time_process(&support::python(), &f64_peer.args, &[]);
+    let theirs64 = peer_values(&f64_run.stdout);
+    for (key, o, t) in both_values(&ours, &theirs64, &["kid", "kid_std"]) {
         println!(
             "  {key}: ours {o:.12e} vs torch-fidelity on the same features in float64 {t:.12e} (rel diff {:.1e})",
             (o - t).abs() / t.abs()
@@ -420,32 +459,13 @@ fn process_kid() {
 }
 
 fn process_precision_recall() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (a, b, out) = (
-        dir.path().join("sample.npz"),
-        dir.path().join("ref.npz"),
-        dir.path().join("ours"),
-    );
-    write_pool_features(&a, 5000, 31, 0.05);
-    write_pool_features(&b, 5000, 32, 0.0);
-    let contenders = [
-        ours(&a, &b, "pr", &out),
-        peer("torch-fidelity PRC", "torch-fidelity-prc", &a, &b),
-        single_threaded(peer("  same, 1 thread", "torch-fidelity-prc", &a, &b)),
-    ];
-    let results = race(&contenders, 3);
-    report_race(
+    let files = FeatureFiles::write(5000, [31, 32]);
+    let (ours, theirs) = files.race_peer(
+        "pr",
+        ("torch-fidelity PRC", "torch-fidelity-prc"),
         "precision/recall k=3, 5,000 vs 5,000 x 2048 f32 (whole process; ours adds density/coverage)",
-        &contenders,
-        &results,
     );
-    let ours = our_values(&out);
-    let theirs: serde_json::Value = serde_json::from_str(results[1].2.trim()).expect("JSON");
-    for key in ["precision", "recall"] {
-        let (o, t) = (
-            ours[key].as_f64().expect("ours"),
-            theirs[key].as_f64().expect("theirs"),
-        );
+    for (key, o, t) in both_values(&ours, &theirs, &["precision", "recall"]) {
         println!(
             "  {key}: ours {} of 5000 vs torch-fidelity {} of 5000",
             (o * 5000.0).round(),

@@ -371,44 +371,24 @@ mod tests {
     fn directions_and_boundaries() {
         let b = baseline(&[("fid", 10.0), ("precision", 0.8), ("kid_std", 0.1)]);
         let file = Path::new("m.json");
+        let verdicts = |pairs: &[(&str, f64)], tolerances: &[(MetricKey, Tolerance)]| {
+            compare(&b, &run(pairs), file, tolerances).unwrap()
+        };
         // Exactly at the tolerance passes; beyond it fails, each in its own direction.
-        let rows = compare(
-            &b,
-            &run(&[("fid", 10.5), ("precision", 0.78), ("kid_std", 9.0)]),
-            file,
-            &[],
-        )
-        .unwrap();
+        let rows = verdicts(&[("fid", 10.5), ("precision", 0.78), ("kid_std", 9.0)], &[]);
         assert!(rows
             .iter()
             .all(|r| matches!(r.verdict, Verdict::Ok | Verdict::Info)));
-        let rows = compare(
-            &b,
-            &run(&[("fid", 10.6), ("precision", 0.9), ("kid_std", 0.0)]),
-            file,
-            &[],
-        )
-        .unwrap();
+        let rows = verdicts(&[("fid", 10.6), ("precision", 0.9), ("kid_std", 0.0)], &[]);
         assert_eq!(rows[0].verdict, Verdict::Regressed);
         assert_eq!(rows[1].verdict, Verdict::Better);
         assert_eq!(rows[2].verdict, Verdict::Info);
-        let rows = compare(
-            &b,
-            &run(&[("fid", 9.0), ("precision", 0.7), ("kid_std", 0.0)]),
-            file,
-            &[],
-        )
-        .unwrap();
+        let worse_precision = [("fid", 9.0), ("precision", 0.7), ("kid_std", 0.0)];
+        let rows = verdicts(&worse_precision, &[]);
         assert_eq!(rows[0].verdict, Verdict::Better);
         assert_eq!(rows[1].verdict, Verdict::Regressed);
         let loose = [(MetricKey::Precision, Tolerance::Absolute(0.2))];
-        let rows = compare(
-            &b,
-            &run(&[("fid", 9.0), ("precision", 0.7), ("kid_std", 0.0)]),
-            file,
-            &loose,
-        )
-        .unwrap();
+        let rows = verdicts(&worse_precision, &loose);
         assert_eq!(rows[1].verdict, Verdict::Ok);
         assert!(compare(&b, &run(&[("fid", 9.0)]), file, &[]).is_err());
         let mut nan = run(&[("fid", 9.0), ("kid_std", 0.0)]);

@@ -1,7 +1,8 @@
 //! Settings named by a word (`--resize adm`, `--metrics fid,kid`): each such enum lists its values
-//! once, with their names and one-line help ([`Choice::VALUES`]), and parsing, printing and the
-//! command line's lists of possible values all read that list. The command line wraps it once,
-//! generically, for every enum (`src/cli/choice.rs`); it mirrors none of them.
+//! once, with their names and one-line help ([`Choice::VALUES`]; `choice_enum!` declares an enum
+//! and its list together), and parsing, printing and the command line's lists of possible values
+//! all read that list. The command line wraps it once, generically, for every enum
+//! (`src/cli/choice.rs`); it mirrors none of them.
 
 /// An enum whose values have names.
 pub trait Choice: Copy + PartialEq + Send + Sync + 'static {
@@ -75,6 +76,31 @@ macro_rules! choice_str {
 }
 pub(crate) use choice_str;
 
+/// An enum declared with its [`Choice`] list: each value once, with its doc comment, its name and
+/// its one-line help (in the order help texts list them). The enum (with the attributes given,
+/// derives included), its `Choice`, `FromStr`, `Display` and serde come from the rows.
+macro_rules! choice_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident: $what:literal {
+            $( $(#[$vmeta:meta])* $variant:ident => ($value:literal, $help:literal), )*
+        }
+    ) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant, )*
+        }
+
+        impl $crate::choice::Choice for $name {
+            const WHAT: &'static str = $what;
+            const VALUES: &'static [(Self, &'static str, &'static str)] =
+                &[$(($name::$variant, $value, $help)),*];
+        }
+        $crate::choice::choice_str!($name);
+    };
+}
+pub(crate) use choice_enum;
+
 /// Serde through a type's `Display` and `FromStr`.
 macro_rules! serde_by_name {
     ($t:ty) => {
@@ -98,20 +124,13 @@ pub(crate) use serde_by_name;
 mod tests {
     use super::*;
 
-    #[derive(Debug, Clone, Copy, PartialEq)]
-    enum Colour {
-        Red,
-        Dark,
+    choice_enum! {
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum Colour: "colour" {
+            Red => ("red", "Red"),
+            Dark => ("dark-blue", "Blue"),
+        }
     }
-
-    impl Choice for Colour {
-        const WHAT: &'static str = "colour";
-        const VALUES: &'static [(Self, &'static str, &'static str)] = &[
-            (Colour::Red, "red", "Red"),
-            (Colour::Dark, "dark-blue", "Blue"),
-        ];
-    }
-    choice_str!(Colour);
 
     #[test]
     fn names_parse_and_print() {

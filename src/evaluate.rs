@@ -19,39 +19,27 @@ use llamagen_metrics::stats::{GaussianStats, ReferenceStats};
 
 use serde_json::{Map, Value};
 
-use crate::choice::{choice_str, Choice};
+use crate::choice::{choice_enum, Choice};
 use crate::feature_set::FeatureSet;
 use crate::metric::MetricKey;
 use crate::record::{MetricValues, RunRecord};
 
 pub use crate::metric::{Metric, Need};
 
-/// How the Inception Score groups the samples (`--is-splits`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum IsSplits {
-    /// ADM's: consecutive splits of 5000, the last one partial.
-    #[default]
-    Adm,
-    /// torch-fidelity's defaults: the samples shuffled with a seed, then 10 equal splits.
-    TorchFidelity,
-}
-
-impl Choice for IsSplits {
-    const WHAT: &'static str = "Inception Score split convention";
-    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
-        (
-            IsSplits::Adm,
-            "adm",
-            "Consecutive splits of 5000, partial last",
-        ),
-        (
-            IsSplits::TorchFidelity,
+choice_enum! {
+    /// How the Inception Score groups the samples (`--is-splits`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum IsSplits: "Inception Score split convention" {
+        /// ADM's: consecutive splits of 5000, the last one partial.
+        #[default]
+        Adm => ("adm", "Consecutive splits of 5000, partial last"),
+        /// torch-fidelity's defaults: the samples shuffled with a seed, then 10 equal splits.
+        TorchFidelity => (
             "torch-fidelity",
-            "The samples shuffled with --is-seed, then 10 equal splits",
+            "The samples shuffled with --is-seed, then 10 equal splits"
         ),
-    ];
+    }
 }
-choice_str!(IsSplits);
 
 impl IsSplits {
     /// The splits of this convention; `seed` shuffles torch-fidelity's.
@@ -245,11 +233,20 @@ pub fn plan(
     Ok(planned)
 }
 
-fn need<'a>(
-    what: Option<&'a ndarray::Array2<f32>>,
-    name: &str,
-) -> Result<&'a ndarray::Array2<f32>> {
+fn need<'a, T>(what: Option<&'a T>, name: &str) -> Result<&'a T> {
     what.with_context(|| format!("missing {name}"))
+}
+
+/// The samples' and the reference's `what` (`pool features`), for a metric comparing the two.
+fn both<'a, T>(
+    sample: Option<&'a T>,
+    reference: Option<&'a T>,
+    what: &str,
+) -> Result<(&'a T, &'a T)> {
+    Ok((
+        need(sample, &format!("sample {what}"))?,
+        need(reference, &format!("reference {what}"))?,
+    ))
 }
 
 /// Whether some of `metrics` needs `need`.
@@ -310,23 +307,30 @@ pub fn compute(
     let mut details = Vec::new();
     for metric in metrics {
         match metric {
-            Metric::Fid | Metric::Sfid => {
-                let (ours, stats, name) = if *metric == Metric::Fid {
-                    (
+            Metric::Fid | Metric::Sfid | Metric::FdDinov2 => {
+                let (ours, theirs, what, key) = match metric {
+                    Metric::Fid => (
                         sample_stats.pool.as_ref(),
                         reference.and_then(|r| r.stats.pool.as_ref()),
+                        "statistics",
                         MetricKey::Fid,
-                    )
-                } else {
-                    (
+                    ),
+                    Metric::Sfid => (
                         sample_stats.spatial.as_ref(),
                         reference.and_then(|r| r.stats.spatial.as_ref()),
+                        "statistics",
                         MetricKey::Sfid,
-                    )
+                    ),
+                    // Metric::FdDinov2
+                    _ => (
+                        sample_stats.dinov2.as_ref(),
+                        reference.and_then(|r| r.dinov2_stats.as_ref()),
+                        "DINOv2 statistics",
+                        MetricKey::FdDinov2,
+                    ),
                 };
-                let ours = ours.context("missing sample statistics")?;
-                let stats_ref = stats.context("missing reference statistics")?;
-                values.insert(name, frechet_distance(ours, stats_ref)?);
+                let (ours, theirs) = both(ours, theirs, what)?;
+                values.insert(key, frechet_distance(ours, theirs)?);
             }
             Metric::Is => {
                 let logits = need(sample.logits.as_ref(), "sample logits")?;
@@ -334,73 +338,85 @@ pub fn compute(
                 values.insert(MetricKey::InceptionScore, score.mean);
                 values.insert(MetricKey::InceptionScoreStd, score.std);
             }
-            Metric::Pr => {
-                let samples = need(sample.pool.as_ref(), "sample pool features")?;
-                let refs = need(
-                    reference.and_then(Reference::pool_features),
-                    "reference pool features",
-                )?;
+            Metric::Pr | Metric::Dinov2Pr => {
+                let ((samples, refs), keys) = if *metric == Metric::Pr {
+                    (
+                        both(
+                            sample.pool.as_ref(),
+                            reference.and_then(Reference::pool_features),
+                            "pool features",
+                        )?,
+                        [
+                            MetricKey::Precision,
+                            MetricKey::Recall,
+                            MetricKey::Density,
+                            MetricKey::Coverage,
+                        ],
+                    )
+                } else {
+                    (
+                        both(
+                            sample.dinov2.as_ref(),
+                            reference.and_then(|r| r.features_named("dinov2")),
+                            "DINOv2 features",
+                        )?,
+                        [
+                            MetricKey::Dinov2Precision,
+                            MetricKey::Dinov2Recall,
+                            MetricKey::Dinov2Density,
+                            MetricKey::Dinov2Coverage,
+                        ],
+                    )
+                };
                 let m = manifold_metrics_f32(refs.view(), samples.view(), &options.manifold)?;
-                values.insert(MetricKey::Precision, m.precision);
-                values.insert(MetricKey::Recall, m.recall);
-                values.insert(MetricKey::Density, m.density);
-                values.insert(MetricKey::Coverage, m.coverage);
+                for (key, value) in
+                    keys.into_iter()
+                        .zip([m.precision, m.recall, m.density, m.coverage])
+                {
+                    values.insert(key, value);
+                }
             }
             Metric::Kid => {
-                let samples = need(sample.pool.as_ref(), "sample pool features")?;
-                let refs = need(
+                let (samples, refs) = both(
+                    sample.pool.as_ref(),
                     reference.and_then(Reference::pool_features),
-                    "reference pool features",
+                    "pool features",
                 )?;
                 let kid = kernel_inception_distance_f32(refs.view(), samples.view(), &options.kid)?;
                 values.insert(MetricKey::Kid, kid.mean);
                 values.insert(MetricKey::KidStd, kid.std);
             }
-            Metric::FidInf => {
-                let samples = need(sample.pool.as_ref(), "sample pool features")?;
-                let stats_ref = reference
-                    .and_then(|r| r.stats.pool.as_ref())
-                    .context("missing reference statistics")?;
+            Metric::FidInf | Metric::FdDinov2Inf => {
+                let (samples, stats_ref, key, detail) = if *metric == Metric::FidInf {
+                    (
+                        need(sample.pool.as_ref(), "sample pool features")?,
+                        need(
+                            reference.and_then(|r| r.stats.pool.as_ref()),
+                            "reference statistics",
+                        )?,
+                        MetricKey::FidInf,
+                        "fid_inf_fit",
+                    )
+                } else {
+                    (
+                        need(sample.dinov2.as_ref(), "sample DINOv2 features")?,
+                        need(
+                            reference.and_then(|r| r.dinov2_stats.as_ref()),
+                            "reference DINOv2 statistics",
+                        )?,
+                        MetricKey::FdDinov2Inf,
+                        "fd_dinov2_inf_fit",
+                    )
+                };
                 let fit = frechet_distance_infinity(samples.view(), stats_ref, &options.infinity)?;
-                values.insert(MetricKey::FidInf, fit.value);
-                details.push(("fid_inf_fit", fit_record(&fit, &options.infinity)));
-            }
-            Metric::FdDinov2 => {
-                let ours = sample_stats
-                    .dinov2
-                    .as_ref()
-                    .context("missing sample DINOv2 statistics")?;
-                let stats_ref = reference
-                    .and_then(|r| r.dinov2_stats.as_ref())
-                    .context("missing reference DINOv2 statistics")?;
-                values.insert(MetricKey::FdDinov2, frechet_distance(ours, stats_ref)?);
-            }
-            Metric::FdDinov2Inf => {
-                let samples = need(sample.dinov2.as_ref(), "sample DINOv2 features")?;
-                let stats_ref = reference
-                    .and_then(|r| r.dinov2_stats.as_ref())
-                    .context("missing reference DINOv2 statistics")?;
-                let fit = frechet_distance_infinity(samples.view(), stats_ref, &options.infinity)?;
-                values.insert(MetricKey::FdDinov2Inf, fit.value);
-                details.push(("fd_dinov2_inf_fit", fit_record(&fit, &options.infinity)));
-            }
-            Metric::Dinov2Pr => {
-                let samples = need(sample.dinov2.as_ref(), "sample DINOv2 features")?;
-                let refs = need(
-                    reference.and_then(|r| r.features_named("dinov2")),
-                    "reference DINOv2 features",
-                )?;
-                let m = manifold_metrics_f32(refs.view(), samples.view(), &options.manifold)?;
-                values.insert(MetricKey::Dinov2Precision, m.precision);
-                values.insert(MetricKey::Dinov2Recall, m.recall);
-                values.insert(MetricKey::Dinov2Density, m.density);
-                values.insert(MetricKey::Dinov2Coverage, m.coverage);
+                values.insert(key, fit.value);
+                details.push((detail, fit_record(&fit, &options.infinity)));
             }
             Metric::Cmmd => {
-                let samples = need(sample.clip.as_ref(), "sample CLIP embeddings")?;
-                let refs = need(
+                let (samples, refs) = both(
+                    sample.clip.as_ref(),
                     reference.and_then(|r| r.features_named("clip")),
-                    "reference CLIP embeddings",
+                    "CLIP embeddings",
                 )?;
                 values.insert(MetricKey::Cmmd, cmmd_f32(refs.view(), samples.view())?);
             }

@@ -13,14 +13,12 @@
 //! in parallel on rayon with single-threaded BLAS; partial sums are added in a fixed order, so the
 //! result does not depend on the thread count.
 
-use std::ops::Range;
-
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
-use crate::error::{ensure_finite_rows, ensure_min_samples, ensure_same_dim, MetricsError, Result};
-use crate::linalg::{Element, SerialBlas};
+use crate::error::{ensure_two_sets, MetricsError, Result, TwoSets};
+use crate::linalg::{even_blocks, Element, SerialBlas};
 
 /// The RBF bandwidth of `cmmd/distance.py` (`_SIGMA`).
 pub const SIGMA: f64 = 10.0;
@@ -48,16 +46,12 @@ pub fn mmd2_rbf<T: Element>(x: ArrayView2<'_, T>, y: ArrayView2<'_, T>, sigma: f
             "CMMD: the RBF bandwidth must be positive and finite, got {sigma}"
         )));
     }
-    ensure_min_samples("CMMD (first set)", 1, x.nrows())?;
-    ensure_min_samples("CMMD (second set)", 1, y.nrows())?;
-    ensure_same_dim("CMMD", x.ncols(), y.ncols())?;
-    if x.ncols() == 0 {
-        return Err(MetricsError::InvalidArgument(
-            "CMMD: embeddings have no components".into(),
-        ));
-    }
-    ensure_finite_rows("CMMD (first set)", x)?;
-    ensure_finite_rows("CMMD (second set)", y)?;
+    let names = TwoSets {
+        metric: "CMMD",
+        sets: ["CMMD (first set)", "CMMD (second set)"],
+        rows: "embeddings",
+    };
+    ensure_two_sets(&names, 1, x, y)?;
     let gamma = 1.0 / (2.0 * sigma * sigma);
     let _serial = SerialBlas::enter();
     let (nx, ny) = (x.nrows() as f64, y.nrows() as f64);
@@ -71,15 +65,6 @@ pub fn mmd2_rbf<T: Element>(x: ArrayView2<'_, T>, y: ArrayView2<'_, T>, sigma: f
         ));
     }
     Ok(mmd2)
-}
-
-/// Splits `0..n` into about equal ranges of at most [`BLOCK_ROWS`].
-fn blocks(n: usize) -> Vec<Range<usize>> {
-    let count = n.div_ceil(BLOCK_ROWS).max(1);
-    (0..count)
-        .map(|b| (b * n / count)..((b + 1) * n / count))
-        .filter(|r| !r.is_empty())
-        .collect()
 }
 
 /// Squared norms of the rows, in float64.
@@ -106,7 +91,10 @@ fn kernel_sum<'v, T: Element>(
     let within = b.is_none();
     let b = b.unwrap_or(a);
     let (norms_a, norms_b) = (squared_norms(a), squared_norms(b));
-    let (blocks_a, blocks_b) = (blocks(a.nrows()), blocks(b.nrows()));
+    let (blocks_a, blocks_b) = (
+        even_blocks(a.nrows(), BLOCK_ROWS),
+        even_blocks(b.nrows(), BLOCK_ROWS),
+    );
     let pairs: Vec<(usize, usize)> = (0..blocks_a.len())
         .flat_map(|i| (if within { i } else { 0 }..blocks_b.len()).map(move |j| (i, j)))
         .collect();

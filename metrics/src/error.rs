@@ -61,3 +61,35 @@ pub fn ensure_min_samples(what: &'static str, need: usize, got: usize) -> Result
     }
     Ok(())
 }
+
+/// How a metric comparing two sets of vectors names them in its errors.
+pub struct TwoSets {
+    /// The metric (`KID`).
+    pub metric: &'static str,
+    /// The metric and each set (`KID (reference)`, `KID (samples)`).
+    pub sets: [&'static str; 2],
+    /// What the rows are (`feature vectors`, `embeddings`).
+    pub rows: &'static str,
+}
+
+/// The checks of two sets of vectors a metric compares, in this order: each holds at least
+/// `need` rows, both rows are of one width, that width is not zero, and every value is finite.
+pub fn ensure_two_sets<A: Copy + Into<f64>>(
+    names: &TwoSets,
+    need: usize,
+    first: ArrayView2<'_, A>,
+    second: ArrayView2<'_, A>,
+) -> Result<()> {
+    let TwoSets { metric, sets, rows } = *names;
+    ensure_min_samples(sets[0], need, first.nrows())?;
+    ensure_min_samples(sets[1], need, second.nrows())?;
+    ensure_same_dim(metric, first.ncols(), second.ncols())?;
+    if first.ncols() == 0 {
+        return Err(MetricsError::InvalidArgument(format!(
+            "{metric}: {rows} have no components"
+        )));
+    }
+    ensure_finite_rows(sets[0], first)?;
+    ensure_finite_rows(sets[1], second)?;
+    Ok(())
+}

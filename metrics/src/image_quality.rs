@@ -357,13 +357,7 @@ fn ssim_slices(
         }
         SsimMode::Uniform => {
             s.prepare(p, &identity, &identity, UNIFORM_RADIUS);
-            match p.c {
-                1 => uniform_sums::<false, 1>(p, s),
-                3 => uniform_sums::<false, 3>(p, s),
-                4 => uniform_sums::<false, 4>(p, s),
-                _ => uniform_sums::<false, 0>(p, s),
-            }
-            let count = ((p.h - 2 * UNIFORM_RADIUS) * (p.w - 2 * UNIFORM_RADIUS)) as f64;
+            let count = uniform_windows::<false>(p, s);
             mean_over_channels_f64(fold_channels(&s.acc, p.c).iter().map(|v| v / count))
         }
         SsimMode::LlamagenCompat => {
@@ -373,13 +367,7 @@ fn ssim_slices(
                 &llamagen_restored_lut(),
                 UNIFORM_RADIUS,
             );
-            match p.c {
-                1 => uniform_sums::<true, 1>(p, s),
-                3 => uniform_sums::<true, 3>(p, s),
-                4 => uniform_sums::<true, 4>(p, s),
-                _ => uniform_sums::<true, 0>(p, s),
-            }
-            let count = ((p.h - 2 * UNIFORM_RADIUS) * (p.w - 2 * UNIFORM_RADIUS)) as f64;
+            let count = uniform_windows::<true>(p, s);
             // scikit-image stores each channel's mean in a float32 array and numpy averages that
             // in float32, left to right.
             let mut total = 0.0f32;
@@ -389,6 +377,19 @@ fn ssim_slices(
             f64::from(total / p.c as f32)
         }
     }
+}
+
+/// The uniform-window sums of every channel ([`uniform_sums`], specialised for 1, 3 and 4
+/// channels) into `s.acc`; returns the number of windows each channel's sum covers.
+#[inline(always)]
+fn uniform_windows<const F32: bool>(p: Pair<'_>, s: &mut Scratch) -> f64 {
+    match p.c {
+        1 => uniform_sums::<F32, 1>(p, s),
+        3 => uniform_sums::<F32, 3>(p, s),
+        4 => uniform_sums::<F32, 4>(p, s),
+        _ => uniform_sums::<F32, 0>(p, s),
+    }
+    ((p.h - 2 * UNIFORM_RADIUS) * (p.w - 2 * UNIFORM_RADIUS)) as f64
 }
 
 /// numpy's mean of a short float64 array: left-to-right sum, then one division.
@@ -764,27 +765,25 @@ mod tests {
         assert_eq!(p.identical, 0);
     }
 
+    /// The errors of PSNR and of SSIM (`mode`) on the same images.
+    fn both_errors(a: &Array4<u8>, b: &Array4<u8>, mode: SsimMode) -> [MetricsError; 2] {
+        [
+            psnr(a.view(), b.view()).unwrap_err(),
+            ssim(a.view(), b.view(), mode).unwrap_err(),
+        ]
+    }
+
     #[test]
     fn bad_input_is_an_error() {
         let a = Array4::<u8>::zeros((2, 16, 16, 3));
         let b = Array4::<u8>::zeros((2, 16, 15, 3));
-        assert!(matches!(
-            psnr(a.view(), b.view()),
-            Err(MetricsError::ShapeMismatch { .. })
-        ));
-        assert!(matches!(
-            ssim(a.view(), b.view(), SsimMode::Gaussian),
-            Err(MetricsError::ShapeMismatch { .. })
-        ));
+        for err in both_errors(&a, &b, SsimMode::Gaussian) {
+            assert!(matches!(err, MetricsError::ShapeMismatch { .. }), "{err}");
+        }
         let e = Array4::<u8>::zeros((0, 16, 16, 3));
-        assert!(matches!(
-            psnr(e.view(), e.view()),
-            Err(MetricsError::TooFewSamples { .. })
-        ));
-        assert!(matches!(
-            ssim(e.view(), e.view(), SsimMode::Uniform),
-            Err(MetricsError::TooFewSamples { .. })
-        ));
+        for err in both_errors(&e, &e, SsimMode::Uniform) {
+            assert!(matches!(err, MetricsError::TooFewSamples { .. }), "{err}");
+        }
         let small = Array4::<u8>::zeros((1, 10, 30, 3));
         assert!(matches!(
             ssim(small.view(), small.view(), SsimMode::Gaussian),

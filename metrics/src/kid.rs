@@ -26,8 +26,8 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, ArrayView2, CowArray, Ix2};
 use rayon::prelude::*;
 
-use crate::error::{ensure_finite_rows, ensure_min_samples, ensure_same_dim, MetricsError, Result};
-use crate::linalg::{gather_rows_f64, gram_symmetric, Element, SerialBlas};
+use crate::error::{ensure_two_sets, MetricsError, Result, TwoSets};
+use crate::linalg::{even_blocks, gather_rows_f64, gram_symmetric, Element, SerialBlas};
 
 /// Rows per kernel block: 512 x 2048 f64 = 8 MiB per gathered block.
 const KERNEL_BLOCK_ROWS: usize = 512;
@@ -105,16 +105,12 @@ fn kid<T: Element>(
                 .into(),
         ));
     }
-    ensure_min_samples("KID (reference)", 2, reference.nrows())?;
-    ensure_min_samples("KID (samples)", 2, samples.nrows())?;
-    ensure_same_dim("KID", reference.ncols(), samples.ncols())?;
-    if reference.ncols() == 0 {
-        return Err(MetricsError::InvalidArgument(
-            "KID: feature vectors have no components".into(),
-        ));
-    }
-    ensure_finite_rows("KID (reference)", reference)?;
-    ensure_finite_rows("KID (samples)", samples)?;
+    let names = TwoSets {
+        metric: "KID",
+        sets: ["KID (reference)", "KID (samples)"],
+        rows: "feature vectors",
+    };
+    ensure_two_sets(&names, 2, reference, samples)?;
 
     let m = config
         .subset_size
@@ -240,11 +236,7 @@ fn distinct_rows(subsets: &[Vec<usize>]) -> usize {
 
 /// Splits `0..n` into about equal ranges of at most [`KERNEL_BLOCK_ROWS`].
 fn kernel_blocks(n: usize) -> Vec<Range<usize>> {
-    let count = n.div_ceil(KERNEL_BLOCK_ROWS).max(1);
-    (0..count)
-        .map(|b| (b * n / count)..((b + 1) * n / count))
-        .filter(|r| !r.is_empty())
-        .collect()
+    even_blocks(n, KERNEL_BLOCK_ROWS)
 }
 
 /// A group's rows widened to f64: all at once when that takes at most [`GATHER_AT_ONCE_BYTES`],
@@ -300,20 +292,26 @@ fn summed_over_blocks(
     sums
 }
 
+/// Whether one group over the union of the subsets' rows takes fewer multiply-adds than a group
+/// per subset: each of the union's `union_pairs` row pairs costs a kernel entry (`d` wide) and a
+/// membership GEMM column per subset (`count`); each of the subsets' `subset_pairs`, all subsets
+/// together, a kernel entry and one column.
+fn union_is_cheaper(d: usize, count: f64, union_pairs: f64, subset_pairs: f64) -> bool {
+    let d = d as f64;
+    union_pairs * (d + count) < subset_pairs * (d + 1.0)
+}
+
 /// For each subset, the sum of `k(x_i, x_j)` over ordered pairs `i ≠ j` of its rows.
 fn within_sums<T: Element>(
     x: ArrayView2<'_, T>,
     subsets: &[Vec<usize>],
     kernel: PolyKernel,
 ) -> Vec<f64> {
-    let d = x.ncols() as f64;
     let m = subsets[0].len() as f64;
     let count = subsets.len() as f64;
     let union = distinct_rows(subsets) as f64;
-    // Multiply-adds: a kernel triangle, plus the membership GEMM for the shared form.
-    let shared_cost = union * union / 2.0 * (d + count);
-    let separate_cost = count * m * m / 2.0 * (d + 1.0);
-    if shared_cost < separate_cost {
+    // Each set's pairs: a kernel triangle.
+    if union_is_cheaper(x.ncols(), count, union * union / 2.0, count * m * m / 2.0) {
         // One group: parallel over its block pairs.
         let group = Group::union(x.nrows(), subsets);
         let rows = Gathered::new(x, &group.rows);
@@ -385,13 +383,10 @@ fn cross_sums<T: Element>(
     y_subsets: &[Vec<usize>],
     kernel: PolyKernel,
 ) -> Vec<f64> {
-    let d = x.ncols() as f64;
     let m = x_subsets[0].len() as f64;
     let count = x_subsets.len() as f64;
-    let shared_cost =
-        distinct_rows(x_subsets) as f64 * distinct_rows(y_subsets) as f64 * (d + count);
-    let separate_cost = count * m * m * (d + 1.0);
-    if shared_cost < separate_cost {
+    let union_pairs = distinct_rows(x_subsets) as f64 * distinct_rows(y_subsets) as f64;
+    if union_is_cheaper(x.ncols(), count, union_pairs, count * m * m) {
         let (gx, gy) = (
             Group::union(x.nrows(), x_subsets),
             Group::union(y.nrows(), y_subsets),

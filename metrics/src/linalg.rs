@@ -4,6 +4,7 @@
 //! All matrices here are symmetric, so row-major (ndarray) and column-major (LAPACK) layouts hold
 //! the same values and no transposition is needed on the way in.
 
+use std::ops::Range;
 use std::os::raw::c_int;
 use std::sync::{Mutex, OnceLock};
 
@@ -236,6 +237,16 @@ impl Element for f64 {
         // SAFETY: the caller guarantees the extents.
         unsafe { cblas_dsyrk(ROW_MAJOR, UPPER, NO_TRANS, n, k, 1.0, a, lda, 0.0, c, ldc) }
     }
+}
+
+/// Splits `0..n` into about equal ranges of at most `most` rows (the kernel blocks of KID and
+/// CMMD).
+pub fn even_blocks(n: usize, most: usize) -> Vec<Range<usize>> {
+    let count = n.div_ceil(most).max(1);
+    (0..count)
+        .map(|b| (b * n / count)..((b + 1) * n / count))
+        .filter(|r| !r.is_empty())
+        .collect()
 }
 
 /// Rows `rows` of `source` (in that order), widened to f64, as a new row-major matrix.

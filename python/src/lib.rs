@@ -21,11 +21,11 @@ use metrics::kid::{
 use metrics::manifold::{self, DistancePrecision, ManifoldConfig};
 use metrics::stats::GaussianStats;
 use metrics::MetricsError;
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 use numpy::{IntoPyArray, PyArray1, PyArray2};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{IntoPyDict, PyDict};
 
 use input::{f64_matrix, f64_vector, float_matrix, image_view, images, FloatPair, FloatView};
 
@@ -234,21 +234,20 @@ fn precision_recall<'py>(
         precision,
         ..Default::default()
     };
-    let samples = float_matrix("samples", samples)?;
-    let reference = float_matrix("reference", reference)?;
-    let pair = FloatPair::of(&reference, &samples);
-    let m = py
-        .detach(|| match &pair {
-            FloatPair::F32(r, s) => manifold::manifold_metrics_f32(r.view(), s.view(), &config),
-            FloatPair::F64(r, s) => manifold::manifold_metrics(r.view(), s.view(), &config),
-        })
-        .map_err(to_py)?;
-    let out = PyDict::new(py);
-    out.set_item("precision", m.precision)?;
-    out.set_item("recall", m.recall)?;
-    out.set_item("density", m.density)?;
-    out.set_item("coverage", m.coverage)?;
-    Ok(out)
+    let m = samples_against_reference(
+        py,
+        samples,
+        reference,
+        |r, s| manifold::manifold_metrics_f32(r, s, &config),
+        |r, s| manifold::manifold_metrics(r, s, &config),
+    )?;
+    [
+        ("precision", m.precision),
+        ("recall", m.recall),
+        ("density", m.density),
+        ("coverage", m.coverage),
+    ]
+    .into_py_dict(py)
 }
 
 /// Kernel Inception Distance ``(mean, std)`` of ``samples`` (generated) against ``reference``
@@ -274,16 +273,33 @@ fn kid(
         subset_size,
         seed,
     };
+    let result = samples_against_reference(
+        py,
+        samples,
+        reference,
+        |r, s| kernel_inception_distance_f32(r, s, &config),
+        |r, s| kernel_inception_distance(r, s, &config),
+    )?;
+    Ok((result.mean, result.std))
+}
+
+/// A feature metric of `samples` against `reference`, computed without the GIL: its float32
+/// entry point `on_f32` when both are float32, else `on_f64` (a float32 set widened).
+fn samples_against_reference<T: Send>(
+    py: Python<'_>,
+    samples: &Bound<'_, PyAny>,
+    reference: &Bound<'_, PyAny>,
+    on_f32: impl FnOnce(ArrayView2<'_, f32>, ArrayView2<'_, f32>) -> metrics::Result<T> + Send,
+    on_f64: impl FnOnce(ArrayView2<'_, f64>, ArrayView2<'_, f64>) -> metrics::Result<T> + Send,
+) -> PyResult<T> {
     let samples = float_matrix("samples", samples)?;
     let reference = float_matrix("reference", reference)?;
     let pair = FloatPair::of(&reference, &samples);
-    let result = py
-        .detach(|| match &pair {
-            FloatPair::F32(r, s) => kernel_inception_distance_f32(r.view(), s.view(), &config),
-            FloatPair::F64(r, s) => kernel_inception_distance(r.view(), s.view(), &config),
-        })
-        .map_err(to_py)?;
-    Ok((result.mean, result.std))
+    py.detach(|| match &pair {
+        FloatPair::F32(r, s) => on_f32(r.view(), s.view()),
+        FloatPair::F64(r, s) => on_f64(r.view(), s.view()),
+    })
+    .map_err(to_py)
 }
 
 /// The mean over the batch, or the per-image values as a float64 array.

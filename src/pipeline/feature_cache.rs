@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 
 use super::inception::{InceptionConfig, InceptionWeights};
 use super::pass::{self, JournalConfig, PassConfig};
@@ -176,6 +176,15 @@ impl FeatureCache {
         outcome.finish()?;
         Ok(features)
     }
+}
+
+/// The first of a job's journal settings when it reads the images at `images`: what identifies
+/// them ([`content_fingerprint`]) and their centre crop.
+pub fn image_settings(images: &Path, crop: Option<usize>) -> Result<Map<String, Value>> {
+    let mut settings = Map::new();
+    settings.insert("images".into(), json!(content_fingerprint(images)?));
+    settings.insert("crop".into(), json!(crop));
+    Ok(settings)
 }
 
 /// What identifies a set of images for the cache: a file's sha256; for a folder, the sha256 of its

@@ -2,10 +2,12 @@
 //! Text uses the bundled DejaVu Sans (through ab_glyph), so no system font is needed.
 
 use std::fmt::Write as _;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
@@ -133,6 +135,43 @@ fn tick_formatter(span: f64) -> impl Fn(&f64) -> String {
         let v = if v.abs() < 1e-12 { 0.0 } else { *v };
         format!("{v:.decimals$}")
     }
+}
+
+/// A chart with numeric axes, as the report draws them.
+type NumericChart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Builds a chart with numeric axes over `x` and `y` (`left` and `right` pixels of margin) and
+/// draws its light grid, its axis titles and its tick labels (rounded to each axis' span).
+fn numeric_chart<'a, 'b>(
+    builder: &mut ChartBuilder<'a, '_, BitMapBackend<'b>>,
+    (left, right): (u32, u32),
+    x: Range<f64>,
+    y: Range<f64>,
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<NumericChart<'a, 'b>> {
+    let (x_span, y_span) = (x.end - x.start, y.end - y.start);
+    let mut chart = builder
+        .margin_left(left)
+        .margin_right(right)
+        .margin_bottom(10)
+        .x_label_area_size(70)
+        .y_label_area_size(100)
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .light_line_style(LIGHT.mix(0.4))
+        .bold_line_style(LIGHT)
+        .max_light_lines(2)
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .axis_desc_style(font(20))
+        .label_style(font(17))
+        .x_label_formatter(&tick_formatter(x_span))
+        .y_label_formatter(&tick_formatter(y_span))
+        .draw()?;
+    Ok(chart)
 }
 
 /// `[lo, hi]` widened by `pad` of its span on each side (and to a non-zero span).
@@ -265,26 +304,14 @@ fn cfg_chart(runs: &[RunData], out: &Path) -> Result<Option<Chart>> {
             if in_panel > 1 {
                 y_hi += 0.08 * (y_hi - y_lo) * in_panel as f64;
             }
-            let mut chart = ChartBuilder::on(area)
-                .caption(*caption, font(24))
-                .margin_left(10)
-                .margin_right(30)
-                .margin_bottom(10)
-                .x_label_area_size(70)
-                .y_label_area_size(100)
-                .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)?;
-            chart
-                .configure_mesh()
-                .light_line_style(LIGHT.mix(0.4))
-                .bold_line_style(LIGHT)
-                .max_light_lines(2)
-                .x_desc("CFG scale (classifier-free guidance weight)")
-                .y_desc(*axis)
-                .axis_desc_style(font(20))
-                .label_style(font(17))
-                .x_label_formatter(&tick_formatter(x_hi - x_lo))
-                .y_label_formatter(&tick_formatter(y_hi - y_lo))
-                .draw()?;
+            let mut chart = numeric_chart(
+                ChartBuilder::on(area).caption(*caption, font(24)),
+                (10, 30),
+                x_lo..x_hi,
+                y_lo..y_hi,
+                "CFG scale (classifier-free guidance weight)",
+                axis,
+            )?;
             for (i, (name, members)) in groups.iter().enumerate() {
                 let colour = PALETTE[i % PALETTE.len()];
                 let mut points: Vec<(f64, f64)> = members
@@ -385,25 +412,14 @@ fn precision_recall_chart(runs: &[RunData], out: &Path) -> Result<Option<Chart>>
     let file = "precision_recall.png".to_string();
     render_png(&out.join(&file), |root| {
         let body = header(root, title, subtitle)?;
-        let mut chart = ChartBuilder::on(&body)
-            .margin_left(20)
-            .margin_right(40)
-            .margin_bottom(10)
-            .x_label_area_size(70)
-            .y_label_area_size(100)
-            .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)?;
-        chart
-            .configure_mesh()
-            .light_line_style(LIGHT.mix(0.4))
-            .bold_line_style(LIGHT)
-            .max_light_lines(2)
-            .x_desc("Recall (fraction of reference images covered, 0–1)")
-            .y_desc("Precision (fraction of samples on the reference manifold, 0–1)")
-            .axis_desc_style(font(20))
-            .label_style(font(17))
-            .x_label_formatter(&tick_formatter(x_hi - x_lo))
-            .y_label_formatter(&tick_formatter(y_hi - y_lo))
-            .draw()?;
+        let mut chart = numeric_chart(
+            &mut ChartBuilder::on(&body),
+            (20, 40),
+            x_lo..x_hi,
+            y_lo..y_hi,
+            "Recall (fraction of reference images covered, 0–1)",
+            "Precision (fraction of samples on the reference manifold, 0–1)",
+        )?;
         let colour = |r: &RunData| if r.is_baseline { ORANGE } else { BLUE };
         chart.draw_series(
             points

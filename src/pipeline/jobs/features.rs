@@ -14,6 +14,7 @@ use crate::dist::part::PartReport;
 use crate::dist::{Distribution, JobRun, Part, RankPart, ShardedJob};
 use crate::feature_set::{Extractor, FeatureSet};
 use crate::layout::RunLayout;
+use crate::pipeline::feature_cache::image_settings;
 use crate::pipeline::inception::{InceptionConfig, InceptionWeights};
 use crate::pipeline::parts::{join_part_features, write_features_part};
 use crate::pipeline::pass::{JournalConfig, PassConfig, PassOutcome};
@@ -186,12 +187,7 @@ fn feature_settings(
     inception: &InceptionConfig,
     weights: &InceptionWeights,
 ) -> Result<Map<String, Value>> {
-    let mut settings = Map::new();
-    settings.insert(
-        "images".into(),
-        json!(crate::pipeline::feature_cache::content_fingerprint(images)?),
-    );
-    settings.insert("crop".into(), json!(crop));
+    let mut settings = image_settings(images, crop)?;
     settings.insert("resize".into(), json!(inception.resize.name()));
     settings.insert("inception_sha256".into(), json!(weights.sha256));
     settings.insert("batch_size".into(), json!(inception.batch_size));

@@ -20,6 +20,7 @@ use crate::dist::{Distribution, JobRun, Part, RankPart, ShardedJob};
 use crate::io::read_i64;
 use crate::layout::RunLayout;
 use crate::partition::join_order;
+use crate::pipeline::feature_cache::image_settings;
 use crate::pipeline::inception::InceptionWeights;
 use crate::pipeline::parts::{join_part_features, write_features_part};
 use crate::pipeline::pass::{self, JournalConfig, PassConfig};
@@ -44,12 +45,7 @@ fn stats_settings(
     keep: usize,
     weights: &InceptionWeights,
 ) -> Result<Map<String, Value>> {
-    let mut settings = Map::new();
-    settings.insert(
-        "images".into(),
-        json!(crate::pipeline::feature_cache::content_fingerprint(data)?),
-    );
-    settings.insert("crop".into(), json!(config.crop));
+    let mut settings = image_settings(data, config.crop)?;
     settings.insert("keep_images".into(), json!(keep));
     settings.insert("seed".into(), json!(config.seed));
     settings.insert("resize".into(), json!(config.inception.resize.name()));

@@ -2,8 +2,10 @@
 //! takes the batch, returns the per-image records the journal keeps, and restores itself from
 //! them when a resumed run skips the batch.
 //!
-//! - [`features`]: the feature networks' rows, kept in memory;
-//! - [`stats`]: the Gaussian statistics of a reference batch, accumulated as batches pass;
+//! - [`features`]: the feature networks' rows, journaled and kept in memory (or handed to another
+//!   keeper of rows);
+//! - [`stats`]: the Gaussian statistics of a reference batch, accumulated from those rows as
+//!   batches pass;
 //! - [`sinks`]: the npz writer (all images or a chosen subset) and the grid of the first images.
 //!
 //! `recon`'s stage, which scores reconstructions against the originals, lives with its job

@@ -1,5 +1,6 @@
 //! Stages that keep images: the ADM/LlamaGen npz writer (all images, or a chosen subset) and the
-//! PNG grid of the first samples that `report` shows.
+//! PNG grid of the first samples that `report` shows. Both are [`ImageSink`]s: they journal
+//! nothing, and a resumed run hands them the completed batches' images again.
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -38,7 +39,43 @@ impl NpzStage {
     pub fn into_writer(self) -> Option<ImageNpzWriter> {
         self.writer
     }
+}
 
+/// A stage that keeps images and journals nothing: a resumed run hands it the images of the
+/// completed batches it wants again.
+pub trait ImageSink {
+    /// Keeps what it wants of the images at `positions`.
+    fn push(&mut self, positions: Range<usize>, images: &Array4<u8>) -> Result<()>;
+
+    /// Whether it wants any of the images at `positions`.
+    fn wants(&self, positions: Range<usize>) -> bool;
+}
+
+impl<S: ImageSink> Stage for S {
+    fn process(&mut self, positions: Range<usize>, images: &Array4<u8>) -> Result<Vec<Vec<u8>>> {
+        self.push(positions, images)?;
+        Ok(Vec::new())
+    }
+
+    fn wants_images(&self, positions: Range<usize>) -> bool {
+        self.wants(positions)
+    }
+
+    fn restore(
+        &mut self,
+        positions: Range<usize>,
+        images: Option<&Array4<u8>>,
+        _records: &[Vec<u8>],
+    ) -> Result<()> {
+        match images {
+            Some(images) => self.push(positions, images),
+            None if self.wants(positions) => bail!("resumed batch without its images"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ImageSink for NpzStage {
     fn push(&mut self, positions: Range<usize>, images: &Array4<u8>) -> Result<()> {
         let Some(writer) = self.writer.as_mut() else {
             return Ok(());
@@ -50,31 +87,11 @@ impl NpzStage {
         }
         Ok(())
     }
-}
 
-impl Stage for NpzStage {
-    fn process(&mut self, positions: Range<usize>, images: &Array4<u8>) -> Result<Vec<Vec<u8>>> {
-        self.push(positions, images)?;
-        Ok(Vec::new())
-    }
-
-    fn wants_images(&self, positions: Range<usize>) -> bool {
+    fn wants(&self, positions: Range<usize>) -> bool {
         match &self.keep {
             None => self.writer.is_some(),
             Some(keep) => keep.range(positions).next().is_some(),
-        }
-    }
-
-    fn restore(
-        &mut self,
-        positions: Range<usize>,
-        images: Option<&Array4<u8>>,
-        _records: &[Vec<u8>],
-    ) -> Result<()> {
-        match images {
-            Some(images) => self.push(positions, images),
-            None if self.wants_images(positions) => bail!("resumed batch without its images"),
-            None => Ok(()),
         }
     }
 }
@@ -101,36 +118,20 @@ impl GridStage {
     pub fn into_images(self) -> Vec<Array3<u8>> {
         self.images
     }
+}
 
-    fn push(&mut self, images: &Array4<u8>) {
+impl ImageSink for GridStage {
+    fn push(&mut self, _positions: Range<usize>, images: &Array4<u8>) -> Result<()> {
         for image in images.outer_iter() {
             if self.images.len() < self.max {
                 self.images.push(image.to_owned());
             }
         }
-    }
-}
-
-impl Stage for GridStage {
-    fn process(&mut self, _positions: Range<usize>, images: &Array4<u8>) -> Result<Vec<Vec<u8>>> {
-        self.push(images);
-        Ok(Vec::new())
-    }
-
-    fn wants_images(&self, _positions: Range<usize>) -> bool {
-        self.images.len() < self.max
-    }
-
-    fn restore(
-        &mut self,
-        _positions: Range<usize>,
-        images: Option<&Array4<u8>>,
-        _records: &[Vec<u8>],
-    ) -> Result<()> {
-        if let Some(images) = images {
-            self.push(images);
-        }
         Ok(())
+    }
+
+    fn wants(&self, _positions: Range<usize>) -> bool {
+        self.images.len() < self.max
     }
 }
 

@@ -7,12 +7,10 @@ use std::ops::Range;
 
 use anyhow::{Context, Result};
 use llamagen_metrics::stats::GaussianAccumulator;
-use ndarray::Array4;
+use ndarray::Array2;
 
 use crate::feature_set::{Extractor, FeatureSet, Network};
-use crate::journal::StreamSpec;
-use crate::pipeline::pass::{crash_point, Stage};
-use crate::pipeline::stages::features::{rows_from_record, rows_to_record};
+use crate::pipeline::stages::features::{FeatureRows, NetworkStage};
 
 /// The statistics a reference batch holds, accumulated batch by batch: pool and spatial always,
 /// DINOv2 when the run has it.
@@ -67,65 +65,35 @@ impl Accumulators {
 }
 
 /// Streams every image's features into the reference batch's statistics.
-pub struct StatsStage<'e> {
-    extractor: &'e Extractor,
-    networks: Vec<Network>,
-    accumulators: Accumulators,
-}
+pub type StatsStage<'e> = NetworkStage<'e, Accumulators>;
 
 impl<'e> StatsStage<'e> {
     /// Statistics of the features `extractor` gives (its CLIP embeddings are not kept).
     pub fn new(extractor: &'e Extractor) -> Self {
-        StatsStage {
-            extractor,
-            networks: extractor
-                .networks()
-                .into_iter()
-                .filter(|n| *n != Network::Clip)
-                .collect(),
-            accumulators: Accumulators::for_extractor(extractor),
-        }
+        let networks = extractor
+            .networks()
+            .into_iter()
+            .filter(|n| *n != Network::Clip)
+            .collect();
+        Self::with_rows(extractor, networks, Accumulators::for_extractor(extractor))
     }
 
     /// The statistics accumulated so far.
     pub fn accumulators(&self) -> &Accumulators {
-        &self.accumulators
+        self.rows()
     }
 }
 
-impl Stage for StatsStage<'_> {
-    fn streams(&self) -> Vec<StreamSpec> {
-        self.accumulators
-            .stats
+impl FeatureRows for Accumulators {
+    fn arrays(&self) -> Vec<(&'static str, usize)> {
+        self.stats
             .iter()
-            .map(|(name, acc)| StreamSpec::new(*name, acc.dim() * 4))
+            .map(|(name, acc)| (*name, acc.dim()))
             .collect()
     }
 
-    fn process(&mut self, _positions: Range<usize>, images: &Array4<u8>) -> Result<Vec<Vec<u8>>> {
-        let batch = self.extractor.extract(images, &self.networks)?;
-        crash_point("features");
-        let mut records = Vec::with_capacity(self.accumulators.stats.len());
-        for (name, acc) in &mut self.accumulators.stats {
-            let rows = batch
-                .get(name)
-                .with_context(|| format!("the network gave no `{name}` features"))?;
-            acc.add_batch_f32(rows.view())?;
-            records.push(rows_to_record(rows));
-        }
-        Ok(records)
-    }
-
-    fn restore(
-        &mut self,
-        positions: Range<usize>,
-        _images: Option<&Array4<u8>>,
-        records: &[Vec<u8>],
-    ) -> Result<()> {
-        for ((_, acc), bytes) in self.accumulators.stats.iter_mut().zip(records) {
-            let rows = rows_from_record(bytes, positions.len(), acc.dim())?;
-            acc.add_batch_f32(rows.view())?;
-        }
+    fn take(&mut self, index: usize, _positions: &Range<usize>, rows: &Array2<f32>) -> Result<()> {
+        self.stats[index].1.add_batch_f32(rows.view())?;
         Ok(())
     }
 }

@@ -6,31 +6,24 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::choice::{choice_str, Choice};
+use crate::choice::choice_enum;
 use crate::feature_set::Network;
 use crate::metric::{ReconMetric, ReconNeed};
 use crate::models::vq::VqWeights;
 use crate::pipeline::inception::InceptionConfig;
 use crate::progress::Progress;
 
-/// Precision the tokenizer runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ReconPrecision {
-    /// float32.
-    #[default]
-    Fp32,
-    /// bfloat16.
-    Bf16,
+choice_enum! {
+    /// Precision the tokenizer runs in.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum ReconPrecision: "tokenizer precision" {
+        /// float32.
+        #[default]
+        Fp32 => ("fp32", "float32"),
+        /// bfloat16.
+        Bf16 => ("bf16", "bfloat16"),
+    }
 }
-
-impl Choice for ReconPrecision {
-    const WHAT: &'static str = "tokenizer precision";
-    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
-        (ReconPrecision::Fp32, "fp32", "float32"),
-        (ReconPrecision::Bf16, "bf16", "bfloat16"),
-    ];
-}
-choice_str!(ReconPrecision);
 
 /// Where reconstructions come from.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
