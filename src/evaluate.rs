@@ -152,11 +152,12 @@ pub fn plan(
     captions: Option<&ndarray::Array2<f32>>,
     reference: Option<&Reference>,
     options: &MetricOptions,
-) -> Result<BTreeSet<Metric>> {
+) -> Result<Plan> {
     let extrapolation_samples = 2 * options.infinity.min_size;
     let explicit = requested.is_some();
     let wanted: BTreeSet<Metric> = requested.unwrap_or(&Metric::ALL).iter().copied().collect();
     let mut planned = BTreeSet::new();
+    let mut skipped = Vec::new();
     // Precision/recall take each point's k-th nearest other point: both sets need more than k.
     let k = options.manifold.k;
     let too_few = |a: Option<&ndarray::Array2<f32>>, b: Option<&ndarray::Array2<f32>>| {
@@ -217,20 +218,91 @@ pub fn plan(
             }
         }
     };
+    // Metrics of a network or input the run did not ask for (DINOv2, CLIP, captions) or of runs
+    // far larger than this one are left out quietly; the others are noted with their reason.
+    let opted_in = |need: Need| {
+        matches!(
+            need,
+            Need::SampleDinov2
+                | Need::SampleDinov2Stats
+                | Need::SampleClip
+                | Need::Captions
+                | Need::ManySamples
+        )
+    };
     for metric in wanted {
-        let missing = metric.needs().iter().find_map(|&need| unmet(need));
+        let missing = metric
+            .needs()
+            .iter()
+            .find_map(|&need| unmet(need).map(|what| (need, what)));
         match missing {
             None => {
                 planned.insert(metric);
             }
-            Some(what) if explicit => bail!("`{metric}` was asked for but needs {what}"),
-            Some(what) => tracing::info!("skipping `{metric}`: needs {what}"),
+            Some((_, what)) if explicit => bail!("`{metric}` was asked for but needs {what}"),
+            Some((need, what)) if opted_in(need) => {
+                tracing::info!("skipping `{metric}`: needs {what}")
+            }
+            Some((_, what)) => skipped.push(format!("`{metric}` not computed: it needs {what}")),
         }
     }
     if planned.is_empty() {
         bail!("no metric can be computed from these inputs (a reference is needed for all but IS)");
     }
-    Ok(planned)
+    Ok(Plan {
+        metrics: planned,
+        skipped,
+    })
+}
+
+/// The metrics a run computes, and a sentence for each default one it leaves out.
+#[derive(Debug)]
+pub struct Plan {
+    /// What is computed.
+    pub metrics: BTreeSet<Metric>,
+    /// Why each defaulted metric that the inputs do not allow is left out.
+    pub skipped: Vec<String>,
+}
+
+/// Sentences on what a reader must know to read the figures: metrics left out and why, and
+/// figures computed with less than their usual footing (recorded as the run's `notes`).
+fn caveats(
+    plan: &Plan,
+    sample: &FeatureSet,
+    stats: &SampleStats,
+    options: &MetricOptions,
+) -> Vec<String> {
+    let mut notes = plan.skipped.clone();
+    let n = sample.len();
+    for (metric, stats) in [
+        (Metric::Fid, &stats.pool),
+        (Metric::Sfid, &stats.spatial),
+        (Metric::FdDinov2, &stats.dinov2),
+    ] {
+        if let Some(stats) = stats
+            .as_ref()
+            .filter(|s| plan.metrics.contains(&metric) && n <= s.dim())
+        {
+            notes.push(format!(
+                "`{metric}`: {n} samples in {} dimensions make a singular covariance; the distance is finite but biased upward, comparable only with runs of the same sample count",
+                stats.dim()
+            ));
+        }
+    }
+    if plan.metrics.contains(&Metric::Is) && is_split_count(options.is_splits, n) == 1 {
+        notes.push(format!(
+            "`is`: one split of {n} samples, so inception_score_std is 0 by construction, not a measured spread"
+        ));
+    }
+    notes
+}
+
+/// How many splits the Inception Score of `n` samples takes.
+fn is_split_count(splits: Splits, n: usize) -> usize {
+    match splits {
+        Splits::Adm { split_size } => n.div_ceil(split_size.max(1)),
+        Splits::Equal { splits, .. } => splits,
+    }
 }
 
 fn need<'a, T>(what: Option<&'a T>, name: &str) -> Result<&'a T> {
@@ -383,6 +455,8 @@ pub fn compute(
                     "pool features",
                 )?;
                 let kid = kernel_inception_distance_f32(refs.view(), samples.view(), &options.kid)?;
+                // The subset size used, capped at the smaller set's size, replaces the one asked.
+                details.push(("kid_subset_size", Value::from(kid.subset_size)));
                 values.insert(MetricKey::Kid, kid.mean);
                 values.insert(MetricKey::KidStd, kid.std);
             }
@@ -537,30 +611,47 @@ pub fn evaluate(
     request: &MetricRequest,
     run: Map<String, Value>,
 ) -> Result<RunRecord> {
-    let planned = plan(
+    let plan = plan(
         request.metrics.as_deref(),
         &sample,
         captions,
         reference,
         &request.options,
     )?;
-    let sample_stats = sample_statistics(&planned, &sample)?;
+    let planned = &plan.metrics;
+    let sample_stats = sample_statistics(planned, &sample)?;
+    let mut notes = caveats(&plan, &sample, &sample_stats, &request.options);
     // Feature arrays no later metric reads are freed before the metrics allocate their own
     // matrices (50,000 x 2048 pool features are 400 MB).
-    if !needed(&planned, Need::SamplePool) {
+    if !needed(planned, Need::SamplePool) {
         sample.pool = None;
     }
     sample.spatial = None;
     let computed = compute(
-        &planned,
+        planned,
         &sample,
         captions,
         &sample_stats,
         reference,
         &request.options,
     )?;
+    let asked = request.options.kid.subset_size;
+    let kid_subsets = computed
+        .details
+        .iter()
+        .find(|(key, _)| *key == "kid_subset_size");
+    if let Some(used) = kid_subsets.and_then(|(_, used)| used.as_u64()) {
+        if used < asked as u64 {
+            notes.push(format!(
+                "`kid`: subsets of {used} rows (the smaller set's size), not the {asked} asked for"
+            ));
+        }
+    }
     let mut run = run;
     run.extend(computed.details.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    if !notes.is_empty() {
+        run.insert("notes".into(), Value::from(notes));
+    }
     Ok(RunRecord {
         metrics: computed.values,
         run,
@@ -579,7 +670,7 @@ mod tests {
             ..Default::default()
         };
         let options = MetricOptions::default();
-        let planned = plan(None, &sample, None, None, &options).unwrap();
+        let planned = plan(None, &sample, None, None, &options).unwrap().metrics;
         assert_eq!(planned.into_iter().collect::<Vec<_>>(), [Metric::Is]);
         assert!(plan(Some(&[Metric::Fid]), &sample, None, None, &options).is_err());
     }

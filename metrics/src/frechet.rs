@@ -30,7 +30,9 @@ pub fn trace_sqrt_product(s1: &Array2<f64>, s2: &Array2<f64>) -> Result<f64> {
         Cholesky::NotPositiveDefinite => match cholesky(s2)? {
             Cholesky::Factor(u) => triangular_congruence(&u, s1)?,
             Cholesky::NotPositiveDefinite => {
-                tracing::warn!(
+                // Not a warning: the caller knows which distance this is and says so (the
+                // main crate records a note naming the metric and the sample count).
+                tracing::debug!(
                     "both covariances are singular (fewer samples than feature dimensions?); \
                      the Fréchet distance is finite but less meaningful"
                 );

@@ -78,7 +78,7 @@ fn npz(path: &Path) -> Result<String> {
     let images = header("arr_0")
         .filter(|h| h.descr == "|u1")
         .map(|h| h.shape.as_slice());
-    if let Some(&[n, height, width, channels]) = images {
+    if let Some(&[n, height, width, channels]) = images.filter(|shape| shape.first() != Some(&0)) {
         let labels = match header("arr_1").map(|h| h.shape.as_slice()) {
             Some([count]) if *count == n => ", with class labels (arr_1)",
             _ => "",

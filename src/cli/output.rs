@@ -11,9 +11,14 @@ use llamagen_eval::pipeline::jobs::sweep::SweepOutcome;
 use llamagen_eval::progress::Progress;
 use llamagen_eval::record::RunRecord;
 
-/// Prints a run's metric table and where it was written.
+/// Prints a run's metric table, its notes (metrics left out and why, figures on a thin footing)
+/// and where it was written.
 pub fn print_record(record: &RunRecord, out_dir: &Path, progress: Progress) {
     print!("{}", record.metrics.table());
+    let notes = record.run.get("notes").and_then(|n| n.as_array());
+    for note in notes.into_iter().flatten().filter_map(|n| n.as_str()) {
+        println!("note: {note}");
+    }
     progress.say(format!(
         "wrote {}/metrics.json and metrics.csv",
         out_dir.display()

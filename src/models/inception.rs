@@ -10,7 +10,7 @@
 //! `Mixed_6d.branch1x1`, first 7 channels, flattened in H, W, C order) and `logits`
 //! (1008, unbiased: `pool @ fc.weightᵀ`, no bias).
 
-use crate::choice::{choice_str, Choice};
+use crate::choice::{choice_enum, Choice};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
@@ -27,15 +27,17 @@ pub const SPATIAL_DIM: i64 = 2023;
 pub const LOGITS_DIM: i64 = 1008;
 const SPATIAL_CHANNELS: i64 = 7;
 
-/// How images are resized and scaled before the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Resize {
-    /// ADM evaluator / torch-fidelity: TF1 `ResizeBilinear` (align_corners=False, no half-pixel
-    /// centres) to 299, then (x - 128) / 128. The numbers papers report.
-    #[default]
-    Adm,
-    /// pytorch-fid: x / 255, torch bilinear (half-pixel centres) to 299, then 2x - 1.
-    PytorchFid,
+choice_enum! {
+    /// How images are resized and scaled before the network.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum Resize: "resize" {
+        /// ADM evaluator / torch-fidelity: TF1 `ResizeBilinear` (align_corners=False, no
+        /// half-pixel centres) to 299, then (x - 128) / 128. The numbers papers report.
+        #[default]
+        Adm => ("adm", "TF1 bilinear resize (the numbers papers report)"),
+        /// pytorch-fid: x / 255, torch bilinear (half-pixel centres) to 299, then 2x - 1.
+        PytorchFid => ("pytorch-fid", "pytorch-fid's preprocessing"),
+    }
 }
 
 impl Resize {
@@ -44,23 +46,6 @@ impl Resize {
         self.choice_name()
     }
 }
-
-impl Choice for Resize {
-    const WHAT: &'static str = "resize";
-    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
-        (
-            Resize::Adm,
-            "adm",
-            "TF1 bilinear resize (the numbers papers report)",
-        ),
-        (
-            Resize::PytorchFid,
-            "pytorch-fid",
-            "pytorch-fid's preprocessing",
-        ),
-    ];
-}
-choice_str!(Resize);
 
 /// Features of one batch, all f32 on the model's device.
 pub struct Features {

@@ -48,7 +48,7 @@ use super::clip::config_beside;
 use super::hf_weights::{WeightSet, WeightsError};
 use super::shapes::{self, first_names};
 use super::tokenizer::{check_vocab, CaptionTokenizer, TokenizerError};
-use crate::choice::{choice_str, Choice};
+use crate::choice::choice_enum;
 
 /// Caption length of LlamaGen's T5Embedder (`--t5-feature-max-len`, `model_max_length=120`).
 pub const T5_MAX_LENGTH: usize = 120;
@@ -711,14 +711,16 @@ fn config_file(path: &Path) -> Option<PathBuf> {
     config_beside(path)
 }
 
-/// The T5 encoder's dtype (`--t5-precision`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum T5Precision {
-    /// bfloat16, as LlamaGen's T5Embedder runs.
-    #[default]
-    Bf16,
-    /// float32.
-    Fp32,
+choice_enum! {
+    /// The T5 encoder's dtype (`--t5-precision`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum T5Precision: "T5 precision" {
+        /// bfloat16, as LlamaGen's T5Embedder runs.
+        #[default]
+        Bf16 => ("bf16", "bfloat16, as LlamaGen's T5Embedder runs"),
+        /// float32.
+        Fp32 => ("fp32", "float32"),
+    }
 }
 
 impl T5Precision {
@@ -730,19 +732,6 @@ impl T5Precision {
         }
     }
 }
-
-impl Choice for T5Precision {
-    const WHAT: &'static str = "T5 precision";
-    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
-        (
-            T5Precision::Bf16,
-            "bf16",
-            "bfloat16, as LlamaGen's T5Embedder runs",
-        ),
-        (T5Precision::Fp32, "fp32", "float32"),
-    ];
-}
-choice_str!(T5Precision);
 
 /// LlamaGen's T5Embedder: the caption tokenizer of a model folder and its T5 encoder.
 #[derive(Debug)]

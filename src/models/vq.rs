@@ -18,7 +18,7 @@
 //! released `vq_ds16_c2i.pt` (ch 128, ch_mult [1,1,2,2,4], z 256, codebook 16384 x 8),
 //! `vq_ds8_c2i.pt` (ch_mult [1,2,2,4]) and custom widths load without flags.
 
-use crate::choice::{choice_str, Choice};
+use crate::choice::choice_enum;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -171,35 +171,19 @@ impl VqConfig {
     }
 }
 
-/// Which weights of a training checkpoint to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum VqWeights {
-    /// `ema` when the checkpoint has it, else `model` (or the bare state dict).
-    #[default]
-    Auto,
-    /// The exponential moving average (`ema`); an error when absent.
-    Ema,
-    /// The trained weights (`model`, `module`, `state_dict` or a bare state dict).
-    Model,
+choice_enum! {
+    /// Which weights of a training checkpoint to use.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum VqWeights: "tokenizer weights" {
+        /// `ema` when the checkpoint has it, else `model` (or the bare state dict).
+        #[default]
+        Auto => ("auto", "`ema` when the checkpoint has it, else `model`"),
+        /// The exponential moving average (`ema`); an error when absent.
+        Ema => ("ema", "The exponential moving average; an error when absent"),
+        /// The trained weights (`model`, `module`, `state_dict` or a bare state dict).
+        Model => ("model", "The trained weights"),
+    }
 }
-
-impl Choice for VqWeights {
-    const WHAT: &'static str = "tokenizer weights";
-    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
-        (
-            VqWeights::Auto,
-            "auto",
-            "`ema` when the checkpoint has it, else `model`",
-        ),
-        (
-            VqWeights::Ema,
-            "ema",
-            "The exponential moving average; an error when absent",
-        ),
-        (VqWeights::Model, "model", "The trained weights"),
-    ];
-}
-choice_str!(VqWeights);
 
 /// Why a tokenizer could not be loaded or used. Always names the file.
 #[derive(Debug, thiserror::Error)]

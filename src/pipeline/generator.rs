@@ -45,7 +45,7 @@
 //! work fills it. Decoding on the sampling thread instead (two stages) gained less: on the demo
 //! models Inception is 90% of the work, and the decoder is what runs beside it.
 
-use crate::choice::{choice_str, Choice};
+use crate::choice::{choice_enum, Choice};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,19 +70,21 @@ use crate::models::gpt::{Condition, Gpt, GptConfig, GptError, HeadChoice};
 use crate::models::vq::{self, VqConfig, VqModel, VqWeights};
 use crate::sampling::{self, Conditioning, Conditions, LabelSpec, SamplingParams};
 
-/// The dtype the generator runs in (the tokenizer runs in f32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// bf16 on CUDA (how LlamaGen samples), fp32 on the CPU (where bf16 matrix products are slow
-    /// and reference runs are fp32).
-    #[default]
-    Auto,
-    /// float32.
-    Fp32,
-    /// bfloat16 (LlamaGen's sampling dtype).
-    Bf16,
-    /// float16.
-    Fp16,
+choice_enum! {
+    /// The dtype the generator runs in (the tokenizer runs in f32).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum Precision: "precision" {
+        /// bf16 on CUDA (how LlamaGen samples), fp32 on the CPU (where bf16 matrix products are
+        /// slow and reference runs are fp32).
+        #[default]
+        Auto => ("auto", "bf16 on CUDA (LlamaGen's sampling dtype), fp32 on the CPU"),
+        /// float32.
+        Fp32 => ("fp32", "float32"),
+        /// bfloat16 (LlamaGen's sampling dtype).
+        Bf16 => ("bf16", "bfloat16"),
+        /// float16.
+        Fp16 => ("fp16", "float16"),
+    }
 }
 
 impl Precision {
@@ -100,21 +102,6 @@ impl Precision {
         self.choice_name()
     }
 }
-
-impl Choice for Precision {
-    const WHAT: &'static str = "precision";
-    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
-        (
-            Precision::Auto,
-            "auto",
-            "bf16 on CUDA (LlamaGen's sampling dtype), fp32 on the CPU",
-        ),
-        (Precision::Fp32, "fp32", "float32"),
-        (Precision::Bf16, "bf16", "bfloat16"),
-        (Precision::Fp16, "fp16", "float16"),
-    ];
-}
-choice_str!(Precision);
 
 /// Everything that defines a generator and how it samples.
 #[derive(Debug, Clone)]

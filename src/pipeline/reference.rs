@@ -91,7 +91,12 @@ impl Reference {
             .pop()
             .flatten();
         let has_stats = stats.pool.is_some() || stats.spatial.is_some();
-        if !has("arr_0") {
+        // `stats --keep-images 0` writes an empty `arr_0`: statistics alone.
+        let has_images = has("arr_0")
+            && crate::data::npz::npz_entries(path)?
+                .iter()
+                .any(|(name, header)| name == "arr_0" && header.shape.first() != Some(&0));
+        if !has_images {
             if !has_stats {
                 bail!(
                     "{}: the reference batch has neither statistics (mu/sigma, mu_s/sigma_s) nor images (arr_0); entries: {}",

@@ -353,18 +353,23 @@ fn fid_takes_samples_and_reference_as_pytorch_fid_does() {
         "fid,is",
     ];
     let (positional, flags) = (root.join("positional"), root.join("flags"));
-    let stderr = cli()
+    let run = cli()
         .env_remove("RUST_LOG")
         .args(["fid", s(&folder), s(&reference), "--out", s(&positional)])
         .args(settings)
         .run()
-        .success()
-        .stderr_text();
-    // The only warnings: weights that are not the released ones, and 12 samples in 2048
-    // dimensions; none about the feature cache's mechanics.
-    let expected = ["not pytorch-fid's released", "covariances are singular"];
+        .success();
+    let (stdout, stderr) = (run.stdout_text(), run.stderr_text());
+    for note in [
+        "note: `fid`: 12 samples in 2048 dimensions make a singular covariance",
+        "note: `is`: one split of 12 samples",
+    ] {
+        assert!(stdout.contains(note), "`{note}` not in:\n{stdout}");
+    }
+    // The only warning: weights that are not the released ones; none about the feature cache's
+    // mechanics. 12 samples in 2048 dimensions and one IS split are notes naming their metric.
     for line in stderr.lines().filter(|line| line.contains("WARN")) {
-        assert!(expected.iter().any(|e| line.contains(e)), "{stderr}");
+        assert!(line.contains("not pytorch-fid's released"), "{stderr}");
     }
     assert!(
         !stderr.contains('\x1b'),
@@ -383,4 +388,37 @@ fn fid_takes_samples_and_reference_as_pytorch_fid_does() {
         .args(["fid", s(&folder)])
         .run()
         .refused_with(&["<REF>"]);
+
+    // Against statistics alone (`stats --keep-images 0`), the metrics that need the reference's
+    // images are noted as not computed, with the reason.
+    let statistics = root.join("statistics.npz");
+    cli()
+        .args(["stats", "--data", s(&reference), "--out", s(&statistics)])
+        .args([
+            "--keep-images",
+            "0",
+            "--inception",
+            s(weights),
+            "--device",
+            "cpu",
+        ])
+        .run()
+        .success();
+    let stdout = cli()
+        .args([
+            "fid",
+            s(&folder),
+            s(&statistics),
+            "--out",
+            s(&root.join("stats-only")),
+        ])
+        .args(["--inception", s(weights), "--device", "cpu"])
+        .run()
+        .success()
+        .stdout_text();
+    for metric in ["pr", "kid"] {
+        let note = format!("note: `{metric}` not computed: it needs reference pool features");
+        assert!(stdout.contains(&note), "`{note}` not in:\n{stdout}");
+    }
+    assert!(stdout.contains("sfid "), "{stdout}");
 }
