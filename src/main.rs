@@ -37,11 +37,11 @@ fn main() -> ExitCode {
     match cli.run() {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
             if let Some((status, next)) = cli::interruption(&err, &resume_command) {
-                eprintln!("  {next}");
+                eprintln!("stopped: {err:#}\n  {next}");
                 return ExitCode::from(status);
             }
+            eprintln!("error: {err:#}");
             if let Some(hint) = cli::flag_hint(&err) {
                 eprintln!("  hint: {hint}");
             }

@@ -151,13 +151,13 @@ fn run_batches(
     let batch = config.batch_size.max(1);
     let source_streams = source.journal_streams();
     let stage_streams: Vec<Vec<StreamSpec>> = stages.iter().map(|s| s.streams()).collect();
-    let bar = config.progress.bar(total, config.label, "img");
     if done > 0 {
         tracing::info!("{}: resuming after {done} of {total} images", config.label);
         config
             .progress
             .say(format!("resuming after {done} of {total} images"));
     }
+    let bar = config.progress.bar(total, config.label, "img");
 
     let mut position = 0;
     while position < done {
