@@ -34,6 +34,7 @@ use super::choice::choice;
 
 /// Flags shared by every command that runs Inception.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Feature networks and device")]
 pub struct InceptionArgs {
     /// FID Inception-V3 weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth); default:
     /// $LLAMAGEN_EVAL_INCEPTION, else the cache directory.
@@ -100,6 +101,7 @@ impl InceptionArgs {
 
 /// Which metrics, and their settings (shared by `fid`, `metrics` and `sweep`).
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Metrics")]
 pub struct MetricArgs {
     /// Metrics to compute, comma-separated (default: every one the inputs allow).
     #[arg(long, value_parser = choice::<Metric>(), value_delimiter = ',')]
@@ -160,6 +162,7 @@ impl MetricArgs {
 
 /// Where a run's outputs go.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Output")]
 pub struct OutputArgs {
     /// Output folder (default: reports/<--name or UTC timestamp>).
     #[arg(long, value_name = "DIR")]
@@ -187,6 +190,7 @@ pub fn output_dir(out: Option<&Path>, name: Option<&str>) -> PathBuf {
 
 /// Generation flags shared by `sample`, `fid --gpt` and `sweep`.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Generation (with --gpt)")]
 pub struct GenArgs {
     /// LlamaGen GPT checkpoint: class-conditional (c2i_*.pt, or an FSDP consolidated.pth) or
     /// text-to-image (t2i_*.pt, with --caption-embeddings).
@@ -375,7 +379,12 @@ impl GenArgs {
 pub struct FidArgs {
     /// Generated images: an npz with `arr_0` u8 N x H x W x 3 (stored or compressed), or a
     /// folder of images.
-    #[arg(long, value_name = "SAMPLES", conflicts_with = "gpt")]
+    #[arg(
+        long,
+        value_name = "SAMPLES",
+        conflicts_with = "gpt",
+        help_heading = "Input"
+    )]
     pub sample_batch: Option<PathBuf>,
     /// Generation instead of --sample-batch: `--gpt CKPT --vq CKPT --samples N` and the sampling
     /// flags of `sample`.
@@ -383,19 +392,29 @@ pub struct FidArgs {
     pub gen: GenArgs,
     /// Samples generated together with --gpt: a number, or `auto` (from the device's free memory
     /// and the generator's key/value cache per sample; results do not depend on it).
-    #[arg(long, value_name = "N|auto", default_value = "auto")]
+    #[arg(
+        long,
+        value_name = "N|auto",
+        default_value = "auto",
+        help_heading = "Generation (with --gpt)"
+    )]
     pub gen_batch_size: BatchSize,
     /// With --gpt: also write the generated images as an ADM/LlamaGen npz.
-    #[arg(long, value_name = "SAMPLES.npz", requires = "gpt")]
+    #[arg(
+        long,
+        value_name = "SAMPLES.npz",
+        requires = "gpt",
+        help_heading = "Output"
+    )]
     pub save_samples: Option<PathBuf>,
     /// Reference: an ADM reference batch (its mu/sigma/mu_s/sigma_s, and its `arr_0` images for
     /// precision/recall/KID), a `stats` file, a feature file, an image npz, or a folder of images.
-    #[arg(long = "ref", value_name = "REF")]
+    #[arg(long = "ref", value_name = "REF", help_heading = "Input")]
     pub reference: Option<PathBuf>,
     /// Centre-crop reference images from a folder to this size (ADM's `center_crop_arr`).
     /// With --gpt: the generation resolution (default 256); folder references are then cropped
     /// to --image-size-eval (default: the same).
-    #[arg(long)]
+    #[arg(long, help_heading = "Input")]
     pub image_size: Option<usize>,
     #[command(flatten)]
     #[allow(missing_docs)]

@@ -35,13 +35,19 @@ pub use hints::flag_hint;
 #[command(name = "llamagen-eval", version, about, long_about = None)]
 pub struct Cli {
     /// Silence progress bars and informational output (errors are still printed).
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, help_heading = "Global")]
     pub quiet: bool,
 
     /// TF32 tensor cores for float32 matrix products and convolutions on CUDA (faster, about 1e-3
     /// relative error). Off by default, so GPU numbers match CPU and reference runs; the state is
     /// in the run record.
-    #[arg(long, global = true, value_enum, default_value_t = Switch::Off)]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = Switch::Off,
+        help_heading = "Devices and ranks"
+    )]
     pub tf32: Switch,
 
     /// Which launcher started this process: `auto` reads torchrun's, Open MPI's or Slurm's
@@ -53,20 +59,33 @@ pub struct Cli {
         long,
         global = true,
         value_name = "auto|none|torchrun|slurm|mpi",
-        default_value = "auto"
+        default_value = "auto",
+        help_heading = "Devices and ranks"
     )]
     pub launcher: LauncherChoice,
 
     /// Seconds rank 0 waits for the other ranks' parts before giving up (then `merge OUT_DIR`
     /// finishes the gather).
-    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 7200)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        default_value_t = 7200,
+        help_heading = "Devices and ranks"
+    )]
     pub gather_timeout: u64,
 
     /// The most memory reading one input file (checkpoint, npz) may take: sizes that headers
     /// claim beyond it are refused before anything is allocated. Default 4x the file's size +
     /// 512M (one decoded image: 256M, or a quarter of this flag); raise it (e.g. 8G) for genuine
     /// inputs that need more.
-    #[arg(long, global = true, value_name = "BYTES", value_parser = llamagen_eval::budget::parse_bytes)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "BYTES",
+        value_parser = llamagen_eval::budget::parse_bytes,
+        help_heading = "Global"
+    )]
     pub max_input_memory: Option<u64>,
 
     #[command(subcommand)]
@@ -104,6 +123,7 @@ enum Command {
         inception: Option<PathBuf>,
     },
     /// FID, sFID, IS, precision/recall and KID of a sample batch against a reference batch.
+    #[command(after_help = FID_EXAMPLES)]
     Fid(fid::FidCommand),
     /// The same metrics from feature files (no Inception run).
     Metrics(metrics::MetricsCommand),
@@ -124,14 +144,35 @@ enum Command {
     /// Join `sample --shard K/N` outputs into one npz in sample-index order.
     Merge(sample::MergeCommand),
     /// Tokenizer reconstruction quality: rFID, PSNR, SSIM and codebook usage.
+    #[command(after_help = RECON_EXAMPLES)]
     Recon(recon::ReconCommand),
     /// `fid --gpt` at several CFG scales, then `report` over the runs.
+    #[command(
+        after_help = SWEEP_EXAMPLES,
+        mut_arg("sample_batch", |a| a.hide(true)),
+        mut_arg("cfg_scale", |a| a.hide(true))
+    )]
     Sweep(sweep::SweepCommand),
     /// Summary table (CSV, Markdown) and PNG charts of several runs' metrics.json.
     Report(report::ReportCommand),
     /// Compare a run with a baseline (exit 0 pass, 1 regression, 2 unusable input), or record one.
     Check(check::CheckCommand),
 }
+
+const FID_EXAMPLES: &str = "Examples:
+  llamagen-eval fid samples.npz VIRTUAL_imagenet256_labeled.npz
+  llamagen-eval fid --sample-batch samples/ --ref VIRTUAL_imagenet256_labeled.npz --out runs/mine
+  llamagen-eval fid --gpt c2i_L_384.pt --vq vq_ds16_c2i.pt --image-size 384 --image-size-eval 256 \\
+      --samples 50000 --class-balanced --cfg-scale 2.0 --ref VIRTUAL_imagenet256_labeled.npz";
+
+const SWEEP_EXAMPLES: &str = "Examples:
+  llamagen-eval sweep --gpt c2i_L_384.pt --vq vq_ds16_c2i.pt --image-size 384 --image-size-eval 256 \\
+      --samples 10000 --class-balanced --cfg-scales 1.5,1.75,2.0,2.25 \\
+      --ref VIRTUAL_imagenet256_labeled.npz --out runs/cfg-sweep";
+
+const RECON_EXAMPLES: &str = "Examples:
+  llamagen-eval recon --vq vq_ds16_c2i.pt --data imagenet/val --image-size 256
+  llamagen-eval recon --recon-batch reconstructions.npz --data originals.npz --metrics psnr,ssim";
 
 impl Command {
     /// The jobs that split their work over the ranks of a launch and journal it, so that

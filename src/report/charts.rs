@@ -532,7 +532,8 @@ fn bar_chart(runs: &[RunData], metric: MetricKey, out: &Path) -> Result<Chart> {
     let hi = rows.iter().map(|(_, v, s, _)| v + s).fold(0f64, f64::max);
     let span = if hi - lo > 0.0 { hi - lo } else { 1.0 };
     let (x_lo, x_hi) = (
-        if lo < 0.0 { lo - 0.05 * span } else { 0.0 },
+        // Room for the value labels left of negative bars, as right of positive ones.
+        if lo < 0.0 { lo - 0.2 * span } else { 0.0 },
         hi + 0.2 * span,
     );
     let title = format!(
@@ -645,15 +646,22 @@ fn bar_chart(runs: &[RunData], metric: MetricKey, out: &Path) -> Result<Chart> {
             } else {
                 shown
             };
-            // Value label on a white patch, right of the bar (or its whisker).
-            let style = font(16).pos(Pos::new(HPos::Left, VPos::Center));
+            // Value label on a white patch beyond the bar's end (or its whisker): right of a
+            // positive bar, left of a negative one.
+            let (end, side, gap) = if v < 0.0 {
+                (v - std, HPos::Right, -8)
+            } else {
+                (v + std, HPos::Left, 8)
+            };
+            let style = font(16).pos(Pos::new(side, VPos::Center));
             let (w, h) = root.estimate_text_size(&label, &style)?;
-            let (x, y_px) = chart.backend_coord(&(v.max(0.0) + std, y));
-            let x = x + 8;
+            let (x, y_px) = chart.backend_coord(&(end, y));
+            let x = x + gap;
+            let left = if v < 0.0 { x - w as i32 } else { x };
             root.draw(&Rectangle::new(
                 [
-                    (x - 3, y_px - h as i32 / 2 - 3),
-                    (x + w as i32 + 3, y_px + h as i32 / 2 + 3),
+                    (left - 3, y_px - h as i32 / 2 - 3),
+                    (left + w as i32 + 3, y_px + h as i32 / 2 + 3),
                 ],
                 WHITE.mix(0.85).filled(),
             ))?;

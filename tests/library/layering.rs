@@ -11,6 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "budget",
         "progress",
+        "interrupt",
         "choice",
         "partition",
         "layout",
