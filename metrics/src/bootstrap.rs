@@ -403,6 +403,38 @@ mod tests {
     }
 
     #[test]
+    fn kid_and_inception_score_replicates_score_the_resampled_rows() {
+        let logits = Array2::from_shape_fn((30, 4), |(i, j)| ((i * 3 + j * 5) % 7) as f32 * 0.5);
+        let splits = Splits::Adm { split_size: 10 };
+        let config = BootstrapConfig {
+            resamples: 3,
+            seed: 4,
+        };
+        let got = inception_score_replicates(logits.view(), splits, &config).unwrap();
+        let rows = resample_rows(30, 4, 1);
+        let expected = inception_score(logits.select(Axis(0), &rows).view(), splits)
+            .unwrap()
+            .mean;
+        assert_eq!(got[1], expected);
+
+        let (reference, samples) = (grid(40, 3), grid(30, 3).mapv(|v| v * 1.2));
+        let kid = KidConfig {
+            subsets: 4,
+            subset_size: 10,
+            seed: 1,
+        };
+        let got = kid_replicates(reference.view(), samples.view(), &kid, &config).unwrap();
+        let expected = kernel_inception_distance(
+            reference.view(),
+            samples.select(Axis(0), &resample_rows(30, 4, 2)).view(),
+            &kid,
+        )
+        .unwrap()
+        .mean;
+        assert!((got[2] - expected).abs() <= 1e-12 * expected.abs().max(1.0));
+    }
+
+    #[test]
     fn bad_input_is_an_error() {
         let x = grid(10, 3);
         let stats = GaussianStats::from_features(x.view()).unwrap();

@@ -1303,6 +1303,49 @@ mod tests {
     }
 
     #[test]
+    fn contributions_are_each_rows_decision() {
+        let reference = pseudo_random(40, 4, 5, 0.0);
+        let samples = pseudo_random(50, 4, 6, 0.2);
+        let d = |a: ndarray::ArrayView1<f64>, b: ndarray::ArrayView1<f64>| {
+            a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>()
+        };
+        let (_, ref_radii) = brute_force(&reference, &samples, 3);
+        let (_, sample_radii) = brute_force(&samples, &reference, 3);
+        for precision in [DistancePrecision::Exact, DistancePrecision::AdmFp16] {
+            for block_size in [7, 1000] {
+                let config = ManifoldConfig {
+                    k: 3,
+                    block_size,
+                    precision,
+                };
+                let parts =
+                    manifold_contributions(reference.view(), samples.view(), &config).unwrap();
+                assert_eq!(
+                    parts.metrics(),
+                    manifold_metrics(reference.view(), samples.view(), &config).unwrap()
+                );
+                if precision == DistancePrecision::AdmFp16 {
+                    continue;
+                }
+                for (j, s) in samples.rows().into_iter().enumerate() {
+                    let dist: Vec<f64> = reference.rows().into_iter().map(|r| d(r, s)).collect();
+                    let inside = (0..40).any(|i| dist[i] <= ref_radii[i]);
+                    let count = (0..40).filter(|&i| dist[i] < ref_radii[i]).count() as u64;
+                    assert_eq!(parts.in_reference_ball[j], inside);
+                    assert_eq!(parts.ball_count[j], count);
+                }
+                for (i, r) in reference.rows().into_iter().enumerate() {
+                    let dist: Vec<f64> = samples.rows().into_iter().map(|s| d(r, s)).collect();
+                    let inside = (0..50).any(|j| dist[j] <= sample_radii[j]);
+                    let nearest = dist.iter().copied().fold(f64::INFINITY, f64::min);
+                    assert_eq!(parts.in_sample_ball[i], inside);
+                    assert_eq!(parts.covered[i], nearest < ref_radii[i]);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn column_major_input_gives_the_same_result() {
         let reference = pseudo_random(50, 7, 31, 0.0);
         let samples = pseudo_random(40, 7, 32, 0.1);
