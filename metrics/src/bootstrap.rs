@@ -34,7 +34,7 @@ use crate::error::{ensure_finite_rows, ensure_min_samples, ensure_same_dim, Metr
 use crate::frechet::frechet_distance;
 use crate::inception_score::{inception_score, Splits};
 use crate::kid::{kernel_inception_distance, KidConfig, LegacyRandomState};
-use crate::linalg::{gather_rows_f64, syrk_upper_transposed, Element, SerialBlas};
+use crate::linalg::{gather_rows_f64, symmetric_eigen, syrk_upper_transposed, Element, SerialBlas};
 use crate::stats::GaussianStats;
 
 /// Resamples when none are asked for.
@@ -213,10 +213,46 @@ pub fn frechet_replicates<T: Element>(
         .into_par_iter()
         .map(|b| {
             let weights = resample_weights(n, config.seed, b);
-            let stats = resampled_stats(samples, mean, &weights)?;
-            frechet_distance(&stats, reference)
+            if weights.iter().filter(|&&w| w > 0).count() < d {
+                resampled_distance_low_rank(samples, mean, &weights, reference)
+            } else {
+                frechet_distance(&resampled_stats(samples, mean, &weights)?, reference)
+            }
         })
         .collect()
+}
+
+/// The Fréchet distance of a resample that draws fewer distinct rows `m` than dimensions, from
+/// the `m x m` side: its covariance is `ZᵀZ / (N − 1)` with `Z` the drawn rows centred on the
+/// resample's mean and scaled by `√wᵢ`, so the non-zero eigenvalues of `Σ* Σ₂` are those of
+/// `Z Σ₂ Zᵀ / (N − 1)` and `tr Σ* = ‖Z‖² / (N − 1)`: two products and an `m x m` eigenvalue
+/// solve instead of `d x d` ones (the same value up to rounding).
+fn resampled_distance_low_rank<T: Element>(
+    samples: ArrayView2<'_, T>,
+    mean: &Array1<f64>,
+    weights: &[u32],
+    reference: &GaussianStats,
+) -> Result<f64> {
+    let n = samples.nrows() as f64;
+    let drawn: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0).collect();
+    let mut z = gather_rows_f64(samples, &drawn);
+    let mut shift = Array1::<f64>::zeros(z.ncols());
+    for (row, &i) in z.axis_iter(Axis(0)).zip(&drawn) {
+        shift.scaled_add(f64::from(weights[i]), &(&row - mean));
+    }
+    shift /= n;
+    let centre = mean + &shift;
+    for (mut row, &i) in z.axis_iter_mut(Axis(0)).zip(&drawn) {
+        row -= &centre;
+        row *= f64::from(weights[i]).sqrt();
+    }
+    let product = z.dot(&reference.sigma).dot(&z.t());
+    let symmetric = (&product + &product.t()) / 2.0;
+    let (eigenvalues, _) = symmetric_eigen(&symmetric, false)?;
+    let trace_sqrt = eigenvalues.iter().map(|&l| l.max(0.0).sqrt()).sum::<f64>() / (n - 1.0).sqrt();
+    let trace = z.iter().map(|v| v * v).sum::<f64>() / (n - 1.0);
+    let diff = &centre - &reference.mu;
+    Ok(diff.dot(&diff) + trace + reference.sigma.diag().sum() - 2.0 * trace_sqrt)
 }
 
 /// Mean and covariance of `samples` weighted by `weights` (integers summing to the row count),
@@ -364,6 +400,37 @@ mod tests {
             "{replicates:?} {expected}"
         );
         assert_eq!(replicates.len(), 4);
+    }
+
+    #[test]
+    fn low_rank_resamples_equal_the_distance_of_the_repeated_rows() {
+        let x = grid(9, 12);
+        let stats = GaussianStats::from_features(x.view()).unwrap();
+        let reference =
+            GaussianStats::from_features(grid(30, 12).mapv(|v| v * 0.8).view()).unwrap();
+        for b in 0..3 {
+            let weights = resample_weights(9, 5, b);
+            let fast =
+                resampled_distance_low_rank(x.view(), &stats.mu, &weights, &reference).unwrap();
+            let direct = frechet_distance(
+                &GaussianStats::from_features(expanded(x.view(), &weights).view()).unwrap(),
+                &reference,
+            )
+            .unwrap();
+            assert!(
+                (fast - direct).abs() < 1e-7 * direct.max(1.0),
+                "{fast} vs {direct}"
+            );
+            let full = frechet_distance(
+                &resampled_stats(x.view(), &stats.mu, &weights).unwrap(),
+                &reference,
+            )
+            .unwrap();
+            assert!(
+                (fast - full).abs() < 1e-7 * full.max(1.0),
+                "{fast} vs {full}"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use llamagen_eval::record::RunRecord;
 
 /// Prints a run's metric table and where it was written.
 pub fn print_record(record: &RunRecord, out_dir: &Path, progress: Progress) {
-    print!("{}", record.metrics.table());
+    print!("{}", record.table());
     progress.say(format!(
         "wrote {}/metrics.json and metrics.csv",
         out_dir.display()
