@@ -6,6 +6,10 @@
 use std::collections::BTreeSet;
 
 use anyhow::{bail, Context, Result};
+use llamagen_metrics::bootstrap::{
+    frechet_replicates, inception_score_replicates, kid_replicates, mean_replicates, summarize,
+    BootstrapConfig,
+};
 use llamagen_metrics::clip_score::clip_score;
 use llamagen_metrics::cmmd::cmmd_f32;
 use llamagen_metrics::frechet::frechet_distance;
@@ -14,7 +18,7 @@ use llamagen_metrics::frechet_infinity::{
 };
 use llamagen_metrics::inception_score::{inception_score, Splits};
 use llamagen_metrics::kid::{kernel_inception_distance_f32, KidConfig};
-use llamagen_metrics::manifold::{manifold_metrics_f32, DistancePrecision, ManifoldConfig};
+use llamagen_metrics::manifold::{manifold_contributions_f32, DistancePrecision, ManifoldConfig};
 use llamagen_metrics::stats::{GaussianStats, ReferenceStats};
 
 use serde_json::{Map, Value};
@@ -22,7 +26,7 @@ use serde_json::{Map, Value};
 use crate::choice::{choice_enum, Choice};
 use crate::feature_set::FeatureSet;
 use crate::metric::MetricKey;
-use crate::record::{MetricValues, RunRecord};
+use crate::record::{MetricUncertainty, MetricValues, RunRecord, Uncertainties};
 
 pub use crate::metric::{Metric, Need};
 
@@ -78,6 +82,17 @@ pub struct MetricOptions {
     pub kid: KidConfig,
     /// Subset sizes and seed of FID-infinity.
     pub infinity: InfinityConfig,
+    /// Bootstrap uncertainty (`--bootstrap N`): resamples (0: none) and seed.
+    #[serde(default = "no_bootstrap")]
+    pub bootstrap: BootstrapConfig,
+}
+
+/// No bootstrap (`--bootstrap 0`), also what job descriptions written before it read as.
+pub fn no_bootstrap() -> BootstrapConfig {
+    BootstrapConfig {
+        resamples: 0,
+        seed: 0,
+    }
 }
 
 impl Default for MetricOptions {
@@ -90,6 +105,7 @@ impl Default for MetricOptions {
             },
             kid: KidConfig::default(),
             infinity: InfinityConfig::default(),
+            bootstrap: no_bootstrap(),
         }
     }
 }
@@ -363,6 +379,34 @@ pub struct Computed {
     pub values: MetricValues,
     /// Run-record fields: `fid_inf_fit` (sizes, distances, slope, R², seed).
     pub details: Vec<(&'static str, serde_json::Value)>,
+    /// The figures' bootstrap uncertainty, when asked for.
+    pub uncertainty: Uncertainties,
+}
+
+/// Records `key`'s uncertainty from bootstrap `replicates` of `estimate` over `rows` rows of
+/// `what` (`samples`).
+fn record_uncertainty(
+    uncertainty: &mut Uncertainties,
+    key: MetricKey,
+    estimate: f64,
+    replicates: &[f64],
+    rows: usize,
+    what: &str,
+    config: &BootstrapConfig,
+) -> Result<()> {
+    let u = summarize(estimate, replicates)?;
+    uncertainty.insert(
+        key,
+        MetricUncertainty {
+            se: u.se,
+            ci95: [u.ci95.0, u.ci95.1],
+            method: format!(
+                "bootstrap over {rows} {what}, {} resamples, seed {}",
+                config.resamples, config.seed
+            ),
+        },
+    );
+    Ok(())
 }
 
 /// Computes the planned metrics: each family's kernel is its arm here (FID, sFID and FD_DINOv2
@@ -377,6 +421,9 @@ pub fn compute(
 ) -> Result<Computed> {
     let mut values = MetricValues::default();
     let mut details = Vec::new();
+    let mut uncertainty = Uncertainties::default();
+    let boot = &options.bootstrap;
+    let bootstrap = boot.resamples > 0;
     for metric in metrics {
         match metric {
             Metric::Fid | Metric::Sfid | Metric::FdDinov2 => {
@@ -402,12 +449,44 @@ pub fn compute(
                     ),
                 };
                 let (ours, theirs) = both(ours, theirs, what)?;
-                values.insert(key, frechet_distance(ours, theirs)?);
+                let value = frechet_distance(ours, theirs)?;
+                values.insert(key, value);
+                if bootstrap {
+                    let features = match metric {
+                        Metric::Fid => sample.pool.as_ref(),
+                        Metric::Sfid => sample.spatial.as_ref(),
+                        _ => sample.dinov2.as_ref(),
+                    };
+                    let features = need(features, "sample features for the bootstrap")?;
+                    let replicates = frechet_replicates(features.view(), ours, theirs, boot)?;
+                    record_uncertainty(
+                        &mut uncertainty,
+                        key,
+                        value,
+                        &replicates,
+                        features.nrows(),
+                        "samples",
+                        boot,
+                    )?;
+                }
             }
             Metric::Is => {
                 let logits = need(sample.logits.as_ref(), "sample logits")?;
                 let score = inception_score(logits.view(), options.is_splits)?;
                 values.insert(MetricKey::InceptionScore, score.mean);
+                if bootstrap {
+                    let replicates =
+                        inception_score_replicates(logits.view(), options.is_splits, boot)?;
+                    record_uncertainty(
+                        &mut uncertainty,
+                        MetricKey::InceptionScore,
+                        score.mean,
+                        &replicates,
+                        logits.nrows(),
+                        "samples",
+                        boot,
+                    )?;
+                }
                 values.insert(MetricKey::InceptionScoreStd, score.std);
             }
             Metric::Pr | Metric::Dinov2Pr => {
@@ -440,12 +519,51 @@ pub fn compute(
                         ],
                     )
                 };
-                let m = manifold_metrics_f32(refs.view(), samples.view(), &options.manifold)?;
+                let parts =
+                    manifold_contributions_f32(refs.view(), samples.view(), &options.manifold)?;
+                let m = parts.metrics();
                 for (key, value) in
                     keys.into_iter()
                         .zip([m.precision, m.recall, m.density, m.coverage])
                 {
                     values.insert(key, value);
+                }
+                if bootstrap {
+                    let flags = |v: &[bool]| -> Vec<f64> {
+                        v.iter().map(|&b| f64::from(u8::from(b))).collect()
+                    };
+                    let k = parts.k as f64;
+                    let density: Vec<f64> =
+                        parts.ball_count.iter().map(|&c| c as f64 / k).collect();
+                    // Precision and density average over the samples, recall and coverage over
+                    // the reference rows.
+                    for (key, value, contributions, what) in [
+                        (
+                            keys[0],
+                            m.precision,
+                            flags(&parts.in_reference_ball),
+                            "samples",
+                        ),
+                        (
+                            keys[1],
+                            m.recall,
+                            flags(&parts.in_sample_ball),
+                            "reference rows",
+                        ),
+                        (keys[2], m.density, density, "samples"),
+                        (keys[3], m.coverage, flags(&parts.covered), "reference rows"),
+                    ] {
+                        let replicates = mean_replicates(&contributions, boot)?;
+                        record_uncertainty(
+                            &mut uncertainty,
+                            key,
+                            value,
+                            &replicates,
+                            contributions.len(),
+                            what,
+                            boot,
+                        )?;
+                    }
                 }
             }
             Metric::Kid => {
@@ -458,6 +576,19 @@ pub fn compute(
                 // The subset size used, capped at the smaller set's size, replaces the one asked.
                 details.push(("kid_subset_size", Value::from(kid.subset_size)));
                 values.insert(MetricKey::Kid, kid.mean);
+                if bootstrap {
+                    let replicates =
+                        kid_replicates(refs.view(), samples.view(), &options.kid, boot)?;
+                    record_uncertainty(
+                        &mut uncertainty,
+                        MetricKey::Kid,
+                        kid.mean,
+                        &replicates,
+                        samples.nrows(),
+                        "samples",
+                        boot,
+                    )?;
+                }
                 values.insert(MetricKey::KidStd, kid.std);
             }
             Metric::FidInf | Metric::FdDinov2Inf => {
@@ -503,7 +634,11 @@ pub fn compute(
             }
         }
     }
-    Ok(Computed { values, details })
+    Ok(Computed {
+        values,
+        details,
+        uncertainty,
+    })
 }
 
 /// How an extrapolated distance was fitted: the subset sizes and their distances, the line, R².
@@ -623,10 +758,13 @@ pub fn evaluate(
     let mut notes = caveats(&plan, &sample, &sample_stats, &request.options);
     // Feature arrays no later metric reads are freed before the metrics allocate their own
     // matrices (50,000 x 2048 pool features are 400 MB).
-    if !needed(planned, Need::SamplePool) {
+    if !needed(planned, Need::SamplePool) && request.options.bootstrap.resamples == 0 {
         sample.pool = None;
     }
-    sample.spatial = None;
+    // The bootstrap resamples the features behind each Fréchet distance.
+    if request.options.bootstrap.resamples == 0 {
+        sample.spatial = None;
+    }
     let computed = compute(
         planned,
         &sample,
@@ -654,6 +792,7 @@ pub fn evaluate(
     }
     Ok(RunRecord {
         metrics: computed.values,
+        uncertainty: computed.uncertainty,
         run,
     })
 }

@@ -133,12 +133,80 @@ impl<'de> Deserialize<'de> for MetricValues {
     }
 }
 
+/// The bootstrap uncertainty of one figure, as `metrics.json`'s `uncertainty` object holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricUncertainty {
+    /// Standard error.
+    pub se: f64,
+    /// 95% interval `[low, high]`.
+    pub ci95: [f64; 2],
+    /// How they were obtained (`bootstrap over 50000 samples, 100 resamples, seed 0`).
+    pub method: String,
+}
+
+/// Uncertainties keyed by [`MetricKey`], in registry order; as JSON an object from metric name
+/// to [`MetricUncertainty`] (names outside the registry are skipped when read).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Uncertainties(BTreeMap<MetricKey, MetricUncertainty>);
+
+impl Uncertainties {
+    /// Sets the uncertainty of `key`.
+    pub fn insert(&mut self, key: MetricKey, value: MetricUncertainty) {
+        self.0.insert(key, value);
+    }
+
+    /// The uncertainty of `key`, when recorded.
+    pub fn get(&self, key: MetricKey) -> Option<&MetricUncertainty> {
+        self.0.get(&key)
+    }
+
+    /// The recorded uncertainties in registry order.
+    pub fn iter(&self) -> impl Iterator<Item = (MetricKey, &MetricUncertainty)> + '_ {
+        self.0.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// Whether none is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Uncertainties {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.iter() {
+            map.serialize_entry(key.name(), value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Uncertainties {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let entries = Map::<String, Value>::deserialize(deserializer)?;
+        let mut out = Uncertainties::default();
+        for (name, value) in entries {
+            let Some(key) = MetricKey::from_name(&name) else {
+                continue;
+            };
+            let value = MetricUncertainty::deserialize(value)
+                .map_err(|e| D::Error::custom(format!("uncertainty of `{name}`: {e}")))?;
+            out.insert(key, value);
+        }
+        Ok(out)
+    }
+}
+
 /// One run: its metric values and the free-form description of how they were made (tool
 /// version, command line, checkpoints, sampling settings, counts).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// The figures.
     pub metrics: MetricValues,
+    /// The figures' bootstrap uncertainty (`--bootstrap N`); absent from `metrics.json` when
+    /// none was computed.
+    #[serde(default, skip_serializing_if = "Uncertainties::is_empty")]
+    pub uncertainty: Uncertainties,
     /// How the figures were made; fields in the order they were recorded.
     #[serde(default)]
     pub run: Map<String, Value>,
@@ -172,7 +240,20 @@ impl RunRecord {
         Ok(())
     }
 
+    /// The metrics for the terminal, each with `± se` when its uncertainty is recorded.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        for (key, value) in self.metrics.iter() {
+            let _ = match self.uncertainty.get(key) {
+                Some(u) => writeln!(out, "{:<20} {value:>14.6} ± {:.6}", key.name(), u.se),
+                None => writeln!(out, "{:<20} {value:>14.6}", key.name()),
+            };
+        }
+        out
+    }
+
     /// `metrics.csv`: a header and one row; lists and objects of `run` are left to the JSON.
+    /// The metric columns are followed by a `<key>_se` column for each recorded uncertainty.
     fn csv(&self) -> Result<Vec<u8>> {
         let run_columns: Vec<(&str, String)> = self
             .run
@@ -184,9 +265,15 @@ impl RunRecord {
                 _ => None,
             })
             .collect();
+        let se_columns: Vec<(String, String)> = self
+            .uncertainty
+            .iter()
+            .map(|(key, u)| (format!("{}_se", key.name()), u.se.to_string()))
+            .collect();
         let header = MetricKey::ALL
             .map(MetricKey::name)
             .into_iter()
+            .chain(se_columns.iter().map(|(k, _)| k.as_str()))
             .chain(run_columns.iter().map(|(k, _)| *k));
         let row = MetricKey::ALL
             .map(|key| {
@@ -196,6 +283,7 @@ impl RunRecord {
                     .unwrap_or_default()
             })
             .into_iter()
+            .chain(se_columns.iter().map(|(_, v)| v.clone()))
             .chain(run_columns.iter().map(|(_, v)| v.clone()));
         let mut writer = csv::Writer::from_writer(Vec::new());
         writer.write_record(header)?;
@@ -253,7 +341,16 @@ impl RunRecord {
             None | Some(Value::Null) => Map::new(),
             Some(_) => bail!("{}: `run` is not an object", path.display()),
         };
-        Ok(RunRecord { metrics, run })
+        let uncertainty = match doc.remove("uncertainty") {
+            None | Some(Value::Null) => Uncertainties::default(),
+            Some(u) => serde_json::from_value(u)
+                .with_context(|| format!("{}: invalid `uncertainty`", path.display()))?,
+        };
+        Ok(RunRecord {
+            metrics,
+            uncertainty,
+            run,
+        })
     }
 }
 
@@ -314,7 +411,47 @@ mod tests {
         RunRecord {
             metrics,
             run: run.as_object().cloned().unwrap(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn uncertainty_is_a_separate_object_and_se_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut written = record();
+        written.uncertainty.insert(
+            MetricKey::Fid,
+            MetricUncertainty {
+                se: 0.25,
+                ci95: [3.0, 4.0],
+                method: "bootstrap over 10 samples, 50 resamples, seed 0".into(),
+            },
+        );
+        written.write(dir.path()).unwrap();
+        let json: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("metrics.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["metrics"]["fid"], 3.5);
+        assert_eq!(json["uncertainty"]["fid"]["se"], 0.25);
+        assert_eq!(
+            json["uncertainty"]["fid"]["ci95"],
+            serde_json::json!([3.0, 4.0])
+        );
+        let back = RunRecord::read(dir.path()).unwrap();
+        assert_eq!(back.uncertainty, written.uncertainty);
+        let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
+        let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let fid_se = header.iter().position(|&h| h == "fid_se").unwrap();
+        assert_eq!(fid_se, MetricKey::ALL.len());
+        assert_eq!(
+            csv.lines().nth(1).unwrap().split(',').nth(fid_se),
+            Some("0.25")
+        );
+        assert!(written
+            .table()
+            .starts_with("fid                        3.500000 ± 0.250000\n"));
+        assert!(!record().table().contains('±'));
     }
 
     #[test]

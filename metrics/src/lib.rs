@@ -9,6 +9,7 @@
 extern crate openblas_src;
 
 pub mod blas;
+pub mod bootstrap;
 pub mod clip_score;
 pub mod cmmd;
 pub mod codebook;

@@ -84,6 +84,38 @@ pub struct ManifoldMetrics {
     pub coverage: f64,
 }
 
+/// What each sample and each reference row contributes to [`ManifoldMetrics`]: precision and
+/// density are means over the samples, recall and coverage means over the reference rows, so these
+/// vectors are what a bootstrap resamples (no neighbourhood is recomputed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ManifoldContributions {
+    /// Neighbourhood size the radii were taken at.
+    pub k: usize,
+    /// Per sample: inside some reference ball (`<=`, ADM) — precision.
+    pub in_reference_ball: Vec<bool>,
+    /// Per sample: number of reference balls strictly containing it — density (divided by k).
+    pub ball_count: Vec<u64>,
+    /// Per reference row: inside some sample ball (`<=`) — recall.
+    pub in_sample_ball: Vec<bool>,
+    /// Per reference row: its nearest sample strictly inside its own ball — coverage.
+    pub covered: Vec<bool>,
+}
+
+impl ManifoldContributions {
+    /// The four figures these contributions average to.
+    pub fn metrics(&self) -> ManifoldMetrics {
+        let (n, m) = (self.in_sample_ball.len(), self.in_reference_ball.len());
+        let count = |v: &[bool]| v.iter().filter(|&&b| b).count() as f64;
+        let ball_total: u64 = self.ball_count.iter().sum();
+        ManifoldMetrics {
+            precision: count(&self.in_reference_ball) / m as f64,
+            recall: count(&self.in_sample_ball) / n as f64,
+            density: ball_total as f64 / (self.k as f64 * m as f64),
+            coverage: count(&self.covered) / n as f64,
+        }
+    }
+}
+
 /// Precision, recall, density and coverage of `samples` against `reference` (rows are feature
 /// vectors), in one pass over each of the three distance matrices.
 pub fn manifold_metrics(
@@ -103,11 +135,37 @@ pub fn manifold_metrics_f32(
     metrics_of(reference, samples, config)
 }
 
+/// [`manifold_metrics`] with each row's contribution (the same values, before averaging).
+pub fn manifold_contributions(
+    reference: ArrayView2<'_, f64>,
+    samples: ArrayView2<'_, f64>,
+    config: &ManifoldConfig,
+) -> Result<ManifoldContributions> {
+    contributions_of(reference, samples, config)
+}
+
+/// [`manifold_contributions`] for float32 features.
+pub fn manifold_contributions_f32(
+    reference: ArrayView2<'_, f32>,
+    samples: ArrayView2<'_, f32>,
+    config: &ManifoldConfig,
+) -> Result<ManifoldContributions> {
+    contributions_of(reference, samples, config)
+}
+
 fn metrics_of<T: Element>(
     reference: ArrayView2<'_, T>,
     samples: ArrayView2<'_, T>,
     config: &ManifoldConfig,
 ) -> Result<ManifoldMetrics> {
+    Ok(contributions_of(reference, samples, config)?.metrics())
+}
+
+fn contributions_of<T: Element>(
+    reference: ArrayView2<'_, T>,
+    samples: ArrayView2<'_, T>,
+    config: &ManifoldConfig,
+) -> Result<ManifoldContributions> {
     validate_config(config)?;
     validate_set("manifold metrics (reference)", reference, config.k)?;
     validate_set("manifold metrics (samples)", samples, config.k)?;
@@ -519,7 +577,7 @@ fn cross_metrics(
     samples: &Prepared<'_>,
     sample_radii: &Array1<f64>,
     config: &ManifoldConfig,
-) -> ManifoldMetrics {
+) -> ManifoldContributions {
     let n = reference.len();
     let m = samples.len();
     let ref_blocks = blocks(n, config.block_size);
@@ -582,23 +640,20 @@ fn cross_metrics(
         ((acc, refs), failed)
     });
 
-    let mut recalled = 0usize;
-    let mut covered = 0usize;
+    let mut in_sample_ball = vec![false; n];
+    let mut covered = vec![false; n];
     for (start, in_ball, nearest) in &ref_results {
-        recalled += in_ball.iter().filter(|&&b| b).count();
-        covered += nearest
-            .iter()
-            .enumerate()
-            .filter(|(r, &d)| d < ref_radii[start + r])
-            .count();
+        for (r, (&inside, &d)) in in_ball.iter().zip(nearest).enumerate() {
+            in_sample_ball[start + r] = inside;
+            covered[start + r] = d < ref_radii[start + r];
+        }
     }
-    let precise = samples_acc.in_ref_ball.iter().filter(|&&b| b).count();
-    let ball_total: u64 = samples_acc.ball_count.iter().sum();
-    ManifoldMetrics {
-        precision: precise as f64 / m as f64,
-        recall: recalled as f64 / n as f64,
-        density: ball_total as f64 / (config.k as f64 * m as f64),
-        coverage: covered as f64 / n as f64,
+    ManifoldContributions {
+        k: config.k,
+        in_reference_ball: samples_acc.in_ref_ball,
+        ball_count: samples_acc.ball_count,
+        in_sample_ball,
+        covered,
     }
 }
 
@@ -715,7 +770,7 @@ mod filtered {
     use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis, CowArray, Ix2};
     use rayon::prelude::*;
 
-    use super::{push_smallest, ManifoldConfig, ManifoldMetrics};
+    use super::{push_smallest, ManifoldConfig, ManifoldContributions};
     use crate::linalg::{gram_symmetric, Element};
 
     const MAX_MAGNITUDE: f64 = 1_099_511_627_776.0; // 2^40
@@ -1013,7 +1068,7 @@ mod filtered {
         samples: &Set<'_, T>,
         sample_radii: &Array1<f64>,
         config: &ManifoldConfig,
-    ) -> ManifoldMetrics {
+    ) -> ManifoldContributions {
         let (n, m) = (reference.len(), samples.len());
         let ref_blocks = ranges(n, config.block_size);
         let sample_blocks = ranges(m, config.block_size);
@@ -1071,24 +1126,24 @@ mod filtered {
         let mut in_sample_ball = vec![false; n];
         let mut covered = vec![false; n];
         let mut in_ref_ball = vec![false; m];
-        let mut ball_total = 0u64;
+        let mut ball_count = vec![0u64; m];
         for b in blocks {
             let (r0, c0) = (ref_blocks[b.bi].start, sample_blocks[b.bj].start);
             for (r, (&inside, &cov)) in b.in_sample_ball.iter().zip(&b.covered).enumerate() {
                 in_sample_ball[r0 + r] |= inside;
                 covered[r0 + r] |= cov;
             }
-            for (c, &inside) in b.in_ref_ball.iter().enumerate() {
+            for (c, (&inside, &count)) in b.in_ref_ball.iter().zip(&b.ball_count).enumerate() {
                 in_ref_ball[c0 + c] |= inside;
+                ball_count[c0 + c] += u64::from(count);
             }
-            ball_total += b.ball_count.iter().map(|&v| u64::from(v)).sum::<u64>();
         }
-        let count = |v: &[bool]| v.iter().filter(|&&b| b).count() as f64;
-        ManifoldMetrics {
-            precision: count(&in_ref_ball) / m as f64,
-            recall: count(&in_sample_ball) / n as f64,
-            density: ball_total as f64 / (config.k as f64 * m as f64),
-            coverage: count(&covered) / n as f64,
+        ManifoldContributions {
+            k: config.k,
+            in_reference_ball: in_ref_ball,
+            ball_count,
+            in_sample_ball,
+            covered,
         }
     }
 }
@@ -1245,6 +1300,49 @@ mod tests {
         )
         .unwrap();
         assert_eq!(filtered, fallback);
+    }
+
+    #[test]
+    fn contributions_are_each_rows_decision() {
+        let reference = pseudo_random(40, 4, 5, 0.0);
+        let samples = pseudo_random(50, 4, 6, 0.2);
+        let d = |a: ndarray::ArrayView1<f64>, b: ndarray::ArrayView1<f64>| {
+            a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>()
+        };
+        let (_, ref_radii) = brute_force(&reference, &samples, 3);
+        let (_, sample_radii) = brute_force(&samples, &reference, 3);
+        for precision in [DistancePrecision::Exact, DistancePrecision::AdmFp16] {
+            for block_size in [7, 1000] {
+                let config = ManifoldConfig {
+                    k: 3,
+                    block_size,
+                    precision,
+                };
+                let parts =
+                    manifold_contributions(reference.view(), samples.view(), &config).unwrap();
+                assert_eq!(
+                    parts.metrics(),
+                    manifold_metrics(reference.view(), samples.view(), &config).unwrap()
+                );
+                if precision == DistancePrecision::AdmFp16 {
+                    continue;
+                }
+                for (j, s) in samples.rows().into_iter().enumerate() {
+                    let dist: Vec<f64> = reference.rows().into_iter().map(|r| d(r, s)).collect();
+                    let inside = (0..40).any(|i| dist[i] <= ref_radii[i]);
+                    let count = (0..40).filter(|&i| dist[i] < ref_radii[i]).count() as u64;
+                    assert_eq!(parts.in_reference_ball[j], inside);
+                    assert_eq!(parts.ball_count[j], count);
+                }
+                for (i, r) in reference.rows().into_iter().enumerate() {
+                    let dist: Vec<f64> = samples.rows().into_iter().map(|s| d(r, s)).collect();
+                    let inside = (0..50).any(|j| dist[j] <= sample_radii[j]);
+                    let nearest = dist.iter().copied().fold(f64::INFINITY, f64::min);
+                    assert_eq!(parts.in_sample_ball[i], inside);
+                    assert_eq!(parts.covered[i], nearest < ref_radii[i]);
+                }
+            }
+        }
     }
 
     #[test]

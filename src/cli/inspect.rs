@@ -31,7 +31,7 @@ pub fn run(path: &Path) -> Result<ExitCode> {
 fn run_folder(dir: &Path) -> Result<String> {
     let record = RunRecord::read(dir)?;
     let mut text = format!("{}: a run folder\nmetrics:\n", dir.display());
-    for line in record.metrics.table().lines() {
+    for line in record.table().lines() {
         let _ = writeln!(text, "  {line}");
     }
     text.push_str("run:\n");

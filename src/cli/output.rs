@@ -14,7 +14,7 @@ use llamagen_eval::record::RunRecord;
 /// Prints a run's metric table, its notes (metrics left out and why, figures on a thin footing)
 /// and where it was written.
 pub fn print_record(record: &RunRecord, out_dir: &Path, progress: Progress) {
-    print!("{}", record.metrics.table());
+    print!("{}", record.table());
     let notes = record.run.get("notes").and_then(|n| n.as_array());
     for note in notes.into_iter().flatten().filter_map(|n| n.as_str()) {
         println!("note: {note}");

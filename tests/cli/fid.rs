@@ -422,3 +422,86 @@ fn fid_takes_samples_and_reference_as_pytorch_fid_does() {
     }
     assert!(stdout.contains("sfid "), "{stdout}");
 }
+
+#[test]
+fn bootstrap_writes_the_uncertainty_of_each_computed_metric_and_none_when_off() {
+    let (root, weights, reference) = &scratch_with_inception(12);
+    let samples = root.join("samples.npz");
+    image_batch(&samples, &mut ChaCha8Rng::seed_from_u64(26), 12, 32, 40);
+    let run = |out: &Path, resamples: &str| {
+        cli()
+            .args([
+                "fid",
+                "--sample-batch",
+                s(&samples),
+                "--ref",
+                s(reference),
+                "--inception",
+                s(weights),
+                "--device",
+                "cpu",
+                "--kid-subsets",
+                "5",
+                "--bootstrap",
+                resamples,
+                "--out",
+                s(out),
+            ])
+            .quiet()
+            .run()
+            .success();
+        metrics_json(out)
+    };
+    let with = run(&root.join("with"), "50");
+    let metrics = with["metrics"].as_object().unwrap();
+    let uncertainty = with["uncertainty"].as_object().unwrap();
+    for name in [
+        "fid",
+        "sfid",
+        "inception_score",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "kid",
+    ] {
+        assert!(
+            metrics.contains_key(name),
+            "{name} not computed: {metrics:?}"
+        );
+    }
+    // Every computed figure but the spreads over splits and subsets has its uncertainty.
+    for name in metrics.keys().filter(|k| !k.ends_with("_std")) {
+        let u = &uncertainty[name];
+        let se = u["se"].as_f64().unwrap();
+        let (lo, hi) = (
+            u["ci95"][0].as_f64().unwrap(),
+            u["ci95"][1].as_f64().unwrap(),
+        );
+        assert!(se.is_finite() && se >= 0.0 && lo <= hi, "{name}: {u}");
+        let method = u["method"].as_str().unwrap();
+        assert!(
+            method.starts_with("bootstrap over 12 ") && method.ends_with("50 resamples, seed 0"),
+            "{name}: {method}"
+        );
+    }
+    assert_eq!(
+        uncertainty.len(),
+        metrics.keys().filter(|k| !k.ends_with("_std")).count()
+    );
+    let csv = std::fs::read_to_string(root.join("with").join("metrics.csv")).unwrap();
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .split(',')
+        .any(|h| h == "fid_se"));
+
+    let without = run(&root.join("without"), "0");
+    assert!(without.get("uncertainty").is_none(), "{without}");
+    // The bootstrap is additive: the figures are the same to the bit.
+    assert_eq!(without["metrics"], with["metrics"]);
+    let csv = std::fs::read_to_string(root.join("without").join("metrics.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert!(!header.split(',').any(|h| h.ends_with("_se")), "{header}");
+}

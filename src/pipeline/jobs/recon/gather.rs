@@ -309,6 +309,7 @@ pub(super) fn gather_recon(
     let record = RunRecord {
         metrics: values,
         run,
+        ..Default::default()
     };
     record.write(&config.out_dir)?;
     Ok(record)

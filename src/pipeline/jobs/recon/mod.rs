@@ -387,6 +387,7 @@ impl ShardedJob for ReconJob<'_> {
         let run = RunRecord {
             metrics: values,
             run: run_info(record),
+            ..Default::default()
         };
         run.write(rank.layout.output())?;
         outcome.finish()?;
