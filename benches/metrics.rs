@@ -4,8 +4,8 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use llamagen_metrics::frechet::frechet_distance;
 use llamagen_metrics::image_quality::{ssim, SsimMode};
-use llamagen_metrics::kid::{kernel_inception_distance_f32, KidConfig};
-use llamagen_metrics::manifold::{manifold_metrics_f32, ManifoldConfig};
+use llamagen_metrics::kid::{kernel_inception_distance, KidConfig};
+use llamagen_metrics::manifold::{manifold_metrics, ManifoldConfig};
 use llamagen_metrics::stats::{GaussianAccumulator, GaussianStats};
 use ndarray::{Array2, Array4};
 use rand::{Rng, SeedableRng};
@@ -63,7 +63,7 @@ fn precision_recall(c: &mut Criterion) {
         "precision_recall",
         "manifold_2k_ref_x_4k_samples_x_2048",
         || {
-            manifold_metrics_f32(reference.view(), samples.view(), &ManifoldConfig::default())
+            manifold_metrics(reference.view(), samples.view(), &ManifoldConfig::default())
                 .expect("pr")
         },
     );
@@ -76,7 +76,7 @@ fn kid(c: &mut Criterion) {
     let reference = random_features(&mut rng, 2000, 2048);
     let samples = random_features(&mut rng, 2000, 2048);
     bench_alone(c, "kid", "kid_2k_x_2k_x_2048_100_subsets_of_1000", || {
-        kernel_inception_distance_f32(reference.view(), samples.view(), &KidConfig::default())
+        kernel_inception_distance(reference.view(), samples.view(), &KidConfig::default())
             .expect("kid")
     });
 }

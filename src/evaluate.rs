@@ -11,14 +11,14 @@ use llamagen_metrics::bootstrap::{
     BootstrapConfig,
 };
 use llamagen_metrics::clip_score::clip_score;
-use llamagen_metrics::cmmd::cmmd_f32;
+use llamagen_metrics::cmmd::cmmd;
 use llamagen_metrics::frechet::frechet_distance;
 use llamagen_metrics::frechet_infinity::{
     frechet_distance_infinity, InfinityConfig, InfinityResult,
 };
 use llamagen_metrics::inception_score::{inception_score, Splits};
-use llamagen_metrics::kid::{kernel_inception_distance_f32, KidConfig};
-use llamagen_metrics::manifold::{manifold_contributions_f32, DistancePrecision, ManifoldConfig};
+use llamagen_metrics::kid::{kernel_inception_distance, KidConfig};
+use llamagen_metrics::manifold::{manifold_contributions, DistancePrecision, ManifoldConfig};
 use llamagen_metrics::stats::{GaussianStats, ReferenceStats};
 
 use serde_json::{Map, Value};
@@ -519,8 +519,7 @@ pub fn compute(
                         ],
                     )
                 };
-                let parts =
-                    manifold_contributions_f32(refs.view(), samples.view(), &options.manifold)?;
+                let parts = manifold_contributions(refs.view(), samples.view(), &options.manifold)?;
                 let m = parts.metrics();
                 for (key, value) in
                     keys.into_iter()
@@ -572,7 +571,7 @@ pub fn compute(
                     reference.and_then(Reference::pool_features),
                     "pool features",
                 )?;
-                let kid = kernel_inception_distance_f32(refs.view(), samples.view(), &options.kid)?;
+                let kid = kernel_inception_distance(refs.view(), samples.view(), &options.kid)?;
                 // The subset size used, capped at the smaller set's size, replaces the one asked.
                 details.push(("kid_subset_size", Value::from(kid.subset_size)));
                 values.insert(MetricKey::Kid, kid.mean);
@@ -623,7 +622,7 @@ pub fn compute(
                     reference.and_then(|r| r.features_named("clip")),
                     "CLIP embeddings",
                 )?;
-                values.insert(MetricKey::Cmmd, cmmd_f32(refs.view(), samples.view())?);
+                values.insert(MetricKey::Cmmd, cmmd(refs.view(), samples.view())?);
             }
             Metric::ClipScore => {
                 let images = need(sample.clip.as_ref(), "sample CLIP embeddings")?;

@@ -28,13 +28,9 @@ pub const SCALE: f64 = 1000.0;
 const BLOCK_ROWS: usize = 512;
 
 /// CMMD between two sets of embeddings (rows; CMMD's are L2-normalised CLIP image embeddings):
-/// [`SCALE`] · the biased MMD² under the RBF kernel with σ = [`SIGMA`].
-pub fn cmmd(x: ArrayView2<'_, f64>, y: ArrayView2<'_, f64>) -> Result<f64> {
-    Ok(SCALE * mmd2_rbf(x, y, SIGMA)?)
-}
-
-/// [`cmmd`] for float32 embeddings (computed in float64).
-pub fn cmmd_f32(x: ArrayView2<'_, f32>, y: ArrayView2<'_, f32>) -> Result<f64> {
+/// [`SCALE`] · the biased MMD² under the RBF kernel with σ = [`SIGMA`]; float32 or float64
+/// embeddings, computed in float64.
+pub fn cmmd<T: Element>(x: ArrayView2<'_, T>, y: ArrayView2<'_, T>) -> Result<f64> {
     Ok(SCALE * mmd2_rbf(x, y, SIGMA)?)
 }
 
@@ -162,7 +158,7 @@ mod tests {
                 "sigma {sigma}: {got} vs {expected}"
             );
         }
-        let got32 = cmmd_f32(x.mapv(|v| v as f32).view(), y.mapv(|v| v as f32).view()).unwrap();
+        let got32 = cmmd(x.mapv(|v| v as f32).view(), y.mapv(|v| v as f32).view()).unwrap();
         let expected = SCALE
             * direct(
                 &x.mapv(|v| f64::from(v as f32)),
@@ -206,7 +202,7 @@ mod tests {
         let mut bad = good.mapv(|v| v as f32);
         bad[[3, 2]] = f32::NAN;
         assert!(matches!(
-            cmmd_f32(good.mapv(|v| v as f32).view(), bad.view()),
+            cmmd(good.mapv(|v| v as f32).view(), bad.view()),
             Err(MetricsError::NonFinite { rows: 1, .. })
         ));
         assert!(matches!(

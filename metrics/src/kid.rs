@@ -71,25 +71,9 @@ pub struct KidResult {
     pub per_subset: Vec<f64>,
 }
 
-/// KID between `reference` (real) and `samples` (generated) features, rows being feature vectors.
-pub fn kernel_inception_distance(
-    reference: ArrayView2<'_, f64>,
-    samples: ArrayView2<'_, f64>,
-    config: &KidConfig,
-) -> Result<KidResult> {
-    kid(reference, samples, config)
-}
-
-/// [`kernel_inception_distance`] for float32 features (computed in float64).
-pub fn kernel_inception_distance_f32(
-    reference: ArrayView2<'_, f32>,
-    samples: ArrayView2<'_, f32>,
-    config: &KidConfig,
-) -> Result<KidResult> {
-    kid(reference, samples, config)
-}
-
-fn kid<T: Element>(
+/// KID between `reference` (real) and `samples` (generated) features, rows being feature vectors
+/// (float32 or float64, computed in float64).
+pub fn kernel_inception_distance<T: Element>(
     reference: ArrayView2<'_, T>,
     samples: ArrayView2<'_, T>,
     config: &KidConfig,
@@ -699,7 +683,7 @@ mod tests {
         let mut bad32 = good.mapv(|v| v as f32);
         bad32[[0, 0]] = f32::INFINITY;
         assert!(matches!(
-            kernel_inception_distance_f32(good.mapv(|v| v as f32).view(), bad32.view(), &config),
+            kernel_inception_distance(good.mapv(|v| v as f32).view(), bad32.view(), &config),
             Err(MetricsError::NonFinite { rows: 1, .. })
         ));
     }

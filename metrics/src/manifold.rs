@@ -117,51 +117,17 @@ impl ManifoldContributions {
 }
 
 /// Precision, recall, density and coverage of `samples` against `reference` (rows are feature
-/// vectors), in one pass over each of the three distance matrices.
-pub fn manifold_metrics(
-    reference: ArrayView2<'_, f64>,
-    samples: ArrayView2<'_, f64>,
-    config: &ManifoldConfig,
-) -> Result<ManifoldMetrics> {
-    metrics_of(reference, samples, config)
-}
-
-/// [`manifold_metrics`] for float32 features.
-pub fn manifold_metrics_f32(
-    reference: ArrayView2<'_, f32>,
-    samples: ArrayView2<'_, f32>,
-    config: &ManifoldConfig,
-) -> Result<ManifoldMetrics> {
-    metrics_of(reference, samples, config)
-}
-
-/// [`manifold_metrics`] with each row's contribution (the same values, before averaging).
-pub fn manifold_contributions(
-    reference: ArrayView2<'_, f64>,
-    samples: ArrayView2<'_, f64>,
-    config: &ManifoldConfig,
-) -> Result<ManifoldContributions> {
-    contributions_of(reference, samples, config)
-}
-
-/// [`manifold_contributions`] for float32 features.
-pub fn manifold_contributions_f32(
-    reference: ArrayView2<'_, f32>,
-    samples: ArrayView2<'_, f32>,
-    config: &ManifoldConfig,
-) -> Result<ManifoldContributions> {
-    contributions_of(reference, samples, config)
-}
-
-fn metrics_of<T: Element>(
+/// vectors, float32 or float64), in one pass over each of the three distance matrices.
+pub fn manifold_metrics<T: Element>(
     reference: ArrayView2<'_, T>,
     samples: ArrayView2<'_, T>,
     config: &ManifoldConfig,
 ) -> Result<ManifoldMetrics> {
-    Ok(contributions_of(reference, samples, config)?.metrics())
+    Ok(manifold_contributions(reference, samples, config)?.metrics())
 }
 
-fn contributions_of<T: Element>(
+/// [`manifold_metrics`] with each row's contribution (the same values, before averaging).
+pub fn manifold_contributions<T: Element>(
     reference: ArrayView2<'_, T>,
     samples: ArrayView2<'_, T>,
     config: &ManifoldConfig,
@@ -1358,13 +1324,13 @@ mod tests {
         reference_f.assign(&reference.mapv(|v| v as f32));
         let mut samples_f = Array2::<f32>::zeros((40, 7).f());
         samples_f.assign(&samples.mapv(|v| v as f32));
-        let expected32 = manifold_metrics_f32(
+        let expected32 = manifold_metrics(
             reference.mapv(|v| v as f32).view(),
             samples.mapv(|v| v as f32).view(),
             &config,
         )
         .unwrap();
-        let got32 = manifold_metrics_f32(reference_f.view(), samples_f.view(), &config).unwrap();
+        let got32 = manifold_metrics(reference_f.view(), samples_f.view(), &config).unwrap();
         assert_eq!(got32, expected32);
         let mut reference_f64 = Array2::<f64>::zeros((50, 7).f());
         reference_f64.assign(&reference);
@@ -1478,7 +1444,7 @@ mod tests {
         let mut bad32 = good.mapv(|v| v as f32);
         bad32[[0, 0]] = f32::NAN;
         assert!(matches!(
-            manifold_metrics_f32(bad32.view(), bad32.view(), &config),
+            manifold_metrics(bad32.view(), bad32.view(), &config),
             Err(MetricsError::NonFinite { rows: 1, .. })
         ));
     }

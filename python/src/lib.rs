@@ -15,8 +15,7 @@ use metrics::frechet;
 use metrics::image_quality::{self, SsimMode};
 use metrics::inception_score::{inception_score as score_of, Splits, TORCH_FIDELITY_SEED};
 use metrics::kid::{
-    kernel_inception_distance, kernel_inception_distance_f32, KidConfig, DEFAULT_SEED,
-    DEFAULT_SUBSETS, DEFAULT_SUBSET_SIZE,
+    kernel_inception_distance, KidConfig, DEFAULT_SEED, DEFAULT_SUBSETS, DEFAULT_SUBSET_SIZE,
 };
 use metrics::manifold::{self, DistancePrecision, ManifoldConfig};
 use metrics::stats::GaussianStats;
@@ -238,7 +237,7 @@ fn precision_recall<'py>(
         py,
         samples,
         reference,
-        |r, s| manifold::manifold_metrics_f32(r, s, &config),
+        |r, s| manifold::manifold_metrics(r, s, &config),
         |r, s| manifold::manifold_metrics(r, s, &config),
     )?;
     [
@@ -277,7 +276,7 @@ fn kid(
         py,
         samples,
         reference,
-        |r, s| kernel_inception_distance_f32(r, s, &config),
+        |r, s| kernel_inception_distance(r, s, &config),
         |r, s| kernel_inception_distance(r, s, &config),
     )?;
     Ok((result.mean, result.std))

@@ -2,7 +2,7 @@
 //! (`feature_nets_public.json`, `feature_nets_public_io.safetensors`): synthetic 600 x 32 and
 //! 500 x 32 sets, and the tiny CLIP model's normalised embeddings of two image sets.
 
-use llamagen_metrics::cmmd::{cmmd, cmmd_f32};
+use llamagen_metrics::cmmd::cmmd;
 use llamagen_test_support as support;
 use ndarray::Array2;
 use safetensors::{Dtype, SafeTensors};
@@ -45,7 +45,7 @@ fn golden_cmmd_matches_the_reference() {
             .as_f64()
             .unwrap_or_else(|| panic!("cmmd.{key} in the manifest"));
         let (x, y) = (matrix(&file, x), matrix(&file, y));
-        let got = cmmd_f32(x.view(), y.view()).unwrap();
+        let got = cmmd(x.view(), y.view()).unwrap();
         let err = support::rel_diff(got, expected);
         println!("cmmd.{key}: {got} (reference {expected}, relative difference {err:.2e})");
         assert!(err <= 1e-6, "cmmd.{key}: {got} vs {expected}");
@@ -53,7 +53,7 @@ fn golden_cmmd_matches_the_reference() {
         assert!(support::rel_diff(got64, got) <= 1e-12);
         // Symmetric in its arguments, up to the summation order (the MMD is a small difference of
         // kernel means near 1, so rounding is amplified about a thousandfold).
-        let swapped = cmmd_f32(y.view(), x.view()).unwrap();
+        let swapped = cmmd(y.view(), x.view()).unwrap();
         assert!(support::rel_diff(swapped, got) <= 1e-9);
     }
 }

@@ -5,10 +5,9 @@
 use std::fs::File;
 use std::path::Path;
 
-use llamagen_metrics::kid::{kernel_inception_distance, kernel_inception_distance_f32, KidConfig};
+use llamagen_metrics::kid::{kernel_inception_distance, KidConfig};
 use llamagen_metrics::manifold::{
-    manifold_metrics, manifold_metrics_f32, manifold_radii, DistancePrecision, ManifoldConfig,
-    ManifoldMetrics,
+    manifold_metrics, manifold_radii, DistancePrecision, ManifoldConfig, ManifoldMetrics,
 };
 use llamagen_test_support as support;
 use ndarray::{Array1, Array2};
@@ -50,8 +49,7 @@ fn expected(g: &Golden, key: &str) -> f64 {
 #[test]
 fn golden_adm_precision_recall_float64() {
     let g = golden();
-    let got =
-        manifold_metrics_f32(g.reference.view(), g.samples.view(), &Default::default()).unwrap();
+    let got = manifold_metrics(g.reference.view(), g.samples.view(), &Default::default()).unwrap();
     let (n_ref, n_sample) = (g.reference.nrows() as f64, g.samples.nrows() as f64);
     println!(
         "exact: precision {} (golden float64 {}, fp16 {}), recall {} (golden float64 {}, fp16 {}), density {}, coverage {}",
@@ -77,7 +75,7 @@ fn golden_adm_precision_recall_fp16() {
         precision: DistancePrecision::AdmFp16,
         ..Default::default()
     };
-    let got = manifold_metrics_f32(g.reference.view(), g.samples.view(), &config).unwrap();
+    let got = manifold_metrics(g.reference.view(), g.samples.view(), &config).unwrap();
     let (n_ref, n_sample) = (g.reference.nrows() as f64, g.samples.nrows() as f64);
     println!(
         "AdmFp16: precision {} (golden {}), recall {} (golden {})",
@@ -113,7 +111,7 @@ fn block_size_does_not_change_results() {
     let reference = g.reference.slice(ndarray::s![..400, ..]);
     let samples = g.samples.slice(ndarray::s![..300, ..]);
     for precision in [DistancePrecision::Exact, DistancePrecision::AdmFp16] {
-        let base = manifold_metrics_f32(
+        let base = manifold_metrics(
             reference,
             samples,
             &ManifoldConfig {
@@ -128,10 +126,7 @@ fn block_size_does_not_change_results() {
                 precision,
                 ..Default::default()
             };
-            assert_eq!(
-                manifold_metrics_f32(reference, samples, &config).unwrap(),
-                base
-            );
+            assert_eq!(manifold_metrics(reference, samples, &config).unwrap(), base);
         }
     }
 }
@@ -238,8 +233,8 @@ fn torch_fidelity_parity_float32() {
     let dir = tempfile::tempdir().unwrap();
     let theirs = run_reference(dir.path(), &reference, &samples, &kid, 3);
 
-    let ours = manifold_metrics_f32(reference.view(), samples.view(), &Default::default()).unwrap();
-    let ours_kid = kernel_inception_distance_f32(reference.view(), samples.view(), &kid).unwrap();
+    let ours = manifold_metrics(reference.view(), samples.view(), &Default::default()).unwrap();
+    let ours_kid = kernel_inception_distance(reference.view(), samples.view(), &kid).unwrap();
     report("float32", &ours, ours_kid.mean, ours_kid.std, &theirs);
 
     // torch-fidelity keeps float32 features in float32 (cdist, kernels and MMD sums); we promote
