@@ -439,13 +439,10 @@ pub struct FidArgs {
     #[arg(long, help_heading = "Input")]
     pub image_size: Option<usize>,
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub inception: InceptionArgs,
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub metric: MetricArgs,
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub output: OutputArgs,
 }
 

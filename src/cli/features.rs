@@ -34,7 +34,6 @@ pub struct FeaturesCommand {
     #[arg(long)]
     pub resume: bool,
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub inception: InceptionArgs,
 }
 
@@ -89,7 +88,6 @@ pub struct StatsCommand {
     #[arg(long)]
     pub resume: bool,
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub inception: InceptionArgs,
 }
 

@@ -24,7 +24,6 @@ pub struct FidCommand {
     #[arg(value_name = "REF")]
     pub positional_reference: Option<PathBuf>,
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub fid: FidArgs,
 }
 

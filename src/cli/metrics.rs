@@ -26,10 +26,8 @@ pub struct MetricsCommand {
     #[arg(long, value_name = "R.npz")]
     pub ref_features: Option<PathBuf>,
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub metric: MetricArgs,
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub output: OutputArgs,
 }
 

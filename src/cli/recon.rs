@@ -59,10 +59,8 @@ pub struct ReconCommand {
     #[arg(long, hide = true, value_name = "K")]
     pub stop_after_batches: Option<usize>,
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub inception: InceptionArgs,
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub output: OutputArgs,
 }
 

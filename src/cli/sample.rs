@@ -21,7 +21,6 @@ use super::args::GenArgs;
 #[derive(Args, Debug)]
 pub struct SampleCommand {
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub gen: GenArgs,
     /// Generation resolution: the token grid is image-size / the tokenizer's downsampling.
     #[arg(long, default_value_t = 256)]

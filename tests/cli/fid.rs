@@ -12,8 +12,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::harness::{
-    all_cores, cli, metrics_json, s, scratch_with_inception, scratch_with_random_inception, Run,
-    ScratchDir,
+    all_cores, cli, inception_on_cpu, metrics_json, s, scratch_with_inception,
+    scratch_with_random_inception, Run, ScratchDir,
 };
 
 fn image_batch(path: &Path, rng: &mut ChaCha8Rng, n: usize, size: usize, tint: usize) {
@@ -211,7 +211,7 @@ fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly(
     ] {
         let run = cli()
             .args(&args)
-            .args(["--inception", s(weights), "--device", "cpu"])
+            .args(inception_on_cpu(weights))
             .quiet()
             .run();
         // A clean error, not an allocation abort sized from the header.
@@ -234,7 +234,7 @@ fn a_header_claiming_a_billion_images_and_an_output_over_the_input_fail_cleanly(
     ] {
         cli()
             .args(command)
-            .args(["--inception", s(weights), "--device", "cpu"])
+            .args(inception_on_cpu(weights))
             .quiet()
             .run()
             .refused_with(&["is the input"]);
@@ -255,19 +255,9 @@ fn no_stale_or_partial_result_looks_like_a_finished_run() {
     std::fs::write(out.join("metrics.csv"), b"fid\n1.0\n").unwrap();
     // A rerun into the folder, killed inside Inception: the earlier result is gone.
     let run = cli()
-        .args([
-            "fid",
-            "--sample-batch",
-            s(reference),
-            "--ref",
-            s(reference),
-            "--inception",
-            s(weights),
-            "--device",
-            "cpu",
-            "--out",
-            s(&out),
-        ])
+        .args(["fid", "--sample-batch", s(reference), "--ref", s(reference)])
+        .args(inception_on_cpu(weights))
+        .args(["--out", s(&out)])
         .env("LLAMAGEN_EVAL_CRASH_AT", "features:1")
         .quiet()
         .run();
@@ -289,17 +279,8 @@ fn no_stale_or_partial_result_looks_like_a_finished_run() {
     // `check` would trust.
     let features = root.join("features.npz");
     cli()
-        .args([
-            "features",
-            "--images",
-            s(reference),
-            "--out",
-            s(&features),
-            "--inception",
-            s(weights),
-            "--device",
-            "cpu",
-        ])
+        .args(["features", "--images", s(reference), "--out", s(&features)])
+        .args(inception_on_cpu(weights))
         .quiet()
         .run()
         .success();
@@ -344,19 +325,13 @@ fn fid_takes_samples_and_reference_as_pytorch_fid_does() {
     }
     let reference = root.join("ref.npz");
     image_batch(&reference, &mut ChaCha8Rng::seed_from_u64(9), 16, 32, 30);
-    let settings = [
-        "--inception",
-        s(weights),
-        "--device",
-        "cpu",
-        "--metrics",
-        "fid,is",
-    ];
+    let fid_and_is = ["--metrics", "fid,is"];
     let (positional, flags) = (root.join("positional"), root.join("flags"));
     let run = cli()
         .env_remove("RUST_LOG")
         .args(["fid", s(&folder), s(&reference), "--out", s(&positional)])
-        .args(settings)
+        .args(inception_on_cpu(weights))
+        .args(fid_and_is)
         .run()
         .success();
     let (stdout, stderr) = (run.stdout_text(), run.stderr_text());
@@ -378,7 +353,8 @@ fn fid_takes_samples_and_reference_as_pytorch_fid_does() {
     cli()
         .args(["fid", "--sample-batch", s(&folder), "--ref", s(&reference)])
         .args(["--out", s(&flags)])
-        .args(settings)
+        .args(inception_on_cpu(weights))
+        .args(fid_and_is)
         .run()
         .success();
     let metrics = |out: &Path| metrics_json(out)["metrics"].clone();
@@ -394,14 +370,8 @@ fn fid_takes_samples_and_reference_as_pytorch_fid_does() {
     let statistics = root.join("statistics.npz");
     cli()
         .args(["stats", "--data", s(&reference), "--out", s(&statistics)])
-        .args([
-            "--keep-images",
-            "0",
-            "--inception",
-            s(weights),
-            "--device",
-            "cpu",
-        ])
+        .args(["--keep-images", "0"])
+        .args(inception_on_cpu(weights))
         .run()
         .success();
     let stdout = cli()
@@ -412,7 +382,7 @@ fn fid_takes_samples_and_reference_as_pytorch_fid_does() {
             "--out",
             s(&root.join("stats-only")),
         ])
-        .args(["--inception", s(weights), "--device", "cpu"])
+        .args(inception_on_cpu(weights))
         .run()
         .success()
         .stdout_text();
@@ -436,10 +406,6 @@ fn bootstrap_writes_the_uncertainty_of_each_computed_metric_and_none_when_off() 
                 s(&samples),
                 "--ref",
                 s(reference),
-                "--inception",
-                s(weights),
-                "--device",
-                "cpu",
                 "--kid-subsets",
                 "5",
                 "--bootstrap",
@@ -447,6 +413,7 @@ fn bootstrap_writes_the_uncertainty_of_each_computed_metric_and_none_when_off() 
                 "--out",
                 s(out),
             ])
+            .args(inception_on_cpu(weights))
             .quiet()
             .run()
             .success();

@@ -251,6 +251,11 @@ impl Scratch {
     }
 }
 
+/// The flags that run the Inception `weights` on the CPU.
+pub fn inception_on_cpu(weights: &Path) -> [&str; 4] {
+    ["--inception", s(weights), "--device", "cpu"]
+}
+
 /// The flags that score images against the `reference` batch (or statistics) with the Inception
 /// `weights`.
 pub fn scored_against<'a>(reference: &'a Path, weights: &'a Path) -> [&'a str; 4] {

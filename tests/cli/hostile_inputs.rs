@@ -6,7 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::harness::{cli, cli_in_shell, npy_header, s, strings, tiny_gpt, Cli, Run};
+use crate::harness::{
+    cli, cli_in_shell, inception_on_cpu, npy_header, s, strings, tiny_gpt, Cli, Run,
+};
 
 const GB: u64 = 1 << 30;
 const LIMIT: Duration = Duration::from_secs(30);
@@ -134,7 +136,7 @@ fn header_and_image_bombs_are_refused_before_allocating() {
     std::fs::create_dir(&folder).unwrap();
     std::fs::write(folder.join("a.png"), png_claiming(30_000, 30_000)).unwrap();
 
-    let inception = ["--inception", s(weights), "--device", "cpu"];
+    let inception = inception_on_cpu(weights);
     let features_out = out.join("f.npz");
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         (
@@ -359,14 +361,8 @@ fn tiny_sets_leave_out_precision_and_a_failed_cache_write_only_warns() {
     let out = runs.join("tiny");
     let run = cli()
         .args(["fid", "--sample-batch", s(&three), "--ref", s(reference)])
-        .args([
-            "--inception",
-            s(weights),
-            "--device",
-            "cpu",
-            "--out",
-            s(&out),
-        ])
+        .args(inception_on_cpu(weights))
+        .args(["--out", s(&out)])
         .env("OMP_NUM_THREADS", "1")
         .run()
         .success();
@@ -381,7 +377,7 @@ fn tiny_sets_leave_out_precision_and_a_failed_cache_write_only_warns() {
     // Asked for explicitly, it is an error that says why.
     let asked = cli()
         .args(["fid", "--sample-batch", s(&three), "--ref", s(reference)])
-        .args(["--inception", s(weights), "--device", "cpu"])
+        .args(inception_on_cpu(weights))
         .args(["--out", s(&root.join("asked")), "--metrics", "pr"])
         .quiet()
         .env("OMP_NUM_THREADS", "1")
@@ -424,7 +420,7 @@ fn loops_odd_paths_and_absurd_sizes_fail_fast_or_work() {
     use std::os::unix::ffi::OsStrExt;
     let _cores = crate::harness::one_core();
     let (root, weights, reference) = &crate::harness::scratch_with_inception(4);
-    let inception = ["--inception", s(weights), "--device", "cpu"];
+    let inception = inception_on_cpu(weights);
     let out = root.join("out");
     std::fs::create_dir(&out).unwrap();
 
