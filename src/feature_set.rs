@@ -3,11 +3,9 @@
 //! [N,2048], `spatial` [N,2023], `logits` [N,1008], `dinov2` [N,1024], `clip` [N,768], f32), and
 //! shared by every metric.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2, Array4};
-use sha2::{Digest, Sha256};
 use tch::{nn, Device, Tensor};
 
 use crate::data::DataError;
@@ -363,13 +361,7 @@ impl FeatureSet {
     }
 }
 
-/// SHA-256 of a file, hex-encoded.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(format!("{:x}", hasher.finalize()))
-}
+pub use crate::io::sha256_file;
 
 /// The feature networks of a run with their weights on a device, ready to extract features:
 /// Inception-V3, and DINOv2 and CLIP when the run asks for them.

@@ -48,6 +48,15 @@ pub fn temporary_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!("{prefix}{}", std::process::id()))
 }
 
+/// The sha256 of the file `path`, in hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
 /// Removes `prefix<pid>` siblings of `path` whose process is gone.
 fn remove_stale_temporaries(path: &Path, prefix: &str) {
     let dir = match path.parent() {

@@ -84,14 +84,16 @@ const SETTINGS: &str = "settings.json";
 const PROGRESS: &str = "progress.json";
 
 impl Journal {
-    /// Opens the journal in `dir`. With `resume` and a journal there, its settings must equal
-    /// `settings` (else [`JournalError::SettingsChanged`] names each difference) and the run
-    /// continues after its completed images; otherwise any old journal is discarded and a new one
-    /// started.
+    /// Opens the journal in `dir` of a run of `total` images. With `resume` and a journal there,
+    /// its settings must equal `settings` (else [`JournalError::SettingsChanged`] names each
+    /// difference) and its counts must fit the run (at most `total` images, as many as its index
+    /// ranges hold: checked before any arithmetic) and the run continues after its completed
+    /// images; otherwise any old journal is discarded and a new one started.
     pub fn open(
         dir: &Path,
         settings: &Map<String, Value>,
         streams: &[StreamSpec],
+        total: usize,
         resume: bool,
     ) -> Result<Self, JournalError> {
         let settings_path = dir.join(SETTINGS);
@@ -109,12 +111,35 @@ impl Journal {
                 });
             }
             let progress = read_json(&progress_path)?;
-            completed = progress["completed_images"]
+            let start_over = format!(
+                "the journal does not belong to this run or was edited; delete {} to start over, or run without --resume",
+                dir.display()
+            );
+            let claimed = progress["completed_images"]
                 .as_u64()
-                .ok_or_else(|| FileError::new(&progress_path, "no `completed_images`"))?
-                as usize;
+                .ok_or_else(|| FileError::new(&progress_path, "no `completed_images`"))?;
+            completed = usize::try_from(claimed)
+                .ok()
+                .filter(|&c| c <= total)
+                .ok_or_else(|| {
+                    FileError::new(
+                        &progress_path,
+                        format!("`completed_images` is {claimed}, more than the {total} images of this run: {start_over}"),
+                    )
+                })?;
             ranges = parse_ranges(&progress["completed_indices"])
                 .ok_or_else(|| FileError::new(&progress_path, "bad `completed_indices`"))?;
+            let held = ranges.iter().try_fold(0u64, |sum, r| {
+                r.end.checked_sub(r.start).and_then(|n| sum.checked_add(n))
+            });
+            if held != Some(claimed) {
+                let held = held.map_or_else(|| "overflowing".to_owned(), |h| h.to_string());
+                return Err(FileError::new(
+                    &progress_path,
+                    format!("`completed_indices` hold {held} samples but `completed_images` is {claimed}: {start_over}"),
+                )
+                .into());
+            }
         } else {
             if resume {
                 // Not a warning: the feature cache always asks to resume its extraction.
@@ -146,7 +171,19 @@ impl Journal {
                 .write(true)
                 .open(&path)
                 .map_err(|e| FileError::new(&path, format!("cannot open: {e}")))?;
-            let keep = (completed * spec.record_bytes) as u64;
+            let keep = completed
+                .checked_mul(spec.record_bytes)
+                .and_then(|bytes| u64::try_from(bytes).ok())
+                .ok_or_else(|| {
+                    FileError::new(
+                        &path,
+                        format!(
+                            "{completed} records of {} bytes overflow; delete {} to start over",
+                            spec.record_bytes,
+                            dir.display()
+                        ),
+                    )
+                })?;
             let len = file
                 .metadata()
                 .map_err(|e| FileError::new(&path, e.to_string()))?
@@ -377,7 +414,7 @@ mod tests {
     fn new_journal(streams: &[StreamSpec]) -> (tempfile::TempDir, PathBuf, Journal) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let journal = Journal::open(&path, &settings(1.5), streams, false).unwrap();
+        let journal = Journal::open(&path, &settings(1.5), streams, 8, false).unwrap();
         (dir, path, journal)
     }
 
@@ -390,7 +427,7 @@ mod tests {
         // A batch appended but not committed, as a kill between the two steps leaves it.
         journal.streams[0].file.write_all(&[9, 9]).unwrap();
         drop(journal);
-        let mut journal = Journal::open(&path, &settings(1.5), &streams, true).unwrap();
+        let mut journal = Journal::open(&path, &settings(1.5), &streams, 8, true).unwrap();
         assert_eq!((journal.completed(), journal.resumed()), (3, 3));
         assert_eq!(journal.read("tokens", 1..3).unwrap(), [3, 4, 5, 6]);
         journal.commit(&[3], &[vec![7, 8]]).unwrap();
@@ -410,14 +447,14 @@ mod tests {
         let (_dir, path, mut journal) = new_journal(&streams);
         journal.commit(&[0], &[vec![1, 2]]).unwrap();
         drop(journal);
-        let err = match Journal::open(&path, &settings(2.0), &streams, true) {
+        let err = match Journal::open(&path, &settings(2.0), &streams, 8, true) {
             Err(e) => e,
             Ok(_) => panic!("resumed with another CFG scale"),
         };
         let text = err.to_string();
         assert!(text.contains("`cfg_scale` was 1.5, now 2.0"), "{text}");
         // Without resuming, the old journal is replaced.
-        let journal = Journal::open(&path, &settings(2.0), &streams, false).unwrap();
+        let journal = Journal::open(&path, &settings(2.0), &streams, 8, false).unwrap();
         assert_eq!(journal.completed(), 0);
     }
 
@@ -425,7 +462,7 @@ mod tests {
     fn sharded_indices_are_recorded_as_ranges() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let mut journal = Journal::open(&path, &settings(1.0), &[], false).unwrap();
+        let mut journal = Journal::open(&path, &settings(1.0), &[], 8, false).unwrap();
         journal.commit(&[1, 3], &[]).unwrap();
         journal.commit(&[5], &[]).unwrap();
         let progress = read_json(&path.join(PROGRESS)).unwrap();
@@ -433,5 +470,45 @@ mod tests {
             progress["completed_indices"],
             json!([[1, 2], [3, 4], [5, 6]])
         );
+    }
+
+    #[test]
+    fn counts_that_do_not_fit_the_run_are_refused_naming_the_progress_file() {
+        let streams = [StreamSpec::new("features", 64)];
+        let (_dir, path, mut journal) = new_journal(&streams);
+        journal.commit(&[0, 1], &[vec![7; 128]]).unwrap();
+        drop(journal);
+        let progress = path.join(PROGRESS);
+        let edit = |completed: u64, end: u64| {
+            let text = json!({ "completed_images": completed, "completed_indices": [[0, end]] });
+            std::fs::write(&progress, text.to_string()).unwrap();
+        };
+        let refused = |needle: &str| {
+            let err = match Journal::open(&path, &settings(1.5), &streams, 8, true) {
+                Err(e) => e.to_string(),
+                Ok(j) => panic!("resumed with {} images complete", j.completed()),
+            };
+            assert!(err.contains("progress.json"), "{err}");
+            assert!(err.contains(needle), "{err}");
+        };
+        // More images than the run has, with the records to match them.
+        let mut records = OpenOptions::new()
+            .append(true)
+            .open(path.join("features.bin"))
+            .unwrap();
+        records.write_all(&[7; 64 * 8]).unwrap();
+        drop(records);
+        edit(10, 10);
+        refused("`completed_images` is 10, more than the 8 images of this run");
+        // So many that their bytes wrap a multiplication.
+        edit(1 << 58, 1 << 58);
+        refused(&format!("`completed_images` is {}", 1u64 << 58));
+        // A count its index ranges do not hold.
+        edit(3, 2);
+        refused("`completed_indices` hold 2 samples but `completed_images` is 3");
+        // The journal as it was resumes.
+        edit(2, 2);
+        let journal = Journal::open(&path, &settings(1.5), &streams, 8, true).unwrap();
+        assert_eq!(journal.completed(), 2);
     }
 }

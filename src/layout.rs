@@ -6,7 +6,17 @@
 //! A run folder (`fid`, `recon`, a sweep's scale) keeps `<dir>/.journal/` and `<dir>/.parts/`; a
 //! single output file (`sample`, `features`, `stats`) keeps `<file>.journal/` and
 //! `<file>.parts/` beside it.
+//!
+//! One writer per output: [`RunLayout::lock`] takes an exclusive `flock` on a lock file inside
+//! the run folder (`<dir>/.lock`) or beside the output file (`<file>.lock`) for the whole run, so
+//! a second run on the same output refuses at once, naming the holder's pid and host, and
+//! touches nothing. The kernel releases the lock when its holder dies, so a lock file left by a
+//! killed run is taken over. The ranks of a launched job lock apart: rank 0, which writes the
+//! outputs, holds `.lock`; rank `r` holds `.rank-<r>.lock` beside it for its own part.
 
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 const JOURNAL: &str = ".journal";
@@ -14,6 +24,7 @@ const PARTS: &str = ".parts";
 const RANK_PREFIX: &str = "rank-";
 const MANIFEST_SUFFIX: &str = ".json";
 const SCALE_PREFIX: &str = "cfg-";
+const LOCK: &str = ".lock";
 
 /// The places of one job's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +103,28 @@ impl RunLayout {
         self.parts.join(Self::part_file_name(rank, kind))
     }
 
+    /// The lock file of `rank` (see the module docs): `.lock` for rank 0 (or a process on its
+    /// own), `.rank-<r>.lock` for another rank of a launched job.
+    pub fn lock_file(&self, rank: usize) -> PathBuf {
+        let name = if rank == 0 {
+            LOCK.to_owned()
+        } else {
+            format!(".{RANK_PREFIX}{rank}{LOCK}")
+        };
+        if self.journal.parent() == Some(self.output.as_path()) {
+            self.output.join(name)
+        } else {
+            sibling(&self.output, &name)
+        }
+    }
+
+    /// Takes `rank`'s exclusive lock on the output for as long as the returned guard lives (see
+    /// the module docs); another live holder is refused with [`LockError::Held`], before anything
+    /// is written.
+    pub fn lock(&self, rank: usize) -> Result<OutputLock, LockError> {
+        OutputLock::take(&self.output, self.lock_file(rank))
+    }
+
     /// The run folder of CFG scale `scale` in the sweep folder `self` (a folder layout).
     pub fn scale_run(&self, scale: f64) -> RunLayout {
         RunLayout::folder(&self.output.join(format!("{SCALE_PREFIX}{scale}")))
@@ -150,6 +183,166 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Why an output could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another live process holds the output.
+    #[error("{}: another run is writing this output ({holder}; lock file {}): wait for it to finish, or give another --out", output.display(), lock.display())]
+    Held {
+        /// The output (run folder or file).
+        output: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// `pid <pid> on <host>`, as the holder wrote it.
+        holder: String,
+    },
+    /// The lock file could not be made or locked.
+    #[error("{}: cannot lock the output: {source}; check that its folder is writable", lock.display())]
+    Io {
+        /// The lock file.
+        lock: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// An exclusive hold on an output (see the module docs); released, and its lock file removed,
+/// when dropped.
+#[derive(Debug)]
+pub struct OutputLock {
+    lock: PathBuf,
+    file: Option<File>,
+    made_folder: Option<PathBuf>,
+}
+
+impl OutputLock {
+    fn take(output: &Path, lock: PathBuf) -> Result<Self, LockError> {
+        let io = |source| LockError::Io {
+            lock: lock.clone(),
+            source,
+        };
+        let folder = match lock.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let made_folder = if folder.exists() {
+            None
+        } else {
+            std::fs::create_dir_all(&folder).map_err(io)?;
+            Some(folder)
+        };
+        let mut guard = OutputLock {
+            lock: lock.clone(),
+            file: None,
+            made_folder,
+        };
+        loop {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&lock)
+                .map_err(io)?;
+            match try_flock(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let mut holder = String::new();
+                    let _ = file.read_to_string(&mut holder);
+                    let holder = match holder.trim() {
+                        "" => "a process that has not yet written its pid".to_owned(),
+                        text => text.chars().take(200).collect(),
+                    };
+                    // Nothing of ours to undo: the file and its folder are the holder's.
+                    guard.made_folder = None;
+                    return Err(LockError::Held {
+                        output: output.to_path_buf(),
+                        lock,
+                        holder,
+                    });
+                }
+                Err(e) if unsupported(&e) => {
+                    tracing::warn!(
+                        "{}: this filesystem does not support flock ({e}): nothing stops a second run from writing the same output",
+                        lock.display()
+                    );
+                    guard.file = Some(file);
+                    return Ok(guard);
+                }
+                Err(e) => return Err(io(e)),
+            }
+            // A holder that finished removed the file after we opened it: lock the new one.
+            let same = match (std::fs::metadata(&lock), file.metadata()) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            };
+            if !same {
+                continue;
+            }
+            file.set_len(0).map_err(io)?;
+            file.write_all(format!("pid {} on {}\n", std::process::id(), host_name()).as_bytes())
+                .map_err(io)?;
+            guard.file = Some(file);
+            return Ok(guard);
+        }
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.lock
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            // Removed while still held: a process that opened it meanwhile sees another inode
+            // than the path's once it gets the lock, and locks afresh.
+            let _ = std::fs::remove_file(&self.lock);
+        }
+        self.file = None;
+        if let Some(folder) = &self.made_folder {
+            // Only when the run left it empty (it failed before writing anything).
+            let _ = std::fs::remove_dir(folder);
+        }
+    }
+}
+
+/// An exclusive `flock` on `file`, without waiting (`WouldBlock` while another holds it).
+fn try_flock(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: the descriptor is `file`'s, open for the whole call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) | Some(libc::ENOLCK)
+    ) || e.kind() == std::io::ErrorKind::Unsupported
+}
+
+/// This machine's host name (the lock files' holder line, the ranks' records).
+pub fn host_name() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length, which is what we pass.
+    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +363,35 @@ mod tests {
         assert_eq!(RunLayout::of_parts(file.parts()), Some(file));
         assert_eq!(RunLayout::of_parts(run.parts()), Some(run.clone()));
         assert_eq!(run.scale_run(1.5).output(), Path::new("runs/a/cfg-1.5"));
+    }
+
+    #[test]
+    fn a_second_lock_on_one_output_is_refused_naming_the_holder() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let run = RunLayout::folder(&dir.path().join("run"));
+        let held = run.lock(0).expect("the first lock");
+        assert_eq!(held.path(), dir.path().join("run/.lock"));
+        let err = run.lock(0).expect_err("a second writer");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("pid {} on ", std::process::id())),
+            "{text}"
+        );
+        // Another rank of the same job locks apart.
+        let rank1 = run.lock(1).expect("rank 1's own lock");
+        assert_eq!(rank1.path(), dir.path().join("run/.rank-1.lock"));
+        drop(rank1);
+        drop(held);
+        assert!(
+            !dir.path().join("run").exists(),
+            "an empty folder it made is removed"
+        );
+        let file = RunLayout::file(&dir.path().join("s.npz"));
+        let lock = file.lock(0).expect("a file output's lock");
+        assert_eq!(lock.path(), dir.path().join("s.npz.lock"));
+        assert!(file.lock(0).is_err());
+        drop(lock);
+        assert!(file.lock(0).is_ok(), "released on drop");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use llamagen_eval::dist::Distribution;
 use llamagen_eval::launcher::{launch_id, LauncherChoice, World};
+use llamagen_eval::layout::RunLayout;
 use llamagen_eval::progress::Progress;
 
 pub use hints::flag_hint;
@@ -189,6 +190,40 @@ impl Command {
         )
     }
 
+    /// The output this command writes, when the user named it (a default timestamped folder is
+    /// this run's own): locked for the whole run, so that two runs never write one output.
+    fn output_layout(&self) -> Option<RunLayout> {
+        let folder = |output: &args::OutputArgs| {
+            (output.out.is_some() || output.name.is_some())
+                .then(|| RunLayout::folder(&output.dir()))
+        };
+        match self {
+            Command::Demo(cmd) => Some(RunLayout::folder(&cmd.out)),
+            Command::Fid(cmd) => folder(&cmd.fid.output),
+            Command::Sweep(cmd) => folder(&cmd.fid.output),
+            Command::Recon(cmd) => folder(&cmd.output),
+            Command::Features(cmd) => Some(RunLayout::file(&cmd.out)),
+            Command::Stats(cmd) => Some(RunLayout::file(&cmd.out)),
+            Command::Sample(cmd) => Some(RunLayout::file(&cmd.out)),
+            Command::Merge(cmd) => match (&cmd.out, cmd.shards.as_slice()) {
+                (Some(out), _) => Some(RunLayout::file(out)),
+                (None, [target]) => Some(RunLayout::of_parts(target).unwrap_or_else(|| {
+                    if target.is_dir() {
+                        RunLayout::folder(target)
+                    } else {
+                        RunLayout::file(target)
+                    }
+                })),
+                (None, _) => None,
+            },
+            Command::Doctor { .. }
+            | Command::Metrics(_)
+            | Command::Inspect { .. }
+            | Command::Report(_)
+            | Command::Check(_) => None,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Command::Demo(_) => "demo",
@@ -248,6 +283,11 @@ impl Cli {
                 );
             }
         }
+        // One writer per output, for the whole run: taken before anything is written.
+        let _output_lock = match self.command.output_layout() {
+            Some(layout) => Some(layout.lock(world.rank)?),
+            None => None,
+        };
         let distribution = Distribution {
             world,
             gather_timeout: Duration::from_secs(self.gather_timeout),

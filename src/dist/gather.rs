@@ -92,8 +92,8 @@ pub fn parts_in(layout: &RunLayout, progress: Progress) -> Result<Vec<Part>, Gat
     Ok(parts)
 }
 
-/// Checks that `parts` are one job's: the same world size and settings, and between them every
-/// sample exactly once.
+/// Checks that `parts` are one job's: the same world size and settings, every file as its rank
+/// wrote it (its sha256 in the manifest), and between them every sample exactly once.
 pub fn check_parts(layout: &RunLayout, parts: &[Part]) -> Result<(), GatherError> {
     let dir = layout.parts();
     let Some(first) = parts.first() else {
@@ -124,6 +124,9 @@ pub fn check_parts(layout: &RunLayout, parts: &[Part]) -> Result<(), GatherError
                 changes: changes.join("; "),
             });
         }
+    }
+    for part in parts {
+        part.verify_files()?;
     }
     let indices: Vec<Vec<i64>> = parts
         .iter()

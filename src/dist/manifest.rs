@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::io::{write_atomically, FileError};
+use crate::io::{sha256_file, write_atomically, FileError};
 use crate::layout::{is_rank_file, manifest_rank, RunLayout, MANIFEST_PATTERN};
 use crate::partition::Shard;
 
@@ -142,6 +142,10 @@ pub struct Manifest {
     pub timing: Value,
     /// The part's files in the parts folder, by kind (`features`, `samples`, `grid`).
     pub files: BTreeMap<String, String>,
+    /// The sha256 of each of `files`, by kind, taken once the rank had written them: the gather
+    /// (and a resume that keeps the part) verifies every file against it.
+    #[serde(default)]
+    pub checksums: BTreeMap<String, String>,
     /// The job's description, in the job's own serde form: what `merge OUT_DIR` rebuilds the
     /// job from to finish the gather (with every path from the filesystem root).
     pub job: Value,
@@ -170,6 +174,46 @@ impl Part {
     pub fn require_file(&self, kind: &str) -> Result<PathBuf, FileError> {
         self.file(kind)
             .ok_or_else(|| FileError::new(&self.path, format!("names no {kind} file")))
+    }
+
+    /// Verifies that every file the manifest names still holds what the rank wrote (its
+    /// sha256), so that a part cut short, emptied, edited or swapped in from another run after
+    /// the rank finished is refused, naming the file.
+    pub fn verify_files(&self) -> Result<(), FileError> {
+        let rank = self.manifest.rank;
+        let again = format!(
+            "rerun the job with --resume so that rank {rank} makes its part again (or delete {} and rerun rank {rank})",
+            self.path.display()
+        );
+        for kind in self.manifest.files.keys() {
+            let Some(path) = self.file(kind) else {
+                continue;
+            };
+            let Some(expected) = self.manifest.checksums.get(kind) else {
+                return Err(FileError::new(
+                    &self.path,
+                    format!("holds no sha256 of rank {rank}'s {kind} file, so it cannot be verified; {again}"),
+                ));
+            };
+            let actual = sha256_file(&path).map_err(|e| {
+                FileError::new(
+                    &path,
+                    format!("cannot read rank {rank}'s {kind} part: {e}; {again}"),
+                )
+            })?;
+            if actual != *expected {
+                return Err(FileError::new(
+                    &path,
+                    format!(
+                        "does not hold what rank {rank} wrote (its sha256 is {}…, the manifest {} says {}…): the file was changed, cut short or swapped in from another run after the rank finished; {again}",
+                        &actual[..12],
+                        self.path.display(),
+                        expected.get(..12).unwrap_or(expected),
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Its partition of the job's samples.
@@ -238,7 +282,16 @@ pub fn finished_part(
             .files
             .keys()
             .all(|kind| part.file(kind).is_some_and(|p| p.is_file()));
-    complete.then_some(part)
+    if !complete {
+        return None;
+    }
+    match part.verify_files() {
+        Ok(()) => Some(part),
+        Err(e) => {
+            tracing::warn!("{e}: making rank {rank}'s part again");
+            None
+        }
+    }
 }
 
 /// Keeps a finished part for this launch: its manifest is written again with `launch`.

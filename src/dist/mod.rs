@@ -69,14 +69,4 @@ pub fn job_settings(settings: &Map<String, Value>, world_size: usize) -> Map<Str
     job
 }
 
-/// This machine's host name.
-pub fn host_name() -> String {
-    let mut buffer = [0u8; 256];
-    // SAFETY: the buffer is writable for its whole length, which is what we pass.
-    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-    String::from_utf8_lossy(&buffer[..end]).into_owned()
-}
+pub use crate::layout::host_name;

@@ -16,7 +16,7 @@ use super::manifest::{
     finished_part, keep_part, remove_part, write_manifest, Manifest, Part, RankRecord,
 };
 use super::{host_name, job_settings, Distribution};
-use crate::io::FileError;
+use crate::io::{sha256_file, FileError};
 use crate::layout::RunLayout;
 use crate::partition::Shard;
 use crate::progress::Progress;
@@ -230,6 +230,13 @@ impl<'d> RankPart<'d> {
         progress: Progress,
     ) -> Result<PathBuf, PartError> {
         let world = self.distribution.world;
+        let mut checksums = BTreeMap::new();
+        for (kind, name) in &report.files {
+            let path = self.layout.parts().join(name);
+            let sum = sha256_file(&path)
+                .map_err(|e| FileError::new(&path, format!("cannot read back: {e}")))?;
+            checksums.insert(kind.clone(), sum);
+        }
         let manifest = Manifest {
             rank: world.rank,
             world_size: world.size,
@@ -241,6 +248,7 @@ impl<'d> RankPart<'d> {
             rank_record: report.rank_record,
             timing: report.timing,
             files: report.files,
+            checksums,
             job: self.description.clone(),
             launch: self.distribution.launch.clone(),
         };

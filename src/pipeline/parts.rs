@@ -2,7 +2,8 @@
 //! sample indices), sample npz files, and the grid's first images. What a part is and how it is
 //! gathered is the distribution layer's ([`crate::dist`]); what its files hold is the jobs'.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use ndarray::{Array1, Array3, Axis};
@@ -34,11 +35,10 @@ pub fn join_part_features(parts: &[Part]) -> Result<FeatureSet> {
         let path = part.require_file("features")?;
         let set = FeatureSet::load(&path)
             .with_context(|| format!("features of rank {}", part.manifest.rank))?;
-        anyhow::ensure!(
-            set.indices.is_some(),
-            "{}: features without `indices`",
-            path.display()
-        );
+        let Some(indices) = &set.indices else {
+            anyhow::bail!("{}: features without `indices`", path.display());
+        };
+        check_rows(part, &path, &indices.to_vec())?;
         sets.push(set);
         paths.push(path);
     }
@@ -53,11 +53,53 @@ pub fn join_part_samples(
     out: &Path,
     progress: crate::progress::Progress,
 ) -> Result<()> {
-    let files: Vec<PathBuf> = parts
-        .iter()
-        .map(|p| p.require_file("samples"))
-        .collect::<Result<_, _>>()?;
+    let mut files = Vec::with_capacity(parts.len());
+    for part in parts {
+        let path = part.require_file("samples")?;
+        let indices = read_i64(&path, "indices")?
+            .with_context(|| format!("{}: samples without `indices`", path.display()))?;
+        check_rows(part, &path, &indices)?;
+        files.push(path);
+    }
     merge(&files, out, progress)
+}
+
+/// Refuses a part file whose rows are not exactly its rank's samples (the indices of its shard,
+/// in order), naming the file, the rank and the missing and extra sample indices.
+fn check_rows(part: &Part, path: &Path, held: &[i64]) -> Result<()> {
+    let expected: Vec<i64> = part.indices()?.into_iter().map(|i| i as i64).collect();
+    if held == expected.as_slice() {
+        return Ok(());
+    }
+    let want: BTreeSet<i64> = expected.iter().copied().collect();
+    let have: BTreeSet<i64> = held.iter().copied().collect();
+    let missing: Vec<i64> = want.difference(&have).copied().collect();
+    let extra: Vec<i64> = have.difference(&want).copied().collect();
+    let listed = |what: &str, indices: &[i64]| {
+        (!indices.is_empty()).then(|| {
+            let shown: Vec<String> = indices.iter().take(10).map(i64::to_string).collect();
+            let more = if indices.len() > 10 { ", …" } else { "" };
+            format!("{} {what} ({}{more})", indices.len(), shown.join(", "))
+        })
+    };
+    let what = [listed("missing", &missing), listed("extra", &extra)]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>();
+    let what = if what.is_empty() {
+        "repeated or out of order".to_owned()
+    } else {
+        what.join(", ")
+    };
+    anyhow::bail!(
+        "{}: rank {}'s part holds {} rows for its {} samples (shard {}): sample indices {what}; rerun the job with --resume so that rank {} makes its part again",
+        path.display(),
+        part.manifest.rank,
+        held.len(),
+        expected.len(),
+        part.manifest.shard,
+        part.manifest.rank,
+    )
 }
 
 /// The images of a grid, and their captions (t2i runs with caption texts).

@@ -117,7 +117,7 @@ pub fn run(
     let mut journal = config
         .journal
         .as_ref()
-        .map(|j| Journal::open(&j.dir, &j.settings, &all_streams, j.resume))
+        .map(|j| Journal::open(&j.dir, &j.settings, &all_streams, total, j.resume))
         .transpose()?;
     let done = journal.as_ref().map_or(0, Journal::completed).min(total);
     match run_batches(config, source, stages, &mut journal, done) {

@@ -328,3 +328,112 @@ fn sample_and_sweep_split_over_ranks() {
     }
     assert!(sweep.join("report/summary.csv").is_file());
 }
+
+/// `sample` of `samples` images with `seed` into `out`, as rank `rank` of 2 Slurm tasks that
+/// waits at most 1 s for the other rank's part.
+fn sample_rank(out: &Path, samples: &str, seed: &str, rank: usize) -> support::Run {
+    let mut args = tiny_gpt("sample");
+    args.extend([
+        "--samples",
+        samples,
+        "--seed",
+        seed,
+        "--batch-size",
+        "2",
+        "--out",
+        s(out),
+        "--quiet",
+        "--gather-timeout",
+        "1",
+    ]);
+    ranks(&args, &[srun_vars(rank, 2)]).remove(0)
+}
+
+#[test]
+fn parts_changed_after_their_rank_finished_are_refused_at_the_join() {
+    let _cores = all_cores();
+    let setup = Scratch::new(12);
+    let single = setup.root.join("single.npz");
+    let mut alone = tiny_gpt("sample");
+    alone.extend(["--samples", "10", "--seed", "3", "--batch-size", "2"]);
+    alone.extend(["--out", s(&single), "--quiet"]);
+    cli().args(&alone).run().success();
+
+    // Both parts of a 2-rank job, whose rank 0 gave up waiting: `merge` joins them later.
+    let out = setup.root.join("s.npz");
+    sample_rank(&out, "10", "3", 0).refused_with(&["no part from rank 1"]);
+    sample_rank(&out, "10", "3", 1).success();
+    let part = setup.root.join("s.npz.parts/rank-1.samples.npz");
+    let manifest = setup.root.join("s.npz.parts/rank-1.json");
+    let pristine = std::fs::read(&part).unwrap();
+    let pristine_manifest = std::fs::read(&manifest).unwrap();
+    // Rank 1's parts of other jobs: another seed, fewer and more samples.
+    let other = |name: &str, samples: &str, seed: &str| {
+        let other = setup.root.join(name);
+        sample_rank(&other, samples, seed, 1).success();
+        setup.root.join(format!("{name}.parts/rank-1.samples.npz"))
+    };
+    let seed4 = other("seed4.npz", "10", "4");
+    let fewer = other("fewer.npz", "8", "3");
+    let more = other("more.npz", "12", "3");
+    let merge = || cli().args(["merge", s(&out)]).quiet().run();
+
+    // Swapped in from another seed, cut short (rows of a smaller job), emptied: the file is not
+    // what rank 1 wrote.
+    for (what, bytes) in [
+        ("another seed", std::fs::read(&seed4).unwrap()),
+        ("fewer rows", std::fs::read(&fewer).unwrap()),
+        ("empty", Vec::new()),
+    ] {
+        std::fs::write(&part, bytes).unwrap();
+        let stderr = merge().refused_with(&[
+            "rank-1.samples.npz",
+            "does not hold what rank 1 wrote",
+            "rank-1.json",
+        ]);
+        assert!(!out.exists(), "{what}: {stderr}");
+    }
+
+    // Rows that are not the rank's samples even where the manifest's sha256 agrees (a rank that
+    // wrote the wrong rows): refused naming the missing and extra indices.
+    let set_checksum = |file: &Path| {
+        let mut m: serde_json::Value = serde_json::from_slice(&pristine_manifest).unwrap();
+        m["checksums"]["samples"] = support_sha256(file).into();
+        std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    };
+    std::fs::copy(&fewer, &part).unwrap();
+    set_checksum(&part);
+    merge().refused_with(&[
+        "rank-1.samples.npz",
+        "rank 1's part holds 4 rows for its 5 samples",
+        "1 missing (9)",
+    ]);
+    std::fs::copy(&more, &part).unwrap();
+    set_checksum(&part);
+    merge().refused_with(&[
+        "rank-1.samples.npz",
+        "rank 1's part holds 6 rows for its 5 samples",
+        "1 extra (11)",
+    ]);
+    assert!(!out.exists());
+
+    // The part as rank 1 wrote it joins into the single process's samples.
+    std::fs::write(&part, &pristine).unwrap();
+    std::fs::write(&manifest, &pristine_manifest).unwrap();
+    merge().success();
+    let ((images, labels), (expected_images, expected_labels)) =
+        (read_samples(&out), read_samples(&single));
+    assert_eq!(labels, expected_labels);
+    assert_eq!(images.dim(), expected_images.dim());
+    // One thread per rank against the process's own: a pixel may move by one level.
+    assert!(images
+        .iter()
+        .zip(expected_images.iter())
+        .all(|(a, b)| a.abs_diff(*b) <= 1));
+}
+
+/// The sha256 of `path` in hex.
+fn support_sha256(path: &Path) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}

@@ -409,3 +409,76 @@ fn fid_with_a_generator_is_identical_with_and_without_overlap() {
         assert!(t["wall_s"].as_f64().unwrap() > 0.0);
     }
 }
+
+/// Every file under `dir` with its size and modification time.
+fn listing(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            files.extend(listing(&entry.path()));
+        } else {
+            files.push((entry.path(), meta.len(), meta.modified().unwrap()));
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn a_second_run_on_one_output_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("alone.npz");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let out = shared.join("s.npz");
+    let flags = ["--samples", "8", "--batch-size", "4"];
+    sample(&alone, &flags).success();
+    let (first, pid, second, waited) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| sample(&out, &flags));
+        // The first run writes its pid into its lock once it holds it; stopped there, it holds
+        // the output while the second starts.
+        let lock = shared.join("s.npz.lock");
+        let started = std::time::Instant::now();
+        let pid: i32 = loop {
+            let text = std::fs::read_to_string(&lock).unwrap_or_default();
+            if let Some(pid) = text
+                .strip_prefix("pid ")
+                .and_then(|t| t.split_whitespace().next())
+                .and_then(|p| p.parse().ok())
+            {
+                break pid;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "no lock"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        // SAFETY: `pid` is the first run, our child, which has not been waited for.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        let before = listing(&shared);
+        let started = std::time::Instant::now();
+        let second = sample(&out, &flags);
+        let waited = started.elapsed();
+        assert_eq!(
+            listing(&shared),
+            before,
+            "the refused run touched the output"
+        );
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+        (first.join().unwrap(), pid, second, waited)
+    });
+    second.failure().refused_with(&[
+        "another run is writing this output",
+        &format!("pid {pid} on "),
+        "s.npz",
+    ]);
+    assert!(waited < std::time::Duration::from_secs(10), "{waited:?}");
+    eprintln!("refused after {waited:?}");
+    first.success();
+    assert_eq!(read(&out), read(&alone), "the first run's samples");
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&alone).unwrap());
+    assert!(!shared.join("s.npz.lock").exists(), "lock left behind");
+}
