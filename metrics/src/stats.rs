@@ -85,7 +85,12 @@ impl GaussianAccumulator {
     /// Folds another shard's accumulator into this one.
     pub fn merge(&mut self, other: &GaussianAccumulator) -> Result<()> {
         ensure_same_dim("merging Gaussian statistics", self.dim(), other.dim())?;
-        self.count += other.count;
+        self.count = self.count.checked_add(other.count).ok_or_else(|| {
+            MetricsError::InvalidArgument(format!(
+                "merging Gaussian statistics: the sample count {} + {} overflows",
+                self.count, other.count
+            ))
+        })?;
         self.sum += &other.sum;
         self.outer += &other.outer;
         Ok(())
@@ -127,6 +132,14 @@ impl GaussianAccumulator {
                     }
                 }
             }
+        }
+        // Finite rows can still overflow their sums of squares (values beyond about 1e154).
+        if mu.iter().chain(sigma.iter()).any(|v| !v.is_finite()) {
+            return Err(MetricsError::InvalidArgument(
+                "Gaussian statistics: the sums of the features or of their squares overflow \
+                 float64; the feature values are far too large (scale them down)"
+                    .into(),
+            ));
         }
         Ok(GaussianStats {
             mu,
@@ -220,6 +233,24 @@ mod tests {
         for (a, b) in merged.sigma.iter().zip(full.sigma.iter()) {
             assert!((a - b).abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn refuses_overflowing_sums_and_counts() {
+        let mut acc = GaussianAccumulator::new(2);
+        acc.add_batch(array![[1e200, -1e200], [-1e200, 3e200], [0.0, 1.0]].view())
+            .unwrap();
+        assert!(matches!(
+            acc.finalize(),
+            Err(MetricsError::InvalidArgument(m)) if m.contains("overflow float64")
+        ));
+        let mut huge =
+            GaussianAccumulator::from_parts(usize::MAX, Array1::zeros(2), Array2::zeros((2, 2)))
+                .unwrap();
+        assert!(matches!(
+            huge.merge(&acc),
+            Err(MetricsError::InvalidArgument(m)) if m.contains("count")
+        ));
     }
 
     #[test]

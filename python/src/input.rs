@@ -13,6 +13,8 @@ use numpy::{
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
+use crate::budget::{bytes_of, ensure_fits};
+
 /// A 2-D float array as the caller gave it: float32 and float64 are borrowed, other real dtypes
 /// were converted to float64.
 pub enum Floats<'py> {
@@ -33,6 +35,18 @@ pub enum FloatPair<'a> {
 }
 
 impl Floats<'_> {
+    /// `(rows, columns)`.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Floats::F32(a) => a.as_array().dim(),
+            Floats::F64(a) => a.as_array().dim(),
+        }
+    }
+
+    pub fn is_f32(&self) -> bool {
+        matches!(self, Floats::F32(_))
+    }
+
     pub fn view(&self) -> FloatView<'_> {
         match self {
             Floats::F32(a) => FloatView::F32(row_major(a.as_array())),
@@ -50,6 +64,14 @@ impl Floats<'_> {
 }
 
 impl<'a> FloatPair<'a> {
+    /// `(reference rows, samples rows, columns of the reference)`.
+    pub fn shape(&self) -> (usize, usize, usize) {
+        match self {
+            FloatPair::F32(r, s) => (r.nrows(), s.nrows(), r.ncols()),
+            FloatPair::F64(r, s) => (r.nrows(), s.nrows(), r.ncols()),
+        }
+    }
+
     /// Pairs two matrices; a float32 one next to a float64 one is widened to float64 (a copy).
     pub fn of(a: &'a Floats<'_>, b: &'a Floats<'_>) -> Self {
         let widen = |v: FloatView<'a>| match v {
@@ -96,6 +118,18 @@ fn ensure_ndim(
     Ok(())
 }
 
+/// Fails with `MemoryError` when a copy of `array` as `width`-byte elements, at its logical size,
+/// exceeds the memory budget (a broadcast view of a huge shape holds little memory but copies to
+/// its full size).
+fn ensure_copy_fits(what: &str, array: &Bound<'_, PyUntypedArray>, width: usize) -> PyResult<()> {
+    ensure_fits(
+        what,
+        &format!("a copy of the array of shape {:?}", array.shape()),
+        bytes_of(array.shape(), width),
+        "zero-stride (broadcast) and other non-contiguous views are copied at their logical size",
+    )
+}
+
 /// The numpy dtype kinds read as real numbers: float, signed and unsigned integer, bool.
 fn is_real_kind(kind: u8) -> bool {
     matches!(kind, b'f' | b'i' | b'u' | b'b')
@@ -112,6 +146,10 @@ pub fn float_matrix<'py>(what: &str, obj: &Bound<'py, PyAny>) -> PyResult<Floats
             "{what}: the array is being written elsewhere ({e})"
         ))
     };
+    let native = descr.is_equiv_to(&dtype::<f32>(py)) || descr.is_equiv_to(&dtype::<f64>(py));
+    if !native || !array.is_c_contiguous() {
+        ensure_copy_fits(what, &array, 8)?;
+    }
     if descr.is_equiv_to(&dtype::<f32>(py)) {
         let typed = array.cast::<PyArray2<f32>>()?;
         return Ok(Floats::F32(typed.try_readonly().map_err(borrowed)?));
@@ -136,6 +174,7 @@ pub fn float_matrix<'py>(what: &str, obj: &Bound<'py, PyAny>) -> PyResult<Floats
 pub fn f64_vector(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Array1<f64>> {
     let array = ndarray_of(what, obj)?;
     ensure_ndim(what, &array, 1, "a vector")?;
+    ensure_copy_fits(what, &array, 8)?;
     let kind = array.dtype().kind();
     if !is_real_kind(kind) {
         return Err(PyTypeError::new_err(format!(
@@ -154,6 +193,7 @@ pub fn f64_matrix(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Array2<f64>> {
     let py = obj.py();
     let array = ndarray_of(what, obj)?;
     ensure_ndim(what, &array, 2, "a matrix")?;
+    ensure_copy_fits(what, &array, 8)?;
     let descr = array.dtype();
     if descr.is_equiv_to(&dtype::<f64>(py)) {
         // Copied once, straight from the caller's buffer.
@@ -181,6 +221,9 @@ pub fn images<'py>(what: &str, obj: &Bound<'py, PyAny>) -> PyResult<PyReadonlyAr
              (x * 255).round().clip(0, 255).astype(numpy.uint8) if that is what they mean",
             array.dtype()
         )));
+    }
+    if !array.is_c_contiguous() {
+        ensure_copy_fits(what, &array, 1)?;
     }
     array.cast::<PyArray4<u8>>()?.try_readonly().map_err(|e| {
         PyValueError::new_err(format!(
@@ -213,6 +256,8 @@ pub fn indices(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
             array.dtype()
         )));
     }
+    // numpy.ravel may copy, then astype copies as int64, then the values are copied out.
+    ensure_copy_fits(what, &array, 24)?;
     let flat = obj
         .py()
         .import("numpy")?

@@ -6,6 +6,7 @@
 //! message (`numpy.linalg.LinAlgError`, itself a `ValueError`, for a failed factorisation); no
 //! input makes the module panic.
 
+mod budget;
 mod input;
 mod streaming;
 
@@ -26,6 +27,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyDict};
 
+use budget::{bytes_of, ensure_fits, guarded, total};
 use input::{f64_matrix, f64_vector, float_matrix, image_view, images, FloatPair, FloatView};
 
 pyo3::import_exception!(numpy.linalg, LinAlgError);
@@ -57,12 +59,49 @@ fn frechet_distance(
     mu2: &Bound<'_, PyAny>,
     sigma2: &Bound<'_, PyAny>,
 ) -> PyResult<f64> {
-    let a = GaussianStats::new(f64_vector("mu1", mu1)?, covariance("sigma1", sigma1)?)
-        .map_err(to_py)?;
-    let b = GaussianStats::new(f64_vector("mu2", mu2)?, covariance("sigma2", sigma2)?)
-        .map_err(to_py)?;
-    py.detach(|| frechet::frechet_distance(&a, &b))
-        .map_err(to_py)
+    guarded("frechet_distance", || {
+        let a = GaussianStats::new(f64_vector("mu1", mu1)?, covariance("sigma1", sigma1)?)
+            .map_err(to_py)?;
+        let b = GaussianStats::new(f64_vector("mu2", mu2)?, covariance("sigma2", sigma2)?)
+            .map_err(to_py)?;
+        ensure_fits(
+            "sigma1",
+            "the Fréchet distance's working matrices",
+            bytes_of(&[FRECHET_MATRICES, a.dim(), a.dim()], 8),
+            "",
+        )?;
+        py.detach(|| frechet::frechet_distance(&a, &b))
+            .map_err(to_py)
+    })
+}
+
+/// How many dim x dim float64 matrices the Fréchet distance holds at its peak besides the two
+/// covariances (Cholesky factor, congruence, eigensolver copy and workspace).
+const FRECHET_MATRICES: usize = 5;
+
+/// How many dim x dim float64 matrices the statistics of one feature set hold at their peak (the
+/// sum of outer products and the covariance).
+const STATISTICS_MATRICES: usize = 2;
+
+/// Fails with `MemoryError` when the covariances of `features` (`rows` x `dim`) and the
+/// `matrices` dim x dim working matrices exceed the budget; the hint names a width far above
+/// the sample count.
+fn ensure_covariance_fits(what: &str, rows: usize, dim: usize, matrices: usize) -> PyResult<()> {
+    let hint = if dim > rows {
+        format!(
+            "the {dim} columns are far more than the {rows} rows: such a covariance is singular \
+             and still needs {dim} x {dim} floats; reduce the width (e.g. a projection) or \
+             give more samples"
+        )
+    } else {
+        String::new()
+    };
+    ensure_fits(
+        what,
+        &format!("{matrices} covariance-sized matrices of {dim} x {dim} float64"),
+        bytes_of(&[matrices, dim, dim], 8),
+        &hint,
+    )
 }
 
 /// A covariance matrix as float64, refused when it is not symmetric: the kernel reads one triangle,
@@ -70,6 +109,22 @@ fn frechet_distance(
 /// tolerance admits float32 round-off.
 fn covariance(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Array2<f64>> {
     let sigma = f64_matrix(what, obj)?;
+    if let Some((i, v)) = sigma
+        .diag()
+        .iter()
+        .enumerate()
+        .find(|&(_, &v)| v < 0.0)
+        .map(|(i, &v)| (i, v))
+    {
+        let scale = sigma.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        // Round-off of a one-pass covariance of a constant feature may dip just below zero.
+        if v < -1e-9 * scale {
+            return Err(PyValueError::new_err(format!(
+                "{what}: a covariance matrix has no negative variances, but {what}[{i}, {i}] is \
+                 {v:e}; it is not positive semi-definite"
+            )));
+        }
+    }
     if sigma.is_square() {
         let scale = sigma.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         let asymmetry = asymmetry(&sigma);
@@ -117,9 +172,13 @@ fn stats_of(py: Python<'_>, view: &FloatView<'_>) -> PyResult<GaussianStats> {
 #[pyfunction]
 #[pyo3(signature = (features))]
 fn statistics<'py>(py: Python<'py>, features: &Bound<'py, PyAny>) -> PyResult<MeanCov<'py>> {
-    let features = float_matrix("features", features)?;
-    let stats = stats_of(py, &features.view())?;
-    Ok((stats.mu.into_pyarray(py), stats.sigma.into_pyarray(py)))
+    guarded("statistics", || {
+        let features = float_matrix("features", features)?;
+        let (rows, dim) = features.shape();
+        ensure_covariance_fits("features", rows, dim, STATISTICS_MATRICES)?;
+        let stats = stats_of(py, &features.view())?;
+        Ok((stats.mu.into_pyarray(py), stats.sigma.into_pyarray(py)))
+    })
 }
 
 /// FID between two feature sets (rows are samples): ``frechet_distance`` of their
@@ -132,17 +191,24 @@ fn fid(
     features_a: &Bound<'_, PyAny>,
     features_b: &Bound<'_, PyAny>,
 ) -> PyResult<f64> {
-    let a = float_matrix("features_a", features_a)?;
-    let b = float_matrix("features_b", features_b)?;
-    let (a, b) = (a.view(), b.view());
-    let dim = |v: &FloatView<'_>| match v {
-        FloatView::F32(v) => v.ncols(),
-        FloatView::F64(v) => v.ncols(),
-    };
-    ensure_same_dim("FID", dim(&a), dim(&b)).map_err(to_py)?;
-    let (a, b) = (stats_of(py, &a)?, stats_of(py, &b)?);
-    py.detach(|| frechet::frechet_distance(&a, &b))
-        .map_err(to_py)
+    guarded("fid", || {
+        let a = float_matrix("features_a", features_a)?;
+        let b = float_matrix("features_b", features_b)?;
+        let ((rows_a, dim_a), (rows_b, dim_b)) = (a.shape(), b.shape());
+        ensure_same_dim("FID", dim_a, dim_b).map_err(to_py)?;
+        // Both covariances, the second set's sum of outer products, then the distance's matrices.
+        let matrices = 2 + STATISTICS_MATRICES + FRECHET_MATRICES;
+        let (what, rows) = if rows_a <= rows_b {
+            ("features_a", rows_a)
+        } else {
+            ("features_b", rows_b)
+        };
+        ensure_covariance_fits(what, rows, dim_a, matrices)?;
+        let (a, b) = (a.view(), b.view());
+        let (a, b) = (stats_of(py, &a)?, stats_of(py, &b)?);
+        py.detach(|| frechet::frechet_distance(&a, &b))
+            .map_err(to_py)
+    })
 }
 
 /// Inception Score ``(mean, std)`` from Inception logits (rows are samples, columns classes).
@@ -166,39 +232,49 @@ fn inception_score(
     shuffle: Option<bool>,
     seed: Option<u32>,
 ) -> PyResult<(f64, f64)> {
-    let mode = match splits {
-        "adm" => {
-            if num_splits.is_some() || shuffle.is_some() || seed.is_some() {
-                return Err(PyValueError::new_err(
+    guarded("inception_score", || {
+        let mode = match splits {
+            "adm" => {
+                if num_splits.is_some() || shuffle.is_some() || seed.is_some() {
+                    return Err(PyValueError::new_err(
                     "inception_score: num_splits, shuffle and seed belong to splits=\"torch-fidelity\"",
                 ));
+                }
+                let split_size = split_size.unwrap_or(5000);
+                Splits::Adm { split_size }
             }
-            let split_size = split_size.unwrap_or(5000);
-            Splits::Adm { split_size }
-        }
-        "torch-fidelity" => {
-            if split_size.is_some() {
-                return Err(PyValueError::new_err(
-                    "inception_score: split_size belongs to splits=\"adm\"",
-                ));
+            "torch-fidelity" => {
+                if split_size.is_some() {
+                    return Err(PyValueError::new_err(
+                        "inception_score: split_size belongs to splits=\"adm\"",
+                    ));
+                }
+                Splits::Equal {
+                    splits: num_splits.unwrap_or(10),
+                    shuffle: shuffle
+                        .unwrap_or(true)
+                        .then_some(seed.unwrap_or(TORCH_FIDELITY_SEED)),
+                }
             }
-            Splits::Equal {
-                splits: num_splits.unwrap_or(10),
-                shuffle: shuffle
-                    .unwrap_or(true)
-                    .then_some(seed.unwrap_or(TORCH_FIDELITY_SEED)),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "inception_score: splits must be \"adm\" or \"torch-fidelity\", got {other:?}"
+                )))
             }
-        }
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "inception_score: splits must be \"adm\" or \"torch-fidelity\", got {other:?}"
-            )))
-        }
-    };
-    let logits = float_matrix("logits", logits)?;
-    let logits = logits.view_f32();
-    let score = py.detach(|| score_of(logits.view(), mode)).map_err(to_py)?;
-    Ok((score.mean, score.std))
+        };
+        let logits = float_matrix("logits", logits)?;
+        let (rows, classes) = logits.shape();
+        // A float32 copy, the float64 log-probabilities and their shuffled copy.
+        ensure_fits(
+            "logits",
+            "the log-probabilities",
+            bytes_of(&[rows, classes], 4 + 8 + 8),
+            "",
+        )?;
+        let logits = logits.view_f32();
+        let score = py.detach(|| score_of(logits.view(), mode)).map_err(to_py)?;
+        Ok((score.mean, score.std))
+    })
 }
 
 /// Improved precision and recall (Kynkäänniemi et al.) with density and coverage (Naeem et al.)
@@ -219,34 +295,88 @@ fn precision_recall<'py>(
     k: usize,
     distance: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let precision = match distance {
-        "exact" => DistancePrecision::Exact,
-        "adm-fp16" => DistancePrecision::AdmFp16,
-        other => {
+    guarded("precision_recall", || {
+        let precision = match distance {
+            "exact" => DistancePrecision::Exact,
+            "adm-fp16" => DistancePrecision::AdmFp16,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "precision_recall: distance must be \"exact\" or \"adm-fp16\", got {other:?}"
+                )))
+            }
+        };
+        let config = ManifoldConfig {
+            k,
+            precision,
+            ..Default::default()
+        };
+        let m = samples_against_reference(
+            py,
+            samples,
+            reference,
+            |pair| {
+                let (rows_r, rows_s, dim) = pair.shape();
+                if k < rows_r.min(rows_s) {
+                    // Radii and the k + 1 nearest distances of every row, twice over.
+                    ensure_fits(
+                        "k",
+                        &format!("the {} nearest neighbours of every row", k + 1),
+                        bytes_of(&[rows_r + rows_s, k + 2, 16], 1),
+                        "",
+                    )?;
+                }
+                ensure_distances_finite(pair, dim)
+            },
+            |r, s| manifold::manifold_metrics(r, s, &config),
+            |r, s| manifold::manifold_metrics(r, s, &config),
+        )?;
+        [
+            ("precision", m.precision),
+            ("recall", m.recall),
+            ("density", m.density),
+            ("coverage", m.coverage),
+        ]
+        .into_py_dict(py)
+    })
+}
+
+/// Refuses feature values so large that a squared distance between two rows could overflow the
+/// arithmetic it is computed in (float32 for float32 sets, else float64): `d (2 max|x|)²` must
+/// stay finite. Precision, recall, density and coverage do not change when both sets are divided
+/// by one power of two, which is the remedy the message suggests.
+fn ensure_distances_finite(pair: &FloatPair<'_>, dim: usize) -> PyResult<()> {
+    let largest =
+        |values: &mut dyn Iterator<Item = f64>| values.fold(0.0f64, |m, v| m.max(v.abs()));
+    let (max, kind, limit) = match pair {
+        FloatPair::F32(r, s) => (
+            [
+                largest(&mut r.iter().map(|&v| f64::from(v))),
+                largest(&mut s.iter().map(|&v| f64::from(v))),
+            ],
+            "float32",
+            f64::from(f32::MAX),
+        ),
+        FloatPair::F64(r, s) => (
+            [
+                largest(&mut r.iter().copied()),
+                largest(&mut s.iter().copied()),
+            ],
+            "float64",
+            f64::MAX,
+        ),
+    };
+    let bound = (limit / (4.0 * dim.max(1) as f64)).sqrt();
+    for (what, value) in [("reference", max[0]), ("samples", max[1])] {
+        // NaN and infinity are left to the kernel, which names the rows.
+        if value.is_finite() && value > bound {
             return Err(PyValueError::new_err(format!(
-                "precision_recall: distance must be \"exact\" or \"adm-fp16\", got {other:?}"
-            )))
+                "{what}: values up to {value:e} make squared distances overflow {kind} (|x| must \
+                 stay below {bound:e} with {dim} dimensions); precision, recall, density and \
+                 coverage are unchanged when both sets are divided by one power of two"
+            )));
         }
-    };
-    let config = ManifoldConfig {
-        k,
-        precision,
-        ..Default::default()
-    };
-    let m = samples_against_reference(
-        py,
-        samples,
-        reference,
-        |r, s| manifold::manifold_metrics(r, s, &config),
-        |r, s| manifold::manifold_metrics(r, s, &config),
-    )?;
-    [
-        ("precision", m.precision),
-        ("recall", m.recall),
-        ("density", m.density),
-        ("coverage", m.coverage),
-    ]
-    .into_py_dict(py)
+    }
+    Ok(())
 }
 
 /// Kernel Inception Distance ``(mean, std)`` of ``samples`` (generated) against ``reference``
@@ -267,19 +397,39 @@ fn kid(
     subset_size: usize,
     seed: u32,
 ) -> PyResult<(f64, f64)> {
-    let config = KidConfig {
-        subsets,
-        subset_size,
-        seed,
-    };
-    let result = samples_against_reference(
-        py,
-        samples,
-        reference,
-        |r, s| kernel_inception_distance(r, s, &config),
-        |r, s| kernel_inception_distance(r, s, &config),
-    )?;
-    Ok((result.mean, result.std))
+    guarded("kid", || {
+        let config = KidConfig {
+            subsets,
+            subset_size,
+            seed,
+        };
+        let result = samples_against_reference(
+            py,
+            samples,
+            reference,
+            |pair| {
+                let (rows_r, rows_s, _) = pair.shape();
+                let m = subset_size.min(rows_r).min(rows_s);
+                // The drawn row indices of every subset of both sets, each set's subset membership
+                // matrix (at most every row by every subset), and the per-subset sums.
+                let union_rows = |rows: usize| m.saturating_mul(subsets).min(rows);
+                let need = total(&[
+                    bytes_of(&[2, subsets, m.saturating_add(3)], 8),
+                    bytes_of(&[union_rows(rows_r) + union_rows(rows_s), subsets], 8),
+                    bytes_of(&[8, subsets], 8),
+                ]);
+                ensure_fits(
+                    "subsets",
+                    &format!("{subsets} subsets of {m} rows"),
+                    need,
+                    "",
+                )
+            },
+            |r, s| kernel_inception_distance(r, s, &config),
+            |r, s| kernel_inception_distance(r, s, &config),
+        )?;
+        Ok((result.mean, result.std))
+    })
 }
 
 /// A feature metric of `samples` against `reference`, computed without the GIL: its float32
@@ -288,12 +438,29 @@ fn samples_against_reference<T: Send>(
     py: Python<'_>,
     samples: &Bound<'_, PyAny>,
     reference: &Bound<'_, PyAny>,
+    check: impl FnOnce(&FloatPair<'_>) -> PyResult<()>,
     on_f32: impl FnOnce(ArrayView2<'_, f32>, ArrayView2<'_, f32>) -> metrics::Result<T> + Send,
     on_f64: impl FnOnce(ArrayView2<'_, f64>, ArrayView2<'_, f64>) -> metrics::Result<T> + Send,
 ) -> PyResult<T> {
     let samples = float_matrix("samples", samples)?;
     let reference = float_matrix("reference", reference)?;
+    // A float32 set next to a float64 one is widened (a copy).
+    for (what, set, other) in [
+        ("samples", &samples, &reference),
+        ("reference", &reference, &samples),
+    ] {
+        if set.is_f32() && !other.is_f32() {
+            let (rows, dim) = set.shape();
+            ensure_fits(
+                what,
+                "a float64 copy of the float32 set",
+                bytes_of(&[rows, dim], 8),
+                "",
+            )?;
+        }
+    }
     let pair = FloatPair::of(&reference, &samples);
+    check(&pair)?;
     py.detach(|| match &pair {
         FloatPair::F32(r, s) => on_f32(r.view(), s.view()),
         FloatPair::F64(r, s) => on_f64(r.view(), s.view()),
@@ -329,17 +496,19 @@ fn psnr(
     b: &Bound<'_, PyAny>,
     per_image: bool,
 ) -> PyResult<Py<PyAny>> {
-    let (a, b) = (images("a", a)?, images("b", b)?);
-    let (a, b) = (image_view(&a), image_view(&b));
-    let report = py
-        .detach(|| image_quality::psnr(a.view(), b.view()))
-        .map_err(to_py)?;
-    batch_result(
-        py,
-        report.mean.unwrap_or(f64::INFINITY),
-        report.per_image,
-        per_image,
-    )
+    guarded("psnr", || {
+        let (a, b) = (images("a", a)?, images("b", b)?);
+        let (a, b) = (image_view(&a), image_view(&b));
+        let report = py
+            .detach(|| image_quality::psnr(a.view(), b.view()))
+            .map_err(to_py)?;
+        batch_result(
+            py,
+            report.mean.unwrap_or(f64::INFINITY),
+            report.per_image,
+            per_image,
+        )
+    })
 }
 
 /// SSIM of uint8 image batches ``a`` and ``b`` of shape ``(N, H, W, C)``, image by image, each
@@ -362,7 +531,8 @@ fn ssim(
     convention: &str,
     per_image: bool,
 ) -> PyResult<Py<PyAny>> {
-    let mode = match convention {
+    guarded("ssim", || {
+        let mode = match convention {
         "skimage" => SsimMode::Gaussian,
         "skimage-uniform" => SsimMode::Uniform,
         "llamagen" => SsimMode::LlamagenCompat,
@@ -372,12 +542,23 @@ fn ssim(
             )))
         }
     };
-    let (a, b) = (images("a", a)?, images("b", b)?);
-    let (a, b) = (image_view(&a), image_view(&b));
-    let report = py
-        .detach(|| image_quality::ssim(a.view(), b.view(), mode))
-        .map_err(to_py)?;
-    batch_result(py, report.mean, report.per_image, per_image)
+        let (a, b) = (images("a", a)?, images("b", b)?);
+        let shape = a.as_array().shape().to_vec();
+        // Each worker thread holds both images of a pair as float64 and a few rows of sums.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (h, w, c) = (shape[1], shape[2], shape[3]);
+        ensure_fits(
+            "a",
+            &format!("SSIM's float64 planes of {h} x {w} x {c} images"),
+            bytes_of(&[threads, w, c, h.saturating_add(16), 2], 8),
+            "",
+        )?;
+        let (a, b) = (image_view(&a), image_view(&b));
+        let report = py
+            .detach(|| image_quality::ssim(a.view(), b.view(), mode))
+            .map_err(to_py)?;
+        batch_result(py, report.mean, report.per_image, per_image)
+    })
 }
 
 /// Codebook usage of a VQ tokenizer from the token indices it produced (any integer dtype and
@@ -393,20 +574,29 @@ fn codebook_usage<'py>(
     indices: &Bound<'py, PyAny>,
     codebook_size: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let indices = input::indices("indices", indices)?;
-    let usage = py
-        .detach(|| usage_of(&indices, codebook_size))
-        .map_err(to_py)?;
-    let out = PyDict::new(py);
-    out.set_item("codebook_size", usage.codebook_size)?;
-    out.set_item("num_indices", usage.num_indices)?;
-    out.set_item("used_entries", usage.used_entries)?;
-    out.set_item("usage", usage.usage)?;
-    out.set_item("entropy_nats", usage.entropy_nats)?;
-    out.set_item("entropy_bits", usage.entropy_bits)?;
-    out.set_item("perplexity", usage.perplexity)?;
-    out.set_item("llamagen_usage", usage.llamagen_usage)?;
-    Ok(out)
+    guarded("codebook_usage", || {
+        // A counter and a seen flag per entry.
+        ensure_fits(
+            "codebook_size",
+            &format!("counters for {codebook_size} codebook entries"),
+            bytes_of(&[codebook_size], 9),
+            "",
+        )?;
+        let indices = input::indices("indices", indices)?;
+        let usage = py
+            .detach(|| usage_of(&indices, codebook_size))
+            .map_err(to_py)?;
+        let out = PyDict::new(py);
+        out.set_item("codebook_size", usage.codebook_size)?;
+        out.set_item("num_indices", usage.num_indices)?;
+        out.set_item("used_entries", usage.used_entries)?;
+        out.set_item("usage", usage.usage)?;
+        out.set_item("entropy_nats", usage.entropy_nats)?;
+        out.set_item("entropy_bits", usage.entropy_bits)?;
+        out.set_item("perplexity", usage.perplexity)?;
+        out.set_item("llamagen_usage", usage.llamagen_usage)?;
+        Ok(out)
+    })
 }
 
 #[pymodule]
@@ -421,6 +611,8 @@ fn llamagen_metrics(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(psnr, m)?)?;
     m.add_function(wrap_pyfunction!(ssim, m)?)?;
     m.add_function(wrap_pyfunction!(codebook_usage, m)?)?;
+    m.add_function(wrap_pyfunction!(budget::set_max_memory, m)?)?;
+    m.add_function(wrap_pyfunction!(budget::max_memory, m)?)?;
     m.add_class::<streaming::FrechetStatistics>()?;
     Ok(())
 }

@@ -5,10 +5,11 @@ use metrics::error::ensure_same_dim;
 use metrics::stats::GaussianAccumulator;
 use ndarray::{Array1, Array2};
 use numpy::{IntoPyArray, PyArray1, PyArray2};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
+use crate::budget::{bytes_of, ensure_fits, guarded};
 use crate::input::{f64_matrix, f64_vector, float_matrix, FloatView};
 use crate::{to_py, MeanCov};
 
@@ -40,8 +41,17 @@ impl FrechetStatistics {
                 "FrechetStatistics: dim must be at least 1",
             ));
         }
-        Ok(FrechetStatistics {
-            acc: GaussianAccumulator::new(dim),
+        // The sum of outer products, and the covariance ``compute`` makes from it.
+        ensure_fits(
+            "dim",
+            &format!("two {dim} x {dim} float64 matrices"),
+            bytes_of(&[2, dim, dim], 8),
+            "",
+        )?;
+        guarded("FrechetStatistics", || {
+            Ok(FrechetStatistics {
+                acc: GaussianAccumulator::new(dim),
+            })
         })
     }
 
@@ -63,40 +73,55 @@ impl FrechetStatistics {
     /// leaves the statistics unchanged.
     #[pyo3(signature = (batch))]
     fn update(&mut self, py: Python<'_>, batch: &Bound<'_, PyAny>) -> PyResult<()> {
-        let batch = float_matrix("batch", batch)?;
-        let view = batch.view();
-        let acc = &mut self.acc;
-        py.detach(|| match &view {
-            FloatView::F32(v) => acc.add_batch_f32(v.view()),
-            FloatView::F64(v) => acc.add_batch(v.view()),
+        guarded("FrechetStatistics.update", || {
+            let batch = float_matrix("batch", batch)?;
+            let view = batch.view();
+            let acc = &mut self.acc;
+            py.detach(|| match &view {
+                FloatView::F32(v) => acc.add_batch_f32(v.view()),
+                FloatView::F64(v) => acc.add_batch(v.view()),
+            })
+            .map_err(to_py)
         })
-        .map_err(to_py)
     }
 
     /// Folds another instance's batches into this one (``other`` is unchanged).
+    ///
+    /// Runs holding the GIL (it is a few additions per covariance entry), so ``a.merge(b)`` and
+    /// ``b.merge(a)`` in two threads are simply serialised; an instance that another thread is
+    /// ``update``-ing meanwhile raises ``RuntimeError`` instead of being read half-written.
     #[pyo3(signature = (other))]
     fn merge(slf: &Bound<'_, Self>, other: &Bound<'_, Self>) -> PyResult<()> {
-        // Merging an instance with itself would borrow it twice; it means counting it twice.
-        let copy;
-        let other_ref;
-        let theirs = if slf.is(other) {
-            copy = slf.borrow().acc.clone();
-            &copy
-        } else {
-            other_ref = other.borrow();
-            &other_ref.acc
-        };
-        let mut ours = slf.borrow_mut();
-        let acc = &mut ours.acc;
-        slf.py().detach(|| acc.merge(theirs)).map_err(to_py)
+        guarded("FrechetStatistics.merge", || {
+            let busy = |what: &str| {
+                PyRuntimeError::new_err(format!(
+                    "FrechetStatistics.merge: {what} is in use by another thread (an update \
+                         in progress); merge after it returns"
+                ))
+            };
+            // Merging an instance with itself would borrow it twice; it means counting it twice.
+            let copy;
+            let other_ref;
+            let theirs = if slf.is(other) {
+                copy = slf.try_borrow().map_err(|_| busy("self"))?.acc.clone();
+                &copy
+            } else {
+                other_ref = other.try_borrow().map_err(|_| busy("other"))?;
+                &other_ref.acc
+            };
+            let mut ours = slf.try_borrow_mut().map_err(|_| busy("self"))?;
+            ours.acc.merge(theirs).map_err(to_py)
+        })
     }
 
     /// ``(mu, sigma)``: the mean and the N-1 covariance, as ``numpy.mean(x, 0)`` and
     /// ``numpy.cov(x, rowvar=False)`` of all rows added. Needs at least two.
     fn compute<'py>(&self, py: Python<'py>) -> PyResult<MeanCov<'py>> {
-        let acc = &self.acc;
-        let stats = py.detach(|| acc.finalize()).map_err(to_py)?;
-        Ok((stats.mu.into_pyarray(py), stats.sigma.into_pyarray(py)))
+        guarded("FrechetStatistics.compute", || {
+            let acc = &self.acc;
+            let stats = py.detach(|| acc.finalize()).map_err(to_py)?;
+            Ok((stats.mu.into_pyarray(py), stats.sigma.into_pyarray(py)))
+        })
     }
 
     /// ``(count, sum, outer)``: the number of rows, their sum and the sum of their outer products
