@@ -401,20 +401,18 @@ fn parts_changed_after_their_rank_finished_are_refused_at_the_join() {
         m["checksums"]["samples"] = support_sha256(file).into();
         std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
     };
-    std::fs::copy(&fewer, &part).unwrap();
-    set_checksum(&part);
-    merge().refused_with(&[
-        "rank-1.samples.npz",
-        "rank 1's part holds 4 rows for its 5 samples",
-        "1 missing (9)",
-    ]);
-    std::fs::copy(&more, &part).unwrap();
-    set_checksum(&part);
-    merge().refused_with(&[
-        "rank-1.samples.npz",
-        "rank 1's part holds 6 rows for its 5 samples",
-        "1 extra (11)",
-    ]);
+    for (wrong, rows, named) in [
+        (&fewer, "4 rows", "1 missing (9)"),
+        (&more, "6 rows", "1 extra (11)"),
+    ] {
+        std::fs::copy(wrong, &part).unwrap();
+        set_checksum(&part);
+        merge().refused_with(&[
+            "rank-1.samples.npz",
+            &format!("rank 1's part holds {rows} for its 5 samples"),
+            named,
+        ]);
+    }
     assert!(!out.exists());
 
     // The part as rank 1 wrote it joins into the single process's samples.
