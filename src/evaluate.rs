@@ -282,12 +282,7 @@ pub struct Plan {
 
 /// Sentences on what a reader must know to read the figures: metrics left out and why, and
 /// figures computed with less than their usual footing (recorded as the run's `notes`).
-fn caveats(
-    plan: &Plan,
-    sample: &FeatureSet,
-    stats: &SampleStats,
-    options: &MetricOptions,
-) -> Vec<String> {
+fn caveats(plan: &Plan, sample: &FeatureSet, stats: &SampleStats) -> Vec<String> {
     let mut notes = plan.skipped.clone();
     let n = sample.len();
     for (metric, stats) in [
@@ -305,20 +300,7 @@ fn caveats(
             ));
         }
     }
-    if plan.metrics.contains(&Metric::Is) && is_split_count(options.is_splits, n) == 1 {
-        notes.push(format!(
-            "`is`: one split of {n} samples, so inception_score_std is 0 by construction, not a measured spread"
-        ));
-    }
     notes
-}
-
-/// How many splits the Inception Score of `n` samples takes.
-fn is_split_count(splits: Splits, n: usize) -> usize {
-    match splits {
-        Splits::Adm { split_size } => n.div_ceil(split_size.max(1)),
-        Splits::Equal { splits, .. } => splits,
-    }
 }
 
 fn need<'a, T>(what: Option<&'a T>, name: &str) -> Result<&'a T> {
@@ -473,6 +455,8 @@ pub fn compute(
             Metric::Is => {
                 let logits = need(sample.logits.as_ref(), "sample logits")?;
                 let score = inception_score(logits.view(), options.is_splits)?;
+                // The splits the kernel took, for the record and the single-split note.
+                details.push(("is_splits_used", Value::from(score.splits)));
                 values.insert(MetricKey::InceptionScore, score.mean);
                 if bootstrap {
                     let replicates =
@@ -754,7 +738,8 @@ pub fn evaluate(
     )?;
     let planned = &plan.metrics;
     let sample_stats = sample_statistics(planned, &sample)?;
-    let mut notes = caveats(&plan, &sample, &sample_stats, &request.options);
+    let mut notes = caveats(&plan, &sample, &sample_stats);
+    let n_samples = sample.len();
     // Feature arrays no later metric reads are freed before the metrics allocate their own
     // matrices (50,000 x 2048 pool features are 400 MB).
     if !needed(planned, Need::SamplePool) && request.options.bootstrap.resamples == 0 {
@@ -773,11 +758,13 @@ pub fn evaluate(
         &request.options,
     )?;
     let asked = request.options.kid.subset_size;
-    let kid_subsets = computed
-        .details
-        .iter()
-        .find(|(key, _)| *key == "kid_subset_size");
-    if let Some(used) = kid_subsets.and_then(|(_, used)| used.as_u64()) {
+    let detail = |key: &str| computed.details.iter().find(|(k, _)| *k == key);
+    if detail("is_splits_used").and_then(|(_, used)| used.as_u64()) == Some(1) {
+        notes.push(format!(
+            "`is`: one split of {n_samples} samples, so inception_score_std is 0 by construction, not a measured spread"
+        ));
+    }
+    if let Some(used) = detail("kid_subset_size").and_then(|(_, used)| used.as_u64()) {
         if used < asked as u64 {
             notes.push(format!(
                 "`kid`: subsets of {used} rows (the smaller set's size), not the {asked} asked for"
