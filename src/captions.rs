@@ -423,9 +423,11 @@ impl CaptionSet {
         let bytes = std::fs::metadata(&self.source)
             .map(|m| m.len())
             .unwrap_or(0);
+        let sha256 = crate::io::content_sha256(&self.source).unwrap_or_default();
         let mut fingerprint = json!({
             "path": self.source.display().to_string(),
             "bytes": bytes,
+            "sha256": sha256,
             "count": self.len(),
             "tokens": self.embeddings.tokens,
             "dim": self.embeddings.dim,

@@ -57,6 +57,30 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
+/// The sha256 of the file `path` (hex) as the content identity of an input that decides a
+/// result (a checkpoint, a caption file), hashed once per process: kept by path, size and
+/// modification time, so a file replaced meanwhile is hashed again.
+pub fn content_sha256(path: &Path) -> std::io::Result<String> {
+    type Seen = std::collections::HashMap<(PathBuf, u64, Option<std::time::SystemTime>), String>;
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<Seen>> = std::sync::OnceLock::new();
+    let meta = std::fs::metadata(path)?;
+    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    let seen = SEEN.get_or_init(Default::default);
+    let known = seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&key)
+        .cloned();
+    if let Some(sha256) = known {
+        return Ok(sha256);
+    }
+    let sha256 = sha256_file(path)?;
+    seen.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(key, sha256.clone());
+    Ok(sha256)
+}
+
 /// Removes `prefix<pid>` siblings of `path` whose process is gone.
 fn remove_stale_temporaries(path: &Path, prefix: &str) {
     let dir = match path.parent() {

@@ -172,12 +172,15 @@ impl GeneratorConfig {
     }
 
     /// The settings that decide the samples, for run records and resume fingerprints (the
-    /// checkpoints by path and size; the effective `decode_batch`, whose shape changes the
-    /// decoder's rounding; the generation batch size and the device do not change the tokens).
+    /// checkpoints by path, size and content sha256, hashed once per process; the effective
+    /// `decode_batch`, whose shape changes the decoder's rounding; the generation batch size and
+    /// the device do not change the tokens).
     pub fn fingerprint(&self, decode_batch: usize) -> Map<String, Value> {
         let file = |p: &Path| {
             let bytes = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            json!({"path": p.display().to_string(), "bytes": bytes})
+            // An unreadable file fails its load, with the reason, before any work.
+            let sha256 = crate::io::content_sha256(p).unwrap_or_default();
+            json!({"path": p.display().to_string(), "bytes": bytes, "sha256": sha256})
         };
         let mut m = Map::new();
         m.insert("gpt".into(), file(&self.gpt));

@@ -10,8 +10,8 @@ use std::path::Path;
 use ndarray::Array4;
 
 use crate::harness::{
-    all_cores, cli, golden, metrics_json, remove_flag, s, scratch_with_inception, tiny_gpt,
-    tiny_gpt_fid_with_kid, Run,
+    all_cores, cli, golden, metrics_json, remove_flag, s, scratch_with_inception, set_flag,
+    tiny_gpt, tiny_gpt_fid_with_kid, Run,
 };
 
 /// The binary with `args` and then `extra`, killed with SIGKILL at `crash_at` where given.
@@ -288,4 +288,63 @@ fn features_and_stats_resume_after_sigkill() {
         let journal = root.join(format!("{command}-killed.npz.journal"));
         assert!(!journal.exists(), "{command}: journal left behind");
     }
+}
+
+/// Saves the checkpoint `from` again at `to` with torch, its first floating-point tensor moved
+/// by `shift`: a file of the same size whose weights differ when `shift` is not 0.
+fn resaved_gpt(from: &Path, to: &Path, shift: f64) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    llamagen_test_support::run_python_code(
+        "import sys, torch\n\
+         ck = torch.load(sys.argv[1], map_location='cpu', weights_only=False)\n\
+         def first(d):\n\
+         \x20   for v in d.values():\n\
+         \x20       if torch.is_tensor(v) and v.is_floating_point():\n\
+         \x20           v.view(-1)[0] += float(sys.argv[3]); return True\n\
+         \x20       if isinstance(v, dict) and first(v): return True\n\
+         \x20   return False\n\
+         assert first(ck)\n\
+         torch.save(ck, sys.argv[2])\n",
+        &[s(from), s(to), &shift.to_string()],
+    );
+}
+
+#[test]
+fn a_resume_after_a_checkpoint_was_replaced_by_one_of_the_same_size_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // The same file name in three folders: torch names its archive after the file.
+    let original = root.join("a/gpt.pt");
+    let other = root.join("b/gpt.pt");
+    let used = root.join("run/gpt.pt");
+    resaved_gpt(&golden("gpt_public.pt"), &original, 0.0);
+    resaved_gpt(&golden("gpt_public.pt"), &other, 0.5);
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert_eq!(size(&original), size(&other), "same-size checkpoints");
+    assert_ne!(
+        std::fs::read(&original).unwrap(),
+        std::fs::read(&other).unwrap()
+    );
+    std::fs::create_dir_all(used.parent().unwrap()).unwrap();
+    std::fs::copy(&original, &used).unwrap();
+    let out = root.join("s.npz");
+    let sample = |extra: &[&str], crash_at: Option<&str>| {
+        let mut args = tiny_gpt("sample");
+        set_flag(&mut args, "--gpt", s(&used));
+        args.extend(["--samples", "6", "--batch-size", "2", "--out", s(&out)]);
+        run(&args, extra, crash_at)
+    };
+    killed(&sample(&[], Some("committed:1")));
+    std::fs::copy(&other, &used).unwrap();
+    sample(&["--resume"], None).refused_with(&[
+        "the interrupted run was made with other settings",
+        "`gpt` was",
+        s(&used),
+        "sha256",
+    ]);
+    assert!(!out.exists());
+    // The checkpoint it was made with resumes.
+    std::fs::copy(&original, &used).unwrap();
+    sample(&["--resume"], None).success();
+    assert!(out.is_file());
 }
