@@ -41,6 +41,19 @@ pub enum FeatureError {
     /// The CLIP network refused its input.
     #[error(transparent)]
     Clip(#[from] crate::models::clip::ClipError),
+    /// A network gave NaN or infinite features: its weights are damaged (or not weights of
+    /// this network), and every metric from them would be meaningless.
+    #[error("{network} weights {}: the network gave {bad} non-finite feature value(s) (NaN or infinite) in `{output}`; the weights file is damaged or holds other weights: download it again", weights.display())]
+    NonFinite {
+        /// The network's name.
+        network: &'static str,
+        /// Its weights file.
+        weights: PathBuf,
+        /// The feature array with non-finite values.
+        output: &'static str,
+        /// How many values in the batch were not finite.
+        bad: usize,
+    },
 }
 
 /// A feature network and the feature arrays it gives.
@@ -370,42 +383,38 @@ pub struct Extractor {
     model: InceptionV3,
     device: Device,
     resize: Resize,
-    weights_sha256: String,
-    dinov2: Option<(nn::VarStore, Dinov2)>,
-    clip: Option<(nn::VarStore, ClipVisionModel)>,
+    weights: PathBuf,
+    dinov2: Option<(nn::VarStore, Dinov2, PathBuf)>,
+    clip: Option<(nn::VarStore, ClipVisionModel, PathBuf)>,
 }
 
 /// The first hex digits of the released FID weights' sha256 (pytorch-fid's file name carries them).
 pub const RELEASED_WEIGHTS_SHA256_PREFIX: &str = "6726825d";
 
 impl Extractor {
-    /// Wraps a model whose variables live in `vs`.
-    pub fn new(
-        vs: nn::VarStore,
-        model: InceptionV3,
-        resize: Resize,
-        weights_sha256: String,
-    ) -> Self {
+    /// Wraps a model whose variables live in `vs`, loaded from the file `weights` (named when
+    /// the network gives non-finite features).
+    pub fn new(vs: nn::VarStore, model: InceptionV3, resize: Resize, weights: PathBuf) -> Self {
         Extractor {
             device: vs.device(),
             _vs: vs,
             model,
             resize,
-            weights_sha256,
+            weights,
             dinov2: None,
             clip: None,
         }
     }
 
-    /// Adds DINOv2 (its variables in `vs`).
-    pub fn with_dinov2(mut self, vs: nn::VarStore, model: Dinov2) -> Self {
-        self.dinov2 = Some((vs, model));
+    /// Adds DINOv2 (its variables in `vs`, loaded from `weights`).
+    pub fn with_dinov2(mut self, vs: nn::VarStore, model: Dinov2, weights: PathBuf) -> Self {
+        self.dinov2 = Some((vs, model, weights));
         self
     }
 
-    /// Adds CLIP's vision tower (its variables in `vs`).
-    pub fn with_clip(mut self, vs: nn::VarStore, model: ClipVisionModel) -> Self {
-        self.clip = Some((vs, model));
+    /// Adds CLIP's vision tower (its variables in `vs`, loaded from `weights`).
+    pub fn with_clip(mut self, vs: nn::VarStore, model: ClipVisionModel, weights: PathBuf) -> Self {
+        self.clip = Some((vs, model, weights));
         self
     }
 
@@ -425,12 +434,12 @@ impl Extractor {
             Network::Dinov2 => self
                 .dinov2
                 .as_ref()
-                .map(|(_, m)| vec![("dinov2", m.feature_dim() as usize)])
+                .map(|(_, m, _)| vec![("dinov2", m.feature_dim() as usize)])
                 .unwrap_or_default(),
             Network::Clip => self
                 .clip
                 .as_ref()
-                .map(|(_, m)| vec![("clip", m.config().projection_dim as usize)])
+                .map(|(_, m, _)| vec![("clip", m.config().projection_dim as usize)])
                 .unwrap_or_default(),
         }
     }
@@ -446,33 +455,39 @@ impl Extractor {
             match network {
                 Network::Inception => {
                     let [pool, spatial, logits] = self.extract_batch(batch)?;
+                    for (output, array) in
+                        [("pool", &pool), ("spatial", &spatial), ("logits", &logits)]
+                    {
+                        check_finite(*network, &self.weights, output, array)?;
+                    }
                     set.pool = Some(pool);
                     set.spatial = Some(spatial);
                     set.logits = Some(logits);
                 }
                 Network::Dinov2 => {
-                    let (_, model) = self.dinov2.as_ref().ok_or_else(|| not_loaded(*network))?;
+                    let (_, model, weights) =
+                        self.dinov2.as_ref().ok_or_else(|| not_loaded(*network))?;
                     let input = crate::models::dinov2::preprocess(batch.view());
                     let features = tch::no_grad(|| model.features(&input.to_device(self.device)));
-                    set.dinov2 = Some(tensor_to_array(&features)?);
+                    let features = tensor_to_array(&features)?;
+                    check_finite(*network, weights, "dinov2", &features)?;
+                    set.dinov2 = Some(features);
                 }
                 Network::Clip => {
-                    let (_, model) = self.clip.as_ref().ok_or_else(|| not_loaded(*network))?;
+                    let (_, model, weights) =
+                        self.clip.as_ref().ok_or_else(|| not_loaded(*network))?;
                     let input = crate::models::clip::preprocess(
                         batch.view(),
                         model.config().image_size as usize,
                     )?;
                     let embeddings = model.embed(&input.to_device(self.device))?;
-                    set.clip = Some(tensor_to_array(&embeddings.normalized)?);
+                    let features = tensor_to_array(&embeddings.normalized)?;
+                    check_finite(*network, weights, "clip", &features)?;
+                    set.clip = Some(features);
                 }
             }
         }
         Ok(set)
-    }
-
-    /// SHA-256 (hex) of the weights file the model was loaded from, as recorded in run records.
-    pub fn weights_sha256(&self) -> &str {
-        &self.weights_sha256
     }
 
     /// The device the network runs on.
@@ -501,6 +516,26 @@ impl Extractor {
             tensor_to_array(&features.logits)?,
         ])
     }
+}
+
+/// Refuses features with NaN or infinite values where they are made, naming the weights: a
+/// later metric would only report a NaN with no hint of its cause.
+fn check_finite(
+    network: Network,
+    weights: &Path,
+    output: &'static str,
+    features: &Array2<f32>,
+) -> Result<(), FeatureError> {
+    let bad = features.iter().filter(|v| !v.is_finite()).count();
+    if bad == 0 {
+        return Ok(());
+    }
+    Err(FeatureError::NonFinite {
+        network: network.name(),
+        weights: weights.to_path_buf(),
+        output,
+        bad,
+    })
 }
 
 fn not_loaded(network: Network) -> FeatureError {

@@ -183,17 +183,17 @@ impl InceptionConfig {
             "Inception-V3 loaded from {} on {device:?}",
             weights.path.display()
         );
-        let mut extractor = Extractor::new(vs, model, self.resize, weights.sha256.clone());
+        let mut extractor = Extractor::new(vs, model, self.resize, weights.path.clone());
         if let Some(w) = &weights.dinov2 {
             let (vs, model) = dinov2::Dinov2::load(&w.path, device, w.heads)?;
             tracing::info!("DINOv2 loaded from {}", w.path.display());
-            extractor = extractor.with_dinov2(vs, model);
+            extractor = extractor.with_dinov2(vs, model, w.path.clone());
         }
         if let Some(w) = &weights.clip {
             let heads = w.heads.map_or(clip::Heads::Auto, clip::Heads::Explicit);
             let (vs, model) = clip::ClipVisionModel::load(&w.path, device, heads)?;
             tracing::info!("CLIP vision tower loaded from {}", w.path.display());
-            extractor = extractor.with_clip(vs, model);
+            extractor = extractor.with_clip(vs, model, w.path.clone());
         }
         Ok(extractor)
     }

@@ -313,6 +313,54 @@ fn weights_of_the_wrong_network_are_refused_naming_the_file() {
     );
 }
 
+/// `weights` with every value of the variables named like `name_part` set to NaN, written to
+/// `file` as safetensors.
+fn with_nan_weights(weights: &Path, name_part: &str, file: &Path) -> PathBuf {
+    let mut tensors = tch::Tensor::read_safetensors(weights).unwrap();
+    let mut damaged = 0;
+    for (name, tensor) in tensors.iter_mut() {
+        if name.contains(name_part) {
+            let _ = tensor.fill_(f64::NAN);
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "no variable named like {name_part}");
+    let named: Vec<(&str, &tch::Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    tch::Tensor::write_safetensors(&named, file).unwrap();
+    file.to_path_buf()
+}
+
+#[test]
+fn networks_giving_non_finite_features_are_refused_naming_the_weights() {
+    let _core = one_core();
+    let (root, weights, reference) = &scratch_with_inception(4);
+    let damaged = with_nan_weights(weights, "fc", &root.join("damaged_inception.safetensors"));
+    let out = root.join("features.npz");
+    let run = cli()
+        .args([
+            "features",
+            "--images",
+            s(reference),
+            "--inception",
+            s(&damaged),
+            "--device",
+            "cpu",
+            "--out",
+            s(&out),
+        ])
+        .quiet()
+        .run()
+        .failure();
+    let stderr = run.stderr_text();
+    assert!(
+        stderr.contains("damaged_inception.safetensors")
+            && stderr.contains("non-finite")
+            && stderr.contains("`logits`"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "no feature file from damaged weights");
+}
+
 #[test]
 fn stats_writes_dinov2_statistics_that_fid_uses() {
     let _core = one_core();
