@@ -302,9 +302,9 @@ impl CaptionSet {
         let mut offset = 0;
         let mut shape = (0, 0);
         for batch in texts.chunks(chunk.max(1)) {
-            let (embeddings, masks) = embedder
-                .embed(batch)
-                .map_err(|e| CaptionError::new(prompts, e.to_string()))?;
+            let (embeddings, masks) = embedder.embed(batch).map_err(|e| {
+                CaptionError::new(prompts, format!("cannot embed its captions: {e}"))
+            })?;
             let part = Self::from_right_padded(&embeddings, &masks, None, prompts)?;
             let part = part.embeddings;
             shape = (part.tokens, part.dim);

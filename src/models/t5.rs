@@ -357,6 +357,12 @@ pub enum T5Error {
     /// The caption tokenizer failed.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    /// The encoder gave NaN or infinite embeddings: its weights are damaged, not the captions.
+    #[error("{}: the T5 encoder gave NaN or infinite embeddings; its weights are damaged or not a T5 encoder's: download them again", path.display())]
+    NonFinite {
+        /// The encoder's folder or weights file.
+        path: PathBuf,
+    },
 }
 
 /// A linear map without bias.
@@ -740,6 +746,7 @@ pub struct T5Embedder {
     encoder: T5Encoder,
     _vs: nn::VarStore,
     max_length: usize,
+    dir: PathBuf,
 }
 
 impl T5Embedder {
@@ -753,6 +760,7 @@ impl T5Embedder {
             encoder,
             _vs: vs,
             max_length: T5_MAX_LENGTH,
+            dir: dir.to_path_buf(),
         })
     }
 
@@ -779,6 +787,12 @@ impl T5Embedder {
         let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
         let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
         let hidden = self.encoder.forward(&ids, &mask).to_kind(Kind::Float);
+        // Checked here, where the weights can be named: downstream it looks like bad captions.
+        if hidden.isfinite().all().int64_value(&[]) == 0 {
+            return Err(T5Error::NonFinite {
+                path: self.dir.clone(),
+            });
+        }
         Ok((hidden, mask))
     }
 }

@@ -556,8 +556,26 @@ fn t2i_from_prompts_with_t5_and_clip_score() {
         no_tokenizer.join("model.safetensors"),
     )
     .unwrap();
+    // NaN weights are blamed on the encoder's folder, not on the prompts.
+    let damaged = root.join("t5-damaged");
+    std::fs::create_dir(&damaged).unwrap();
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(t5.join(file), damaged.join(file)).unwrap();
+    }
+    let mut tensors = Tensor::read_safetensors(t5.join("model.safetensors")).unwrap();
+    for (_, tensor) in tensors.iter_mut() {
+        let _ = tensor.fill_(f64::NAN);
+    }
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    Tensor::write_safetensors(&named, damaged.join("model.safetensors")).unwrap();
     for (gpt, prompts, t5, words) in [
         ("gpt_t2i_public.pt", &empty, &t5, "empty"),
+        (
+            "gpt_t2i_public.pt",
+            &prompts,
+            &damaged,
+            "t5-damaged: the t5 encoder gave nan",
+        ),
         (
             "gpt_t2i_public.pt",
             &prompts,
