@@ -257,21 +257,30 @@ struct Reader<'e> {
     env: &'e dyn Fn(&str) -> Option<String>,
 }
 
+/// The largest value read from a launcher variable, and the largest world: far above any real job
+/// (Slurm's largest job array has 4,000,001 tasks), small enough that ranks, sizes and their
+/// products never wrap.
+const LARGEST_LAUNCHER_VALUE: usize = 1 << 24;
+
 impl Reader<'_> {
     fn number(&self, variable: &'static str) -> Result<Option<usize>, LauncherError> {
         let Some(value) = (self.env)(variable) else {
             return Ok(None);
         };
-        value
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| LauncherError::Invalid {
-                launcher: self.launcher,
-                variable,
+        let invalid = |value: String, problem: String| LauncherError::Invalid {
+            launcher: self.launcher,
+            variable,
+            value,
+            problem,
+        };
+        match value.trim().parse::<usize>() {
+            Ok(n) if n <= LARGEST_LAUNCHER_VALUE => Ok(Some(n)),
+            Ok(_) => Err(invalid(
                 value,
-                problem: "is not a non-negative integer".into(),
-            })
+                format!("is above {LARGEST_LAUNCHER_VALUE}, larger than any job this tool runs"),
+            )),
+            Err(_) => Err(invalid(value, "is not a non-negative integer".into())),
+        }
     }
 
     fn required(&self, variable: &'static str) -> Result<usize, LauncherError> {
@@ -431,11 +440,21 @@ fn slurm(env: &dyn Fn(&str) -> Option<String>, asked: bool) -> Result<World, Lau
         .unwrap_or(1)
         .max(local_rank + 1);
     let (launcher, rank, size) = match array {
-        Some((position, count)) => (
-            Launcher::SlurmArray,
-            position * ntasks + procid,
-            count * ntasks,
-        ),
+        Some((position, count)) => {
+            let size = count
+                .checked_mul(ntasks)
+                .filter(|&size| size <= LARGEST_LAUNCHER_VALUE)
+                .ok_or_else(|| LauncherError::Invalid {
+                    launcher: "slurm",
+                    variable: "SLURM_ARRAY_TASK_COUNT",
+                    value: count.to_string(),
+                    problem: format!(
+                        "times SLURM_NTASKS={ntasks} is above {LARGEST_LAUNCHER_VALUE} processes"
+                    ),
+                })?;
+            // position < count and procid < ntasks, so the rank is below the size.
+            (Launcher::SlurmArray, position * ntasks + procid, size)
+        }
         None => (Launcher::Slurm, procid, ntasks),
     };
     Ok(World {
@@ -533,6 +552,43 @@ mod tests {
         let batch = [("SLURM_PROCID", "0"), ("SLURM_NTASKS", "3")];
         let err = world(LauncherChoice::Auto, &batch).unwrap_err();
         assert!(err.to_string().contains("srun"), "{err}");
+    }
+
+    #[test]
+    fn launcher_values_too_large_to_be_a_job_are_refused_before_any_arithmetic() {
+        // 2^32 array tasks of 2^32 srun tasks wrapped the world size to 0.
+        let huge = [
+            ("SLURM_ARRAY_TASK_ID", "0"),
+            ("SLURM_ARRAY_TASK_COUNT", "4294967296"),
+        ];
+        let err = world(LauncherChoice::Auto, &huge).unwrap_err().to_string();
+        assert!(
+            err.contains("SLURM_ARRAY_TASK_COUNT") && err.contains("4294967296"),
+            "{err}"
+        );
+        let product = [
+            ("SLURM_ARRAY_TASK_ID", "0"),
+            ("SLURM_ARRAY_TASK_COUNT", "65536"),
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "65536"),
+            ("SLURM_STEP_ID", "0"),
+        ];
+        let err = world(LauncherChoice::Auto, &product)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SLURM_NTASKS=65536"), "{err}");
+        for (variable, value) in [
+            ("WORLD_SIZE", "18446744073709551615"),
+            ("RANK", "99999999999"),
+        ] {
+            let mut vars = vec![("WORLD_SIZE", "2"), ("RANK", "0")];
+            vars.retain(|(k, _)| *k != variable);
+            vars.push((variable, value));
+            let err = world(LauncherChoice::Torchrun, &vars)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(variable) && err.contains(value), "{err}");
+        }
     }
 
     #[test]
