@@ -59,12 +59,15 @@ impl Distribution {
 }
 
 /// The settings every rank of a job must share: a run's fingerprint without what differs
-/// between ranks (the partition, and the decode batch that `auto` may choose per device), with
-/// the world size, which decides how Inception's batches fall.
+/// between ranks (the partition, and a decode batch not asked for, which follows each rank's
+/// batch choice on its own device), with the world size, which decides how Inception's batches
+/// fall. A decode batch asked for stays: its shape changes the decoder's rounding.
 pub fn job_settings(settings: &Map<String, Value>, world_size: usize) -> Map<String, Value> {
     let mut job = settings.clone();
     job.remove("shard");
-    job.remove("decode_batch_size");
+    if job.get("decode_batch_size_given") != Some(&Value::Bool(true)) {
+        job.remove("decode_batch_size");
+    }
     job.insert("world_size".into(), json!(world_size));
     job
 }

@@ -192,6 +192,12 @@ impl GeneratorConfig {
         }
         m.insert("precision".into(), json!(self.precision.name()));
         m.insert("decode_batch_size".into(), json!(decode_batch));
+        // Whether the decode batch was asked for: then every rank of a job must share it (see
+        // `dist::job_settings`); otherwise it follows each rank's own batch choice.
+        m.insert(
+            "decode_batch_size_given".into(),
+            json!(self.decode_batch_size.is_some()),
+        );
         m.insert("gpt_model".into(), json!(self.heads.model_name));
         m.insert("n_head".into(), json!(self.heads.n_head));
         m

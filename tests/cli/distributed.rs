@@ -222,6 +222,18 @@ fn parts_that_do_not_belong_together_are_refused_naming_rank_and_file() {
     ]);
     assert!(!out.join("metrics.json").exists());
 
+    // A rank given another decode batch, which changes the decoder's rounding.
+    let (out, mut args) = launched_fid_args(&setup, "decode", "2.0", Some("30"));
+    let mut other = args.clone();
+    args.extend(["--decode-batch-size".into(), "2".into()]);
+    other.extend(["--decode-batch-size".into(), "3".into()]);
+    let results = support::run_together(vec![
+        cli().args(&args).rank(&srun_vars(0, 2)),
+        cli().args(&other).rank(&srun_vars(1, 2)),
+    ]);
+    results[0].refused_with(&["`decode_batch_size` was 2, here 3", "rank-1.json"]);
+    assert!(!out.join("metrics.json").exists());
+
     // A part left by an earlier launch (another Slurm job) is not taken for this launch's: rank 0
     // of a new job with other flags waits for rank 1 instead of refusing the stale part.
     let (out, earlier) = launched_fid_args(&setup, "stale", "3.0", Some("30"));
