@@ -140,6 +140,9 @@ pub struct FeatureSet {
 
 const KEYS: [&str; 5] = ["pool", "spatial", "logits", "dinov2", "clip"];
 
+/// The npz entry of a cache entry's seal: its key and the checksum of its arrays.
+const SEAL: &str = "cache_seal";
+
 impl FeatureSet {
     fn fields(&self) -> [(&'static str, &Option<Array2<f32>>); 5] {
         [
@@ -287,6 +290,10 @@ impl FeatureSet {
 
     /// Writes the present feature sets to `path` atomically (temporary file, then rename).
     pub fn save(&self, path: &Path) -> Result<(), FeatureError> {
+        self.save_with_seal(path, None)
+    }
+
+    fn save_with_seal(&self, path: &Path, seal: Option<String>) -> Result<(), FeatureError> {
         crate::io::write_npz_atomically(path, |npz| {
             for (key, array) in self.fields() {
                 if let Some(array) = array {
@@ -296,9 +303,94 @@ impl FeatureSet {
             if let Some(indices) = &self.indices {
                 npz.add_array("indices", indices)?;
             }
+            if let Some(seal) = seal {
+                npz.add_array(SEAL, &Array1::from(seal.into_bytes()))?;
+            }
             Ok(())
         })
         .map_err(|e| file_error(path, e.message))
+    }
+
+    /// The sha256 of the feature arrays (names, shapes and values), in hex.
+    fn checksum(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for (key, array) in self.fields() {
+            if let Some(array) = array {
+                hasher.update(format!("{key}{:?}", array.shape()));
+                for value in array.iter() {
+                    hasher.update(value.to_le_bytes());
+                }
+            }
+        }
+        format!("{:x}", hasher.finalize())
+    }
+
+    /// Writes the features as a cache entry sealed to `key` (what they are the features of): the
+    /// file also holds the key and a checksum of the arrays, which [`FeatureSet::load_sealed`]
+    /// verifies.
+    pub fn save_sealed(&self, path: &Path, key: &str) -> Result<(), FeatureError> {
+        self.save_with_seal(path, Some(format!("{key}\n{}", self.checksum())))
+    }
+
+    /// Reads a cache entry written by [`FeatureSet::save_sealed`] and verifies it before it is
+    /// used: sealed to `key`, arrays unchanged since (checksum), `rows` rows of the `widths`
+    /// given (`(array, width)`, each required), every value finite. An entry copied from
+    /// another image set or network, cut, edited or damaged is refused with the reason.
+    pub fn load_sealed(
+        path: &Path,
+        key: &str,
+        rows: usize,
+        widths: &[(&str, Option<usize>)],
+    ) -> Result<Self, FeatureError> {
+        let set = Self::load(path)?;
+        let mut npz = crate::io::open_npz(path).map_err(|e| file_error(path, e.message))?;
+        let seal: Array1<u8> = npz
+            .by_name(SEAL)
+            .map_err(|_| file_error(path, "has no seal (not written by this version's cache)"))?;
+        let seal = String::from_utf8_lossy(seal.as_slice().unwrap_or_default()).into_owned();
+        let (sealed_key, checksum) = seal.split_once('\n').unwrap_or((&seal, ""));
+        if sealed_key != key {
+            return Err(file_error(
+                path,
+                "holds the features of other images or another network (its seal names another key)",
+            ));
+        }
+        if checksum != set.checksum() {
+            return Err(file_error(
+                path,
+                "its arrays changed after it was written (checksum)",
+            ));
+        }
+        for (name, width) in widths {
+            let array = set
+                .get(name)
+                .ok_or_else(|| file_error(path, format!("has no `{name}`")))?;
+            if array.nrows() != rows {
+                return Err(file_error(
+                    path,
+                    format!("`{name}` has {} rows for {rows} images", array.nrows()),
+                ));
+            }
+            if let Some(width) = width {
+                if array.ncols() != *width {
+                    return Err(file_error(
+                        path,
+                        format!(
+                            "`{name}` is {} wide, the network gives {width}",
+                            array.ncols()
+                        ),
+                    ));
+                }
+            }
+            if array.iter().any(|v| !v.is_finite()) {
+                return Err(file_error(
+                    path,
+                    format!("`{name}` holds NaN or infinite values"),
+                ));
+            }
+        }
+        Ok(set)
     }
 
     /// Reads whichever of `pool`, `spatial`, `logits` the file holds (f32 or f64).

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::inception::{InceptionConfig, InceptionWeights};
 use super::pass::{self, JournalConfig, PassConfig};
 use super::stages::features::FeatureStage;
-use crate::feature_set::{sha256_file, Extractor, FeatureSet, Network};
+use crate::feature_set::{Extractor, FeatureSet, Network};
 use crate::progress::Progress;
 
 /// The feature cache of a run, with the network loaded on first need and kept for the run.
@@ -74,8 +74,12 @@ impl FeatureCache {
     /// its own cache entry, the missing ones extracted together in one pass over the images.
     pub fn features_of(&mut self, images: &Path, crop: Option<usize>) -> Result<FeatureSet> {
         let content = content_fingerprint(images)?;
+        // The images are checked before the networks are loaded, and their count is what a cache
+        // entry must have.
+        let mut source = crate::data::open_images(images, crop, self.config.batch_size)?;
         let crop_tag = crop.map(|s| format!("-crop{s}")).unwrap_or_default();
-        let entry_of = |network: Network| -> Result<PathBuf> {
+        // Each entry is named by a prefix of its key and sealed to the whole key.
+        let entry_of = |network: Network| -> Result<(PathBuf, String)> {
             let sha = self
                 .weights
                 .sha256_of(network)
@@ -85,18 +89,19 @@ impl FeatureCache {
                 Network::Inception => self.config.resize.name(),
                 other => other.name(),
             };
-            Ok(self.dir.join(format!(
-                "{}{crop_tag}-{mode}-{}.npz",
-                &content[..24],
-                &sha[..12]
-            )))
+            let file = format!("{}{crop_tag}-{mode}-{}.npz", &content[..24], &sha[..12]);
+            Ok((
+                self.dir.join(file),
+                format!("{content}{crop_tag}-{mode}-{sha}"),
+            ))
         };
         let mut features = FeatureSet::default();
         let mut missing = Vec::new();
         for network in self.weights.networks() {
-            let entry = entry_of(network)?;
+            let (entry, key) = entry_of(network)?;
             if entry.is_file() {
-                match FeatureSet::load(&entry) {
+                match FeatureSet::load_sealed(&entry, &key, source.len(), &expected_widths(network))
+                {
                     Ok(cached) => {
                         tracing::info!(
                             "{} features of {} from the cache ({})",
@@ -107,16 +112,17 @@ impl FeatureCache {
                         features.absorb(cached.of(network));
                         continue;
                     }
-                    Err(e) => tracing::warn!("ignoring unreadable cache entry: {e}"),
+                    Err(e) => tracing::warn!(
+                        "cache entry not used, {} features computed again: {e}",
+                        network.name()
+                    ),
                 }
             }
-            missing.push((network, entry));
+            missing.push((network, entry, key));
         }
-        let Some((_, first_entry)) = missing.first() else {
+        let Some((_, first_entry, _)) = missing.first() else {
             return Ok(features);
         };
-        // The images are checked before the networks are loaded.
-        let mut source = crate::data::open_images(images, crop, self.config.batch_size)?;
         // The cache only saves time later: when its folder cannot be made (taken by a file,
         // read-only, a full disk), the features are computed without it, unjournaled.
         let cached = match std::fs::create_dir_all(&self.dir) {
@@ -130,7 +136,7 @@ impl FeatureCache {
             }
         };
         let journal_dir = crate::layout::entry_journal(first_entry);
-        let networks: Vec<Network> = missing.iter().map(|(n, _)| *n).collect();
+        let networks: Vec<Network> = missing.iter().map(|(n, _, _)| *n).collect();
         let names: Vec<&str> = networks.iter().map(|n| n.name()).collect();
         let progress = self.progress;
         let batch_size = self.config.batch_size;
@@ -167,14 +173,28 @@ impl FeatureCache {
             names.join(", ")
         );
         // Failing to fill the cache must not throw away the features just computed.
-        for (network, entry) in missing.iter().filter(|_| cached) {
-            if let Err(e) = extracted.of(*network).save(entry) {
+        for (network, entry, key) in missing.iter().filter(|_| cached) {
+            if let Err(e) = extracted.of(*network).save_sealed(entry, key) {
                 tracing::warn!("features not cached (the run goes on): {e}");
             }
         }
         features.absorb(extracted);
         outcome.finish()?;
         Ok(features)
+    }
+}
+
+/// The widths a cache entry of `network`'s features must have (DINOv2's and CLIP's depend on
+/// the model, which their seal's weights sha256 already pins).
+fn expected_widths(network: Network) -> Vec<(&'static str, Option<usize>)> {
+    use crate::models::inception::{LOGITS_DIM, POOL_DIM, SPATIAL_DIM};
+    match network {
+        Network::Inception => vec![
+            ("pool", Some(POOL_DIM as usize)),
+            ("spatial", Some(SPATIAL_DIM as usize)),
+            ("logits", Some(LOGITS_DIM as usize)),
+        ],
+        other => other.outputs().iter().map(|&name| (name, None)).collect(),
     }
 }
 
@@ -187,30 +207,28 @@ pub fn image_settings(images: &Path, crop: Option<usize>) -> Result<Map<String, 
     Ok(settings)
 }
 
-/// What identifies a set of images for the cache: a file's sha256; for a folder, the sha256 of its
-/// image files' relative paths, sizes and modification times (hashing every image would cost as
-/// much as a large part of the evaluation).
+/// What identifies a set of images: a file's sha256; for a folder, the sha256 of its image files'
+/// relative paths and contents' sha256, so an image changed at the same size and modification
+/// time is a new set. Files are hashed in parallel, and once per process
+/// ([`crate::io::content_sha256`]): reading the images again costs little next to decoding them.
 pub fn content_fingerprint(images: &Path) -> Result<String> {
+    let hash = |file: &Path| {
+        crate::io::content_sha256(file).with_context(|| format!("cannot read {}", file.display()))
+    };
     if !images.is_dir() {
-        return sha256_file(images).with_context(|| format!("cannot read {}", images.display()));
+        return hash(images);
     }
+    use rayon::prelude::*;
     use sha2::Digest;
+    let files = crate::data::folder::list_images(images)?;
+    let hashes = files
+        .par_iter()
+        .map(|file| hash(file))
+        .collect::<Result<Vec<_>>>()?;
     let mut hasher = sha2::Sha256::new();
-    for file in crate::data::folder::list_images(images)? {
-        let meta =
-            std::fs::metadata(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        let modified = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let relative = file.strip_prefix(images).unwrap_or(&file);
-        hasher.update(format!(
-            "{}\0{}\0{modified}\n",
-            relative.display(),
-            meta.len()
-        ));
+    for (file, sha256) in files.iter().zip(hashes) {
+        let relative = file.strip_prefix(images).unwrap_or(file);
+        hasher.update(format!("{}\0{sha256}\n", relative.display()));
     }
     Ok(format!("{:x}", hasher.finalize()))
 }

@@ -472,3 +472,82 @@ fn bootstrap_writes_the_uncertainty_of_each_computed_metric_and_none_when_off() 
     let header = csv.lines().next().unwrap();
     assert!(!header.split(',').any(|h| h.ends_with("_se")), "{header}");
 }
+
+/// The FID of `samples` against `reference` from `fid_run` into `out`, and its log.
+fn fid_and_log(weights: &Path, samples: &Path, reference: &Path, out: &Path) -> (f64, String) {
+    let stderr = fid_run(weights, samples, reference, out)
+        .success()
+        .stderr_text();
+    (
+        metrics_json(out)["metrics"]["fid"].as_f64().unwrap(),
+        stderr,
+    )
+}
+
+#[test]
+fn cache_entries_are_used_only_for_the_content_they_were_made_from() {
+    let _cores = all_cores();
+    let (root, weights, reference) = &scratch_with_inception(10);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (p, q) = (root.join("p.npz"), root.join("q.npz"));
+    image_batch(&p, &mut rng, 8, 32, 40);
+    image_batch(&q, &mut rng, 8, 32, 90);
+    let runs = root.join("runs");
+    let (fid_p, _) = fid_and_log(weights, &p, reference, &runs.join("p"));
+    let (fid_q, _) = fid_and_log(weights, &q, reference, &runs.join("q"));
+    assert_ne!(fid_p, fid_q);
+
+    // Q's cache entry copied over P's: refused by its seal, P's features computed again.
+    let cache = runs.join(".feature-cache");
+    let entry_of = |images: &Path| -> PathBuf {
+        let content = llamagen_eval::pipeline::feature_cache::content_fingerprint(images).unwrap();
+        let name = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with(&content[..24]) && n.ends_with(".npz"))
+            .unwrap();
+        cache.join(name)
+    };
+    std::fs::copy(entry_of(&q), entry_of(&p)).unwrap();
+    let (fid, stderr) = fid_and_log(weights, &p, reference, &runs.join("p-again"));
+    assert_eq!(fid, fid_p);
+    assert!(
+        stderr.contains("cache entry not used")
+            && stderr.contains(&*entry_of(&p).to_string_lossy())
+            && stderr.contains("other images"),
+        "{stderr}"
+    );
+    // A damaged entry (bytes changed inside an array) is refused by its checksum.
+    let entry = entry_of(&p);
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&entry, bytes).unwrap();
+    let (fid, stderr) = fid_and_log(weights, &p, reference, &runs.join("p-damaged"));
+    assert_eq!(fid, fid_p);
+    assert!(stderr.contains("cache entry not used"), "{stderr}");
+
+    // A folder whose image changed at the same size and modification time is a new image set.
+    let folder = root.join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let solid = |rgb: [u8; 3]| image::RgbImage::from_pixel(32, 32, image::Rgb(rgb));
+    let image = folder.join("a.png");
+    solid([200, 10, 10]).save(&image).unwrap();
+    solid([10, 200, 10]).save(folder.join("b.png")).unwrap();
+    let before = std::fs::metadata(&image).unwrap();
+    let (fid_red, _) = fid_and_log(weights, &folder, reference, &runs.join("red"));
+    solid([10, 10, 200]).save(&image).unwrap();
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), before.len());
+    File::options()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    let (fid_blue, stderr) = fid_and_log(weights, &folder, reference, &runs.join("blue"));
+    assert!(
+        !stderr.contains(&format!("features of {} from the cache", folder.display())),
+        "{stderr}"
+    );
+    assert_ne!(fid_red, fid_blue);
+}
