@@ -6,12 +6,15 @@
 //!   their sizes, sampling settings, batch partition where it changes rounding, ...), written once;
 //! - one append-only stream per kind of per-image record (`<name>.bin`: a fixed number of bytes
 //!   per image, e.g. a sample's tokens or an image's Inception features);
-//! - `progress.json`: how many images are complete, with the completed sample-index ranges,
-//!   rewritten atomically after every committed batch.
+//! - `progress.json`: how many images are complete, with the completed sample-index ranges and
+//!   each committed batch's size and checksum, rewritten atomically after every committed batch.
 //!
 //! A commit appends the batch's records, flushes them to disk, and only then advances
 //! `progress.json`, so a kill at any instant leaves a journal whose progress names only records
 //! that are on disk; streams are cut back to the committed length when the journal is reopened.
+//! A batch's checksum covers the settings, the batch's sample indices and its records in every
+//! stream, so records edited, damaged, or copied from a run with other settings (and settings
+//! edited to match a new run) are refused when the journal is reopened, before any is used.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -78,6 +81,10 @@ pub struct Journal {
     completed: usize,
     ranges: Vec<Range<u64>>,
     resumed: usize,
+    /// The sha256 of the settings fingerprint, the start of every batch checksum.
+    settings_digest: String,
+    /// Each committed batch: its image count and checksum ([`batch_checksum`]).
+    batches: Vec<(usize, String)>,
 }
 
 const SETTINGS: &str = "settings.json";
@@ -99,8 +106,10 @@ impl Journal {
         let settings_path = dir.join(SETTINGS);
         let progress_path = dir.join(PROGRESS);
         let fingerprint = json!({ "settings": settings, "streams": stream_list(streams) });
+        let settings_digest = sha256_hex(fingerprint.to_string().as_bytes());
         let mut completed = 0;
         let mut ranges = Vec::new();
+        let mut batches = Vec::new();
         let existing = resume && settings_path.is_file() && progress_path.is_file();
         if existing {
             let then = read_json(&settings_path)?;
@@ -140,6 +149,14 @@ impl Journal {
                 )
                 .into());
             }
+            batches = parse_batches(&progress["batches"])
+                .filter(|b| b.iter().map(|(n, _)| n).sum::<usize>() == completed)
+                .ok_or_else(|| {
+                    FileError::new(
+                        &progress_path,
+                        format!("no batch checksums for its {completed} images: {start_over}"),
+                    )
+                })?;
         } else {
             if resume {
                 // Not a warning: the feature cache always asks to resume its extraction.
@@ -219,11 +236,47 @@ impl Journal {
             completed,
             ranges,
             resumed: completed,
+            settings_digest,
+            batches,
         };
-        if !existing {
+        if existing {
+            journal.verify()?;
+        } else {
             journal.write_progress()?;
         }
         Ok(journal)
+    }
+
+    /// Checks every committed batch against its checksum (one read of the committed records),
+    /// naming the first batch that differs.
+    fn verify(&mut self) -> Result<(), JournalError> {
+        let indices: Vec<u64> = self.ranges.iter().flat_map(|r| r.clone()).collect();
+        let mut start = 0;
+        for (count, expected) in self.batches.clone() {
+            let range = start..start + count;
+            let mut records = Vec::with_capacity(self.streams.len());
+            for name in self
+                .streams
+                .iter()
+                .map(|s| s.spec.name.clone())
+                .collect::<Vec<_>>()
+            {
+                records.push(self.read(&name, range.clone())?);
+            }
+            if batch_checksum(&self.settings_digest, &indices[range.clone()], &records) != expected
+            {
+                return Err(FileError::new(
+                    &self.dir,
+                    format!(
+                        "the records of its images {}..{} do not match their checksum: the journal was edited, damaged, or made by another run; delete it to start over, or run without --resume",
+                        range.start, range.end
+                    ),
+                )
+                .into());
+            }
+            start = range.end;
+        }
+        Ok(())
     }
 
     /// The journal folder.
@@ -299,6 +352,10 @@ impl Journal {
                 .map_err(|e| FileError::new(&stream.path, format!("cannot write: {e}")))?;
         }
         self.completed += indices.len();
+        self.batches.push((
+            indices.len(),
+            batch_checksum(&self.settings_digest, indices, records),
+        ));
         for &index in indices {
             match self.ranges.last_mut() {
                 Some(last) if last.end == index => last.end = index + 1,
@@ -332,7 +389,11 @@ impl Journal {
             .collect();
         write_json(
             &self.dir.join(PROGRESS),
-            &json!({ "completed_images": self.completed, "completed_indices": ranges }),
+            &json!({
+                "completed_images": self.completed,
+                "completed_indices": ranges,
+                "batches": self.batches.iter().map(|(n, sha)| json!([n, sha])).collect::<Vec<_>>(),
+            }),
         )
     }
 }
@@ -351,6 +412,39 @@ fn stream_list(streams: &[StreamSpec]) -> Value {
     streams
         .iter()
         .map(|s| json!([s.name, s.record_bytes]))
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// The checksum of one committed batch: the settings' digest, the batch's sample indices and its
+/// records in every stream, in order.
+fn batch_checksum(settings_digest: &str, indices: &[u64], records: &[Vec<u8>]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(settings_digest.as_bytes());
+    for index in indices {
+        hasher.update(index.to_le_bytes());
+    }
+    for stream in records {
+        hasher.update((stream.len() as u64).to_le_bytes());
+        hasher.update(stream);
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+/// `[[count, sha256], ...]` of `progress.json`'s `batches`.
+fn parse_batches(value: &Value) -> Option<Vec<(usize, String)>> {
+    value
+        .as_array()?
+        .iter()
+        .map(|batch| {
+            let count = usize::try_from(batch.get(0)?.as_u64()?).ok()?;
+            Some((count, batch.get(1)?.as_str()?.to_owned()))
+        })
         .collect()
 }
 
@@ -479,8 +573,13 @@ mod tests {
         journal.commit(&[0, 1], &[vec![7; 128]]).unwrap();
         drop(journal);
         let progress = path.join(PROGRESS);
+        let batches = read_json(&progress).unwrap()["batches"].clone();
         let edit = |completed: u64, end: u64| {
-            let text = json!({ "completed_images": completed, "completed_indices": [[0, end]] });
+            let text = json!({
+                "completed_images": completed,
+                "completed_indices": [[0, end]],
+                "batches": batches,
+            });
             std::fs::write(&progress, text.to_string()).unwrap();
         };
         let refused = |needle: &str| {
@@ -510,5 +609,42 @@ mod tests {
         edit(2, 2);
         let journal = Journal::open(&path, &settings(1.5), &streams, 8, true).unwrap();
         assert_eq!(journal.completed(), 2);
+    }
+
+    #[test]
+    fn records_and_settings_edited_after_their_commit_are_refused() {
+        let streams = [StreamSpec::new("tokens", 2)];
+        let refused = |path: &Path, settings: &Map<String, Value>| {
+            let err = match Journal::open(path, settings, &streams, 8, true) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("resumed an edited journal"),
+            };
+            assert!(err.contains("do not match their checksum"), "{err}");
+        };
+        // A token id edited in the records.
+        let (_dir, path, mut journal) = new_journal(&streams);
+        journal.commit(&[0, 1], &[vec![1, 2, 3, 4]]).unwrap();
+        journal.commit(&[2], &[vec![5, 6]]).unwrap();
+        drop(journal);
+        let records = path.join("tokens.bin");
+        std::fs::write(&records, [1, 2, 3, 9, 5, 6]).unwrap();
+        refused(&path, &settings(1.5));
+        // The settings edited to those of the run that resumes (the records are the old run's).
+        std::fs::write(&records, [1, 2, 3, 4, 5, 6]).unwrap();
+        let now = json!({ "settings": settings(2.0), "streams": stream_list(&streams) });
+        std::fs::write(path.join(SETTINGS), now.to_string()).unwrap();
+        refused(&path, &settings(2.0));
+        // Records of another run with the same settings but other samples (indices differ).
+        let (_other_dir, other, mut journal) = new_journal(&streams);
+        journal.commit(&[5, 6], &[vec![1, 2, 3, 4]]).unwrap();
+        drop(journal);
+        let (_dir, path, mut journal) = new_journal(&streams);
+        journal.commit(&[0, 1], &[vec![1, 2, 3, 4]]).unwrap();
+        drop(journal);
+        std::fs::copy(other.join(PROGRESS), path.join(PROGRESS)).unwrap();
+        let mut progress = read_json(&path.join(PROGRESS)).unwrap();
+        progress["completed_indices"] = json!([[0, 2]]);
+        std::fs::write(path.join(PROGRESS), progress.to_string()).unwrap();
+        refused(&path, &settings(1.5));
     }
 }
