@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::inception::{InceptionConfig, InceptionWeights};
 use super::pass::{self, JournalConfig, PassConfig};
 use super::stages::features::FeatureStage;
-use crate::feature_set::{sha256_file, Extractor, FeatureSet, Network};
+use crate::feature_set::{Extractor, FeatureSet, Network};
 use crate::progress::Progress;
 
 /// The feature cache of a run, with the network loaded on first need and kept for the run.
@@ -192,7 +192,10 @@ pub fn image_settings(images: &Path, crop: Option<usize>) -> Result<Map<String, 
 /// much as a large part of the evaluation).
 pub fn content_fingerprint(images: &Path) -> Result<String> {
     if !images.is_dir() {
-        return sha256_file(images).with_context(|| format!("cannot read {}", images.display()));
+        // Hashed once per process: the run record's reference fingerprint and the cache entry
+        // of the same file share one pass over it.
+        return crate::io::content_sha256(images)
+            .with_context(|| format!("cannot read {}", images.display()));
     }
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
