@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 use crate::choice::{choice_enum, Choice};
 use crate::feature_set::FeatureSet;
 use crate::metric::MetricKey;
-use crate::record::{MetricUncertainty, MetricValues, RunRecord, Uncertainties};
+use crate::record::{MetricUncertainty, MetricValues, RunRecord, Uncertainties, REFERENCE_SHA256};
 
 pub use crate::metric::{Metric, Need};
 
@@ -120,6 +120,10 @@ pub struct Reference {
     pub features: Option<FeatureSet>,
     /// Gaussian statistics of its DINOv2 features, when known.
     pub dinov2_stats: Option<GaussianStats>,
+    /// The content fingerprint of the file or folder it was read from, recorded as the run's
+    /// `reference_sha256` so that `check` and `report` can tell runs against different
+    /// references apart; `None` for a reference built in memory.
+    pub sha256: Option<String>,
 }
 
 impl Reference {
@@ -146,6 +150,7 @@ impl Reference {
             stats,
             features: Some(features),
             dinov2_stats,
+            sha256: None,
         })
     }
 
@@ -772,6 +777,9 @@ pub fn evaluate(
         }
     }
     let mut run = run;
+    if let Some(sha256) = reference.and_then(|r| r.sha256.as_ref()) {
+        run.insert(REFERENCE_SHA256.into(), Value::from(sha256.as_str()));
+    }
     run.extend(computed.details.into_iter().map(|(k, v)| (k.to_owned(), v)));
     if !notes.is_empty() {
         run.insert("notes".into(), Value::from(notes));

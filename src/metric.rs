@@ -349,40 +349,47 @@ pub enum Tolerance {
     Absolute(f64),
     /// A fraction of the baseline's magnitude (`2%` is `Relative(0.02)`).
     Relative(f64),
+    /// A multiple of the difference's standard error (`2se`), from the bootstrap uncertainty of
+    /// both records; usable only when both carry it.
+    StandardErrors(f64),
     /// Not checked (`off`).
     Off,
 }
 
 impl Tolerance {
-    /// `0.05` (absolute), `2%` (relative) or `off`.
+    /// `0.05` (absolute), `2%` (relative), `2se` (standard errors) or `off`.
     pub fn parse(text: &str) -> Result<Self> {
         let text = text.trim();
         if text.eq_ignore_ascii_case("off") {
             return Ok(Tolerance::Off);
         }
-        let (number, relative) = match text.strip_suffix('%') {
-            Some(n) => (n.trim(), true),
-            None => (text, false),
+        let lower = text.to_ascii_lowercase();
+        let (number, unit): (&str, fn(f64) -> Tolerance) = if let Some(n) = text.strip_suffix('%') {
+            (n, |v| Tolerance::Relative(v / 100.0))
+        } else if let Some(n) = lower.strip_suffix("se") {
+            (&text[..n.len()], Tolerance::StandardErrors)
+        } else {
+            (text, Tolerance::Absolute)
         };
-        let value: f64 = number.parse().map_err(|_| {
-            anyhow::anyhow!("`{text}` is not a number, a percentage (`2%`) or `off`")
+        let value: f64 = number.trim().parse().map_err(|_| {
+            anyhow::anyhow!(
+                "`{text}` is not a number, a percentage (`2%`), standard errors (`2se`) or `off`"
+            )
         })?;
         if !value.is_finite() || value < 0.0 {
             bail!("`{text}` must be a finite number at least 0");
         }
-        Ok(if relative {
-            Tolerance::Relative(value / 100.0)
-        } else {
-            Tolerance::Absolute(value)
-        })
+        Ok(unit(value))
     }
 
-    /// The allowed worsening from `baseline`.
-    pub fn allowed(self, baseline: f64) -> f64 {
+    /// The allowed worsening from `baseline`, given the standard error `se` of the difference
+    /// when both records carry one; `None` for a [`Tolerance::StandardErrors`] without it.
+    pub fn allowed(self, baseline: f64, se: Option<f64>) -> Option<f64> {
         match self {
-            Tolerance::Absolute(a) => a,
-            Tolerance::Relative(r) => r * baseline.abs(),
-            Tolerance::Off => f64::INFINITY,
+            Tolerance::Absolute(a) => Some(a),
+            Tolerance::Relative(r) => Some(r * baseline.abs()),
+            Tolerance::StandardErrors(k) => se.map(|se| k * se),
+            Tolerance::Off => Some(f64::INFINITY),
         }
     }
 }
@@ -392,6 +399,7 @@ impl std::fmt::Display for Tolerance {
         match self {
             Tolerance::Absolute(a) => write!(f, "{a}"),
             Tolerance::Relative(r) => write!(f, "{}%", r * 100.0),
+            Tolerance::StandardErrors(k) => write!(f, "{k}se"),
             Tolerance::Off => f.write_str("off"),
         }
     }
@@ -786,11 +794,21 @@ mod tests {
         assert_eq!(Tolerance::parse("0.05").unwrap(), Tolerance::Absolute(0.05));
         assert_eq!(Tolerance::parse(" 2% ").unwrap(), Tolerance::Relative(0.02));
         assert_eq!(Tolerance::parse("OFF").unwrap(), Tolerance::Off);
-        for bad in ["x", "-1", "1%%", "inf"] {
+        assert_eq!(
+            Tolerance::parse("2SE").unwrap(),
+            Tolerance::StandardErrors(2.0)
+        );
+        for bad in ["x", "-1", "1%%", "inf", "se", "-1se", "2se%"] {
             assert!(Tolerance::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Tolerance::Relative(0.05).to_string(), "5%");
-        assert_eq!(Tolerance::Relative(0.1).allowed(-20.0), 2.0);
-        assert_eq!(Tolerance::Off.allowed(1.0), f64::INFINITY);
+        assert_eq!(Tolerance::StandardErrors(1.5).to_string(), "1.5se");
+        assert_eq!(Tolerance::Relative(0.1).allowed(-20.0, None), Some(2.0));
+        assert_eq!(Tolerance::Off.allowed(1.0, None), Some(f64::INFINITY));
+        assert_eq!(
+            Tolerance::StandardErrors(2.0).allowed(1.0, Some(0.25)),
+            Some(0.5)
+        );
+        assert_eq!(Tolerance::StandardErrors(2.0).allowed(1.0, None), None);
     }
 }

@@ -169,6 +169,15 @@ impl Uncertainties {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The `uncertainty` object of a document read from `file`; absent or null is none.
+    pub fn from_json(value: Option<Value>, file: &Path) -> Result<Self> {
+        match value {
+            None | Some(Value::Null) => Ok(Uncertainties::default()),
+            Some(u) => serde_json::from_value(u)
+                .with_context(|| format!("{}: invalid `uncertainty`", file.display())),
+        }
+    }
 }
 
 impl Serialize for Uncertainties {
@@ -195,6 +204,17 @@ impl<'de> Deserialize<'de> for Uncertainties {
         }
         Ok(out)
     }
+}
+
+/// The `run` field that identifies the reference the figures were computed against: the sha256
+/// of the reference file's content, or for a folder the fingerprint of its files' paths, sizes
+/// and times (the feature cache's key). Figures against different references do not compare.
+pub const REFERENCE_SHA256: &str = "reference_sha256";
+
+/// The reference fingerprint a record's `run` object holds ([`REFERENCE_SHA256`]); `None` for
+/// records written before it was recorded, or without a reference (IS alone).
+pub fn reference_sha256(run: &Map<String, Value>) -> Option<&str> {
+    run.get(REFERENCE_SHA256).and_then(Value::as_str)
 }
 
 /// One run: its metric values and the free-form description of how they were made (tool
@@ -341,11 +361,7 @@ impl RunRecord {
             None | Some(Value::Null) => Map::new(),
             Some(_) => bail!("{}: `run` is not an object", path.display()),
         };
-        let uncertainty = match doc.remove("uncertainty") {
-            None | Some(Value::Null) => Uncertainties::default(),
-            Some(u) => serde_json::from_value(u)
-                .with_context(|| format!("{}: invalid `uncertainty`", path.display()))?,
-        };
+        let uncertainty = Uncertainties::from_json(doc.remove("uncertainty"), &path)?;
         Ok(RunRecord {
             metrics,
             uncertainty,

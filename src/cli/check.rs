@@ -24,11 +24,22 @@ pub struct CheckCommand {
     #[arg(long, value_name = "BASELINE.json", conflicts_with = "tolerance")]
     pub write_baseline: Option<PathBuf>,
     /// Per-metric tolerances, comma-separated: `fid=0.5` (absolute, in the metric's units),
-    /// `is=2%` (relative to the baseline) or `precision=off`. Defaults: fid/sfid/rfid 5%,
+    /// `is=2%` (relative to the baseline), `fid=2se` (standard errors of the difference; needs
+    /// both records made with --bootstrap N) or `precision=off`. Defaults: fid/sfid/rfid 5%,
     /// kid 0.001, inception_score and codebook_perplexity 2%, precision/recall/coverage 0.02,
     /// density 0.05, psnr 0.1 (dB), ssim/ssim_llamagen 0.005, codebook_usage 0.01.
     #[arg(long, value_name = "METRIC=TOL,...")]
     pub tolerance: Vec<String>,
+    /// When both records carry a metric's standard error (--bootstrap N), a difference beyond
+    /// the tolerance regresses only when it is significant in a one-sided z test at this
+    /// confidence.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.95,
+        conflicts_with = "write_baseline"
+    )]
+    pub confidence: f64,
 }
 
 /// Exit status for a regression.
@@ -65,17 +76,36 @@ fn compare(cmd: &CheckCommand, quiet: bool) -> Result<bool> {
         overrides.extend(check::parse_tolerances(spec)?);
     }
     let baseline = Baseline::load(baseline_path)?;
-    let rows = check::compare(&baseline, &record.metrics, &file, &overrides)?;
+    let rows = check::compare(
+        &baseline,
+        baseline_path,
+        &record,
+        &file,
+        &overrides,
+        cmd.confidence,
+    )?;
     print!("{}", check::table(&rows));
+    if let Some(note) = check::uncertainty_note(&rows, &baseline, baseline_path, &record, &file) {
+        println!("{note}");
+    }
     let regressed: Vec<&str> = rows
         .iter()
         .filter(|r| r.verdict == Verdict::Regressed)
         .map(|r| r.metric.name())
         .collect();
     let checked = rows.iter().filter(|r| r.verdict != Verdict::Info).count();
+    let noise = rows.iter().filter(|r| r.verdict == Verdict::Noise).count();
     if regressed.is_empty() {
+        let within_noise = if noise > 0 {
+            format!(
+                " ({noise} beyond it but not significant at confidence {})",
+                cmd.confidence
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "PASS: {checked} metric{} within tolerance of {}",
+            "PASS: {checked} metric{} within tolerance of {}{within_noise}",
             if checked == 1 { "" } else { "s" },
             baseline_path.display()
         );

@@ -22,12 +22,22 @@ pub struct ReportCommand {
     /// runs when not among them): a run folder, or a JSON file such as `check`'s baseline.
     #[arg(long, value_name = "RUN_DIR|BASELINE.json")]
     pub baseline: Option<PathBuf>,
+    /// Report runs evaluated against different references (their `reference_sha256` differs)
+    /// together; without it such a report is refused, naming the runs of each reference.
+    #[arg(long)]
+    pub allow_mixed: bool,
 }
 
 /// Runs `report`.
 pub fn run(cmd: &ReportCommand, progress: Progress) -> Result<ExitCode> {
     let quiet = progress == Progress::Hidden;
     let runs = report::load_runs(&cmd.runs, cmd.baseline.as_deref())?;
+    let notes = report::check_references(&runs, cmd.allow_mixed)?;
+    if !quiet {
+        for note in &notes {
+            eprintln!("{note}");
+        }
+    }
     let out = cmd.out.clone().unwrap_or_else(|| {
         super::args::output_dir(
             None,

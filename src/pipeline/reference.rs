@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use llamagen_metrics::stats::GaussianStats;
 
-use super::feature_cache::FeatureCache;
+use super::feature_cache::{content_fingerprint, FeatureCache};
 use crate::evaluate::Reference;
 use crate::feature_set::FeatureSet;
 use crate::io::{npz_entry_names, read_reference_stats, read_stats_pairs};
@@ -43,8 +43,33 @@ impl Reference {
     }
 
     /// Reads a reference given as features or as statistics (whichever the file holds), without
-    /// any network.
+    /// any network; identified by its content ([`Reference::sha256`]).
     pub fn from_file(path: &Path) -> Result<Reference> {
+        Self::read_file(path)?.identified_by(path)
+    }
+
+    /// The reference at `path`: statistics from the file when it has them, features of its
+    /// images (cropped to `crop`) when `needs` asks for them or there are no statistics;
+    /// identified by its content ([`Reference::sha256`]).
+    pub fn resolve(
+        path: &Path,
+        crop: Option<usize>,
+        needs: ReferenceNeeds,
+        cache: &mut FeatureCache,
+    ) -> Result<Reference> {
+        Self::read(path, crop, needs, cache)?.identified_by(path)
+    }
+
+    /// Records the content fingerprint of `path`, the one the feature cache keys the images by
+    /// (hashed once per process, so a reference whose features were extracted is not hashed
+    /// again).
+    fn identified_by(mut self, path: &Path) -> Result<Reference> {
+        self.sha256 = Some(content_fingerprint(path)?);
+        Ok(self)
+    }
+
+    /// [`Reference::from_file`] without the fingerprint.
+    fn read_file(path: &Path) -> Result<Reference> {
         let names = npz_entry_names(path)?;
         if names.iter().any(|n| FEATURE_KEYS.contains(&n.as_str())) {
             let features = FeatureSet::load(path)?;
@@ -63,12 +88,12 @@ impl Reference {
             stats,
             features: None,
             dinov2_stats: None,
+            sha256: None,
         })
     }
 
-    /// The reference at `path`: statistics from the file when it has them, features of its
-    /// images (cropped to `crop`) when `needs` asks for them or there are no statistics.
-    pub fn resolve(
+    /// [`Reference::resolve`] without the fingerprint.
+    fn read(
         path: &Path,
         crop: Option<usize>,
         needs: ReferenceNeeds,
@@ -83,7 +108,7 @@ impl Reference {
         let names = npz_entry_names(path)?;
         let has = |key: &str| names.iter().any(|n| n == key);
         if FEATURE_KEYS.iter().any(|k| has(k)) {
-            return Reference::from_file(path);
+            return Reference::read_file(path);
         }
         let stats = read_reference_stats(path)?;
         // `stats --features inception,dinov2` writes DINOv2 statistics over every image.
@@ -108,6 +133,7 @@ impl Reference {
                 stats,
                 features: None,
                 dinov2_stats,
+                sha256: None,
             });
         }
         // DINOv2 and CLIP features of the reference come from its images.
@@ -117,6 +143,7 @@ impl Reference {
                 stats,
                 features: None,
                 dinov2_stats,
+                sha256: None,
             });
         }
         let features = cache
@@ -146,7 +173,7 @@ impl Reference {
         if !path.is_dir() {
             let names = npz_entry_names(path)?;
             if names.iter().any(|n| n == "pool" || n == "mu") {
-                let reference = Reference::from_file(path)?;
+                let reference = Reference::read_file(path)?;
                 return reference.stats.pool.with_context(|| {
                     format!(
                         "{}: no pool statistics (mu/sigma) or pool features for rFID",

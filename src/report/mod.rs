@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::io::write_atomically;
 use crate::metric::MetricKey;
-use crate::record::{metrics_path, MetricValues, RunRecord};
+use crate::record::{metrics_path, reference_sha256, MetricValues, RunRecord};
 
 /// Sampling settings read from a run record, in their column order.
 pub const SAMPLING_FIELDS: [&str; 6] = [
@@ -201,6 +201,60 @@ pub fn load_runs(dirs: &[PathBuf], baseline: Option<&Path>) -> Result<Vec<RunDat
         }
     }
     Ok(runs)
+}
+
+/// Checks that the runs were evaluated against one reference (their `reference_sha256`): runs
+/// against different references measure distances to different sets, so a report that ranks
+/// them misleads. With several references it fails naming each reference's runs, unless
+/// `allow_mixed`. Returns the notes to show: runs whose records predate the field (accepted, not
+/// checked), and the references mixed when allowed.
+pub fn check_references(runs: &[RunData], allow_mixed: bool) -> Result<Vec<String>> {
+    let mut by_reference: Vec<(&str, Vec<&RunData>)> = Vec::new();
+    let mut unknown = Vec::new();
+    for run in runs {
+        match reference_sha256(&run.run) {
+            Some(sha) => match by_reference.iter_mut().find(|(s, _)| *s == sha) {
+                Some((_, group)) => group.push(run),
+                None => by_reference.push((sha, vec![run])),
+            },
+            None => unknown.push(run.source.display().to_string()),
+        }
+    }
+    let mut notes = Vec::new();
+    if by_reference.len() > 1 {
+        let groups: Vec<String> = by_reference
+            .iter()
+            .map(|(sha, group)| {
+                let names: Vec<String> = group
+                    .iter()
+                    .map(|r| r.source.display().to_string())
+                    .collect();
+                format!(
+                    "reference {} ({})",
+                    sha.get(..12).unwrap_or(sha),
+                    names.join(", ")
+                )
+            })
+            .collect();
+        let what = format!(
+            "the runs were evaluated against {} different references, so their figures do not compare: {}",
+            by_reference.len(),
+            groups.join("; ")
+        );
+        if !allow_mixed {
+            anyhow::bail!("{what} (pass --allow-mixed to report them together anyway)");
+        }
+        notes.push(format!("note: {what}"));
+    }
+    if !unknown.is_empty() {
+        notes.push(format!(
+            "note: {} record{} no reference_sha256 (written before it was recorded): {} reference is not checked",
+            unknown.join(", "),
+            if unknown.len() == 1 { "s" } else { "" },
+            if unknown.len() == 1 { "its" } else { "their" }
+        ));
+    }
+    Ok(notes)
 }
 
 /// `summary.csv`: one row per run, the columns of [`summary_columns`].

@@ -1,12 +1,13 @@
 //! `llamagen-eval check`: exit status 0 when within tolerance, 1 on a regression, 2 on unusable
-//! input (missing files, bad JSON, a metric missing from the run, NaN, bad tolerances), and
-//! `--write-baseline` recording a run.
+//! input (missing files, bad JSON, a metric missing from the run, NaN, bad tolerances, runs
+//! against different references), `--write-baseline` recording a run, and the significance
+//! test when both records carry the bootstrap uncertainty.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::harness::{cli, Run};
+use crate::harness::{cli, metrics_json, runs_against_two_references, sha256_hex, Run};
 
 fn check(args: &[&std::ffi::OsStr]) -> Run {
     cli().arg("check").args(args).quiet().run()
@@ -235,4 +236,165 @@ fn unusable_input_exits_2() {
     ]);
     assert_eq!(output.code(), Some(2));
     assert!(!target.exists());
+}
+
+/// A run folder whose `metrics.json` holds FID alone, with its bootstrap standard error.
+fn write_fid_run(root: &Path, name: &str, fid: f64, se: f64) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let doc = json!({
+        "metrics": {"fid": fid},
+        "uncertainty": {"fid": {"se": se, "ci95": [fid - 2.0 * se, fid + 2.0 * se],
+                                "method": "bootstrap over 100 samples, 10 resamples, seed 0"}},
+        "run": {"tool_version": "0.1.0"}
+    });
+    std::fs::write(dir.join("metrics.json"), doc.to_string()).unwrap();
+    dir
+}
+
+/// The table row of `metric`.
+fn row<'a>(stdout: &'a str, metric: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{metric} ")))
+        .unwrap_or_else(|| panic!("no row for {metric}: {stdout}"))
+}
+
+#[test]
+fn differences_within_the_noise_pass_and_significant_ones_regress() {
+    let fx = Fixture::new();
+    // Baseline FID 10 ± 1.2, runs ± 1.6: the difference's standard error is sqrt(1.2² + 1.6²) = 2.
+    let base_run = write_fid_run(&fx.root, "noisy-base", 10.0, 1.2);
+    let baseline = fx.root.join("noisy-baseline.json");
+    check(&[
+        "--run".as_ref(),
+        base_run.as_os_str(),
+        "--write-baseline".as_ref(),
+        baseline.as_os_str(),
+    ])
+    .success();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&baseline).unwrap()).unwrap();
+    assert_eq!(doc["uncertainty"]["fid"]["se"], 1.2, "{doc}");
+    let run = |name: &str, fid: f64, extra: &[&str]| {
+        fx.check_dir(&write_fid_run(&fx.root, name, fid, 1.6), &baseline, extra)
+    };
+    // +1 is beyond the default 5% but half a standard error: noise.
+    let (code, stdout, stderr) = run("half-se", 11.0, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for column in ["95% interval", "z"] {
+        assert!(stdout.contains(column), "{stdout}");
+    }
+    let line = row(&stdout, "fid");
+    for cell in [
+        "+1 (+10.00%)",
+        "[-2.919928, +4.919928]",
+        "+0.50",
+        "ok (noise)",
+    ] {
+        assert!(line.contains(cell), "{cell} not in {line}");
+    }
+    assert!(!stdout.contains("note:"), "{stdout}");
+    // +10: five standard errors and beyond the tolerance.
+    let (code, stdout, _) = run("five-se", 20.0, &[]);
+    assert_eq!(code, 1, "{stdout}");
+    let line = row(&stdout, "fid");
+    assert!(
+        line.contains("+5.00") && line.contains("REGRESSED"),
+        "{line}"
+    );
+    // +5 is 2.5 standard errors: significant at 0.95 (z > 1.645), not at 0.999 (z > 3.09).
+    let (code, stdout, _) = run("z-2.5", 15.0, &[]);
+    assert_eq!(code, 1, "{stdout}");
+    let (code, stdout, _) = run("z-2.5-strict", 15.0, &["--confidence", "0.999"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("not significant at confidence 0.999"),
+        "{stdout}"
+    );
+    // Tolerances in standard errors: +3 is within 2se (4), +5 beyond it.
+    let (code, stdout, _) = run("within-2se", 13.0, &["--tolerance", "fid=2se"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(row(&stdout, "fid").contains("+2se"), "{stdout}");
+    let (code, stdout, _) = run("beyond-2se", 15.0, &["--tolerance", "fid=2se"]);
+    assert_eq!(code, 1, "{stdout}");
+    let (code, _, stderr) = run("bad-confidence", 10.0, &["--confidence", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--confidence"), "{stderr}");
+}
+
+#[test]
+fn a_baseline_without_uncertainty_is_checked_on_tolerances_with_a_note() {
+    let fx = Fixture::new();
+    // The fixture's baseline has no `uncertainty`: +1 FID is beyond 5%, whatever the run's se.
+    let run = write_fid_run(&fx.root, "fid-only", 11.0, 1.6);
+    let mut baseline_doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&fx.baseline).unwrap()).unwrap();
+    baseline_doc["metrics"] = json!({"fid": 10.0});
+    let baseline = fx.root.join("fid-baseline.json");
+    std::fs::write(&baseline, baseline_doc.to_string()).unwrap();
+    let (code, stdout, _) = fx.check_dir(&run, &baseline, &[]);
+    assert_eq!(code, 1, "{stdout}");
+    let notes: Vec<&str> = stdout.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(notes.len(), 1, "{stdout}");
+    assert!(
+        notes[0].contains("no standard error in") && notes[0].contains("fid-baseline.json for fid"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("95% interval"), "{stdout}");
+    // A tolerance in standard errors needs them on both sides.
+    let (code, _, stderr) = fx.check_dir(&run, &baseline, &["--tolerance", "fid=2se"]);
+    assert_eq!(code, 2, "{stderr}");
+    for needle in ["`fid=2se`", "fid-baseline.json has none", "--bootstrap N"] {
+        assert!(stderr.contains(needle), "{needle} not in {stderr}");
+    }
+}
+
+#[test]
+fn runs_against_different_references_are_not_compared() {
+    let dir = tempfile::tempdir().unwrap();
+    let [(run_a, ref_a), (run_b, ref_b)] = runs_against_two_references(dir.path());
+    let (a, b) = (metrics_json(&run_a), metrics_json(&run_b));
+    assert_eq!(a["run"]["reference_sha256"], sha256_hex(&ref_a));
+    assert_eq!(b["run"]["reference_sha256"], sha256_hex(&ref_b));
+    let baseline = dir.path().join("baseline.json");
+    check(&[
+        "--run".as_ref(),
+        run_a.as_os_str(),
+        "--write-baseline".as_ref(),
+        baseline.as_os_str(),
+    ])
+    .success();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&baseline).unwrap()).unwrap();
+    assert_eq!(written["uncertainty"], a["uncertainty"]);
+    assert_eq!(
+        written["run"]["reference_sha256"],
+        a["run"]["reference_sha256"]
+    );
+    let against = |run: &Path| {
+        check(&[
+            "--run".as_ref(),
+            run.as_os_str(),
+            "--baseline".as_ref(),
+            baseline.as_os_str(),
+        ])
+    };
+    // The same run against its own baseline: a difference of 0 standard errors.
+    let same = against(&run_a).success();
+    assert!(
+        row(&same.stdout_text(), "fid").contains("+0.00"),
+        "{}",
+        same.stdout_text()
+    );
+    let other = against(&run_b);
+    assert_eq!(other.code(), Some(2));
+    let stderr = other.stderr_text();
+    for needle in [
+        run_b.join("metrics.json").display().to_string(),
+        baseline.display().to_string(),
+        "evaluated against different references".to_string(),
+    ] {
+        assert!(stderr.contains(&needle), "{needle} not in {stderr}");
+    }
 }

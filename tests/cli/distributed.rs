@@ -10,8 +10,8 @@ use llamagen_test_support as support;
 use ndarray::{Array1, Array4};
 
 use crate::harness::{
-    all_cores, all_succeed, array_vars, cli, metrics_json, ranks, s, srun_tasks, srun_vars,
-    strings, tiny_gpt, tiny_gpt_fid_with_kid, torchrun, Scratch,
+    all_cores, all_succeed, array_vars, cli, metrics_json, ranks, s, sha256_hex, srun_tasks,
+    srun_vars, strings, tiny_gpt, tiny_gpt_fid_with_kid, torchrun, Scratch,
 };
 
 const SAMPLES: &str = "24";
@@ -410,7 +410,7 @@ fn parts_changed_after_their_rank_finished_are_refused_at_the_join() {
     // wrote the wrong rows): refused naming the missing and extra indices.
     let set_checksum = |file: &Path| {
         let mut m: serde_json::Value = serde_json::from_slice(&pristine_manifest).unwrap();
-        m["checksums"]["samples"] = support_sha256(file).into();
+        m["checksums"]["samples"] = sha256_hex(file).into();
         std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
     };
     for (wrong, rows, named) in [
@@ -440,10 +440,4 @@ fn parts_changed_after_their_rank_finished_are_refused_at_the_join() {
         .iter()
         .zip(expected_images.iter())
         .all(|(a, b)| a.abs_diff(*b) <= 1));
-}
-
-/// The sha256 of `path` in hex.
-fn support_sha256(path: &Path) -> String {
-    use sha2::Digest;
-    format!("{:x}", sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }

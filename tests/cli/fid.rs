@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::harness::{
     all_cores, cli, inception_on_cpu, metrics_json, s, scratch_with_inception,
-    scratch_with_random_inception, Run, ScratchDir,
+    scratch_with_random_inception, sha256_hex, Run, ScratchDir,
 };
 
 fn image_batch(path: &Path, rng: &mut ChaCha8Rng, n: usize, size: usize, tint: usize) {
@@ -420,6 +420,8 @@ fn bootstrap_writes_the_uncertainty_of_each_computed_metric_and_none_when_off() 
         metrics_json(out)
     };
     let with = run(&root.join("with"), "50");
+    // The reference is identified by its content in the record, for `check` and `report`.
+    assert_eq!(with["run"]["reference_sha256"], sha256_hex(reference));
     let metrics = with["metrics"].as_object().unwrap();
     let uncertainty = with["uncertainty"].as_object().unwrap();
     for name in [

@@ -296,6 +296,52 @@ pub fn s(p: &Path) -> &str {
 
 pub use support::golden;
 
+/// The sha256 of `path` in hex.
+pub fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Two real `metrics --metrics fid --bootstrap 10` runs of the golden sample features
+/// (`root/sample.npz`) into `root/run-a` and `root/run-b`: against all 1,500 golden reference
+/// rows (`root/ref-a.npz`) and against the first 1,000 (`root/ref-b.npz`), that is against
+/// different references. Returns (run folder, reference file) of each.
+pub fn runs_against_two_references(root: &Path) -> [(PathBuf, PathBuf); 2] {
+    let mut golden_npz =
+        ndarray_npy::NpzReader::new(std::fs::File::open(golden("metrics_public.npz")).unwrap())
+            .unwrap();
+    let mut array = |key: &str| -> ndarray::Array2<f32> { golden_npz.by_name(key).unwrap() };
+    let (sample, reference) = (array("sample"), array("ref"));
+    let write = |name: &str, pool: ndarray::ArrayView2<f32>| {
+        let path = root.join(name);
+        let mut npz = ndarray_npy::NpzWriter::new(std::fs::File::create(&path).unwrap());
+        npz.add_array("pool", &pool).unwrap();
+        npz.finish().unwrap();
+        path
+    };
+    let sample = write("sample.npz", sample.view());
+    let references = [
+        write("ref-a.npz", reference.view()),
+        write("ref-b.npz", reference.slice(ndarray::s![..1000, ..])),
+    ];
+    references.map(|reference| {
+        let name = if reference.ends_with("ref-a.npz") {
+            "run-a"
+        } else {
+            "run-b"
+        };
+        let out = root.join(name);
+        cli()
+            .args(["metrics", "--sample-features", s(&sample), "--ref-features"])
+            .arg(&reference)
+            .args(["--metrics", "fid", "--bootstrap", "10", "--out", s(&out)])
+            .quiet()
+            .run()
+            .success();
+        (out, reference)
+    })
+}
+
 /// The binary with `args`, info logs, and one libtorch thread (the tests run side by side, and
 /// one thread per process avoids oversubscription).
 pub fn llamagen_eval(args: &[&str]) -> Run {

@@ -374,6 +374,12 @@ fn a_folder_is_scored_at_its_own_size() {
     let json = metrics_json(&out);
     assert_eq!(json["run"]["image_size"], serde_json::json!([80, 80]));
     assert_eq!(json["run"]["n_images"], 2, "{json}");
+    // Without --ref the originals are the reference, identified as the feature cache keys them.
+    assert_eq!(
+        json["run"]["reference_sha256"],
+        llamagen_eval::pipeline::feature_cache::content_fingerprint(&folder).unwrap(),
+        "{json}"
+    );
 
     write_png("c.png", 64);
     let refused = root.join("mixed");

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::harness::{cli, Run};
+use crate::harness::{cli, runs_against_two_references, Run};
 
 /// The documented columns of `summary.csv`, in order.
 const COLUMNS: [&str; 39] = [
@@ -283,4 +283,53 @@ fn unusable_run_folders_fail_naming_the_file() {
         assert!(stderr.contains(expected), "{expected}: {stderr}");
         assert!(!out.exists(), "outputs written for a bad run");
     }
+}
+
+#[test]
+fn runs_against_different_references_need_allow_mixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let [(run_a, _), (run_b, _)] = runs_against_two_references(root);
+    let args = |out: &str| -> Vec<std::ffi::OsString> {
+        vec![
+            run_a.clone().into(),
+            run_b.clone().into(),
+            "--out".into(),
+            root.join(out).into(),
+        ]
+    };
+    let refused = report(
+        &args("mixed")
+            .iter()
+            .map(|a| a.as_os_str())
+            .collect::<Vec<_>>(),
+    );
+    refused.refused_with(&[
+        "evaluated against 2 different references",
+        &run_a.join("metrics.json").display().to_string(),
+        &run_b.join("metrics.json").display().to_string(),
+        "--allow-mixed",
+    ]);
+    assert!(!root.join("mixed").exists());
+    let mut allowed = args("allowed");
+    allowed.push("--allow-mixed".into());
+    report(&allowed.iter().map(|a| a.as_os_str()).collect::<Vec<_>>()).success();
+    assert!(root.join("allowed/summary.csv").is_file());
+    // An older record without `reference_sha256` is reported beside them, with a note.
+    let old = sampled_run(root, "old", "/ckpt/c2i_B_256.pt", 1.5, 8.0);
+    let output = cli()
+        .arg("report")
+        .args([&run_a, &old])
+        .arg("--out")
+        .arg(root.join("with-old"))
+        .run()
+        .success();
+    let stderr = output.stderr_text();
+    assert!(
+        stderr.contains(&format!(
+            "note: {} records no reference_sha256",
+            old.join("metrics.json").display()
+        )),
+        "{stderr}"
+    );
 }

@@ -110,6 +110,8 @@ impl Totals {
                 ..Default::default()
             }),
             dinov2_stats: stats("input_dinov2")?,
+            // The run record's reference fingerprint is the job's (`reconstruct`).
+            sha256: None,
         };
         let planned: BTreeSet<Metric> = families.iter().map(|&(_, shared)| shared).collect();
         let computed = compute(

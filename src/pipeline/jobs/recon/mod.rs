@@ -42,9 +42,9 @@ use crate::feature_set::Network;
 use crate::layout::RunLayout;
 use crate::models::vq::VqModel;
 use crate::partition::Shard;
-use crate::pipeline::feature_cache::FeatureCache;
+use crate::pipeline::feature_cache::{content_fingerprint, FeatureCache};
 use crate::pipeline::pass::{self, JournalConfig, PassConfig, PassOutcome};
-use crate::record::RunRecord;
+use crate::record::{RunRecord, REFERENCE_SHA256};
 
 fn path_value(p: Option<&Path>) -> Value {
     p.map(|p| Value::from(p.display().to_string()))
@@ -253,6 +253,14 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
         ("tokenizer", path_value(vq_path)),
         ("recon_batch", path_value(recon_batch)),
         ("batch_size", Value::from(batch_size)),
+        // What the figures are measured against: rFID's `--ref` when given, else the originals,
+        // which every other figure (and rFID without `--ref`) compares with.
+        (
+            REFERENCE_SHA256,
+            Value::from(content_fingerprint(
+                config.reference.as_deref().unwrap_or(&config.data),
+            )?),
+        ),
     ];
     if let Some(vq_config) = &vq_config {
         record.push((
