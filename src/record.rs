@@ -70,8 +70,26 @@ impl MetricValues {
     pub fn from_json(metrics: &Map<String, Value>, file: &Path) -> Result<Self> {
         let (values, unknown) =
             parse_metrics(metrics).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        for name in unknown {
-            tracing::warn!("{}: unknown metric `{name}` ignored", file.display());
+        // One line however many there are: a file of millions of foreign keys must not become
+        // a log of hundreds of megabytes.
+        if !unknown.is_empty() {
+            const SHOWN: usize = 5;
+            let shown: Vec<String> = unknown
+                .iter()
+                .take(SHOWN)
+                .map(|n| format!("`{n}`"))
+                .collect();
+            let more = match unknown.len().saturating_sub(SHOWN) {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
+            tracing::warn!(
+                "{}: {} unknown metric{} ignored: {}{more}",
+                file.display(),
+                unknown.len(),
+                if unknown.len() == 1 { "" } else { "s" },
+                shown.join(", ")
+            );
         }
         Ok(values)
     }

@@ -398,3 +398,28 @@ fn runs_against_different_references_are_not_compared() {
         assert!(stderr.contains(&needle), "{needle} not in {stderr}");
     }
 }
+
+#[test]
+fn a_baseline_of_many_unknown_metrics_warns_in_one_line() {
+    let fixture = Fixture::new();
+    let mut metrics = base_metrics();
+    for i in 0..100_000 {
+        metrics[format!("foreign_{i}")] = json!(1.0);
+    }
+    let baseline = fixture.root.join("many.json");
+    std::fs::write(&baseline, json!({ "metrics": metrics }).to_string()).unwrap();
+    let run = write_run(&fixture.root, "run", base_metrics());
+    let (code, _, stderr) = fixture.check_dir(&run, &baseline, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("unknown metric"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains("100000 unknown metrics ignored")
+            && warnings[0].contains("and 99995 more"),
+        "{stderr}"
+    );
+    assert!(stderr.len() < 10_000, "{} bytes of stderr", stderr.len());
+}

@@ -10,8 +10,8 @@ use std::path::Path;
 use ndarray::Array4;
 
 use crate::harness::{
-    all_cores, cli, golden, metrics_json, remove_flag, s, scratch_with_inception, set_flag,
-    tiny_gpt, tiny_gpt_fid_with_kid, Run,
+    all_cores, cli, golden, metrics_json, random_inception_and_reference, remove_flag, s,
+    scratch_with_inception, set_flag, tiny_gpt, tiny_gpt_fid_with_kid, Run,
 };
 
 /// The binary with `args` and then `extra`, killed with SIGKILL at `crash_at` where given.
@@ -230,6 +230,14 @@ fn sweep_loads_each_checkpoint_once_and_bad_generators_fail_first() {
     let stderr = run(&args, &[], None).success().stderr_text();
     assert_eq!(stderr.matches("already complete").count(), 3, "{stderr}");
     assert_eq!(metrics(&out.join("cfg-1.5")), before);
+    // The reference's images changed at the same path: no scale is kept, every one is scored
+    // against the new content.
+    std::fs::create_dir(root.join("other")).unwrap();
+    let (_, other_reference) = random_inception_and_reference(&root.join("other"), 10);
+    std::fs::copy(&other_reference, reference).unwrap();
+    let stderr = run(&args, &[], None).success().stderr_text();
+    assert_eq!(stderr.matches("already complete").count(), 0, "{stderr}");
+    assert_ne!(metrics(&out.join("cfg-1.5")), before);
 
     // Without --n-head the golden GPT's width is outside the registry: refused before any
     // Inception work on the reference.

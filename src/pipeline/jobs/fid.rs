@@ -217,9 +217,14 @@ impl GeneratedEvaluation {
             "metrics".into(),
             json!(format!("{:?}", self.config.metrics)),
         );
+        // By content: a scale kept by `sweep --resume` must have been scored against these very
+        // reference images, not merely a file at the same path.
         complete.insert(
             "reference".into(),
-            json!(self.config.reference.display().to_string()),
+            json!({
+                "path": self.config.reference.display().to_string(),
+                "sha256": content_fingerprint(&self.config.reference)?,
+            }),
         );
         let world = run.plan.distribution.world;
         if world.is_distributed() {
