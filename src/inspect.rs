@@ -198,18 +198,14 @@ pub fn identify(ck: &Checkpoint) -> Result<Identity, InspectError> {
         Ok(file) => return Ok(Identity::Vq(file)),
         Err(e) => refused("VQ tokenizer", e),
     }
-    let detections: [(&'static str, &dyn Fn() -> Result<FeatureNetwork, String>); 4] = [
-        ("DINOv2", &|| dinov2_network(ck)),
-        ("T5 encoder", &|| t5_network(path)),
-        ("CLIP", &|| clip_network(path)),
-        ("Inception", &|| {
-            inception::load(path, tch::Device::Cpu)
-                .map(|_| FeatureNetwork::Inception)
-                .map_err(|e| e.to_string())
-        }),
+    let detections: [(&'static str, Detect); 4] = [
+        ("DINOv2", dinov2_network),
+        ("T5 encoder", t5_network),
+        ("CLIP", clip_network),
+        ("Inception", inception_network),
     ];
     for (name, detect) in detections {
-        match detect() {
+        match detect(ck) {
             Ok(network) => {
                 let checksum = checksum(path, &network)?;
                 return Ok(Identity::Network { network, checksum });
@@ -219,6 +215,10 @@ pub fn identify(ck: &Checkpoint) -> Result<Identity, InspectError> {
     }
     Ok(Identity::NotANetwork(attempts))
 }
+
+/// A feature network's detection: its configuration as its loader infers it, or the loader's
+/// reason for refusing the file.
+type Detect = fn(&Checkpoint) -> Result<FeatureNetwork, String>;
 
 /// The head counts from 1 to `width` that `infer` accepts, with the first one's result: what the
 /// file allows when it does not tell its heads (the loader's own checks decide, not a rule here).
@@ -340,7 +340,8 @@ fn dinov2_network(ck: &Checkpoint) -> Result<FeatureNetwork, String> {
     }
 }
 
-fn t5_network(path: &Path) -> Result<FeatureNetwork, String> {
+fn t5_network(ck: &Checkpoint) -> Result<FeatureNetwork, String> {
+    let path = ck.path();
     let shapes = WeightSet::open(path)
         .and_then(|weights| weights.shapes())
         .map_err(|e| e.to_string())?;
@@ -353,7 +354,8 @@ fn t5_network(path: &Path) -> Result<FeatureNetwork, String> {
 
 /// A CLIP file's towers, or the vision loader's reason for refusing it (the text loader's when
 /// the vision loader saw a text tower alone).
-fn clip_network(path: &Path) -> Result<FeatureNetwork, String> {
+fn clip_network(ck: &Checkpoint) -> Result<FeatureNetwork, String> {
+    let path = ck.path();
     // Both loaders take the heads from the config beside the weights, else the released widths.
     let source =
         || clip::config_beside(path).map_or(HeadSource::ReleasedWidth, HeadSource::ConfigFile);
@@ -376,6 +378,13 @@ fn clip_network(path: &Path) -> Result<FeatureNetwork, String> {
         Err(_) if vision.is_some() => Ok(FeatureNetwork::Clip { vision, text: None }),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Inception's architecture is fixed: the file is its weights when they load into it.
+fn inception_network(ck: &Checkpoint) -> Result<FeatureNetwork, String> {
+    inception::load(ck.path(), tch::Device::Cpu)
+        .map(|_| FeatureNetwork::Inception)
+        .map_err(|e| e.to_string())
 }
 
 fn checksum(path: &Path, network: &FeatureNetwork) -> Result<Checksum, InspectError> {

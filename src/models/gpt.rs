@@ -470,9 +470,7 @@ fn caption_embedder_shapes(shapes: &[(String, Vec<i64>)]) -> Result<(i64, i64, i
 /// The GPT parameters of a checkpoint as [`Gpt::load`] reads them: the state dict
 /// [`Checkpoint::state_dict_key`] picks (`model`, `module`, `state_dict` or the top level; never
 /// `ema`, as LlamaGen's sampling scripts), wrapper prefixes stripped, saved buffers left out.
-fn state_dict_metas(
-    ck: &Checkpoint,
-) -> Result<(Option<String>, Vec<(String, &TensorMeta)>), GptError> {
+fn state_dict_metas(ck: &Checkpoint) -> Result<super::StateDictMetas<'_>, GptError> {
     let key = ck.state_dict_key(false)?;
     let mut metas: Vec<(String, &TensorMeta)> = ck.tensor_metas_at(key.as_deref())?;
     checkpoint::strip_wrapper_prefixes(&mut metas);
@@ -483,9 +481,7 @@ fn state_dict_metas(
 
 /// The entry [`Gpt::load`] takes the weights from (`None`: the top level) and the (name, shape)
 /// pairs it infers the configuration from ([`GptConfig::infer`]), before any tensor is read.
-pub fn state_dict_shapes(
-    ck: &Checkpoint,
-) -> Result<(Option<String>, Vec<(String, Vec<i64>)>), GptError> {
+pub fn state_dict_shapes(ck: &Checkpoint) -> Result<super::StateDictShapes, GptError> {
     let (key, metas) = state_dict_metas(ck)?;
     Ok((key, super::meta_shapes(&metas)))
 }

@@ -204,7 +204,7 @@ impl VqWeights {
 fn state_dict_metas(
     ck: &Checkpoint,
     weights: VqWeights,
-) -> Result<(Option<String>, Vec<(String, &TensorMeta)>), CheckpointError> {
+) -> Result<super::StateDictMetas<'_>, CheckpointError> {
     let key = weights.state_dict_key(ck)?;
     let mut metas: Vec<(String, &TensorMeta)> = ck.tensor_metas_at(key.as_deref())?;
     checkpoint::strip_wrapper_prefixes(&mut metas);
@@ -216,7 +216,7 @@ fn state_dict_metas(
 pub fn state_dict_shapes(
     ck: &Checkpoint,
     weights: VqWeights,
-) -> Result<(Option<String>, Vec<(String, Vec<i64>)>), CheckpointError> {
+) -> Result<super::StateDictShapes, CheckpointError> {
     let (key, metas) = state_dict_metas(ck, weights)?;
     Ok((key, super::meta_shapes(&metas)))
 }
