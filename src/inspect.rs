@@ -406,6 +406,40 @@ fn checksum(path: &Path, network: &FeatureNetwork) -> Result<Checksum, InspectEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::{Kind, Tensor};
+
+    /// A one-layer GPT of GPT-B's width under a released file name: heads from the registry,
+    /// size from the name, as `sample` would take them.
+    #[test]
+    fn a_registry_width_and_a_released_name_tell_heads_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c2i_B_384.safetensors");
+        let (dim, vocab) = (768, 16);
+        let tensors: Vec<(&str, Tensor)> = [
+            ("cls_embedding.embedding_table.weight", [1001, dim]),
+            ("tok_embeddings.weight", [vocab, dim]),
+            ("output.weight", [vocab, dim]),
+            ("layers.0.attention.wqkv.weight", [3 * dim, dim]),
+            ("layers.0.feed_forward.w1.weight", [2048, dim]),
+        ]
+        .map(|(name, shape)| (name, Tensor::zeros(shape, (Kind::Half, tch::Device::Cpu))))
+        .into();
+        Tensor::write_safetensors(&tensors, &path).unwrap();
+        let Identity::Gpt(file) = identify(&Checkpoint::open(&path).unwrap()).unwrap() else {
+            panic!("not taken for a GPT");
+        };
+        assert_eq!(
+            file.heads,
+            HeadCount::Known {
+                heads: 12,
+                source: HeadSource::RegistryWidth("GPT-B")
+            }
+        );
+        assert_eq!(file.size.trained, Some(TrainedSize::FileName(384)));
+        assert_eq!((file.size.pixels, file.size.grid), (384, Some(24)));
+        assert_eq!(file.config.num_classes, 1000);
+        assert_eq!(file.weights.used, None);
+    }
 
     #[test]
     fn head_candidates_are_the_accepted_counts() {
