@@ -17,7 +17,7 @@ use llamagen_eval::inspect::{
 };
 use llamagen_eval::models::dinov2::Ffn;
 use llamagen_eval::models::gpt::Condition;
-use llamagen_eval::pipeline::generator::TrainedSize;
+use llamagen_eval::pipeline::generator::{TrainedSize, DEFAULT_IMAGE_SIZE};
 use llamagen_eval::record::RunRecord;
 
 /// Runs `inspect`.
@@ -304,14 +304,14 @@ fn vq(file: &VqFile, line: &mut impl FnMut(&str, String)) {
         "codebook",
         format!("{} entries of dimension {}", c.codebook_size, c.embed_dim),
     );
-    let factor = c.downsample_factor();
+    let (factor, size) = (c.downsample_factor(), DEFAULT_IMAGE_SIZE);
     line(
         "downsample",
         format!(
-            "{factor}x ({} levels): a 256 px image is {}x{} tokens",
+            "{factor}x ({} levels): a {size} px image is {}x{} tokens",
             c.ch_mult.len(),
-            256 / factor,
-            256 / factor
+            size / factor,
+            size / factor
         ),
     );
     line(
