@@ -26,6 +26,7 @@ pub mod dist;
 pub mod doctor;
 pub mod evaluate;
 pub mod feature_set;
+pub mod inspect;
 pub mod interrupt;
 pub mod io;
 pub mod journal;

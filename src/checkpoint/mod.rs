@@ -37,7 +37,7 @@ pub use budget::ReadBudget;
 pub use error::{CheckpointError, ErrorKind, Mismatch};
 pub(crate) use load::missing_variables;
 pub use load::{load_into, LoadOptions, LoadReport};
-pub use summary::{Section, Summary};
+pub use summary::{human_count, Section, Summary};
 pub use value::{DType, Object, TensorData, TensorMeta, Value};
 
 /// The container format of a checkpoint file.

@@ -116,7 +116,8 @@ pub(crate) fn describe(root: &Value) -> (Vec<Section>, Vec<(String, String)>) {
     (sections, config)
 }
 
-fn human(n: u64) -> String {
+/// A count as people read it: 9999, 10.0K, 1.50M, 2.00B.
+pub fn human_count(n: u64) -> String {
     match n {
         0..=9_999 => n.to_string(),
         10_000..=999_999 => format!("{:.1}K", n as f64 / 1e3),
@@ -156,7 +157,7 @@ impl fmt::Display for Summary {
                 "tensors     {}: {} tensors, {} parameters ({})",
                 s.key,
                 s.tensors,
-                human(s.parameters),
+                human_count(s.parameters),
                 dtypes.join(", ")
             )?;
         }
@@ -165,7 +166,7 @@ impl fmt::Display for Summary {
             "state dict  {}: {} tensors, {} parameters ({})",
             self.state_dict_key.as_deref().unwrap_or(TOP_LEVEL),
             self.tensors,
-            human(self.parameters),
+            human_count(self.parameters),
             self.parameters
         )?;
         if !self.config.is_empty() {

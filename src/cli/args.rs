@@ -19,6 +19,7 @@ use llamagen_eval::models::inception::Resize;
 use llamagen_eval::models::t5::T5Precision;
 use llamagen_eval::models::vq::VqWeights;
 use llamagen_eval::partition::Shard;
+use llamagen_eval::pipeline::generator::DEFAULT_IMAGE_SIZE;
 use llamagen_eval::pipeline::inception::ExtraNetwork;
 use llamagen_eval::pipeline::{
     BatchSize, FidConfig, GenerationPlan, GeneratorConfig, InceptionConfig, Precision,
@@ -449,7 +450,7 @@ pub struct FidArgs {
 impl FidArgs {
     /// The generation size with --gpt.
     pub fn generation_size(&self) -> i64 {
-        self.image_size.map_or(256, |s| s as i64)
+        self.image_size.map_or(DEFAULT_IMAGE_SIZE, |s| s as i64)
     }
 
     /// The evaluation side; under a launcher, `--device auto` is this rank's device.

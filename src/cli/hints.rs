@@ -11,7 +11,10 @@ pub fn flag_hint(err: &anyhow::Error) -> Option<String> {
     for cause in err.chain() {
         if let Some(gpt) = cause.downcast_ref::<GptError>() {
             hint = match gpt {
-                GptError::UnknownHeads { .. } => Some("pass --n-head N or --gpt-model NAME".into()),
+                GptError::UnknownHeads { path, .. } => Some(format!(
+                    "pass --n-head N or --gpt-model NAME (`llamagen-eval inspect {}` lists the head counts its shapes allow)",
+                    path.display()
+                )),
                 GptError::ImageSize { .. } => {
                     Some("set --image-size to the generator's training size (and --image-size-eval for the evaluated size)".into())
                 }

@@ -10,6 +10,7 @@ use llamagen_eval::device::DeviceChoice;
 use llamagen_eval::dist::{split_summary, Distribution};
 use llamagen_eval::layout::RunLayout;
 use llamagen_eval::partition::Shard;
+use llamagen_eval::pipeline::generator::DEFAULT_IMAGE_SIZE;
 use llamagen_eval::pipeline::jobs::generate::sample_to_npz;
 use llamagen_eval::pipeline::jobs::merge::merge;
 use llamagen_eval::pipeline::{BatchSize, GenerationPlan, Generator};
@@ -23,7 +24,7 @@ pub struct SampleCommand {
     #[command(flatten)]
     pub gen: GenArgs,
     /// Generation resolution: the token grid is image-size / the tokenizer's downsampling.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = DEFAULT_IMAGE_SIZE)]
     pub image_size: i64,
     /// Output npz (ADM/LlamaGen layout: arr_0 images, arr_1 labels, or for captions
     /// caption_indices and captions; shards add `indices`).

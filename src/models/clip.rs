@@ -404,6 +404,21 @@ fn vision_tensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Vec<(String, T
         .collect()
 }
 
+/// The vision tower's tensors of the file at `path` as [`ClipVisionModel::load`] reads them (see
+/// [`vision_tensors`]); a text tower alone is refused.
+fn vision_tower(path: &Path) -> Result<Vec<(String, Tensor)>, ClipError> {
+    let all = read_all(path)?;
+    check_is_vision(path, all.iter().map(|(n, _)| n.as_str()))?;
+    Ok(vision_tensors(path, all))
+}
+
+/// The (name, shape) pairs of the vision tower that [`ClipVisionModel::load`] infers the
+/// configuration from ([`ClipConfig::infer`]). Reads the tensors: OpenAI's TorchScript release
+/// tells its parameters only through libtorch.
+pub fn vision_shapes(path: &Path) -> Result<Vec<(String, Vec<i64>)>, ClipError> {
+    Ok(super::tensor_shapes(&vision_tower(path)?))
+}
+
 /// All tensors of a checkpoint: through our reader (safetensors, torch.save state dicts), else, for
 /// a TorchScript archive (OpenAI's release), libtorch's parameters of the scripted module.
 pub(crate) fn read_all(path: &Path) -> Result<Vec<(String, Tensor)>, ClipError> {
@@ -663,9 +678,7 @@ impl ClipVisionModel {
         device: Device,
         heads: Heads,
     ) -> Result<(nn::VarStore, ClipVisionModel), ClipError> {
-        let all = read_all(path)?;
-        check_is_vision(path, all.iter().map(|(n, _)| n.as_str()))?;
-        let tensors = vision_tensors(path, all);
+        let tensors = vision_tower(path)?;
         let config = ClipConfig::infer(path, &super::tensor_shapes(&tensors), heads)?;
         let (vs, model, loaded) =
             super::build_loaded(device, &tensors, path, &LoadOptions::default(), |p| {

@@ -355,6 +355,12 @@ fn text_tensors(
     })
 }
 
+/// The (name, shape) pairs of the text tower that [`ClipTextModel::load`] infers the
+/// configuration from ([`ClipTextConfig::infer`]).
+pub fn text_shapes(path: &Path) -> Result<Vec<(String, Vec<i64>)>, ClipTextError> {
+    Ok(super::tensor_shapes(&text_tensors(path, read_all(path)?)?))
+}
+
 /// CLIP's text tower with its projection (Hugging Face's `CLIPTextModelWithProjection`), in eval
 /// mode.
 #[derive(Debug)]

@@ -264,6 +264,22 @@ impl Dinov2Config {
     }
 }
 
+/// The DINOv2 tensors of `ck` that [`Dinov2::load`] reads: the state dict (under `model` /
+/// `state_dict`, else the top level), wrapper prefixes stripped, chunked block names unchunked.
+fn state_dict_metas(ck: &Checkpoint) -> Result<Vec<(String, &TensorMeta)>, CheckpointError> {
+    let key = ck.state_dict_key(false)?;
+    let mut metas: Vec<(String, &TensorMeta)> = ck.tensor_metas_at(key.as_deref())?;
+    checkpoint::strip_wrapper_prefixes(&mut metas);
+    unchunk_block_names(&mut metas);
+    Ok(metas)
+}
+
+/// The (name, shape) pairs [`Dinov2::load`] infers the configuration from
+/// ([`Dinov2Config::infer`]), before any tensor is read.
+pub fn state_dict_shapes(ck: &Checkpoint) -> Result<Vec<(String, Vec<i64>)>, CheckpointError> {
+    Ok(super::meta_shapes(&state_dict_metas(ck)?))
+}
+
 /// The first few names of a state dict, and what the file looks like when it is a known other
 /// network.
 fn describe_names(tensors: &[(String, Vec<i64>)]) -> String {
@@ -508,10 +524,7 @@ impl Dinov2 {
         num_heads: Option<i64>,
     ) -> Result<(nn::VarStore, Dinov2), Dinov2Error> {
         let ck = Checkpoint::open(path)?;
-        let key = ck.state_dict_key(false)?;
-        let mut metas: Vec<(String, &TensorMeta)> = ck.tensor_metas_at(key.as_deref())?;
-        checkpoint::strip_wrapper_prefixes(&mut metas);
-        unchunk_block_names(&mut metas);
+        let metas = state_dict_metas(&ck)?;
         let config = Dinov2Config::infer(path, &super::meta_shapes(&metas), num_heads)?;
         let tensors = ck.read_tensors(&metas)?;
         let opts = LoadOptions {

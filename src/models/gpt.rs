@@ -63,6 +63,12 @@ pub fn registry_entry(name: &str) -> Option<(&'static str, i64, i64, i64)> {
         .find(|(n, ..)| n.strip_prefix("GPT-") == Some(wanted.as_str()))
 }
 
+/// The registry entry of model width `dim`, whose head count a checkpoint of that width gets when
+/// neither flags nor the checkpoint name a model.
+pub fn registry_of_width(dim: i64) -> Option<(&'static str, i64, i64, i64)> {
+    REGISTRY.iter().copied().find(|r| r.3 == dim)
+}
+
 /// Why a generator could not be loaded or used. Always clear before any sampling starts.
 #[derive(Debug, thiserror::Error)]
 pub enum GptError {
@@ -212,6 +218,27 @@ pub struct HeadChoice {
     pub n_head: Option<i64>,
 }
 
+impl HeadChoice {
+    /// These choices, or when neither is made the registry name the checkpoint records as
+    /// `args.gpt_model` (LlamaGen's training checkpoints do, e.g. "GPT-L"); an unknown name there
+    /// is passed over, so the head count then comes from the model width.
+    pub fn with_recorded(&self, ck: &Checkpoint) -> HeadChoice {
+        let mut heads = self.clone();
+        if heads.n_head.is_none() && heads.model_name.is_none() {
+            if let Some(name) = ck
+                .get("args")
+                .and_then(|a| a.get("gpt_model"))
+                .and_then(|v| v.as_str())
+            {
+                if registry_entry(name).is_some() {
+                    heads.model_name = Some(name.to_owned());
+                }
+            }
+        }
+        heads
+    }
+}
+
 impl GptConfig {
     /// A config for a registry model with the released LlamaGen hyper-parameters (FFN hidden the
     /// multiple of 256 at or above 8·dim/3, 1000 classes, VQ-16 vocabulary).
@@ -327,14 +354,14 @@ impl GptConfig {
                 }
                 n
             }
-            (None, None) => REGISTRY
-                .iter()
-                .find(|r| r.3 == dim)
-                .map(|r| r.2)
-                .ok_or_else(|| GptError::UnknownHeads {
-                    path: path.to_path_buf(),
-                    dim,
-                })?,
+            (None, None) => {
+                registry_of_width(dim)
+                    .map(|r| r.2)
+                    .ok_or_else(|| GptError::UnknownHeads {
+                        path: path.to_path_buf(),
+                        dim,
+                    })?
+            }
         };
         if n_head <= 0 || dim % n_head != 0 || (dim / n_head) % 4 != 0 {
             return Err(GptError::BadConfig(format!(
@@ -438,6 +465,32 @@ fn caption_embedder_shapes(shapes: &[(String, Vec<i64>)]) -> Result<(i64, i64, i
         ));
     }
     Ok((caption_dim, cls_token_num, dim))
+}
+
+/// The GPT parameters of a checkpoint as [`Gpt::load`] reads them: the state dict
+/// [`Checkpoint::state_dict_key`] picks (`model`, `module`, `state_dict` or the top level; never
+/// `ema`, as LlamaGen's sampling scripts), wrapper prefixes stripped, saved buffers left out.
+fn state_dict_metas(ck: &Checkpoint) -> Result<super::StateDictMetas<'_>, GptError> {
+    let key = ck.state_dict_key(false)?;
+    let mut metas: Vec<(String, &TensorMeta)> = ck.tensor_metas_at(key.as_deref())?;
+    checkpoint::strip_wrapper_prefixes(&mut metas);
+    // Non-parameter buffers some versions save (RoPE tables, causal masks, caches).
+    metas.retain(|(n, _)| !(n == "freqs_cis" || n == "causal_mask" || n.contains("kv_cache")));
+    Ok((key, metas))
+}
+
+/// The entry [`Gpt::load`] takes the weights from (`None`: the top level) and the (name, shape)
+/// pairs it infers the configuration from ([`GptConfig::infer`]), before any tensor is read.
+pub fn state_dict_shapes(ck: &Checkpoint) -> Result<super::StateDictShapes, GptError> {
+    let (key, metas) = state_dict_metas(ck)?;
+    Ok((key, super::meta_shapes(&metas)))
+}
+
+/// The `args.image_size` a LlamaGen training checkpoint records, if any.
+pub fn recorded_image_size(ck: &Checkpoint) -> Option<i64> {
+    ck.get("args")
+        .and_then(|a| a.get("image_size"))
+        .and_then(|v| v.as_i64())
 }
 
 fn first_names(shapes: &[(String, Vec<i64>)]) -> String {
@@ -727,26 +780,13 @@ impl Gpt {
         image_tokens: i64,
     ) -> Result<(nn::VarStore, Gpt), GptError> {
         let ck = Checkpoint::open(path)?;
-        let key = ck.state_dict_key(false)?;
-        let mut metas: Vec<(String, &TensorMeta)> = ck.tensor_metas_at(key.as_deref())?;
-        checkpoint::strip_wrapper_prefixes(&mut metas);
-        // Non-parameter buffers some versions save (RoPE tables, causal masks, caches).
-        metas.retain(|(n, _)| !(n == "freqs_cis" || n == "causal_mask" || n.contains("kv_cache")));
-        let shapes = super::meta_shapes(&metas);
-        let mut heads = heads.clone();
-        if heads.n_head.is_none() && heads.model_name.is_none() {
-            // LlamaGen's training checkpoints record `args.gpt_model` (e.g. "GPT-L").
-            if let Some(name) = ck
-                .get("args")
-                .and_then(|a| a.get("gpt_model"))
-                .and_then(|v| v.as_str())
-            {
-                if registry_entry(name).is_some() {
-                    heads.model_name = Some(name.to_owned());
-                }
-            }
-        }
-        let config = GptConfig::infer(path, &shapes, &heads, image_tokens)?;
+        let (key, metas) = state_dict_metas(&ck)?;
+        let config = GptConfig::infer(
+            path,
+            &super::meta_shapes(&metas),
+            &heads.with_recorded(&ck),
+            image_tokens,
+        )?;
         let tensors = ck.read_tensors(&metas)?;
         let (vs, model, loaded) =
             super::build_loaded(device, &tensors, path, &Default::default(), |p| {
@@ -762,11 +802,7 @@ impl Gpt {
 
     /// The `args.image_size` a LlamaGen training checkpoint records, if any.
     pub fn checkpoint_image_size(path: &Path) -> Result<Option<i64>, GptError> {
-        let ck = Checkpoint::open(path)?;
-        Ok(ck
-            .get("args")
-            .and_then(|a| a.get("image_size"))
-            .and_then(|v| v.as_i64()))
+        Ok(recorded_image_size(&Checkpoint::open(path)?))
     }
 
     /// The architecture the model was built with.

@@ -13,6 +13,16 @@ pub mod vq;
 
 pub(crate) use shapes::{meta_shapes, tensor_shapes};
 
+/// A state dict's entry in its checkpoint (`None`: the top level) and the (name, shape) pairs of
+/// its tensors, as the models' `infer` functions take them.
+pub type StateDictShapes = (Option<String>, Vec<(String, Vec<i64>)>);
+
+/// A state dict's entry in its checkpoint and its tensor records, as a loader reads them.
+pub(crate) type StateDictMetas<'a> = (
+    Option<String>,
+    Vec<(String, &'a crate::checkpoint::TensorMeta)>,
+);
+
 /// How many numbered children `prefix{i}.` the tensor names have: one past the largest `i`, 0 when
 /// there are none (a checkpoint's layer or block count, read from its names).
 pub(crate) fn numbered_children<'a>(names: impl IntoIterator<Item = &'a str>, prefix: &str) -> i64 {

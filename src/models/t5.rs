@@ -238,6 +238,34 @@ impl T5Config {
         })
     }
 
+    /// The configuration [`T5Encoder::load`] builds for the weights at `path` whose tensors have
+    /// `shapes` ([`WeightSet::shapes`]): that of the Hugging Face config file beside them (also
+    /// returned), checked against the shapes, else the shapes' ([`Self::infer`]).
+    pub fn of_weights(
+        path: &Path,
+        shapes: &[(String, Vec<i64>)],
+    ) -> Result<(Self, Option<PathBuf>), T5Error> {
+        if !shapes.iter().any(|(n, _)| n.starts_with(BLOCKS)) {
+            return Err(T5Error::NotT5 {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "no `{BLOCKS}*` tensors among its {}{}",
+                    shapes.len(),
+                    first_names(shapes)
+                ),
+            });
+        }
+        let from_shapes = T5Config::infer(path, shapes)?;
+        match config_file(path) {
+            Some(file) => {
+                let config = T5Config::from_json(&file)?;
+                config.check_against(&from_shapes, &file, path)?;
+                Ok((config, Some(file)))
+            }
+            None => Ok((from_shapes, None)),
+        }
+    }
+
     /// Reads the configuration from the shapes of an encoder state dict (Hugging Face names).
     /// Shapes do not tell the maximum relative distance (taken as 128), the epsilon (1e-6) nor the
     /// activation (`gelu_new` when gated, as in T5 v1.1 and FLAN-T5; `relu` otherwise, as in the
@@ -594,33 +622,15 @@ impl T5Encoder {
         }
         let weights = WeightSet::open(path)?;
         let shapes = weights.shapes()?;
-        if !shapes.iter().any(|(n, _)| n.starts_with(BLOCKS)) {
-            return Err(T5Error::NotT5 {
-                path: path.to_path_buf(),
-                detail: format!(
-                    "no `{BLOCKS}*` tensors among its {}{}",
-                    shapes.len(),
-                    first_names(&shapes)
-                ),
-            });
+        let (config, file) = T5Config::of_weights(path, &shapes)?;
+        if file.is_none() {
+            tracing::warn!(
+                "{}: no config.json; T5 configuration from the tensor shapes (relative \
+                 attention max distance 128, epsilon 1e-6, {:?})",
+                path.display(),
+                config.activation
+            );
         }
-        let from_shapes = T5Config::infer(path, &shapes)?;
-        let config = match config_file(path) {
-            Some(file) => {
-                let config = T5Config::from_json(&file)?;
-                config.check_against(&from_shapes, &file, path)?;
-                config
-            }
-            None => {
-                tracing::warn!(
-                    "{}: no config.json; T5 configuration from the tensor shapes (relative \
-                     attention max distance 128, epsilon 1e-6, {:?})",
-                    path.display(),
-                    from_shapes.activation
-                );
-                from_shapes
-            }
-        };
         let has_embed = shapes.iter().any(|(n, _)| n == EMBED);
         let mut vs = nn::VarStore::new(device);
         let model = T5Encoder::new(&vs.root(), &config, kind);

@@ -185,6 +185,42 @@ choice_enum! {
     }
 }
 
+impl VqWeights {
+    /// The entry of `ck` that holds these weights (`None`: the top level is the state dict).
+    pub fn state_dict_key(self, ck: &Checkpoint) -> Result<Option<String>, CheckpointError> {
+        match self {
+            VqWeights::Ema => ck.state_dict_key(true),
+            VqWeights::Model => ck.state_dict_key(false),
+            VqWeights::Auto => match ck.state_dict_key(true) {
+                Ok(key) => Ok(key),
+                Err(_) => ck.state_dict_key(false),
+            },
+        }
+    }
+}
+
+/// The tokenizer tensors of `ck` that [`VqModel::load`] reads: the state dict `weights` picks,
+/// wrapper prefixes stripped.
+fn state_dict_metas(
+    ck: &Checkpoint,
+    weights: VqWeights,
+) -> Result<super::StateDictMetas<'_>, CheckpointError> {
+    let key = weights.state_dict_key(ck)?;
+    let mut metas: Vec<(String, &TensorMeta)> = ck.tensor_metas_at(key.as_deref())?;
+    checkpoint::strip_wrapper_prefixes(&mut metas);
+    Ok((key, metas))
+}
+
+/// The entry [`VqModel::load`] takes `weights` from (`None`: the top level) and the (name, shape)
+/// pairs it infers the configuration from ([`VqConfig::infer`]), before any tensor is read.
+pub fn state_dict_shapes(
+    ck: &Checkpoint,
+    weights: VqWeights,
+) -> Result<super::StateDictShapes, CheckpointError> {
+    let (key, metas) = state_dict_metas(ck, weights)?;
+    Ok((key, super::meta_shapes(&metas)))
+}
+
 /// Why a tokenizer could not be loaded or used. Always names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum VqError {
@@ -577,16 +613,7 @@ impl VqModel {
         weights: VqWeights,
     ) -> Result<(nn::VarStore, VqModel), VqError> {
         let ck = Checkpoint::open(path)?;
-        let key = match weights {
-            VqWeights::Ema => ck.state_dict_key(true)?,
-            VqWeights::Model => ck.state_dict_key(false)?,
-            VqWeights::Auto => match ck.state_dict_key(true) {
-                Ok(key) => key,
-                Err(_) => ck.state_dict_key(false)?,
-            },
-        };
-        let mut metas: Vec<(String, &TensorMeta)> = ck.tensor_metas_at(key.as_deref())?;
-        checkpoint::strip_wrapper_prefixes(&mut metas);
+        let (key, metas) = state_dict_metas(&ck, weights)?;
         let config = VqConfig::infer(path, &super::meta_shapes(&metas))?;
         let mut tensors = ck.read_tensors(&metas)?;
         let codebook_used = tensors

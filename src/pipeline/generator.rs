@@ -523,6 +523,44 @@ pub struct Generator {
     grid: i64,
 }
 
+/// The generation size when no flag gives one (`--image-size`).
+pub const DEFAULT_IMAGE_SIZE: i64 = 256;
+
+/// The size a GPT checkpoint was trained at, which the generator holds a run to, and where it was
+/// read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainedSize {
+    /// `args.image_size` of a LlamaGen training checkpoint.
+    Recorded(i64),
+    /// `_256` / `_384` / `_512` at the end of a released checkpoint's file name.
+    FileName(i64),
+}
+
+impl TrainedSize {
+    /// The image side in pixels.
+    pub fn pixels(self) -> i64 {
+        match self {
+            TrainedSize::Recorded(size) | TrainedSize::FileName(size) => size,
+        }
+    }
+
+    fn how(self) -> &'static str {
+        match self {
+            TrainedSize::Recorded(_) => "was trained at",
+            TrainedSize::FileName(_) => "is named for",
+        }
+    }
+}
+
+/// The trained size of the GPT checkpoint at `path` whose `args.image_size` is `recorded`
+/// ([`crate::models::gpt::recorded_image_size`]): that, else the size its file name ends with;
+/// `None` when neither tells, and any size a multiple of the tokenizer's factor is taken.
+pub fn trained_size(path: &Path, recorded: Option<i64>) -> Option<TrainedSize> {
+    recorded
+        .map(TrainedSize::Recorded)
+        .or_else(|| size_from_file_name(path).map(TrainedSize::FileName))
+}
+
 /// `_256` / `_384` / `_512` at the end of a released checkpoint's file name.
 fn size_from_file_name(path: &Path) -> Option<i64> {
     let stem = path.file_stem()?.to_str()?;
@@ -629,17 +667,16 @@ impl Generator {
             }
             .into());
         }
-        let trained = match Gpt::checkpoint_image_size(gpt_path)? {
-            Some(trained) => Some((trained, "was trained at")),
-            None => size_from_file_name(gpt_path).map(|named| (named, "is named for")),
-        };
-        if let Some((size, how)) = trained.filter(|(size, _)| *size != image_size) {
+        let trained = trained_size(gpt_path, Gpt::checkpoint_image_size(gpt_path)?);
+        if let Some(trained) = trained.filter(|t| t.pixels() != image_size) {
+            let size = trained.pixels();
             return Err(GptError::ImageSize {
                 image_size,
                 detail: format!(
-                    "{} {how} {size} px ({}x{} tokens); generate at {size} px (and resize to the \
+                    "{} {} {size} px ({}x{} tokens); generate at {size} px (and resize to the \
                      evaluation size with the evaluated-size setting)",
                     gpt_path.display(),
+                    trained.how(),
                     size / factor,
                     size / factor
                 ),

@@ -273,7 +273,10 @@ fn bad_inputs_fail_before_sampling() {
     let mut without_heads = tiny_gpt("sample");
     remove_flag(&mut without_heads, "--n-head");
     without_heads.extend(["--samples", "2", "--out", s(&out)]);
-    fails(llamagen_eval(&without_heads), "--n-head");
+    fails(
+        llamagen_eval(&without_heads),
+        "pass --n-head N or --gpt-model NAME (`llamagen-eval inspect",
+    );
 }
 
 #[test]

@@ -29,7 +29,7 @@ const LAYERS: &[&[&str]] = &[
     &["captions", "sampling", "feature_set"],
     &["metric", "record", "evaluate", "check", "report"],
     &["pipeline"],
-    &["demo", "doctor"],
+    &["demo", "doctor", "inspect"],
     &["cli", "main"],
 ];
 
