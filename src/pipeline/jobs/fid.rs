@@ -23,7 +23,7 @@ use crate::journal;
 use crate::layout::RunLayout;
 use crate::models::clip::Heads;
 use crate::models::clip_text::ClipTextEmbedder;
-use crate::pipeline::feature_cache::FeatureCache;
+use crate::pipeline::feature_cache::{content_fingerprint, FeatureCache};
 use crate::pipeline::generator::{Generator, GeneratorConfig};
 use crate::pipeline::parts::{join_part_features, join_part_grids, join_part_samples};
 use crate::pipeline::reference::ReferenceNeeds;
