@@ -718,6 +718,15 @@ pub fn run_info(fields: impl IntoIterator<Item = (&'static str, Value)>) -> Map<
                 .join(" "),
         ),
     );
+    // The thread counts are recorded because on the CPU they change the rounding of the
+    // networks' and the metrics' arithmetic (see the README's Determinism notes).
+    run.insert(
+        "threads".into(),
+        serde_json::json!({
+            "libtorch": tch::get_num_threads(),
+            "rayon": rayon::current_num_threads(),
+        }),
+    );
     for (key, value) in fields {
         run.insert(key.into(), value);
     }

@@ -417,15 +417,22 @@ impl GenerationThreads {
         let (image_sender, receiver) = mpsc::sync_channel(1);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
+        // Each thread sizes its own OpenMP team before its first tensor operation: a thread's
+        // team otherwise starts at the process default (every core, or OMP_NUM_THREADS), and
+        // libtorch resizes it only at its first parallel loop — a oneDNN convolution before that
+        // runs wide, with other rounding than the same count set through the launcher.
+        let threads = tch::get_num_threads();
         let sampler = std::thread::Builder::new()
             .name("sampler".into())
             .spawn(move || {
+                tch::set_num_threads(threads);
                 sample_all(&sampler, batches, &params, seed, &token_sender, &stopped);
                 sampler
             })?;
         let decoder = std::thread::Builder::new()
             .name("decoder".into())
             .spawn(move || {
+                tch::set_num_threads(threads);
                 decode_all(&decoder, decode, &token_receiver, &image_sender);
                 decoder
             })?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::harness::{cli, metrics_json, runs_against_two_references, sha256_hex, Run};
+use crate::harness::{cli, metrics_json, runs_against_two_references, s, sha256_hex, Run};
 
 fn check(args: &[&std::ffi::OsStr]) -> Run {
     cli().arg("check").args(args).quiet().run()
@@ -409,8 +409,13 @@ fn a_baseline_of_many_unknown_metrics_warns_in_one_line() {
     let baseline = fixture.root.join("many.json");
     std::fs::write(&baseline, json!({ "metrics": metrics }).to_string()).unwrap();
     let run = write_run(&fixture.root, "run", base_metrics());
-    let (code, _, stderr) = fixture.check_dir(&run, &baseline, &[]);
-    assert_eq!(code, 0, "{stderr}");
+    // Not --quiet, which would silence the warning.
+    let stderr = cli()
+        .arg("check")
+        .args(["--run", s(&run), "--baseline", s(&baseline)])
+        .run()
+        .success()
+        .stderr_text();
     let warnings: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("unknown metric"))

@@ -441,3 +441,37 @@ fn parts_changed_after_their_rank_finished_are_refused_at_the_join() {
         .zip(expected_images.iter())
         .all(|(a, b)| a.abs_diff(*b) <= 1));
 }
+
+#[test]
+fn the_same_thread_count_gives_the_same_pixels_however_it_is_set() {
+    let _cores = all_cores();
+    let setup = Scratch::new(12);
+    // Three Slurm ranks without OMP_NUM_THREADS divide the cores among themselves; one process
+    // given that count through the environment must decode the very same pixels.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let share = (cores / 3).max(1);
+    let single = setup.root.join("single");
+    cli()
+        .args(fid_args(&setup, &single, "2.0"))
+        .env("OMP_NUM_THREADS", share.to_string())
+        .quiet()
+        .run()
+        .success();
+    let (launched, args) = launched_fid_args(&setup, "launched", "2.0", None);
+    all_succeed(support::run_together(
+        (0..3)
+            .map(|rank| {
+                cli()
+                    .args(&args)
+                    .rank(&srun_vars(rank, 3))
+                    .env_remove("OMP_NUM_THREADS")
+            })
+            .collect(),
+    ));
+    assert_eq!(
+        read_samples(&launched.join("samples.npz")),
+        read_samples(&single.join("samples.npz"))
+    );
+    let threads = |dir: &Path| metrics_json(dir)["run"]["threads"]["libtorch"].clone();
+    assert_eq!(threads(&launched), threads(&single));
+}
