@@ -273,7 +273,16 @@ fn bad_inputs_fail_before_sampling() {
     let mut without_heads = tiny_gpt("sample");
     remove_flag(&mut without_heads, "--n-head");
     without_heads.extend(["--samples", "2", "--out", s(&out)]);
-    fails(llamagen_eval(&without_heads), "--n-head");
+    let refused = llamagen_eval(&without_heads);
+    let stderr = refused.stderr_text();
+    fails(refused, "--n-head");
+    // The chain says which checkpoint it is (the generator) and names its file once.
+    let gpt = golden("gpt_public.pt");
+    assert!(
+        stderr.contains(&format!("generator: {}: model dim 64", gpt.display())),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches(s(&gpt)).count(), 1, "{stderr}");
 }
 
 #[test]
