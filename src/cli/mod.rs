@@ -156,7 +156,12 @@ enum Command {
     #[command(
         after_help = SWEEP_EXAMPLES,
         mut_arg("sample_batch", |a| a.hide(true)),
-        mut_arg("cfg_scale", |a| a.hide(true))
+        mut_arg("cfg_scale", |a| a.hide(true)),
+        // A sweep always generates: --image-size has only its generation meaning here.
+        mut_arg("image_size", |a| a.help(
+            "Generation resolution (default 256): the token grid is image-size / the tokenizer's \
+             downsampling"
+        ))
     )]
     Sweep(sweep::SweepCommand),
     /// Summary table (CSV, Markdown) and PNG charts of several runs' metrics.json.

@@ -23,7 +23,7 @@ pub struct SampleCommand {
     #[command(flatten)]
     pub gen: GenArgs,
     /// Generation resolution: the token grid is image-size / the tokenizer's downsampling.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, value_name = "N", default_value_t = 256)]
     pub image_size: i64,
     /// Output npz (ADM/LlamaGen layout: arr_0 images, arr_1 labels, or for captions
     /// caption_indices and captions; shards add `indices`).

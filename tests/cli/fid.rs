@@ -484,6 +484,12 @@ fn help_shows_each_flag_under_its_one_name() {
         fid.contains("--crop <N>") && fid.contains("--image-size <N>"),
         "{fid}"
     );
+    // A sweep always generates: its --image-size is the generation resolution alone.
+    let sweep = help("sweep");
+    assert!(
+        sweep.contains("--image-size <N>") && !sweep.contains("old spelling"),
+        "{sweep}"
+    );
 }
 
 #[test]
