@@ -48,9 +48,19 @@ pub struct InceptionArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
-    /// Images per Inception forward pass.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
+    /// Images per feature-network forward pass (Inception, and DINOv2 and CLIP when asked for).
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub feature_batch_size: u64,
+    /// pytorch-fid's spelling of --feature-batch-size, kept for its users' scripts; hidden, so
+    /// that no command shows a `--batch-size` meaning another batch than `sample`'s used to.
+    #[arg(
+        long = "batch-size",
+        value_name = "N",
+        hide = true,
+        conflicts_with = "feature_batch_size",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub batch_size_alias: Option<u64>,
     /// Feature networks, comma-separated, all run in the same pass over the images: inception
     /// (FID, sFID, IS, precision/recall, KID; always), dinov2 (FD_DINOv2 and its
     /// precision/recall), clip (CMMD).
@@ -76,6 +86,14 @@ pub struct InceptionArgs {
 }
 
 impl InceptionArgs {
+    /// The note for a renamed flag given in its old spelling.
+    pub fn notes(&self) -> Vec<&'static str> {
+        self.batch_size_alias
+            .map(|_| "--batch-size is now --feature-batch-size (the feature networks' batch)")
+            .into_iter()
+            .collect()
+    }
+
     /// The library's feature-network configuration.
     pub fn config(&self) -> Result<InceptionConfig> {
         if !self.networks.contains(&Network::Inception) {
@@ -88,7 +106,8 @@ impl InceptionArgs {
             weights: self.inception.clone(),
             resize: self.resize,
             device: self.device,
-            batch_size: usize::try_from(self.batch_size).unwrap_or(usize::MAX),
+            batch_size: usize::try_from(self.batch_size_alias.unwrap_or(self.feature_batch_size))
+                .unwrap_or(usize::MAX),
             dinov2: wants(Network::Dinov2, &self.dinov2).then(|| ExtraNetwork {
                 weights: self.dinov2.clone(),
                 heads: self.dinov2_heads,
@@ -98,6 +117,40 @@ impl InceptionArgs {
                 heads: None,
             }),
         })
+    }
+}
+
+/// The centre crop of the images a command reads (shared by `features`, `stats` and `recon`).
+#[derive(Args, Debug, Clone)]
+pub struct CropArgs {
+    /// Centre-crop every image to this square size first (ADM's `center_crop_arr`: BOX halving,
+    /// BICUBIC resize, centre crop); needed for a folder of differently sized images. Default:
+    /// the images' own size.
+    #[arg(long, value_name = "N", help_heading = "Input")]
+    pub crop: Option<usize>,
+    /// The spelling --crop had before `--image-size` came to mean the generation resolution
+    /// only; hidden, kept for existing scripts.
+    #[arg(
+        long = "image-size",
+        value_name = "N",
+        hide = true,
+        conflicts_with = "crop"
+    )]
+    pub image_size_alias: Option<usize>,
+}
+
+impl CropArgs {
+    /// The crop asked for, in either spelling.
+    pub fn crop(&self) -> Option<usize> {
+        self.crop.or(self.image_size_alias)
+    }
+
+    /// The note for the old spelling.
+    pub fn notes(&self) -> Vec<&'static str> {
+        self.image_size_alias
+            .map(|_| "--image-size is now --crop (the centre crop of the images read)")
+            .into_iter()
+            .collect()
     }
 }
 
@@ -434,10 +487,15 @@ pub struct FidArgs {
     /// precision/recall/KID), a `stats` file, a feature file, an image npz, or a folder of images.
     #[arg(long = "ref", value_name = "REF", help_heading = "Input")]
     pub reference: Option<PathBuf>,
-    /// Centre-crop reference images from a folder to this size (ADM's `center_crop_arr`).
-    /// With --gpt: the generation resolution (default 256); folder references are then cropped
-    /// to --image-size-eval (default: the same).
-    #[arg(long, help_heading = "Input")]
+    /// Centre-crop the reference's images (a folder or an image npz) to this square size (ADM's
+    /// `center_crop_arr`); default with --gpt: the evaluated size (--image-size-eval, else
+    /// --image-size), without: the images' own size.
+    #[arg(long, value_name = "N", help_heading = "Input")]
+    pub crop: Option<usize>,
+    /// Generation resolution with --gpt (default 256): the token grid is image-size / the
+    /// tokenizer's downsampling. Without --gpt, the old spelling of --crop (still accepted, with
+    /// a note).
+    #[arg(long, value_name = "N", help_heading = "Generation (with --gpt)")]
     pub image_size: Option<usize>,
     #[command(flatten)]
     pub inception: InceptionArgs,
@@ -450,20 +508,46 @@ pub struct FidArgs {
 impl FidArgs {
     /// The generation size with --gpt.
     pub fn generation_size(&self) -> i64 {
-        self.image_size.map_or(DEFAULT_IMAGE_SIZE, |s| s as i64)
+        self.image_size
+            .map_or(DEFAULT_IMAGE_SIZE, |s| i64::try_from(s).unwrap_or(i64::MAX))
+    }
+
+    /// The centre crop of the reference's images. With --gpt it defaults to the evaluated size, so
+    /// that the reference images are the samples' size. Without --gpt, `--image-size` is read as
+    /// --crop: that is what it meant there before it came to mean the generation size only, and
+    /// scripts written then still say it.
+    pub fn reference_crop(&self) -> Result<Option<usize>> {
+        if self.gen.gpt.is_some() {
+            let eval = self
+                .gen
+                .image_size_eval
+                .unwrap_or_else(|| self.generation_size());
+            return Ok(self.crop.or(usize::try_from(eval).ok()));
+        }
+        match (self.crop, self.image_size) {
+            (Some(crop), Some(size)) => bail!(
+                "--crop {crop} and --image-size {size} given without --gpt: --image-size is the \
+                 generation resolution (with --gpt) and only stands for --crop in old scripts; \
+                 give --crop N alone"
+            ),
+            (crop, size) => Ok(crop.or(size)),
+        }
+    }
+
+    /// The notes for renamed flags given in their old spelling.
+    pub fn notes(&self) -> Vec<&'static str> {
+        let mut notes = self.inception.notes();
+        if self.gen.gpt.is_none() && self.image_size.is_some() {
+            notes.push(
+                "--image-size without --gpt is now --crop (the reference images' centre crop)",
+            );
+        }
+        notes
     }
 
     /// The evaluation side; under a launcher, `--device auto` is this rank's device.
     pub fn fid_config(&self, progress: Progress, world: &World) -> Result<FidConfig> {
-        // With --gpt, folder references are cropped to the evaluated size.
-        let reference_crop = match self.gen.gpt {
-            Some(_) => Some(
-                self.gen
-                    .image_size_eval
-                    .map_or(self.generation_size() as usize, |s| s as usize),
-            ),
-            None => self.image_size,
-        };
+        let reference_crop = self.reference_crop()?;
         let mut inception = self.inception.config()?;
         inception.device = world.device(inception.device).map_err(anyhow::Error::msg)?;
         let Some(reference) = self.reference.clone() else {

@@ -14,7 +14,7 @@ use llamagen_eval::pipeline::jobs::stats::run_stats as run_stats_job;
 use llamagen_eval::pipeline::InceptionConfig;
 use llamagen_eval::progress::Progress;
 
-use super::args::InceptionArgs;
+use super::args::{CropArgs, InceptionArgs};
 use super::output::{print_features, print_stats};
 
 /// `features` flags.
@@ -24,9 +24,8 @@ pub struct FeaturesCommand {
     /// of PNG/JPEG files.
     #[arg(long, value_name = "IMAGES")]
     pub images: PathBuf,
-    /// Centre-crop every image to this square size first (ADM's `center_crop_arr`).
-    #[arg(long)]
-    pub image_size: Option<usize>,
+    #[command(flatten)]
+    pub crop: CropArgs,
     /// Output npz with `pool` [N,2048], `spatial` [N,2023], `logits` [N,1008] (f32).
     #[arg(long, value_name = "FEATURES.npz")]
     pub out: PathBuf,
@@ -52,7 +51,7 @@ pub fn run(
 ) -> Result<ExitCode> {
     let features = extract_to_file(
         &cmd.images,
-        cmd.image_size,
+        cmd.crop.crop(),
         &inception(&cmd.inception, &distribution.world)?,
         &cmd.out,
         cmd.resume,
@@ -71,10 +70,8 @@ pub struct StatsCommand {
     /// Images: a folder of PNG/JPEG files (recursive) or an npz with `arr_0` u8 N x H x W x 3.
     #[arg(long, value_name = "IMAGES")]
     pub data: PathBuf,
-    /// Centre-crop every image to this square size (ADM's `center_crop_arr`: BOX halving, BICUBIC
-    /// resize, centre crop). Needed for folders of differently sized images.
-    #[arg(long)]
-    pub image_size: Option<usize>,
+    #[command(flatten)]
+    pub crop: CropArgs,
     /// Output reference batch (npz).
     #[arg(long, value_name = "REF.npz")]
     pub out: PathBuf,
@@ -101,7 +98,7 @@ impl StatsCommand {
             );
         }
         Ok(StatsConfig {
-            crop: self.image_size,
+            crop: self.crop.crop(),
             keep_images: self.keep_images,
             seed: self.seed,
             inception,

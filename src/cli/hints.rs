@@ -31,14 +31,14 @@ pub fn flag_hint(err: &anyhow::Error) -> Option<String> {
             };
         }
         if let Some(DataError::MixedSizes { .. }) = cause.downcast_ref::<DataError>() {
-            hint = Some("pass --image-size N to centre-crop every image to N x N".into());
+            hint = Some("pass --crop N to centre-crop every image to N x N".into());
         }
         if let Some(JournalError::SettingsChanged { changes, .. }) =
             cause.downcast_ref::<JournalError>()
         {
             let flags: Vec<String> = changes
                 .iter()
-                .map(|(key, then, _)| format!("--{} {then}", key.replace('_', "-")))
+                .map(|(key, then, _)| format!("--{} {then}", setting_flag(key)))
                 .collect();
             hint = Some(format!(
                 "to resume, rerun with the interrupted run's settings ({}), or without --resume to start over",
@@ -60,4 +60,14 @@ pub fn flag_hint(err: &anyhow::Error) -> Option<String> {
         }
     }
     hint
+}
+
+/// The flag (without its dashes) that sets a journal setting. Journals keep the key
+/// `batch_size` for the feature networks' batch, the flag's old name, so that runs interrupted
+/// before the rename still resume; every other key is its flag's name.
+fn setting_flag(key: &str) -> String {
+    match key {
+        "batch_size" => "feature-batch-size".into(),
+        _ => key.replace('_', "-"),
+    }
 }

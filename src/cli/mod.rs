@@ -145,13 +145,23 @@ enum Command {
     /// Join `sample --shard K/N` outputs into one npz in sample-index order.
     Merge(sample::MergeCommand),
     /// Tokenizer reconstruction quality: rFID, PSNR, SSIM and codebook usage.
-    #[command(after_help = RECON_EXAMPLES)]
+    #[command(
+        after_help = RECON_EXAMPLES,
+        mut_arg("feature_batch_size", |a| a.help(
+            "Images per batch, through the tokenizer and the feature networks alike"
+        ))
+    )]
     Recon(recon::ReconCommand),
     /// `fid --gpt` at several CFG scales, then `report` over the runs.
     #[command(
         after_help = SWEEP_EXAMPLES,
         mut_arg("sample_batch", |a| a.hide(true)),
-        mut_arg("cfg_scale", |a| a.hide(true))
+        mut_arg("cfg_scale", |a| a.hide(true)),
+        // A sweep always generates: --image-size has only its generation meaning here.
+        mut_arg("image_size", |a| a.help(
+            "Generation resolution (default 256): the token grid is image-size / the tokenizer's \
+             downsampling"
+        ))
     )]
     Sweep(sweep::SweepCommand),
     /// Summary table (CSV, Markdown) and PNG charts of several runs' metrics.json.
@@ -172,7 +182,7 @@ const SWEEP_EXAMPLES: &str = "Examples:
       --ref VIRTUAL_imagenet256_labeled.npz --out runs/cfg-sweep";
 
 const RECON_EXAMPLES: &str = "Examples:
-  llamagen-eval recon --vq vq_ds16_c2i.pt --data imagenet/val --image-size 256
+  llamagen-eval recon --vq vq_ds16_c2i.pt --data imagenet/val --crop 256
   llamagen-eval recon --recon-batch reconstructions.npz --data originals.npz --metrics psnr,ssim";
 
 impl Command {
@@ -224,6 +234,26 @@ impl Command {
         }
     }
 
+    /// A note for each renamed flag given in its old spelling: the run goes on with the new
+    /// meaning, and the user learns the spelling that will not change again.
+    fn notes(&self) -> Vec<&'static str> {
+        match self {
+            Command::Fid(cmd) => cmd.fid.notes(),
+            Command::Sweep(cmd) => cmd.fid.notes(),
+            Command::Features(cmd) => [cmd.crop.notes(), cmd.inception.notes()].concat(),
+            Command::Stats(cmd) => [cmd.crop.notes(), cmd.inception.notes()].concat(),
+            Command::Recon(cmd) => [cmd.crop.notes(), cmd.inception.notes()].concat(),
+            Command::Sample(cmd) => cmd.notes(),
+            Command::Demo(_)
+            | Command::Doctor { .. }
+            | Command::Metrics(_)
+            | Command::Inspect { .. }
+            | Command::Merge(_)
+            | Command::Report(_)
+            | Command::Check(_) => Vec::new(),
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Command::Demo(_) => "demo",
@@ -263,6 +293,9 @@ impl Cli {
         llamagen_eval::device::set_tf32(self.tf32 == Switch::On).map_err(anyhow::Error::msg)?;
         if let Some(bytes) = self.max_input_memory {
             llamagen_eval::budget::set_max_input_memory(bytes);
+        }
+        for note in self.command.notes() {
+            progress.say(format!("note: {note}"));
         }
         let world = World::from_env(self.launcher)?;
         tracing::info!("launcher {world}");

@@ -13,7 +13,7 @@ use llamagen_eval::pipeline::jobs::recon::{
 };
 use llamagen_eval::progress::Progress;
 
-use super::args::{InceptionArgs, OutputArgs};
+use super::args::{CropArgs, InceptionArgs, OutputArgs};
 use super::choice::choice;
 use super::output::print_record;
 
@@ -32,10 +32,8 @@ pub struct ReconCommand {
     /// Original images: an npz with `arr_0` u8 N x H x W x 3, or a folder of PNG/JPEG files.
     #[arg(long, value_name = "IMAGES")]
     pub data: PathBuf,
-    /// Centre-crop the originals to this square size (ADM's center_crop_arr; LlamaGen evaluates
-    /// ImageNet at 256). Default: the images' own size (a folder's images must then share one).
-    #[arg(long, value_name = "N")]
-    pub image_size: Option<usize>,
+    #[command(flatten)]
+    pub crop: CropArgs,
     /// rFID reference: an ADM reference batch or stats file (mu/sigma), a feature file, or images;
     /// default: the input images themselves (LlamaGen's protocol).
     #[arg(long = "ref", value_name = "REF.npz")]
@@ -82,7 +80,7 @@ impl ReconCommand {
         inception.device = world.device(inception.device).map_err(anyhow::Error::msg)?;
         Ok(ReconConfig {
             data: self.data.clone(),
-            image_size: self.image_size,
+            crop: self.crop.crop(),
             reconstructions,
             reference: self.reference.clone(),
             metrics: self.metrics.clone(),

@@ -24,7 +24,7 @@ pub struct SampleCommand {
     #[command(flatten)]
     pub gen: GenArgs,
     /// Generation resolution: the token grid is image-size / the tokenizer's downsampling.
-    #[arg(long, default_value_t = DEFAULT_IMAGE_SIZE)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_IMAGE_SIZE)]
     pub image_size: i64,
     /// Output npz (ADM/LlamaGen layout: arr_0 images, arr_1 labels, or for captions
     /// caption_indices and captions; shards add `indices`).
@@ -33,7 +33,16 @@ pub struct SampleCommand {
     /// Samples generated together: a number, or `auto` (from the device's free memory and the
     /// generator's key/value cache per sample; results do not depend on it).
     #[arg(long, value_name = "N|auto", default_value = "auto")]
-    pub batch_size: BatchSize,
+    pub gen_batch_size: BatchSize,
+    /// The spelling --gen-batch-size had here before `--batch-size` came to mean the feature
+    /// networks' batch in the other commands; hidden, kept for existing scripts.
+    #[arg(
+        long = "batch-size",
+        value_name = "N|auto",
+        hide = true,
+        conflicts_with = "gen_batch_size"
+    )]
+    pub batch_size_alias: Option<BatchSize>,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
@@ -43,6 +52,16 @@ pub struct SampleCommand {
     /// Also write a PNG grid of the first (up to 64) samples.
     #[arg(long, value_name = "grid.png")]
     pub grid: Option<PathBuf>,
+}
+
+impl SampleCommand {
+    /// The note for the old spelling of --gen-batch-size.
+    pub fn notes(&self) -> Vec<&'static str> {
+        self.batch_size_alias
+            .map(|_| "--batch-size of `sample` is now --gen-batch-size (the generation batch)")
+            .into_iter()
+            .collect()
+    }
 }
 
 /// Runs `sample`.
@@ -59,7 +78,7 @@ pub fn run(
     let plan = GenerationPlan {
         samples: count,
         shard,
-        batch_size: cmd.batch_size,
+        batch_size: cmd.batch_size_alias.unwrap_or(cmd.gen_batch_size),
         overlap: !cmd.gen.no_overlap,
         save_samples: Some(cmd.out.clone()),
         layout: RunLayout::file(&cmd.out),

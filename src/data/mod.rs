@@ -137,15 +137,15 @@ pub(crate) fn affordable_batch(max: usize, (height, width): (usize, usize)) -> u
         .min(usize::try_from(affordable).unwrap_or(usize::MAX))
 }
 
-/// Opens images from a folder (PNG/JPEG) or an npz (`arr_0`). With `image_size`, every image is
+/// Opens images from a folder (PNG/JPEG) or an npz (`arr_0`). With `crop`, every image is
 /// centre-cropped to that square size as ADM's `center_crop_arr` does (a no-op for images already
 /// that size).
 pub fn open_images(
     path: &std::path::Path,
-    image_size: Option<usize>,
+    crop: Option<usize>,
     batch_hint: usize,
 ) -> Result<Box<dyn ImageSource + Send>, DataError> {
-    open_shard(path, image_size, batch_hint, Shard::ALL)
+    open_shard(path, crop, batch_hint, Shard::ALL)
 }
 
 /// Opens the images of `shard` only (indices `shard.index`, `shard.index + shard.count`, ...),
@@ -153,13 +153,13 @@ pub fn open_images(
 /// [`ImageSource::index_of`] gives each image's index in the whole set.
 pub fn open_shard(
     path: &std::path::Path,
-    image_size: Option<usize>,
+    crop: Option<usize>,
     batch_hint: usize,
     shard: Shard,
 ) -> Result<Box<dyn ImageSource + Send>, DataError> {
     if path.is_dir() {
         return Ok(Box::new(
-            folder::FolderImages::open(path, image_size)?.stride(shard),
+            folder::FolderImages::open(path, crop)?.stride(shard),
         ));
     }
     let npz = npz::NpzImages::open(path, batch_hint)?;
@@ -169,7 +169,7 @@ pub fn open_shard(
     } else {
         Box::new(Strided::new(Box::new(npz), shard))
     };
-    match image_size {
+    match crop {
         Some(side) if size != (side, side) => Ok(Box::new(CenterCropped { inner, size: side })),
         _ => Ok(inner),
     }

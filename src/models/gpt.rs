@@ -365,8 +365,9 @@ impl GptConfig {
         };
         if n_head <= 0 || dim % n_head != 0 || (dim / n_head) % 4 != 0 {
             return Err(GptError::BadConfig(format!(
-                "{} heads do not divide dim {dim} into head dims that are multiples of 4 (2D RoPE)",
-                n_head
+                "{}: {n_head} heads do not divide dim {dim} into head dims that are multiples of 4 \
+                 (2D RoPE)",
+                path.display()
             )));
         }
         let head_dim = dim / n_head;
@@ -380,7 +381,8 @@ impl GptConfig {
         let n_kv_head = kv_size / head_dim;
         if n_head % n_kv_head != 0 {
             return Err(GptError::BadConfig(format!(
-                "{n_head} query heads are not a multiple of {n_kv_head} key/value heads"
+                "{}: {n_head} query heads are not a multiple of {n_kv_head} key/value heads",
+                path.display()
             )));
         }
         let config = GptConfig {

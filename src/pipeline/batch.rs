@@ -15,7 +15,7 @@ use tch::{Device, Kind};
 use crate::models::gpt::{Condition, GptConfig};
 use crate::models::vq::VqConfig;
 
-/// `--batch-size` of generation.
+/// `--gen-batch-size` of generation (`fid --gpt`, `sweep`, `sample`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BatchSize {
     /// Chosen from the device's free memory ([`auto_batch_size`]).

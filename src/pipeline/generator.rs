@@ -663,7 +663,8 @@ impl Generator {
             bail!("the decode batch size must be at least 1");
         }
         let (vq_vs, vq) = VqModel::load(vq_path, device, config.vq_weights)
-            .with_context(|| format!("tokenizer {}", vq_path.display()))?;
+            // The loaders' errors name the file; the context says which of the two it was.
+            .context("tokenizer")?;
         let factor = vq.config().downsample_factor();
         if image_size <= 0 || image_size % factor != 0 {
             return Err(GptError::ImageSize {
@@ -691,8 +692,8 @@ impl Generator {
             .into());
         }
         let grid = image_size / factor;
-        let (mut gpt_vs, gpt) = Gpt::load(gpt_path, device, &config.heads, grid * grid)
-            .with_context(|| format!("generator {}", gpt_path.display()))?;
+        let (mut gpt_vs, gpt) =
+            Gpt::load(gpt_path, device, &config.heads, grid * grid).context("generator")?;
         // Resume fingerprints and run records hold the dtype the samples were made in.
         let precision = config.precision.resolve(device);
         match precision {

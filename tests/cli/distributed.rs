@@ -274,7 +274,7 @@ fn sample_args(out: &Path) -> Vec<String> {
         "10",
         "--seed",
         "3",
-        "--batch-size",
+        "--gen-batch-size",
         "2",
         "--grid",
         s(&grid),
@@ -350,7 +350,7 @@ fn sample_rank(out: &Path, samples: &str, seed: &str, rank: usize) -> support::R
         samples,
         "--seed",
         seed,
-        "--batch-size",
+        "--gen-batch-size",
         "2",
         "--out",
         s(out),
@@ -367,7 +367,7 @@ fn parts_changed_after_their_rank_finished_are_refused_at_the_join() {
     let setup = Scratch::new(12);
     let single = setup.root.join("single.npz");
     let mut alone = tiny_gpt("sample");
-    alone.extend(["--samples", "10", "--seed", "3", "--batch-size", "2"]);
+    alone.extend(["--samples", "10", "--seed", "3", "--gen-batch-size", "2"]);
     alone.extend(["--out", s(&single), "--quiet"]);
     cli().args(&alone).run().success();
 

@@ -36,7 +36,7 @@ fn job_args(
         s(&setup.weights),
         "--device",
         "cpu",
-        "--batch-size",
+        "--feature-batch-size",
         "4",
     ]));
     args

@@ -36,7 +36,7 @@ fn network_flags(inception: &Path) -> Vec<String> {
         s(&golden("clip_vision_tiny_public.safetensors")),
         "--device",
         "cpu",
-        "--batch-size",
+        "--feature-batch-size",
         "8",
     ]
     .iter()

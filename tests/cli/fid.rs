@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use llamagen_test_support as support;
 use ndarray::Array4;
-use ndarray_npy::NpzWriter;
+use ndarray_npy::{NpzReader, NpzWriter};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -26,6 +26,18 @@ fn image_batch(path: &Path, rng: &mut ChaCha8Rng, n: usize, size: usize, tint: u
     npz.finish().unwrap();
 }
 
+/// A PNG of `side` x `side` pixels, its pattern set by `seed`.
+fn write_png(path: &Path, side: u32, seed: u32) {
+    let file = File::create(path).unwrap();
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), side, side);
+    encoder.set_color(png::ColorType::Rgb);
+    let mut writer = encoder.write_header().unwrap();
+    let pixels: Vec<u8> = (0..side * side * 3)
+        .map(|p| ((p * (seed + 3)) % 253) as u8)
+        .collect();
+    writer.write_image_data(&pixels).unwrap();
+}
+
 fn fid_run(weights: &Path, samples: &Path, reference: &Path, out: &Path) -> Run {
     cli()
         .info_log()
@@ -39,7 +51,7 @@ fn fid_run(weights: &Path, samples: &Path, reference: &Path, out: &Path) -> Run 
         .args([
             "--device",
             "cpu",
-            "--batch-size",
+            "--feature-batch-size",
             "16",
             "--metrics",
             "fid,is",
@@ -314,14 +326,7 @@ fn fid_takes_samples_and_reference_as_pytorch_fid_does() {
     let folder = root.join("samples");
     std::fs::create_dir(&folder).unwrap();
     for i in 0..12u32 {
-        let file = File::create(folder.join(format!("{i:02}.png"))).unwrap();
-        let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), 32, 32);
-        encoder.set_color(png::ColorType::Rgb);
-        let mut writer = encoder.write_header().unwrap();
-        let pixels: Vec<u8> = (0..32 * 32 * 3)
-            .map(|p| ((p * (i + 3)) % 253) as u8)
-            .collect();
-        writer.write_image_data(&pixels).unwrap();
+        write_png(&folder.join(format!("{i:02}.png")), 32, i);
     }
     let reference = root.join("ref.npz");
     image_batch(&reference, &mut ChaCha8Rng::seed_from_u64(9), 16, 32, 30);
@@ -391,6 +396,100 @@ fn fid_takes_samples_and_reference_as_pytorch_fid_does() {
         assert!(stdout.contains(&note), "`{note}` not in:\n{stdout}");
     }
     assert!(stdout.contains("sfid "), "{stdout}");
+}
+
+/// `--crop` centre-crops a reference folder of mixed sizes for `stats` and `fid`; in `fid`
+/// without --gpt, `--image-size` (its old meaning there) still does, with a note, and the two
+/// together are refused.
+#[test]
+fn crop_centre_crops_reference_folders_and_the_old_image_size_spelling_still_does() {
+    let _cores = all_cores();
+    let (root, weights) = &scratch_with_random_inception();
+    let folder = root.join("ref");
+    std::fs::create_dir(&folder).unwrap();
+    for i in 0..6u32 {
+        write_png(
+            &folder.join(format!("{i}.png")),
+            if i < 4 { 40 } else { 48 },
+            i,
+        );
+    }
+    let stats = root.join("stats.npz");
+    cli()
+        .args([
+            "stats",
+            "--data",
+            s(&folder),
+            "--crop",
+            "32",
+            "--out",
+            s(&stats),
+        ])
+        .args(inception_on_cpu(weights))
+        .quiet()
+        .run()
+        .success();
+    let mut npz = NpzReader::new(File::open(&stats).unwrap()).unwrap();
+    let kept: Array4<u8> = npz.by_name("arr_0").unwrap();
+    assert_eq!(kept.dim(), (6, 32, 32, 3));
+
+    let samples = root.join("samples.npz");
+    image_batch(&samples, &mut ChaCha8Rng::seed_from_u64(3), 8, 32, 20);
+    let fid = |out: &Path, crop: &[&str]| {
+        cli()
+            .args(["fid", s(&samples), s(&folder), "--metrics", "fid,is"])
+            .args(["--out", s(out)])
+            .args(crop)
+            .args(inception_on_cpu(weights))
+            .run()
+    };
+    let (new, old) = (root.join("crop"), root.join("image-size"));
+    fid(&new, &["--crop", "32", "--quiet"]).success();
+    let stderr = fid(&old, &["--image-size", "32"]).success().stderr_text();
+    assert!(
+        stderr.contains("note: --image-size without --gpt is now --crop"),
+        "{stderr}"
+    );
+    let (new, old) = (metrics_json(&new), metrics_json(&old));
+    assert_eq!(new["metrics"], old["metrics"]);
+    assert_eq!(new["run"]["crop"], 32, "{new}");
+    assert_eq!(old["run"]["crop"], 32, "{old}");
+    fid(&root.join("both"), &["--crop", "32", "--image-size", "32"])
+        .refused_with(&["--crop 32 and --image-size 32", "give --crop N alone"]);
+}
+
+/// Each flag has one meaning in the help: `--batch-size` (the feature networks' batch in some
+/// commands, the generation batch in `sample` before) and the old spelling of `--crop` are
+/// accepted but not shown.
+#[test]
+fn help_shows_each_flag_under_its_one_name() {
+    let help = |command: &str| cli().args([command, "-h"]).run().success().stdout_text();
+    for command in ["fid", "sweep", "features", "stats", "recon", "sample"] {
+        let text = help(command);
+        assert!(!text.contains(" --batch-size"), "{command}: {text}");
+        let batch = if command == "sample" {
+            "--gen-batch-size"
+        } else {
+            "--feature-batch-size"
+        };
+        assert!(text.contains(batch), "{command}: {text}");
+    }
+    for command in ["features", "stats", "recon"] {
+        let text = help(command);
+        assert!(text.contains("--crop <N>"), "{command}: {text}");
+        assert!(!text.contains("--image-size"), "{command}: {text}");
+    }
+    let fid = help("fid");
+    assert!(
+        fid.contains("--crop <N>") && fid.contains("--image-size <N>"),
+        "{fid}"
+    );
+    // A sweep always generates: its --image-size is the generation resolution alone.
+    let sweep = help("sweep");
+    assert!(
+        sweep.contains("--image-size <N>") && !sweep.contains("old spelling"),
+        "{sweep}"
+    );
 }
 
 #[test]

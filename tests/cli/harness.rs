@@ -112,7 +112,7 @@ pub fn tiny_gpt_fid_with_kid(
         "5",
         "--gen-batch-size",
         gen_batch_size,
-        "--batch-size",
+        "--feature-batch-size",
         "4",
         "--kid-subsets",
         "5",

@@ -159,7 +159,7 @@ fn header_and_image_bombs_are_refused_before_allocating() {
                     s(&big_image),
                     "--ref",
                     s(reference),
-                    "--batch-size",
+                    "--feature-batch-size",
                     "1",
                     "--out",
                     s(&out),
@@ -244,7 +244,7 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
 /// The arguments of `sample` on the golden models, 24 samples in batches of 8, into `out`.
 fn sample_args(out: &Path) -> Vec<String> {
     let mut args = tiny_gpt("sample");
-    args.extend(["--samples", "24", "--batch-size", "8", "--out", s(out)]);
+    args.extend(["--samples", "24", "--gen-batch-size", "8", "--out", s(out)]);
     strings(&args)
 }
 

@@ -73,7 +73,7 @@ fn recon_batch_matches_skimage_and_fid_and_resumes_identically() {
             .arg(&data)
             .arg("--inception")
             .arg(weights)
-            .args(["--device", "cpu", "--batch-size", "2", "--out"])
+            .args(["--device", "cpu", "--feature-batch-size", "2", "--out"])
             .arg(out)
             .quiet()
             .args(extra)
@@ -255,7 +255,7 @@ fn golden_tokenizer_run() {
     let save: [&OsStr; 4] = [
         "--save-recon".as_ref(),
         saved_parts.as_os_str(),
-        "--batch-size".as_ref(),
+        "--feature-batch-size".as_ref(),
         "2".as_ref(),
     ];
     let mut stop = save.to_vec();
@@ -385,7 +385,69 @@ fn a_folder_is_scored_at_its_own_size() {
     let refused = root.join("mixed");
     vq_run(&vq, &folder, &refused, &[]).refused_with(&[
         "c.png: is 64x64 but the first image is 80x80",
-        "hint: pass --image-size N",
+        "hint: pass --crop N",
     ]);
     assert!(!refused.exists());
+
+    // --crop makes them one size; the record holds the crop and the size scored.
+    let cropped = root.join("cropped");
+    vq_run(&vq, &folder, &cropped, &["--crop".as_ref(), "64".as_ref()]).success();
+    let json = metrics_json(&cropped);
+    assert_eq!(json["run"]["image_size"], serde_json::json!([64, 64]));
+    assert_eq!(json["run"]["crop"], 64, "{json}");
+    assert_eq!(json["run"]["n_images"], 3, "{json}");
+}
+
+/// The spellings `--crop` and `--feature-batch-size` had before (`--image-size`, `--batch-size`)
+/// still set them, each with a note naming the new flag; either with its new spelling is refused.
+#[test]
+fn old_spellings_of_crop_and_feature_batch_size_still_work_with_a_note() {
+    let _cores = all_cores();
+    let root = &ScratchDir::new();
+    let data = root.join("data.npz");
+    write_images(
+        &data,
+        &Array4::from_shape_fn((3, 40, 40, 3), |(i, y, x, c)| {
+            ((x * 5 + y * 3 + i * 29 + c * 60) % 256) as u8
+        }),
+    );
+    let vq = support::golden("vq_public.pt");
+    let run = |out: &Path, extra: &[&str]| {
+        cli()
+            .args(["recon", "--vq"])
+            .arg(&vq)
+            .arg("--data")
+            .arg(&data)
+            .args(["--device", "cpu", "--metrics", "psnr", "--out"])
+            .arg(out)
+            .args(extra)
+            .run()
+    };
+    let old = root.join("old");
+    let stderr = run(&old, &["--image-size", "32", "--batch-size", "2"])
+        .success()
+        .stderr_text();
+    for note in [
+        "note: --image-size is now --crop",
+        "note: --batch-size is now --feature-batch-size",
+    ] {
+        assert!(stderr.contains(note), "`{note}` not in:\n{stderr}");
+    }
+    let json = metrics_json(&old);
+    assert_eq!(json["run"]["crop"], 32, "{json}");
+    assert_eq!(json["run"]["image_size"], serde_json::json!([32, 32]));
+    assert_eq!(json["run"]["feature_batch_size"], 2, "{json}");
+    let new = root.join("new");
+    run(
+        &new,
+        &["--crop", "32", "--feature-batch-size", "2", "--quiet"],
+    )
+    .success();
+    assert_eq!(metrics_json(&new)["metrics"], json["metrics"]);
+    for both in [
+        ["--crop", "32", "--image-size", "32"],
+        ["--feature-batch-size", "2", "--batch-size", "2"],
+    ] {
+        run(&root.join("both"), &both).refused_with(&["cannot be used with"]);
+    }
 }

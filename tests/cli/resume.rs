@@ -137,7 +137,7 @@ fn sample_and_recon_resume_after_sigkill() {
             "7",
             "--seed",
             "9",
-            "--batch-size",
+            "--gen-batch-size",
             "2",
             "--out",
             s(out),
@@ -162,7 +162,7 @@ fn sample_and_recon_resume_after_sigkill() {
             s(&whole),
             "--metrics",
             "psnr,ssim,codebook",
-            "--batch-size",
+            "--feature-batch-size",
             "3",
             "--device",
             "cpu",
@@ -266,7 +266,7 @@ fn features_and_stats_resume_after_sigkill() {
         s(weights),
         "--device",
         "cpu",
-        "--batch-size",
+        "--feature-batch-size",
         "4",
     ];
     let bytes_of = |path: &Path| std::fs::read(path).unwrap();
@@ -339,7 +339,7 @@ fn a_resume_after_a_checkpoint_was_replaced_by_one_of_the_same_size_is_refused()
     let sample = |extra: &[&str], crash_at: Option<&str>| {
         let mut args = tiny_gpt("sample");
         set_flag(&mut args, "--gpt", s(&used));
-        args.extend(["--samples", "6", "--batch-size", "2", "--out", s(&out)]);
+        args.extend(["--samples", "6", "--gen-batch-size", "2", "--out", s(&out)]);
         run(&args, extra, crash_at)
     };
     killed(&sample(&[], Some("committed:1")));

@@ -80,6 +80,27 @@ fn greedy_samples_reproduce_the_golden_images() {
     }
 }
 
+/// `--batch-size`, the generation batch's name in `sample` before it meant the feature networks'
+/// batch elsewhere, still sets the generation batch, with a note naming --gen-batch-size; given
+/// with --gen-batch-size it is refused.
+#[test]
+fn the_old_batch_size_spelling_still_sets_the_generation_batch() {
+    let _cores = one_core();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("old.npz");
+    let mut args = tiny_gpt("sample");
+    args.extend(["--samples", "2", "--batch-size", "2", "--out", s(&out)]);
+    let stderr = llamagen_eval(&args).success().stderr_text();
+    assert!(
+        stderr.contains("note: --batch-size of `sample` is now --gen-batch-size"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("generation batch 2,"), "{stderr}");
+    assert_eq!(read(&out).0.dim(), (2, 64, 64, 3));
+    args.extend(["--gen-batch-size", "1"]);
+    llamagen_eval(&args).refused_with(&["--batch-size", "cannot be used with", "--gen-batch-size"]);
+}
+
 /// Random sampling (with guidance) of 5 samples: few, as every image costs a decode.
 const RANDOM: [&str; 6] = ["--samples", "5", "--cfg-scale", "2.0", "--seed", "7"];
 
@@ -94,7 +115,7 @@ fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
     for bs in ["1", "3", "8", "auto"] {
         let out = p(&format!("bs{bs}.npz"));
         let mut args = RANDOM.to_vec();
-        args.extend(["--batch-size", bs, "--decode-batch-size", "2"]);
+        args.extend(["--gen-batch-size", bs, "--decode-batch-size", "2"]);
         sample(&out, &args).success();
         runs.push(read(&out));
     }
@@ -114,7 +135,7 @@ fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
         let mut args = RANDOM.to_vec();
         let shard = format!("{k}/2");
         args.extend([
-            "--batch-size",
+            "--gen-batch-size",
             "3",
             "--decode-batch-size",
             "2",
@@ -142,7 +163,7 @@ fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
     // another batch size: the resume keeps the interrupted run's decode batch.
     let out = p("resumed.npz");
     let mut args = RANDOM.to_vec();
-    args.extend(["--batch-size", "2", "--stop-after", "2"]);
+    args.extend(["--gen-batch-size", "2", "--stop-after", "2"]);
     let crashed = sample(&out, &args);
     assert!(!crashed.succeeded());
     assert!(!out.exists());
@@ -161,7 +182,7 @@ fn samples_do_not_depend_on_batch_size_shards_or_interruption() {
         "the flag to rerun with: {stderr}"
     );
     let mut args = RANDOM.to_vec();
-    args.extend(["--batch-size", "5", "--resume"]);
+    args.extend(["--gen-batch-size", "5", "--resume"]);
     let resumed = sample(&out, &args).success();
     assert!(resumed.stderr_text().contains("resuming after 2"));
     assert_eq!(read(&out), runs[0], "resumed vs uninterrupted");
@@ -273,10 +294,19 @@ fn bad_inputs_fail_before_sampling() {
     let mut without_heads = tiny_gpt("sample");
     remove_flag(&mut without_heads, "--n-head");
     without_heads.extend(["--samples", "2", "--out", s(&out)]);
+    let refused = llamagen_eval(&without_heads);
+    let stderr = refused.stderr_text();
     fails(
-        llamagen_eval(&without_heads),
+        refused,
         "pass --n-head N or --gpt-model NAME (`llamagen-eval inspect",
     );
+    // The chain says which checkpoint it is (the generator) and names its file once.
+    let gpt = golden("gpt_public.pt");
+    assert!(
+        stderr.contains(&format!("generator: {}: model dim 64", gpt.display())),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches(s(&gpt)).count(), 1, "{stderr}");
 }
 
 #[test]
@@ -304,7 +334,7 @@ fn fid_with_a_generator_streams_the_sampled_images() {
         "3",
         "--gen-batch-size",
         "4",
-        "--batch-size",
+        "--feature-batch-size",
         "4",
     ]);
     generate.extend_from_slice(&common_args);
@@ -368,7 +398,7 @@ fn fid_with_a_generator_is_identical_with_and_without_overlap() {
             // Batches of 3, 3 and a padded 1; Inception 4 at a time, across generation batches.
             "--gen-batch-size",
             "3",
-            "--batch-size",
+            "--feature-batch-size",
             "4",
             "--metrics",
             "fid,is",
@@ -435,7 +465,7 @@ fn a_second_run_on_one_output_is_refused_naming_the_first() {
     let shared = dir.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     let out = shared.join("s.npz");
-    let flags = ["--samples", "8", "--batch-size", "4"];
+    let flags = ["--samples", "8", "--gen-batch-size", "4"];
     sample(&alone, &flags).success();
     let (first, pid, second, waited) = std::thread::scope(|scope| {
         let first = scope.spawn(|| sample(&out, &flags));

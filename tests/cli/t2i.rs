@@ -226,7 +226,7 @@ fn t2i_samples_do_not_depend_on_batching_shards_interruption_or_ranks() {
         sample(&p(name), &captions, &args).success();
         read(&p(name))
     };
-    let reference = run("bs1.npz", &["--batch-size", "1"]);
+    let reference = run("bs1.npz", &["--gen-batch-size", "1"]);
     let cycled: Vec<String> = (0..4).map(|i| texts[i % 3].clone()).collect();
     assert_eq!(reference.captions.as_ref().unwrap(), &cycled);
     assert_eq!(reference.caption_indices.to_vec(), vec![0, 1, 2, 0]);
@@ -240,9 +240,9 @@ fn t2i_samples_do_not_depend_on_batching_shards_interruption_or_ranks() {
         assert_eq!(other.caption_indices, reference.caption_indices, "{what}");
         assert_eq!(other.captions, reference.captions, "{what}: captions");
     };
-    same(&run("bs3.npz", &["--batch-size", "3"]), "batch size 3");
+    same(&run("bs3.npz", &["--gen-batch-size", "3"]), "batch size 3");
     same(
-        &run("no_overlap.npz", &["--batch-size", "4", "--no-overlap"]),
+        &run("no_overlap.npz", &["--gen-batch-size", "4", "--no-overlap"]),
         "no overlap",
     );
 
@@ -251,7 +251,7 @@ fn t2i_samples_do_not_depend_on_batching_shards_interruption_or_ranks() {
         let shard = format!("{k}/2");
         run(
             &format!("shard{k}.npz"),
-            &["--batch-size", "2", "--shard", &shard],
+            &["--gen-batch-size", "2", "--shard", &shard],
         );
     }
     let shard1 = read(&p("shard1.npz"));
@@ -270,12 +270,12 @@ fn t2i_samples_do_not_depend_on_batching_shards_interruption_or_ranks() {
     // Interrupted after 2 new samples, then resumed with another batch size.
     let out = p("resumed.npz");
     let mut args = RANDOM.to_vec();
-    args.extend(["--batch-size", "2", "--stop-after", "2"]);
+    args.extend(["--gen-batch-size", "2", "--stop-after", "2"]);
     assert!(!sample(&out, &captions, &args).succeeded());
     assert!(!out.exists());
     // Other captions refuse to resume.
     let mut args = RANDOM.to_vec();
-    args.extend(["--batch-size", "3", "--resume"]);
+    args.extend(["--gen-batch-size", "3", "--resume"]);
     let refused = sample(&out, &p("hf_names.npz"), &args);
     assert!(!refused.succeeded());
     assert!(
@@ -296,7 +296,7 @@ fn t2i_samples_do_not_depend_on_batching_shards_interruption_or_ranks() {
         .chain([
             "--caption-embeddings",
             s(&captions),
-            "--batch-size",
+            "--gen-batch-size",
             "2",
             "--grid",
             s(&grid),

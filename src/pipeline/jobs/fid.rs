@@ -71,6 +71,8 @@ fn common_fields(
             "reference",
             Value::from(config.reference.display().to_string()),
         ),
+        // The centre crop a reference folder was read with (`--crop`).
+        ("crop", json!(config.reference_crop)),
     ]
     .into_iter()
     .chain(cache.weights().extra_fields())

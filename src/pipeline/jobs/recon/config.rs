@@ -48,8 +48,10 @@ pub enum Reconstructions {
 pub struct ReconConfig {
     /// Original images (npz or folder).
     pub data: PathBuf,
-    /// Centre-crop size of the originals (default: the images as they are).
-    pub image_size: Option<usize>,
+    /// Centre-crop size of the originals (default: the images as they are). Launched jobs
+    /// described before it was named after `--crop` called it `image_size`.
+    #[serde(alias = "image_size")]
+    pub crop: Option<usize>,
     /// The reconstructions.
     pub reconstructions: Reconstructions,
     /// rFID reference; `None`: the originals themselves (LlamaGen's protocol).

@@ -328,7 +328,7 @@ pub fn gather_recon_offline(config: &ReconConfig) -> Result<RunRecord> {
                 config.inception.clone(),
                 config.progress,
             )?;
-            Some(Reference::pool_stats(r, config.image_size, &mut cache)?)
+            Some(Reference::pool_stats(r, config.crop, &mut cache)?)
         }
         _ => None,
     };

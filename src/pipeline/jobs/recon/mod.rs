@@ -64,8 +64,8 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
     // 1. Inputs and the output folder, all checked before anything is written.
     crate::io::check_output_dir(&config.out_dir)?;
     // Never resized unasked: without a crop, images are scored at their own size.
-    let image_size = config.image_size;
-    let whole = crate::data::open_images(&config.data, image_size, batch_size)?;
+    let crop = config.crop;
+    let whole = crate::data::open_images(&config.data, crop, batch_size)?;
     let total = whole.len();
     anyhow::ensure!(total > 0, "{}: no images", config.data.display());
     let (height, width) = whole.image_size();
@@ -75,7 +75,7 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
         whole
     } else {
         drop(whole);
-        crate::data::open_shard(&config.data, image_size, batch_size, shard)?
+        crate::data::open_shard(&config.data, crop, batch_size, shard)?
     };
     let (source, save) = match &config.reconstructions {
         Reconstructions::Tokenizer {
@@ -167,7 +167,7 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
             reference = config
                 .reference
                 .as_deref()
-                .map(|r| Reference::pool_stats(r, config.image_size, &mut c))
+                .map(|r| Reference::pool_stats(r, config.crop, &mut c))
                 .transpose()?;
         }
         c.extractor()?;
@@ -252,7 +252,9 @@ pub fn reconstruct(config: &ReconConfig, distribution: &Distribution) -> Result<
         ("data", Value::from(data_name)),
         ("tokenizer", path_value(vq_path)),
         ("recon_batch", path_value(recon_batch)),
-        ("batch_size", Value::from(batch_size)),
+        ("crop", json!(config.crop)),
+        // The batch of the tokenizer and the feature networks, named after its flag.
+        ("feature_batch_size", Value::from(batch_size)),
         // What the figures are measured against: rFID's `--ref` when given, else the originals,
         // which every other figure (and rFID without `--ref`) compares with.
         (
