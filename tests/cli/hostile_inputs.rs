@@ -272,14 +272,15 @@ fn damaged_resume_state_is_refused_or_ignored_never_trusted() {
         let run = sample(&out, &["--stop-after", "8"]).run();
         assert!(run.stderr_text().contains("resume the run to continue"));
     };
-    // A token id outside the codebook: refused with a message, nothing written.
+    // A token id edited to one outside the codebook: refused by the batch's checksum, with a
+    // message, nothing written.
     interrupt();
     let tokens = journal.join("tokens.bin");
     let mut bytes = std::fs::read(&tokens).unwrap();
     bytes[..4].copy_from_slice(&99_999i32.to_le_bytes());
     std::fs::write(&tokens, &bytes).unwrap();
     let run = sample(&out, &["--resume"]).run_measured().within(GB, LIMIT);
-    clean_error(run, &["token 99999", "outside the codebook", "damaged"]);
+    clean_error(run, &["images 0..8 do not match their checksum", "edited, damaged"]);
     assert!(!out.exists());
 
     // Records beyond what the progress file vouches for (a kill between the two writes, or a
