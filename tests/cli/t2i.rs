@@ -656,8 +656,8 @@ fn prompt_files_are_bounded_and_only_sampled_captions_are_embedded() {
     );
     assert!(!never.exists());
 
-    // 100,000 captions, 2 samples: their 2 captions are embedded, and the images are those of a
-    // file holding just those 2.
+    // 100,000 captions, 2 samples: their 2 captions are embedded, and the images are the first of
+    // a file of 3 captions sampled whole (embedded together, as every caption of a file was).
     let many = root.join("many.txt");
     let text: String = (0..100_000)
         .map(|k| format!("a photo of object number {k}\n"))
@@ -670,17 +670,17 @@ fn prompt_files_are_bounded_and_only_sampled_captions_are_embedded() {
         stderr.contains("embedding 2 distinct captions of its 100000"),
         "{stderr}"
     );
-    let two = root.join("two.txt");
+    let three = root.join("three.txt");
     std::fs::write(
-        &two,
-        "a photo of object number 0\na photo of object number 1\n",
+        &three,
+        "a photo of object number 0\na photo of object number 1\na green hat\n",
     )
     .unwrap();
-    run(&two, &root.join("two.npz"), &[]).success();
-    let (a, b) = (read(&root.join("many.npz")), read(&root.join("two.npz")));
-    assert_eq!(a.images, b.images);
+    run(&three, &root.join("three.npz"), &[]).success();
+    let (a, b) = (read(&root.join("many.npz")), read(&root.join("three.npz")));
+    assert_eq!(a.images, b.images.slice(ndarray::s![..2, .., .., ..]));
     assert_eq!(a.caption_indices.to_vec(), vec![0, 1]);
-    assert_eq!(a.captions, b.captions);
+    assert_eq!(a.captions.unwrap(), b.captions.unwrap()[..2]);
 
     // Repeated captions: each distinct text embedded and stored once; numpy reads each sample's
     // text through `caption_indices`.
