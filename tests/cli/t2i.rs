@@ -707,4 +707,9 @@ fn prompt_files_are_bounded_and_only_sampled_captions_are_embedded() {
         samples.caption_indices.to_vec(),
         vec![0, 1, 0, 0, 0, 1, 0, 0, 0, 1]
     );
+    let shown = llamagen_eval(&["inspect", s(&out)]).success().stdout_text();
+    assert!(
+        shown.contains("10 images of 64x64 (3 channels), with captions (2 distinct texts"),
+        "{shown}"
+    );
 }
