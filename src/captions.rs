@@ -7,21 +7,26 @@
 //! float32/float16 `[N, L, D]`, `emb_masks` `[N, L]` ints or bools, optional `captions`, a numpy
 //! unicode array of N strings; `last_hidden_state` and `attention_mask`, Hugging Face's names, are
 //! accepted too), or from embeddings computed in process ([`CaptionSet::from_right_padded`]).
-//! Prompt files (`--prompts`) are read by [`read_prompts`].
+//! Prompt files (`--prompts`) are read by [`read_prompts`] (line by line, within limits) and
+//! embedded by [`PromptSource::embed`], only the captions the job samples. A sample npz stores
+//! the texts of its samples as a [`CaptionTable`].
 //!
 //! Only the valid rows of each caption are kept (captions are usually a few tokens of the 120),
 //! in the dtype they came in.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::npz::{read_npy_header, read_npy_strings, NpyHeader};
+use crate::data::npz_writer::ImageNpzWriter;
 use crate::models::gpt::left_pad_captions;
 use crate::models::t5::{T5Embedder, T5Precision};
+use crate::partition::Shard;
 use crate::progress::Progress;
 
 /// Names of the embeddings entry of a caption npz: ours, then Hugging Face's T5 output name.
@@ -34,6 +39,84 @@ pub const TEXT_KEY: &str = "captions";
 /// The entry of a t2i sample npz that says which caption of the set each sample shows (the
 /// caption texts, when known, are in `captions`); c2i samples have their labels in `arr_1`.
 pub const CAPTION_INDICES: &str = "caption_indices";
+
+/// The caption texts of a sample npz: each distinct text once, as `captions` (a numpy unicode
+/// array as wide as the longest of them), and each sample's row in it, as `caption_indices`
+/// (`captions[caption_indices]` in NumPy: one text per sample). Storing a text per sample
+/// instead would take 4 bytes per character of the longest caption for every sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptionTable {
+    /// The distinct texts.
+    pub texts: Vec<String>,
+    /// Per sample: its text's row in `texts`.
+    pub rows: Vec<i64>,
+}
+
+impl CaptionTable {
+    /// The table of one text per sample: the distinct texts in the order they first appear.
+    pub fn new<'a>(per_sample: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut texts = Vec::new();
+        let mut row_of = std::collections::HashMap::new();
+        let rows = per_sample
+            .into_iter()
+            .map(|text| {
+                *row_of.entry(text).or_insert_with(|| {
+                    texts.push(text.to_owned());
+                    texts.len() as i64 - 1
+                })
+            })
+            .collect();
+        CaptionTable { texts, rows }
+    }
+
+    /// Sample `k`'s text (rows are checked when a table is read).
+    pub fn text(&self, k: usize) -> &str {
+        usize::try_from(self.rows[k])
+            .ok()
+            .and_then(|row| self.texts.get(row))
+            .map_or("", String::as_str)
+    }
+
+    /// Reads the table of the sample npz `path`: `None` when it holds no `captions`. Refuses
+    /// `captions` without `caption_indices` and rows outside the table.
+    pub fn read(path: &Path) -> Result<Option<Self>, CaptionError> {
+        let file = |e: crate::io::FileError| CaptionError::new(path, e.message);
+        let Some(texts) = crate::io::read_strings(path, TEXT_KEY).map_err(file)? else {
+            return Ok(None);
+        };
+        let rows = crate::io::read_i64(path, CAPTION_INDICES)
+            .map_err(file)?
+            .ok_or_else(|| {
+                CaptionError::new(
+                    path,
+                    format!(
+                        "has `{TEXT_KEY}` but no `{CAPTION_INDICES}` saying which of them each                          sample shows"
+                    ),
+                )
+            })?;
+        if let Some(&bad) = rows
+            .iter()
+            .find(|&&r| usize::try_from(r).map_or(true, |r| r >= texts.len()))
+        {
+            return Err(row_outside(path, bad, texts.len()));
+        }
+        Ok(Some(CaptionTable { texts, rows }))
+    }
+
+    /// Adds `captions` and `caption_indices` to a sample npz being written.
+    pub fn write(&self, writer: &mut ImageNpzWriter) -> Result<(), crate::data::DataError> {
+        writer.add_strings(TEXT_KEY, &self.texts)?;
+        writer.add_array(CAPTION_INDICES, &ndarray::Array1::from(self.rows.clone()))
+    }
+}
+
+/// A `caption_indices` row that is not one of the file's `count` caption texts.
+fn row_outside(path: &Path, row: i64, count: usize) -> CaptionError {
+    CaptionError::new(
+        path,
+        format!("`{CAPTION_INDICES}` holds {row}, outside its {count} `{TEXT_KEY}`"),
+    )
+}
 
 /// Why captions could not be read or used. Always names the file.
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +143,13 @@ impl CaptionError {
 pub struct CaptionEmbeddings {
     /// `[valid rows of all captions, D]` on the CPU, caption after caption.
     rows: Tensor,
-    /// Per caption: its first row in `rows` and its valid count.
+    /// Per embedded caption: its first row in `rows` and its valid count.
     spans: Vec<(i64, i64)>,
+    /// The captions of the set (N).
+    count: usize,
+    /// Which captions `spans` holds, ascending, when not all of them: a prompt file's captions
+    /// are embedded only where the job samples them.
+    embedded: Option<Arc<[usize]>>,
     /// Positions per caption (L, the generator's `cls_token_num`).
     tokens: i64,
     /// Embedding width (D, the generator's `caption_dim`).
@@ -76,20 +164,31 @@ impl CaptionEmbeddings {
         CaptionEmbeddings {
             rows: self.rows.shallow_clone(),
             spans: self.spans.clone(),
+            count: self.count,
+            embedded: self.embedded.clone(),
             tokens: self.tokens,
             dim: self.dim,
             source: self.source.clone(),
         }
     }
 
-    /// Number of captions.
+    /// Number of captions (embedded or not).
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.count
     }
 
     /// Whether there is none (never, for a set built by this module).
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.count == 0
+    }
+
+    /// The span of caption `caption` of the set, when it is embedded.
+    fn span(&self, caption: usize) -> Option<(i64, i64)> {
+        let slot = match &self.embedded {
+            None => caption,
+            Some(embedded) => embedded.binary_search(&caption).ok()?,
+        };
+        self.spans.get(slot).copied()
     }
 
     /// Positions per caption (L).
@@ -108,11 +207,25 @@ impl CaptionEmbeddings {
     pub fn batch(&self, captions: &[usize]) -> Result<(Tensor, Tensor), CaptionError> {
         let b = captions.len() as i64;
         let (l, d) = (self.tokens, self.dim);
+        let spans = captions
+            .iter()
+            .map(|&c| {
+                self.span(c).ok_or_else(|| {
+                    CaptionError::new(
+                        &self.source,
+                        if c < self.count {
+                            format!("caption {c} was not embedded: the job does not sample it")
+                        } else {
+                            format!("caption {c} of a set of {}", self.count)
+                        },
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let fill = || -> Result<(Tensor, Tensor), tch::TchError> {
             let right = Tensor::f_zeros([b, l, d], (self.rows.kind(), Device::Cpu))?;
             let masks = Tensor::f_zeros([b, l], (Kind::Int64, Device::Cpu))?;
-            for (row, &caption) in captions.iter().enumerate() {
-                let (start, len) = self.spans[caption];
+            for (row, &(start, len)) in spans.iter().enumerate() {
                 right
                     .f_select(0, row as i64)?
                     .f_narrow(0, 0, len)?
@@ -124,12 +237,6 @@ impl CaptionEmbeddings {
             }
             left_pad_captions(&right, &masks)
         };
-        if let Some(&bad) = captions.iter().find(|&&c| c >= self.len()) {
-            return Err(CaptionError::new(
-                &self.source,
-                format!("caption {bad} of a set of {}", self.len()),
-            ));
-        }
         fill().map_err(|e| CaptionError::new(&self.source, format!("libtorch: {e}")))
     }
 }
@@ -143,6 +250,9 @@ pub struct CaptionSet {
     /// The text encoder that embedded the captions here (prompt files): its folder and dtype,
     /// part of the fingerprint; `None` for embeddings read from a file.
     encoder: Option<String>,
+    /// How many distinct texts were embedded (prompt files), or the set's size (embeddings
+    /// read from a file).
+    embedded_texts: usize,
 }
 
 impl CaptionSet {
@@ -272,6 +382,8 @@ impl CaptionSet {
             embeddings: CaptionEmbeddings {
                 rows,
                 spans,
+                count: n as usize,
+                embedded: None,
                 tokens: l,
                 dim: d,
                 source: source.to_path_buf(),
@@ -279,46 +391,83 @@ impl CaptionSet {
             texts,
             source: source.to_path_buf(),
             encoder: None,
+            embedded_texts: n as usize,
         })
     }
 
-    /// Embeds the captions of a prompt file ([`read_prompts`]) with LlamaGen's T5 embedder
-    /// ([`T5Embedder`]: 120 tokens, right-padded), `chunk` captions at a time so that only the
-    /// valid rows of each are kept (a 30,000-caption set would be 30 GB as `[N, 120, 2048]`).
-    /// `on_chunk` is told how many captions each chunk embedded (for a progress bar).
+    /// Embeds the captions `used` (ascending indices into `texts`, the captions of the prompt
+    /// file `prompts`) with LlamaGen's T5 embedder ([`T5Embedder`]: 120 tokens, right-padded),
+    /// each distinct text once, `chunk` texts at a time so that only the valid rows of each are
+    /// kept (a 30,000-caption set would be 30 GB as `[N, 120, 2048]`). The others are never
+    /// embedded: a job sampling 2 of a million captions embeds 2. With a bar unless `progress`
+    /// hides it.
     pub fn from_prompts(
         prompts: &Path,
+        texts: Vec<String>,
+        used: &[usize],
         embedder: &T5Embedder,
         encoder: String,
         chunk: usize,
-        mut on_chunk: impl FnMut(usize),
+        progress: Progress,
     ) -> Result<Self, CaptionError> {
-        let texts: Vec<String> = read_prompts(prompts)?
-            .into_iter()
-            .map(|p| p.caption)
+        let bad = |message: String| CaptionError::new(prompts, message);
+        if used.is_empty() {
+            return Err(bad("no caption to embed: the job samples none".to_owned()));
+        }
+        if let Some(&c) = used.iter().find(|&&c| c >= texts.len()) {
+            return Err(bad(format!(
+                "caption {c} asked of a file of {} captions",
+                texts.len()
+            )));
+        }
+        // Each distinct text once (a caption repeated in the file is embedded once), in the
+        // order of its first caption; `slots[k]`: the distinct text of caption `used[k]`.
+        let mut distinct: Vec<&str> = Vec::new();
+        let mut slot_of = std::collections::HashMap::new();
+        let slots: Vec<usize> = used
+            .iter()
+            .map(|&c| {
+                let text = texts[c].as_str();
+                *slot_of.entry(text).or_insert_with(|| {
+                    distinct.push(text);
+                    distinct.len() - 1
+                })
+            })
             .collect();
+        tracing::info!(
+            "{}: embedding {} distinct captions of its {} (those the job samples)",
+            prompts.display(),
+            distinct.len(),
+            texts.len()
+        );
+        let bar = progress.bar(distinct.len(), "t5", "caption");
         let mut rows = Vec::new();
-        let mut spans = Vec::with_capacity(texts.len());
+        let mut spans = Vec::with_capacity(distinct.len());
         let mut offset = 0;
         let mut shape = (0, 0);
-        for batch in texts.chunks(chunk.max(1)) {
-            let (embeddings, masks) = embedder.embed(batch).map_err(|e| {
-                CaptionError::new(prompts, format!("cannot embed its captions: {e}"))
-            })?;
+        for batch in distinct.chunks(chunk.max(1)) {
+            let batch: Vec<String> = batch.iter().map(|&t| t.to_owned()).collect();
+            let (embeddings, masks) = embedder
+                .embed(&batch)
+                .map_err(|e| bad(format!("cannot embed its captions: {e}")))?;
             let part = Self::from_right_padded(&embeddings, &masks, None, prompts)?;
             let part = part.embeddings;
             shape = (part.tokens, part.dim);
             spans.extend(part.spans.iter().map(|&(start, len)| (start + offset, len)));
             offset += part.rows.size()[0];
             rows.push(part.rows);
-            on_chunk(batch.len());
+            bar.inc(batch.len() as u64);
         }
-        let rows = Tensor::f_cat(&rows, 0)
-            .map_err(|e| CaptionError::new(prompts, format!("libtorch: {e}")))?;
+        bar.finish_and_clear();
+        let rows = Tensor::f_cat(&rows, 0).map_err(|e| bad(format!("libtorch: {e}")))?;
+        let embedded_texts = distinct.len();
+        let embedded = (used.len() < texts.len()).then(|| Arc::from(used));
         Ok(CaptionSet {
             embeddings: CaptionEmbeddings {
                 rows,
-                spans,
+                spans: slots.iter().map(|&k| spans[k]).collect(),
+                count: texts.len(),
+                embedded,
                 tokens: shape.0,
                 dim: shape.1,
                 source: prompts.to_path_buf(),
@@ -326,6 +475,7 @@ impl CaptionSet {
             texts: Some(texts),
             source: prompts.to_path_buf(),
             encoder: Some(encoder),
+            embedded_texts,
         })
     }
 
@@ -359,6 +509,28 @@ impl CaptionSet {
             )
         } else {
             None
+        };
+        // The layout of a sample npz (`captions` once each, `caption_indices` one per caption)
+        // is read too: caption i's text is `captions[caption_indices[i]]`.
+        let texts = match texts {
+            Some(table)
+                if archive
+                    .index_for_name(&format!("{CAPTION_INDICES}.npy"))
+                    .is_some() =>
+            {
+                let rows = read_tensor(&mut archive, CAPTION_INDICES, path)?;
+                let rows = rows
+                    .f_to_kind(Kind::Int64)
+                    .and_then(|r| Vec::<i64>::try_from(r.f_view([-1])?))
+                    .map_err(|e| CaptionError::new(path, format!("libtorch: {e}")))?;
+                let text = |r: i64| usize::try_from(r).ok().and_then(|r| table.get(r)).cloned();
+                Some(
+                    rows.iter()
+                        .map(|&r| text(r).ok_or_else(|| row_outside(path, r, table.len())))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            other => other,
         };
         Self::from_right_padded(&embeddings, &masks, texts, path)
     }
@@ -397,9 +569,35 @@ impl CaptionSet {
         (index % self.len().max(1) as u64) as usize
     }
 
+    /// How many captions were embedded: for a prompt file, its distinct texts that the job
+    /// samples; for an embeddings file, all of them.
+    pub fn embedded_count(&self) -> usize {
+        self.embedded_texts
+    }
+
     /// The caption texts, when known.
     pub fn texts(&self) -> Option<&[String]> {
         self.texts.as_deref()
+    }
+
+    /// The texts of the samples `indices` as a sample npz stores them, when the texts are
+    /// known: the distinct texts in the order of their first caption in the set, so that with
+    /// distinct captions the rows are the captions' indices in the set.
+    pub fn table_of(&self, indices: &[u64]) -> Option<CaptionTable> {
+        let texts = self.texts.as_ref()?;
+        let mut used: Vec<usize> = indices.iter().map(|&i| self.caption_of(i)).collect();
+        used.sort_unstable();
+        used.dedup();
+        let table = CaptionTable::new(used.iter().map(|&c| texts[c].as_str()));
+        let row_of: std::collections::HashMap<usize, i64> =
+            used.iter().copied().zip(table.rows).collect();
+        Some(CaptionTable {
+            texts: table.texts,
+            rows: indices
+                .iter()
+                .map(|&i| row_of.get(&self.caption_of(i)).copied().unwrap_or_default())
+                .collect(),
+        })
     }
 
     /// The text of each sample of `indices`, when the texts are known.
@@ -554,7 +752,7 @@ pub const T5_CHUNK: usize = 64;
 
 /// A prompt file the run embeds with a T5 encoder when it starts (`--prompts`, `--t5`): the
 /// job runs the encoder ([`PromptSource::embed`], called by the generator as it loads), not
-/// whoever builds the configuration.
+/// whoever builds the configuration, and embeds only the captions its samples take.
 #[derive(Debug, Clone)]
 pub struct PromptSource {
     /// The captions, one per line, or JSON lines with `caption` ([`read_prompts`]).
@@ -563,66 +761,148 @@ pub struct PromptSource {
     pub t5: PathBuf,
     /// The encoder's dtype.
     pub precision: T5Precision,
+    /// The job's sample count.
+    pub samples: usize,
+    /// The samples this process makes (its shard, or its rank's under a launcher): only their
+    /// captions are embedded.
+    pub shard: Shard,
     /// Bars or none.
     pub progress: Progress,
 }
 
 impl PromptSource {
-    /// The prompts embedded by the T5 encoder on `device` (checked before anything else is
-    /// loaded: the prompt file, then the encoder folder).
+    /// The prompts the samples of [`PromptSource::shard`] take, embedded by the T5 encoder on
+    /// `device` (checked before anything else is loaded: the prompt file, then the encoder
+    /// folder).
     pub fn embed(&self, device: Device) -> anyhow::Result<CaptionSet> {
-        let count = read_prompts(&self.prompts)?.len();
+        let texts: Vec<String> = read_prompts(&self.prompts)?
+            .into_iter()
+            .map(|p| p.caption)
+            .collect();
+        let used = captions_sampled(texts.len(), self.shard, self.samples);
         let embedder = T5Embedder::load(&self.t5, device, self.precision.kind())?;
-        let bar = self.progress.bar(count, "t5", "caption");
-        let set = CaptionSet::from_prompts(
+        Ok(CaptionSet::from_prompts(
             &self.prompts,
+            texts,
+            &used,
             &embedder,
             format!("t5 {} {}", self.t5.display(), self.precision),
             T5_CHUNK,
-            |n| bar.inc(n as u64),
-        )?;
-        bar.finish_and_clear();
-        Ok(set)
+            self.progress,
+        )?)
     }
 }
 
-/// Reads a prompt file: one caption per line (blank lines skipped), or, when the first non-blank
-/// line starts with `{`, JSON lines with a `caption` string and an optional `image_id` (a number
-/// or a string). Errors name the file and the line; a file without a caption is an error.
-pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>, CaptionError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| CaptionError::new(path, format!("cannot read: {e}")))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| CaptionError::new(path, format!("not UTF-8 text: {e}")))?;
-    parse_prompts(&text, path)
+/// The captions of a set of `count` that the samples of `shard` of a job of `samples` take
+/// (sample i takes caption i % count), ascending.
+pub fn captions_sampled(count: usize, shard: Shard, samples: usize) -> Vec<usize> {
+    let mut taken = vec![false; count];
+    let mut left = count;
+    // Past the first `count` samples of the shard the captions repeat; stop once all are taken.
+    for i in (shard.index..samples).step_by(shard.count.max(1)) {
+        let caption = i % count.max(1);
+        if let Some(slot) = taken.get_mut(caption).filter(|t| !**t) {
+            *slot = true;
+            left -= 1;
+            if left == 0 {
+                break;
+            }
+        }
+    }
+    (0..count).filter(|&c| taken[c]).collect()
 }
 
-/// [`read_prompts`] on the text of `path`.
-pub fn parse_prompts(text: &str, path: &Path) -> Result<Vec<Prompt>, CaptionError> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, line)| (i + 1, line))
-        .filter(|(_, line)| !line.trim().is_empty());
-    let jsonl = text
-        .lines()
-        .find(|line| !line.trim().is_empty())
-        .is_some_and(|line| line.trim_start().starts_with('{'));
-    let prompts: Vec<Prompt> = if jsonl {
-        lines
-            .map(|(n, line)| {
-                parse_json_line(line).map_err(|m| CaptionError::new(path, format!("line {n}: {m}")))
-            })
-            .collect::<Result<_, _>>()?
-    } else {
-        lines
-            .map(|(_, line)| Prompt {
-                caption: line.to_owned(),
+/// The longest line a prompt file may hold, in bytes (without its line break). T5 reads only the
+/// first 120 tokens of a caption (a few hundred characters), so real captions, and JSON lines
+/// carrying one, are far shorter; anything longer is most likely not a caption file (a binary,
+/// `/dev/zero`), and reading it whole could exhaust memory.
+pub const MAX_PROMPT_LINE: usize = 16 << 10;
+
+/// Reads a prompt file: one caption per line (blank lines skipped), or, when the first non-blank
+/// line starts with `{`, JSON lines with a `caption` string and an optional `image_id` (a number
+/// or a string). The file is read line by line: a line longer than [`MAX_PROMPT_LINE`] bytes is
+/// refused, and the captions kept count against the input memory budget
+/// ([`crate::budget::allowance`] of the file's size), so neither an endless file nor a huge one
+/// exhausts memory. Errors name the file and the line; a file without a caption is an error.
+pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>, CaptionError> {
+    let file =
+        File::open(path).map_err(|e| CaptionError::new(path, format!("cannot read: {e}")))?;
+    // A pipe or device reports no size: the budget's slack alone then applies.
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    prompts_from(BufReader::new(file), path, crate::budget::allowance(size))
+}
+
+/// [`read_prompts`] from `reader` (the contents of `path`), keeping at most `allowance` bytes of
+/// prompts.
+fn prompts_from(
+    mut reader: impl BufRead,
+    path: &Path,
+    allowance: u64,
+) -> Result<Vec<Prompt>, CaptionError> {
+    let mut prompts = Vec::new();
+    // Bytes the prompts kept so far take: their texts and each one's own size.
+    let mut held = 0u64;
+    let mut jsonl = None;
+    let mut line = Vec::new();
+    for n in 1.. {
+        line.clear();
+        // A full line and its `\r\n`: reading stops there, so an endless line costs this much.
+        let read = reader
+            .by_ref()
+            .take(MAX_PROMPT_LINE as u64 + 2)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| CaptionError::new(path, format!("cannot read line {n}: {e}")))?;
+        if read == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        if line.len() > MAX_PROMPT_LINE {
+            return Err(CaptionError::new(
+                path,
+                format!(
+                    "line {n} is longer than {}: a prompt file holds one caption per line, and \
+                     T5 reads only a caption's first 120 tokens; shorten the line, or check that \
+                     this is a caption file",
+                    crate::budget::human_bytes(MAX_PROMPT_LINE as u64)
+                ),
+            ));
+        }
+        let mut text = std::str::from_utf8(&line)
+            .map_err(|e| CaptionError::new(path, format!("line {n}: not UTF-8 text: {e}")))?;
+        if n == 1 {
+            text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        }
+        if text.trim().is_empty() {
+            continue;
+        }
+        let prompt = if *jsonl.get_or_insert_with(|| text.trim_start().starts_with('{')) {
+            parse_json_line(text).map_err(|m| CaptionError::new(path, format!("line {n}: {m}")))?
+        } else {
+            Prompt {
+                caption: text.to_owned(),
                 image_id: None,
-            })
-            .collect()
-    };
+            }
+        };
+        held += (std::mem::size_of::<Prompt>()
+            + prompt.caption.len()
+            + prompt.image_id.as_ref().map_or(0, String::len)) as u64;
+        if held > allowance {
+            return Err(CaptionError::new(
+                path,
+                format!(
+                    "its captions up to line {n} take more than {} of memory; {}",
+                    crate::budget::human_bytes(allowance),
+                    crate::budget::how_to_raise()
+                ),
+            ));
+        }
+        prompts.push(prompt);
+    }
     if prompts.is_empty() {
         return Err(CaptionError::new(
             path,
@@ -688,6 +968,27 @@ mod tests {
     }
 
     #[test]
+    fn tables_hold_each_distinct_text_once() {
+        let (embs, masks) = right_padded(&[1, 1, 1], 2, 2);
+        let texts = ["b", "a", "b"].map(String::from).to_vec();
+        let set =
+            CaptionSet::from_right_padded(&embs, &masks, Some(texts), Path::new("c.npz")).unwrap();
+        // Samples 4, 2, 0, 1: captions 1, 2, 0, 1; distinct texts by their first caption.
+        let table = set.table_of(&[4, 2, 0, 1]).unwrap();
+        assert_eq!(table.texts, ["b", "a"]);
+        assert_eq!(table.rows, [1, 0, 0, 1]);
+        assert_eq!(table.text(0), "a");
+        let merged = CaptionTable::new(["x", "y", "x", "z"]);
+        assert_eq!(merged.texts, ["x", "y", "z"]);
+        assert_eq!(merged.rows, [0, 1, 0, 2]);
+        // Captions sampled by shards of a job.
+        assert_eq!(captions_sampled(5, Shard::ALL, 2), [0, 1]);
+        let second = Shard { index: 1, count: 2 };
+        assert_eq!(captions_sampled(3, second, 4), [0, 1]);
+        assert_eq!(captions_sampled(4, second, 100), [1, 3]);
+    }
+
+    #[test]
     fn bad_sets_are_refused() {
         let p = Path::new("c.npz");
         let message = |embs: &Tensor, masks: &Tensor, texts: Option<Vec<String>>| {
@@ -730,6 +1031,10 @@ mod tests {
         .unwrap();
         assert_eq!(set.texts_of(&[3, 2]).unwrap(), vec!["b", "a"]);
         assert_eq!(set.embeddings().batch(&[1]).unwrap().0.kind(), Kind::Half);
+    }
+
+    fn parse_prompts(text: &str, path: &Path) -> Result<Vec<Prompt>, CaptionError> {
+        prompts_from(text.as_bytes(), path, u64::MAX)
     }
 
     #[test]
@@ -776,6 +1081,43 @@ mod tests {
             let e = err(empty);
             assert!(e.contains("holds no caption"), "{e}");
         }
+    }
+
+    #[test]
+    fn prompt_files_are_read_within_limits() {
+        let p = Path::new("prompts.txt");
+        let longest = "x".repeat(MAX_PROMPT_LINE);
+        let text = format!("a cat\r\n{longest}\r\n");
+        assert_eq!(parse_prompts(&text, p).unwrap()[1].caption, longest);
+        let e = parse_prompts(&format!("a cat\n\n{longest}y\nok\n"), p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("prompts.txt: line 3 is longer than 16 KiB"),
+            "{e}"
+        );
+        // An endless line is refused after reading just past the limit.
+        let e = prompts_from(
+            BufReader::new(std::io::repeat(0).take(1 << 40)),
+            p,
+            u64::MAX,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 1 is longer"), "{e}");
+        let each = std::mem::size_of::<Prompt>() as u64 + 3;
+        let many = "cat\n".repeat(10);
+        assert_eq!(
+            prompts_from(many.as_bytes(), p, 10 * each).unwrap().len(),
+            10
+        );
+        let e = prompts_from(many.as_bytes(), p, 10 * each - 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("captions up to line 10 take more than") && e.contains("--max-input-memory"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -387,12 +387,14 @@ impl GenArgs {
     }
 
     /// The library's generator configuration at generation size `image_size` (a prompt file is
-    /// embedded by the generator as it loads).
+    /// embedded by the generator as it loads: only the captions of `shard` of the job's
+    /// `samples`).
     pub fn config(
         &self,
         image_size: i64,
         device: DeviceChoice,
         progress: Progress,
+        (samples, shard): (usize, Shard),
     ) -> Result<GeneratorConfig> {
         let gpt = match &self.gpt {
             Some(p) => p.clone(),
@@ -416,6 +418,8 @@ impl GenArgs {
                 prompts: prompts.clone(),
                 t5: t5.clone(),
                 precision: self.t5_precision,
+                samples,
+                shard,
                 progress,
             }),
             _ => Conditioning::Classes(labels),

@@ -67,7 +67,12 @@ pub fn run(cmd: FidCommand, progress: Progress, distribution: Distribution) -> R
             let plan = cmd.plan(&out_dir, progress, distribution)?;
             let generator = cmd
                 .gen
-                .config(cmd.generation_size(), config.inception.device, progress)?;
+                .config(
+                    cmd.generation_size(),
+                    config.inception.device,
+                    progress,
+                    (plan.samples, plan.partition()),
+                )?;
             let mut evaluation = GeneratedEvaluation::open(
                 &config,
                 &generator,

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use llamagen_eval::captions::{CAPTION_INDICES, TEXT_KEY};
 use llamagen_eval::checkpoint::{human_count, Checkpoint};
 use llamagen_eval::data::npz::{npz_entries, NpyHeader};
 use llamagen_eval::feature_set::sha256_file;
@@ -90,9 +91,17 @@ fn npz(path: &Path) -> Result<String> {
         .filter(|h| h.descr == "|u1")
         .map(|h| h.shape.as_slice());
     if let Some(&[n, height, width, channels]) = images.filter(|shape| shape.first() != Some(&0)) {
+        let captions = header(CAPTION_INDICES).filter(|h| h.shape == [n]).map(|_| {
+            match header(TEXT_KEY).and_then(|h| h.shape.first()) {
+                Some(distinct) => format!(
+                    ", with captions ({distinct} distinct texts in `{TEXT_KEY}`, each sample's row in `{CAPTION_INDICES}`)"
+                ),
+                None => format!(", with caption indices (`{CAPTION_INDICES}`)"),
+            }
+        });
         let labels = match header("arr_1").map(|h| h.shape.as_slice()) {
-            Some([count]) if *count == n => ", with class labels (arr_1)",
-            _ => "",
+            Some([count]) if *count == n => ", with class labels (arr_1)".to_owned(),
+            _ => captions.unwrap_or_default(),
         };
         reading.push(format!(
             "{n} images of {height}x{width} ({channels} channels){labels}: a sample batch (`fid SAMPLES REF`), or a reference's images for precision/recall/density/coverage and KID"

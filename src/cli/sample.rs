@@ -74,7 +74,6 @@ pub fn run(
     let world = distribution.world;
     let shard = cmd.shard.unwrap_or(Shard::ALL);
     let device = world.device(cmd.device).map_err(anyhow::Error::msg)?;
-    let config = cmd.gen.config(cmd.image_size, device, progress)?;
     let plan = GenerationPlan {
         samples: count,
         shard,
@@ -88,6 +87,9 @@ pub fn run(
         distribution,
     };
     plan.check()?;
+    let config = cmd
+        .gen
+        .config(cmd.image_size, device, progress, (count, plan.partition()))?;
     if let Some(grid) = &cmd.grid {
         llamagen_eval::io::check_output_file(grid)?;
     }

@@ -32,11 +32,13 @@ pub fn run(cmd: &SweepCommand, progress: Progress, distribution: Distribution) -
     let base = cmd.fid.output.dir();
     let world = distribution.world;
     let config = cmd.fid.fid_config(progress, &world)?;
-    let generator =
-        cmd.fid
-            .gen
-            .config(cmd.fid.generation_size(), config.inception.device, progress)?;
     let plan = cmd.fid.plan(&base, progress, distribution)?;
+    let generator = cmd.fid.gen.config(
+        cmd.fid.generation_size(),
+        config.inception.device,
+        progress,
+        (plan.samples, plan.partition()),
+    )?;
     let outcome = sweep(
         &config,
         &generator,

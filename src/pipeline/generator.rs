@@ -204,7 +204,7 @@ impl GeneratorConfig {
     }
 
     /// Run-record fields (as `fid --gpt` has always written them; with captions also the caption
-    /// file, the caption count and the texts when known).
+    /// file, the caption count, how many were embedded and the texts when known).
     pub fn record(&self) -> Vec<(&'static str, Value)> {
         let mut fields = vec![
             ("gpt", Value::from(self.gpt.display().to_string())),
@@ -218,6 +218,7 @@ impl GeneratorConfig {
                 Value::from(captions.source().display().to_string()),
             ));
             fields.push(("n_captions", Value::from(captions.len())));
+            fields.push(("captions_embedded", Value::from(captions.embedded_count())));
             if let Some(texts) = captions.texts() {
                 fields.push(("captions", json!(texts)));
             }

@@ -8,13 +8,13 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use ndarray::{Array1, Array3, Axis};
 
-use crate::captions::TEXT_KEY;
+use crate::captions::CaptionTable;
 use crate::data::npz::NpzImages;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::data::ImageSource;
 use crate::dist::Part;
 use crate::feature_set::FeatureSet;
-use crate::io::{read_i64, read_strings};
+use crate::io::read_i64;
 use crate::partition::join_order;
 use crate::pipeline::jobs::merge::merge;
 use crate::pipeline::stages::sinks::GRID_IMAGES;
@@ -115,20 +115,20 @@ pub struct GridImages {
 pub fn join_part_grids(parts: &[Part]) -> Result<GridImages> {
     let mut indices = Vec::new();
     let mut images: Vec<Vec<Array3<u8>>> = Vec::new();
-    let mut captions: Vec<Option<Vec<String>>> = Vec::new();
+    let mut captions: Vec<Option<CaptionTable>> = Vec::new();
     for part in parts {
         let Some(path) = part.file("grid") else {
             continue;
         };
         let part_indices = read_i64(&path, "indices")?
             .with_context(|| format!("{}: no `indices`", path.display()))?;
-        let part_captions = read_strings(&path, TEXT_KEY)?;
+        let part_captions = CaptionTable::read(&path)?;
         if let Some(c) = &part_captions {
             anyhow::ensure!(
-                c.len() == part_indices.len(),
+                c.rows.len() == part_indices.len(),
                 "{}: {} captions for {} indices",
                 path.display(),
-                c.len(),
+                c.rows.len(),
                 part_indices.len()
             );
         }
@@ -162,7 +162,7 @@ pub fn join_part_grids(parts: &[Part]) -> Result<GridImages> {
                 .map(|p| {
                     captions[p.part]
                         .as_ref()
-                        .map_or_else(String::new, |c| c[p.row].clone())
+                        .map_or_else(String::new, |c| c.text(p.row).to_owned())
                 })
                 .collect()
         }),
@@ -188,7 +188,8 @@ pub fn write_grid_part(
     let idx: Array1<i64> = indices[..images.len()].iter().map(|&i| i as i64).collect();
     writer.add_array("indices", &idx)?;
     if let Some(captions) = captions {
-        writer.add_strings(TEXT_KEY, &captions[..images.len()])?;
+        CaptionTable::new(captions[..images.len()].iter().map(String::as_str))
+            .write(&mut writer)?;
     }
     writer.finish()?;
     Ok(())

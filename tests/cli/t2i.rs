@@ -44,25 +44,34 @@ fn sample(out: &Path, captions: &Path, extra: &[&str]) -> Run {
 struct Samples {
     images: Array4<u8>,
     caption_indices: Array1<i64>,
+    /// Each sample's text: `captions[caption_indices]`.
     captions: Option<Vec<String>>,
+    /// The stored `captions`: each distinct text once.
+    distinct: Option<Vec<String>>,
 }
 
 fn read(path: &Path) -> Samples {
     let mut npz = NpzReader::new(File::open(path).unwrap()).unwrap();
     let names = npz.names().unwrap();
     assert!(!names.iter().any(|n| n.starts_with("arr_1")), "{names:?}");
-    let captions = names.iter().any(|n| n.starts_with("captions")).then(|| {
+    let (distinct, captions) = if names.iter().any(|n| n.starts_with("captions")) {
         let out = support::run_python_code(
-            "import json, sys, numpy as np; \
-             print(json.dumps(np.load(sys.argv[1])['captions'].tolist()))",
+            "import json, sys, numpy as np; f = np.load(sys.argv[1]); \
+             c = f['captions']; \
+             print(json.dumps([c.tolist(), c[f['caption_indices']].tolist()]))",
             &[path],
         );
-        serde_json::from_str(out.trim()).unwrap()
-    });
+        let (distinct, captions): (Vec<String>, Vec<String>) =
+            serde_json::from_str(out.trim()).unwrap();
+        (Some(distinct), Some(captions))
+    } else {
+        (None, None)
+    };
     Samples {
         images: npz.by_name("arr_0").unwrap(),
         caption_indices: npz.by_name("caption_indices").unwrap(),
         captions,
+        distinct,
     }
 }
 
@@ -167,6 +176,7 @@ fn t2i_fid_and_sample_reproduce_llamagen_with_captions() {
     assert_eq!(samples.caption_indices.to_vec(), vec![0, 1, 2, 0, 1, 2]);
     let cycled: Vec<String> = (0..6).map(|i| texts[i % 3].clone()).collect();
     assert_eq!(samples.captions.as_ref().unwrap(), &cycled);
+    assert_eq!(samples.distinct.as_ref().unwrap(), &texts);
     // The grid (3 x 2 cells) has a caption strip under each image.
     assert_captioned_grid(&out.join("grid.png"), 3, 2);
 
@@ -256,6 +266,7 @@ fn t2i_samples_do_not_depend_on_batching_shards_interruption_or_ranks() {
     }
     let shard1 = read(&p("shard1.npz"));
     assert_eq!(shard1.caption_indices.to_vec(), vec![1, 0]);
+    assert_eq!(shard1.distinct.unwrap(), texts[..2]);
     llamagen_eval(&[
         "merge",
         s(&p("shard1.npz")),
@@ -596,4 +607,109 @@ fn t2i_from_prompts_with_t5_and_clip_score() {
         );
         assert!(!never.exists());
     }
+}
+
+/// Prompt files are read within limits (an endless file and an over-long line are refused naming
+/// the file and the line), a job embeds only the captions its samples take, and the sample npz
+/// stores each distinct caption once, with each sample's row in `caption_indices`.
+#[test]
+fn prompt_files_are_bounded_and_only_sampled_captions_are_embedded() {
+    let _cores = one_core();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (t5, _) = text_model_folders(root);
+    let run = |prompts: &Path, out: &Path, extra: &[&str]| -> Run {
+        let mut args = tiny_t2i("sample");
+        args.extend([
+            "--prompts",
+            s(prompts),
+            "--t5",
+            s(&t5),
+            "--t5-precision",
+            "fp32",
+            "--seed",
+            "3",
+            "--out",
+            s(out),
+        ]);
+        args.extend_from_slice(extra);
+        llamagen_eval(&args)
+    };
+    let never = root.join("never.npz");
+    for extra in [&[][..], &["--samples", "2"][..]] {
+        let stderr = run(Path::new("/dev/zero"), &never, extra)
+            .failure()
+            .stderr_text();
+        assert!(
+            stderr.contains("/dev/zero: line 1 is longer than 16 KiB"),
+            "{stderr}"
+        );
+    }
+    let long = root.join("long.txt");
+    std::fs::write(&long, format!("a cat\n\n{}\n", "x".repeat(20_000))).unwrap();
+    let stderr = run(&long, &never, &["--samples", "2"])
+        .failure()
+        .stderr_text();
+    assert!(
+        stderr.contains("long.txt: line 3 is longer than 16 KiB"),
+        "{stderr}"
+    );
+    assert!(!never.exists());
+
+    // 100,000 captions, 2 samples: their 2 captions are embedded, and the images are the first of
+    // a file of 3 captions sampled whole (embedded together, as every caption of a file was).
+    let many = root.join("many.txt");
+    let text: String = (0..100_000)
+        .map(|k| format!("a photo of object number {k}\n"))
+        .collect();
+    std::fs::write(&many, text).unwrap();
+    let stderr = run(&many, &root.join("many.npz"), &["--samples", "2"])
+        .success()
+        .stderr_text();
+    assert!(
+        stderr.contains("embedding 2 distinct captions of its 100000"),
+        "{stderr}"
+    );
+    let three = root.join("three.txt");
+    std::fs::write(
+        &three,
+        "a photo of object number 0\na photo of object number 1\na green hat\n",
+    )
+    .unwrap();
+    run(&three, &root.join("three.npz"), &[]).success();
+    let (a, b) = (read(&root.join("many.npz")), read(&root.join("three.npz")));
+    assert_eq!(a.images, b.images.slice(ndarray::s![..2, .., .., ..]));
+    assert_eq!(a.caption_indices.to_vec(), vec![0, 1]);
+    assert_eq!(a.captions.unwrap(), b.captions.unwrap()[..2]);
+
+    // Repeated captions: each distinct text embedded and stored once; numpy reads each sample's
+    // text through `caption_indices`.
+    let repeated = root.join("repeated.txt");
+    std::fs::write(
+        &repeated,
+        "a red cube\na blue ball\na red cube\na red cube\n",
+    )
+    .unwrap();
+    let out = root.join("repeated.npz");
+    let stderr = run(&repeated, &out, &["--samples", "10"])
+        .success()
+        .stderr_text();
+    assert!(
+        stderr.contains("embedding 2 distinct captions of its 4"),
+        "{stderr}"
+    );
+    let samples = read(&out);
+    let cycle = ["a red cube", "a blue ball", "a red cube", "a red cube"];
+    let per_sample: Vec<String> = (0..10).map(|i| cycle[i % 4].to_owned()).collect();
+    assert_eq!(samples.captions.unwrap(), per_sample);
+    assert_eq!(samples.distinct.unwrap(), ["a red cube", "a blue ball"]);
+    assert_eq!(
+        samples.caption_indices.to_vec(),
+        vec![0, 1, 0, 0, 0, 1, 0, 0, 0, 1]
+    );
+    let shown = llamagen_eval(&["inspect", s(&out)]).success().stdout_text();
+    assert!(
+        shown.contains("10 images of 64x64 (3 channels), with captions (2 distinct texts"),
+        "{shown}"
+    );
 }

@@ -448,7 +448,8 @@ fn caption_clip_embeddings(
     let (Some(captions), Some(clip)) = (generator.captions(), cache.weights().clip.as_ref()) else {
         return Ok(None);
     };
-    let Some(texts) = captions.texts() else {
+    // Only the texts these samples show, each once.
+    let Some(table) = captions.table_of(indices) else {
         tracing::info!(
             "no CLIP score: {} holds no caption texts",
             captions.source().display()
@@ -473,8 +474,8 @@ fn caption_clip_embeddings(
         Err(e) => return Err(e).context("the CLIP score's text tower"),
     };
     // Each distinct caption once, in chunks; then one row per sample.
-    let mut embeddings = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(256) {
+    let mut embeddings = Vec::with_capacity(table.texts.len());
+    for chunk in table.texts.chunks(256) {
         let batch = embedder
             .embed(chunk)?
             .to_device(tch::Device::Cpu)
@@ -482,11 +483,7 @@ fn caption_clip_embeddings(
         embeddings.push(batch);
     }
     let all = tch::Tensor::cat(&embeddings, 0);
-    let rows: Vec<i64> = indices
-        .iter()
-        .map(|&i| captions.caption_of(i) as i64)
-        .collect();
-    let per_sample = all.index_select(0, &tch::Tensor::from_slice(&rows));
+    let per_sample = all.index_select(0, &tch::Tensor::from_slice(&table.rows));
     let (n, d) = per_sample.size2()?;
     let values = Vec::<f32>::try_from(per_sample.contiguous().view([-1]))?;
     Ok(Some(Array2::from_shape_vec(

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use ndarray::{Array1, Array3};
 use serde_json::{json, Map, Value};
 
-use crate::captions::{CAPTION_INDICES, TEXT_KEY};
+use crate::captions::CAPTION_INDICES;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::dist::part::PartReport;
 use crate::dist::{Distribution, JobRun, Part, RankPart, ShardedJob};
@@ -270,11 +270,12 @@ pub fn generate(
         timing.inception = f.elapsed;
     }
     if let Some(mut writer) = writer.and_then(NpzStage::into_writer) {
-        if generator.captions().is_some() {
-            // Which caption of the set each sample shows, and its text when known.
-            writer.add_array(CAPTION_INDICES, &conditions)?;
-            if let Some(texts) = generator.caption_texts(&indices) {
-                writer.add_strings(TEXT_KEY, &texts)?;
+        if let Some(captions) = generator.captions() {
+            // The texts, when known, as a table of the distinct ones and each sample's row in
+            // it; otherwise which caption of the set each sample shows.
+            match captions.table_of(&indices) {
+                Some(table) => table.write(&mut writer)?,
+                None => writer.add_array(CAPTION_INDICES, &conditions)?,
             }
         } else {
             writer.add_array("arr_1", &conditions)?;

@@ -1,5 +1,5 @@
 //! `merge`: `sample --shard K/N` outputs joined into one npz in sample-index order (with their
-//! labels, or for t2i samples their caption indices and texts), or the
+//! labels, or for t2i samples their caption indices and one table of their distinct texts), or the
 //! `features` files of the shards (which carry the shards' `indices`) joined into one feature
 //! file in sample order, so that every statistic and metric equals the unsharded run's without
 //! moving images between machines.
@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use ndarray::{Array1, Array4, Axis};
 
-use crate::captions::{CAPTION_INDICES, TEXT_KEY};
+use crate::captions::{CaptionTable, CAPTION_INDICES, TEXT_KEY};
 use crate::data::npz::NpzImages;
 use crate::data::npz_writer::ImageNpzWriter;
 use crate::data::ImageSource;
 use crate::feature_set::FeatureSet;
-use crate::io::{npz_entry_names, read_i64, read_strings};
+use crate::io::{npz_entry_names, read_i64};
 use crate::partition::join_order;
 use crate::progress::Progress;
 
@@ -22,8 +22,9 @@ struct ShardReader {
     images: NpzImages,
     indices: Vec<i64>,
     labels: Option<Vec<i64>>,
+    /// Which caption of the set each sample shows (files without caption texts).
     caption_indices: Option<Vec<i64>>,
-    captions: Option<Vec<String>>,
+    captions: Option<CaptionTable>,
     next: usize,
     buffer: Option<Array4<u8>>,
     buffer_pos: usize,
@@ -107,12 +108,16 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
             bail!("{}: `indices` is not increasing", path.display());
         }
         let labels = read_i64(path, "arr_1")?;
-        let caption_indices = read_i64(path, CAPTION_INDICES)?;
-        let captions = read_strings(path, TEXT_KEY)?;
+        let captions = CaptionTable::read(path)?;
+        // With texts, `caption_indices` are rows of the file's own table (read with it).
+        let caption_indices = match captions {
+            Some(_) => None,
+            None => read_i64(path, CAPTION_INDICES)?,
+        };
         let lengths = [
             ("labels", labels.as_ref().map(Vec::len)),
             ("caption indices", caption_indices.as_ref().map(Vec::len)),
-            ("captions", captions.as_ref().map(Vec::len)),
+            ("caption indices", captions.as_ref().map(|t| t.rows.len())),
         ];
         for (what, len) in lengths {
             if let Some(len) = len.filter(|&len| len != n) {
@@ -141,6 +146,12 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
     let with_labels = readers.iter().all(|s| s.labels.is_some());
     let with_caption_indices = readers.iter().all(|s| s.caption_indices.is_some());
     let with_captions = readers.iter().all(|s| s.captions.is_some());
+    if !with_captions && readers.iter().any(|s| s.captions.is_some()) {
+        bail!(
+            "some shards hold caption texts (`{TEXT_KEY}`) and others do not: merge the shards of \
+             one run"
+        );
+    }
     let order = join_order(
         &readers
             .iter()
@@ -161,7 +172,6 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
     let mut writer = ImageNpzWriter::create(out, total, h, w)?;
     let mut labels = Vec::with_capacity(total);
     let mut caption_indices = Vec::new();
-    let mut captions = Vec::new();
     let bar = progress.bar(total, "merge", "img");
     for placement in &order {
         // Each shard's indices increase, so its rows are taken in file order.
@@ -172,9 +182,6 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
         }
         if let Some(c) = &shard.caption_indices {
             caption_indices.push(c[shard.next]);
-        }
-        if let Some(c) = &shard.captions {
-            captions.push(c[shard.next].clone());
         }
         let image = shard.next_image()?;
         writer.push(image.view())?;
@@ -188,7 +195,14 @@ pub fn merge(shards: &[PathBuf], out: &Path, progress: Progress) -> Result<()> {
         writer.add_array(CAPTION_INDICES, &Array1::from(caption_indices))?;
     }
     if with_captions {
-        writer.add_strings(TEXT_KEY, &captions)?;
+        // One table for the merged file: each distinct text once, in sample order.
+        let texts = order.iter().map(|p| {
+            readers[p.part]
+                .captions
+                .as_ref()
+                .map_or("", |table| table.text(p.row))
+        });
+        CaptionTable::new(texts).write(&mut writer)?;
     }
     if !complete {
         writer.add_array("indices", &Array1::from(all))?;
