@@ -786,7 +786,12 @@ impl PromptSource {
             texts,
             &used,
             &embedder,
-            format!("t5 {} {}", self.t5.display(), self.precision),
+            format!(
+                "t5 {} {} sha256 {}",
+                self.t5.display(),
+                self.precision,
+                embedder.content_sha256()?
+            ),
             T5_CHUNK,
             self.progress,
         )?)

@@ -774,6 +774,27 @@ impl T5Embedder {
         })
     }
 
+    /// The content identity of what embeds the captions: the sha256 of the weight files the
+    /// encoder was read from, its `config.json` and the tokenizer file, each hashed once per
+    /// process ([`crate::io::content_sha256`]); a folder whose weights were replaced at the same
+    /// path is another encoder.
+    pub fn content_sha256(&self) -> Result<String, T5Error> {
+        use sha2::{Digest, Sha256};
+        let mut files = WeightSet::open(&self.dir)?.files();
+        files.extend(config_file(&self.dir));
+        files.push(self.tokenizer.path().to_path_buf());
+        let mut hasher = Sha256::new();
+        for file in files {
+            let sha256 = crate::io::content_sha256(&file).map_err(|e| T5Error::Config {
+                path: file.clone(),
+                message: format!("cannot read: {e}"),
+            })?;
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            hasher.update(format!("{name}\0{sha256}\n"));
+        }
+        Ok(format!("{:x}", hasher.finalize()))
+    }
+
     /// The encoder.
     pub fn encoder(&self) -> &T5Encoder {
         &self.encoder

@@ -280,7 +280,10 @@ fn damaged_resume_state_is_refused_or_ignored_never_trusted() {
     bytes[..4].copy_from_slice(&99_999i32.to_le_bytes());
     std::fs::write(&tokens, &bytes).unwrap();
     let run = sample(&out, &["--resume"]).run_measured().within(GB, LIMIT);
-    clean_error(run, &["images 0..8 do not match their checksum", "edited, damaged"]);
+    clean_error(
+        run,
+        &["images 0..8 do not match their checksum", "edited, damaged"],
+    );
     assert!(!out.exists());
 
     // Records beyond what the progress file vouches for (a kill between the two writes, or a

@@ -554,6 +554,50 @@ fn t2i_from_prompts_with_t5_and_clip_score() {
     };
     let (a, b) = (samples("a.npz"), samples("b.npz"));
     assert_eq!(a.images, b.images);
+
+    // A resume whose T5 folder holds other weights at the same path is refused: the encoder is
+    // identified by its files' content.
+    let encoder = root.join("t5-replaced");
+    std::fs::create_dir(&encoder).unwrap();
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(t5.join(file), encoder.join(file)).unwrap();
+    }
+    let interrupted = root.join("interrupted.npz");
+    let resumable = |extra: &[&str]| {
+        let mut args = tiny_t2i("sample");
+        args.extend([
+            "--prompts",
+            s(&prompts),
+            "--t5",
+            s(&encoder),
+            "--t5-precision",
+            "fp32",
+            "--quiet",
+            "--out",
+            s(&interrupted),
+        ]);
+        args.extend_from_slice(extra);
+        llamagen_eval(&args)
+    };
+    let stopped = resumable(&["--gen-batch-size", "1", "--stop-after", "1"]);
+    assert!(
+        stopped.stderr_text().contains("resume the run to continue"),
+        "{}",
+        stopped.stderr_text()
+    );
+    let mut tensors = Tensor::read_safetensors(encoder.join("model.safetensors")).unwrap();
+    for (_, tensor) in tensors.iter_mut() {
+        let _ = tensor.g_mul_scalar_(1.5);
+    }
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    Tensor::write_safetensors(&named, encoder.join("model.safetensors")).unwrap();
+    let refused = resumable(&["--gen-batch-size", "1", "--resume"]).failure();
+    assert!(
+        refused.stderr_text().contains("`caption_embeddings`"),
+        "{}",
+        refused.stderr_text()
+    );
+    assert!(!interrupted.exists());
     assert_eq!(a.caption_indices.to_vec(), vec![0, 1, 2]);
     assert_eq!(a.captions, Some(texts.map(String::from).to_vec()));
 
