@@ -1423,3 +1423,22 @@ fn synthesised_hostile_checkpoints_read_or_fail_clearly() {
         "{err}"
     );
 }
+
+/// A manifest claiming a world of 2^58 ranks (as a damaged or edited one may): the offline gather
+/// names the first missing ranks instead of sizing or walking a list of them all.
+#[test]
+fn a_manifest_claiming_a_huge_world_is_refused_naming_missing_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    write_input(&run, &valid_parts(dir.path()));
+    let manifest = RunLayout::folder(&run).manifest(0);
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    json["world_size"] = serde_json::json!(1u64 << 58);
+    std::fs::write(&manifest, serde_json::to_vec(&json).unwrap()).unwrap();
+    let err = parts_in(&RunLayout::folder(&run), Progress::Hidden)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no part from rank 2, 3, 4, "), "{err}");
+    assert!(err.contains(", 65, …"), "{err}");
+}
