@@ -47,6 +47,10 @@ def huge_view(r, dims, dtype):
         # Empty, so within any budget: a billion empty rows is honest linear work (seconds through
         # `statistics`), not the hang the time limit looks for.
         shape = [min(n, 10**6) for n in shape]
+    elif int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize < 1 << 30:
+        # Within the budget, so computed: a million one-wide rows are hours of precision/recall's
+        # quadratic search, honest work rather than a hang. The views are for memory claims.
+        shape = [min(n, 1000) for n in shape]
     return as_strided(np.zeros(1, dtype), shape=tuple(shape), strides=(0,) * dims)
 
 
