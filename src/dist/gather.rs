@@ -45,17 +45,7 @@ pub fn wait_for_parts(
         }
         let waited = start.elapsed();
         if waited >= timeout {
-            return Err(GatherError::Missing {
-                dir: layout.parts().to_path_buf(),
-                ranks: join(&missing),
-                expected: missing
-                    .iter()
-                    .map(|&r| manifest_name(r))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                waited_s: waited.as_secs(),
-                out: layout.output().to_path_buf(),
-            });
+            return Err(missing_parts(layout, &missing, "", waited));
         }
         let say = last_said
             .as_ref()
@@ -75,6 +65,22 @@ pub fn wait_for_parts(
     }
 }
 
+/// [`GatherError::Missing`] for `ranks` (followed by `more`) after `waited`.
+fn missing_parts(layout: &RunLayout, ranks: &[usize], more: &str, waited: Duration) -> GatherError {
+    GatherError::Missing {
+        dir: layout.parts().to_path_buf(),
+        ranks: join(ranks) + more,
+        expected: ranks
+            .iter()
+            .map(|&r| manifest_name(r))
+            .collect::<Vec<_>>()
+            .join(", ")
+            + more,
+        waited_s: waited.as_secs(),
+        out: layout.output().to_path_buf(),
+    }
+}
+
 fn join(ranks: &[usize]) -> String {
     ranks
         .iter()
@@ -83,10 +89,29 @@ fn join(ranks: &[usize]) -> String {
         .join(", ")
 }
 
+/// Missing ranks an offline gather names at most.
+const MISSING_NAMED: usize = 64;
+
 /// Every part of the job whose parts are in `layout`, checked (a gather offline: `merge OUT`).
 pub fn parts_in(layout: &RunLayout, progress: Progress) -> Result<Vec<Part>, GatherError> {
     let present = present_parts(layout.parts())?;
     let world_size = present[0].manifest.world_size;
+    // The world size is a manifest's word: with more ranks than manifests some are missing, and
+    // the first few are named rather than every rank looked for, so that a damaged world size
+    // (2^58) cannot size or walk a list of that many ranks.
+    if world_size > present.len() {
+        let missing: Vec<usize> = (0..world_size)
+            .filter(|&rank| !layout.manifest(rank).is_file())
+            .take(MISSING_NAMED + 1)
+            .collect();
+        let more = if missing.len() > MISSING_NAMED {
+            ", …"
+        } else {
+            ""
+        };
+        let named = &missing[..missing.len().min(MISSING_NAMED)];
+        return Err(missing_parts(layout, named, more, Duration::ZERO));
+    }
     let parts = wait_for_parts(layout, None, world_size, Duration::ZERO, progress)?;
     check_parts(layout, &parts)?;
     Ok(parts)

@@ -9,6 +9,14 @@
 //! mutated half the time. Every reader must return, an error being fine, without a panic and within
 //! [`SLOW`]; checkpoints are read under a [`ReadBudget`] of [`BUDGET`] bytes.
 //!
+//! The files a run keeps between processes are fuzzed the same way, from valid ones made here with
+//! one file mutated (bytes, or a JSON value replaced by a hostile count, range, name or null, or
+//! removed): a resume journal (`settings.json`, `progress.json`, the record streams; resumed, then
+//! every record read back), a sealed feature cache entry (`FeatureSet::load` and `load_sealed`),
+//! and a two-rank job's parts folder (manifests and part files, gathered as `merge OUT_DIR` does,
+//! then joined). What their checksums protect is asserted: a resumed journal's records, a sealed
+//! entry's arrays and the joined parts' features must be the ones written, else the input fails.
+//!
 //! The inputs run in a child process (this test binary re-run on this test alone) whose peak
 //! resident memory, from its own rusage, must stay below [`MAX_RSS`]: the budgets must hold in
 //! fact, not only as counted. Inside `./x test` it runs at least [`MIN_RUNS`] inputs and then until
@@ -29,7 +37,14 @@ use std::time::{Duration, Instant};
 use llamagen_eval::checkpoint::{Checkpoint, ErrorKind, ReadBudget};
 use llamagen_eval::data::npz::{read_npy_header, validate_image_header, NpzImages};
 use llamagen_eval::data::ImageSource;
+use llamagen_eval::dist::manifest::write_manifest;
+use llamagen_eval::dist::{parts_in, Manifest, RankRecord};
+use llamagen_eval::feature_set::{sha256_file, FeatureSet};
+use llamagen_eval::journal::{Journal, StreamSpec};
+use llamagen_eval::layout::RunLayout;
+use llamagen_eval::progress::Progress;
 use llamagen_test_support as support;
+use ndarray::Array2;
 use zip::write::SimpleFileOptions;
 use zip::CompressionMethod;
 
@@ -618,17 +633,19 @@ fn deflate_bomb(view: i64) -> Vec<u8> {
     zip
 }
 
-/// One input: where it came from, its bytes, and the extension it is read under.
+/// One input: where it came from, its files, and the extension it is read under. A file input is
+/// one file named `""` (the input path itself); a folder input (a journal, a run's parts) holds
+/// its files by their paths inside the input folder.
 struct Input {
     origin: String,
-    bytes: Vec<u8>,
+    files: Vec<(String, Vec<u8>)>,
     ext: &'static str,
 }
 
-/// A corpus file, weighted by how cheap it is to read.
+/// A corpus input, weighted by how cheap it is to read.
 struct CorpusFile {
     name: String,
-    bytes: Vec<u8>,
+    files: Vec<(String, Vec<u8>)>,
     ext: &'static str,
     weight: usize,
 }
@@ -642,9 +659,165 @@ fn ext_of(name: &str) -> &'static str {
     }
 }
 
+/// The files under `dir`, by their paths inside it.
+fn read_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let name = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                files.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Writes an input at `path`: the file itself, or a folder of its files.
+fn write_input(path: &Path, files: &[(String, Vec<u8>)]) {
+    for (name, bytes) in files {
+        let at = if name.is_empty() {
+            path.to_path_buf()
+        } else {
+            path.join(name)
+        };
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(&at, bytes).unwrap();
+    }
+}
+
+/// The settings, streams and size of the fuzzed journal's run.
+const JOURNAL_TOTAL: usize = 64;
+
+fn journal_settings() -> serde_json::Map<String, serde_json::Value> {
+    serde_json::json!({"cfg_scale": 1.5, "seed": 0})
+        .as_object()
+        .unwrap()
+        .clone()
+}
+
+fn journal_streams() -> [StreamSpec; 2] {
+    [StreamSpec::new("tokens", 4), StreamSpec::new("features", 8)]
+}
+
+/// The records of images `0..n` of a stream of `size`-byte records, as the journal was given them.
+fn journal_records(size: usize, n: usize) -> Vec<u8> {
+    (0..n * size).map(|j| (j * 13 + size) as u8).collect()
+}
+
+/// A journal of three committed batches (six images at sharded indices) and an uncommitted tail.
+fn valid_journal(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let path = dir.join("journal");
+    let streams = journal_streams();
+    let settings = journal_settings();
+    let mut journal = Journal::open(&path, &settings, &streams, JOURNAL_TOTAL, false).unwrap();
+    let mut done = 0;
+    for indices in [&[0u64, 2, 4][..], &[6], &[9, 10]] {
+        let records: Vec<Vec<u8>> = streams
+            .iter()
+            .map(|s| {
+                journal_records(s.record_bytes, done + indices.len())[done * s.record_bytes..]
+                    .to_vec()
+            })
+            .collect();
+        journal.commit(indices, &records).unwrap();
+        done += indices.len();
+    }
+    drop(journal);
+    let mut tail = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path.join("tokens.bin"))
+        .unwrap();
+    tail.write_all(&[9; 4]).unwrap();
+    read_tree(&path)
+}
+
+/// The key, rows and widths of the fuzzed feature cache entry.
+const CACHE_KEY: &str = "inception of fuzz images";
+const CACHE_WIDTHS: [(&str, Option<usize>); 2] = [("pool", Some(8)), ("logits", Some(5))];
+
+/// Features of samples `0..n`: row i is sample i's, so shards can be checked against the whole.
+fn sample_features(n: usize) -> FeatureSet {
+    let array =
+        |width: usize| Array2::from_shape_fn((n, width), |(i, j)| (i * 31 + j) as f32 * 0.25 - 3.0);
+    FeatureSet {
+        pool: Some(array(8)),
+        logits: Some(array(5)),
+        ..FeatureSet::default()
+    }
+}
+
+const CACHE_ROWS: usize = 6;
+
+/// The world size, samples and settings of the fuzzed launched job.
+const PART_RANKS: usize = 2;
+const PART_SAMPLES: usize = 8;
+
+/// The parts folder of a two-rank job: each rank's features (with their sample indices) and the
+/// manifest naming them with their sha256.
+fn valid_parts(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let run = dir.join("run");
+    let layout = RunLayout::folder(&run);
+    std::fs::create_dir_all(layout.parts()).unwrap();
+    let whole = sample_features(PART_SAMPLES);
+    for rank in 0..PART_RANKS {
+        let indices: Vec<usize> = (rank..PART_SAMPLES).step_by(PART_RANKS).collect();
+        let rows =
+            |a: &Option<Array2<f32>>| a.as_ref().map(|a| a.select(ndarray::Axis(0), &indices));
+        let part = FeatureSet {
+            pool: rows(&whole.pool),
+            logits: rows(&whole.logits),
+            indices: Some(indices.iter().map(|&i| i as i64).collect()),
+            ..FeatureSet::default()
+        };
+        let file = layout.part_file(rank, "features");
+        part.save(&file).unwrap();
+        let name = RunLayout::part_file_name(rank, "features");
+        let manifest = Manifest {
+            rank,
+            world_size: PART_RANKS,
+            launcher: "torchrun".to_owned(),
+            shard: format!("{rank}/{PART_RANKS}"),
+            samples: PART_SAMPLES,
+            settings: journal_settings(),
+            run_fields: Default::default(),
+            rank_record: RankRecord {
+                rank,
+                local_rank: rank,
+                host: "fuzz".to_owned(),
+                device: "cpu".to_owned(),
+                device_name: "cpu".to_owned(),
+                samples: indices.len(),
+                resumed_samples: 0,
+                images_per_s: 1.0,
+                tokens_per_s: 0.0,
+                wall_s: 1.0,
+                decode_batch_size: None,
+            },
+            timing: serde_json::json!({}),
+            files: [("features".to_owned(), name)].into(),
+            checksums: [("features".to_owned(), sha256_file(&file).unwrap())].into(),
+            job: serde_json::json!({"kind": "features"}),
+            launch: Some("fuzz".to_owned()),
+        };
+        write_manifest(&layout, &manifest).unwrap();
+    }
+    read_tree(&run)
+}
+
 fn corpus(generated: &Path) -> Vec<CorpusFile> {
     let golden = support::golden_dir();
     let mut files = Vec::new();
+    let single = |bytes: Vec<u8>| vec![(String::new(), bytes)];
     for name in [
         "vq_public.pt",
         "gpt_public.pt",
@@ -669,7 +842,7 @@ fn corpus(generated: &Path) -> Vec<CorpusFile> {
             name: name.to_owned(),
             ext: ext_of(name),
             weight: (8_000_000 / bytes.len().max(1)).clamp(1, 10),
-            bytes,
+            files: single(bytes),
         });
     }
     for name in [
@@ -681,30 +854,128 @@ fn corpus(generated: &Path) -> Vec<CorpusFile> {
     ] {
         files.push(CorpusFile {
             name: name.to_owned(),
-            bytes: std::fs::read(generated.join(name)).unwrap(),
+            files: single(std::fs::read(generated.join(name)).unwrap()),
             ext: "pt",
             weight: 10,
         });
     }
     files.push(CorpusFile {
         name: "deflate bomb".to_owned(),
-        bytes: deflate_bomb(16),
+        files: single(deflate_bomb(16)),
         ext: "pt",
         weight: 4,
+    });
+    files.push(CorpusFile {
+        name: "journal".to_owned(),
+        files: valid_journal(generated),
+        ext: "journal",
+        weight: 15,
+    });
+    let cache = generated.join("cache.npz");
+    sample_features(CACHE_ROWS)
+        .save_sealed(&cache, CACHE_KEY)
+        .unwrap();
+    files.push(CorpusFile {
+        name: "feature cache entry".to_owned(),
+        files: single(std::fs::read(&cache).unwrap()),
+        ext: "cache",
+        weight: 15,
+    });
+    files.push(CorpusFile {
+        name: "rank parts".to_owned(),
+        files: valid_parts(generated),
+        ext: "parts",
+        weight: 15,
     });
     files
 }
 
-/// The input of `seed`: a mutated corpus file, or a synthesised one (mutated half the time).
+/// Numbers that are counts, sizes, ranks or indices in some JSON file, hostile to each.
+const JSON_NUMBERS: [&str; 10] = [
+    "0",
+    "1",
+    "-1",
+    "288230376151711744",
+    "4294967296",
+    "18446744073709551615",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "1e300",
+    "0.5",
+];
+
+/// Structural damage to a JSON file (a count, range, checksum or name replaced, a key removed),
+/// or byte damage when it is not JSON.
+fn mutate_json(rng: &mut Rng, data: &mut Vec<u8>) {
+    use serde_json::Value;
+    let Ok(mut value) = serde_json::from_slice::<Value>(data) else {
+        return mutate(rng, data);
+    };
+    for _ in 0..1 + rng.below(3) {
+        // Every node, by its JSON pointer.
+        let mut pointers = vec![String::new()];
+        let mut i = 0;
+        while i < pointers.len() {
+            let children: Vec<String> = match value.pointer(&pointers[i]) {
+                Some(Value::Object(m)) => m
+                    .keys()
+                    .map(|k| k.replace('~', "~0").replace('/', "~1"))
+                    .collect(),
+                Some(Value::Array(a)) => (0..a.len()).map(|j| j.to_string()).collect(),
+                _ => Vec::new(),
+            };
+            let at = pointers[i].clone();
+            pointers.extend(children.into_iter().map(|c| format!("{at}/{c}")));
+            i += 1;
+        }
+        let at = rng.pick(&pointers).clone();
+        let replacement = match rng.below(6) {
+            0 | 1 => serde_json::from_str(rng.pick::<&str>(&JSON_NUMBERS)).unwrap(),
+            2 => serde_json::json!([[0, u64::MAX], [1u64 << 62, 1u64 << 63]]),
+            3 => Value::String(
+                rng.pick(&["", "0/0", "1/0", "../../x", "rank-1.features.npz"])
+                    .to_string(),
+            ),
+            4 => Value::Null,
+            _ => {
+                // Removed from its parent, where it has one.
+                if let Some((parent, key)) = at.rsplit_once('/') {
+                    match value.pointer_mut(parent) {
+                        Some(Value::Object(m)) => {
+                            m.remove(&key.replace("~1", "/").replace("~0", "~"));
+                        }
+                        Some(Value::Array(a)) if !a.is_empty() => {
+                            a.pop();
+                        }
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+        };
+        if let Some(node) = value.pointer_mut(&at) {
+            *node = replacement;
+        }
+    }
+    *data = serde_json::to_vec(&value).unwrap();
+}
+
+/// The input of `seed`: a mutated corpus input (one of its files), or a synthesised one (mutated
+/// half the time).
 fn input(seed: u64, corpus: &[CorpusFile], picks: &[usize]) -> Input {
     let mut rng = Rng(seed);
     if rng.chance(2) {
         let file = &corpus[picks[rng.below(picks.len())]];
-        let mut bytes = file.bytes.clone();
-        mutate(&mut rng, &mut bytes);
+        let mut files = file.files.clone();
+        let (name, bytes) = &mut files[rng.below(file.files.len())];
+        if name.ends_with(".json") && rng.chance(2) {
+            mutate_json(&mut rng, bytes);
+        } else {
+            mutate(&mut rng, bytes);
+        }
         return Input {
             origin: format!("mutated {}", file.name),
-            bytes,
+            files,
             ext: file.ext,
         };
     }
@@ -750,7 +1021,11 @@ fn input(seed: u64, corpus: &[CorpusFile], picks: &[usize]) -> Input {
     } else {
         origin.to_owned()
     };
-    Input { origin, bytes, ext }
+    Input {
+        origin,
+        files: vec![(String::new(), bytes)],
+        ext,
+    }
 }
 
 /// How far the readers got with one input: how deep the fuzzing reaches.
@@ -762,11 +1037,95 @@ struct Reached {
     over_budget: usize,
     npz_images: usize,
     npy_headers: usize,
+    journals_resumed: usize,
+    records_read: usize,
+    features_loaded: usize,
+    sealed_loaded: usize,
+    parts_gathered: usize,
+    parts_joined: usize,
 }
 
-/// Runs every reader that could take `path` (holding `bytes`), counting how far each got.
-fn exercise(path: &Path, bytes: &[u8], reached: &mut Reached) {
+/// Runs every reader that could take the input at `path`, counting how far each got.
+fn exercise(path: &Path, ext: &str, reached: &mut Reached) {
     reached.inputs += 1;
+    match ext {
+        "journal" => exercise_journal(path, reached),
+        "cache" => exercise_cache(path, reached),
+        "parts" => exercise_parts(path, reached),
+        _ => exercise_file(path, reached),
+    }
+}
+
+/// Resumes the journal and reads back every record it kept, which must be the records committed
+/// (its checksums refuse any other).
+fn exercise_journal(path: &Path, reached: &mut Reached) {
+    let streams = journal_streams();
+    let Ok(mut journal) = Journal::open(path, &journal_settings(), &streams, JOURNAL_TOTAL, true)
+    else {
+        return;
+    };
+    reached.journals_resumed += 1;
+    let completed = journal.completed();
+    for stream in &streams {
+        let records = journal.read(&stream.name, 0..completed);
+        assert_eq!(
+            records.ok(),
+            Some(journal_records(stream.record_bytes, completed)),
+            "journal resumed with {completed} images but other `{}` records",
+            stream.name
+        );
+        reached.records_read += 1;
+    }
+}
+
+/// Loads the cache entry as a feature file and as a sealed entry, which must be refused unless
+/// its arrays are the ones sealed.
+fn exercise_cache(path: &Path, reached: &mut Reached) {
+    if FeatureSet::load(path).is_ok() {
+        reached.features_loaded += 1;
+    }
+    if let Ok(set) = FeatureSet::load_sealed(path, CACHE_KEY, CACHE_ROWS, &CACHE_WIDTHS) {
+        assert!(
+            set == sample_features(CACHE_ROWS),
+            "a sealed entry whose arrays changed was loaded: {set:?}"
+        );
+        reached.sealed_loaded += 1;
+    }
+}
+
+/// Gathers the run's parts as `merge OUT_DIR` does (manifests read, files verified, indices
+/// joined) and joins their features, which must then be the features of every sample in order.
+fn exercise_parts(path: &Path, reached: &mut Reached) {
+    let Ok(parts) = parts_in(&RunLayout::folder(path), Progress::Hidden) else {
+        return;
+    };
+    reached.parts_gathered += 1;
+    let files: Option<Vec<PathBuf>> = parts.iter().map(|p| p.file("features")).collect();
+    let Some(files) = files else {
+        return;
+    };
+    let Ok(sets) = files
+        .iter()
+        .map(|f| FeatureSet::load(f))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return;
+    };
+    if let Ok(joined) = FeatureSet::join(&sets, &files) {
+        let whole = FeatureSet {
+            indices: Some((0..PART_SAMPLES as i64).collect()),
+            ..sample_features(PART_SAMPLES)
+        };
+        assert!(
+            joined == whole,
+            "verified parts joined into other features: {joined:?}"
+        );
+        reached.parts_joined += 1;
+    }
+}
+
+/// The checkpoint, npz-image and npy-header readers on one file.
+fn exercise_file(path: &Path, reached: &mut Reached) {
     match Checkpoint::open_with(path, ReadBudget::Bytes(BUDGET)) {
         Ok(ck) => {
             reached.opened += 1;
@@ -790,8 +1149,9 @@ fn exercise(path: &Path, bytes: &[u8], reached: &mut Reached) {
             reached.npz_images += 1;
         }
     }
+    let bytes = std::fs::read(path).unwrap();
     // The npy header of the first entry, or the bytes themselves.
-    let npy = zip::ZipArchive::new(Cursor::new(bytes))
+    let npy = zip::ZipArchive::new(Cursor::new(&bytes))
         .ok()
         .and_then(|mut z| {
             let mut entry = z.by_index(0).ok()?;
@@ -799,7 +1159,7 @@ fn exercise(path: &Path, bytes: &[u8], reached: &mut Reached) {
             (&mut entry).take(1 << 20).read_to_end(&mut head).ok()?;
             Some(head)
         })
-        .unwrap_or_else(|| bytes.to_vec());
+        .unwrap_or(bytes);
     if let Ok(header) = read_npy_header(&mut Cursor::new(&npy)) {
         reached.npy_headers += 1;
         let _ = validate_image_header(&header);
@@ -820,6 +1180,27 @@ fn fuzz() {
         .collect();
     let keep = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-failures");
     let work = tempfile::tempdir().unwrap();
+    // The unmutated journal, cache entry and parts are read all the way: otherwise their mutations
+    // would only ever reach the first check that refuses them.
+    let mut valid = Reached::default();
+    for file in corpus
+        .iter()
+        .filter(|f| ["journal", "cache", "parts"].contains(&f.ext))
+    {
+        let path = work.path().join(format!("valid.{}", file.ext));
+        write_input(&path, &file.files);
+        exercise(&path, file.ext, &mut valid);
+    }
+    assert_eq!(
+        (
+            valid.journals_resumed,
+            valid.records_read,
+            valid.sealed_loaded,
+            valid.parts_joined
+        ),
+        (1, 2, 1, 1),
+        "the valid journal, cache entry or parts were refused"
+    );
     // Panics are caught and reported below, with their seeds.
     std::panic::set_hook(Box::new(|_| {}));
     let start = Instant::now();
@@ -830,8 +1211,10 @@ fn fuzz() {
     while runs < min_runs || start.elapsed() < deadline {
         let seed = first_seed + runs;
         let input = input(seed, &corpus, &picks);
-        let path = work.path().join(format!("input.{}", input.ext));
-        std::fs::write(&path, &input.bytes).unwrap();
+        // A fresh folder for each input: a journal or parts folder is rewritten by its reader.
+        let dir = work.path().join(format!("seed-{seed}"));
+        let path = dir.join(format!("input.{}", input.ext));
+        write_input(&path, &input.files);
         let began = Instant::now();
         let kind = input
             .origin
@@ -840,7 +1223,7 @@ fn fuzz() {
             .unwrap_or_default()
             .to_owned();
         let tally = reached.entry(kind).or_default();
-        let outcome = catch_unwind(AssertUnwindSafe(|| exercise(&path, &input.bytes, tally)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| exercise(&path, input.ext, tally)));
         let took = began.elapsed();
         let problem = match outcome {
             Err(payload) => Some(
@@ -854,15 +1237,15 @@ fn fuzz() {
             Ok(()) => None,
         };
         if let Some(problem) = problem {
-            std::fs::create_dir_all(&keep).unwrap();
             let kept = keep.join(format!("seed-{seed}.{}", input.ext));
-            std::fs::write(&kept, &input.bytes).unwrap();
+            write_input(&kept, &input.files);
             failures.push(format!(
                 "seed {seed} ({}): {problem}; input kept as {}",
                 input.origin,
                 kept.display()
             ));
         }
+        std::fs::remove_dir_all(&dir).unwrap();
         runs += 1;
     }
     let _ = std::panic::take_hook();
@@ -872,12 +1255,25 @@ fn fuzz() {
         start.elapsed().as_secs_f64()
     );
     println!(
-        "inputs / checkpoint opened / all tensors read / over budget / npz images / npy header"
+        "inputs / checkpoint opened / all tensors read / over budget / npz images / npy header / \
+         journal resumed / records read / features loaded / sealed entry loaded / parts gathered / \
+         parts joined"
     );
     for (kind, r) in &reached {
         println!(
-            "{:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {kind}",
-            r.inputs, r.opened, r.tensors_read, r.over_budget, r.npz_images, r.npy_headers
+            "{:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {kind}",
+            r.inputs,
+            r.opened,
+            r.tensors_read,
+            r.over_budget,
+            r.npz_images,
+            r.npy_headers,
+            r.journals_resumed,
+            r.records_read,
+            r.features_loaded,
+            r.sealed_loaded,
+            r.parts_gathered,
+            r.parts_joined
         );
     }
     assert!(
@@ -1026,4 +1422,23 @@ fn synthesised_hostile_checkpoints_read_or_fail_clearly() {
         ),
         "{err}"
     );
+}
+
+/// A manifest claiming a world of 2^58 ranks (as a damaged or edited one may): the offline gather
+/// names the first missing ranks instead of sizing or walking a list of them all.
+#[test]
+fn a_manifest_claiming_a_huge_world_is_refused_naming_missing_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    write_input(&run, &valid_parts(dir.path()));
+    let manifest = RunLayout::folder(&run).manifest(0);
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    json["world_size"] = serde_json::json!(1u64 << 58);
+    std::fs::write(&manifest, serde_json::to_vec(&json).unwrap()).unwrap();
+    let err = parts_in(&RunLayout::folder(&run), Progress::Hidden)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no part from rank 2, 3, 4, "), "{err}");
+    assert!(err.contains(", 65, …"), "{err}");
 }
