@@ -224,9 +224,19 @@ impl Part {
             .map_err(|e: String| FileError::new(&self.path, format!("bad `shard`: {e}")))
     }
 
-    /// Its sample indices.
+    /// Its sample indices (a count beyond any run's is refused before the list is made).
     pub fn indices(&self) -> Result<Vec<u64>, FileError> {
-        Ok(self.shard()?.indices(self.manifest.samples))
+        let samples = self.manifest.samples;
+        if samples > crate::sampling::MAX_SAMPLES {
+            return Err(FileError::new(
+                &self.path,
+                format!(
+                    "claims a job of {samples} samples, more than any run has ({}): the manifest was edited or damaged",
+                    crate::sampling::MAX_SAMPLES
+                ),
+            ));
+        }
+        Ok(self.shard()?.indices(samples))
     }
 }
 

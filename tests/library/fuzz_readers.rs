@@ -1442,3 +1442,27 @@ fn a_manifest_claiming_a_huge_world_is_refused_naming_missing_ranks() {
     assert!(err.contains("no part from rank 2, 3, 4, "), "{err}");
     assert!(err.contains(", 65, …"), "{err}");
 }
+
+/// A manifest edited to a world of one and a job of 2^58 samples: the join refuses it naming the
+/// manifest, before it lists the samples it claims.
+#[test]
+fn a_manifest_claiming_a_huge_job_is_refused_before_listing_its_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    write_input(&run, &valid_parts(dir.path()));
+    let layout = RunLayout::folder(&run);
+    let manifest = layout.manifest(0);
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    json["world_size"] = serde_json::json!(1);
+    json["shard"] = serde_json::json!("0/1");
+    json["samples"] = serde_json::json!(1u64 << 58);
+    std::fs::write(&manifest, serde_json::to_vec(&json).unwrap()).unwrap();
+    std::fs::remove_file(layout.manifest(1)).unwrap();
+    let err = parts_in(&layout, Progress::Hidden).unwrap_err().to_string();
+    let name = manifest.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        err.contains(&name) && err.contains(&format!("claims a job of {} samples", 1u64 << 58)),
+        "{err}"
+    );
+}
