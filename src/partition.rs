@@ -8,6 +8,9 @@
 
 use std::str::FromStr;
 
+/// The most samples one run may ask for (and so the largest job a part manifest may claim).
+pub const MAX_SAMPLES: usize = 100_000_000;
+
 /// Shard `index` of `count`: sample indices `index`, `index + count`, ...
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {

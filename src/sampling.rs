@@ -38,6 +38,7 @@ use tch::{Device, Kind, TchError, Tensor};
 
 use crate::captions::{CaptionSet, PromptSource};
 use crate::models::gpt::{Gpt, GptError};
+pub use crate::partition::MAX_SAMPLES;
 
 /// Sampling settings (LlamaGen's names and defaults of `sample_c2i_ddp.py`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -169,9 +170,6 @@ pub enum Conditioning {
     /// loads ([`Conditioning::resolve`]) and then holds [`Conditioning::Captions`].
     Prompts(PromptSource),
 }
-
-/// The most samples one run may ask for.
-pub const MAX_SAMPLES: usize = 100_000_000;
 
 /// Checks a run's sample count: at least 1 and at most [`MAX_SAMPLES`].
 pub fn check_sample_count(n: usize) -> anyhow::Result<usize> {

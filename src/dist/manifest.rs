@@ -227,12 +227,12 @@ impl Part {
     /// Its sample indices (a count beyond any run's is refused before the list is made).
     pub fn indices(&self) -> Result<Vec<u64>, FileError> {
         let samples = self.manifest.samples;
-        if samples > crate::sampling::MAX_SAMPLES {
+        if samples > crate::partition::MAX_SAMPLES {
             return Err(FileError::new(
                 &self.path,
                 format!(
                     "claims a job of {samples} samples, more than any run has ({}): the manifest was edited or damaged",
-                    crate::sampling::MAX_SAMPLES
+                    crate::partition::MAX_SAMPLES
                 ),
             ));
         }
