@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::feature_set::{sha256_file, RELEASED_WEIGHTS_SHA256_PREFIX};
+use crate::feature_set::{is_released_inception, sha256_file};
 use crate::{device, weight_files};
 
 /// Facts about the runtime, gathered once so they can be printed or tested.
@@ -87,7 +87,7 @@ impl Report {
         let yes_no = |b: bool| if b { "yes" } else { "no" };
         let inception_state = match &self.inception_sha256 {
             None => "not found".to_owned(),
-            Some(sha) if sha.starts_with(RELEASED_WEIGHTS_SHA256_PREFIX) => {
+            Some(sha) if is_released_inception(sha) => {
                 format!("found, pytorch-fid's released file (sha256 {}...)", &sha[..16])
             }
             Some(sha) => format!(

@@ -481,7 +481,12 @@ pub struct Extractor {
 }
 
 /// The first hex digits of the released FID weights' sha256 (pytorch-fid's file name carries them).
-pub const RELEASED_WEIGHTS_SHA256_PREFIX: &str = "6726825d";
+const RELEASED_WEIGHTS_SHA256_PREFIX: &str = "6726825d";
+
+/// Whether weights of this sha256 (hex) are pytorch-fid's released FID Inception file.
+pub fn is_released_inception(sha256: &str) -> bool {
+    sha256.starts_with(RELEASED_WEIGHTS_SHA256_PREFIX)
+}
 
 impl Extractor {
     /// Wraps a model whose variables live in `vs`, loaded from the file `weights` (named when

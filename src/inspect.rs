@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{Checkpoint, STATE_DICT_KEYS};
-use crate::feature_set::{sha256_file, RELEASED_WEIGHTS_SHA256_PREFIX};
+use crate::feature_set::{is_released_inception, sha256_file};
 use crate::models::clip::{self, ClipConfig};
 use crate::models::clip_text::{self, ClipTextConfig};
 use crate::models::dinov2::{self, Dinov2Config, Dinov2Error};
@@ -394,12 +394,8 @@ fn checksum(path: &Path, network: &FeatureNetwork) -> Result<Checksum, InspectEr
     })?;
     // Only pytorch-fid's Inception release has a checksum the tool knows (its file name carries
     // the first hex digits); the other releases are identified by their shapes alone.
-    let release = matches!(network, FeatureNetwork::Inception).then(|| {
-        (
-            INCEPTION_WEIGHTS_FILE,
-            sha256.starts_with(RELEASED_WEIGHTS_SHA256_PREFIX),
-        )
-    });
+    let release = matches!(network, FeatureNetwork::Inception)
+        .then(|| (INCEPTION_WEIGHTS_FILE, is_released_inception(&sha256)));
     Ok(Checksum { sha256, release })
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::device::DeviceChoice;
-use crate::feature_set::{sha256_file, Extractor, Network, RELEASED_WEIGHTS_SHA256_PREFIX};
+use crate::feature_set::{is_released_inception, sha256_file, Extractor, Network};
 use crate::models::inception::{self, Resize};
 use crate::models::{clip, dinov2};
 use crate::weight_files;
@@ -159,7 +159,7 @@ impl InceptionConfig {
         }
         let sha256 =
             sha256_file(path).with_context(|| format!("cannot read {}", path.display()))?;
-        if !sha256.starts_with(RELEASED_WEIGHTS_SHA256_PREFIX) {
+        if !is_released_inception(&sha256) {
             tracing::warn!(
                 "{} (sha256 {}...) is not pytorch-fid's released FID Inception file: figures will not be comparable to published ones",
                 path.display(),
